@@ -1,0 +1,55 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "cloister",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cloister", targets: ["CloisterCLI"]),
+        .executable(name: "cloister-bench", targets: ["CloisterBench"]),
+        .library(name: "Circuits", targets: ["Circuits"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C where Swift cannot reach: cmsg macros, libseccomp's function-like macros,
+        // dl_iterate_phdr callbacks, constants missing from the Glibc overlay.
+        .target(name: "CShim"),
+        .systemLibrary(
+            name: "CSeccomp", pkgConfig: "libseccomp",
+            providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(
+            name: "CCap", pkgConfig: "libcap",
+            providers: [.apt(["libcap-dev"])]),
+        .target(
+            name: "Circuits",
+            dependencies: [
+                "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .executableTarget(
+            name: "CloisterCLI",
+            dependencies: [
+                "Circuits",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .executableTarget(
+            name: "CloisterBench",
+            dependencies: [
+                "Circuits", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "CircuitsTests",
+            dependencies: [
+                "Circuits", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,30 @@
+// The parts of the C interface Swift cannot call directly: the CMSG_* macros behind
+// SCM_RIGHTS, and dl_iterate_phdr's callback. Nothing else belongs here.
+#ifndef CLOISTER_CSHIM_H
+#define CLOISTER_CSHIM_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/// Largest number of descriptors one message may carry (the kernel's SCM_MAX_FD).
+#define CLOISTER_MAX_FDS_PER_MESSAGE 253
+
+/// sendmsg(2) of `iov` with `nfds` descriptors as one SCM_RIGHTS control message.
+/// Returns what sendmsg returns; errno is left as sendmsg set it.
+ssize_t cloister_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt,
+                             const int *fds, unsigned nfds, int flags);
+
+/// recvmsg(2) with MSG_CMSG_CLOEXEC. Every descriptor that arrived is either stored in
+/// `fds` (up to `maxfds`, count in `*nfds`) or closed here, so none can leak.
+/// `*msg_flags` receives msg_flags (MSG_CTRUNC, MSG_TRUNC). `*foreign_cmsg` is set when
+/// a control message other than SCM_RIGHTS arrived (it is ignored).
+ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
+                             int *fds, unsigned maxfds, unsigned *nfds,
+                             int *msg_flags, int *foreign_cmsg, int flags);
+
+/// Copies the GNU build-id note of the running executable (as loaded in memory, so no
+/// file access is needed) into `out`. Returns its length, 0 when the image has none.
+size_t cloister_build_id(unsigned char *out, size_t cap);
+
+#endif

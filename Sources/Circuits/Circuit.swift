@@ -1,0 +1,74 @@
+import SystemPackage
+
+/// One conversation on one circuit of a transport.
+///
+/// ## Life cycle: idle, busy, idle again
+///
+/// Every circuit is virtually open; no message opens or closes one. A circuit is *idle*
+/// until a conversation uses it and *busy* while one does. Reserved circuits (the ids the
+/// handshake agreed on, such as 0 for health) are never idle: each carries one endless
+/// conversation.
+///
+/// 1. **Starting.** Each end starts conversations only on ids of its own parity (opener:
+///    even, acceptor: odd), so the two ends can never pick the same idle id at once.
+///    `Transport.open()` takes an idle id of this side's parity and marks it busy; the first
+///    message sent on it is, for the peer, the start of a conversation, which the peer's
+///    `accept()` returns. Idle ids are interchangeable: any may be picked.
+/// 2. **Talking.** Both ends send and receive any number of messages, each possibly with
+///    descriptors, under per-circuit flow control.
+/// 3. **Ending.** Each end sends exactly one message with `end: true` (it may carry a
+///    payload) and sends nothing after it. An end stays busy until it has both *sent* its end
+///    and *seen* the peer's end arrive; only then is the id idle on that side.
+///
+/// Why the two ends can never disagree: frames on a transport arrive in order. The owner
+/// (the end whose parity the id has) reuses an id only once it is idle on its side, that
+/// is, after the peer's end arrived. The peer sent that end, so the peer has already sent its
+/// end, and the owner's end, sent before any new first message, reaches the peer first; the
+/// peer therefore sees the id go idle before the new conversation's first message arrives.
+/// A message on an idle id of the receiver's own parity is a protocol error
+/// (`.messageOnIdleCircuit`), and so is a message after the peer's end (`.messageAfterEnd`).
+///
+/// Messages that arrived before the end stay readable on this handle after the id went idle.
+/// Dropping a handle before its conversation finished *abandons* it: unread messages are
+/// discarded (descriptors closed), an end is sent if this side had not sent one, and what
+/// the peer still sends until its end is discarded.
+///
+/// ## Flow control
+///
+/// Each end grants the other a window per circuit (credit units: payload bytes plus a fixed
+/// cost per message and per descriptor). A sender waits, on that circuit only, when its credit
+/// is used up; the receiver grants more as its consumer reads. The transport's reader thread
+/// always drains the socket into per-circuit queues bounded by those windows, so a consumer
+/// that stops reading stalls its own circuit and nothing else.
+public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: Sendable {
+    let core: TransportCore
+    let conversation: Conversation
+
+    init(core: TransportCore, conversation: Conversation) {
+        self.core = core
+        self.conversation = conversation
+    }
+
+    deinit {
+        if !conversation.reserved { core.abandon(conversation) }
+    }
+
+    public var id: Id { Id(conversation.id) }
+    public var isReserved: Bool { conversation.reserved }
+
+    /// Sends one message. Waits while this circuit has no credit (other circuits are
+    /// unaffected). The descriptors are duplicated into the peer; the caller still owns its
+    /// copies. `end: true` makes it this side's last message of the conversation.
+    public func send(_ payload: [UInt8], descriptors: [FileDescriptor] = [], end: Bool = false) async throws {
+        try await core.acquire(conversation, length: payload.count, descriptors: descriptors.count, end: end)
+        try payload.withUnsafeBytes { bytes in
+            try core.write(conversation, payload: bytes, descriptors: descriptors, end: end)
+        }
+    }
+
+    /// The next message. After the peer's end message has been returned, throws
+    /// `.conversationEnded`.
+    public func receive() async throws -> Message {
+        try await core.receive(conversation)
+    }
+}

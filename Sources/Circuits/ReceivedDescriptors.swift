@@ -1,0 +1,41 @@
+import Synchronization
+import SystemPackage
+
+/// File descriptors that arrived with a message. They are close-on-exec and owned: whatever
+/// the receiver does not `take` is closed when this object goes away, so a message dropped
+/// on any path (an error, a cancelled task, an abandoned circuit) leaks nothing.
+public final class ReceivedDescriptors: Sendable {
+    private let storage: Mutex<[FileDescriptor?]>
+
+    init(_ raw: [CInt]) {
+        storage = Mutex(raw.map { FileDescriptor(rawValue: $0) })
+    }
+
+    /// Number of descriptors that arrived (taken or not).
+    public var count: Int { storage.withLock { $0.count } }
+
+    /// Takes ownership of descriptor `index`; the caller must close it. Nil when already taken
+    /// or out of range.
+    public func take(_ index: Int) -> FileDescriptor? {
+        storage.withLock { fds in
+            guard fds.indices.contains(index) else { return nil }
+            defer { fds[index] = nil }
+            return fds[index]
+        }
+    }
+
+    /// Takes ownership of every descriptor not yet taken, in arrival order.
+    public func takeAll() -> [FileDescriptor] {
+        storage.withLock { fds in
+            defer { fds = fds.map { _ in nil } }
+            return fds.compactMap { $0 }
+        }
+    }
+
+    /// Closes every descriptor not taken. Idempotent.
+    public func close() {
+        for fd in takeAll() { try? fd.close() }
+    }
+
+    deinit { close() }
+}

@@ -1,0 +1,619 @@
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One end of a transport: many circuits over one socket.
+///
+/// The API is Swift concurrency (`async` send, receive and accept). The socket itself is read
+/// by one dedicated thread per transport, not by an event loop: SwiftNIO channels can neither
+/// carry SCM_RIGHTS nor use SOCK_SEQPACKET, and a blocking `recvmsg` on a thread of its own
+/// keeps the receive path to one syscall per frame with no readiness round trip. That thread
+/// only demultiplexes frames into per-circuit queues; it never runs user code and never waits
+/// for a consumer, which is what keeps one stalled circuit from stalling the others.
+///
+/// See the `Circuits` documentation (Circuits.docc-style notes in `Circuit.swift`) for the
+/// conversation life cycle.
+public final class Transport<Id: FixedWidthInteger & UnsignedInteger & Sendable>: Sendable {
+    let core: TransportCore
+
+    /// Takes ownership of `socket` (closed on every path, failure included), exchanges
+    /// handshakes and returns once the peer's handshake has been checked.
+    public static func start(socket: FileDescriptor, kind: TransportKind,
+                             configuration: TransportConfiguration<Id>) async throws -> Transport {
+        do {
+            try configuration.validate()
+        } catch {
+            try? socket.close()
+            throw error
+        }
+        let core = TransportCore(socket: socket, kind: kind, configuration: configuration)
+        let transport = Transport(core: core)
+        do {
+            try await core.start()
+        } catch {
+            transport.close()
+            throw error
+        }
+        return transport
+    }
+
+    init(core: TransportCore) { self.core = core }
+
+    deinit { core.close(error: .closed) }
+
+    /// Starts a conversation on an idle circuit this side may start on. Throws
+    /// `.noIdleCircuit` when all are busy.
+    public func open() throws -> Circuit<Id> {
+        Circuit(core: core, conversation: try core.open())
+    }
+
+    /// Waits for the next conversation the peer starts.
+    public func accept() async throws -> Circuit<Id> {
+        Circuit(core: core, conversation: try await core.accept())
+    }
+
+    /// The agreed reserved circuit `id`.
+    public func reserved(_ id: Id) throws -> Circuit<Id> {
+        Circuit(core: core, conversation: try core.reserved(UInt64(id)))
+    }
+
+    /// The peer's declared intent and build, once the handshake is done.
+    public var peerBuild: String { core.peer.build }
+
+    /// Why the transport stopped, or nil while it runs.
+    public var failure: CircuitError? { core.state.withLock { $0.failure } }
+
+    /// Waits until the transport stops and returns why (`.peerClosed` when the peer went away).
+    public func closed() async -> CircuitError { await core.waitClosed() }
+
+    /// Closes the transport: every waiter fails with `.closed`, queued messages are dropped
+    /// (their descriptors closed) and the socket is closed. Returns once the reader thread
+    /// has stopped.
+    public func close() { core.close(error: .closed) }
+
+    /// Number of circuits currently busy (reserved ones excluded).
+    public var busyCircuits: Int {
+        core.state.withLock { s in s.conversations.values.filter { !$0.reserved }.count }
+    }
+}
+
+/// Per-conversation state. Touched only with `TransportCore.state` locked.
+final class Conversation: @unchecked Sendable {
+    let id: UInt64
+    let reserved: Bool
+    var queue = FIFO<Message>()
+    var waiter: CheckedContinuation<Void, Error>?
+    /// This side is sending (or has sent) its end; no more sends.
+    var ending = false
+    /// This side's end frame is on the wire.
+    var sentEnd = false
+    /// The reader saw the peer's end frame.
+    var peerEnded = false
+    /// The consumer has taken the peer's end message.
+    var consumedEnd = false
+    /// The handle was dropped before the conversation finished: incoming data is discarded.
+    var abandoned = false
+
+    init(id: UInt64, reserved: Bool) {
+        self.id = id
+        self.reserved = reserved
+    }
+}
+
+/// Cumulative flow-control counters of one circuit id, kept across conversations so that a
+/// credit frame that crosses the end of a conversation can never over-grant: limits only grow.
+struct Credit {
+    /// Outgoing: what we sent and what the peer allows.
+    var sent: UInt64 = 0
+    var limit: UInt64
+    var senders: [CheckedContinuation<Void, Error>] = []
+    /// Incoming: what arrived, what our consumer took, what we allowed.
+    var received: UInt64 = 0
+    var consumed: UInt64 = 0
+    var granted: UInt64
+}
+
+final class TransportCore: Sendable {
+    struct Layout {
+        var idBytes: Int
+        var maxCircuits: UInt64
+        var band: UInt64
+        var reserved: [UInt64: String]
+        var side: TransportSide
+        var window: UInt64
+        var handshake: Handshake
+        var limits: FrameLimits { FrameLimits(idBytes: idBytes, maxCircuits: maxCircuits, maxPayload: handshake.maxPayload, maxDescriptors: handshake.maxDescriptors) }
+    }
+
+    struct State {
+        var failure: CircuitError?
+        var peer: Handshake?
+        var handshakeWaiter: CheckedContinuation<Void, Error>?
+        var closeWaiters: [CheckedContinuation<CircuitError, Never>] = []
+        var conversations: [UInt64: Conversation] = [:]
+        var credits: [UInt64: Credit] = [:]
+        var incoming = FIFO<Conversation>()
+        var acceptWaiter: CheckedContinuation<Void, Error>?
+        var idleOwnIds = FIFO<UInt64>()
+        var nextFreshId: UInt64
+        /// Grants the reader could not send without blocking; flushed by the next writer.
+        var pendingGrants: [UInt64: UInt64] = [:]
+        var readerThread: pthread_t?
+    }
+
+    let layout: Layout
+    let writer: FrameWriter
+    let kind: TransportKind
+    let socket: FileDescriptor
+    let state: Mutex<State>
+    private let handshakeTimeout: Int
+
+    init<Id>(socket: FileDescriptor, kind: TransportKind, configuration c: TransportConfiguration<Id>) {
+        let idBytes = Id.bitWidth / 8
+        let handshake = Handshake(intent: c.intent, build: c.build, side: c.side, idBytes: idBytes,
+                                  maxCircuits: c.maxCircuits, reservedBand: UInt64(c.reservedBand),
+                                  reserved: Dictionary(uniqueKeysWithValues: c.reserved.map { (UInt64($0.key), $0.value) }),
+                                  window: UInt64(c.window), maxPayload: c.maxPayload,
+                                  maxDescriptors: c.maxDescriptorsPerMessage)
+        layout = Layout(idBytes: idBytes, maxCircuits: c.maxCircuits, band: UInt64(c.reservedBand),
+                        reserved: handshake.reserved, side: c.side, window: UInt64(c.window), handshake: handshake)
+        self.kind = kind
+        self.socket = socket
+        writer = FrameWriter(fd: socket, kind: kind, idBytes: idBytes)
+        handshakeTimeout = c.handshakeTimeoutMilliseconds
+        // The first id this side owns at or above the band.
+        var first = UInt64(c.reservedBand)
+        if !c.side.owns(first) { first += 1 }
+        var initial = State(nextFreshId: first)
+        for id in handshake.reserved.keys {
+            initial.conversations[id] = Conversation(id: id, reserved: true)
+        }
+        state = Mutex(initial)
+    }
+
+    var peer: Handshake { state.withLock { $0.peer! } }
+
+    // MARK: Start and stop
+
+    func start() async throws {
+        try SocketCalls.setReceiveTimeout(socket, milliseconds: handshakeTimeout)
+        try startReader()
+        let encoded = layout.handshake.encode()
+        try encoded.withUnsafeBytes { bytes in
+            _ = try writer.write(.handshake, circuit: 0, payload: bytes)
+        }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            state.withLock { s in
+                if s.peer != nil {
+                    continuation.resume()
+                } else if let failure = s.failure {
+                    continuation.resume(throwing: failure)
+                } else {
+                    s.handshakeWaiter = continuation
+                }
+            }
+        }
+    }
+
+    private func startReader() throws(CircuitError) {
+        let box = Unmanaged.passRetained(ReaderBox(core: self))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<ReaderBox>.fromOpaque(raw!).takeRetainedValue()
+            box.core.runReader()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw .system(SystemCallError(call: "pthread_create", errno: Errno(rawValue: rc)))
+        }
+        state.withLock { $0.readerThread = thread }
+    }
+
+    /// The reader thread: frames in, dispatched to circuits, until end of file or an error.
+    private func runReader() {
+        var reader = FrameReader(fd: socket, kind: kind, limits: layout.limits)
+        var error: CircuitError
+        do {
+            while true {
+                guard let frame = try reader.read() else {
+                    error = .peerClosed
+                    break
+                }
+                try dispatch(frame)
+            }
+        } catch let e {
+            // After a local close the socket was shut down under us; report that, not the
+            // EOF or EPIPE it caused.
+            if case .system(let s) = e, s.errno == .wouldBlock || s.errno == .resourceTemporarilyUnavailable,
+               state.withLock({ $0.peer == nil }) {
+                error = .handshakeTimeout(milliseconds: handshakeTimeout)
+            } else {
+                error = e
+            }
+        }
+        _ = consume reader
+        fail(error)
+        writer.close()
+    }
+
+    /// Marks the transport failed (first cause wins) and wakes everything that waits.
+    func fail(_ error: CircuitError) {
+        var dropped: [Message] = []
+        var waiters: [CheckedContinuation<Void, Error>] = []
+        var closeWaiters: [CheckedContinuation<CircuitError, Never>] = []
+        let cause: CircuitError = state.withLock { s in
+            if s.failure == nil { s.failure = error }
+            let cause = s.failure!
+            if let w = s.handshakeWaiter { waiters.append(w); s.handshakeWaiter = nil }
+            if let w = s.acceptWaiter { waiters.append(w); s.acceptWaiter = nil }
+            for conversation in s.conversations.values {
+                if let w = conversation.waiter { waiters.append(w); conversation.waiter = nil }
+                dropped += conversation.queue.removeAll()
+            }
+            for incoming in s.incoming.removeAll() { dropped += incoming.queue.removeAll() }
+            for id in s.credits.keys {
+                waiters += s.credits[id]!.senders
+                s.credits[id]!.senders = []
+            }
+            closeWaiters = s.closeWaiters
+            s.closeWaiters = []
+            return cause
+        }
+        for w in waiters { w.resume(throwing: cause) }
+        for w in closeWaiters { w.resume(returning: cause) }
+        dropped.removeAll()  // closes their descriptors
+    }
+
+    func close(error: CircuitError) {
+        // Set first so that waiters learn the local close, not the EOF it causes.
+        state.withLock { s in if s.failure == nil { s.failure = error } }
+        writer.shutdown()
+        let thread: pthread_t? = state.withLock { s in
+            defer { s.readerThread = nil }
+            return s.readerThread
+        }
+        if let thread {
+            if pthread_equal(thread, pthread_self()) != 0 {
+                pthread_detach(thread)
+            } else {
+                pthread_join(thread, nil)
+            }
+        } else {
+            fail(error)
+            writer.close()
+        }
+    }
+
+    func waitClosed() async -> CircuitError {
+        await withCheckedContinuation { (c: CheckedContinuation<CircuitError, Never>) in
+            let done: CircuitError? = state.withLock { s in
+                if let failure = s.failure { return failure }
+                s.closeWaiters.append(c)
+                return nil
+            }
+            if let done { c.resume(returning: done) }
+        }
+    }
+
+    // MARK: Reader side
+
+    private func dispatch(_ frame: Frame) throws(CircuitError) {
+        let h = frame.header
+        if h.kind == .handshake {
+            let peer = try Handshake.decode(frame.payload)
+            try layout.handshake.check(peer: peer)
+            do { try SocketCalls.setReceiveTimeout(socket, milliseconds: 0) } catch { throw .system(error) }
+            let waiter: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
+                guard s.peer == nil else { throw .malformedHandshake("second handshake") }
+                s.peer = peer
+                defer { s.handshakeWaiter = nil }
+                return s.handshakeWaiter
+            }
+            waiter?.resume()
+            return
+        }
+        guard state.withLock({ $0.peer != nil }) else {
+            throw .malformedHandshake("a \(h.kind) frame arrived before the handshake")
+        }
+        if h.circuit < layout.band && layout.reserved[h.circuit] == nil {
+            throw .unagreedReservedCircuit(id: h.circuit)
+        }
+        switch h.kind {
+        case .handshake:
+            preconditionFailure("handled above")
+        case .credit:
+            guard frame.payload.count == 8 else { throw .malformedCredit(id: h.circuit) }
+            let limit = frame.payload.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let senders: [CheckedContinuation<Void, Error>] = state.withLock { s in
+                var credit = s.credits[h.circuit] ?? newCredit(s)
+                credit.limit = max(credit.limit, limit)
+                let waiting = credit.senders
+                credit.senders = []
+                s.credits[h.circuit] = credit
+                return waiting
+            }
+            for sender in senders { sender.resume() }
+        case .data:
+            try deliver(frame)
+        }
+    }
+
+    private func newCredit(_ s: State) -> Credit {
+        Credit(limit: s.peer?.window ?? 0, granted: layout.window)
+    }
+
+    private func deliver(_ frame: Frame) throws(CircuitError) {
+        let h = frame.header
+        let cost = TransportConfiguration<UInt64>.cost(payload: h.length, descriptors: h.descriptorCount, end: h.end)
+        let message = Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: h.end, cost: cost)
+        var grant: UInt64?
+        let wake: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
+            var credit = s.credits[h.circuit] ?? newCredit(s)
+            credit.received += UInt64(cost)
+            guard credit.received <= credit.granted else {
+                throw .creditExceeded(id: h.circuit, received: credit.received, granted: credit.granted)
+            }
+            s.credits[h.circuit] = credit
+            var wake: CheckedContinuation<Void, Error>?
+            let conversation: Conversation
+            if let existing = s.conversations[h.circuit] {
+                conversation = existing
+            } else {
+                guard !layout.side.owns(h.circuit) else { throw .messageOnIdleCircuit(id: h.circuit) }
+                conversation = Conversation(id: h.circuit, reserved: false)
+                s.conversations[h.circuit] = conversation
+                s.incoming.push(conversation)
+                wake = s.acceptWaiter
+                s.acceptWaiter = nil
+            }
+            if conversation.peerEnded { throw .messageAfterEnd(id: h.circuit) }
+            if h.end {
+                guard !conversation.reserved else { throw .peerEndedReservedCircuit(id: h.circuit) }
+                conversation.peerEnded = true
+                if conversation.sentEnd { release(conversation, &s) }
+            }
+            if conversation.abandoned {
+                // Not queued: dropped (descriptors closed) when this function returns.
+                grant = consume(cost, on: h.circuit, &s)
+            } else {
+                conversation.queue.push(message)
+                if let w = conversation.waiter {
+                    conversation.waiter = nil
+                    return w
+                }
+            }
+            return wake
+        }
+        wake?.resume()
+        if let grant {
+            // The reader must never block on a write (two readers blocked on each other's
+            // full buffers would deadlock); a grant that does not fit now waits for the next
+            // writer.
+            let sent = (try? sendGrant(grant, on: h.circuit, nonBlocking: true)) ?? false
+            if !sent { state.withLock { $0.pendingGrants[h.circuit] = grant } }
+        }
+    }
+
+    /// Frees a finished conversation's id. Its handle keeps any messages not yet read.
+    private func release(_ conversation: Conversation, _ s: inout State) {
+        guard s.conversations[conversation.id] === conversation else { return }
+        s.conversations[conversation.id] = nil
+        if layout.side.owns(conversation.id) { s.idleOwnIds.push(conversation.id) }
+    }
+
+    /// Accounts a consumed message; returns a new limit to grant when half a window has been
+    /// consumed since the last grant.
+    private func consume(_ cost: Int, on id: UInt64, _ s: inout State) -> UInt64? {
+        var credit = s.credits[id] ?? newCredit(s)
+        credit.consumed += UInt64(cost)
+        var grant: UInt64?
+        if credit.consumed + layout.window - credit.granted >= layout.window / 2 {
+            credit.granted = credit.consumed + layout.window
+            grant = credit.granted
+        }
+        s.credits[id] = credit
+        return grant
+    }
+
+    @discardableResult
+    private func sendGrant(_ limit: UInt64, on id: UInt64, nonBlocking: Bool = false) throws(CircuitError) -> Bool {
+        var value = limit.littleEndian
+        return try withUnsafeBytes(of: &value) { (bytes) throws(CircuitError) -> Bool in
+            try writer.write(.credit, circuit: id, payload: bytes, nonBlocking: nonBlocking)
+        }
+    }
+
+    private func flushPendingGrants() throws(CircuitError) {
+        let pending: [UInt64: UInt64] = state.withLock { s in
+            defer { s.pendingGrants = [:] }
+            return s.pendingGrants
+        }
+        for (id, limit) in pending { try sendGrant(limit, on: id) }
+    }
+
+    // MARK: Conversations
+
+    func open() throws(CircuitError) -> Conversation {
+        try state.withLock { (s) throws(CircuitError) -> Conversation in
+            if let failure = s.failure { throw failure }
+            let id: UInt64
+            if let reused = s.idleOwnIds.pop() {
+                id = reused
+            } else if s.nextFreshId < layout.maxCircuits {
+                id = s.nextFreshId
+                s.nextFreshId = s.nextFreshId &+ 2
+                if s.nextFreshId < id { s.nextFreshId = layout.maxCircuits }  // wrapped at UInt64.max
+            } else {
+                throw .noIdleCircuit
+            }
+            let conversation = Conversation(id: id, reserved: false)
+            s.conversations[id] = conversation
+            return conversation
+        }
+    }
+
+    func accept() async throws -> Conversation {
+        while true {
+            let next: Conversation? = try state.withLock { s in
+                if let c = s.incoming.pop() { return c }
+                if let failure = s.failure { throw failure }
+                return nil
+            }
+            if let next { return next }
+            try await suspend { (s, c) throws(CircuitError) in
+                if s.acceptWaiter != nil { throw .concurrentReceive(id: UInt64.max) }
+                s.acceptWaiter = c
+            } cancel: { s in
+                defer { s.acceptWaiter = nil }
+                return s.acceptWaiter
+            }
+        }
+    }
+
+    func reserved(_ id: UInt64) throws(CircuitError) -> Conversation {
+        guard let c = state.withLock({ $0.conversations[id] }), c.reserved else { throw .notReserved(id: id) }
+        return c
+    }
+
+    /// Registers a continuation under the lock (unless the task is already cancelled or the
+    /// transport failed) and waits for it.
+    private func suspend(register: @escaping (inout State, CheckedContinuation<Void, Error>) throws(CircuitError) -> Void,
+                         cancel: @escaping @Sendable (inout State) -> CheckedContinuation<Void, Error>?) async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+                let failure: Error? = state.withLock { s in
+                    if let failure = s.failure { return failure }
+                    if Task.isCancelled { return CancellationError() }
+                    do { try register(&s, c) } catch { return error }
+                    return nil
+                }
+                if let failure { c.resume(throwing: failure) }
+            }
+        } onCancel: {
+            state.withLock { cancel(&$0) }?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Waits for credit for a message of `length` bytes and `descriptors` descriptors on the
+    /// conversation, and takes it. Must be followed by `write`.
+    func acquire(_ conversation: Conversation, length: Int, descriptors: Int, end: Bool) async throws {
+        let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
+        let id = conversation.id
+        while true {
+            let ready: Bool = try state.withLock { (s) throws(CircuitError) -> Bool in
+                if let failure = s.failure { throw failure }
+                let peer = s.peer!
+                if conversation.ending { throw .conversationEnded(id: id) }
+                if end && conversation.reserved { throw .endOnReservedCircuit(id: id) }
+                if length > peer.maxPayload || descriptors > peer.maxDescriptors || UInt64(cost) > peer.window {
+                    throw .messageTooLarge(length: length, descriptors: descriptors,
+                                           peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
+                }
+                var credit = s.credits[id] ?? newCredit(s)
+                guard credit.sent + UInt64(cost) <= credit.limit else {
+                    s.credits[id] = credit
+                    return false
+                }
+                credit.sent += UInt64(cost)
+                s.credits[id] = credit
+                if end { conversation.ending = true }
+                return true
+            }
+            if ready { return }
+            try await suspend { (s, c) throws(CircuitError) in
+                // Credit may have arrived between the check and now.
+                if let credit = s.credits[id], credit.sent + UInt64(cost) <= credit.limit {
+                    c.resume()
+                    return
+                }
+                var credit = s.credits[id] ?? self.newCredit(s)
+                credit.senders.append(c)
+                s.credits[id] = credit
+            } cancel: { _ in nil }
+        }
+    }
+
+    /// Writes a message whose credit `acquire` took.
+    func write(_ conversation: Conversation, payload: UnsafeRawBufferPointer, descriptors: [FileDescriptor],
+               end: Bool) throws(CircuitError) {
+        do {
+            try writer.write(.data, circuit: conversation.id, end: end, payload: payload, descriptors: descriptors)
+        } catch {
+            fail(error)
+            throw error
+        }
+        if end {
+            state.withLock { s in
+                conversation.sentEnd = true
+                if conversation.peerEnded { release(conversation, &s) }
+            }
+        }
+        if state.withLock({ !$0.pendingGrants.isEmpty }) { try flushPendingGrants() }
+    }
+
+    func receive(_ conversation: Conversation) async throws -> Message {
+        while true {
+            let taken: (Message, UInt64?)? = try state.withLock { (s) throws(CircuitError) in
+                if let message = conversation.queue.pop() {
+                    if message.isEnd { conversation.consumedEnd = true }
+                    return (message, consume(message.cost, on: conversation.id, &s))
+                }
+                if let failure = s.failure { throw failure }
+                if conversation.consumedEnd { throw .conversationEnded(id: conversation.id) }
+                return nil
+            }
+            if let (message, grant) = taken {
+                if let grant { try sendGrant(grant, on: conversation.id) }
+                return message
+            }
+            try await suspend { (s, c) throws(CircuitError) in
+                if !conversation.queue.isEmpty { c.resume(); return }
+                if conversation.waiter != nil { throw .concurrentReceive(id: conversation.id) }
+                conversation.waiter = c
+            } cancel: { _ in
+                defer { conversation.waiter = nil }
+                return conversation.waiter
+            }
+        }
+    }
+
+    /// The handle of an unfinished conversation went away: discard what it would have read,
+    /// return the credit, and end this side so the circuit can become idle.
+    func abandon(_ conversation: Conversation) {
+        guard !conversation.reserved else { return }
+        var dropped: [Message] = []
+        let (grant, needsEnd): (UInt64?, Bool) = state.withLock { s in
+            if s.failure != nil || (conversation.sentEnd && conversation.consumedEnd) { return (nil, false) }
+            conversation.abandoned = true
+            dropped = conversation.queue.removeAll()
+            var grant: UInt64?
+            for m in dropped { grant = consume(m.cost, on: conversation.id, &s) ?? grant }
+            let needsEnd = !conversation.ending
+            conversation.ending = true
+            return (grant, needsEnd)
+        }
+        dropped.removeAll()
+        do {
+            if let grant { try sendGrant(grant, on: conversation.id) }
+            if needsEnd {
+                // A bare end needs no credit, so this never waits.
+                try writer.write(.data, circuit: conversation.id, end: true, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+                state.withLock { s in
+                    conversation.sentEnd = true
+                    if conversation.peerEnded { release(conversation, &s) }
+                }
+            }
+        } catch {
+            fail(error)
+        }
+    }
+}
+
+private final class ReaderBox {
+    let core: TransportCore
+    init(core: TransportCore) { self.core = core }
+}
