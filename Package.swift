@@ -30,10 +30,13 @@ let package = Package(
                 "CShim",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        .target(
+            name: "Processes",
+            dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "Circuits",
+                "Circuits", "Processes",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -41,13 +44,13 @@ let package = Package(
         .executableTarget(
             name: "CloisterBench",
             dependencies: [
-                "Circuits", "CShim",
+                "Circuits", "CShim", "Processes",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(
             name: "CircuitsTests",
             dependencies: [
-                "Circuits", "CShim",
+                "Circuits", "CShim", "Processes",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
     ],

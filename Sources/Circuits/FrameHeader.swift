@@ -46,7 +46,8 @@ struct FrameHeader: Equatable {
         var id: UInt64 = 0
         for i in (0..<idBytes).reversed() { id = id << 8 | UInt64(bytes[7 + i]) }
         guard id < maxCircuits else { throw .circuitOutOfRange(id: id, maxCircuits: maxCircuits) }
-        guard length <= maxPayload else { throw .oversized(length: length, limit: maxPayload) }
+        let limit = kind == .handshake ? Handshake.maxSize : maxPayload
+        guard length <= limit else { throw .oversized(length: length, limit: limit) }
         return FrameHeader(kind: kind, end: flags & endFlag != 0, descriptorCount: Int(bytes[2]),
                            length: length, circuit: id)
     }

@@ -180,7 +180,8 @@ struct FrameReader: ~Copyable {
         self.kind = kind
         self.limits = limits
         header = .allocate(byteCount: limits.headerSize, alignment: 8)
-        let capacity = kind == .stream ? limits.headerSize + limits.maxPayload : max(limits.maxPayload, 1)
+        let largest = max(limits.maxPayload, Handshake.maxSize)
+        let capacity = kind == .stream ? limits.headerSize + largest : largest
         buffer = .allocate(byteCount: capacity, alignment: 16)
     }
 
@@ -200,7 +201,7 @@ struct FrameReader: ~Copyable {
     private func readPacket() throws(CircuitError) -> Frame? {
         var iov = [
             iovec(iov_base: header.baseAddress, iov_len: header.count),
-            iovec(iov_base: buffer.baseAddress, iov_len: limits.maxPayload),
+            iovec(iov_base: buffer.baseAddress, iov_len: buffer.count),
         ]
         let received: SocketCalls.Received
         do {
@@ -222,8 +223,10 @@ struct FrameReader: ~Copyable {
         }
         let h = try FrameHeader.decode(UnsafeRawBufferPointer(header), idBytes: limits.idBytes,
                                        maxCircuits: limits.maxCircuits, maxPayload: limits.maxPayload)
-        if received.dataTruncated {
-            throw .oversized(length: received.count - headerSize, limit: limits.maxPayload)
+        let actual = received.count - headerSize
+        let limit = h.kind == .handshake ? Handshake.maxSize : limits.maxPayload
+        if received.dataTruncated || actual > limit {
+            throw .oversized(length: actual, limit: limit)
         }
         guard h.length == received.count - headerSize else {
             throw .lengthMismatch(declared: h.length, actual: received.count - headerSize)

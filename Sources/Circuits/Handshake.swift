@@ -4,6 +4,8 @@
 struct Handshake: Equatable {
     static let magic: [UInt8] = Array("CLOISTER-CIRCUITS".utf8)
     static let version: UInt16 = 1
+    /// Largest encoded handshake accepted, whatever the transport's payload limit.
+    static let maxSize = 16 * 1024
 
     var version: UInt16 = Handshake.version
     var intent: String
@@ -18,12 +20,14 @@ struct Handshake: Equatable {
     var maxPayload: Int
     var maxDescriptors: Int
 
+    /// Encoded form; strings longer than 255 bytes are cut so the whole stays under `maxSize`
+    /// for up to 32 reserved circuits.
     func encode() -> [UInt8] {
         var out = Handshake.magic
         func u8(_ v: Int) { out.append(UInt8(v)) }
         func u16(_ v: UInt16) { out.append(UInt8(v & 0xff)); out.append(UInt8(v >> 8)) }
         func u64(_ v: UInt64) { for i in 0..<8 { out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
-        func string(_ s: String) { let b = Array(s.utf8.prefix(Int(UInt16.max))); u16(UInt16(b.count)); out += b }
+        func string(_ s: String) { let b = Array(s.utf8.prefix(255)); u16(UInt16(b.count)); out += b }
         u16(version)
         string(intent)
         string(build)

@@ -70,7 +70,7 @@ public enum SocketCalls {
         while true {
             let n = fds.withUnsafeMutableBufferPointer { fdBuffer in
                 cloister_recvmsg_fds(socket.rawValue, iov.baseAddress, CInt(iov.count),
-                                     fdBuffer.baseAddress, UInt32(maxDescriptors), &nfds,
+                                     fdBuffer.baseAddress, UInt32(room), &nfds,
                                      &flags, &foreign, reportFullLength ? CInt(MSG_TRUNC) : 0)
             }
             if n < 0 {

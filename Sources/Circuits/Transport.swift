@@ -231,6 +231,9 @@ final class TransportCore: Sendable {
             if case .system(let s) = e, s.errno == .wouldBlock || s.errno == .resourceTemporarilyUnavailable,
                state.withLock({ $0.peer == nil }) {
                 error = .handshakeTimeout(milliseconds: handshakeTimeout)
+            } else if case .system(let s) = e, s.errno == .connectionReset {
+                // A stream peer that exits with our data unread resets the connection.
+                error = .peerClosed
             } else {
                 error = e
             }

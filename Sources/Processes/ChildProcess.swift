@@ -1,0 +1,118 @@
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A process started by `spawn`: its pid, and the one place it is reaped.
+public final class ChildProcess: Sendable {
+    public let pid: pid_t
+
+    init(pid: pid_t) { self.pid = pid }
+
+    /// How a child ended.
+    public enum Termination: Equatable, Sendable, CustomStringConvertible {
+        case exited(Int32)
+        case signaled(Int32)
+
+        public var description: String {
+            switch self {
+            case .exited(let code): return "exited with status \(code)"
+            case .signaled(let signal): return "killed by signal \(signal) (\(String(cString: strsignal(signal))))"
+            }
+        }
+
+        init(status: Int32) {
+            // WIFEXITED / WEXITSTATUS / WTERMSIG are macros Swift cannot import.
+            if status & 0x7f == 0 {
+                self = .exited((status >> 8) & 0xff)
+            } else {
+                self = .signaled(status & 0x7f)
+            }
+        }
+    }
+
+    /// Spawns `executable` (fork+exec via posix_spawn) with exactly `descriptors`: entry i
+    /// becomes descriptor 3 + i in the child; stdin, stdout and stderr are inherited, every
+    /// other descriptor of this process is close-on-exec and does not cross. The signal mask
+    /// and dispositions are reset, and the environment is exactly `environment`.
+    public static func spawn(_ executable: String, arguments: [String], descriptors: [FileDescriptor] = [],
+                             environment: [String: String] = [:]) throws(SpawnError) -> ChildProcess {
+        // Move the sources out of the way first, so no source number collides with a target
+        // and dup2 always gives a fresh (inheritable) descriptor.
+        var staged: [CInt] = []
+        defer { for fd in staged { _ = close(fd) } }
+        for fd in descriptors {
+            let copy = fcntl(fd.rawValue, F_DUPFD_CLOEXEC, CInt(3 + descriptors.count))
+            guard copy >= 0 else { throw SpawnError(call: "fcntl(F_DUPFD_CLOEXEC)", errno: Errno(rawValue: errno), executable: executable) }
+            staged.append(copy)
+        }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for (i, fd) in staged.enumerated() {
+            posix_spawn_file_actions_adddup2(&actions, fd, CInt(3 + i))
+        }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.sorted(by: { $0.key < $1.key }).map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for p in argv { free(p) }
+            for p in envp { free(p) }
+        }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard rc == 0 else { throw SpawnError(call: "posix_spawn", errno: Errno(rawValue: rc), executable: executable) }
+        return ChildProcess(pid: pid)
+    }
+
+    /// Sends `signal`. The corresponding C function is `kill`.
+    public func signal(_ signal: Int32) throws(SpawnError) {
+        guard kill(pid, signal) == 0 else { throw SpawnError(call: "kill", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
+    }
+
+    /// Waits for the child to end and reaps it. Blocks the calling thread.
+    public func wait() throws(SpawnError) -> Termination {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 {
+            guard errno == EINTR else { throw SpawnError(call: "waitpid", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
+        }
+        return Termination(status: status)
+    }
+
+    /// Reaps the child if it has ended; nil while it runs.
+    public func poll() throws(SpawnError) -> Termination? {
+        var status: Int32 = 0
+        while true {
+            let rc = waitpid(pid, &status, WNOHANG)
+            if rc == pid { return Termination(status: status) }
+            if rc == 0 { return nil }
+            guard errno == EINTR else { throw SpawnError(call: "waitpid", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
+        }
+    }
+
+    /// Path of the running executable, for re-executing it in another role.
+    public static var currentExecutable: String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { return CommandLine.arguments[0] }
+        return String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+public struct SpawnError: Error, Sendable, CustomStringConvertible {
+    public var call: String
+    public var errno: Errno
+    public var executable: String
+    public var description: String { "\(call) for \(executable): \(errno) (errno \(errno.rawValue))" }
+}

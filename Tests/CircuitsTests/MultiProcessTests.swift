@@ -1,0 +1,111 @@
+import XCTest
+import SystemPackage
+import Processes
+@testable import Circuits
+
+/// The circuits layer between two real processes: this one and `cloister role circuits-peer`.
+final class MultiProcessTests: XCTestCase {
+    /// The `cloister` executable built next to this test bundle.
+    static var cloister: String {
+        var dir = ChildProcess.currentExecutable
+        while !dir.isEmpty, !FileManager.default.isExecutableFile(atPath: dir + "/cloister") {
+            dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
+        }
+        return dir + "/cloister"
+    }
+
+    private func startPeer(_ kind: TransportKind, intent: String = "cloister.test-peer/1")
+        throws -> (ChildProcess, FileDescriptor) {
+        let (mine, theirs) = try SocketCalls.socketPair(kind)
+        defer { try? theirs.close() }
+        let child = try ChildProcess.spawn(Self.cloister, arguments: ["role", "circuits-peer", "--kind", kind.rawValue, "--intent", intent],
+                                           descriptors: [theirs])
+        return (child, mine)
+    }
+
+    /// The peer is another executable than this test bundle, so its build is asked for.
+    static let cloisterBuild: String = {
+        let pipe = try! makePipe()
+        let child = try! ChildProcess.spawn("/bin/sh", arguments: ["-c", "exec \"$0\" version --build-id >&3", cloister], descriptors: [pipe.write])
+        try! pipe.write.close()
+        let out = String(decoding: try! readAll(pipe.read), as: UTF8.self)
+        try! pipe.read.close()
+        _ = try! child.wait()
+        return out.trimmingCharacters(in: .whitespacesAndNewlines)
+    }()
+
+    private func peerConfiguration() -> TransportConfiguration<UInt16> {
+        TransportConfiguration(intent: "cloister.test-peer/1", side: .opener, reservedBand: 2, reserved: [0: "health"],
+                               build: Self.cloisterBuild)
+    }
+
+    func testChildWritesIntoDescriptorItWasPassed() async throws {
+        for kind in TransportKind.allCases {
+            let before = openDescriptorCount()
+            let (child, socket) = try startPeer(kind)
+            do {
+                let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: peerConfiguration())
+                XCTAssertEqual(transport.peerBuild, Self.cloisterBuild)
+                let pipe = try makePipe()
+                let c = try transport.open()
+                try await c.send(Array("written by the child".utf8), descriptors: [pipe.write], end: true)
+                try pipe.write.close()
+                let reply = try await c.receive()
+                XCTAssertEqual(String(decoding: reply.payload, as: UTF8.self), "wrote 20")
+                XCTAssertTrue(reply.isEnd)
+                XCTAssertEqual(String(decoding: try readAll(pipe.read), as: UTF8.self), "written by the child")
+                try pipe.read.close()
+
+                // Health on the reserved circuit, while an ordinary conversation echoes.
+                let health = try transport.reserved(0)
+                try await health.send([1, 2, 3])
+                let awaited1 = try await health.receive().payload
+                XCTAssertEqual(awaited1, [1, 2, 3])
+                transport.close()
+            }
+            XCTAssertEqual(try child.wait(), .exited(0), "\(kind): peer exits cleanly when the transport closes")
+            XCTAssertEqual(openDescriptorCount(), before, "\(kind)")
+        }
+    }
+
+    func testChildKilledMidConversationGivesCleanError() async throws {
+        let before = openDescriptorCount()
+        let (child, socket) = try startPeer(.seqpacket)
+        do {
+            let transport = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket, configuration: peerConfiguration())
+            let c = try transport.open()
+            try await c.send(Array("ping".utf8))
+            let awaited2 = try await c.receive().payload
+            XCTAssertEqual(awaited2, Array("ping".utf8))
+            let waiting = Task { try await c.receive() }
+            try child.signal(SIGKILL)
+            do {
+                _ = try await waiting.value
+                XCTFail("receive returned after the peer died")
+            } catch let error as CircuitError {
+                XCTAssertEqual(error, .peerClosed)
+            }
+            do {
+                try await c.send([1])
+                XCTFail("send succeeded after the peer died")
+            } catch let error as CircuitError {
+                XCTAssertEqual(error, .peerClosed)
+            }
+            let awaited3 = await transport.closed()
+            XCTAssertEqual(awaited3, .peerClosed)
+        }
+        XCTAssertEqual(try child.wait(), .signaled(SIGKILL))
+        XCTAssertEqual(openDescriptorCount(), before)
+    }
+
+    func testWrongPeerFailsLoudly() async throws {
+        let (child, socket) = try startPeer(.seqpacket, intent: "cloister.something-else/1")
+        do {
+            _ = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket, configuration: peerConfiguration())
+            XCTFail("handshake accepted the wrong intent")
+        } catch let error as CircuitError {
+            XCTAssertEqual(error, .handshakeMismatch(field: "intent", ours: "cloister.test-peer/1", theirs: "cloister.something-else/1"))
+        }
+        XCTAssertEqual(try child.wait(), .exited(1), "the peer reports the mismatch and exits non-zero")
+    }
+}

@@ -1,0 +1,243 @@
+import XCTest
+import SystemPackage
+@testable import Circuits
+
+final class TransportTests: XCTestCase {
+    func testConversationBothKinds() async throws {
+        for kind in TransportKind.allCases {
+            let before = openDescriptorCount()
+            do {
+                let (a, b) = try await transportPair(kind)
+                let request = try a.open()
+                try await request.send(Array("hello".utf8))
+                let served = try await b.accept()
+                XCTAssertEqual(served.id, request.id)
+                let got = try await served.receive()
+                XCTAssertEqual(got.payload, Array("hello".utf8), "\(kind)")
+                XCTAssertFalse(got.isEnd)
+                try await request.send(Array("bye".utf8), end: true)
+                let last = try await served.receive()
+                XCTAssertTrue(last.isEnd)
+                try await served.send(Array("ok".utf8), end: true)
+                let reply = try await request.receive()
+                XCTAssertEqual(reply.payload, Array("ok".utf8))
+                XCTAssertTrue(reply.isEnd)
+                do {
+                    _ = try await request.receive()
+                    XCTFail("received after the end")
+                } catch let error as CircuitError {
+                    XCTAssertEqual(error, .conversationEnded(id: UInt64(request.id)))
+                }
+                XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 }, "\(kind): circuits idle again")
+                a.close()
+                b.close()
+            }
+            XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+        }
+    }
+
+    func testIdleCircuitsAreReusedAndIdsFollowParity() async throws {
+        let (a, b) = try await transportPair(.seqpacket, opener: configuration(.opener, maxCircuits: 8),
+                                             acceptor: configuration(.acceptor, maxCircuits: 8))
+        // Ids 2, 4, 6 belong to the opener (band is 0..<2, 8 circuits).
+        var seen: [UInt16] = []
+        var open: [Circuit<UInt16>] = []
+        for _ in 0..<3 {
+            let c = try a.open()
+            seen.append(c.id)
+            open.append(c)
+        }
+        XCTAssertEqual(seen, [2, 4, 6])
+        XCTAssertThrowsError(try a.open()) { XCTAssertEqual($0 as? CircuitError, .noIdleCircuit) }
+        // End one conversation from both sides; its id becomes idle and is handed out again.
+        try await open[1].send([1], end: true)
+        let peerSide = try await b.accept()
+        _ = try await peerSide.receive()
+        try await peerSide.send([], end: true)
+        _ = try await open[1].receive()
+        XCTAssertTrue(eventually { (try? a.open()).map { $0.id == 4 } ?? false })
+    }
+
+    func testAcceptorOpensOddIds() async throws {
+        let (a, b) = try await transportPair(.stream)
+        let c = try b.open()
+        XCTAssertEqual(c.id % 2, 1)
+        try await c.send([42])
+        let served = try await a.accept()
+        let awaited1 = try await served.receive().payload
+        XCTAssertEqual(awaited1, [42])
+    }
+
+    func testReservedCircuit() async throws {
+        let (a, b) = try await transportPair(.seqpacket)
+        let health = try a.reserved(0)
+        try await health.send(Array("ping".utf8))
+        let message = try await b.reserved(0).receive()
+        XCTAssertEqual(message.payload, Array("ping".utf8))
+        do {
+            try await health.send([], end: true)
+            XCTFail("end on a reserved circuit")
+        } catch let error as CircuitError {
+            XCTAssertEqual(error, .endOnReservedCircuit(id: 0))
+        }
+        XCTAssertThrowsError(try a.reserved(1)) { XCTAssertEqual($0 as? CircuitError, .notReserved(id: 1)) }
+    }
+
+    func testDescriptorsTravelAndLeakNothing() async throws {
+        for kind in TransportKind.allCases {
+            let before = openDescriptorCount()
+            do {
+                let (a, b) = try await transportPair(kind)
+                let pipe = try makePipe()
+                let c = try a.open()
+                try await c.send(Array("with fd".utf8), descriptors: [pipe.write])
+                try pipe.write.close()
+                let served = try await b.accept()
+                let message = try await served.receive()
+                XCTAssertEqual(message.descriptors?.count, 1)
+                let fd = try XCTUnwrap(message.descriptors?.take(0))
+                XCTAssertEqual(fcntl(fd.rawValue, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC, "received descriptors are close-on-exec")
+                _ = try Array("through".utf8).withUnsafeBytes { try fd.write($0) }
+                try fd.close()
+                XCTAssertEqual(try readAll(pipe.read), Array("through".utf8))
+                try pipe.read.close()
+
+                // Descriptors nobody takes are closed with the message.
+                let pipe2 = try makePipe()
+                try await c.send([], descriptors: [pipe2.write, pipe2.write])
+                try pipe2.write.close()
+                do { _ = try await served.receive() }
+                XCTAssertEqual(try readAll(pipe2.read), [], "write end closed everywhere, so EOF")
+                try pipe2.read.close()
+                a.close()
+                b.close()
+            }
+            XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+        }
+    }
+
+    func testDescriptorsOfQueuedMessagesAreClosedOnClose() async throws {
+        let before = openDescriptorCount()
+        do {
+            let (a, b) = try await transportPair(.seqpacket)
+            let pipe = try makePipe()
+            let c = try a.open()
+            for _ in 0..<3 { try await c.send([7], descriptors: [pipe.write]) }
+            XCTAssertTrue(eventually { b.busyCircuits == 1 })
+            try pipe.write.close()
+            b.close()
+            XCTAssertEqual(try readAll(pipe.read), [], "queued descriptors closed")
+            try pipe.read.close()
+            let awaited2 = await a.closed()
+            XCTAssertEqual(awaited2, .peerClosed)
+        }
+        XCTAssertEqual(openDescriptorCount(), before)
+    }
+
+    func testAbandonedHandleEndsTheConversation() async throws {
+        let (a, b) = try await transportPair(.seqpacket)
+        var served: Circuit<UInt16>?
+        do {
+            let c = try a.open()
+            try await c.send([1])
+            served = try await b.accept()
+            _ = try await served!.receive()
+        }
+        // The opener's handle is gone: the acceptor sees the end.
+        let end = try await served!.receive()
+        XCTAssertTrue(end.isEnd)
+        try await served!.send([9], end: true)
+        XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 })
+    }
+
+    func testCloseWakesWaitersAndLaterCallsFail() async throws {
+        let (a, b) = try await transportPair(.stream)
+        let c = try a.open()
+        let waiter = Task { try await c.receive() }
+        try await Task.sleep(for: .milliseconds(20))
+        a.close()
+        do {
+            _ = try await waiter.value
+            XCTFail("receive returned after close")
+        } catch let error as CircuitError {
+            XCTAssertEqual(error, .closed)
+        }
+        XCTAssertThrowsError(try a.open()) { XCTAssertEqual($0 as? CircuitError, .closed) }
+        let awaited3 = await b.closed()
+        XCTAssertEqual(awaited3, .peerClosed)
+    }
+
+    func testCancelledReceiveThrows() async throws {
+        let (a, b) = try await transportPair(.seqpacket)
+        defer { b.close() }
+        let c = try a.open()
+        let waiter = Task { try await c.receive() }
+        try await Task.sleep(for: .milliseconds(20))
+        waiter.cancel()
+        do {
+            _ = try await waiter.value
+            XCTFail("receive returned after cancel")
+        } catch is CancellationError {}
+    }
+
+    func testHandshakeMismatchFailsBothEnds() async throws {
+        let before = openDescriptorCount()
+        do {
+            do {
+                _ = try await transportPair(.seqpacket, acceptor: configuration(.acceptor, intent: "other/2"))
+                XCTFail("handshake accepted a different intent")
+            } catch let error as CircuitError {
+                XCTAssertEqual(error, .handshakeMismatch(field: "intent", ours: "test/1", theirs: "other/2"))
+            }
+            do {
+                _ = try await transportPair(.stream, acceptor: configuration(.opener))
+                XCTFail("handshake accepted two openers")
+            } catch let error as CircuitError {
+                guard case .handshakeMismatch(field: "side", _, _) = error else { return XCTFail("\(error)") }
+            }
+        }
+        XCTAssertEqual(openDescriptorCount(), before)
+    }
+
+    func testHandshakeTimeout() async throws {
+        let (a, b) = try SocketCalls.socketPair(.seqpacket)
+        var c = configuration(.opener)
+        c.handshakeTimeoutMilliseconds = 100
+        do {
+            _ = try await Transport<UInt16>.start(socket: a, kind: .seqpacket, configuration: c)
+            XCTFail("started without a peer handshake")
+        } catch let error as CircuitError {
+            XCTAssertEqual(error, .handshakeTimeout(milliseconds: 100))
+        }
+        try b.close()
+    }
+
+    func testPeerLimitsAreHonouredBySender() async throws {
+        let (a, b) = try await transportPair(.seqpacket, acceptor: configuration(.acceptor, window: 4096, maxPayload: 100, maxDescriptors: 0))
+        defer { b.close() }
+        let c = try a.open()
+        do {
+            try await c.send([UInt8](repeating: 0, count: 101))
+            XCTFail("sent more than the peer accepts")
+        } catch let error as CircuitError {
+            XCTAssertEqual(error, .messageTooLarge(length: 101, descriptors: 0, peerLimit: 100, peerDescriptorLimit: 0))
+        }
+    }
+
+    func testLargeMessagesOnStreamKeepFraming() async throws {
+        let (a, b) = try await transportPair(.stream)
+        let c = try a.open()
+        let payloads = (0..<40).map { i in [UInt8](repeating: UInt8(i), count: 1 + (i * 7919) % (128 * 1024)) }
+        let sender = Task {
+            for p in payloads { try await c.send(p) }
+        }
+        let served = try await b.accept()
+        for p in payloads {
+            let got = try await served.receive()
+            XCTAssertEqual(got.payload.count, p.count)
+            XCTAssertEqual(got.payload.first, p.first)
+            XCTAssertEqual(got.payload, p)
+        }
+        try await sender.value
+    }
+}
