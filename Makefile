@@ -23,7 +23,7 @@ release: deps
 
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	timeout 900 $(SWIFT) test --skip-build
 
 # Until the server exists, `make run` runs the circuits benchmark.
 run: release

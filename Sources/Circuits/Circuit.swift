@@ -17,14 +17,18 @@ import SystemPackage
 /// 2. **Talking.** Both ends send and receive any number of messages, each possibly with
 ///    descriptors, under per-circuit flow control.
 /// 3. **Ending.** Each end sends exactly one message with `end: true` (it may carry a
-///    payload) and sends nothing after it. An end stays busy until it has both *sent* its end
-///    and *seen* the peer's end arrive; only then is the id idle on that side.
+///    payload) and sends nothing after it. A side's circuit stays busy until it has both
+///    *sent* its end and *seen* the peer's end arrive; only then is the id idle on that side.
 ///
-/// Why the two ends can never disagree: frames on a transport arrive in order. The owner
-/// (the end whose parity the id has) reuses an id only once it is idle on its side, that
-/// is, after the peer's end arrived. The peer sent that end, so the peer has already sent its
-/// end, and the owner's end, sent before any new first message, reaches the peer first; the
-/// peer therefore sees the id go idle before the new conversation's first message arrives.
+/// Why the two ends can never disagree: frames on a transport arrive in order, and each end
+/// acts on two separate moments.
+/// - It stops routing frames to the conversation as soon as the peer's end has arrived *and*
+///   it has committed to its own end (possibly still writing it). The peer cannot start a new
+///   conversation on the id before our end reaches it, so nothing of a new conversation can
+///   be mistaken for the old one.
+/// - The owner (the end whose parity the id has) hands the id out again only once its own end
+///   frame is on the wire *and* the peer's end has arrived, so a new first message can never
+///   overtake the end of the previous conversation.
 /// A message on an idle id of the receiver's own parity is a protocol error
 /// (`.messageOnIdleCircuit`), and so is a message after the peer's end (`.messageAfterEnd`).
 ///

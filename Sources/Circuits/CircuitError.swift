@@ -59,6 +59,8 @@ public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {
     case messageTooLarge(length: Int, descriptors: Int, peerLimit: Int, peerDescriptorLimit: Int)
     /// Two tasks waited on the same circuit at once.
     case concurrentReceive(id: UInt64)
+    /// Two tasks waited in `accept()` at once.
+    case concurrentAccept
     /// A system call failed.
     case system(SystemCallError)
 
@@ -120,6 +122,8 @@ public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {
             return "message of \(length) bytes with \(fds) descriptor(s) exceeds the peer's limit (\(limit) bytes, \(fdLimit) descriptors)"
         case let .concurrentReceive(id):
             return "two receivers on circuit \(id)"
+        case .concurrentAccept:
+            return "two tasks in accept() at once"
         case let .system(error):
             return error.description
         }

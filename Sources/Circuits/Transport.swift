@@ -377,7 +377,8 @@ final class TransportCore: Sendable {
             if h.end {
                 guard !conversation.reserved else { throw .peerEndedReservedCircuit(id: h.circuit) }
                 conversation.peerEnded = true
-                if conversation.sentEnd { release(conversation, &s) }
+                if conversation.ending { unroute(conversation, &s) }
+                if conversation.sentEnd { recycle(conversation, &s) }
             }
             if conversation.abandoned {
                 // Not queued: dropped (descriptors closed) when this function returns.
@@ -401,11 +402,32 @@ final class TransportCore: Sendable {
         }
     }
 
-    /// Frees a finished conversation's id. Its handle keeps any messages not yet read.
-    private func release(_ conversation: Conversation, _ s: inout State) {
+    /// Stops routing frames to a conversation once both ends are done with it: the peer has
+    /// ended, and this side has committed to its end (it may still be writing it). Any later
+    /// frame on the id starts a new conversation, which the peer can only do after our end
+    /// arrived. The handle keeps the messages it has not read yet.
+    private func unroute(_ conversation: Conversation, _ s: inout State) {
         guard s.conversations[conversation.id] === conversation else { return }
         s.conversations[conversation.id] = nil
+    }
+
+    /// Makes an id of ours available to `open()` again, once our end frame is on the wire and
+    /// the peer's has arrived: a new first message can then never overtake our end. Called
+    /// exactly once per conversation, by whichever of the two events comes second.
+    private func recycle(_ conversation: Conversation, _ s: inout State) {
         if layout.side.owns(conversation.id) { s.idleOwnIds.push(conversation.id) }
+    }
+
+    /// This side commits to its end (before writing it).
+    private func beginEnding(_ conversation: Conversation, _ s: inout State) {
+        conversation.ending = true
+        if conversation.peerEnded { unroute(conversation, &s) }
+    }
+
+    /// This side's end frame has been written.
+    private func endWritten(_ conversation: Conversation, _ s: inout State) {
+        conversation.sentEnd = true
+        if conversation.peerEnded { recycle(conversation, &s) }
     }
 
     /// Accounts a consumed message; returns a new limit to grant when half a window has been
@@ -468,7 +490,9 @@ final class TransportCore: Sendable {
             }
             if let next { return next }
             try await suspend { (s, c) throws(CircuitError) in
-                if s.acceptWaiter != nil { throw .concurrentReceive(id: UInt64.max) }
+                // A conversation may have arrived since the check above.
+                if !s.incoming.isEmpty { c.resume(); return }
+                if s.acceptWaiter != nil { throw .concurrentAccept }
                 s.acceptWaiter = c
             } cancel: { s in
                 defer { s.acceptWaiter = nil }
@@ -523,7 +547,7 @@ final class TransportCore: Sendable {
                 }
                 credit.sent += UInt64(cost)
                 s.credits[id] = credit
-                if end { conversation.ending = true }
+                if end { beginEnding(conversation, &s) }
                 return true
             }
             if ready { return }
@@ -550,10 +574,7 @@ final class TransportCore: Sendable {
             throw error
         }
         if end {
-            state.withLock { s in
-                conversation.sentEnd = true
-                if conversation.peerEnded { release(conversation, &s) }
-            }
+            state.withLock { endWritten(conversation, &$0) }
         }
         if state.withLock({ !$0.pendingGrants.isEmpty }) { try flushPendingGrants() }
     }
@@ -596,7 +617,7 @@ final class TransportCore: Sendable {
             var grant: UInt64?
             for m in dropped { grant = consume(m.cost, on: conversation.id, &s) ?? grant }
             let needsEnd = !conversation.ending
-            conversation.ending = true
+            if needsEnd { beginEnding(conversation, &s) }
             return (grant, needsEnd)
         }
         dropped.removeAll()
@@ -605,10 +626,7 @@ final class TransportCore: Sendable {
             if needsEnd {
                 // A bare end needs no credit, so this never waits.
                 try writer.write(.data, circuit: conversation.id, end: true, payload: UnsafeRawBufferPointer(start: nil, count: 0))
-                state.withLock { s in
-                    conversation.sentEnd = true
-                    if conversation.peerEnded { release(conversation, &s) }
-                }
+                state.withLock { endWritten(conversation, &$0) }
             }
         } catch {
             fail(error)

@@ -6,13 +6,22 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Number of descriptors open in this process right now.
+/// Number of sockets and pipes open in this process: what the circuits layer or a test could
+/// leak. Descriptors the Swift runtime opens lazily for itself (Dispatch's epoll, eventfd and
+/// timerfd) are not counted, so a first use of a runtime feature is not mistaken for a leak.
 func openDescriptorCount() -> Int {
     guard let dir = opendir("/proc/self/fd") else { return -1 }
     defer { closedir(dir) }
     var count = 0
-    while readdir(dir) != nil { count += 1 }
-    return count - 3  // ".", ".." and the directory's own descriptor
+    var target = [CChar](repeating: 0, count: 256)
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+        let n = readlink("/proc/self/fd/" + name, &target, target.count - 1)
+        guard n > 0 else { continue }
+        let link = String(decoding: target[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if link.hasPrefix("socket:") || link.hasPrefix("pipe:") { count += 1 }
+    }
+    return count
 }
 
 /// Polls `condition` for up to `seconds` (for effects of other threads, not for timing).
@@ -104,6 +113,25 @@ func transportWithRawPeer(_ kind: TransportKind, config: TransportConfiguration<
     let transport = try await Transport<UInt16>.start(socket: a, kind: kind, configuration: config)
     return (transport, peer)
 }
+
+/// Runs `body`, failing instead of hanging when it takes longer than `seconds` (a lost
+/// wakeup shows up as a failure, not as a stuck test run).
+func withDeadline<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw DeadlineExceeded(seconds: seconds)
+        }
+        return value
+    }
+}
+
+struct DeadlineExceeded: Error { var seconds: Double }
 
 func makePipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
     let p = try FileDescriptor.pipe()

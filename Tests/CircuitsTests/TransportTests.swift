@@ -58,6 +58,40 @@ final class TransportTests: XCTestCase {
         XCTAssertTrue(eventually { (try? a.open()).map { $0.id == 4 } ?? false })
     }
 
+    /// Many short conversations back to back: each accept races the next arrival, which is
+    /// where a lost wakeup would hang.
+    func testManyConversationsAreAllAccepted() async throws {
+        for kind in TransportKind.allCases {
+            let (a, b) = try await transportPair(kind)
+            let served = try await withDeadline(30) {
+                try await withThrowingTaskGroup(of: Int.self) { group in
+                    group.addTask {
+                        for i in 0..<2000 {
+                            let c = try await b.accept()
+                            let m = try await c.receive()
+                            try await c.send(m.payload, end: true)
+                            if i == 1999 { return i + 1 }
+                        }
+                        return 0
+                    }
+                    group.addTask {
+                        for i in 0..<2000 {
+                            let c = try a.open()
+                            try await c.send([UInt8(i & 0xff)], end: true)
+                            let reply = try await c.receive()
+                            XCTAssertEqual(reply.payload, [UInt8(i & 0xff)])
+                        }
+                        return -1
+                    }
+                    var result = 0
+                    for try await r in group where r > 0 { result = r }
+                    return result
+                }
+            }
+            XCTAssertEqual(served, 2000, "\(kind)")
+        }
+    }
+
     func testAcceptorOpensOddIds() async throws {
         let (a, b) = try await transportPair(.stream)
         let c = try b.open()

@@ -1,0 +1,190 @@
+import Circuits
+import CShim
+import Processes
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Throughput of the circuits layer against a raw SOCK_SEQPACKET socketpair.
+struct CircuitsBenchmark {
+    var quick: Bool
+
+    struct Case {
+        var payload: Int
+        var descriptors: Int
+        var circuits: Int
+        var messages: Int
+    }
+
+    var cases: [Case] {
+        var result: [Case] = []
+        for payload in [64, 4096, 65536] {
+            for descriptors in [0, 1] {
+                for circuits in [1, 64] {
+                    var messages = payload == 64 ? 200_000 : payload == 4096 ? 100_000 : 12_800
+                    if descriptors > 0 { messages /= 2 }
+                    if quick { messages /= 10 }
+                    result.append(Case(payload: payload, descriptors: descriptors, circuits: circuits, messages: messages))
+                }
+            }
+        }
+        return result
+    }
+
+    static let intent = "cloister.bench/1"
+
+    static func configuration(_ side: TransportSide) -> TransportConfiguration<UInt16> {
+        TransportConfiguration(intent: intent, side: side, maxCircuits: 256, reservedBand: 2, reserved: [0: "control"],
+                               window: 1 << 20, maxPayload: 65536, maxDescriptorsPerMessage: 1)
+    }
+
+    func run() async throws {
+        let repeats = quick ? 1 : 3
+        print("circuits benchmark: \(repeats == 1 ? "1 run" : "median of \(repeats) runs") per cell, raw = one SOCK_SEQPACKET socketpair between the same two processes")
+        print("")
+        print("| payload | fd/msg | circuits | raw msg/s | raw MB/s | circuits msg/s | circuits MB/s | ratio |")
+        print("|--------:|-------:|---------:|----------:|---------:|---------------:|--------------:|------:|")
+        for c in cases {
+            var raw: [Measurement] = []
+            var circuits: [Measurement] = []
+            for _ in 0..<repeats {
+                raw.append(try measureRaw(c))
+                circuits.append(try await measureCircuits(c))
+            }
+            let r = median(raw), m = median(circuits)
+            let size = c.payload >= 1024 ? "\(c.payload / 1024) KiB" : "\(c.payload) B"
+            print("| \(size) | \(c.descriptors) | \(c.circuits) | \(fixed(r.messagesPerSecond, 0)) | \(fixed(r.megabytesPerSecond, 1)) | \(fixed(m.messagesPerSecond, 0)) | \(fixed(m.megabytesPerSecond, 1)) | \(fixed(m.megabytesPerSecond / r.megabytesPerSecond, 2)) |")
+        }
+    }
+
+    private func median(_ ms: [Measurement]) -> Measurement {
+        ms.sorted { $0.seconds < $1.seconds }[ms.count / 2]
+    }
+
+    private func spawnSink(_ mode: String, _ c: Case) throws -> (ChildProcess, FileDescriptor) {
+        let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
+        defer { try? theirs.close() }
+        let child = try ChildProcess.spawn(ChildProcess.currentExecutable,
+                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)"],
+                                           descriptors: [theirs])
+        return (child, mine)
+    }
+
+    /// The baseline: sendmsg straight into the socketpair, the sink recvmsg's and counts.
+    func measureRaw(_ c: Case) throws -> Measurement {
+        let (child, socket) = try spawnSink("raw", c)
+        defer { try? socket.close() }
+        let payload = [UInt8](repeating: 0x5a, count: c.payload)
+        let devNull = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+        defer { try? devNull.close() }
+        var fds = [CInt](repeating: devNull.rawValue, count: c.descriptors)
+        // Wait for the sink to be ready so process start-up is not timed.
+        try RawSocket.receiveAck(socket)
+        let start = now()
+        try payload.withUnsafeBytes { bytes in
+            var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+            for _ in 0..<c.messages {
+                let n = cloister_sendmsg_fds(socket.rawValue, &iov, 1, &fds, UInt32(fds.count), CInt(MSG_NOSIGNAL))
+                if n < 0 { throw Errno(rawValue: errno) }
+            }
+        }
+        try RawSocket.receiveAck(socket)
+        let seconds = now() - start
+        _ = try child.wait()
+        return Measurement(messages: c.messages, bytes: c.messages * c.payload, seconds: seconds)
+    }
+
+    /// The measured path: a transport, `circuits` conversations sending concurrently.
+    func measureCircuits(_ c: Case) async throws -> Measurement {
+        let (child, socket) = try spawnSink("circuits", c)
+        let transport = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket, configuration: Self.configuration(.opener))
+        let control = try transport.reserved(0)
+        _ = try await control.receive()  // sink ready
+        let payload = [UInt8](repeating: 0x5a, count: c.payload)
+        let devNull = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+        defer { try? devNull.close() }
+        let fds = [FileDescriptor](repeating: devNull, count: c.descriptors)
+        let perCircuit = c.messages / c.circuits
+        let start = now()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<c.circuits {
+                let circuit = try transport.open()
+                group.addTask {
+                    for i in 0..<perCircuit {
+                        try await circuit.send(payload, descriptors: fds, end: i == perCircuit - 1)
+                    }
+                    _ = try await circuit.receive()  // the sink's end: everything arrived
+                }
+            }
+            try await group.waitForAll()
+        }
+        let seconds = now() - start
+        transport.close()
+        _ = try child.wait()
+        return Measurement(messages: perCircuit * c.circuits, bytes: perCircuit * c.circuits * c.payload, seconds: seconds)
+    }
+}
+
+enum RawSocket {
+    static func receiveAck(_ socket: FileDescriptor) throws {
+        var byte: UInt8 = 0
+        let n = read(socket.rawValue, &byte, 1)
+        if n != 1 { throw Errno(rawValue: n < 0 ? errno : EPIPE) }
+    }
+
+    static func sendAck(_ socket: FileDescriptor) throws {
+        var byte: UInt8 = 1
+        if write(socket.rawValue, &byte, 1) != 1 { throw Errno(rawValue: errno) }
+    }
+}
+
+/// The receiving process of a measurement, on the socket at descriptor 3.
+enum Sink {
+    static func run(_ args: [String]) async throws {
+        guard args.count == 4, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]) else {
+            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES")
+            exit(2)
+        }
+        let socket = FileDescriptor(rawValue: 3)
+        switch args[0] {
+        case "raw":
+            try raw(socket, payload: payload, descriptors: descriptors, messages: messages)
+        case "circuits":
+            try await circuits(socket)
+        default:
+            exit(2)
+        }
+    }
+
+    static func raw(_ socket: FileDescriptor, payload: Int, descriptors: Int, messages: Int) throws {
+        var buffer = [UInt8](repeating: 0, count: payload + 1)
+        var fds = [CInt](repeating: -1, count: max(descriptors, 1))
+        try RawSocket.sendAck(socket)
+        for _ in 0..<messages {
+            var nfds: UInt32 = 0, flags: CInt = 0, foreign: CInt = 0
+            let n = buffer.withUnsafeMutableBytes { b in
+                var iov = iovec(iov_base: b.baseAddress, iov_len: b.count)
+                return cloister_recvmsg_fds(socket.rawValue, &iov, 1, &fds, UInt32(fds.count), &nfds, &flags, &foreign, 0)
+            }
+            if n != payload { throw Errno(rawValue: n < 0 ? errno : EMSGSIZE) }
+            for i in 0..<Int(nfds) { close(fds[i]) }
+        }
+        try RawSocket.sendAck(socket)
+    }
+
+    static func circuits(_ socket: FileDescriptor) async throws {
+        let transport = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket,
+                                                          configuration: CircuitsBenchmark.configuration(.acceptor))
+        try await transport.reserved(0).send([1])
+        await withThrowingTaskGroup(of: Void.self) { group in
+            while let circuit = try? await transport.accept() {
+                group.addTask {
+                    while !(try await circuit.receive()).isEnd {}
+                    try await circuit.send([], end: true)
+                }
+            }
+        }
+    }
+}

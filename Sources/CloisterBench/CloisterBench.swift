@@ -1,0 +1,53 @@
+import Circuits
+import CShim
+import Processes
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Benchmarks, each reporting a ratio against a baseline measured in the same run.
+///
+///     cloister-bench circuits [--quick]
+///
+/// The process re-executes itself as the receiving side (`cloister-bench sink …`), so both
+/// the baseline and the measured path move the same payloads between the same two processes.
+@main
+struct CloisterBench {
+    static func main() async throws {
+        let args = Array(CommandLine.arguments.dropFirst())
+        switch args.first {
+        case "circuits":
+            try await CircuitsBenchmark(quick: args.contains("--quick")).run()
+        case "sink":
+            try await Sink.run(Array(args.dropFirst()))
+        default:
+            print("usage: cloister-bench circuits [--quick]")
+            exit(2)
+        }
+    }
+}
+
+/// One measurement: what was moved and how long it took.
+struct Measurement {
+    var messages: Int
+    var bytes: Int
+    var seconds: Double
+    var messagesPerSecond: Double { Double(messages) / seconds }
+    var megabytesPerSecond: Double { Double(bytes) / seconds / 1e6 }
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+func fixed(_ value: Double, _ digits: Int) -> String {
+    var s = String(Int((value * pow(10, Double(digits))).rounded()))
+    if digits == 0 { return s }
+    while s.count <= digits { s = "0" + s }
+    s.insert(".", at: s.index(s.endIndex, offsetBy: -digits))
+    return s
+}
