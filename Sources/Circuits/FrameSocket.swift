@@ -96,7 +96,11 @@ final class FrameWriter: Sendable {
         return try withDescriptor { (fd) throws(CircuitError) -> Bool in
             try withUnsafeTemporaryAllocation(byteCount: headerSize, alignment: 8) { (headerBuffer) throws(CircuitError) -> Bool in
                 header.encode(into: headerBuffer, idBytes: idBytes)
-                let raw = descriptors.map(\.rawValue)
+                // FileDescriptor is a single CInt, so the array's storage is already what
+                // SCM_RIGHTS wants.
+                let raw = descriptors.withUnsafeBufferPointer {
+                    UnsafeRawBufferPointer($0).bindMemory(to: CInt.self)
+                }
                 switch self.kind {
                 case .seqpacket:
                     return try Self.sendAll(fd, headerBuffer, payload, raw, stream: false, nonBlocking: nonBlocking)
@@ -115,25 +119,22 @@ final class FrameWriter: Sendable {
     }
 
     private static func sendAll(_ fd: FileDescriptor, _ header: UnsafeMutableRawBufferPointer,
-                                _ payload: UnsafeRawBufferPointer, _ fds: [CInt], stream: Bool,
+                                _ payload: UnsafeRawBufferPointer, _ fds: UnsafeBufferPointer<CInt>, stream: Bool,
                                 nonBlocking: Bool) throws(CircuitError) -> Bool {
-        var iov = [
-            iovec(iov_base: header.baseAddress, iov_len: header.count),
-            iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count),
-        ]
+        var iov = (iovec(iov_base: header.baseAddress, iov_len: header.count),
+                   iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
         let total = header.count + payload.count
         var sent = 0
         var first = true
         while sent < total {
             let n: Int
             do {
-                n = try iov.withUnsafeBufferPointer { iovs throws(SystemCallError) -> Int in
-                    try fds.withUnsafeBufferPointer { fdBuffer throws(SystemCallError) -> Int in
-                        let start = iovs[0].iov_len == 0 ? 1 : 0
-                        return try SocketCalls.send(fd, UnsafeBufferPointer(rebasing: iovs[start...]),
-                                                    descriptors: first ? fdBuffer : UnsafeBufferPointer(start: nil, count: 0),
-                                                    nonBlocking: nonBlocking && first)
-                    }
+                n = try withUnsafeBytes(of: &iov) { (raw) throws(SystemCallError) -> Int in
+                    let iovs = raw.bindMemory(to: iovec.self)
+                    let start = iovs[0].iov_len == 0 ? 1 : 0
+                    return try SocketCalls.send(fd, UnsafeBufferPointer(rebasing: iovs[start...]),
+                                                descriptors: first ? fds : UnsafeBufferPointer(start: nil, count: 0),
+                                                nonBlocking: nonBlocking && first)
                 }
             } catch where error.errno == .wouldBlock && first {
                 return false
@@ -145,13 +146,12 @@ final class FrameWriter: Sendable {
             guard stream else { return true }
             first = false
             sent += n
-            var skip = n
-            for i in 0..<2 {
-                let take = min(skip, iov[i].iov_len)
-                iov[i].iov_base = iov[i].iov_base.map { $0 + take }
-                iov[i].iov_len -= take
-                skip -= take
-            }
+            let fromHeader = min(n, iov.0.iov_len)
+            iov.0.iov_base = iov.0.iov_base.map { $0 + fromHeader }
+            iov.0.iov_len -= fromHeader
+            let fromPayload = n - fromHeader
+            iov.1.iov_base = iov.1.iov_base.map { $0 + fromPayload }
+            iov.1.iov_len -= fromPayload
         }
         return true
     }
@@ -166,6 +166,7 @@ struct FrameReader: ~Copyable {
     /// Stream: `buffer` accumulates bytes from `start` to `end`.
     private let header: UnsafeMutableRawBufferPointer
     private let buffer: UnsafeMutableRawBufferPointer
+    private let iov: UnsafeMutableBufferPointer<iovec>
     private var start = 0
     private var end = 0
     /// Stream offset of `buffer[start]`, and the descriptors that arrived with the frame
@@ -183,31 +184,40 @@ struct FrameReader: ~Copyable {
         let largest = max(limits.maxPayload, Handshake.maxSize)
         let capacity = kind == .stream ? limits.headerSize + largest : largest
         buffer = .allocate(byteCount: capacity, alignment: 16)
+        iov = .allocate(capacity: 2)
     }
 
     deinit {
         header.deallocate()
         buffer.deallocate()
+        iov.deallocate()
     }
 
-    /// The next frame, or nil at a clean end of file.
-    mutating func read() throws(CircuitError) -> Frame? {
+    enum Result {
+        case frame(Frame)
+        /// Nothing to read right now (only with `nonBlocking`).
+        case wouldBlock
+        /// Clean end of file at a frame boundary.
+        case end
+    }
+
+    /// The next frame. With `nonBlocking`, `.wouldBlock` instead of waiting for one.
+    mutating func read(nonBlocking: Bool) throws(CircuitError) -> Result {
         switch kind {
-        case .seqpacket: return try readPacket()
-        case .stream: return try readStream()
+        case .seqpacket: return try readPacket(nonBlocking: nonBlocking)
+        case .stream: return try readStream(nonBlocking: nonBlocking)
         }
     }
 
-    private func readPacket() throws(CircuitError) -> Frame? {
-        var iov = [
-            iovec(iov_base: header.baseAddress, iov_len: header.count),
-            iovec(iov_base: buffer.baseAddress, iov_len: buffer.count),
-        ]
+    private func readPacket(nonBlocking: Bool) throws(CircuitError) -> Result {
+        iov[0] = iovec(iov_base: header.baseAddress, iov_len: header.count)
+        iov[1] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
         let received: SocketCalls.Received
         do {
-            received = try iov.withUnsafeMutableBufferPointer { (iovs) throws(SystemCallError) in
-                try SocketCalls.receive(fd, iovs, maxDescriptors: limits.maxDescriptors, reportFullLength: true)
-            }
+            guard let r = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<2]),
+                                                  maxDescriptors: limits.maxDescriptors, reportFullLength: true,
+                                                  nonBlocking: nonBlocking) else { return .wouldBlock }
+            received = r
         } catch {
             throw .system(error)
         }
@@ -216,7 +226,7 @@ struct FrameReader: ~Copyable {
         if received.controlTruncated {
             throw .truncatedControlData(receivedDescriptors: fds?.count ?? 0)
         }
-        if received.count == 0 && fds == nil { return nil }
+        if received.count == 0 && fds == nil { return .end }
         let headerSize = limits.headerSize
         guard received.count >= headerSize else {
             throw .truncatedHeader(received: received.count, required: headerSize)
@@ -233,10 +243,10 @@ struct FrameReader: ~Copyable {
         }
         try Self.checkDescriptors(h, fds, limits)
         let payload = [UInt8](UnsafeRawBufferPointer(rebasing: buffer[0..<h.length]))
-        return Frame(header: h, payload: payload, descriptors: fds)
+        return .frame(Frame(header: h, payload: payload, descriptors: fds))
     }
 
-    private mutating func readStream() throws(CircuitError) -> Frame? {
+    private mutating func readStream(nonBlocking: Bool) throws(CircuitError) -> Result {
         let headerSize = limits.headerSize
         while true {
             let available = end - start
@@ -255,7 +265,7 @@ struct FrameReader: ~Copyable {
                     start += headerSize + h.length
                     offset += UInt64(headerSize + h.length)
                     if start == end { start = 0; end = 0 }
-                    return Frame(header: h, payload: payload, descriptors: fds)
+                    return .frame(Frame(header: h, payload: payload, descriptors: fds))
                 }
             }
             if start > 0 && end == buffer.count {
@@ -264,12 +274,13 @@ struct FrameReader: ~Copyable {
                 end -= start
                 start = 0
             }
-            var iov = [iovec(iov_base: buffer.baseAddress! + end, iov_len: buffer.count - end)]
+            iov[0] = iovec(iov_base: buffer.baseAddress! + end, iov_len: buffer.count - end)
             let received: SocketCalls.Received
             do {
-                received = try iov.withUnsafeMutableBufferPointer { (iovs) throws(SystemCallError) in
-                    try SocketCalls.receive(fd, iovs, maxDescriptors: limits.maxDescriptors, reportFullLength: false)
-                }
+                guard let r = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
+                                                      maxDescriptors: limits.maxDescriptors, reportFullLength: false,
+                                                      nonBlocking: nonBlocking) else { return .wouldBlock }
+                received = r
             } catch {
                 throw .system(error)
             }
@@ -282,7 +293,7 @@ struct FrameReader: ~Copyable {
             }
             if received.count == 0 {
                 let left = end - start
-                if left == 0 && fds == nil { return nil }
+                if left == 0 && fds == nil { return .end }
                 if left < headerSize { throw .truncatedHeader(received: left, required: headerSize) }
                 let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: buffer[start..<start + headerSize]),
                                                idBytes: limits.idBytes, maxCircuits: limits.maxCircuits,

@@ -217,13 +217,30 @@ final class TransportCore: Sendable {
     private func runReader() {
         var reader = FrameReader(fd: socket, kind: kind, limits: layout.limits)
         var error: CircuitError
+        // Consumers to wake. Waking a task costs a thread hand-off, so wake-ups wait until the
+        // socket has nothing more ready (or a batch is full): a burst of frames costs one
+        // wake-up per circuit, while a lone frame is handed over at once.
+        var wakes: [CheckedContinuation<Void, Error>] = []
+        var framesSinceWake = 0
+        func wakeAll() {
+            for w in wakes { w.resume() }
+            wakes.removeAll(keepingCapacity: true)
+            framesSinceWake = 0
+        }
+        defer { wakeAll() }
         do {
-            while true {
-                guard let frame = try reader.read() else {
+            loop: while true {
+                switch try reader.read(nonBlocking: !wakes.isEmpty) {
+                case .frame(let frame):
+                    try dispatch(frame, wakes: &wakes)
+                    framesSinceWake += 1
+                    if framesSinceWake >= 32 { wakeAll() }
+                case .wouldBlock:
+                    wakeAll()
+                case .end:
                     error = .peerClosed
-                    break
+                    break loop
                 }
-                try dispatch(frame)
             }
         } catch let e {
             // After a local close the socket was shut down under us; report that, not the
@@ -304,7 +321,7 @@ final class TransportCore: Sendable {
 
     // MARK: Reader side
 
-    private func dispatch(_ frame: Frame) throws(CircuitError) {
+    private func dispatch(_ frame: Frame, wakes: inout [CheckedContinuation<Void, Error>]) throws(CircuitError) {
         let h = frame.header
         if h.kind == .handshake {
             let peer = try Handshake.decode(frame.payload)
@@ -341,7 +358,7 @@ final class TransportCore: Sendable {
             }
             for sender in senders { sender.resume() }
         case .data:
-            try deliver(frame)
+            if let wake = try deliver(frame) { wakes.append(wake) }
         }
     }
 
@@ -349,7 +366,8 @@ final class TransportCore: Sendable {
         Credit(limit: s.peer?.window ?? 0, granted: layout.window)
     }
 
-    private func deliver(_ frame: Frame) throws(CircuitError) {
+    /// Queues a data frame on its conversation; returns a waiting consumer to wake.
+    private func deliver(_ frame: Frame) throws(CircuitError) -> CheckedContinuation<Void, Error>? {
         let h = frame.header
         let cost = TransportConfiguration<UInt64>.cost(payload: h.length, descriptors: h.descriptorCount, end: h.end)
         let message = Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: h.end, cost: cost)
@@ -392,7 +410,6 @@ final class TransportCore: Sendable {
             }
             return wake
         }
-        wake?.resume()
         if let grant {
             // The reader must never block on a write (two readers blocked on each other's
             // full buffers would deadlock); a grant that does not fit now waits for the next
@@ -400,6 +417,7 @@ final class TransportCore: Sendable {
             let sent = (try? sendGrant(grant, on: h.circuit, nonBlocking: true)) ?? false
             if !sent { state.withLock { $0.pendingGrants[h.circuit] = grant } }
         }
+        return wake
     }
 
     /// Stops routing frames to a conversation once both ends are done with it: the peer has

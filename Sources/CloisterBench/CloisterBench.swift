@@ -19,11 +19,16 @@ struct CloisterBench {
         let args = Array(CommandLine.arguments.dropFirst())
         switch args.first {
         case "circuits":
-            try await CircuitsBenchmark(quick: args.contains("--quick")).run()
+            func option(_ name: String) -> Int? {
+                args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil }
+            }
+            try await CircuitsBenchmark(quick: args.contains("--quick"), onlyPayload: option("--payload"),
+                                        onlyDescriptors: option("--fds"), onlyCircuits: option("--circuits"),
+                                        skipRaw: args.contains("--no-raw")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
-            print("usage: cloister-bench circuits [--quick]")
+            print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--no-raw]")
             exit(2)
         }
     }
