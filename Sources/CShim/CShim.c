@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <link.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -76,6 +77,70 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
             }
         }
     }
+    return n;
+}
+
+/// Moves the SCM_RIGHTS descriptors of one received message into `fds` (up to `maxfds`),
+/// closing any beyond that and flagging MSG_CTRUNC.
+static void take_fds(struct msghdr *msg, int *fds, unsigned maxfds, unsigned *nfds) {
+    *nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *data = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, data + i, sizeof fd);
+            if (*nfds < maxfds) {
+                fds[(*nfds)++] = fd;
+            } else {
+                close(fd);
+                msg->msg_flags |= MSG_CTRUNC;
+            }
+        }
+    }
+}
+
+#define CLOISTER_MAX_BATCH 16
+
+int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, unsigned maxfds,
+                          unsigned *nfds, size_t *lengths, int *msg_flags) {
+    if (vlen > CLOISTER_MAX_BATCH) vlen = CLOISTER_MAX_BATCH;
+    if (maxfds == 0 || maxfds > CLOISTER_MAX_FDS_PER_MESSAGE) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct mmsghdr msgs[CLOISTER_MAX_BATCH];
+    size_t space = CMSG_SPACE(sizeof(int) * maxfds);
+    // One control buffer per packet, aligned for cmsghdr.
+    union {
+        char buf[CLOISTER_MAX_BATCH * CMSG_SPACE(sizeof(int) * 16)];
+        struct cmsghdr align;
+    } small;
+    char *control = small.buf;
+    char *heap = NULL;
+    if (space * vlen > sizeof small.buf) {
+        heap = malloc(space * vlen);
+        if (heap == NULL) return -1;
+        control = heap;
+    }
+    memset(msgs, 0, sizeof msgs);
+    for (unsigned i = 0; i < vlen; i++) {
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_control = control + i * space;
+        msgs[i].msg_hdr.msg_controllen = space;
+    }
+    int n;
+    do {
+        n = recvmmsg(sock, msgs, vlen, MSG_WAITFORONE | MSG_CMSG_CLOEXEC | MSG_TRUNC, NULL);
+    } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) {
+        take_fds(&msgs[i].msg_hdr, fds + (size_t)i * maxfds, maxfds, &nfds[i]);
+        lengths[i] = msgs[i].msg_len;
+        msg_flags[i] = msgs[i].msg_hdr.msg_flags;
+    }
+    free(heap);
     return n;
 }
 

@@ -1,3 +1,4 @@
+import CShim
 import Synchronization
 import SystemPackage
 
@@ -158,15 +159,25 @@ final class FrameWriter: Sendable {
 }
 
 /// Reads frames from the transport's socket. Owned by the transport's reader thread alone.
+///
+/// Frames come in batches: everything the kernel has ready is taken in one go
+/// (`recvmmsg` with MSG_WAITFORONE for packets, one large `recv` for a stream), so the reader
+/// wakes consumers once per batch instead of once per frame.
 struct FrameReader: ~Copyable {
     let fd: FileDescriptor
     let kind: TransportKind
     let limits: FrameLimits
-    /// Seqpacket: header and payload are received straight into these (no staging copy).
-    /// Stream: `buffer` accumulates bytes from `start` to `end`.
-    private let header: UnsafeMutableRawBufferPointer
+    /// Seqpacket: `slots` receive buffers of `slotSize` bytes, one packet each.
+    /// Stream: one buffer accumulating bytes from `start` to `end`.
     private let buffer: UnsafeMutableRawBufferPointer
+    private let slotSize: Int
+    private let slots: Int
     private let iov: UnsafeMutableBufferPointer<iovec>
+    private let fdRoom: Int
+    private let fds: UnsafeMutableBufferPointer<CInt>
+    private let nfds: UnsafeMutableBufferPointer<UInt32>
+    private let lengths: UnsafeMutableBufferPointer<Int>
+    private let flags: UnsafeMutableBufferPointer<CInt>
     private var start = 0
     private var end = 0
     /// Stream offset of `buffer[start]`, and the descriptors that arrived with the frame
@@ -180,94 +191,108 @@ struct FrameReader: ~Copyable {
         self.fd = fd
         self.kind = kind
         self.limits = limits
-        header = .allocate(byteCount: limits.headerSize, alignment: 8)
-        let largest = max(limits.maxPayload, Handshake.maxSize)
-        let capacity = kind == .stream ? limits.headerSize + largest : largest
-        buffer = .allocate(byteCount: capacity, alignment: 16)
-        iov = .allocate(capacity: 2)
+        let largest = limits.headerSize + max(limits.maxPayload, Handshake.maxSize)
+        slotSize = largest
+        // About 1 MiB of packet buffers, between 1 and 16 packets per batch.
+        slots = kind == .seqpacket ? min(16, max(1, (1 << 20) / largest)) : 1
+        buffer = .allocate(byteCount: slotSize * slots, alignment: 16)
+        iov = .allocate(capacity: slots)
+        fdRoom = max(limits.maxDescriptors, 1)
+        fds = .allocate(capacity: slots * fdRoom)
+        nfds = .allocate(capacity: slots)
+        lengths = .allocate(capacity: slots)
+        flags = .allocate(capacity: slots)
     }
 
     deinit {
-        header.deallocate()
         buffer.deallocate()
         iov.deallocate()
+        fds.deallocate()
+        nfds.deallocate()
+        lengths.deallocate()
+        flags.deallocate()
     }
 
-    enum Result {
-        case frame(Frame)
-        /// Nothing to read right now (only with `nonBlocking`).
-        case wouldBlock
-        /// Clean end of file at a frame boundary.
-        case end
-    }
-
-    /// The next frame. With `nonBlocking`, `.wouldBlock` instead of waiting for one.
-    mutating func read(nonBlocking: Bool) throws(CircuitError) -> Result {
+    /// Waits for at least one frame and appends every frame that is ready to `frames`.
+    /// Returns false at a clean end of file (after appending what came before it).
+    mutating func readBatch(into frames: inout [Frame]) throws(CircuitError) -> Bool {
         switch kind {
-        case .seqpacket: return try readPacket(nonBlocking: nonBlocking)
-        case .stream: return try readStream(nonBlocking: nonBlocking)
+        case .seqpacket: return try readPackets(into: &frames)
+        case .stream: return try readStream(into: &frames)
         }
     }
 
-    private func readPacket(nonBlocking: Bool) throws(CircuitError) -> Result {
-        iov[0] = iovec(iov_base: header.baseAddress, iov_len: header.count)
-        iov[1] = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-        let received: SocketCalls.Received
-        do {
-            guard let r = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<2]),
-                                                  maxDescriptors: limits.maxDescriptors, reportFullLength: true,
-                                                  nonBlocking: nonBlocking) else { return .wouldBlock }
-            received = r
-        } catch {
-            throw .system(error)
+    private func readPackets(into frames: inout [Frame]) throws(CircuitError) -> Bool {
+        for i in 0..<slots {
+            iov[i] = iovec(iov_base: buffer.baseAddress! + i * slotSize, iov_len: slotSize)
         }
-        // Owned from here on: any error below closes what arrived.
-        let fds = received.descriptors.isEmpty ? nil : ReceivedDescriptors(received.descriptors)
-        if received.controlTruncated {
-            throw .truncatedControlData(receivedDescriptors: fds?.count ?? 0)
+        let n = cloister_recvmmsg_fds(fd.rawValue, iov.baseAddress, UInt32(slots), fds.baseAddress,
+                                      UInt32(fdRoom), nfds.baseAddress, lengths.baseAddress, flags.baseAddress)
+        guard n >= 0 else { throw .system(SystemCallError(call: "recvmmsg", errno: Errno(rawValue: errno))) }
+        // Own every descriptor of the batch before looking at any packet, so an error in one
+        // packet still closes those of the others.
+        let owned: [ReceivedDescriptors?] = (0..<Int(n)).map { i in
+            let count = Int(nfds[i])
+            guard count > 0 else { return nil }
+            return ReceivedDescriptors(Array(fds[(i * fdRoom)..<(i * fdRoom + count)]))
         }
-        if received.count == 0 && fds == nil { return .end }
+        for i in 0..<Int(n) {
+            let length = lengths[i]
+            let descriptors = owned[i]
+            if flags[i] & CInt(MSG_CTRUNC) != 0 {
+                throw .truncatedControlData(receivedDescriptors: descriptors?.count ?? 0)
+            }
+            if length == 0 && descriptors == nil { return false }
+            let packet = UnsafeRawBufferPointer(start: buffer.baseAddress! + i * slotSize, count: min(length, slotSize))
+            frames.append(try Self.packetFrame(packet, fullLength: length, truncated: flags[i] & CInt(MSG_TRUNC) != 0,
+                                               descriptors: descriptors, limits: limits))
+        }
+        return true
+    }
+
+    private static func packetFrame(_ packet: UnsafeRawBufferPointer, fullLength: Int, truncated: Bool,
+                                    descriptors: ReceivedDescriptors?, limits: FrameLimits) throws(CircuitError) -> Frame {
         let headerSize = limits.headerSize
-        guard received.count >= headerSize else {
-            throw .truncatedHeader(received: received.count, required: headerSize)
+        guard fullLength >= headerSize else {
+            throw .truncatedHeader(received: fullLength, required: headerSize)
         }
-        let h = try FrameHeader.decode(UnsafeRawBufferPointer(header), idBytes: limits.idBytes,
+        let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: packet[0..<headerSize]), idBytes: limits.idBytes,
                                        maxCircuits: limits.maxCircuits, maxPayload: limits.maxPayload)
-        let actual = received.count - headerSize
+        let actual = fullLength - headerSize
         let limit = h.kind == .handshake ? Handshake.maxSize : limits.maxPayload
-        if received.dataTruncated || actual > limit {
+        if truncated || actual > limit {
             throw .oversized(length: actual, limit: limit)
         }
-        guard h.length == received.count - headerSize else {
-            throw .lengthMismatch(declared: h.length, actual: received.count - headerSize)
+        guard h.length == actual else {
+            throw .lengthMismatch(declared: h.length, actual: actual)
         }
-        try Self.checkDescriptors(h, fds, limits)
-        let payload = [UInt8](UnsafeRawBufferPointer(rebasing: buffer[0..<h.length]))
-        return .frame(Frame(header: h, payload: payload, descriptors: fds))
+        try checkDescriptors(h, descriptors, limits)
+        let payload = [UInt8](UnsafeRawBufferPointer(rebasing: packet[headerSize..<headerSize + h.length]))
+        return Frame(header: h, payload: payload, descriptors: descriptors)
     }
 
-    private mutating func readStream(nonBlocking: Bool) throws(CircuitError) -> Result {
+    private mutating func readStream(into frames: inout [Frame]) throws(CircuitError) -> Bool {
         let headerSize = limits.headerSize
         while true {
-            let available = end - start
-            if available >= headerSize {
+            // Every complete frame in the buffer.
+            while end - start >= headerSize {
                 let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: buffer[start..<start + headerSize]),
                                                idBytes: limits.idBytes, maxCircuits: limits.maxCircuits,
                                                maxPayload: limits.maxPayload)
-                if available >= headerSize + h.length {
-                    var fds: ReceivedDescriptors?
-                    if let first = pending.first, first.offset == offset {
-                        fds = pending.removeFirst().fds
-                    }
-                    try Self.checkDescriptors(h, fds, limits)
-                    let bodyStart = start + headerSize
-                    let payload = [UInt8](UnsafeRawBufferPointer(rebasing: buffer[bodyStart..<bodyStart + h.length]))
-                    start += headerSize + h.length
-                    offset += UInt64(headerSize + h.length)
-                    if start == end { start = 0; end = 0 }
-                    return .frame(Frame(header: h, payload: payload, descriptors: fds))
+                guard end - start >= headerSize + h.length else { break }
+                var descriptors: ReceivedDescriptors?
+                if let first = pending.first, first.offset == offset {
+                    descriptors = pending.removeFirst().fds
                 }
+                try Self.checkDescriptors(h, descriptors, limits)
+                let bodyStart = start + headerSize
+                let payload = [UInt8](UnsafeRawBufferPointer(rebasing: buffer[bodyStart..<bodyStart + h.length]))
+                start += headerSize + h.length
+                offset += UInt64(headerSize + h.length)
+                frames.append(Frame(header: h, payload: payload, descriptors: descriptors))
             }
+            if start == end { start = 0; end = 0 }
+            if !frames.isEmpty { return true }
             if start > 0 && end == buffer.count {
                 // Compact so the rest of the frame fits; a frame never exceeds the buffer.
                 buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
@@ -277,23 +302,21 @@ struct FrameReader: ~Copyable {
             iov[0] = iovec(iov_base: buffer.baseAddress! + end, iov_len: buffer.count - end)
             let received: SocketCalls.Received
             do {
-                guard let r = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
-                                                      maxDescriptors: limits.maxDescriptors, reportFullLength: false,
-                                                      nonBlocking: nonBlocking) else { return .wouldBlock }
-                received = r
+                received = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
+                                                   maxDescriptors: limits.maxDescriptors, reportFullLength: false)
             } catch {
                 throw .system(error)
             }
-            let fds = received.descriptors.isEmpty ? nil : ReceivedDescriptors(received.descriptors)
+            let descriptors = received.descriptors.isEmpty ? nil : ReceivedDescriptors(received.descriptors)
             if received.controlTruncated {
-                throw .truncatedControlData(receivedDescriptors: fds?.count ?? 0)
+                throw .truncatedControlData(receivedDescriptors: descriptors?.count ?? 0)
             }
-            if let fds {
-                pending.append((offset + UInt64(end - start), fds))
+            if let descriptors {
+                pending.append((offset + UInt64(end - start), descriptors))
             }
             if received.count == 0 {
                 let left = end - start
-                if left == 0 && fds == nil { return .end }
+                if left == 0 && descriptors == nil { return false }
                 if left < headerSize { throw .truncatedHeader(received: left, required: headerSize) }
                 let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: buffer[start..<start + headerSize]),
                                                idBytes: limits.idBytes, maxCircuits: limits.maxCircuits,

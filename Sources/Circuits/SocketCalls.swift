@@ -59,13 +59,12 @@ public enum SocketCalls {
     /// recvmsg(2) with MSG_CMSG_CLOEXEC, retrying on EINTR. Every descriptor that arrived is
     /// in the result (or was closed by the shim when more came than `maxDescriptors`).
     /// `reportFullLength` (MSG_TRUNC, for packet sockets) makes `count` the packet's real
-    /// size even when it did not fit. With `nonBlocking`, returns nil instead of waiting.
+    /// size even when it did not fit.
     static func receive(_ socket: FileDescriptor, _ iov: UnsafeMutableBufferPointer<iovec>,
-                        maxDescriptors: Int, reportFullLength: Bool,
-                        nonBlocking: Bool = false) throws(SystemCallError) -> Received? {
+                        maxDescriptors: Int, reportFullLength: Bool) throws(SystemCallError) -> Received {
         let room = max(maxDescriptors, 1)
-        let flags = (reportFullLength ? CInt(MSG_TRUNC) : 0) | (nonBlocking ? CInt(MSG_DONTWAIT) : 0)
-        return try withUnsafeTemporaryAllocation(of: CInt.self, capacity: room) { (fds) throws(SystemCallError) -> Received? in
+        let flags = reportFullLength ? CInt(MSG_TRUNC) : 0
+        return try withUnsafeTemporaryAllocation(of: CInt.self, capacity: room) { (fds) throws(SystemCallError) -> Received in
             var nfds: UInt32 = 0
             var msgFlags: CInt = 0
             var foreign: CInt = 0
@@ -74,7 +73,6 @@ public enum SocketCalls {
                                              fds.baseAddress, UInt32(room), &nfds, &msgFlags, &foreign, flags)
                 if n < 0 {
                     if errno == EINTR { continue }
-                    if nonBlocking && (errno == EAGAIN || errno == EWOULDBLOCK) { return nil }
                     throw SystemCallError(call: "recvmsg", errno: Errno(rawValue: errno))
                 }
                 return Received(count: n, descriptors: nfds == 0 ? [] : Array(fds[..<Int(nfds)]),

@@ -84,6 +84,8 @@ public final class Transport<Id: FixedWidthInteger & UnsignedInteger & Sendable>
 final class Conversation: @unchecked Sendable {
     let id: UInt64
     let reserved: Bool
+    /// The id's flow-control counters (shared by every conversation on the id).
+    let credit: Credit
     var queue = FIFO<Message>()
     var waiter: CheckedContinuation<Void, Error>?
     /// This side is sending (or has sent) its end; no more sends.
@@ -97,15 +99,18 @@ final class Conversation: @unchecked Sendable {
     /// The handle was dropped before the conversation finished: incoming data is discarded.
     var abandoned = false
 
-    init(id: UInt64, reserved: Bool) {
+    init(id: UInt64, reserved: Bool, credit: Credit) {
         self.id = id
         self.reserved = reserved
+        self.credit = credit
     }
 }
 
 /// Cumulative flow-control counters of one circuit id, kept across conversations so that a
 /// credit frame that crosses the end of a conversation can never over-grant: limits only grow.
-struct Credit {
+/// A reference, so conversations reach theirs without a lookup. Touched only with
+/// `TransportCore.state` locked.
+final class Credit: @unchecked Sendable {
     /// Outgoing: what we sent and what the peer allows.
     var sent: UInt64 = 0
     var limit: UInt64
@@ -114,6 +119,11 @@ struct Credit {
     var received: UInt64 = 0
     var consumed: UInt64 = 0
     var granted: UInt64
+
+    init(limit: UInt64, granted: UInt64) {
+        self.limit = limit
+        self.granted = granted
+    }
 }
 
 final class TransportCore: Sendable {
@@ -169,7 +179,10 @@ final class TransportCore: Sendable {
         if !c.side.owns(first) { first += 1 }
         var initial = State(nextFreshId: first)
         for id in handshake.reserved.keys {
-            initial.conversations[id] = Conversation(id: id, reserved: true)
+            // The peer's window is not known yet; `start` sets the limit after the handshake.
+            let credit = Credit(limit: 0, granted: UInt64(c.window))
+            initial.credits[id] = credit
+            initial.conversations[id] = Conversation(id: id, reserved: true, credit: credit)
         }
         state = Mutex(initial)
     }
@@ -203,6 +216,8 @@ final class TransportCore: Sendable {
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { raw in
             let box = Unmanaged<ReaderBox>.fromOpaque(raw!).takeRetainedValue()
+            // Named so that /proc/PID/task/*/comm tells it apart from the runtime's threads.
+            pthread_setname_np(pthread_self(), "circuits-reader")
             box.core.runReader()
             return nil
         }, box.toOpaque())
@@ -217,29 +232,22 @@ final class TransportCore: Sendable {
     private func runReader() {
         var reader = FrameReader(fd: socket, kind: kind, limits: layout.limits)
         var error: CircuitError
-        // Consumers to wake. Waking a task costs a thread hand-off, so wake-ups wait until the
-        // socket has nothing more ready (or a batch is full): a burst of frames costs one
+        // Consumers to wake. Waking a task costs a thread hand-off, so wake-ups wait until
+        // the whole batch the kernel had ready is dispatched: a burst of frames costs one
         // wake-up per circuit, while a lone frame is handed over at once.
         var wakes: [CheckedContinuation<Void, Error>] = []
-        var framesSinceWake = 0
-        func wakeAll() {
-            for w in wakes { w.resume() }
-            wakes.removeAll(keepingCapacity: true)
-            framesSinceWake = 0
-        }
-        defer { wakeAll() }
+        var frames: [Frame] = []
+        defer { for w in wakes { w.resume() } }
         do {
-            loop: while true {
-                switch try reader.read(nonBlocking: !wakes.isEmpty) {
-                case .frame(let frame):
-                    try dispatch(frame, wakes: &wakes)
-                    framesSinceWake += 1
-                    if framesSinceWake >= 32 { wakeAll() }
-                case .wouldBlock:
-                    wakeAll()
-                case .end:
+            while true {
+                frames.removeAll(keepingCapacity: true)
+                let more = try reader.readBatch(into: &frames)
+                for frame in frames { try dispatch(frame, wakes: &wakes) }
+                for w in wakes { w.resume() }
+                wakes.removeAll(keepingCapacity: true)
+                if !more {
                     error = .peerClosed
-                    break loop
+                    break
                 }
             }
         } catch let e {
@@ -275,9 +283,9 @@ final class TransportCore: Sendable {
                 dropped += conversation.queue.removeAll()
             }
             for incoming in s.incoming.removeAll() { dropped += incoming.queue.removeAll() }
-            for id in s.credits.keys {
-                waiters += s.credits[id]!.senders
-                s.credits[id]!.senders = []
+            for credit in s.credits.values {
+                waiters += credit.senders
+                credit.senders = []
             }
             closeWaiters = s.closeWaiters
             s.closeWaiters = []
@@ -330,6 +338,7 @@ final class TransportCore: Sendable {
             let waiter: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
                 guard s.peer == nil else { throw .malformedHandshake("second handshake") }
                 s.peer = peer
+                for credit in s.credits.values { credit.limit = max(credit.limit, peer.window) }
                 defer { s.handshakeWaiter = nil }
                 return s.handshakeWaiter
             }
@@ -349,12 +358,10 @@ final class TransportCore: Sendable {
             guard frame.payload.count == 8 else { throw .malformedCredit(id: h.circuit) }
             let limit = frame.payload.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
             let senders: [CheckedContinuation<Void, Error>] = state.withLock { s in
-                var credit = s.credits[h.circuit] ?? newCredit(s)
+                let credit = self.credit(h.circuit, &s)
                 credit.limit = max(credit.limit, limit)
-                let waiting = credit.senders
-                credit.senders = []
-                s.credits[h.circuit] = credit
-                return waiting
+                defer { credit.senders = [] }
+                return credit.senders
             }
             for sender in senders { sender.resume() }
         case .data:
@@ -362,8 +369,12 @@ final class TransportCore: Sendable {
         }
     }
 
-    private func newCredit(_ s: State) -> Credit {
-        Credit(limit: s.peer?.window ?? 0, granted: layout.window)
+    /// The counters of `id`, created on first use.
+    private func credit(_ id: UInt64, _ s: inout State) -> Credit {
+        if let existing = s.credits[id] { return existing }
+        let created = Credit(limit: s.peer?.window ?? 0, granted: layout.window)
+        s.credits[id] = created
+        return created
     }
 
     /// Queues a data frame on its conversation; returns a waiting consumer to wake.
@@ -373,23 +384,22 @@ final class TransportCore: Sendable {
         let message = Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: h.end, cost: cost)
         var grant: UInt64?
         let wake: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
-            var credit = s.credits[h.circuit] ?? newCredit(s)
-            credit.received += UInt64(cost)
-            guard credit.received <= credit.granted else {
-                throw .creditExceeded(id: h.circuit, received: credit.received, granted: credit.granted)
-            }
-            s.credits[h.circuit] = credit
             var wake: CheckedContinuation<Void, Error>?
             let conversation: Conversation
             if let existing = s.conversations[h.circuit] {
                 conversation = existing
             } else {
                 guard !layout.side.owns(h.circuit) else { throw .messageOnIdleCircuit(id: h.circuit) }
-                conversation = Conversation(id: h.circuit, reserved: false)
+                conversation = Conversation(id: h.circuit, reserved: false, credit: credit(h.circuit, &s))
                 s.conversations[h.circuit] = conversation
                 s.incoming.push(conversation)
                 wake = s.acceptWaiter
                 s.acceptWaiter = nil
+            }
+            let credit = conversation.credit
+            credit.received += UInt64(cost)
+            guard credit.received <= credit.granted else {
+                throw .creditExceeded(id: h.circuit, received: credit.received, granted: credit.granted)
             }
             if conversation.peerEnded { throw .messageAfterEnd(id: h.circuit) }
             if h.end {
@@ -400,7 +410,7 @@ final class TransportCore: Sendable {
             }
             if conversation.abandoned {
                 // Not queued: dropped (descriptors closed) when this function returns.
-                grant = consume(cost, on: h.circuit, &s)
+                grant = consume(cost, conversation.credit)
             } else {
                 conversation.queue.push(message)
                 if let w = conversation.waiter {
@@ -450,16 +460,11 @@ final class TransportCore: Sendable {
 
     /// Accounts a consumed message; returns a new limit to grant when half a window has been
     /// consumed since the last grant.
-    private func consume(_ cost: Int, on id: UInt64, _ s: inout State) -> UInt64? {
-        var credit = s.credits[id] ?? newCredit(s)
+    private func consume(_ cost: Int, _ credit: Credit) -> UInt64? {
         credit.consumed += UInt64(cost)
-        var grant: UInt64?
-        if credit.consumed + layout.window - credit.granted >= layout.window / 2 {
-            credit.granted = credit.consumed + layout.window
-            grant = credit.granted
-        }
-        s.credits[id] = credit
-        return grant
+        guard credit.consumed + layout.window - credit.granted >= layout.window / 2 else { return nil }
+        credit.granted = credit.consumed + layout.window
+        return credit.granted
     }
 
     @discardableResult
@@ -493,7 +498,7 @@ final class TransportCore: Sendable {
             } else {
                 throw .noIdleCircuit
             }
-            let conversation = Conversation(id: id, reserved: false)
+            let conversation = Conversation(id: id, reserved: false, credit: credit(id, &s))
             s.conversations[id] = conversation
             return conversation
         }
@@ -558,26 +563,21 @@ final class TransportCore: Sendable {
                     throw .messageTooLarge(length: length, descriptors: descriptors,
                                            peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
                 }
-                var credit = s.credits[id] ?? newCredit(s)
-                guard credit.sent + UInt64(cost) <= credit.limit else {
-                    s.credits[id] = credit
-                    return false
-                }
+                let credit = conversation.credit
+                guard credit.sent + UInt64(cost) <= credit.limit else { return false }
                 credit.sent += UInt64(cost)
-                s.credits[id] = credit
                 if end { beginEnding(conversation, &s) }
                 return true
             }
             if ready { return }
             try await suspend { (s, c) throws(CircuitError) in
                 // Credit may have arrived between the check and now.
-                if let credit = s.credits[id], credit.sent + UInt64(cost) <= credit.limit {
+                let credit = conversation.credit
+                if credit.sent + UInt64(cost) <= credit.limit {
                     c.resume()
                     return
                 }
-                var credit = s.credits[id] ?? self.newCredit(s)
                 credit.senders.append(c)
-                s.credits[id] = credit
             } cancel: { _ in nil }
         }
     }
@@ -602,7 +602,7 @@ final class TransportCore: Sendable {
             let taken: (Message, UInt64?)? = try state.withLock { (s) throws(CircuitError) in
                 if let message = conversation.queue.pop() {
                     if message.isEnd { conversation.consumedEnd = true }
-                    return (message, consume(message.cost, on: conversation.id, &s))
+                    return (message, consume(message.cost, conversation.credit))
                 }
                 if let failure = s.failure { throw failure }
                 if conversation.consumedEnd { throw .conversationEnded(id: conversation.id) }
@@ -633,7 +633,7 @@ final class TransportCore: Sendable {
             conversation.abandoned = true
             dropped = conversation.queue.removeAll()
             var grant: UInt64?
-            for m in dropped { grant = consume(m.cost, on: conversation.id, &s) ?? grant }
+            for m in dropped { grant = consume(m.cost, conversation.credit) ?? grant }
             let needsEnd = !conversation.ending
             if needsEnd { beginEnding(conversation, &s) }
             return (grant, needsEnd)

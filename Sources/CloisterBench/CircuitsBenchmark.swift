@@ -15,6 +15,7 @@ struct CircuitsBenchmark {
     var onlyCircuits: Int?
     /// For profiling the circuits path alone; the table then has no ratio.
     var skipRaw = false
+    var skipCircuits = false
 
     struct Case {
         var payload: Int
@@ -59,7 +60,7 @@ struct CircuitsBenchmark {
             var circuits: [Measurement] = []
             for _ in 0..<repeats {
                 raw.append(skipRaw ? Measurement(messages: 1, bytes: 1, seconds: 1) : try measureRaw(c))
-                circuits.append(try await measureCircuits(c))
+                circuits.append(skipCircuits ? Measurement(messages: 1, bytes: 1, seconds: 1) : try await measureCircuits(c))
             }
             let r = best(raw), m = best(circuits)
             let size = c.payload >= 1024 ? "\(c.payload / 1024) KiB" : "\(c.payload) B"

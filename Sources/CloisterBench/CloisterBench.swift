@@ -24,7 +24,7 @@ struct CloisterBench {
             }
             try await CircuitsBenchmark(quick: args.contains("--quick"), onlyPayload: option("--payload"),
                                         onlyDescriptors: option("--fds"), onlyCircuits: option("--circuits"),
-                                        skipRaw: args.contains("--no-raw")).run()
+                                        skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:

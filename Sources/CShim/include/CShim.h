@@ -23,6 +23,14 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
                              int *fds, unsigned maxfds, unsigned *nfds,
                              int *msg_flags, int *foreign_cmsg, int flags);
 
+/// recvmmsg(2) with MSG_WAITFORONE | MSG_CMSG_CLOEXEC: waits for one packet, then takes every
+/// packet already queued, up to `vlen` (at most 16). Packet i lands in `iov[i]`; its size in
+/// `lengths[i]` (the full size, MSG_TRUNC), its flags in `msg_flags[i]`, its descriptors in
+/// `fds[i * maxfds ...]` (count in `nfds[i]`; extra ones are closed and MSG_CTRUNC set).
+/// Returns the number of packets, 0 at end of file, -1 with errno on error.
+int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, unsigned maxfds,
+                          unsigned *nfds, size_t *lengths, int *msg_flags);
+
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.
 size_t cloister_build_id(unsigned char *out, size_t cap);
