@@ -4,6 +4,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
+#include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -142,6 +143,10 @@ int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, 
     }
     free(heap);
     return n;
+}
+
+void cloister_set_thread_name(const char *name) {
+    pthread_setname_np(pthread_self(), name);
 }
 
 struct build_id_search {

@@ -1,3 +1,4 @@
+import CShim
 import Synchronization
 import SystemPackage
 
@@ -217,7 +218,7 @@ final class TransportCore: Sendable {
         let rc = pthread_create(&thread, nil, { raw in
             let box = Unmanaged<ReaderBox>.fromOpaque(raw!).takeRetainedValue()
             // Named so that /proc/PID/task/*/comm tells it apart from the runtime's threads.
-            pthread_setname_np(pthread_self(), "circuits-reader")
+            cloister_set_thread_name("circuits-reader")
             box.core.runReader()
             return nil
         }, box.toOpaque())

@@ -31,6 +31,10 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
 int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, unsigned maxfds,
                           unsigned *nfds, size_t *lengths, int *msg_flags);
 
+/// Names the calling thread (prctl PR_SET_NAME is variadic; pthread_setname_np needs
+/// _GNU_SOURCE). `name` is cut to 15 bytes.
+void cloister_set_thread_name(const char *name);
+
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.
 size_t cloister_build_id(unsigned char *out, size_t cap);
