@@ -180,12 +180,14 @@ struct FrameReader: ~Copyable {
     private let flags: UnsafeMutableBufferPointer<CInt>
     private var start = 0
     private var end = 0
-    /// Stream offset of `buffer[start]`, and the descriptors that arrived with the frame
-    /// starting at each offset. The kernel attaches a frame's descriptors to its first byte
-    /// and never merges them into another write's bytes, so they belong to exactly the frame
-    /// starting there.
+    /// Stream offset of `buffer[start]`, and descriptor sets not yet claimed, each with the
+    /// stream range of the `recv` that brought it. The kernel attaches a frame's descriptors
+    /// to the first bytes of that frame's write, and one `recv` returns at most one
+    /// descriptor set (it stops after the first chunk carrying one), though it may join
+    /// earlier bytes without descriptors in front of it. So the set belongs to the frame that
+    /// declares descriptors and starts inside that range.
     private var offset: UInt64 = 0
-    private var pending: [(offset: UInt64, fds: ReceivedDescriptors)] = []
+    private var pending: [(from: UInt64, to: UInt64, fds: ReceivedDescriptors)] = []
 
     init(fd: FileDescriptor, kind: TransportKind, limits: FrameLimits) {
         self.fd = fd
@@ -280,8 +282,12 @@ struct FrameReader: ~Copyable {
                                                idBytes: limits.idBytes, maxCircuits: limits.maxCircuits,
                                                maxPayload: limits.maxPayload)
                 guard end - start >= headerSize + h.length else { break }
+                if let first = pending.first, first.to <= offset {
+                    // Every frame starting in that range is parsed and none declared them.
+                    throw .descriptorCountMismatch(declared: 0, received: first.fds.count)
+                }
                 var descriptors: ReceivedDescriptors?
-                if let first = pending.first, first.offset == offset {
+                if h.descriptorCount > 0, let first = pending.first, first.from <= offset {
                     descriptors = pending.removeFirst().fds
                 }
                 try Self.checkDescriptors(h, descriptors, limits)
@@ -312,7 +318,8 @@ struct FrameReader: ~Copyable {
                 throw .truncatedControlData(receivedDescriptors: descriptors?.count ?? 0)
             }
             if let descriptors {
-                pending.append((offset + UInt64(end - start), descriptors))
+                let from = offset + UInt64(end - start)
+                pending.append((from, from + UInt64(received.count), descriptors))
             }
             if received.count == 0 {
                 let left = end - start

@@ -194,11 +194,13 @@ final class TransportCore: Sendable {
 
     func start() async throws {
         try SocketCalls.setReceiveTimeout(socket, milliseconds: handshakeTimeout)
-        try startReader()
+        // Our handshake goes out before we read theirs: a peer that rejects us then still
+        // has its own handshake on the wire before it closes, so both ends name the mismatch.
         let encoded = layout.handshake.encode()
         try encoded.withUnsafeBytes { bytes in
             _ = try writer.write(.handshake, circuit: 0, payload: bytes)
         }
+        try startReader()
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
             state.withLock { s in
                 if s.peer != nil {

@@ -118,6 +118,18 @@ final class BadInputTests: XCTestCase {
         }
     }
 
+    func testDescriptorsOnFrameDeclaringNone() async throws {
+        for kind in TransportKind.allCases {
+            let error = try await failure(kind) { peer, fd in
+                try peer.raw(peer.header(kind: 2, length: 1, circuit: 3) + [9], descriptors: [fd])
+                // On a stream the unclaimed set shows once the next frame is parsed; a packet
+                // transport may already have closed by then.
+                try? peer.frame(.data, circuit: 3, payload: [1])
+            }
+            XCTAssertEqual(error, .descriptorCountMismatch(declared: 0, received: 1), "\(kind)")
+        }
+    }
+
     func testUnagreedReservedCircuit() async throws {
         for kind in TransportKind.allCases {
             let error = try await failure(kind) { peer, _ in try peer.frame(.data, circuit: 1, payload: [1]) }

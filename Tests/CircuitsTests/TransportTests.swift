@@ -102,6 +102,43 @@ final class TransportTests: XCTestCase {
         XCTAssertEqual(awaited1, [42])
     }
 
+    /// On a stream, one recv may join a frame without descriptors to the next frame's bytes
+    /// and descriptors; the descriptors must go to the frame that declared them.
+    func testStreamDescriptorsAfterGluedFrames() async throws {
+        let before = openDescriptorCount()
+        do {
+            let (mine, theirs) = try SocketCalls.socketPair(.stream)
+            let peer = RawPeer(fd: theirs, kind: .stream)
+            let pipe = try makePipe()
+            try peer.sendHandshake()
+            try peer.frame(.data, circuit: 3, payload: [1, 2, 3])
+            try peer.frame(.data, circuit: 3, payload: [4], descriptors: [pipe.write])
+            try pipe.write.close()
+            let transport = try await Transport<UInt16>.start(socket: mine, kind: .stream, configuration: configuration(.opener))
+            let c = try await transport.accept()
+            let first = try await c.receive()
+            XCTAssertEqual(first.payload, [1, 2, 3])
+            XCTAssertNil(first.descriptors)
+            let second = try await c.receive()
+            XCTAssertEqual(second.payload, [4])
+            XCTAssertEqual(second.descriptors?.count, 1)
+            second.descriptors?.close()
+            XCTAssertEqual(try readAll(pipe.read), [])
+            try pipe.read.close()
+            transport.close()
+        }
+        XCTAssertEqual(openDescriptorCount(), before)
+    }
+
+    func testReaderThreadIsNamed() async throws {
+        let (a, b) = try await transportPair(.seqpacket)
+        defer { a.close(); b.close() }
+        let names = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap {
+            try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8)
+        }
+        XCTAssertEqual(names.filter { $0 == "circuits-reader\n" }.count, 2, "\(names)")
+    }
+
     func testReservedCircuit() async throws {
         let (a, b) = try await transportPair(.seqpacket)
         let health = try a.reserved(0)
