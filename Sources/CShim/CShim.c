@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -147,6 +148,13 @@ int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, 
 
 void cloister_set_thread_name(const char *name) {
     pthread_setname_np(pthread_self(), name);
+}
+
+int cloister_pin_thread(pid_t tid, int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(tid, sizeof set, &set);
 }
 
 struct build_id_search {

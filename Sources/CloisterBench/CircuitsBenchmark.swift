@@ -51,7 +51,9 @@ struct CircuitsBenchmark {
 
     func run() async throws {
         let repeats = quick ? 1 : 5
+        let pinned = CPUPinning.available >= 2 && CPUPinning.pinProcess(to: 0)
         print("circuits benchmark: best of \(repeats) interleaved runs per cell (raw, circuits, raw, …); raw = one SOCK_SEQPACKET socketpair between the same two processes")
+        print(pinned ? "sender pinned to CPU 0, receiver to CPU 1 (both paths)" : "processes not pinned (fewer than 2 CPUs)")
         print("")
         print("| payload | fd/msg | circuits | raw msg/s | raw MB/s | circuits msg/s | circuits MB/s | ratio |")
         print("|--------:|-------:|---------:|----------:|---------:|---------------:|--------------:|------:|")
@@ -153,6 +155,7 @@ enum RawSocket {
 /// The receiving process of a measurement, on the socket at descriptor 3.
 enum Sink {
     static func run(_ args: [String]) async throws {
+        if CPUPinning.available >= 2 { CPUPinning.pinProcess(to: 1) }
         guard args.count == 4, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]) else {
             print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES")
             exit(2)

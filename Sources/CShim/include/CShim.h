@@ -35,6 +35,10 @@ int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, 
 /// _GNU_SOURCE). `name` is cut to 15 bytes.
 void cloister_set_thread_name(const char *name);
 
+/// sched_setaffinity(2) of thread `tid` to the single CPU `cpu` (a GNU extension the Glibc
+/// overlay does not export). Returns 0, or -1 with errno.
+int cloister_pin_thread(pid_t tid, int cpu);
+
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.
 size_t cloister_build_id(unsigned char *out, size_t cap);
