@@ -31,12 +31,19 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .target(
+            name: "Sandbox",
+            dependencies: [
+                "CSeccomp", "CCap", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(
             name: "Processes",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "Circuits", "Processes",
+                "Circuits", "Processes", "Sandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -51,6 +58,12 @@ let package = Package(
             name: "CircuitsTests",
             dependencies: [
                 "Circuits", "CShim", "Processes",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "SandboxTests",
+            dependencies: [
+                "Sandbox", "Circuits", "Processes", "CShim",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
     ],

@@ -6,6 +6,9 @@
 #include <link.h>
 #include <pthread.h>
 #include <sched.h>
+#include <linux/landlock.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <string.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -155,6 +158,54 @@ int cloister_pin_thread(pid_t tid, int cpu) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     return sched_setaffinity(tid, sizeof set, &set);
+}
+
+int cloister_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5) {
+    return prctl(option, arg2, arg3, arg4, arg5);
+}
+
+int cloister_setresuid(uid_t uid) { return setresuid(uid, uid, uid); }
+int cloister_setresgid(gid_t gid) { return setresgid(gid, gid, gid); }
+int cloister_getresuid(uid_t *r, uid_t *e, uid_t *s) { return getresuid(r, e, s); }
+pid_t cloister_gettid(void) { return gettid(); }
+
+long cloister_syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6) {
+    return syscall(number, a1, a2, a3, a4, a5, a6);
+}
+
+long cloister_i386_getpid(void) {
+#if defined(__x86_64__)
+    long ret = 20;  // __NR_getpid on i386
+    __asm__ volatile("int $0x80" : "+a"(ret) : : "memory");
+    return ret;
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int cloister_landlock_deny_filesystem(void) {
+    long abi = syscall(SYS_landlock_create_ruleset, NULL, 0, LANDLOCK_CREATE_RULESET_VERSION);
+    if (abi < 0) {
+        if (errno == ENOSYS || errno == EOPNOTSUPP) return 0;
+        return -1;
+    }
+    // Every filesystem right of ABI 1 (EXECUTE .. MAKE_SYM), then REFER (2), TRUNCATE (3)
+    // and IOCTL_DEV (5).
+    unsigned long long rights = (1ULL << 13) - 1;
+    if (abi >= 2) rights |= 1ULL << 13;
+    if (abi >= 3) rights |= 1ULL << 14;
+    if (abi >= 5) rights |= 1ULL << 15;
+    struct landlock_ruleset_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.handled_access_fs = rights;
+    int fd = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof attr.handled_access_fs, 0);
+    if (fd < 0) return -1;
+    long rc = syscall(SYS_landlock_restrict_self, fd, 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc < 0 ? -1 : (int)abi;
 }
 
 struct build_id_search {

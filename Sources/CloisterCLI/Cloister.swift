@@ -1,9 +1,63 @@
 import ArgumentParser
+import Dispatch
 
-@main
+#if canImport(Glibc)
+import Glibc
+#endif
+
 struct Cloister: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloister",
         abstract: "A browser-terminal server whose parsers run in sandboxed, privilege-separated workers.",
-        subcommands: [Version.self, Role.self])
+        subcommands: [PolicyCommand.self, Version.self, Role.self])
+}
+
+/// A role that must be confined before it does anything else.
+protocol SandboxedRole: AsyncParsableCommand {
+    /// Runs while the process is still single-threaded, before the async runtime starts.
+    mutating func enterSandbox() throws
+}
+
+/// The entry point is synchronous on purpose: capabilities, securebits and Landlock apply per
+/// thread, so a sandboxed role must enter its sandbox before Swift concurrency starts any
+/// thread. Only then does the async part run.
+@main
+enum Main {
+    static func main() {
+        // A peer that goes away is an EPIPE error to handle, not a reason to die. Spawned
+        // roles get default dispositions back (ChildProcess resets every signal).
+        signal(SIGPIPE, SIG_IGN)
+        var command: ParsableCommand
+        do {
+            command = try Cloister.parseAsRoot()
+        } catch {
+            Cloister.exit(withError: error)
+        }
+        if var role = command as? SandboxedRole {
+            do {
+                try role.enterSandbox()
+            } catch {
+                Cloister.exit(withError: error)
+            }
+            command = role
+        }
+        guard let asyncCommand = command as? AsyncParsableCommand else {
+            do {
+                try command.run()
+                Cloister.exit()
+            } catch {
+                Cloister.exit(withError: error)
+            }
+        }
+        nonisolated(unsafe) var running = asyncCommand
+        Task {
+            do {
+                try await running.run()
+                Cloister.exit()
+            } catch {
+                Cloister.exit(withError: error)
+            }
+        }
+        dispatchMain()
+    }
 }

@@ -35,9 +35,20 @@ public final class ChildProcess: Sendable {
     /// Spawns `executable` (fork+exec via posix_spawn) with exactly `descriptors`: entry i
     /// becomes descriptor 3 + i in the child; stdin, stdout and stderr are inherited, every
     /// other descriptor of this process is close-on-exec and does not cross. The signal mask
-    /// and dispositions are reset, and the environment is exactly `environment`.
+    /// and dispositions are reset, and the environment is exactly `environment`. Every child
+    /// is spawned from one long-lived thread (see `SpawnerThread`).
     public static func spawn(_ executable: String, arguments: [String], descriptors: [FileDescriptor] = [],
                              environment: [String: String] = [:]) throws(SpawnError) -> ChildProcess {
+        let result: Result<ChildProcess, SpawnError> = SpawnerThread.shared.run {
+            Result { () throws(SpawnError) in
+                try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment)
+            }
+        }
+        return try result.get()
+    }
+
+    private static func spawnHere(_ executable: String, arguments: [String], descriptors: [FileDescriptor],
+                                  environment: [String: String]) throws(SpawnError) -> ChildProcess {
         // Move the sources out of the way first, so no source number collides with a target
         // and dup2 always gives a fresh (inheritable) descriptor.
         var staged: [CInt] = []

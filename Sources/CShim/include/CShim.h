@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/prctl.h>
 
 /// Largest number of descriptors one message may carry (the kernel's SCM_MAX_FD).
 #define CLOISTER_MAX_FDS_PER_MESSAGE 253
@@ -38,6 +39,27 @@ void cloister_set_thread_name(const char *name);
 /// sched_setaffinity(2) of thread `tid` to the single CPU `cpu` (a GNU extension the Glibc
 /// overlay does not export). Returns 0, or -1 with errno.
 int cloister_pin_thread(pid_t tid, int cpu);
+
+/// prctl(2), which is variadic. Returns what prctl returns; errno as it set it.
+int cloister_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+
+/// setresuid/setresgid/getresuid/gettid are GNU extensions the Glibc overlay hides.
+int cloister_setresuid(uid_t uid);
+int cloister_setresgid(gid_t gid);
+int cloister_getresuid(uid_t *r, uid_t *e, uid_t *s);
+pid_t cloister_gettid(void);
+
+/// syscall(2) with six arguments (variadic in C): for raw calls with no libc wrapper.
+long cloister_syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6);
+
+/// getpid through the i386 entry point (int 0x80) on x86_64: a syscall of a foreign
+/// architecture, for tests that the filter kills it. Returns -1/ENOSYS elsewhere.
+long cloister_i386_getpid(void);
+
+/// Landlock: restricts the calling thread (and threads it creates later) to no filesystem
+/// access at all, handling every right the running kernel's ABI knows. Returns the ABI
+/// version used, 0 when the kernel has no Landlock, -1 with errno on failure.
+int cloister_landlock_deny_filesystem(void);
 
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.

@@ -1,0 +1,182 @@
+import CCap
+import CShim
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Takes a process from "just exec'd" to "can only touch the descriptors it holds".
+///
+/// `enter` runs these steps in this order. Each is checked, and a step that cannot be done
+/// throws the failing call and its errno:
+///
+/// 1. **Identity** (only when started as root): lock the securebits (no root privileges on
+///    exec, no ambient raise, keep-caps off), drop the whole bounding set while CAP_SETPCAP is
+///    still held, clear supplementary groups, then `setresgid` and `setresuid` to the
+///    configured unprivileged user (default `nobody`/`nogroup`). The uid change clears the
+///    effective and permitted sets.
+/// 2. **Capabilities**: clear effective, permitted and inheritable (libcap), clear the ambient
+///    set, then read all of them back and fail unless they are empty.
+/// 3. **no_new_privs**, with `PR_SET_DUMPABLE` 0 (no ptrace, no core from the same uid) and
+///    `PR_SET_PDEATHSIG` SIGKILL (the role dies with its parent; set after the uid change,
+///    which would reset it).
+/// 4. **rlimits** for the role: no core files, no file writes, a bounded number of open files.
+/// 5. **Landlock**, where the kernel has it: no filesystem access at all.
+/// 6. **seccomp**: the role's profile, loaded with TSYNC.
+///
+/// Before step 1 the process reads what it will need from the filesystem later (the time
+/// zone, for log timestamps), since after step 5 it can open nothing.
+///
+/// Capabilities, securebits, the bounding and ambient sets and Landlock are per thread in
+/// Linux; only seccomp can be applied to existing threads. So `enter` requires the process to
+/// be single-threaded (call it before the first `await`) and threads created afterwards
+/// inherit every step.
+public enum Sandbox {
+    public struct Configuration: Sendable {
+        public var role: String
+        public var policy: Policy
+        public var mode: EnforcementMode
+        public var user: String
+        public var group: String
+        public var openFileLimit: UInt64
+        public var landlock: Bool
+
+        public init(role: String, policy: Policy, mode: EnforcementMode = .enforce, user: String = "nobody",
+                    group: String = "nogroup", openFileLimit: UInt64 = 256, landlock: Bool = true) {
+            self.role = role
+            self.policy = policy
+            self.mode = mode
+            self.user = user
+            self.group = group
+            self.openFileLimit = openFileLimit
+            self.landlock = landlock
+        }
+    }
+
+    /// What `enter` did; `listener` is the seccomp notification descriptor in report and learn
+    /// modes, to hand to the supervising process and then close.
+    public struct Outcome {
+        public var steps: [String] = []
+        public var listener: FileDescriptor?
+    }
+
+    public static func enter(_ c: Configuration) throws(SandboxError) -> Outcome {
+        // Compile first: a bad profile fails before anything changes.
+        let program = try SeccompProgram(c.policy, mode: c.mode)
+        let threads = threadCount()
+        guard threads == 1 else {
+            throw SandboxError(step: "precondition", call: "/proc/self/task", errno: .invalidArgument,
+                               detail: "\(threads) threads exist; enter the sandbox before any thread starts")
+        }
+        var outcome = Outcome()
+        // What the role will need from the filesystem is read now: glibc loads the time
+        // zone (for log timestamps) on first use, which would be an openat afterwards.
+        tzset()
+        try switchIdentity(c, &outcome)
+        try dropCapabilities(&outcome)
+        try setNoNewPrivileges(&outcome)
+        try limitResources(c, &outcome)
+        try restrictFilesystem(c, &outcome)
+        outcome.listener = try program.load()
+        outcome.steps.append("seccomp: \(c.policy.source) loaded (\(c.mode.rawValue), all threads)")
+        return outcome
+    }
+
+    static func fail(_ step: String, _ call: String, _ detail: String = "") -> SandboxError {
+        SandboxError(step: step, call: call, errno: Errno(rawValue: errno), detail: detail)
+    }
+
+    static func threadCount() -> Int {
+        guard let dir = opendir("/proc/self/task") else { return -1 }
+        defer { closedir(dir) }
+        var n = 0
+        while let entry = readdir(dir) {
+            if entry.pointee.d_name.0 != UInt8(ascii: ".") { n += 1 }
+        }
+        return n
+    }
+
+    // MARK: 1. Identity
+
+    private static func switchIdentity(_ c: Configuration, _ outcome: inout Outcome) throws(SandboxError) {
+        guard geteuid() == 0 else {
+            outcome.steps.append("identity: not root (uid \(getuid())), kept")
+            return
+        }
+        guard let user = getpwnam(c.user) else { throw SandboxError(step: "identity", call: "getpwnam", errno: .noSuchFileOrDirectory, detail: "no user \"\(c.user)\"") }
+        let uid = user.pointee.pw_uid
+        guard let group = getgrnam(c.group) else { throw SandboxError(step: "identity", call: "getgrnam", errno: .noSuchFileOrDirectory, detail: "no group \"\(c.group)\"") }
+        let gid = group.pointee.gr_gid
+        guard uid != 0, gid != 0 else {
+            throw SandboxError(step: "identity", call: "getpwnam", errno: .invalidArgument, detail: "\(c.user):\(c.group) is root")
+        }
+        // Root gains nothing on exec, ambient capabilities cannot be raised, keep-caps stays
+        // off; all locked.
+        let secbits: UInt32 = 0x01 | 0x02 | 0x20 | 0x40 | 0x80
+        guard cap_set_secbits(secbits) == 0 else { throw fail("identity", "cap_set_secbits") }
+        for cap in 0..<Int32(cap_max_bits()) {
+            guard cap_drop_bound(cap_value_t(cap)) == 0 else { throw fail("identity", "cap_drop_bound", "capability \(cap)") }
+        }
+        guard setgroups(0, nil) == 0 else { throw fail("identity", "setgroups") }
+        guard cloister_setresgid(gid) == 0 else { throw fail("identity", "setresgid", "\(gid)") }
+        guard cloister_setresuid(uid) == 0 else { throw fail("identity", "setresuid", "\(uid)") }
+        var r: uid_t = 0, e: uid_t = 0, s: uid_t = 0
+        cloister_getresuid(&r, &e, &s)
+        guard r == uid, e == uid, s == uid else {
+            throw SandboxError(step: "identity", call: "getresuid", errno: .permissionDenied, detail: "uid did not change")
+        }
+        outcome.steps.append("identity: \(c.user):\(c.group) (\(uid):\(gid)), no supplementary groups, securebits locked, bounding set empty")
+    }
+
+    // MARK: 2. Capabilities
+
+    private static func dropCapabilities(_ outcome: inout Outcome) throws(SandboxError) {
+        guard let caps = cap_init() else { throw fail("capabilities", "cap_init") }
+        defer { cap_free(UnsafeMutableRawPointer(caps)) }
+        guard cap_clear(caps) == 0, cap_set_proc(caps) == 0 else { throw fail("capabilities", "cap_set_proc") }
+        guard cap_reset_ambient() == 0 else { throw fail("capabilities", "cap_reset_ambient") }
+        let status = SandboxStatus.Thread.current()
+        guard status.effective == 0, status.permitted == 0, status.inheritable == 0, status.ambient == 0 else {
+            throw SandboxError(step: "capabilities", call: "capget", errno: .permissionDenied,
+                               detail: "sets not empty after dropping: \(status)")
+        }
+        // Without CAP_SETPCAP (not root) the bounding set cannot be changed; with
+        // no_new_privs it can never grant anything either.
+        outcome.steps.append("capabilities: effective, permitted, inheritable, ambient empty; bounding \(status.bounding == 0 ? "empty" : "kept (not root)")")
+    }
+
+    // MARK: 3. no_new_privs
+
+    private static func setNoNewPrivileges(_ outcome: inout Outcome) throws(SandboxError) {
+        guard cloister_prctl(CInt(PR_SET_NO_NEW_PRIVS), 1, 0, 0, 0) == 0 else { throw fail("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)") }
+        guard cloister_prctl(CInt(PR_SET_DUMPABLE), 0, 0, 0, 0) == 0 else { throw fail("no_new_privs", "prctl(PR_SET_DUMPABLE)") }
+        guard cloister_prctl(CInt(PR_SET_PDEATHSIG), UInt(SIGKILL), 0, 0, 0) == 0 else { throw fail("no_new_privs", "prctl(PR_SET_PDEATHSIG)") }
+        outcome.steps.append("no_new_privs: set; not dumpable; SIGKILL on parent death")
+    }
+
+    // MARK: 4. rlimits
+
+    private static func limitResources(_ c: Configuration, _ outcome: inout Outcome) throws(SandboxError) {
+        func limit(_ resource: Int32, _ value: UInt64, _ name: String) throws(SandboxError) {
+            var l = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
+            guard setrlimit(__rlimit_resource_t(UInt32(resource)), &l) == 0 else { throw fail("rlimits", "setrlimit(\(name))", "\(value)") }
+        }
+        try limit(Int32(RLIMIT_CORE.rawValue), 0, "RLIMIT_CORE")
+        try limit(Int32(RLIMIT_FSIZE.rawValue), 0, "RLIMIT_FSIZE")
+        try limit(Int32(RLIMIT_NOFILE.rawValue), c.openFileLimit, "RLIMIT_NOFILE")
+        outcome.steps.append("rlimits: core 0, file size 0, open files \(c.openFileLimit)")
+    }
+
+    // MARK: 5. Landlock
+
+    private static func restrictFilesystem(_ c: Configuration, _ outcome: inout Outcome) throws(SandboxError) {
+        guard c.landlock else {
+            outcome.steps.append("landlock: not requested for this role")
+            return
+        }
+        let abi = cloister_landlock_deny_filesystem()
+        guard abi >= 0 else { throw fail("landlock", "landlock_restrict_self") }
+        outcome.steps.append(abi == 0 ? "landlock: not offered by this kernel" : "landlock: no filesystem access (ABI \(abi))")
+    }
+}

@@ -1,0 +1,19 @@
+import CSeccomp
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Syscall names and numbers of the running architecture, as libseccomp knows them.
+public enum SyscallTable {
+    public static func number(_ name: String) -> Int32? {
+        let n = seccomp_syscall_resolve_name(name)
+        return n == __NR_SCMP_ERROR || n < 0 ? nil : n
+    }
+
+    public static func name(_ number: Int32) -> String? {
+        guard let p = seccomp_syscall_resolve_num_arch(seccomp_arch_native(), number) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+}

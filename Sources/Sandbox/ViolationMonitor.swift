@@ -1,0 +1,215 @@
+import CSeccomp
+import CShim
+import Foundation
+import Synchronization
+import SystemPackage
+
+/// Watches a sandboxed process from outside it, through its seccomp notification listener.
+///
+/// Why notifications and not a SIGSYS handler inside the process: the report must come from a
+/// process the offender cannot influence. A compromised worker could install its own SIGSYS
+/// handler and stay silent; it cannot stop the kernel from queueing a notification to a
+/// listener it no longer holds. The offending thread stays blocked in the syscall while the
+/// monitor resolves the syscall name, reads the arguments, reports, and kills the process
+/// (report mode) or lets the call through and records it (learn mode).
+///
+/// The role closes its own copy of the listener right after handing it over; if the
+/// supervising process dies, the role dies too (PR_SET_PDEATHSIG), so a notification can
+/// never go unanswered by a live monitor.
+public final class ViolationMonitor: Sendable {
+    public struct Event: Sendable, CustomStringConvertible {
+        public var role: String
+        public var pid: pid_t
+        public var tid: pid_t
+        public var syscall: String
+        public var number: Int32
+        public var architecture: String
+        public var arguments: [UInt64]
+        /// "killed" in report mode, "allowed" in learn mode.
+        public var outcome: String
+
+        public var description: String {
+            let args = arguments.map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
+            return "sandbox violation: role \(role) pid \(pid) tid \(tid) called \(syscall) (\(architecture) \(number)) with (\(args)): \(outcome)"
+        }
+    }
+
+    public let role: String
+    public let mode: EnforcementMode
+    private let listener: FileDescriptor
+    private let wake: (read: FileDescriptor, write: FileDescriptor)
+    private let handler: @Sendable (Event) -> Void
+    private struct State {
+        var syscalls: Set<String> = []
+        var arguments: [String: Set<UInt64>] = [:]
+        var events = 0
+        var thread: pthread_t?
+    }
+    private let state = Mutex(State())
+
+    /// Takes ownership of `listener`.
+    public init(listener: FileDescriptor, role: String, mode: EnforcementMode,
+                handler: @escaping @Sendable (Event) -> Void) throws {
+        self.listener = listener
+        self.role = role
+        self.mode = mode
+        self.handler = handler
+        let p = try FileDescriptor.pipe()
+        wake = (p.readEnd, p.writeEnd)
+        _ = fcntl(wake.read.rawValue, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(wake.write.rawValue, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(listener.rawValue, F_SETFD, FD_CLOEXEC)
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            let monitor = Unmanaged<ViolationMonitor>.fromOpaque(raw!).takeRetainedValue()
+            cloister_set_thread_name("seccomp-monitor")
+            monitor.run()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            throw Errno(rawValue: rc)
+        }
+        state.withLock { $0.thread = thread }
+    }
+
+    /// Syscalls seen so far (learn mode: what the role needed beyond its profile).
+    public var syscalls: Set<String> { state.withLock { $0.syscalls } }
+    /// For the syscalls in `Policy.learnedArguments`, the values of the deciding argument
+    /// seen, so a learned profile lists them one by one instead of allowing every value.
+    public var arguments: [String: Set<UInt64>] { state.withLock { $0.arguments } }
+    public var eventCount: Int { state.withLock { $0.events } }
+
+    /// Stops watching and closes the listener. Returns once the monitor thread is gone.
+    public func stop() {
+        _ = try? [UInt8(1)].withUnsafeBytes { try wake.write.write($0) }
+        if let thread = state.withLock({ s -> pthread_t? in defer { s.thread = nil }; return s.thread }) {
+            pthread_join(thread, nil)
+        }
+    }
+
+    /// Waits until the sandboxed process has gone (the listener reports hang-up) and the
+    /// monitor has answered everything.
+    public func waitUntilDone() {
+        if let thread = state.withLock({ s -> pthread_t? in defer { s.thread = nil }; return s.thread }) {
+            pthread_join(thread, nil)
+        }
+    }
+
+    private func run() {
+        defer {
+            try? listener.close()
+            try? wake.read.close()
+            try? wake.write.close()
+        }
+        var request: UnsafeMutablePointer<seccomp_notif>?
+        var response: UnsafeMutablePointer<seccomp_notif_resp>?
+        guard seccomp_notify_alloc(&request, &response) == 0, let request, let response else { return }
+        defer { seccomp_notify_free(request, response) }
+        while true {
+            var fds = [pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wake.read.rawValue, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if errno == EINTR { continue } else { return } }
+            if fds[1].revents != 0 { return }
+            if fds[0].revents & Int16(POLLIN) == 0 { return }  // hang-up: no process uses the filter
+            memset(request, 0, MemoryLayout<seccomp_notif>.size)
+            guard seccomp_notify_receive(listener.rawValue, request) == 0 else { continue }  // the caller died meanwhile
+            handle(request.pointee, response)
+        }
+    }
+
+    private func handle(_ req: seccomp_notif, _ response: UnsafeMutablePointer<seccomp_notif_resp>) {
+        let tid = pid_t(req.pid)
+        let pid = Self.threadGroup(of: tid) ?? tid
+        let number = req.data.nr
+        let name = seccomp_syscall_resolve_num_arch(req.data.arch, number).map { p in
+            defer { free(p) }
+            return String(cString: p)
+        } ?? "syscall-\(number)"
+        let arch = Self.architectureName(req.data.arch)
+        let a = req.data.args
+        let args = [a.0, a.1, a.2, a.3, a.4, a.5]
+        memset(response, 0, MemoryLayout<seccomp_notif_resp>.size)
+        response.pointee.id = req.id
+        let outcome: String
+        switch mode {
+        case .learn:
+            response.pointee.flags = UInt32(SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+            outcome = "allowed (learning)"
+        case .enforce, .report:
+            // The tid cannot be reused while its notification is pending, so once the id is
+            // still valid the thread group read above is the offender's.
+            if seccomp_notify_id_valid(listener.rawValue, req.id) == 0 {
+                kill(pid, SIGKILL)
+                outcome = "killed"
+            } else {
+                outcome = "gone before it could be killed"
+            }
+            response.pointee.error = -Int32(EPERM)
+        }
+        state.withLock {
+            $0.syscalls.insert(name)
+            if let index = Policy.learnedArguments[name] { $0.arguments[name, default: []].insert(args[index] & 0xffff_ffff) }
+            $0.events += 1
+        }
+        handler(Event(role: role, pid: pid, tid: tid, syscall: name, number: number, architecture: arch,
+                      arguments: args, outcome: outcome))
+        _ = seccomp_notify_respond(listener.rawValue, response)
+    }
+
+    private static func threadGroup(of tid: pid_t) -> pid_t? {
+        guard let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8) else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
+            return pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
+        }
+        return nil
+    }
+
+    /// Architecture names by audit token (libseccomp resolves names to tokens only).
+    private static let architectureNames: [UInt32: String] = {
+        var names: [UInt32: String] = [:]
+        for name in ["x86_64", "x86", "x32", "aarch64", "arm", "riscv64", "ppc64le", "s390x"] {
+            let token = seccomp_arch_resolve_name(name)
+            if token != 0 { names[token] = name }
+        }
+        return names
+    }()
+
+    static func architectureName(_ token: UInt32) -> String {
+        architectureNames[token] ?? "arch-0x" + String(token, radix: 16)
+    }
+}
+
+/// Passing the notification listener from the sandboxed role to its supervisor over a
+/// dedicated unix socket (one message, one descriptor), before any untrusted input arrives.
+public enum ListenerHandoff {
+    public static func send(_ listener: FileDescriptor, over socket: FileDescriptor) throws(SandboxError) {
+        var byte: UInt8 = 1
+        var fd = listener.rawValue
+        let n = withUnsafeMutablePointer(to: &byte) { p in
+            var iov = iovec(iov_base: p, iov_len: 1)
+            return cloister_sendmsg_fds(socket.rawValue, &iov, 1, &fd, 1, CInt(MSG_NOSIGNAL))
+        }
+        guard n == 1 else { throw SandboxError(step: "seccomp", call: "sendmsg(listener)", errno: Errno(rawValue: errno)) }
+    }
+
+    public static func receive(from socket: FileDescriptor) throws(SandboxError) -> FileDescriptor {
+        var byte: UInt8 = 0
+        var fd: CInt = -1
+        var nfds: UInt32 = 0
+        var flags: CInt = 0
+        var foreign: CInt = 0
+        let n = withUnsafeMutablePointer(to: &byte) { p in
+            var iov = iovec(iov_base: p, iov_len: 1)
+            return cloister_recvmsg_fds(socket.rawValue, &iov, 1, &fd, 1, &nfds, &flags, &foreign, 0)
+        }
+        guard n == 1, nfds == 1 else {
+            if nfds == 1 { close(fd) }
+            throw SandboxError(step: "seccomp", call: "recvmsg(listener)", errno: Errno(rawValue: n < 0 ? errno : EPROTO),
+                               detail: n == 0 ? "the role exited before handing over its listener" : "")
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+}
