@@ -13,6 +13,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // C where Swift cannot reach: cmsg macros, libseccomp's function-like macros,
@@ -45,6 +46,8 @@ let package = Package(
             dependencies: [
                 "Circuits", "Processes", "Sandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
@@ -54,16 +57,20 @@ let package = Package(
                 "Circuits", "CShim", "Processes",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        .target(
+            name: "TestSupport",
+            dependencies: ["Processes", .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/TestSupport"),
         .testTarget(
             name: "CircuitsTests",
             dependencies: [
-                "Circuits", "CShim", "Processes",
+                "Circuits", "CShim", "Processes", "TestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(
             name: "SandboxTests",
             dependencies: [
-                "Sandbox", "Circuits", "Processes", "CShim",
+                "Sandbox", "Circuits", "Processes", "CShim", "TestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
     ],

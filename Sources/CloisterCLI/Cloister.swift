@@ -1,5 +1,6 @@
 import ArgumentParser
-import Dispatch
+import NIOCore
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -21,6 +22,12 @@ protocol SandboxedRole: AsyncParsableCommand {
 /// The entry point is synchronous on purpose: capabilities, securebits and Landlock apply per
 /// thread, so a sandboxed role must enter its sandbox before Swift concurrency starts any
 /// thread. Only then does the async part run.
+///
+/// Swift concurrency then runs on SwiftNIO's event-loop threads, not on libdispatch's pool:
+/// on Linux, libdispatch's pool monitor reads /proc/<tid>/stat of its threads every second
+/// while work is queued, and crashes the process when that open fails, which it always does
+/// in a sandbox. With NIO as the global executor no pool thread ever registers. (Delayed jobs,
+/// `Task.sleep`, still go through libdispatch: sandboxed roles do not sleep.)
 @main
 enum Main {
     static func main() {
@@ -49,8 +56,10 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
+        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
         nonisolated(unsafe) var running = asyncCommand
-        Task {
+        // Detached: `main` is main-actor isolated, and nothing drains the main queue.
+        Task.detached {
             do {
                 try await running.run()
                 Cloister.exit()
@@ -58,6 +67,7 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
-        dispatchMain()
+        // The task ends the process; the main thread only waits.
+        while true { pause() }
     }
 }

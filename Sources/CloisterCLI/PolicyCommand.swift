@@ -82,18 +82,41 @@ struct PolicyCommand: AsyncParsableCommand {
         @Option(help: "Role to run: worker.") var role: String
         @Option(help: "Where to write the profile.") var out: String
         @Option(help: "Profile to start from (default: --out).") var base: String?
-        @Option(help: "Client connections to drive through the role.") var connections: Int = 16
+        @Option(help: "Client connections to drive through the role per round.") var connections: Int = 16
+        @Option(help: "Times to run the role; what any run used is kept (rare paths show up in some runs only).")
+        var rounds: Int = 3
         @Option(help: "User to switch the role to when run as root.") var user: String = "nobody"
         @Option(help: "Group to switch the role to when run as root.") var group: String = "nogroup"
 
         func validate() throws {
             guard role == "worker" else { throw ValidationError("--role must be worker (the roles that run sandboxed)") }
             guard connections > 0 else { throw ValidationError("--connections must be positive") }
+            guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
         }
 
         func run() async throws {
             let basePath = base ?? out
             let basePolicy = try Policy.load(file: basePath)
+            var syscalls: Set<String> = []
+            var arguments: [String: Set<UInt64>] = [:]
+            for round in 1...rounds {
+                let monitor = try await runRound(policy: basePath)
+                syscalls.formUnion(monitor.syscalls)
+                arguments.merge(monitor.arguments) { $0.union($1) }
+                FileHandle.standardError.write(Data("learn: round \(round) of \(rounds) done\n".utf8))
+            }
+            let merged = basePolicy.merging(learned: syscalls, arguments: arguments, role: role)
+            if !merged.refused.isEmpty {
+                throw ValidationError("the role used syscalls no sandboxed role may have: \(merged.refused.joined(separator: ", ")); nothing written")
+            }
+            try Self.write(merged.policy.json(), to: out)
+            for name in merged.added { print(name) }
+            FileHandle.standardError.write(Data("learn: \(merged.added.count) new, profile written to \(out)\n".utf8))
+        }
+
+        /// Runs the role once under `policy` in learn mode with the workload flowing through
+        /// it; returns the monitor holding what it used.
+        private func runRound(policy: String) async throws -> ViolationMonitor {
             let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
             let (handoff, roleHandoff) = try SocketCalls.socketPair(.seqpacket)
             let child: ChildProcess
@@ -103,7 +126,7 @@ struct PolicyCommand: AsyncParsableCommand {
                     try? roleHandoff.close()
                 }
                 child = try ChildProcess.spawn(ChildProcess.currentExecutable,
-                                               arguments: ["role", role, "--policy", basePath, "--mode", "learn", "--listener-fd", "4",
+                                               arguments: ["role", role, "--policy", policy, "--mode", "learn", "--listener-fd", "4",
                                                            "--user", user, "--group", group],
                                                descriptors: [roleTransport, roleHandoff])
             }
@@ -128,13 +151,7 @@ struct PolicyCommand: AsyncParsableCommand {
             guard termination == .exited(0) else {
                 throw ValidationError("the role did not finish cleanly (\(termination)); nothing written")
             }
-            let merged = basePolicy.merging(learned: monitor.syscalls, arguments: monitor.arguments, role: role)
-            if !merged.refused.isEmpty {
-                throw ValidationError("the role used syscalls no sandboxed role may have: \(merged.refused.joined(separator: ", ")); nothing written")
-            }
-            try Self.write(merged.policy.json(), to: out)
-            for name in merged.added { print(name) }
-            FileHandle.standardError.write(Data("learn: \(merged.added.count) new, profile written to \(out)\n".utf8))
+            return monitor
         }
 
         /// One client: a stream socketpair whose far end the worker gets over a circuit.

@@ -22,6 +22,8 @@ import Glibc
 ///    `PR_SET_PDEATHSIG` SIGKILL (the role dies with its parent; set after the uid change,
 ///    which would reset it).
 /// 4. **rlimits** for the role: no core files, no file writes, a bounded number of open files.
+///    A role's stderr must therefore be a pipe or a socket (the supervisor's, or journald's);
+///    writes to a regular file fail with EFBIG.
 /// 5. **Landlock**, where the kernel has it: no filesystem access at all.
 /// 6. **seccomp**: the role's profile, loaded with TSYNC.
 ///
@@ -165,7 +167,13 @@ public enum Sandbox {
         try limit(Int32(RLIMIT_CORE.rawValue), 0, "RLIMIT_CORE")
         try limit(Int32(RLIMIT_FSIZE.rawValue), 0, "RLIMIT_FSIZE")
         try limit(Int32(RLIMIT_NOFILE.rawValue), c.openFileLimit, "RLIMIT_NOFILE")
-        outcome.steps.append("rlimits: core 0, file size 0, open files \(c.openFileLimit)")
+        // With a zero file size, a write to a regular file raises SIGXFSZ, which would kill
+        // the role over a log line when its stderr happens to be a file. Ignored, the write
+        // fails with EFBIG instead: still no file is written.
+        var ignore = sigaction()
+        ignore.__sigaction_handler.sa_handler = SIG_IGN
+        guard sigaction(SIGXFSZ, &ignore, nil) == 0 else { throw fail("rlimits", "sigaction(SIGXFSZ)") }
+        outcome.steps.append("rlimits: core 0, file size 0 (SIGXFSZ ignored: EFBIG), open files \(c.openFileLimit)")
     }
 
     // MARK: 5. Landlock

@@ -1,6 +1,7 @@
 import XCTest
 import SystemPackage
 @testable import Circuits
+import TestSupport
 
 /// Every kind of bad input yields its own error, closes the transport and leaks nothing.
 final class BadInputTests: XCTestCase {

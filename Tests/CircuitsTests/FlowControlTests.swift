@@ -1,5 +1,6 @@
 import XCTest
 @testable import Circuits
+import TestSupport
 
 final class FlowControlTests: XCTestCase {
     /// One circuit's consumer stops reading: its sender is held back by credit, while other

@@ -2,17 +2,11 @@ import XCTest
 import SystemPackage
 import Processes
 @testable import Circuits
+import TestSupport
 
 /// The circuits layer between two real processes: this one and `cloister role circuits-peer`.
 final class MultiProcessTests: XCTestCase {
-    /// The `cloister` executable built next to this test bundle.
-    static var cloister: String {
-        var dir = ChildProcess.currentExecutable
-        while !dir.isEmpty, !FileManager.default.isExecutableFile(atPath: dir + "/cloister") {
-            dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
-        }
-        return dir + "/cloister"
-    }
+    static var cloister: String { cloisterExecutable }
 
     private func startPeer(_ kind: TransportKind, intent: String = "cloister.test-peer/1")
         throws -> (ChildProcess, FileDescriptor) {

@@ -1,38 +1,11 @@
 import XCTest
 import SystemPackage
 @testable import Circuits
+import TestSupport
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Number of sockets and pipes open in this process: what the circuits layer or a test could
-/// leak. Descriptors the Swift runtime opens lazily for itself (Dispatch's epoll, eventfd and
-/// timerfd) are not counted, so a first use of a runtime feature is not mistaken for a leak.
-func openDescriptorCount() -> Int {
-    guard let dir = opendir("/proc/self/fd") else { return -1 }
-    defer { closedir(dir) }
-    var count = 0
-    var target = [CChar](repeating: 0, count: 256)
-    while let entry = readdir(dir) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-        let n = readlink("/proc/self/fd/" + name, &target, target.count - 1)
-        guard n > 0 else { continue }
-        let link = String(decoding: target[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if link.hasPrefix("socket:") || link.hasPrefix("pipe:") { count += 1 }
-    }
-    return count
-}
-
-/// Polls `condition` for up to `seconds` (for effects of other threads, not for timing).
-func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
-    let deadline = Double(DispatchTime.now().uptimeNanoseconds) / 1e9 + seconds
-    while Double(DispatchTime.now().uptimeNanoseconds) / 1e9 < deadline {
-        if condition() { return true }
-        usleep(2000)
-    }
-    return condition()
-}
 
 func configuration(_ side: TransportSide, intent: String = "test/1", reserved: [UInt16: String] = [0: "health"],
                    window: Int = 512 * 1024, maxPayload: Int = 128 * 1024,
@@ -114,36 +87,3 @@ func transportWithRawPeer(_ kind: TransportKind, config: TransportConfiguration<
     return (transport, peer)
 }
 
-/// Runs `body`, failing instead of hanging when it takes longer than `seconds` (a lost
-/// wakeup shows up as a failure, not as a stuck test run).
-func withDeadline<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else {
-            throw DeadlineExceeded(seconds: seconds)
-        }
-        return value
-    }
-}
-
-struct DeadlineExceeded: Error { var seconds: Double }
-
-func makePipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
-    let p = try FileDescriptor.pipe()
-    return (p.readEnd, p.writeEnd)
-}
-
-func readAll(_ fd: FileDescriptor) throws -> [UInt8] {
-    var out: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
-        if n == 0 { return out }
-        out += buffer[..<n]
-    }
-}

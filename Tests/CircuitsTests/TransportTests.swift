@@ -1,6 +1,7 @@
 import XCTest
 import SystemPackage
 @testable import Circuits
+import TestSupport
 
 final class TransportTests: XCTestCase {
     func testConversationBothKinds() async throws {

@@ -1,0 +1,87 @@
+import Foundation
+import SystemPackage
+import XCTest
+@testable import Sandbox
+
+/// `check` and `explain` on the shipped profiles, and the warnings on dangerous ones.
+final class PolicyReviewTests: XCTestCase {
+    private var worker: Policy { get throws { try Policy.load(file: packageRootPolicies + "/worker.json") } }
+
+    func testShippedProfilesCompileWithoutWarnings() throws {
+        for file in [packageRootPolicies + "/worker.json", packageRootPolicies + "/base/worker.json"] {
+            let policy = try Policy.load(file: file)
+            XCTAssertNoThrow(try SeccompProgram(policy), file)
+            XCTAssertEqual(policy.warnings, [], file)
+            XCTAssertEqual(policy.conflicts, [], file)
+            XCTAssertEqual(policy.defaultAction, .killProcess, file)
+        }
+    }
+
+    /// The worker may not be allowed any syscall of the forbidden list, under any condition.
+    func testWorkerAllowsNothingForbidden() throws {
+        let policy = try worker
+        let allowed = policy.allowedSyscalls
+        XCTAssertEqual(allowed.intersection(Policy.forbidden.keys), [])
+        XCTAssertFalse(allowed.contains("clone3"))
+        for rule in policy.rules where rule.names.contains("clone") && rule.action == .allow {
+            XCTAssertTrue(rule.requiresThreadFlags)
+        }
+        for rule in policy.rules where rule.names.contains("ioctl") && rule.action == .allow {
+            XCTAssertFalse(rule.conditions.isEmpty, "ioctl allowed without a request list")
+        }
+    }
+
+    func testExplain() throws {
+        let policy = try worker
+        XCTAssertEqual(policy.explain("execve", args: []).action, .killProcess)
+        XCTAssertEqual(policy.explain("openat", args: []).action, .errno(13))
+        XCTAssertEqual(policy.explain("clone3", args: []).action, .errno(38))
+        let thread = policy.explain("clone", args: [0x3d0f00])
+        XCTAssertEqual(thread.action, .allow)
+        XCTAssertTrue(thread.reason.contains("because arg0 & 0x7e036f00 == 0x10f00"), thread.reason)
+        let process = policy.explain("clone", args: [UInt64(SIGCHLD)])
+        XCTAssertEqual(process.action, .killProcess)
+        XCTAssertNil(process.rule)
+        XCTAssertTrue(process.reason.hasPrefix("no rule for clone matches these arguments"), process.reason)
+        XCTAssertEqual(policy.explain("ioctl", args: [0, 0x5412]).action, .killProcess)
+        XCTAssertEqual(policy.explain("read", args: []).action, .allow)
+        XCTAssertTrue(policy.explain("reboot", args: []).reason.hasPrefix("no rule names reboot"))
+    }
+
+    func testWarningsOnDangerousProfile() throws {
+        let json = #"""
+        {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+          {"names": ["execve", "clone", "clone3", "ioctl"], "action": "SCMP_ACT_ALLOW"},
+          {"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+          {"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": [{"index": 0, "value": 3, "op": "SCMP_CMP_EQ"}]}
+        ]}
+        """#
+        let policy = try Policy.parse(Data(json.utf8), source: "bad.json")
+        let messages = policy.warnings.map(\.description)
+        XCTAssertTrue(messages.contains("$.defaultAction: SCMP_ACT_ALLOW lets every unlisted syscall through"), "\(messages)")
+        XCTAssertTrue(messages.contains("$.syscalls[0]: allows execve, which runs a new program"), "\(messages)")
+        XCTAssertTrue(messages.contains { $0.contains("clone without requiring the thread flags") })
+        XCTAssertTrue(messages.contains { $0.contains("allows clone3") })
+        XCTAssertTrue(messages.contains { $0.contains("ioctl without restricting the request") })
+        XCTAssertEqual(policy.conflicts.map(\.path), ["$.syscalls[2]"])
+    }
+
+    func testExportProducesFilterCode() throws {
+        let program = try SeccompProgram(try worker)
+        let pipe = try FileDescriptor.pipe()
+        try program.exportPFC(to: pipe.writeEnd)
+        try pipe.writeEnd.close()
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try pipe.readEnd.read(into: $0) }
+            if n == 0 { break }
+            text += String(decoding: buffer[..<n], as: UTF8.self)
+        }
+        try pipe.readEnd.close()
+        XCTAssertTrue(text.contains("# filter for arch x86_64"), text)
+        XCTAssertTrue(text.contains("action KILL_PROCESS"), text)
+        XCTAssertTrue(text.contains("if ($syscall == 0)\n    action ALLOW;"), "read (0) is allowed")
+        XCTAssertTrue(text.contains("# invalid architecture action\naction KILL_PROCESS;"), "foreign architectures are killed")
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Processes
+import Sandbox
+import SystemPackage
+import TestSupport
+import Synchronization
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real processes: a child enters the sandbox exactly as the worker does (same code, same
+/// profile) and attempts forbidden actions; the parent observes the kill or the errno.
+final class SandboxProcessTests: XCTestCase {
+    static let workerPolicy = packageRootPolicies + "/worker.json"
+
+    struct Outcome {
+        var termination: ChildProcess.Termination
+        var output: String
+    }
+
+    /// Runs the probe with `extra` descriptors (starting at 3) and returns how it ended.
+    func probe(_ attempt: String, mode: String = "enforce", descriptors: [FileDescriptor] = [],
+               extraArguments: [String] = [], monitor: ((FileDescriptor) throws -> Void)? = nil) throws -> Outcome {
+        let out = try makePipe()
+        var fds = descriptors
+        var handoff: (FileDescriptor, FileDescriptor)?
+        if monitor != nil {
+            let pair = try FileDescriptor.socketPairForHandoff()
+            handoff = pair
+            while fds.count < 1 { fds.append(try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)) }
+            fds.append(pair.1)
+        }
+        let listenerArgs = monitor != nil ? ["--listener-fd", "\(3 + fds.count - 1)"] : []
+        // The probe's stdout goes to the pipe through a shell-free dup: descriptor 3 + n.
+        let outIndex = fds.count
+        fds.append(out.write)
+        let child = try ChildProcess.spawn(
+            "/bin/sh", arguments: ["-c", "exec \"$0\" \"$@\" >&\(3 + outIndex)", cloisterExecutable, "role", "sandbox-probe",
+                                   "--policy", Self.workerPolicy, "--mode", mode, "--attempt", attempt] + listenerArgs + extraArguments,
+            descriptors: fds)
+        try out.write.close()
+        if let handoff {
+            try handoff.1.close()
+            try monitor?(handoff.0)
+            try handoff.0.close()
+        }
+        let output = String(decoding: try readAll(out.read), as: UTF8.self)
+        try out.read.close()
+        return Outcome(termination: try child.wait(), output: output)
+    }
+
+    func testAllowedWorkSurvives() throws {
+        let outcome = try probe("allowed")
+        XCTAssertEqual(outcome.termination, .exited(0), outcome.output)
+        XCTAssertEqual(outcome.output, "returned 0 errno 0\n")
+    }
+
+    /// Each forbidden action kills the process (SIGSYS, from the kernel in enforce mode).
+    func testForbiddenActionsAreKilled() throws {
+        for attempt in ["exec", "fork", "vfork", "clone-process", "clone-newuser", "socket-inet", "socket-unix", "socketpair",
+                        "ptrace", "io-uring", "tiocsti", "mount", "unshare", "bpf", "keyctl", "userfaultfd",
+                        "perf-event-open", "personality", "process-vm-readv", "x32", "i386"] {
+            let outcome = try probe(attempt)
+            XCTAssertEqual(outcome.termination, .signaled(SIGSYS), "\(attempt): \(outcome.output)")
+            XCTAssertEqual(outcome.output, "", "\(attempt) returned")
+        }
+    }
+
+    func testConnectToLoopbackListenerIsKilled() throws {
+        // A listener the probe would reach, and an unconnected socket made for it here
+        // (it cannot make one itself).
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                XCTAssertEqual(bind(listener, $0, length), 0)
+                XCTAssertEqual(getsockname(listener, $0, &length), 0)
+            }
+        }
+        XCTAssertEqual(listen(listener, 1), 0)
+        let unconnected = FileDescriptor(rawValue: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+        defer { try? unconnected.close() }
+        let devNull = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+        defer { try? devNull.close() }
+        let outcome = try probe("connect", descriptors: [devNull, devNull, unconnected],
+                                extraArguments: ["--port", "\(UInt16(bigEndian: address.sin_port))"])
+        XCTAssertEqual(outcome.termination, .signaled(SIGSYS), outcome.output)
+    }
+
+    /// Opening files is refused with EACCES, as OpenSSH does (see the profile's comment).
+    func testOpenIsRefused() throws {
+        let outcome = try probe("open")
+        XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertEqual(outcome.output, "returned -1 errno 13\n")
+    }
+
+    func testClone3AnswersENOSYS() throws {
+        let outcome = try probe("clone3")
+        XCTAssertEqual(outcome.output, "returned -1 errno 38\n")
+    }
+
+    /// Report mode: the parent holds the listener, sees which syscall with which arguments,
+    /// and kills the offender.
+    func testViolationIsReportedAndKilledByParent() throws {
+        let events = EventLog()
+        var monitor: ViolationMonitor?
+        let outcome = try probe("socket-inet", mode: "report") { handoff in
+            let listener = try ListenerHandoff.receive(from: handoff)
+            monitor = try ViolationMonitor(listener: listener, role: "probe", mode: .report) { events.append($0) }
+        }
+        monitor?.waitUntilDone()
+        XCTAssertEqual(outcome.termination, .signaled(SIGKILL))
+        let event = try XCTUnwrap(events.all.first)
+        XCTAssertEqual(event.syscall, "socket")
+        XCTAssertEqual(event.number, 41)
+        XCTAssertEqual(event.arguments[0], UInt64(AF_INET))
+        XCTAssertEqual(event.role, "probe")
+        XCTAssertEqual(event.outcome, "killed")
+        XCTAssertEqual(event.architecture, "x86_64")
+        XCTAssertTrue(event.description.contains("called socket (x86_64 41) with (0x2, 0x1"), event.description)
+    }
+
+    func testSandboxStepsAsRoot() throws {
+        try XCTSkipUnless(geteuid() == 0, "switching uid and emptying the bounding set need root")
+        let outcome = try probe("steps")
+        XCTAssertEqual(outcome.termination, .exited(0), outcome.output)
+        XCTAssertTrue(outcome.output.contains("identity: nobody:nogroup"), outcome.output)
+        XCTAssertTrue(outcome.output.contains("bounding empty"), outcome.output)
+        XCTAssertTrue(outcome.output.contains("seccomp: \(Self.workerPolicy) loaded (enforce, all threads)"), outcome.output)
+    }
+}
+
+final class EventLog: Sendable {
+    private let events = Mutex<[ViolationMonitor.Event]>([])
+    func append(_ e: ViolationMonitor.Event) { events.withLock { $0.append(e) } }
+    var all: [ViolationMonitor.Event] { events.withLock { $0 } }
+}
+
+extension FileDescriptor {
+    static func socketPairForHandoff() throws -> (FileDescriptor, FileDescriptor) {
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw Errno(rawValue: errno)
+        }
+        return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
+    }
+}

@@ -1,0 +1,141 @@
+import Circuits
+import Foundation
+import Processes
+import Sandbox
+import SystemPackage
+import TestSupport
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real worker role, confined by the shipped profile, serving client connections.
+final class WorkerConfinementTests: XCTestCase {
+    struct RunningWorker {
+        var child: ChildProcess
+        var transport: Transport<UInt16>
+        var monitor: ViolationMonitor?
+    }
+
+    private func startWorker(mode: String = "enforce", events: EventLog? = nil) async throws -> RunningWorker {
+        let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
+        var descriptors = [theirs]
+        var arguments = ["role", "worker", "--policy", SandboxProcessTests.workerPolicy, "--mode", mode]
+        var handoff: (FileDescriptor, FileDescriptor)?
+        if mode != "enforce" {
+            let pair = try FileDescriptor.socketPairForHandoff()
+            handoff = pair
+            descriptors.append(pair.1)
+            arguments += ["--listener-fd", "4"]
+        }
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: arguments, descriptors: descriptors)
+        try theirs.close()
+        var monitor: ViolationMonitor?
+        if let handoff {
+            try handoff.1.close()
+            let listener = try ListenerHandoff.receive(from: handoff.0)
+            try handoff.0.close()
+            monitor = try ViolationMonitor(listener: listener, role: "worker", mode: .report) { events?.append($0) }
+        }
+        let build = try workerBuild()
+        let transport = try await Transport<UInt16>.start(
+            socket: mine, kind: .seqpacket,
+            configuration: .init(intent: "cloister.supervisor-worker/1", side: .opener, reservedBand: 2,
+                                 reserved: [0: "control"], build: build))
+        let ready = try await transport.reserved(0).receive()
+        XCTAssertEqual(String(decoding: ready.payload, as: UTF8.self), "ready")
+        return RunningWorker(child: child, transport: transport, monitor: monitor)
+    }
+
+    private func workerBuild() throws -> String {
+        let pipe = try makePipe()
+        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", "exec \"$0\" version --build-id >&3", cloisterExecutable],
+                                           descriptors: [pipe.write])
+        try pipe.write.close()
+        defer { try? pipe.read.close() }
+        let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
+        _ = try child.wait()
+        return text.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Hands the worker one client and checks the bytes come back.
+    private func echo(_ worker: RunningWorker, _ text: String) async throws {
+        let (client, server) = try SocketCalls.socketPair(.stream)
+        defer { try? client.close() }
+        let circuit = try worker.transport.open()
+        try await circuit.send([], descriptors: [server])
+        try server.close()
+        _ = try Array(text.utf8).withUnsafeBytes { try client.writeAll($0) }
+        shutdown(client.rawValue, Int32(SHUT_WR))
+        XCTAssertEqual(String(decoding: try readAll(client), as: UTF8.self), text)
+        let report = try await circuit.receive()
+        XCTAssertEqual(String(decoding: report.payload, as: UTF8.self), "\(text.utf8.count)")
+        try await circuit.send([], end: true)
+    }
+
+    func testEveryThreadOfAServingWorkerIsConfined() async throws {
+        let worker = try await startWorker()
+        try await echo(worker, "hello from a client")
+        try await echo(worker, String(repeating: "x", count: 100_000))
+        let status = try XCTUnwrap(SandboxStatus.read(pid: worker.child.pid))
+        XCTAssertGreaterThan(status.threads.count, 2, "the runtime started threads after the filter: \(status.threads)")
+        for thread in status.threads {
+            XCTAssertEqual(thread.seccomp, 2, "\(thread)")
+            XCTAssertTrue(thread.noNewPrivileges, "\(thread)")
+            XCTAssertEqual(thread.effective, 0, "\(thread)")
+            XCTAssertEqual(thread.permitted, 0, "\(thread)")
+            XCTAssertEqual(thread.inheritable, 0, "\(thread)")
+            XCTAssertEqual(thread.ambient, 0, "\(thread)")
+            if geteuid() == 0 { XCTAssertEqual(thread.bounding, 0, "\(thread)") }
+        }
+        XCTAssertTrue(status.isConfined)
+        if geteuid() == 0 {
+            let owner = try FileManager.default.attributesOfItem(atPath: "/proc/\(worker.child.pid)")[.ownerAccountID] as? NSNumber
+            XCTAssertEqual(owner?.uint32Value, getpwnam("nobody").pointee.pw_uid, "runs as nobody")
+        }
+        worker.transport.close()
+        XCTAssertEqual(try worker.child.wait(), .exited(0))
+    }
+
+    func testReportModeWorkerKeepsNoListenerAndReportsNothingForRealWork() async throws {
+        let events = EventLog()
+        let worker = try await startWorker(mode: "report", events: events)
+        do {
+            for i in 0..<4 { try await echo(worker, String(repeating: "traffic ", count: 1 + i * 5000)) }
+        } catch {
+            worker.monitor?.waitUntilDone()
+            return XCTFail("traffic failed (\(error)); violations: \(events.all.map(\.description))")
+        }
+        // Root reads the descriptor table of a non-dumpable process.
+        if geteuid() == 0 {
+            let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(worker.child.pid)/fd")
+            for fd in fds {
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(worker.child.pid)/fd/\(fd)")) ?? ""
+                XCTAssertFalse(target.contains("seccomp"), "the worker kept its listener: fd \(fd) -> \(target)")
+            }
+        }
+        worker.transport.close()
+        XCTAssertEqual(try worker.child.wait(), .exited(0))
+        worker.monitor?.waitUntilDone()
+        XCTAssertEqual(events.all.map(\.description), [], "real work needs nothing outside the profile")
+    }
+
+    /// learn from the hand-written base reproduces what the shipped profile allows, so the
+    /// committed profile is current (re-run the README's tuning loop if this fails).
+    func testLearnFromBaseMatchesShippedProfile() throws {
+        let out = NSTemporaryDirectory() + "cloister-learn-\(getpid()).json"
+        defer { unlink(out) }
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["policy", "learn", "--role", "worker", "--base",
+                                                                          packageRootPolicies + "/base/worker.json", "--out", out],
+                                           descriptors: [], environment: [:])
+        XCTAssertEqual(try child.wait(), .exited(0))
+        let learned = try Policy.load(file: out)
+        let shipped = try Policy.load(file: SandboxProcessTests.workerPolicy)
+        XCTAssertEqual(learned.warnings, [])
+        let missing = learned.allowedSyscalls.subtracting(shipped.allowedSyscalls)
+        XCTAssertEqual(missing, [], "the shipped worker profile lacks what the worker uses")
+        let mode = try FileManager.default.attributesOfItem(atPath: out)[.posixPermissions] as? NSNumber
+        XCTAssertEqual(mode?.intValue, 0o644)
+    }
+}
