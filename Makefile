@@ -23,7 +23,7 @@ release: deps
 
 test: deps
 	$(SWIFT) build --build-tests
-	timeout 900 $(SWIFT) test --skip-build
+	timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
 
 # Until the server exists, `make run` runs the circuits benchmark.
 run: release
