@@ -41,6 +41,27 @@ ssize_t cloister_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt,
     return sendmsg(sock, &msg, flags);
 }
 
+/// Moves the SCM_RIGHTS descriptors of one received message into `fds` (up to `maxfds`),
+/// closing any beyond that and flagging MSG_CTRUNC.
+static void take_fds(struct msghdr *msg, int *fds, unsigned maxfds, unsigned *nfds) {
+    *nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *data = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, data + i, sizeof fd);
+            if (*nfds < maxfds) {
+                fds[(*nfds)++] = fd;
+            } else {
+                close(fd);
+                msg->msg_flags |= MSG_CTRUNC;
+            }
+        }
+    }
+}
+
 ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
                              int *fds, unsigned maxfds, unsigned *nfds,
                              int *msg_flags, int *foreign_cmsg, int flags) {
@@ -61,49 +82,16 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
     *nfds = 0;
     *foreign_cmsg = 0;
     ssize_t n = recvmsg(sock, &msg, flags | MSG_CMSG_CLOEXEC);
-    *msg_flags = msg.msg_flags;
-    if (n < 0) return n;
+    if (n < 0) {
+        *msg_flags = msg.msg_flags;
+        return n;
+    }
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
-            *foreign_cmsg = 1;
-            continue;
-        }
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *data = (int *)CMSG_DATA(c);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, data + i, sizeof fd);
-            if (*nfds < maxfds) {
-                fds[(*nfds)++] = fd;
-            } else {
-                // More than the caller allows: report the count but keep nothing.
-                close(fd);
-                *msg_flags |= MSG_CTRUNC;
-            }
-        }
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) *foreign_cmsg = 1;
     }
+    take_fds(&msg, fds, maxfds, nfds);
+    *msg_flags = msg.msg_flags;
     return n;
-}
-
-/// Moves the SCM_RIGHTS descriptors of one received message into `fds` (up to `maxfds`),
-/// closing any beyond that and flagging MSG_CTRUNC.
-static void take_fds(struct msghdr *msg, int *fds, unsigned maxfds, unsigned *nfds) {
-    *nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c != NULL; c = CMSG_NXTHDR(msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *data = (int *)CMSG_DATA(c);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, data + i, sizeof fd);
-            if (*nfds < maxfds) {
-                fds[(*nfds)++] = fd;
-            } else {
-                close(fd);
-                msg->msg_flags |= MSG_CTRUNC;
-            }
-        }
-    }
 }
 
 #define CLOISTER_MAX_BATCH 16
