@@ -75,4 +75,11 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
     public func receive() async throws -> Message {
         try await core.receive(conversation)
     }
+
+    /// Every message already queued, waiting for at least one: for consumers that stream
+    /// (one wake-up and one credit update per batch instead of per message). The peer's end
+    /// message, if present, is the last element; after it, throws `.conversationEnded`.
+    public func receiveAvailable() async throws -> [Message] {
+        try await core.receiveAvailable(conversation)
+    }
 }

@@ -240,12 +240,13 @@ final class TransportCore: Sendable {
         // wake-up per circuit, while a lone frame is handed over at once.
         var wakes: [CheckedContinuation<Void, Error>] = []
         var frames: [Frame] = []
+        var handshakeDone = false
         defer { for w in wakes { w.resume() } }
         do {
             while true {
                 frames.removeAll(keepingCapacity: true)
                 let more = try reader.readBatch(into: &frames)
-                for frame in frames { try dispatch(frame, wakes: &wakes) }
+                try dispatchBatch(frames, handshakeDone: &handshakeDone, wakes: &wakes)
                 for w in wakes { w.resume() }
                 wakes.removeAll(keepingCapacity: true)
                 if !more {
@@ -332,43 +333,74 @@ final class TransportCore: Sendable {
 
     // MARK: Reader side
 
-    private func dispatch(_ frame: Frame, wakes: inout [CheckedContinuation<Void, Error>]) throws(CircuitError) {
-        let h = frame.header
-        if h.kind == .handshake {
-            let peer = try Handshake.decode(frame.payload)
-            try layout.handshake.check(peer: peer)
-            do { try SocketCalls.setReceiveTimeout(socket, milliseconds: 0) } catch { throw .system(error) }
-            let waiter: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
-                guard s.peer == nil else { throw .malformedHandshake("second handshake") }
-                s.peer = peer
-                for credit in s.credits.values { credit.limit = max(credit.limit, peer.window) }
-                defer { s.handshakeWaiter = nil }
-                return s.handshakeWaiter
+    /// Dispatches one batch from the socket. Handshake frames are handled alone; everything
+    /// else is delivered under one lock for the whole batch.
+    private func dispatchBatch(_ frames: [Frame], handshakeDone: inout Bool,
+                               wakes: inout [CheckedContinuation<Void, Error>]) throws(CircuitError) {
+        var start = 0
+        for (i, frame) in frames.enumerated() where frame.header.kind == .handshake {
+            try deliver(frames[start..<i], handshakeDone: handshakeDone, wakes: &wakes)
+            try acceptHandshake(frame)
+            handshakeDone = true
+            start = i + 1
+        }
+        try deliver(frames[start...], handshakeDone: handshakeDone, wakes: &wakes)
+    }
+
+    private func acceptHandshake(_ frame: Frame) throws(CircuitError) {
+        let peer = try Handshake.decode(frame.payload)
+        try layout.handshake.check(peer: peer)
+        do { try SocketCalls.setReceiveTimeout(socket, milliseconds: 0) } catch { throw .system(error) }
+        let waiter: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
+            guard s.peer == nil else { throw .malformedHandshake("second handshake") }
+            s.peer = peer
+            for credit in s.credits.values { credit.limit = max(credit.limit, peer.window) }
+            defer { s.handshakeWaiter = nil }
+            return s.handshakeWaiter
+        }
+        waiter?.resume()
+    }
+
+    /// Data and credit frames, under one lock. Consumers to wake are added to `wakes`;
+    /// senders waiting for credit are resumed right away.
+    private func deliver(_ frames: ArraySlice<Frame>, handshakeDone: Bool,
+                         wakes: inout [CheckedContinuation<Void, Error>]) throws(CircuitError) {
+        guard let first = frames.first else { return }
+        guard handshakeDone else {
+            throw .malformedHandshake("a \(first.header.kind) frame arrived before the handshake")
+        }
+        var senders: [CheckedContinuation<Void, Error>] = []
+        var grants: [(UInt64, UInt64)] = []
+        try state.withLock { (s) throws(CircuitError) in
+            for frame in frames {
+                let h = frame.header
+                if h.circuit < layout.band && layout.reserved[h.circuit] == nil {
+                    throw .unagreedReservedCircuit(id: h.circuit)
+                }
+                switch h.kind {
+                case .handshake:
+                    preconditionFailure("handled by dispatchBatch")
+                case .credit:
+                    guard frame.payload.count == 8 else { throw .malformedCredit(id: h.circuit) }
+                    let limit = frame.payload.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+                    let credit = self.credit(h.circuit, &s)
+                    credit.limit = max(credit.limit, limit)
+                    senders += credit.senders
+                    credit.senders = []
+                case .data:
+                    let (wake, grant) = try deliver(frame, &s)
+                    if let wake { wakes.append(wake) }
+                    if let grant { grants.append((h.circuit, grant)) }
+                }
             }
-            waiter?.resume()
-            return
         }
-        guard state.withLock({ $0.peer != nil }) else {
-            throw .malformedHandshake("a \(h.kind) frame arrived before the handshake")
-        }
-        if h.circuit < layout.band && layout.reserved[h.circuit] == nil {
-            throw .unagreedReservedCircuit(id: h.circuit)
-        }
-        switch h.kind {
-        case .handshake:
-            preconditionFailure("handled above")
-        case .credit:
-            guard frame.payload.count == 8 else { throw .malformedCredit(id: h.circuit) }
-            let limit = frame.payload.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            let senders: [CheckedContinuation<Void, Error>] = state.withLock { s in
-                let credit = self.credit(h.circuit, &s)
-                credit.limit = max(credit.limit, limit)
-                defer { credit.senders = [] }
-                return credit.senders
-            }
-            for sender in senders { sender.resume() }
-        case .data:
-            if let wake = try deliver(frame) { wakes.append(wake) }
+        for sender in senders { sender.resume() }
+        for (id, grant) in grants {
+            // The reader must never block on a write (two readers blocked on each other's
+            // full buffers would deadlock); a grant that does not fit now waits for the next
+            // writer.
+            let sent = (try? sendGrant(grant, on: id, nonBlocking: true)) ?? false
+            if !sent { state.withLock { $0.pendingGrants[id] = grant } }
         }
     }
 
@@ -380,57 +412,47 @@ final class TransportCore: Sendable {
         return created
     }
 
-    /// Queues a data frame on its conversation; returns a waiting consumer to wake.
-    private func deliver(_ frame: Frame) throws(CircuitError) -> CheckedContinuation<Void, Error>? {
+    /// Queues a data frame on its conversation (lock held). Returns a waiting consumer to
+    /// wake, and a credit grant to send when the conversation was abandoned.
+    private func deliver(_ frame: Frame, _ s: inout State) throws(CircuitError) -> (CheckedContinuation<Void, Error>?, UInt64?) {
         let h = frame.header
         let cost = TransportConfiguration<UInt64>.cost(payload: h.length, descriptors: h.descriptorCount, end: h.end)
-        let message = Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: h.end, cost: cost)
-        var grant: UInt64?
-        let wake: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
-            var wake: CheckedContinuation<Void, Error>?
-            let conversation: Conversation
-            if let existing = s.conversations[h.circuit] {
-                conversation = existing
-            } else {
-                guard !layout.side.owns(h.circuit) else { throw .messageOnIdleCircuit(id: h.circuit) }
-                conversation = Conversation(id: h.circuit, reserved: false, credit: credit(h.circuit, &s))
-                s.conversations[h.circuit] = conversation
-                s.incoming.push(conversation)
-                wake = s.acceptWaiter
-                s.acceptWaiter = nil
-            }
-            let credit = conversation.credit
-            credit.received += UInt64(cost)
-            guard credit.received <= credit.granted else {
-                throw .creditExceeded(id: h.circuit, received: credit.received, granted: credit.granted)
-            }
-            if conversation.peerEnded { throw .messageAfterEnd(id: h.circuit) }
-            if h.end {
-                guard !conversation.reserved else { throw .peerEndedReservedCircuit(id: h.circuit) }
-                conversation.peerEnded = true
-                if conversation.ending { unroute(conversation, &s) }
-                if conversation.sentEnd { recycle(conversation, &s) }
-            }
-            if conversation.abandoned {
-                // Not queued: dropped (descriptors closed) when this function returns.
-                grant = consume(cost, conversation.credit)
-            } else {
-                conversation.queue.push(message)
-                if let w = conversation.waiter {
-                    conversation.waiter = nil
-                    return w
-                }
-            }
-            return wake
+        var wake: CheckedContinuation<Void, Error>?
+        let conversation: Conversation
+        if let existing = s.conversations[h.circuit] {
+            conversation = existing
+        } else {
+            guard !layout.side.owns(h.circuit) else { throw .messageOnIdleCircuit(id: h.circuit) }
+            conversation = Conversation(id: h.circuit, reserved: false, credit: credit(h.circuit, &s))
+            s.conversations[h.circuit] = conversation
+            s.incoming.push(conversation)
+            wake = s.acceptWaiter
+            s.acceptWaiter = nil
         }
-        if let grant {
-            // The reader must never block on a write (two readers blocked on each other's
-            // full buffers would deadlock); a grant that does not fit now waits for the next
-            // writer.
-            let sent = (try? sendGrant(grant, on: h.circuit, nonBlocking: true)) ?? false
-            if !sent { state.withLock { $0.pendingGrants[h.circuit] = grant } }
+        let credit = conversation.credit
+        credit.received += UInt64(cost)
+        guard credit.received <= credit.granted else {
+            throw .creditExceeded(id: h.circuit, received: credit.received, granted: credit.granted)
         }
-        return wake
+        if conversation.peerEnded { throw .messageAfterEnd(id: h.circuit) }
+        if h.end {
+            guard !conversation.reserved else { throw .peerEndedReservedCircuit(id: h.circuit) }
+            conversation.peerEnded = true
+            if conversation.ending { unroute(conversation, &s) }
+            if conversation.sentEnd { recycle(conversation, &s) }
+        }
+        if conversation.abandoned {
+            // Not queued: dropped (descriptors closed) here.
+            return (wake, consume(cost, conversation.credit))
+        }
+        conversation.queue.push(Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: h.end, cost: cost))
+        // A conversation this frame started has no consumer waiting yet, so at most one of
+        // the two is set.
+        if let waiter = conversation.waiter {
+            conversation.waiter = nil
+            wake = waiter
+        }
+        return (wake, nil)
     }
 
     /// Stops routing frames to a conversation once both ends are done with it: the peer has
@@ -600,6 +622,48 @@ final class TransportCore: Sendable {
         if state.withLock({ !$0.pendingGrants.isEmpty }) { try flushPendingGrants() }
     }
 
+    /// Every message queued on the conversation, waiting for at least one; the end message, if
+    /// any, is last. One lock, one credit update and one wake-up for the whole batch.
+    func receiveAvailable(_ conversation: Conversation) async throws -> [Message] {
+        while true {
+            let taken: ([Message], UInt64?)? = try state.withLock { (s) throws(CircuitError) in
+                if !conversation.queue.isEmpty {
+                    var batch: [Message] = []
+                    batch.reserveCapacity(conversation.queue.count)
+                    var cost = 0
+                    while let message = conversation.queue.pop() {
+                        batch.append(message)
+                        cost += message.cost
+                        if message.isEnd {
+                            conversation.consumedEnd = true
+                            break
+                        }
+                    }
+                    return (batch, consume(cost, conversation.credit))
+                }
+                if let failure = s.failure { throw failure }
+                if conversation.consumedEnd { throw .conversationEnded(id: conversation.id) }
+                return nil
+            }
+            if let (batch, grant) = taken {
+                if let grant { try sendGrant(grant, on: conversation.id) }
+                return batch
+            }
+            try await waitForMessages(conversation)
+        }
+    }
+
+    private func waitForMessages(_ conversation: Conversation) async throws {
+        try await suspend { (s, c) throws(CircuitError) in
+            if !conversation.queue.isEmpty { c.resume(); return }
+            if conversation.waiter != nil { throw .concurrentReceive(id: conversation.id) }
+            conversation.waiter = c
+        } cancel: { _ in
+            defer { conversation.waiter = nil }
+            return conversation.waiter
+        }
+    }
+
     func receive(_ conversation: Conversation) async throws -> Message {
         while true {
             let taken: (Message, UInt64?)? = try state.withLock { (s) throws(CircuitError) in
@@ -615,14 +679,7 @@ final class TransportCore: Sendable {
                 if let grant { try sendGrant(grant, on: conversation.id) }
                 return message
             }
-            try await suspend { (s, c) throws(CircuitError) in
-                if !conversation.queue.isEmpty { c.resume(); return }
-                if conversation.waiter != nil { throw .concurrentReceive(id: conversation.id) }
-                conversation.waiter = c
-            } cancel: { _ in
-                defer { conversation.waiter = nil }
-                return conversation.waiter
-            }
+            try await waitForMessages(conversation)
         }
     }
 

@@ -194,7 +194,7 @@ enum Sink {
         await withThrowingTaskGroup(of: Void.self) { group in
             while let circuit = try? await transport.accept() {
                 group.addTask {
-                    while !(try await circuit.receive()).isEnd {}
+                    while !(try await circuit.receiveAvailable()).contains(where: \.isEnd) {}
                     try await circuit.send([], end: true)
                 }
             }
