@@ -131,6 +131,47 @@ final class TransportTests: XCTestCase {
         XCTAssertEqual(openDescriptorCount(), before)
     }
 
+    func testReceiveAvailableReturnsTheQueuedBatchEndLast() async throws {
+        let (a, b) = try await transportPair(.seqpacket)
+        let c = try a.open()
+        for i in 0..<5 { try await c.send([UInt8(i)]) }
+        try await c.send([9], end: true)
+        let served = try await b.accept()
+        var payloads: [[UInt8]] = []
+        var sawEnd = false
+        while !sawEnd {
+            let batch = try await served.receiveAvailable()
+            XCTAssertFalse(batch.isEmpty)
+            XCTAssertTrue(batch.dropLast().allSatisfy { !$0.isEnd }, "the end message comes last")
+            sawEnd = batch.last?.isEnd ?? false
+            payloads += batch.map(\.payload)
+        }
+        XCTAssertEqual(payloads, [[0], [1], [2], [3], [4], [9]])
+        do {
+            _ = try await served.receiveAvailable()
+            XCTFail("received after the end")
+        } catch let error as CircuitError {
+            XCTAssertEqual(error, .conversationEnded(id: UInt64(served.id)))
+        }
+        try await served.send([], end: true)
+        XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 })
+    }
+
+    /// The peer's handshake and its first messages can arrive in one batch.
+    func testHandshakeAndDataInOneBatch() async throws {
+        let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
+        let peer = RawPeer(fd: theirs, kind: .seqpacket)
+        try peer.sendHandshake()
+        for i in 0..<3 { try peer.frame(.data, circuit: 3, payload: [UInt8(i)]) }
+        let transport = try await Transport<UInt16>.start(socket: mine, kind: .seqpacket, configuration: configuration(.opener))
+        defer { transport.close() }
+        let c = try await transport.accept()
+        for i in 0..<3 {
+            let awaited = try await c.receive()
+            XCTAssertEqual(awaited.payload, [UInt8(i)])
+        }
+    }
+
     func testReaderThreadIsNamed() async throws {
         let (a, b) = try await transportPair(.seqpacket)
         defer { a.close(); b.close() }
