@@ -15,8 +15,8 @@ import Glibc
 /// only demultiplexes frames into per-circuit queues; it never runs user code and never waits
 /// for a consumer, which is what keeps one stalled circuit from stalling the others.
 ///
-/// See the `Circuits` documentation (Circuits.docc-style notes in `Circuit.swift`) for the
-/// conversation life cycle.
+/// The conversation life cycle (idle, busy, idle again) and flow control are documented on
+/// `Circuit`.
 public final class Transport<Id: FixedWidthInteger & UnsignedInteger & Sendable>: Sendable {
     let core: TransportCore
 
