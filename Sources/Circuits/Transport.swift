@@ -153,6 +153,8 @@ final class TransportCore: Sendable {
         /// Grants the reader could not send without blocking; flushed by the next writer.
         var pendingGrants: [UInt64: UInt64] = [:]
         var readerThread: pthread_t?
+        /// A `close` took `readerThread` to join it: the reader closes the socket itself.
+        var readerTaken = false
     }
 
     let layout: Layout
@@ -304,17 +306,27 @@ final class TransportCore: Sendable {
         // Set first so that waiters learn the local close, not the EOF it causes.
         state.withLock { s in if s.failure == nil { s.failure = error } }
         writer.shutdown()
-        let thread: pthread_t? = state.withLock { s in
-            defer { s.readerThread = nil }
-            return s.readerThread
+        enum Step { case join(pthread_t), nothing, cleanUp }
+        let step: Step = state.withLock { s in
+            if let thread = s.readerThread {
+                s.readerThread = nil
+                s.readerTaken = true
+                return .join(thread)
+            }
+            // Another close is joining the reader, which cleans up on its way out.
+            return s.readerTaken ? .nothing : .cleanUp
         }
-        if let thread {
+        switch step {
+        case .join(let thread):
             if pthread_equal(thread, pthread_self()) != 0 {
                 pthread_detach(thread)
             } else {
                 pthread_join(thread, nil)
             }
-        } else {
+        case .nothing:
+            break
+        case .cleanUp:
+            // The reader never started.
             fail(error)
             writer.close()
         }

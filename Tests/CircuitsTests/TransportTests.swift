@@ -172,6 +172,19 @@ final class TransportTests: XCTestCase {
         }
     }
 
+    func testConcurrentClosesLeakNothing() async throws {
+        let before = openDescriptorCount()
+        for _ in 0..<20 {
+            let (a, b) = try await transportPair(.seqpacket)
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 { group.addTask { a.close() } }
+                group.addTask { b.close() }
+            }
+            XCTAssertEqual(a.failure, .closed)
+        }
+        XCTAssertEqual(openDescriptorCount(), before)
+    }
+
     func testReaderThreadIsNamed() async throws {
         let (a, b) = try await transportPair(.seqpacket)
         defer { a.close(); b.close() }
