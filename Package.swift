@@ -71,6 +71,7 @@ let package = Package(
             name: "SandboxTests",
             dependencies: [
                 "Sandbox", "Circuits", "Processes", "CShim", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
     ],

@@ -1,6 +1,7 @@
 import CSeccomp
 import CShim
 import Foundation
+import Logging
 import Synchronization
 import SystemPackage
 
@@ -29,8 +30,17 @@ public final class ViolationMonitor: Sendable {
         public var outcome: String
 
         public var description: String {
-            let args = arguments.map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
-            return "sandbox violation: role \(role) pid \(pid) tid \(tid) called \(syscall) (\(architecture) \(number)) with (\(args)): \(outcome)"
+            "sandbox violation: role \(role) pid \(pid) tid \(tid) called \(syscall) (\(architecture) \(number)) with (\(argumentList)): \(outcome)"
+        }
+
+        private var argumentList: String { arguments.map { "0x" + String($0, radix: 16) }.joined(separator: ", ") }
+
+        /// The event as one structured log line, as the supervisor writes it.
+        public func log(to logger: Logger) {
+            logger.error("sandbox violation", metadata: [
+                "role": "\(role)", "pid": "\(pid)", "tid": "\(tid)", "syscall": "\(syscall)",
+                "syscall_nr": "\(number)", "arch": "\(architecture)", "args": "\(argumentList)", "outcome": "\(outcome)",
+            ])
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Processes
 import Sandbox
 import SystemPackage
@@ -124,6 +125,17 @@ final class SandboxProcessTests: XCTestCase {
         XCTAssertEqual(event.outcome, "killed")
         XCTAssertEqual(event.architecture, "x86_64")
         XCTAssertTrue(event.description.contains("called socket (x86_64 41) with (0x2, 0x1"), event.description)
+
+        let lines = CapturedLog()
+        event.log(to: Logger(label: "cloister.supervisor") { _ in lines })
+        let line = try XCTUnwrap(lines.entries.first)
+        XCTAssertEqual(line.level, .error)
+        XCTAssertEqual(line.message, "sandbox violation")
+        XCTAssertEqual(line.metadata["role"], "probe")
+        XCTAssertEqual(line.metadata["syscall"], "socket")
+        XCTAssertEqual(line.metadata["syscall_nr"], "41")
+        XCTAssertEqual(line.metadata["pid"], "\(event.pid)")
+        XCTAssertTrue(line.metadata["args"]?.description.hasPrefix("0x2, 0x1, ") ?? false)
     }
 
     func testSandboxStepsAsRoot() throws {
@@ -133,6 +145,26 @@ final class SandboxProcessTests: XCTestCase {
         XCTAssertTrue(outcome.output.contains("identity: nobody:nogroup"), outcome.output)
         XCTAssertTrue(outcome.output.contains("bounding empty"), outcome.output)
         XCTAssertTrue(outcome.output.contains("seccomp: \(Self.workerPolicy) loaded (enforce, all threads)"), outcome.output)
+    }
+}
+
+/// A log handler that keeps what it is given, for checking log lines.
+final class CapturedLog: LogHandler, @unchecked Sendable {
+    struct Entry { var level: Logger.Level; var message: String; var metadata: Logger.Metadata }
+    private let lock = Mutex<[Entry]>([])
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    var entries: [Entry] { lock.withLock { $0 } }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let entry = Entry(level: event.level, message: event.message.description,
+                          metadata: metadata.merging(event.metadata ?? [:]) { $1 })
+        lock.withLock { $0.append(entry) }
     }
 }
 
