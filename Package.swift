@@ -39,6 +39,13 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .target(
+            name: "Supervisor",
+            dependencies: [
+                "Circuits", "Sandbox", "Processes",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .target(
             name: "Processes",
             dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
@@ -73,6 +80,12 @@ let package = Package(
                 "Sandbox", "Circuits", "Processes", "CShim", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .testTarget(
+            name: "SupervisorTests",
+            dependencies: [
+                "Supervisor", "Sandbox", "Circuits", "Processes", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
             ]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Circuits
+import Processes
 import SystemPackage
 
 #if canImport(Glibc)
@@ -35,9 +36,17 @@ struct WorkerRole: SandboxedRole {
         let control = try transport.reserved(0)
         try await control.send(Array("ready".utf8))
         await withTaskGroup(of: Void.self) { group in
+            // Health: every heartbeat the supervisor sends comes straight back. A worker
+            // that stops answering is killed and replaced by the supervisor.
+            group.addTask {
+                while let ping = try? await control.receive() {
+                    guard (try? await control.send(ping.payload)) != nil else { return }
+                }
+            }
             while let circuit = try? await transport.accept() {
                 group.addTask { await Self.serve(circuit) }
             }
+            group.cancelAll()
         }
     }
 

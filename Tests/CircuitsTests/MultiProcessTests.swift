@@ -17,16 +17,7 @@ final class MultiProcessTests: XCTestCase {
         return (child, mine)
     }
 
-    /// The peer is another executable than this test bundle, so its build is asked for.
-    static let cloisterBuild: String = {
-        let pipe = try! makePipe()
-        let child = try! ChildProcess.spawn("/bin/sh", arguments: ["-c", "exec \"$0\" version --build-id >&3", cloister], descriptors: [pipe.write])
-        try! pipe.write.close()
-        let out = String(decoding: try! readAll(pipe.read), as: UTF8.self)
-        try! pipe.read.close()
-        _ = try! child.wait()
-        return out.trimmingCharacters(in: .whitespacesAndNewlines)
-    }()
+    static var cloisterBuild: String { cloisterBuildID }
 
     private func peerConfiguration() -> TransportConfiguration<UInt16> {
         TransportConfiguration(intent: "cloister.test-peer/1", side: .opener, reservedBand: 2, reserved: [0: "health"],

@@ -38,7 +38,7 @@ final class WorkerConfinementTests: XCTestCase {
             try handoff.0.close()
             monitor = try ViolationMonitor(listener: listener, role: "worker", mode: .report) { events?.append($0) }
         }
-        let build = try workerBuild()
+        let build = cloisterBuildID
         let transport = try await Transport<UInt16>.start(
             socket: mine, kind: .seqpacket,
             configuration: .init(intent: "cloister.supervisor-worker/1", side: .opener, reservedBand: 2,
@@ -46,17 +46,6 @@ final class WorkerConfinementTests: XCTestCase {
         let ready = try await transport.reserved(0).receive()
         XCTAssertEqual(String(decoding: ready.payload, as: UTF8.self), "ready")
         return RunningWorker(child: child, transport: transport, monitor: monitor)
-    }
-
-    private func workerBuild() throws -> String {
-        let pipe = try makePipe()
-        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", "exec \"$0\" version --build-id >&3", cloisterExecutable],
-                                           descriptors: [pipe.write])
-        try pipe.write.close()
-        defer { try? pipe.read.close() }
-        let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
-        _ = try child.wait()
-        return text.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Hands the worker one client and checks the bytes come back.

@@ -85,3 +85,16 @@ public let packageRoot: String = {
     for _ in 0..<3 { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
     return dir
 }()
+
+/// The build id of `cloisterExecutable`, which differs from the test bundle's: what a test
+/// must declare in a transport handshake with a `cloister` process.
+public let cloisterBuildID: String = {
+    let pipe = try! makePipe()
+    let child = try! ChildProcess.spawn("/bin/sh", arguments: ["-c", "exec \"$0\" version --build-id >&3", cloisterExecutable],
+                                        descriptors: [pipe.write])
+    try! pipe.write.close()
+    let text = String(decoding: try! readAll(pipe.read), as: UTF8.self)
+    try! pipe.read.close()
+    _ = try! child.wait()
+    return text.trimmingCharacters(in: .whitespacesAndNewlines)
+}()

@@ -1,0 +1,265 @@
+import Circuits
+import Logging
+import Processes
+import Sandbox
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs a fixed number of sandboxed workers and keeps them running.
+///
+/// Each worker is this binary re-executed in the `worker` role with exactly two descriptors:
+/// its transport (3) and the socket over which it hands back its seccomp listener (4). It runs
+/// in report mode, so every violation reaches this process, which logs it and kills the worker.
+/// Health travels on the transport's reserved control circuit: a heartbeat every
+/// `heartbeatInterval`, answered within `heartbeatDeadline` or the worker counts as hung and is
+/// killed. A worker that dies or hangs is reaped and replaced after an exponential backoff;
+/// more than `intensityLimit` restarts within `intensityWindow` marks the pool degraded
+/// (logged loudly), and replacing goes on.
+public final class WorkerPool: Sendable {
+    public struct Configuration: Sendable {
+        public var count: Int
+        public var executable: String
+        public var policy: String
+        public var user = "nobody"
+        public var group = "nogroup"
+        /// The workers' build (the same binary: this process's build).
+        public var build = BuildID.current
+        public var heartbeatInterval: Duration = .milliseconds(500)
+        public var heartbeatDeadline: Duration = .seconds(2)
+        public var backoffBase: Duration = .milliseconds(50)
+        public var backoffCap: Duration = .seconds(10)
+        public var intensityLimit = 5
+        public var intensityWindow: Duration = .seconds(30)
+
+        public init(count: Int, executable: String, policy: String) {
+            self.count = count
+            self.executable = executable
+            self.policy = policy
+        }
+    }
+
+    public enum State: String, Sendable {
+        case starting, running, restarting, stopped
+    }
+
+    /// What `cloister ctl workers` shows for one worker.
+    public struct WorkerStatus: Sendable {
+        public var id: Int
+        public var pid: pid_t?
+        public var state: State
+        public var restarts: Int
+        public var startedAt: ContinuousClock.Instant?
+        public var lastHeartbeat: Duration?
+        public var violations: Int
+    }
+
+    private struct Shared {
+        var workers: [WorkerStatus]
+        var restartTimes: [ContinuousClock.Instant] = []
+        var degraded = false
+        var stopping = false
+        var tasks: [Task<Void, Never>] = []
+    }
+
+    public let configuration: Configuration
+    private let logger: Logger
+    private let shared: Mutex<Shared>
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        shared = Mutex(Shared(workers: (0..<configuration.count).map {
+            WorkerStatus(id: $0, pid: nil, state: .starting, restarts: 0, startedAt: nil, lastHeartbeat: nil, violations: 0)
+        }))
+    }
+
+    public var workers: [WorkerStatus] { shared.withLock { $0.workers } }
+    public var isDegraded: Bool { shared.withLock { $0.degraded } }
+
+    public func start() {
+        let tasks = (0..<configuration.count).map { id in Task { await self.keepRunning(id) } }
+        shared.withLock { $0.tasks = tasks }
+    }
+
+    /// Stops every worker and waits until all are reaped.
+    public func shutdown() async {
+        let tasks: [Task<Void, Never>] = shared.withLock { s in
+            s.stopping = true
+            return s.tasks
+        }
+        for task in tasks { task.cancel() }
+        for task in tasks { await task.value }
+    }
+
+    private var stopping: Bool { shared.withLock { $0.stopping } }
+
+    private func update(_ id: Int, _ change: (inout WorkerStatus) -> Void) {
+        shared.withLock { change(&$0.workers[id]) }
+    }
+
+    /// One worker slot: launch, supervise, reap, back off, again, until shutdown.
+    private func keepRunning(_ id: Int) async {
+        var failuresInARow = 0
+        while !stopping {
+            var log = logger
+            log[metadataKey: "worker"] = "\(id)"
+            let started = ContinuousClock.now
+            do {
+                let worker = try await launch(id, logger: log)
+                log[metadataKey: "pid"] = "\(worker.child.pid)"
+                log.info("worker running")
+                await supervise(worker, id: id, logger: log)
+                worker.stop()
+                let termination = try? await onOwnThread { try worker.child.wait() }
+                worker.monitor.waitUntilDone()
+                if stopping {
+                    log.info("worker stopped", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+                    break
+                }
+                log.error("worker ended", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+            } catch {
+                if stopping { break }
+                log.error("worker failed to start", metadata: ["error": "\(error)"])
+            }
+            // Backoff grows while workers keep failing soon after starting.
+            failuresInARow = ContinuousClock.now - started > configuration.backoffCap ? 1 : failuresInARow + 1
+            recordRestart(id, logger: log)
+            let delay = min(configuration.backoffCap, configuration.backoffBase * (1 << min(failuresInARow - 1, 20)))
+            try? await Task.sleep(for: delay)
+        }
+        update(id) {
+            $0.state = .stopped
+            $0.pid = nil
+        }
+    }
+
+    private func recordRestart(_ id: Int, logger: Logger) {
+        let now = ContinuousClock.now
+        let becameDegraded: Bool = shared.withLock { s in
+            s.workers[id].restarts += 1
+            s.workers[id].state = .restarting
+            s.workers[id].pid = nil
+            s.restartTimes.append(now)
+            s.restartTimes.removeAll { now - $0 > configuration.intensityWindow }
+            let degraded = s.restartTimes.count > configuration.intensityLimit
+            defer { s.degraded = degraded }
+            return degraded && !s.degraded
+        }
+        if becameDegraded {
+            logger.critical("worker pool degraded: restart intensity exceeded", metadata: [
+                "limit": "\(configuration.intensityLimit) restarts in \(configuration.intensityWindow)",
+            ])
+        }
+    }
+
+    final class RunningWorker: Sendable {
+        let child: ChildProcess
+        let transport: Transport<UInt16>
+        let monitor: ViolationMonitor
+
+        init(child: ChildProcess, transport: Transport<UInt16>, monitor: ViolationMonitor) {
+            self.child = child
+            self.transport = transport
+            self.monitor = monitor
+        }
+
+        /// Kills the worker (idempotent) and closes its transport.
+        func stop() {
+            try? child.signal(SIGKILL)
+            transport.close()
+        }
+    }
+
+    private func launch(_ id: Int, logger: Logger) async throws -> RunningWorker {
+        let (transportSocket, workerTransport) = try SocketCalls.socketPair(.seqpacket)
+        let (handoff, workerHandoff) = try SocketCalls.socketPair(.seqpacket)
+        let child: ChildProcess
+        do {
+            defer {
+                try? workerTransport.close()
+                try? workerHandoff.close()
+            }
+            child = try ChildProcess.spawn(configuration.executable,
+                                           arguments: ["role", "worker", "--policy", configuration.policy, "--mode", "report",
+                                                       "--listener-fd", "4", "--user", configuration.user, "--group", configuration.group],
+                                           descriptors: [workerTransport, workerHandoff])
+        }
+        update(id) {
+            $0.pid = child.pid
+            $0.state = .starting
+        }
+        do {
+            let listener = try ListenerHandoff.receive(from: handoff)
+            try handoff.close()
+            var withPid = logger
+            withPid[metadataKey: "pid"] = "\(child.pid)"
+            let monitorLogger = withPid
+            let monitor = try ViolationMonitor(listener: listener, role: "worker", mode: .report) { [weak self] event in
+                event.log(to: monitorLogger)
+                self?.update(id) { $0.violations += 1 }
+            }
+            let transport = try await Transport<UInt16>.start(
+                socket: transportSocket, kind: .seqpacket,
+                configuration: .init(intent: "cloister.supervisor-worker/1", side: .opener, reservedBand: 2,
+                                     reserved: [0: "control"], build: configuration.build))
+            let ready = try await transport.reserved(0).receive()
+            guard ready.payload == Array("ready".utf8) else {
+                transport.close()
+                throw CircuitError.malformedHandshake("worker said \(ready.payload) instead of ready")
+            }
+            update(id) {
+                $0.state = .running
+                $0.startedAt = .now
+            }
+            return RunningWorker(child: child, transport: transport, monitor: monitor)
+        } catch {
+            try? handoff.close()
+            try? child.signal(SIGKILL)
+            _ = try? await onOwnThread { try child.wait() }
+            throw error
+        }
+    }
+
+    /// Heartbeats until the worker dies, misses a deadline (then it is killed) or the pool stops.
+    private func supervise(_ worker: RunningWorker, id: Int, logger: Logger) async {
+        let control: Circuit<UInt16>
+        do { control = try worker.transport.reserved(0) } catch { return }
+        var sequence: UInt64 = 0
+        while !stopping && !Task.isCancelled {
+            sequence += 1
+            let ping = withUnsafeBytes(of: sequence.littleEndian) { Array($0) }
+            let sent = ContinuousClock.now
+            let answered: Bool = await withTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    guard (try? await control.send(ping)) != nil else { return false }
+                    while let reply = try? await control.receive() {
+                        if reply.payload == ping { return true }
+                    }
+                    return false
+                }
+                group.addTask {
+                    try? await Task.sleep(for: self.configuration.heartbeatDeadline)
+                    return false
+                }
+                let first = await group.next() ?? false
+                group.cancelAll()
+                return first
+            }
+            guard answered else {
+                if stopping || Task.isCancelled { return }
+                if worker.transport.failure == nil {
+                    logger.error("worker missed its heartbeat deadline; killing it",
+                                 metadata: ["deadline": "\(configuration.heartbeatDeadline)"])
+                }
+                return
+            }
+            let roundTrip = ContinuousClock.now - sent
+            update(id) { $0.lastHeartbeat = roundTrip }
+            try? await Task.sleep(for: configuration.heartbeatInterval)
+        }
+    }
+}
