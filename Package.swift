@@ -66,7 +66,11 @@ let package = Package(
             ]),
         .target(
             name: "TestSupport",
-            dependencies: ["Processes", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: [
+                "Processes",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/TestSupport"),
         .testTarget(
             name: "CircuitsTests",

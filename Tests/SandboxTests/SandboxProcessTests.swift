@@ -148,25 +148,6 @@ final class SandboxProcessTests: XCTestCase {
     }
 }
 
-/// A log handler that keeps what it is given, for checking log lines.
-final class CapturedLog: LogHandler, @unchecked Sendable {
-    struct Entry { var level: Logger.Level; var message: String; var metadata: Logger.Metadata }
-    private let lock = Mutex<[Entry]>([])
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    var entries: [Entry] { lock.withLock { $0 } }
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let entry = Entry(level: event.level, message: event.message.description,
-                          metadata: metadata.merging(event.metadata ?? [:]) { $1 })
-        lock.withLock { $0.append(entry) }
-    }
-}
 
 final class EventLog: Sendable {
     private let events = Mutex<[ViolationMonitor.Event]>([])

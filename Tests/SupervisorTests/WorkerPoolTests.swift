@@ -1,8 +1,10 @@
+import Foundation
 import Logging
 import Processes
 import Sandbox
 import Supervisor
 import TestSupport
+import Synchronization
 import XCTest
 
 #if canImport(Glibc)
@@ -12,16 +14,16 @@ import Glibc
 /// The pool with real sandboxed workers: started confined, replaced when killed or hung,
 /// reaped on shutdown.
 final class WorkerPoolTests: XCTestCase {
-    private func pool(count: Int = 2, deadline: Duration = .seconds(2), intensityLimit: Int = 5) -> WorkerPool {
-        var c = WorkerPool.Configuration(count: count, executable: cloisterExecutable,
-                                         policy: packageRoot + "/policies/worker.json")
+    private func pool(count: Int = 2, deadline: Duration = .seconds(2), intensityLimit: Int = 5,
+                      policy: String = packageRoot + "/policies/worker.json", log: CapturedLog? = nil) -> WorkerPool {
+        var c = WorkerPool.Configuration(count: count, executable: cloisterExecutable, policy: policy)
         c.build = cloisterBuildID
         c.heartbeatInterval = .milliseconds(50)
         c.heartbeatDeadline = deadline
         c.backoffBase = .milliseconds(20)
         c.intensityLimit = intensityLimit
-        var logger = Logger(label: "test.supervisor")
-        logger.logLevel = .critical
+        var logger = log.map { captured in Logger(label: "test.supervisor") { _ in captured } } ?? Logger(label: "test.supervisor")
+        logger.logLevel = log == nil ? .critical : .info
         let p = WorkerPool(configuration: c, logger: logger)
         p.start()
         return p
@@ -78,6 +80,35 @@ final class WorkerPoolTests: XCTestCase {
         await p.shutdown()
     }
 
+    /// A worker whose profile lacks a syscall it makes: the supervisor's log names the role,
+    /// pid, syscall name, number and arguments, and the worker is killed.
+    func testViolationIsLoggedBySupervisor() async throws {
+        let policy = try Policy.load(file: packageRoot + "/policies/worker.json")
+        var stripped = policy
+        for i in stripped.rules.indices { stripped.rules[i].names.removeAll { $0 == "setsockopt" } }
+        stripped.rules.removeAll { $0.names.isEmpty }
+        let path = NSTemporaryDirectory() + "cloister-stripped-\(getpid()).json"
+        try stripped.json().write(toFile: path, atomically: true, encoding: .utf8)
+        defer { unlink(path) }
+        let log = CapturedLog()
+        let p = pool(count: 1, policy: path, log: log)
+        waitUntil("a violation is logged and the worker replaced") {
+            log.entries.contains { $0.message == "sandbox violation" } && p.workers[0].restarts >= 1
+        }
+        await p.shutdown()
+        let line = try XCTUnwrap(log.entries.first { $0.message == "sandbox violation" })
+        XCTAssertEqual(line.level, .error)
+        XCTAssertEqual(line.metadata["role"], "worker")
+        XCTAssertEqual(line.metadata["syscall"], "setsockopt")
+        XCTAssertEqual(line.metadata["syscall_nr"], "54")
+        XCTAssertEqual(line.metadata["outcome"], "killed")
+        XCTAssertEqual(line.metadata["worker"], "0")
+        XCTAssertNotNil(line.metadata["pid"])
+        XCTAssertTrue(line.metadata["args"]?.description.contains("0x1, 0x14") ?? false, "SOL_SOCKET, SO_RCVTIMEO: \(String(describing: line.metadata["args"]))")
+        XCTAssertGreaterThan(p.workers[0].violations, 0)
+        XCTAssertTrue(log.entries.contains { $0.message == "worker failed to start" || $0.message == "worker ended" })
+    }
+
     func testRestartIntensityMarksThePoolDegradedAndKeepsReplacing() async throws {
         let p = pool(count: 1, intensityLimit: 2)
         for round in 1...3 {
@@ -89,3 +120,4 @@ final class WorkerPoolTests: XCTestCase {
         await p.shutdown()
     }
 }
+

@@ -1,4 +1,6 @@
 import Foundation
+import Logging
+import Synchronization
 import Processes
 import SystemPackage
 
@@ -98,3 +100,29 @@ public let cloisterBuildID: String = {
     _ = try! child.wait()
     return text.trimmingCharacters(in: .whitespacesAndNewlines)
 }()
+
+/// A log handler that keeps what it is given, for checking log lines.
+public final class CapturedLog: LogHandler, @unchecked Sendable {
+    public struct Entry: Sendable {
+        public var level: Logger.Level
+        public var message: String
+        public var metadata: Logger.Metadata
+    }
+    private let lock = Mutex<[Entry]>([])
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .trace
+    public var entries: [Entry] { lock.withLock { $0 } }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        let entry = Entry(level: event.level, message: event.message.description,
+                          metadata: metadata.merging(event.metadata ?? [:]) { $1 })
+        lock.withLock { $0.append(entry) }
+    }
+
+    public init() {}
+}
