@@ -57,14 +57,20 @@ public final class ViolationMonitor: Sendable {
     }
     private let state = Mutex(State())
 
-    /// Takes ownership of `listener`.
+    /// Takes ownership of `listener`, also when it throws.
     public init(listener: FileDescriptor, role: String, mode: EnforcementMode,
                 handler: @escaping @Sendable (Event) -> Void) throws {
         self.listener = listener
         self.role = role
         self.mode = mode
         self.handler = handler
-        let p = try FileDescriptor.pipe()
+        let p: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
+        do {
+            p = try FileDescriptor.pipe()
+        } catch {
+            try? listener.close()
+            throw error
+        }
         wake = (p.readEnd, p.writeEnd)
         _ = fcntl(wake.read.rawValue, F_SETFD, FD_CLOEXEC)
         _ = fcntl(wake.write.rawValue, F_SETFD, FD_CLOEXEC)
@@ -79,6 +85,9 @@ public final class ViolationMonitor: Sendable {
         }, box.toOpaque())
         guard rc == 0 else {
             box.release()
+            try? listener.close()
+            try? wake.read.close()
+            try? wake.write.close()
             throw Errno(rawValue: rc)
         }
         state.withLock { $0.thread = thread }

@@ -192,9 +192,14 @@ public final class WorkerPool: Sendable {
             $0.pid = child.pid
             $0.state = .starting
         }
+        // Until Transport.start takes it, the transport socket is ours to close.
+        var socketOwned = true
         do {
-            let listener = try ListenerHandoff.receive(from: handoff)
-            try handoff.close()
+            let listener: FileDescriptor
+            do {
+                defer { try? handoff.close() }
+                listener = try ListenerHandoff.receive(from: handoff)
+            }
             var withPid = logger
             withPid[metadataKey: "pid"] = "\(child.pid)"
             let monitorLogger = withPid
@@ -202,6 +207,7 @@ public final class WorkerPool: Sendable {
                 event.log(to: monitorLogger)
                 self?.update(id) { $0.violations += 1 }
             }
+            socketOwned = false
             let transport = try await Transport<UInt16>.start(
                 socket: transportSocket, kind: .seqpacket,
                 configuration: .init(intent: "cloister.supervisor-worker/1", side: .opener, reservedBand: 2,
@@ -217,7 +223,7 @@ public final class WorkerPool: Sendable {
             }
             return RunningWorker(child: child, transport: transport, monitor: monitor)
         } catch {
-            try? handoff.close()
+            if socketOwned { try? transportSocket.close() }
             try? child.signal(SIGKILL)
             _ = try? await onOwnThread { try child.wait() }
             throw error
