@@ -130,8 +130,11 @@ struct PolicyCommand: AsyncParsableCommand {
                                                            "--user", user, "--group", group],
                                                descriptors: [roleTransport, roleHandoff])
             }
-            let listener = try ListenerHandoff.receive(from: handoff)
-            try handoff.close()
+            let listener: FileDescriptor
+            do {
+                defer { try? handoff.close() }
+                listener = try ListenerHandoff.receive(from: handoff)
+            }
             let monitor = try ViolationMonitor(listener: listener, role: role, mode: .learn) { event in
                 FileHandle.standardError.write(Data("learn: \(event.syscall) (\(event.number))\n".utf8))
             }
