@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "Circuits", "Processes", "Sandbox",
+                "Circuits", "Processes", "Sandbox", "Supervisor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -3,6 +3,7 @@ import Circuits
 import Foundation
 import Processes
 import Sandbox
+import Supervisor
 import SystemPackage
 
 struct PolicyCommand: AsyncParsableCommand {
@@ -117,31 +118,12 @@ struct PolicyCommand: AsyncParsableCommand {
         /// Runs the role once under `policy` in learn mode with the workload flowing through
         /// it; returns the monitor holding what it used.
         private func runRound(policy: String) async throws -> ViolationMonitor {
-            let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
-            let (handoff, roleHandoff) = try SocketCalls.socketPair(.seqpacket)
-            let child: ChildProcess
-            do {
-                defer {
-                    try? roleTransport.close()
-                    try? roleHandoff.close()
-                }
-                child = try ChildProcess.spawn(ChildProcess.currentExecutable,
-                                               arguments: ["role", role, "--policy", policy, "--mode", "learn", "--listener-fd", "4",
-                                                           "--user", user, "--group", group],
-                                               descriptors: [roleTransport, roleHandoff])
-            }
-            let listener: FileDescriptor
-            do {
-                defer { try? handoff.close() }
-                listener = try ListenerHandoff.receive(from: handoff)
-            }
-            let monitor = try ViolationMonitor(listener: listener, role: role, mode: .learn) { event in
+            let launched = try await RoleLauncher.start(
+                executable: ChildProcess.currentExecutable, role: role, policy: policy, mode: .learn, user: user, group: group
+            ) { event in
                 FileHandle.standardError.write(Data("learn: \(event.syscall) (\(event.number))\n".utf8))
             }
-            let transport = try await Transport<UInt16>.start(
-                socket: transportSocket, kind: .seqpacket,
-                configuration: .init(intent: WorkerRole.intent, side: .opener, reservedBand: 2, reserved: [0: "control"]))
-            _ = try await transport.reserved(0).receive()
+            let (child, transport, monitor) = (launched.child, launched.transport, launched.monitor)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for i in 0..<connections {
                     group.addTask { try await Self.driveClient(transport, bytes: 1024 * (i + 1)) }
@@ -149,7 +131,7 @@ struct PolicyCommand: AsyncParsableCommand {
                 try await group.waitForAll()
             }
             transport.close()
-            let termination = try child.wait()
+            let termination = try await onOwnThread { try child.wait() }
             monitor.waitUntilDone()
             guard termination == .exited(0) else {
                 throw ValidationError("the role did not finish cleanly (\(termination)); nothing written")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Circuits
 import Processes
+import Supervisor
 import SystemPackage
 
 #if canImport(Glibc)
@@ -15,7 +16,6 @@ import Glibc
 /// entry, the transport and the descriptor hand-over are the real ones.
 struct WorkerRole: SandboxedRole {
     static let configuration = CommandConfiguration(commandName: "worker", shouldDisplay: false)
-    static let intent = "cloister.supervisor-worker/1"
 
     @OptionGroup var sandbox: SandboxOptions
     var steps: [String] = []
@@ -32,7 +32,7 @@ struct WorkerRole: SandboxedRole {
         log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))"])
         let transport = try await Transport<UInt16>.start(
             socket: FileDescriptor(rawValue: 3), kind: .seqpacket,
-            configuration: .init(intent: Self.intent, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+            configuration: .init(intent: RoleLauncher.workerIntent, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
         let control = try transport.reserved(0)
         try await control.send(Array("ready".utf8))
         await withTaskGroup(of: Void.self) { group in

@@ -161,10 +161,10 @@ public final class WorkerPool: Sendable {
         let transport: Transport<UInt16>
         let monitor: ViolationMonitor
 
-        init(child: ChildProcess, transport: Transport<UInt16>, monitor: ViolationMonitor) {
-            self.child = child
-            self.transport = transport
-            self.monitor = monitor
+        init(_ launched: RoleLauncher.Launched) {
+            child = launched.child
+            transport = launched.transport
+            monitor = launched.monitor
         }
 
         /// Kills the worker (idempotent) and closes its transport.
@@ -175,59 +175,22 @@ public final class WorkerPool: Sendable {
     }
 
     private func launch(_ id: Int, logger: Logger) async throws -> RunningWorker {
-        let (transportSocket, workerTransport) = try SocketCalls.socketPair(.seqpacket)
-        let (handoff, workerHandoff) = try SocketCalls.socketPair(.seqpacket)
-        let child: ChildProcess
-        do {
-            defer {
-                try? workerTransport.close()
-                try? workerHandoff.close()
-            }
-            child = try ChildProcess.spawn(configuration.executable,
-                                           arguments: ["role", "worker", "--policy", configuration.policy, "--mode", "report",
-                                                       "--listener-fd", "4", "--user", configuration.user, "--group", configuration.group],
-                                           descriptors: [workerTransport, workerHandoff])
+        update(id) { $0.state = .starting }
+        let launched = try await RoleLauncher.start(
+            executable: configuration.executable, role: "worker", policy: configuration.policy, mode: .report,
+            user: configuration.user, group: configuration.group, build: configuration.build
+        ) { [weak self] event in
+            var withWorker = logger
+            withWorker[metadataKey: "pid"] = "\(event.pid)"
+            event.log(to: withWorker)
+            self?.update(id) { $0.violations += 1 }
         }
         update(id) {
-            $0.pid = child.pid
-            $0.state = .starting
+            $0.pid = launched.child.pid
+            $0.state = .running
+            $0.startedAt = .now
         }
-        // Until Transport.start takes it, the transport socket is ours to close.
-        var socketOwned = true
-        do {
-            let listener: FileDescriptor
-            do {
-                defer { try? handoff.close() }
-                listener = try ListenerHandoff.receive(from: handoff)
-            }
-            var withPid = logger
-            withPid[metadataKey: "pid"] = "\(child.pid)"
-            let monitorLogger = withPid
-            let monitor = try ViolationMonitor(listener: listener, role: "worker", mode: .report) { [weak self] event in
-                event.log(to: monitorLogger)
-                self?.update(id) { $0.violations += 1 }
-            }
-            socketOwned = false
-            let transport = try await Transport<UInt16>.start(
-                socket: transportSocket, kind: .seqpacket,
-                configuration: .init(intent: "cloister.supervisor-worker/1", side: .opener, reservedBand: 2,
-                                     reserved: [0: "control"], build: configuration.build))
-            let ready = try await transport.reserved(0).receive()
-            guard ready.payload == Array("ready".utf8) else {
-                transport.close()
-                throw CircuitError.malformedHandshake("worker said \(ready.payload) instead of ready")
-            }
-            update(id) {
-                $0.state = .running
-                $0.startedAt = .now
-            }
-            return RunningWorker(child: child, transport: transport, monitor: monitor)
-        } catch {
-            if socketOwned { try? transportSocket.close() }
-            try? child.signal(SIGKILL)
-            _ = try? await onOwnThread { try child.wait() }
-            throw error
-        }
+        return RunningWorker(launched)
     }
 
     /// Heartbeats until the worker dies, misses a deadline (then it is killed) or the pool stops.
