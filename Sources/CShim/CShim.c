@@ -196,6 +196,20 @@ int cloister_landlock_deny_filesystem(void) {
     return rc < 0 ? -1 : (int)abi;
 }
 
+int cloister_accept_cloexec(int sock) {
+    return accept4(sock, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int cloister_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+}
+
 struct build_id_search {
     unsigned char *out;
     size_t cap;

@@ -61,6 +61,12 @@ long cloister_i386_getpid(void);
 /// version used, 0 when the kernel has no Landlock, -1 with errno on failure.
 int cloister_landlock_deny_filesystem(void);
 
+/// accept4(2) with SOCK_CLOEXEC (accept4 is a GNU extension to the Glibc overlay).
+int cloister_accept_cloexec(int sock);
+
+/// SO_PEERCRED of a connected unix socket (struct ucred is GNU-only).
+int cloister_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.
 size_t cloister_build_id(unsigned char *out, size_t cap);
