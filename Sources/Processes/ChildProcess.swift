@@ -101,17 +101,6 @@ public final class ChildProcess: Sendable {
         return Termination(status: status)
     }
 
-    /// Reaps the child if it has ended; nil while it runs.
-    public func poll() throws(SpawnError) -> Termination? {
-        var status: Int32 = 0
-        while true {
-            let rc = waitpid(pid, &status, WNOHANG)
-            if rc == pid { return Termination(status: status) }
-            if rc == 0 { return nil }
-            guard errno == EINTR else { throw SpawnError(call: "waitpid", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
-        }
-    }
-
     /// Path of the running executable, for re-executing it in another role.
     public static var currentExecutable: String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

@@ -10,10 +10,4 @@ public enum SyscallTable {
         let n = seccomp_syscall_resolve_name(name)
         return n == __NR_SCMP_ERROR || n < 0 ? nil : n
     }
-
-    public static func name(_ number: Int32) -> String? {
-        guard let p = seccomp_syscall_resolve_num_arch(seccomp_arch_native(), number) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
-    }
 }

@@ -47,12 +47,10 @@ public final class ViolationMonitor: Sendable {
     public let role: String
     public let mode: EnforcementMode
     private let listener: FileDescriptor
-    private let wake: (read: FileDescriptor, write: FileDescriptor)
     private let handler: @Sendable (Event) -> Void
     private struct State {
         var syscalls: Set<String> = []
         var arguments: [String: Set<UInt64>] = [:]
-        var events = 0
         var thread: pthread_t?
     }
     private let state = Mutex(State())
@@ -64,16 +62,6 @@ public final class ViolationMonitor: Sendable {
         self.role = role
         self.mode = mode
         self.handler = handler
-        let p: (readEnd: FileDescriptor, writeEnd: FileDescriptor)
-        do {
-            p = try FileDescriptor.pipe()
-        } catch {
-            try? listener.close()
-            throw error
-        }
-        wake = (p.readEnd, p.writeEnd)
-        _ = fcntl(wake.read.rawValue, F_SETFD, FD_CLOEXEC)
-        _ = fcntl(wake.write.rawValue, F_SETFD, FD_CLOEXEC)
         _ = fcntl(listener.rawValue, F_SETFD, FD_CLOEXEC)
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
@@ -86,8 +74,6 @@ public final class ViolationMonitor: Sendable {
         guard rc == 0 else {
             box.release()
             try? listener.close()
-            try? wake.read.close()
-            try? wake.write.close()
             throw Errno(rawValue: rc)
         }
         state.withLock { $0.thread = thread }
@@ -98,18 +84,9 @@ public final class ViolationMonitor: Sendable {
     /// For the syscalls in `Policy.learnedArguments`, the values of the deciding argument
     /// seen, so a learned profile lists them one by one instead of allowing every value.
     public var arguments: [String: Set<UInt64>] { state.withLock { $0.arguments } }
-    public var eventCount: Int { state.withLock { $0.events } }
-
-    /// Stops watching and closes the listener. Returns once the monitor thread is gone.
-    public func stop() {
-        _ = try? [UInt8(1)].withUnsafeBytes { try wake.write.write($0) }
-        if let thread = state.withLock({ s -> pthread_t? in defer { s.thread = nil }; return s.thread }) {
-            pthread_join(thread, nil)
-        }
-    }
 
     /// Waits until the sandboxed process has gone (the listener reports hang-up) and the
-    /// monitor has answered everything.
+    /// monitor has answered everything. A monitor ends only with the process it watches.
     public func waitUntilDone() {
         if let thread = state.withLock({ s -> pthread_t? in defer { s.thread = nil }; return s.thread }) {
             pthread_join(thread, nil)
@@ -117,22 +94,16 @@ public final class ViolationMonitor: Sendable {
     }
 
     private func run() {
-        defer {
-            try? listener.close()
-            try? wake.read.close()
-            try? wake.write.close()
-        }
+        defer { try? listener.close() }
         var request: UnsafeMutablePointer<seccomp_notif>?
         var response: UnsafeMutablePointer<seccomp_notif_resp>?
         guard seccomp_notify_alloc(&request, &response) == 0, let request, let response else { return }
         defer { seccomp_notify_free(request, response) }
         while true {
-            var fds = [pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: wake.read.rawValue, events: Int16(POLLIN), revents: 0)]
-            let n = poll(&fds, 2, -1)
+            var watched = pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0)
+            let n = poll(&watched, 1, -1)
             if n < 0 { if errno == EINTR { continue } else { return } }
-            if fds[1].revents != 0 { return }
-            if fds[0].revents & Int16(POLLIN) == 0 { return }  // hang-up: no process uses the filter
+            if watched.revents & Int16(POLLIN) == 0 { return }  // hang-up: no process uses the filter
             memset(request, 0, MemoryLayout<seccomp_notif>.size)
             guard seccomp_notify_receive(listener.rawValue, request) == 0 else { continue }  // the caller died meanwhile
             handle(request.pointee, response)
@@ -171,7 +142,6 @@ public final class ViolationMonitor: Sendable {
         state.withLock {
             $0.syscalls.insert(name)
             if let index = Policy.learnedArguments[name] { $0.arguments[name, default: []].insert(args[index] & 0xffff_ffff) }
-            $0.events += 1
         }
         handler(Event(role: role, pid: pid, tid: tid, syscall: name, number: number, architecture: arch,
                       arguments: args, outcome: outcome))
