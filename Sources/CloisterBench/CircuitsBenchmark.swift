@@ -16,6 +16,8 @@ struct CircuitsBenchmark {
     /// For profiling the circuits path alone; the table then has no ratio.
     var skipRaw = false
     var skipCircuits = false
+    /// The transport kind of the measured path; the baseline is always a raw SOCK_SEQPACKET pair.
+    var kind: TransportKind = .seqpacket
 
     struct Case {
         var payload: Int
@@ -54,6 +56,7 @@ struct CircuitsBenchmark {
         let pinned = CPUPinning.available >= 2 && CPUPinning.pinProcess(to: 0)
         print("circuits benchmark: best of \(repeats) interleaved runs per cell (raw, circuits, raw, …); raw = one SOCK_SEQPACKET socketpair between the same two processes")
         print(pinned ? "sender pinned to CPU 0, receiver to CPU 1 (both paths)" : "processes not pinned (fewer than 2 CPUs)")
+        print("circuits over a \(kind.rawValue) transport")
         print("")
         print("| payload | fd/msg | circuits | raw msg/s | raw MB/s | circuits msg/s | circuits MB/s | ratio |")
         print("|--------:|-------:|---------:|----------:|---------:|---------------:|--------------:|------:|")
@@ -76,10 +79,10 @@ struct CircuitsBenchmark {
     }
 
     private func spawnSink(_ mode: String, _ c: Case) throws -> (ChildProcess, FileDescriptor) {
-        let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
+        let (mine, theirs) = try SocketCalls.socketPair(mode == "raw" ? .seqpacket : kind)
         defer { try? theirs.close() }
         let child = try ChildProcess.spawn(ChildProcess.currentExecutable,
-                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)"],
+                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)", kind.rawValue],
                                            descriptors: [theirs])
         return (child, mine)
     }
@@ -111,7 +114,7 @@ struct CircuitsBenchmark {
     /// The measured path: a transport, `circuits` conversations sending concurrently.
     func measureCircuits(_ c: Case) async throws -> Measurement {
         let (child, socket) = try spawnSink("circuits", c)
-        let transport = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket, configuration: Self.configuration(.opener))
+        let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: Self.configuration(.opener))
         let control = try transport.reserved(0)
         _ = try await control.receive()  // sink ready
         let payload = [UInt8](repeating: 0x5a, count: c.payload)
@@ -156,8 +159,9 @@ enum RawSocket {
 enum Sink {
     static func run(_ args: [String]) async throws {
         if CPUPinning.available >= 2 { CPUPinning.pinProcess(to: 1) }
-        guard args.count == 4, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]) else {
-            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES")
+        guard args.count == 5, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]),
+              let kind = TransportKind(rawValue: args[4]) else {
+            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES seqpacket|stream")
             exit(2)
         }
         let socket = FileDescriptor(rawValue: 3)
@@ -165,7 +169,7 @@ enum Sink {
         case "raw":
             try raw(socket, payload: payload, descriptors: descriptors, messages: messages)
         case "circuits":
-            try await circuits(socket)
+            try await circuits(socket, kind: kind)
         default:
             exit(2)
         }
@@ -187,8 +191,8 @@ enum Sink {
         try RawSocket.sendAck(socket)
     }
 
-    static func circuits(_ socket: FileDescriptor) async throws {
-        let transport = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket,
+    static func circuits(_ socket: FileDescriptor, kind: TransportKind) async throws {
+        let transport = try await Transport<UInt16>.start(socket: socket, kind: kind,
                                                           configuration: CircuitsBenchmark.configuration(.acceptor))
         try await transport.reserved(0).send([1])
         await withThrowingTaskGroup(of: Void.self) { group in

@@ -22,13 +22,19 @@ struct CloisterBench {
             func option(_ name: String) -> Int? {
                 args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil }
             }
+            let kind = args.firstIndex(of: "--kind").flatMap { args.indices.contains($0 + 1) ? TransportKind(rawValue: args[$0 + 1]) : nil }
+            if args.contains("--kind") && kind == nil {
+                print("--kind must be seqpacket or stream")
+                exit(2)
+            }
             try await CircuitsBenchmark(quick: args.contains("--quick"), onlyPayload: option("--payload"),
                                         onlyDescriptors: option("--fds"), onlyCircuits: option("--circuits"),
-                                        skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits")).run()
+                                        skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits"),
+                                        kind: kind ?? .seqpacket).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
-            print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--no-raw]")
+            print("usage: cloister-bench circuits [--quick] [--kind seqpacket|stream] [--payload BYTES] [--fds 0|1] [--circuits N] [--no-raw] [--no-circuits]")
             exit(2)
         }
     }
