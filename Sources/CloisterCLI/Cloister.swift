@@ -10,7 +10,7 @@ struct Cloister: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloister",
         abstract: "A browser-terminal server whose parsers run in sandboxed, privilege-separated workers.",
-        subcommands: [PolicyCommand.self, Version.self, Role.self])
+        subcommands: [ControlCommand.self, PolicyCommand.self, Version.self, Role.self])
 }
 
 /// A role that must be confined before it does anything else.

@@ -1,0 +1,85 @@
+import ArgumentParser
+import Circuits
+import Foundation
+import Supervisor
+import SystemPackage
+
+/// `cloister ctl`: asks a running supervisor over its control socket.
+struct ControlCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
+        subcommands: [Status.self, Workers.self])
+
+    static let defaultSocket = "/run/cloister/control.sock"
+
+    struct Options: ParsableArguments {
+        @Option(help: "The control socket.") var socket: String = ControlCommand.defaultSocket
+        @Flag(help: "Print the JSON reply as it came.") var json = false
+    }
+
+    /// Sends `request` and returns the reply; a reply that is an error becomes a thrown one.
+    static func ask(_ request: String, socket: String) throws -> Data {
+        let connection: FileDescriptor
+        do {
+            connection = try UnixSocket.connect(path: socket, kind: .stream)
+        } catch {
+            throw ValidationError("cannot reach the control socket: \(error)")
+        }
+        defer { try? connection.close() }
+        _ = try Array((request + "\n").utf8).withUnsafeBytes { try connection.writeAll($0) }
+        var reply = Data()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try connection.read(into: $0) }
+            if n == 0 { break }
+            reply.append(contentsOf: buffer[..<n])
+        }
+        struct Failure: Decodable { var error: String }
+        if let failure = try? JSONDecoder().decode(Failure.self, from: reply) {
+            throw ValidationError("the supervisor refused: \(failure.error)")
+        }
+        return reply
+    }
+
+    static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return decoder
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The supervisor's state.")
+        @OptionGroup var options: Options
+
+        func run() throws {
+            let reply = try ControlCommand.ask("status", socket: options.socket)
+            if options.json { return print(String(decoding: reply, as: UTF8.self), terminator: "") }
+            let s = try ControlCommand.decoder.decode(ControlServer.Status.self, from: reply)
+            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
+        }
+    }
+
+    struct Workers: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Each worker: pid, state, uptime, restarts, heartbeat, sandbox.")
+        @OptionGroup var options: Options
+
+        func run() throws {
+            let reply = try ControlCommand.ask("workers", socket: options.socket)
+            if options.json { return print(String(decoding: reply, as: UTF8.self), terminator: "") }
+            let w = try ControlCommand.decoder.decode(ControlServer.Workers.self, from: reply)
+            let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
+            let rows = w.workers.map { r -> [String] in
+                [String(r.id), r.pid.map(String.init) ?? "-", r.state,
+                 r.uptimeSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(r.restarts),
+                 r.lastHeartbeatMilliseconds.map { String(format: "%.2fms", $0) } ?? "-", String(r.violations),
+                 r.seccomp.map(String.init) ?? "-", r.noNewPrivileges.map { $0 ? "1" : "0" } ?? "-", r.capEff ?? "-",
+                 r.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-"]
+            }
+            let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
+            for row in [header] + rows {
+                print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                    .trimmingCharacters(in: .whitespaces))
+            }
+        }
+    }
+}
