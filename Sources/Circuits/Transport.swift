@@ -634,16 +634,26 @@ final class TransportCore: Sendable {
         if state.withLock({ !$0.pendingGrants.isEmpty }) { try flushPendingGrants() }
     }
 
+    /// The next message.
+    func receive(_ conversation: Conversation) async throws -> Message {
+        try await take(upTo: 1, from: conversation)[0]
+    }
+
     /// Every message queued on the conversation, waiting for at least one; the end message, if
     /// any, is last. One lock, one credit update and one wake-up for the whole batch.
     func receiveAvailable(_ conversation: Conversation) async throws -> [Message] {
+        try await take(upTo: .max, from: conversation)
+    }
+
+    /// Up to `limit` queued messages (never past the peer's end), waiting for at least one.
+    private func take(upTo limit: Int, from conversation: Conversation) async throws -> [Message] {
         while true {
             let taken: ([Message], UInt64?)? = try state.withLock { (s) throws(CircuitError) in
                 if !conversation.queue.isEmpty {
                     var batch: [Message] = []
-                    batch.reserveCapacity(conversation.queue.count)
+                    batch.reserveCapacity(min(limit, conversation.queue.count))
                     var cost = 0
-                    while let message = conversation.queue.pop() {
+                    while batch.count < limit, let message = conversation.queue.pop() {
                         batch.append(message)
                         cost += message.cost
                         if message.isEnd {
@@ -661,37 +671,14 @@ final class TransportCore: Sendable {
                 if let grant { try sendGrant(grant, on: conversation.id) }
                 return batch
             }
-            try await waitForMessages(conversation)
-        }
-    }
-
-    private func waitForMessages(_ conversation: Conversation) async throws {
-        try await suspend { (s, c) throws(CircuitError) in
-            if !conversation.queue.isEmpty { c.resume(); return }
-            if conversation.waiter != nil { throw .concurrentReceive(id: conversation.id) }
-            conversation.waiter = c
-        } cancel: { _ in
-            defer { conversation.waiter = nil }
-            return conversation.waiter
-        }
-    }
-
-    func receive(_ conversation: Conversation) async throws -> Message {
-        while true {
-            let taken: (Message, UInt64?)? = try state.withLock { (s) throws(CircuitError) in
-                if let message = conversation.queue.pop() {
-                    if message.isEnd { conversation.consumedEnd = true }
-                    return (message, consume(message.cost, conversation.credit))
-                }
-                if let failure = s.failure { throw failure }
-                if conversation.consumedEnd { throw .conversationEnded(id: conversation.id) }
-                return nil
+            try await suspend { (s, c) throws(CircuitError) in
+                if !conversation.queue.isEmpty { c.resume(); return }
+                if conversation.waiter != nil { throw .concurrentReceive(id: conversation.id) }
+                conversation.waiter = c
+            } cancel: { _ in
+                defer { conversation.waiter = nil }
+                return conversation.waiter
             }
-            if let (message, grant) = taken {
-                if let grant { try sendGrant(grant, on: conversation.id) }
-                return message
-            }
-            try await waitForMessages(conversation)
         }
     }
 
