@@ -1,6 +1,7 @@
 import ArgumentParser
 import Circuits
 import Foundation
+import Processes
 import Supervisor
 import SystemPackage
 
@@ -27,13 +28,7 @@ struct ControlCommand: ParsableCommand {
         }
         defer { try? connection.close() }
         _ = try Array((request + "\n").utf8).withUnsafeBytes { try connection.writeAll($0) }
-        var reply = Data()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = try buffer.withUnsafeMutableBytes { try connection.read(into: $0) }
-            if n == 0 { break }
-            reply.append(contentsOf: buffer[..<n])
-        }
+        let reply = Data(try connection.readToEnd())
         struct Failure: Decodable { var error: String }
         if let failure = try? JSONDecoder().decode(Failure.self, from: reply) {
             throw ValidationError("the supervisor refused: \(failure.error)")
@@ -41,10 +36,16 @@ struct ControlCommand: ParsableCommand {
         return reply
     }
 
-    static var decoder: JSONDecoder {
+    /// Asks, and either prints the raw reply (`--json`, returns nil) or decodes it.
+    static func fetch<Reply: Decodable>(_ request: String, _ options: Options, as: Reply.Type) throws -> Reply? {
+        let reply = try ask(request, socket: options.socket)
+        if options.json {
+            print(String(decoding: reply, as: UTF8.self), terminator: "")
+            return nil
+        }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return decoder
+        return try decoder.decode(Reply.self, from: reply)
     }
 
     struct Status: ParsableCommand {
@@ -52,9 +53,7 @@ struct ControlCommand: ParsableCommand {
         @OptionGroup var options: Options
 
         func run() throws {
-            let reply = try ControlCommand.ask("status", socket: options.socket)
-            if options.json { return print(String(decoding: reply, as: UTF8.self), terminator: "") }
-            let s = try ControlCommand.decoder.decode(ControlServer.Status.self, from: reply)
+            guard let s = try ControlCommand.fetch("status", options, as: ControlServer.Status.self) else { return }
             print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
         }
     }
@@ -64,9 +63,7 @@ struct ControlCommand: ParsableCommand {
         @OptionGroup var options: Options
 
         func run() throws {
-            let reply = try ControlCommand.ask("workers", socket: options.socket)
-            if options.json { return print(String(decoding: reply, as: UTF8.self), terminator: "") }
-            let w = try ControlCommand.decoder.decode(ControlServer.Workers.self, from: reply)
+            guard let w = try ControlCommand.fetch("workers", options, as: ControlServer.Workers.self) else { return }
             let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
             let rows = w.workers.map { r -> [String] in
                 [String(r.id), r.pid.map(String.init) ?? "-", r.state,

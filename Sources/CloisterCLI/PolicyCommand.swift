@@ -150,13 +150,7 @@ struct PolicyCommand: AsyncParsableCommand {
             let echoed: [UInt8] = try await onOwnThread {
                 _ = try payload.withUnsafeBytes { try client.writeAll($0) }
                 _ = shutdown(client.rawValue, Int32(SHUT_WR))
-                var received: [UInt8] = []
-                var buffer = [UInt8](repeating: 0, count: 4096)
-                while true {
-                    let n = try buffer.withUnsafeMutableBytes { try client.read(into: $0) }
-                    if n == 0 { return received }
-                    received += buffer[..<n]
-                }
+                return try client.readToEnd()
             }
             guard echoed == payload else { throw ValidationError("the worker echoed \(echoed.count) of \(bytes) bytes") }
             let report = try await circuit.receive()

@@ -27,3 +27,16 @@ private final class Box: @unchecked Sendable {
     let run: () -> Void
     init(_ run: @escaping () -> Void) { self.run = run }
 }
+
+extension FileDescriptor {
+    /// Reads until end of file (blocking), retrying on EINTR.
+    public func readToEnd() throws -> [UInt8] {
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try read(into: $0) }
+            if n == 0 { return received }
+            received += buffer[..<n]
+        }
+    }
+}

@@ -62,15 +62,7 @@ public func makePipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
     return (p.readEnd, p.writeEnd)
 }
 
-public func readAll(_ fd: FileDescriptor) throws -> [UInt8] {
-    var out: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
-        if n == 0 { return out }
-        out += buffer[..<n]
-    }
-}
+public func readAll(_ fd: FileDescriptor) throws -> [UInt8] { try fd.readToEnd() }
 
 /// The `cloister` executable built next to the test bundle.
 public let cloisterExecutable: String = {
