@@ -21,6 +21,14 @@ public struct Policy: Sendable, Equatable {
         public var comment: String?
         /// JSON path of the rule, such as `$.syscalls[3]`.
         public var path: String
+
+        public init(names: [String], action: Action, conditions: [Condition] = [], comment: String? = nil, path: String) {
+            self.names = names
+            self.action = action
+            self.conditions = conditions
+            self.comment = comment
+            self.path = path
+        }
     }
 
     public struct Condition: Sendable, Equatable {
@@ -28,6 +36,13 @@ public struct Policy: Sendable, Equatable {
         public var op: Operator
         public var value: UInt64
         public var valueTwo: UInt64
+
+        public init(index: Int, op: Operator, value: UInt64, valueTwo: UInt64 = 0) {
+            self.index = index
+            self.op = op
+            self.value = value
+            self.valueTwo = valueTwo
+        }
 
         public func matches(_ arg: UInt64) -> Bool {
             switch op {

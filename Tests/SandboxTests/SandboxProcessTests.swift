@@ -1,3 +1,4 @@
+import CShim
 import Foundation
 import Logging
 import Processes
@@ -22,7 +23,7 @@ final class SandboxProcessTests: XCTestCase {
     }
 
     /// Runs the probe with `extra` descriptors (starting at 3) and returns how it ended.
-    func probe(_ attempt: String, mode: String = "enforce", descriptors: [FileDescriptor] = [],
+    func probe(_ attempt: String, mode: String = "enforce", policy: String = workerPolicy, descriptors: [FileDescriptor] = [],
                extraArguments: [String] = [], monitor: ((FileDescriptor) throws -> Void)? = nil) throws -> Outcome {
         let out = try makePipe()
         var fds = descriptors
@@ -39,7 +40,7 @@ final class SandboxProcessTests: XCTestCase {
         fds.append(out.write)
         let child = try ChildProcess.spawn(
             "/bin/sh", arguments: ["-c", "exec \"$0\" \"$@\" >&\(3 + outIndex)", cloisterExecutable, "role", "sandbox-probe",
-                                   "--policy", Self.workerPolicy, "--mode", mode, "--attempt", attempt] + listenerArgs + extraArguments,
+                                   "--policy", policy, "--mode", mode, "--attempt", attempt] + listenerArgs + extraArguments,
             descriptors: fds)
         try out.write.close()
         if let handoff {
@@ -98,6 +99,23 @@ final class SandboxProcessTests: XCTestCase {
     func testOpenIsRefused() throws {
         let outcome = try probe("open")
         XCTAssertEqual(outcome.termination, .exited(0))
+        XCTAssertEqual(outcome.output, "returned -1 errno 13\n")
+    }
+
+    /// Landlock on its own: with a profile that lets openat through, opening a world-readable
+    /// file still fails, and only Landlock can refuse it.
+    func testLandlockRefusesWhatSeccompAllows() throws {
+        try XCTSkipUnless(cloister_landlock_deny_filesystem_available(), "this kernel has no Landlock")
+        var policy = try Policy.load(file: Self.workerPolicy)
+        for i in policy.rules.indices { policy.rules[i].names.removeAll { $0 == "openat" } }
+        policy.rules.removeAll { $0.names.isEmpty }
+        policy.rules.append(Policy.Rule(names: ["openat"], action: .allow, conditions: [], comment: "test", path: "$"))
+        let path = NSTemporaryDirectory() + "cloister-openat-\(getpid()).json"
+        try policy.json().write(toFile: path, atomically: true, encoding: .utf8)
+        defer { unlink(path) }
+        XCTAssertEqual(access("/etc/passwd", R_OK), 0)
+        let outcome = try probe("open", policy: path)
+        XCTAssertEqual(outcome.termination, .exited(0), outcome.output)
         XCTAssertEqual(outcome.output, "returned -1 errno 13\n")
     }
 
@@ -163,4 +181,10 @@ extension FileDescriptor {
         }
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))
     }
+}
+
+/// Whether the running kernel offers Landlock (its ruleset ABI version is positive).
+func cloister_landlock_deny_filesystem_available() -> Bool {
+    let abi = cloister_syscall6(444 /* landlock_create_ruleset */, 0, 0, 1 /* VERSION */, 0, 0, 0)
+    return abi > 0
 }

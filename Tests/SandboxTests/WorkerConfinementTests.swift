@@ -79,9 +79,21 @@ final class WorkerConfinementTests: XCTestCase {
             if geteuid() == 0 { XCTAssertEqual(thread.bounding, 0, "\(thread)") }
         }
         XCTAssertTrue(status.isConfined)
+        // The role's rlimits, as the kernel reports them for the live process.
+        let limits = try String(contentsOfFile: "/proc/\(worker.child.pid)/limits", encoding: .utf8)
+        func limit(_ name: String) -> [Substring] {
+            let line = limits.split(separator: "\n").first { $0.hasPrefix(name) } ?? ""
+            return line.dropFirst(name.count).split(separator: " ").prefix(2).map { $0 }
+        }
+        XCTAssertEqual(limit("Max core file size"), ["0", "0"])
+        XCTAssertEqual(limit("Max file size"), ["0", "0"])
+        XCTAssertEqual(limit("Max open files"), ["256", "256"])
         if geteuid() == 0 {
             let owner = try FileManager.default.attributesOfItem(atPath: "/proc/\(worker.child.pid)")[.ownerAccountID] as? NSNumber
             XCTAssertEqual(owner?.uint32Value, getpwnam("nobody").pointee.pw_uid, "runs as nobody")
+            // Not dumpable: the kernel hands its /proc entries to root, not to its own uid.
+            let fdOwner = try FileManager.default.attributesOfItem(atPath: "/proc/\(worker.child.pid)/fd")[.ownerAccountID] as? NSNumber
+            XCTAssertEqual(fdOwner?.uint32Value, 0, "not dumpable")
         }
         worker.transport.close()
         XCTAssertEqual(try worker.child.wait(), .exited(0))
