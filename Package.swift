@@ -41,17 +41,39 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "Circuits", "Sandbox", "Processes",
+                "Circuits", "Sandbox", "Processes", "RoleProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .target(name: "RoleProtocol"),
+        .target(name: "TerminalClient"),
+        .target(
+            name: "Vault",
+            dependencies: [
+                "Circuits", "Processes", "RoleProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        .target(
+            name: "Worker",
+            dependencies: [
+                "Circuits", "RoleProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .target(
             name: "Processes",
-            dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["CShim", .product(name: "SystemPackage", package: "swift-system")]),
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "Circuits", "Processes", "Sandbox", "Supervisor",
+                "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "RoleProtocol", "TerminalClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -64,6 +86,9 @@ let package = Package(
                 "Circuits", "CShim", "Processes",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        .testTarget(
+            name: "ServeTests",
+            dependencies: ["TestSupport", "TerminalClient", "Processes"]),
         .target(
             name: "TestSupport",
             dependencies: [
@@ -81,7 +106,7 @@ let package = Package(
         .testTarget(
             name: "SandboxTests",
             dependencies: [
-                "Sandbox", "Circuits", "Processes", "CShim", "TestSupport",
+                "Sandbox", "Circuits", "Processes", "CShim", "TestSupport", "RoleProtocol",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 
 ssize_t cloister_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt,
                              const int *fds, unsigned nfds, int flags) {
@@ -246,4 +249,37 @@ size_t cloister_build_id(unsigned char *out, size_t cap) {
     struct build_id_search search = {out, cap, 0};
     dl_iterate_phdr(find_build_id, &search);
     return search.len;
+}
+
+int cloister_open_pty(int *master, char *name, size_t cap, unsigned short rows, unsigned short cols,
+                      const char **failed) {
+    int fd = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) { *failed = "posix_openpt"; return -1; }
+    const char *step = NULL;
+    if (grantpt(fd) != 0) step = "grantpt";
+    else if (unlockpt(fd) != 0) step = "unlockpt";
+    else if (ptsname_r(fd, name, cap) != 0) step = "ptsname_r";
+    else if (cloister_set_window_size(fd, rows, cols) != 0) step = "ioctl(TIOCSWINSZ)";
+    if (step) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        *failed = step;
+        return -1;
+    }
+    *master = fd;
+    return 0;
+}
+
+int cloister_set_window_size(int fd, unsigned short rows, unsigned short cols) {
+    struct winsize size = { .ws_row = rows, .ws_col = cols };
+    return ioctl(fd, TIOCSWINSZ, &size);
+}
+
+int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols) {
+    struct winsize size;
+    if (ioctl(fd, TIOCGWINSZ, &size) != 0) return -1;
+    *rows = size.ws_row;
+    *cols = size.ws_col;
+    return 0;
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import NIOCore
 import NIOPosix
 
@@ -10,7 +11,7 @@ struct Cloister: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloister",
         abstract: "A browser-terminal server whose parsers run in sandboxed, privilege-separated workers.",
-        subcommands: [ControlCommand.self, PolicyCommand.self, Version.self, Role.self])
+        subcommands: [ServeCommand.self, ControlCommand.self, PolicyCommand.self, Version.self, Role.self])
 }
 
 /// A role that must be confined before it does anything else.
@@ -38,7 +39,17 @@ enum Main {
         do {
             command = try Cloister.parseAsRoot()
         } catch {
+            // Usage errors exit with 2 (as getopt-style tools do), help and version with 0.
+            if Cloister.exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data("cloister: \(Cloister.message(for: error))\n".utf8))
+                exit(2)
+            }
             Cloister.exit(withError: error)
+        }
+        if command is ServeCommand {
+            // Before any thread exists, so every thread inherits the mask and only the
+            // supervisor's signal thread takes them.
+            Signals.block()
         }
         if var role = command as? SandboxedRole {
             do {

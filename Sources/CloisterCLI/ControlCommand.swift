@@ -54,7 +54,10 @@ struct ControlCommand: ParsableCommand {
 
         func run() throws {
             guard let s = try ControlCommand.fetch("status", options, as: ControlServer.Status.self) else { return }
-            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
+            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running, \(s.connections) connections\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
+            if let v = s.vault {
+                print("vault pid \(v.pid.map(String.init) ?? "-"): \(v.state), \(v.restarts) restarts, confined: \(v.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-")")
+            }
         }
     }
 
@@ -64,10 +67,10 @@ struct ControlCommand: ParsableCommand {
 
         func run() throws {
             guard let w = try ControlCommand.fetch("workers", options, as: ControlServer.Workers.self) else { return }
-            let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
+            let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "CONNS", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
             let rows = w.workers.map { r -> [String] in
                 [String(r.id), r.pid.map(String.init) ?? "-", r.state,
-                 r.uptimeSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(r.restarts),
+                 r.uptimeSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(r.restarts), String(r.connections),
                  r.lastHeartbeatMilliseconds.map { String(format: "%.2fms", $0) } ?? "-", String(r.violations),
                  r.seccomp.map(String.init) ?? "-", r.noNewPrivileges.map { $0 ? "1" : "0" } ?? "-", r.capEff ?? "-",
                  r.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-"]

@@ -4,6 +4,10 @@ import Foundation
 import Processes
 import Sandbox
 import Supervisor
+import TerminalClient
+import Vault
+import Logging
+import Supervisor
 import SystemPackage
 
 struct PolicyCommand: AsyncParsableCommand {
@@ -73,91 +77,95 @@ struct PolicyCommand: AsyncParsableCommand {
 
     struct Learn: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run a role with unlisted syscalls recorded instead of fatal while work flows through it, then write the profile it needs.",
+            abstract: "Serve real traffic with the sandboxed roles recording unlisted syscalls instead of dying, then write the profiles they need.",
             discussion: """
-            The role runs its real code under the base profile with the default action turned into a \
-            notification that this process records and lets through; explicit rules, among them the \
-            syscalls no role may make, keep their actions. The result is the base profile plus what \
-            was used; new syscalls are listed on stdout. Review the diff before committing it.
+            Runs a complete server on a loopback port (supervisor, vault, nursery, workers) with \
+            the roles under their base profiles in learn mode: the default action becomes a \
+            notification that the supervisor records and lets through; explicit rules, among them \
+            the syscalls no role may make, keep their actions. The workload is the integration \
+            tests' traffic (every HTTP route and refusal, ttyd sessions that echo, resize, pause, \
+            stream output and end both ways, WebSocket protocol violations). Each profile written \
+            is its base plus what the role used; new syscalls are listed on stdout. Review the \
+            diff before committing it.
             """)
-        @Option(help: "Role to run: worker.") var role: String
-        @Option(help: "Where to write the profile.") var out: String
-        @Option(help: "Profile to start from (default: --out).") var base: String?
-        @Option(help: "Client connections to drive through the role per round.") var connections: Int = 16
-        @Option(help: "Times to run the role; what any run used is kept (rare paths show up in some runs only).")
+        @Option(help: "Role to learn: worker, vault or all.") var role = "all"
+        @Option(help: "Directory to write <role>.json into.") var outDir = "policies"
+        @Option(help: "Directory of the reviewed base profiles <role>.json.") var baseDir = "policies/base"
+        @Option(help: "Concurrent workload runs per round.") var sessions: Int = 4
+        @Option(help: "Rounds, each with a fresh server; what any round used is kept (rare paths show up in some only).")
         var rounds: Int = 3
-        @Option(help: "User to switch the role to when run as root.") var user: String = "nobody"
-        @Option(help: "Group to switch the role to when run as root.") var group: String = "nogroup"
 
         func validate() throws {
-            guard role == "worker" else { throw ValidationError("--role must be worker (the roles that run sandboxed)") }
-            guard connections > 0 else { throw ValidationError("--connections must be positive") }
+            guard ["worker", "vault", "all"].contains(role) else { throw ValidationError("--role must be worker, vault or all") }
+            guard sessions > 0 else { throw ValidationError("--sessions must be positive") }
             guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
         }
 
         func run() async throws {
-            let basePath = base ?? out
-            let basePolicy = try Policy.load(file: basePath)
-            var syscalls: Set<String> = []
-            var arguments: [String: Set<UInt64>] = [:]
+            let roles = role == "all" ? ["worker", "vault"] : [role]
+            var bases: [String: Policy] = [:]
+            for r in ["worker", "vault"] { bases[r] = try Policy.load(file: "\(baseDir)/\(r).json") }
+            var syscalls: [String: Set<String>] = [:]
+            var arguments: [String: [String: Set<UInt64>]] = [:]
             for round in 1...rounds {
-                let monitor = try await runRound(policy: basePath)
-                syscalls.formUnion(monitor.syscalls)
-                arguments.merge(monitor.arguments) { $0.union($1) }
+                let monitors = try await runRound()
+                for (r, list) in monitors {
+                    for monitor in list {
+                        syscalls[r, default: []].formUnion(monitor.syscalls)
+                        arguments[r, default: [:]].merge(monitor.arguments) { $0.union($1) }
+                    }
+                }
                 FileHandle.standardError.write(Data("learn: round \(round) of \(rounds) done\n".utf8))
             }
-            let merged = basePolicy.merging(learned: syscalls, arguments: arguments, role: role)
-            if !merged.refused.isEmpty {
-                throw ValidationError("the role used syscalls no sandboxed role may have: \(merged.refused.joined(separator: ", ")); nothing written")
-            }
-            try Self.write(merged.policy.json(), to: out)
-            for name in merged.added { print(name) }
-            FileHandle.standardError.write(Data("learn: \(merged.added.count) new, profile written to \(out)\n".utf8))
-        }
-
-        /// Runs the role once under `policy` in learn mode with the workload flowing through
-        /// it; returns the monitor holding what it used.
-        private func runRound(policy: String) async throws -> ViolationMonitor {
-            let launched = try await RoleLauncher.start(
-                executable: ChildProcess.currentExecutable, role: role, policy: policy, mode: .learn, user: user, group: group
-            ) { event in
-                FileHandle.standardError.write(Data("learn: \(event.syscall) (\(event.number))\n".utf8))
-            }
-            let (child, transport, monitor) = (launched.child, launched.transport, launched.monitor)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                for i in 0..<connections {
-                    group.addTask { try await Self.driveClient(transport, bytes: 1024 * (i + 1)) }
+            for r in roles {
+                let merged = bases[r]!.merging(learned: syscalls[r] ?? [], arguments: arguments[r] ?? [:], role: r)
+                if !merged.refused.isEmpty {
+                    throw ValidationError("the \(r) used syscalls no sandboxed role may have: \(merged.refused.joined(separator: ", ")); nothing written")
                 }
-                try await group.waitForAll()
+                let out = "\(outDir)/\(r).json"
+                try Self.write(merged.policy.json(), to: out)
+                for name in merged.added { print("\(r): \(name)") }
+                FileHandle.standardError.write(Data("learn: \(r): \(merged.added.count) new, profile written to \(out)\n".utf8))
             }
-            transport.close()
-            let termination = try await onOwnThread { try child.wait() }
-            monitor.waitUntilDone()
-            guard termination == .exited(0) else {
-                throw ValidationError("the role did not finish cleanly (\(termination)); nothing written")
-            }
-            return monitor
         }
 
-        /// One client: a stream socketpair whose far end the worker gets over a circuit.
-        static func driveClient(_ transport: Transport<UInt16>, bytes: Int) async throws {
-            let (client, server) = try SocketCalls.socketPair(.stream)
-            defer { try? client.close() }
-            let circuit = try transport.open()
-            try await circuit.send([], descriptors: [server])
-            try server.close()
-            let payload = [UInt8](repeating: 0x61, count: bytes)
-            let echoed: [UInt8] = try await onOwnThread {
-                _ = try payload.withUnsafeBytes { try client.writeAll($0) }
-                _ = shutdown(client.rawValue, Int32(SHUT_WR))
-                return try client.readToEnd()
+        /// One server under the base profiles in learn mode, with the workload flowing
+        /// through it; returns the monitors of every role instance that ran.
+        private func runRound() async throws -> [String: [ViolationMonitor]] {
+            var logger = Logger(label: "cloister.learn")
+            logger.logLevel = .critical  // every recorded syscall would be a line
+            let password = ServeCommand.randomPassword()
+            var c = Server.Configuration(workerPolicy: "\(baseDir)/worker.json", vaultPolicy: "\(baseDir)/vault.json",
+                                         command: ["/bin/sh"], login: false)
+            c.listen = ["127.0.0.1:0"]
+            c.workers = 2
+            c.credential = Credential(userAndPassword: "learn:\(password)").token
+            c.mode = .learn
+            let server = try Server(configuration: c, logger: logger)
+            server.start()
+            let port = Listener.parse(server.listeners[0].address)!.port
+            let deadline = ContinuousClock.now + .seconds(30)
+            while !(server.workers.workers.allSatisfy { $0.state == .running } && server.vault.workers.allSatisfy { $0.state == .running }) {
+                guard ContinuousClock.now < deadline else {
+                    await server.drain(timeout: .zero)
+                    throw ValidationError("the roles did not start within 30 s")
+                }
+                try await Task.sleep(for: .milliseconds(50))
             }
-            guard echoed == payload else { throw ValidationError("the worker echoed \(echoed.count) of \(bytes) bytes") }
-            let report = try await circuit.receive()
-            guard String(decoding: report.payload, as: UTF8.self) == "\(bytes)" else {
-                throw ValidationError("the worker reported \(String(decoding: report.payload, as: UTF8.self)) bytes, expected \(bytes)")
+            let sessions = self.sessions
+            do {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<sessions {
+                        group.addTask { try await onOwnThread { try Workload.run(port: port, userAndPassword: "learn:\(password)") } }
+                    }
+                    try await group.waitForAll()
+                }
+            } catch {
+                await server.drain(timeout: .zero)
+                throw ValidationError("the workload failed: \(error); nothing written")
             }
-            try await circuit.send([], end: true)
+            await server.drain(timeout: .seconds(5))
+            return ["worker": server.workers.monitors, "vault": server.vault.monitors]
         }
 
         /// Written next to the target and renamed over it, so a failed write never leaves a

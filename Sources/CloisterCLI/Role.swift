@@ -7,5 +7,5 @@ struct Role: AsyncParsableCommand {
         commandName: "role",
         abstract: "Run an internal role (started by cloister itself).",
         shouldDisplay: false,
-        subcommands: [WorkerRole.self, SandboxProbeRole.self, CircuitsPeerRole.self])
+        subcommands: [WorkerRole.self, VaultRole.self, NurseryRole.self, SandboxProbeRole.self, CircuitsPeerRole.self])
 }

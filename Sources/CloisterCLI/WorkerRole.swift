@@ -1,26 +1,23 @@
 import ArgumentParser
 import Circuits
-import Processes
-import Supervisor
+import Logging
+import RoleProtocol
 import SystemPackage
+import Worker
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// The sandboxed worker: enters its sandbox first, then serves client connections handed to it
-/// over circuits. Each conversation's first message carries one client socket; the worker
-/// answers on it and reports the bytes it handled when the client goes away.
-///
-/// The HTTP/WebSocket parser replaces the echo loop when the server lands; the sandbox
-/// entry, the transport and the descriptor hand-over are the real ones.
+/// The sandboxed worker: enters its sandbox first, then serves the client sockets the
+/// supervisor hands over (HTTP, WebSocket, ttyd's protocol) and reaches terminals through the
+/// vault link the supervisor gives it. Each client's conversation ends when the client has
+/// gone, which is how the supervisor counts connections.
 struct WorkerRole: SandboxedRole {
     static let configuration = CommandConfiguration(commandName: "worker", shouldDisplay: false)
 
     @OptionGroup var sandbox: SandboxOptions
+    @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
+    var checkOrigin = true
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin }
 
     mutating func enterSandbox() throws {
         steps = try sandbox.enter(role: "worker")
@@ -30,44 +27,59 @@ struct WorkerRole: SandboxedRole {
         Log.bootstrap()
         let log = Log.logger(role: "worker")
         log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))"])
+        var settings = WebWorker.Settings()
+        settings.checkOrigin = checkOrigin
+        let worker = WebWorker(settings: settings, logger: log)
         let transport = try await Transport<UInt16>.start(
             socket: FileDescriptor(rawValue: 3), kind: .seqpacket,
-            configuration: .init(intent: RoleLauncher.workerIntent, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+            configuration: .init(intent: RoleIntent.supervisorWorker, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+        try await Heartbeats.answer(on: transport) { group in
+            while let circuit = try? await transport.accept() {
+                group.addTask { await Self.conversation(circuit, worker: worker, log: log) }
+            }
+        }
+    }
+
+    static func conversation(_ circuit: Circuit<UInt16>, worker: WebWorker, log: Logger) async {
+        guard let first = try? await circuit.receive() else { return }
+        defer { first.descriptors?.close() }
+        switch RoleMessage(decoding: first.payload) {
+        case .client:
+            guard let client = first.descriptors?.take(0) else { break }
+            await worker.serve(client: client)
+        case .vaultLink:
+            guard let socket = first.descriptors?.take(0) else { break }
+            do {
+                let link = try await Transport<UInt16>.start(
+                    socket: socket, kind: .seqpacket,
+                    configuration: .init(intent: RoleIntent.workerVault, side: .opener, reservedBand: 2, reserved: [0: "control"]))
+                worker.link(vault: link)
+                log.info("vault linked")
+            } catch {
+                log.error("vault link failed", metadata: ["error": "\(error)"])
+            }
+        default:
+            log.error("unexpected message from the supervisor", metadata: ["bytes": "\(first.payload.prefix(8))"])
+        }
+        try? await circuit.send([], end: true)
+    }
+}
+
+/// What every supervised role does on its transport's control circuit: say ready, then send
+/// back every heartbeat. A role that stops answering is killed and replaced.
+enum Heartbeats {
+    static func answer(on transport: Transport<UInt16>,
+                       serving body: @Sendable (inout TaskGroup<Void>) async -> Void) async throws {
         let control = try transport.reserved(0)
         try await control.send(Array("ready".utf8))
         await withTaskGroup(of: Void.self) { group in
-            // Health: every heartbeat the supervisor sends comes straight back. A worker
-            // that stops answering is killed and replaced by the supervisor.
             group.addTask {
                 while let ping = try? await control.receive() {
                     guard (try? await control.send(ping.payload)) != nil else { return }
                 }
             }
-            while let circuit = try? await transport.accept() {
-                group.addTask { await Self.serve(circuit) }
-            }
+            await body(&group)
             group.cancelAll()
         }
-    }
-
-    static func serve(_ circuit: Circuit<UInt16>) async {
-        guard let first = try? await circuit.receive(), let client = first.descriptors?.take(0) else {
-            try? await circuit.send(Array("no client".utf8), end: true)
-            return
-        }
-        let handled = (try? await onOwnThread {
-            defer { try? client.close() }
-            var handled = 0
-            var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-            while true {
-                guard let n = try? buffer.withUnsafeMutableBytes({ try client.read(into: $0) }), n > 0 else { break }
-                guard (try? buffer[..<n].withUnsafeBytes({ try client.writeAll($0) })) != nil else { break }
-                handled += n
-            }
-            return handled
-        }) ?? 0
-        try? await circuit.send(Array("\(handled)".utf8), end: true)
-        // Drain to the opener's end so the circuit goes idle.
-        while let m = try? await circuit.receive(), !m.isEnd {}
     }
 }

@@ -37,23 +37,33 @@ public final class ChildProcess: Sendable {
     /// other descriptor of this process is close-on-exec and does not cross. The signal mask
     /// and dispositions are reset, and the environment is exactly `environment`. Every child
     /// is spawned from one long-lived thread (see `SpawnerThread`).
+    ///
+    /// With `output`, the child's stdout and stderr both go there.
+    ///
+    /// With `terminal`, the child starts a new session (setsid) and opens that terminal as its
+    /// stdin, stdout and stderr; being a session leader without a controlling terminal, its
+    /// first open of a terminal makes it the controlling one (no TIOCSCTTY needed, which
+    /// posix_spawn could not issue).
     public static func spawn(_ executable: String, arguments: [String], descriptors: [FileDescriptor] = [],
-                             environment: [String: String] = [:]) throws(SpawnError) -> ChildProcess {
+                             environment: [String: String] = [:], terminal: String? = nil,
+                             argumentZero: String? = nil, output: FileDescriptor? = nil) throws(SpawnError) -> ChildProcess {
         let result: Result<ChildProcess, SpawnError> = SpawnerThread.shared.run {
             Result { () throws(SpawnError) in
-                try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment)
+                try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment,
+                              terminal: terminal, argumentZero: argumentZero, output: output)
             }
         }
         return try result.get()
     }
 
     private static func spawnHere(_ executable: String, arguments: [String], descriptors: [FileDescriptor],
-                                  environment: [String: String]) throws(SpawnError) -> ChildProcess {
+                                  environment: [String: String], terminal: String?,
+                                  argumentZero: String?, output: FileDescriptor?) throws(SpawnError) -> ChildProcess {
         // Move the sources out of the way first, so no source number collides with a target
         // and dup2 always gives a fresh (inheritable) descriptor.
         var staged: [CInt] = []
         defer { for fd in staged { _ = close(fd) } }
-        for fd in descriptors {
+        for fd in descriptors + (output.map { [$0] } ?? []) {
             let copy = fcntl(fd.rawValue, F_DUPFD_CLOEXEC, CInt(3 + descriptors.count))
             guard copy >= 0 else { throw SpawnError(call: "fcntl(F_DUPFD_CLOEXEC)", errno: Errno(rawValue: errno), executable: executable) }
             staged.append(copy)
@@ -61,8 +71,17 @@ public final class ChildProcess: Sendable {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        for (i, fd) in staged.enumerated() {
+        for (i, fd) in staged.prefix(descriptors.count).enumerated() {
             posix_spawn_file_actions_adddup2(&actions, fd, CInt(3 + i))
+        }
+        if output != nil, let fd = staged.last {
+            posix_spawn_file_actions_adddup2(&actions, fd, 1)
+            posix_spawn_file_actions_adddup2(&actions, fd, 2)
+        }
+        if let terminal {
+            posix_spawn_file_actions_addopen(&actions, 0, terminal, O_RDWR, 0)
+            posix_spawn_file_actions_adddup2(&actions, 0, 1)
+            posix_spawn_file_actions_adddup2(&actions, 0, 2)
         }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -73,9 +92,12 @@ public final class ChildProcess: Sendable {
         sigfillset(&all)
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // POSIX_SPAWN_SETSID (glibc 2.26) sits behind _GNU_SOURCE, which the Glibc module
+        // is not built with; the value is the one in <spawn.h>.
+        let sessionFlag: Int32 = terminal == nil ? 0 : 0x80
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | sessionFlag))
 
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let argv = ([argumentZero ?? executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.sorted(by: { $0.key < $1.key }).map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             for p in argv { free(p) }
@@ -90,6 +112,12 @@ public final class ChildProcess: Sendable {
     /// Sends `signal`. The corresponding C function is `kill`.
     public func signal(_ signal: Int32) throws(SpawnError) {
         guard kill(pid, signal) == 0 else { throw SpawnError(call: "kill", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
+    }
+
+    /// Sends `signal` to the child's whole process group (a terminal session's shell and the
+    /// jobs it started in its own group are reached through the terminal instead).
+    public func signalGroup(_ signal: Int32) throws(SpawnError) {
+        guard kill(-pid, signal) == 0 else { throw SpawnError(call: "kill", errno: Errno(rawValue: errno), executable: "group \(pid)") }
     }
 
     /// Waits for the child to end and reaps it. Blocks the calling thread.

@@ -24,6 +24,8 @@ public final class ControlServer: Sendable {
         public var workers: Int
         public var running: Int
         public var degraded: Bool
+        public var connections: Int
+        public var vault: WorkerReport?
     }
 
     public struct WorkerReport: Codable, Sendable {
@@ -34,6 +36,8 @@ public final class ControlServer: Sendable {
         public var restarts: Int
         public var lastHeartbeatMilliseconds: Double?
         public var violations: Int
+        /// Clients handed to the worker and not yet gone.
+        public var connections: Int
         /// From /proc/PID/task/*/status: every thread confined (seccomp filter, no_new_privs,
         /// no effective capability), and the values of the main thread.
         public var sandboxConfined: Bool?
@@ -49,12 +53,14 @@ public final class ControlServer: Sendable {
 
     private let listener: UnixSocket.Listener
     private let pool: WorkerPool
+    private let vault: WorkerPool?
     private let logger: Logger
     private let stopped = Mutex(false)
 
-    public init(path: String, pool: WorkerPool, logger: Logger) throws {
+    public init(path: String, pool: WorkerPool, vault: WorkerPool? = nil, logger: Logger) throws {
         listener = try UnixSocket.listen(path: path, kind: .stream)
         self.pool = pool
+        self.vault = vault
         self.logger = logger
         Task.detached { [self] in _ = try? await onOwnThread { self.serve() } }
     }
@@ -98,7 +104,10 @@ public final class ControlServer: Sendable {
         case "status":
             let workers = pool.workers
             reply(connection, Status(version: Self.protocolVersion, pid: getpid(), workers: workers.count,
-                                     running: workers.filter { $0.state == .running }.count, degraded: pool.isDegraded))
+                                     running: workers.filter { $0.state == .running }.count,
+                                     degraded: pool.isDegraded || vault?.isDegraded == true,
+                                     connections: workers.reduce(0) { $0 + $1.connections },
+                                     vault: vault?.workers.first.map(Self.report)))
         case "workers":
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.workers.map(Self.report)))
         case let other:
@@ -113,6 +122,7 @@ public final class ControlServer: Sendable {
             id: w.id, pid: w.pid, state: w.state.rawValue,
             uptimeSeconds: w.startedAt.map { seconds(ContinuousClock.now - $0) }, restarts: w.restarts,
             lastHeartbeatMilliseconds: w.lastHeartbeat.map { seconds($0) * 1000 }, violations: w.violations,
+            connections: w.connections,
             sandboxConfined: sandbox?.isConfined, seccomp: main?.seccomp, noNewPrivileges: main?.noNewPrivileges,
             capEff: main.map { String(format: "%016llx", $0.effective) })
     }

@@ -1,5 +1,6 @@
 import Circuits
 import Processes
+import RoleProtocol
 import Sandbox
 import SystemPackage
 
@@ -13,7 +14,7 @@ import Glibc
 /// failure the role is killed and reaped and every descriptor closed.
 public enum RoleLauncher {
     /// The protocol between the supervisor and a worker.
-    public static let workerIntent = "cloister.supervisor-worker/1"
+    public static let workerIntent = RoleIntent.supervisorWorker
 
     public struct Launched: Sendable {
         public var child: ChildProcess
@@ -22,7 +23,8 @@ public enum RoleLauncher {
     }
 
     public static func start(executable: String, role: String, policy: String, mode: EnforcementMode,
-                             user: String, group: String, build: String = BuildID.current,
+                             user: String, group: String, intent: String = RoleIntent.supervisorWorker,
+                             arguments: [String] = [], build: String = BuildID.current,
                              onViolation: @escaping @Sendable (ViolationMonitor.Event) -> Void) async throws -> Launched {
         precondition(mode != .enforce, "a launched role is always watched (report or learn)")
         let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
@@ -36,14 +38,24 @@ public enum RoleLauncher {
         }
         let child: ChildProcess
         do {
+            // The role's stdout and stderr are a pipe relayed to ours: a sandboxed role may not
+            // write to a file (its file-size limit is 0), whatever ours happens to be.
+            let (logReader, logWriter) = try FileDescriptor.pipe(options: .closeOnExec)
             defer {
                 try? roleTransport.close()
                 try? roleHandoff.close()
+                try? logWriter.close()
             }
-            child = try ChildProcess.spawn(executable,
-                                           arguments: ["role", role, "--policy", policy, "--mode", mode.rawValue,
-                                                       "--listener-fd", "4", "--user", user, "--group", group],
-                                           descriptors: [roleTransport, roleHandoff])
+            do {
+                child = try ChildProcess.spawn(executable,
+                                               arguments: ["role", role, "--policy", policy, "--mode", mode.rawValue,
+                                                           "--listener-fd", "4", "--user", user, "--group", group] + arguments,
+                                               descriptors: [roleTransport, roleHandoff], output: logWriter)
+            } catch {
+                try? logReader.close()
+                throw error
+            }
+            relay(logReader)
         } catch {
             try? transportSocket.close()
             try? handoff.close()
@@ -61,7 +73,7 @@ public enum RoleLauncher {
             socketOwned = false
             let transport = try await Transport<UInt16>.start(
                 socket: transportSocket, kind: .seqpacket,
-                configuration: .init(intent: workerIntent, side: .opener, reservedBand: 2, reserved: [0: "control"], build: build))
+                configuration: .init(intent: intent, side: .opener, reservedBand: 2, reserved: [0: "control"], build: build))
             let ready = try await transport.reserved(0).receive()
             guard ready.payload == Array("ready".utf8) else {
                 transport.close()
@@ -73,6 +85,21 @@ public enum RoleLauncher {
             try? child.signal(SIGKILL)
             _ = try? await onOwnThread { try child.wait() }
             throw error
+        }
+    }
+
+    /// Copies a role's output to this process's stderr, whole lines at a time where they
+    /// fit one read, until the role has gone.
+    static func relay(_ reader: FileDescriptor) {
+        Task.detached {
+            _ = try? await onOwnThread {
+                defer { try? reader.close() }
+                var buffer = [UInt8](repeating: 0, count: 16 * 1024)
+                while true {
+                    guard let n = try? buffer.withUnsafeMutableBytes({ try reader.read(into: $0) }), n > 0 else { return }
+                    _ = try? buffer[..<n].withUnsafeBytes { try FileDescriptor.standardError.writeAll($0) }
+                }
+            }
         }
     }
 }

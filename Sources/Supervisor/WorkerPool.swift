@@ -1,6 +1,7 @@
 import Circuits
 import Logging
 import Processes
+import RoleProtocol
 import Sandbox
 import Synchronization
 import SystemPackage
@@ -24,6 +25,12 @@ public final class WorkerPool: Sendable {
         public var count: Int
         public var executable: String
         public var policy: String
+        /// The role this pool runs ("worker", or "vault" for the vault's pool of one), the
+        /// intent of its transport's handshake, and the role's own options.
+        public var role = "worker"
+        public var intent = RoleIntent.supervisorWorker
+        public var arguments: [String] = []
+        public var mode: EnforcementMode = .report
         public var user = "nobody"
         public var group = "nogroup"
         /// The workers' build (the same binary: this process's build).
@@ -55,6 +62,18 @@ public final class WorkerPool: Sendable {
         public var startedAt: ContinuousClock.Instant?
         public var lastHeartbeat: Duration?
         public var violations: Int
+        /// Clients handed to this worker that it has not reported gone yet.
+        public var connections = 0
+    }
+
+    /// Runs once a role instance has said ready, before it gets clients; what it returns runs
+    /// when that instance has ended. A throw counts as a failed start.
+    public typealias LaunchHook = @Sendable (_ id: Int, _ transport: Transport<UInt16>, _ pid: pid_t) async throws
+        -> (@Sendable () async -> Void)?
+
+    public enum DispatchError: Error, CustomStringConvertible {
+        case noWorkerRunning
+        public var description: String { "no worker is running" }
     }
 
     private struct Shared {
@@ -63,15 +82,20 @@ public final class WorkerPool: Sendable {
         var degraded = false
         var stopping = false
         var tasks: [Task<Void, Never>] = []
+        var running: [Int: RunningWorker] = [:]
+        var monitors: [ViolationMonitor] = []
     }
 
     public let configuration: Configuration
     private let logger: Logger
     private let shared: Mutex<Shared>
 
-    public init(configuration: Configuration, logger: Logger) {
+    private let onLaunch: LaunchHook?
+
+    public init(configuration: Configuration, logger: Logger, onLaunch: LaunchHook? = nil) {
         self.configuration = configuration
         self.logger = logger
+        self.onLaunch = onLaunch
         shared = Mutex(Shared(workers: (0..<configuration.count).map {
             WorkerStatus(id: $0, pid: nil, state: .starting, restarts: 0, startedAt: nil, lastHeartbeat: nil, violations: 0)
         }))
@@ -80,6 +104,48 @@ public final class WorkerPool: Sendable {
     public var workers: [WorkerStatus] { shared.withLock { $0.workers } }
     public var isDegraded: Bool { shared.withLock { $0.degraded } }
 
+    /// The transports of the instances running now, by slot id.
+    public var runningTransports: [(id: Int, transport: Transport<UInt16>)] {
+        shared.withLock { $0.running.map { ($0.key, $0.value.transport) }.sorted { $0.id < $1.id } }
+    }
+
+    /// In learn mode: every monitor of every instance that ran, for the syscalls they saw.
+    public var monitors: [ViolationMonitor] { shared.withLock { $0.monitors } }
+
+    public var openConnections: Int { shared.withLock { $0.workers.reduce(0) { $0 + $1.connections } } }
+
+    /// Hands a client socket to the running worker with the fewest open connections and
+    /// closes this process's copy, whatever happens. The worker ends the conversation when
+    /// the client has gone; until then the client counts against that worker.
+    public func dispatch(_ client: FileDescriptor) async throws {
+        defer { try? client.close() }
+        let chosen: (Int, RunningWorker)? = shared.withLock { s in
+            let candidates = s.running.filter { s.workers[$0.key].state == .running }
+            guard let best = candidates.min(by: { s.workers[$0.key].connections < s.workers[$1.key].connections }) else { return nil }
+            s.workers[best.key].connections += 1
+            return (best.key, best.value)
+        }
+        guard let (id, worker) = chosen else { throw DispatchError.noWorkerRunning }
+        let circuit: Circuit<UInt16>
+        do {
+            circuit = try worker.transport.open()
+            try await circuit.send(RoleMessage.client.encoded, descriptors: [client])
+        } catch {
+            release(id, worker)
+            throw error
+        }
+        Task {
+            while let message = try? await circuit.receive(), !message.isEnd {}
+            self.release(id, worker)
+        }
+    }
+
+    private func release(_ id: Int, _ worker: RunningWorker) {
+        shared.withLock { s in
+            // A replaced worker's clients were counted against it, not its successor.
+            if s.running[id] === worker { s.workers[id].connections -= 1 }
+        }
+    }
     public func start() {
         let tasks = (0..<configuration.count).map { id in Task { await self.keepRunning(id) } }
         shared.withLock { $0.tasks = tasks }
@@ -106,24 +172,38 @@ public final class WorkerPool: Sendable {
         var failuresInARow = 0
         while !stopping {
             var log = logger
-            log[metadataKey: "worker"] = "\(id)"
+            log[metadataKey: "\(configuration.role)"] = "\(id)"
             let started = ContinuousClock.now
             do {
                 let worker = try await launch(id, logger: log)
                 log[metadataKey: "pid"] = "\(worker.child.pid)"
-                log.info("worker running")
-                await supervise(worker, id: id, logger: log)
+                shared.withLock {
+                    $0.running[id] = worker
+                    $0.workers[id].connections = 0
+                    $0.monitors.append(worker.monitor)
+                }
+                var teardown: (@Sendable () async -> Void)?
+                do {
+                    teardown = try await onLaunch?(id, worker.transport, worker.child.pid)
+                    update(id) { $0.state = .running }
+                    log.info("\(configuration.role) running")
+                    await supervise(worker, id: id, logger: log)
+                } catch {
+                    log.error("\(configuration.role) failed to start", metadata: ["error": "\(error)"])
+                }
+                _ = shared.withLock { $0.running.removeValue(forKey: id) }
                 worker.stop()
+                await teardown?()
                 let termination = try? await onOwnThread { try worker.child.wait() }
                 worker.monitor.waitUntilDone()
                 if stopping {
-                    log.info("worker stopped", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+                    log.info("\(configuration.role) stopped", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
                     break
                 }
-                log.error("worker ended", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+                log.error("\(configuration.role) ended", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
             } catch {
                 if stopping { break }
-                log.error("worker failed to start", metadata: ["error": "\(error)"])
+                log.error("\(configuration.role) failed to start", metadata: ["error": "\(error)"])
             }
             // Backoff grows while workers keep failing soon after starting.
             failuresInARow = ContinuousClock.now - started > configuration.backoffCap ? 1 : failuresInARow + 1
@@ -150,7 +230,7 @@ public final class WorkerPool: Sendable {
             return degraded && !s.degraded
         }
         if becameDegraded {
-            logger.critical("worker pool degraded: restart intensity exceeded", metadata: [
+            logger.critical("\(configuration.role) pool degraded: restart intensity exceeded", metadata: [
                 "limit": "\(configuration.intensityLimit) restarts in \(configuration.intensityWindow)",
             ])
         }
@@ -177,8 +257,9 @@ public final class WorkerPool: Sendable {
     private func launch(_ id: Int, logger: Logger) async throws -> RunningWorker {
         update(id) { $0.state = .starting }
         let launched = try await RoleLauncher.start(
-            executable: configuration.executable, role: "worker", policy: configuration.policy, mode: .report,
-            user: configuration.user, group: configuration.group, build: configuration.build
+            executable: configuration.executable, role: configuration.role, policy: configuration.policy,
+            mode: configuration.mode, user: configuration.user, group: configuration.group,
+            intent: configuration.intent, arguments: configuration.arguments, build: configuration.build
         ) { [weak self] event in
             var withWorker = logger
             withWorker[metadataKey: "pid"] = "\(event.pid)"
@@ -187,7 +268,6 @@ public final class WorkerPool: Sendable {
         }
         update(id) {
             $0.pid = launched.child.pid
-            $0.state = .running
             $0.startedAt = .now
         }
         return RunningWorker(launched)
@@ -221,7 +301,7 @@ public final class WorkerPool: Sendable {
             guard answered else {
                 if stopping || Task.isCancelled { return }
                 if worker.transport.failure == nil {
-                    logger.error("worker missed its heartbeat deadline; killing it",
+                    logger.error("\(configuration.role) missed its heartbeat deadline; killing it",
                                  metadata: ["deadline": "\(configuration.heartbeatDeadline)"])
                 }
                 return

@@ -1,6 +1,7 @@
 import Circuits
 import Foundation
 import Processes
+import RoleProtocol
 import Sandbox
 import SystemPackage
 import TestSupport
@@ -48,25 +49,35 @@ final class WorkerConfinementTests: XCTestCase {
         return RunningWorker(child: child, transport: transport, monitor: monitor)
     }
 
-    /// Hands the worker one client and checks the bytes come back.
-    private func echo(_ worker: RunningWorker, _ text: String) async throws {
+    /// Hands the worker one client that makes `requests` HTTP requests on one connection
+    /// (keep-alive, the last one closing) and checks every answer; the worker then ends the
+    /// client's conversation.
+    private func serveClient(_ worker: RunningWorker, requests: Int, padding: Int = 0) async throws {
         let (client, server) = try SocketCalls.socketPair(.stream)
         defer { try? client.close() }
         let circuit = try worker.transport.open()
-        try await circuit.send([], descriptors: [server])
+        try await circuit.send(RoleMessage.client.encoded, descriptors: [server])
         try server.close()
-        _ = try Array(text.utf8).withUnsafeBytes { try client.writeAll($0) }
-        shutdown(client.rawValue, Int32(SHUT_WR))
-        XCTAssertEqual(String(decoding: try readAll(client), as: UTF8.self), text)
-        let report = try await circuit.receive()
-        XCTAssertEqual(String(decoding: report.payload, as: UTF8.self), "\(text.utf8.count)")
+        var text = ""
+        for i in 0..<requests {
+            text += "GET /missing-\(i) HTTP/1.1\r\nHost: test\r\nX-Padding: \(String(repeating: "p", count: padding))\r\n"
+            text += i == requests - 1 ? "Connection: close\r\n\r\n" : "\r\n"
+        }
+        let request = text
+        let reply = try await onOwnThread {
+            _ = try Array(request.utf8).withUnsafeBytes { try client.writeAll($0) }
+            return String(decoding: try readAll(client), as: UTF8.self)
+        }
+        XCTAssertEqual(reply.components(separatedBy: "HTTP/1.1 404 Not Found").count - 1, requests, reply)
+        let end = try await circuit.receive()
+        XCTAssertTrue(end.isEnd)
         try await circuit.send([], end: true)
     }
 
     func testEveryThreadOfAServingWorkerIsConfined() async throws {
         let worker = try await startWorker()
-        try await echo(worker, "hello from a client")
-        try await echo(worker, String(repeating: "x", count: 100_000))
+        try await serveClient(worker, requests: 1)
+        try await serveClient(worker, requests: 20, padding: 8000)
         let status = try XCTUnwrap(SandboxStatus.read(pid: worker.child.pid))
         XCTAssertGreaterThan(status.threads.count, 2, "the runtime started threads after the filter: \(status.threads)")
         for thread in status.threads {
@@ -103,7 +114,7 @@ final class WorkerConfinementTests: XCTestCase {
         let events = EventLog()
         let worker = try await startWorker(mode: "report", events: events)
         do {
-            for i in 0..<4 { try await echo(worker, String(repeating: "traffic ", count: 1 + i * 5000)) }
+            for i in 0..<4 { try await serveClient(worker, requests: 1 + i * 10, padding: i * 3000) }
         } catch {
             worker.monitor?.waitUntilDone()
             return XCTFail("traffic failed (\(error)); violations: \(events.all.map(\.description))")
@@ -122,21 +133,25 @@ final class WorkerConfinementTests: XCTestCase {
         XCTAssertEqual(events.all.map(\.description), [], "real work needs nothing outside the profile")
     }
 
-    /// learn from the hand-written base reproduces what the shipped profile allows, so the
-    /// committed profile is current (re-run the README's tuning loop if this fails).
-    func testLearnFromBaseMatchesShippedProfile() throws {
-        let out = NSTemporaryDirectory() + "cloister-learn-\(getpid()).json"
-        defer { unlink(out) }
-        let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["policy", "learn", "--role", "worker", "--base",
-                                                                          packageRootPolicies + "/base/worker.json", "--out", out],
+    /// learn from the hand-written bases, under the integration workload, needs nothing the
+    /// shipped profiles lack, so the committed profiles are current (re-run the README's
+    /// tuning loop if this fails).
+    func testLearnFromBaseMatchesShippedProfiles() throws {
+        let out = NSTemporaryDirectory() + "cloister-learn-\(getpid())"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["policy", "learn", "--rounds", "1", "--base-dir",
+                                                                          packageRootPolicies + "/base", "--out-dir", out],
                                            descriptors: [], environment: [:])
         XCTAssertEqual(try child.wait(), .exited(0))
-        let learned = try Policy.load(file: out)
-        let shipped = try Policy.load(file: SandboxProcessTests.workerPolicy)
-        XCTAssertEqual(learned.warnings, [])
-        let missing = learned.allowedSyscalls.subtracting(shipped.allowedSyscalls)
-        XCTAssertEqual(missing, [], "the shipped worker profile lacks what the worker uses")
-        let mode = try FileManager.default.attributesOfItem(atPath: out)[.posixPermissions] as? NSNumber
-        XCTAssertEqual(mode?.intValue, 0o644)
+        for role in ["worker", "vault"] {
+            let learned = try Policy.load(file: "\(out)/\(role).json")
+            let shipped = try Policy.load(file: "\(packageRootPolicies)/\(role).json")
+            XCTAssertEqual(learned.warnings, [], role)
+            let missing = learned.allowedSyscalls.subtracting(shipped.allowedSyscalls)
+            XCTAssertEqual(missing, [], "the shipped \(role) profile lacks what the \(role) uses")
+            let mode = try FileManager.default.attributesOfItem(atPath: "\(out)/\(role).json")[.posixPermissions] as? NSNumber
+            XCTAssertEqual(mode?.intValue, 0o644)
+        }
     }
 }

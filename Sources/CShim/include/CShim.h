@@ -67,6 +67,17 @@ int cloister_accept_cloexec(int sock);
 /// SO_PEERCRED of a connected unix socket (struct ucred is GNU-only).
 int cloister_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
 
+/// A new pseudo-terminal: the master (close-on-exec, not a controlling terminal of this
+/// process) in `*master`, the slave's path in `name`, with the window size set. posix_openpt,
+/// grantpt, unlockpt, ptsname_r (GNU) and ioctl (variadic). Returns 0, or -1 with errno and
+/// the failing call's name in `*failed`.
+int cloister_open_pty(int *master, char *name, size_t cap, unsigned short rows, unsigned short cols,
+                      const char **failed);
+
+/// TIOCSWINSZ / TIOCGWINSZ (ioctl is variadic). Return 0, or -1 with errno.
+int cloister_set_window_size(int fd, unsigned short rows, unsigned short cols);
+int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols);
+
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.
 size_t cloister_build_id(unsigned char *out, size_t cap);

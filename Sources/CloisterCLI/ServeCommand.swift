@@ -1,0 +1,217 @@
+import ArgumentParser
+import Circuits
+import Foundation
+import Logging
+import Processes
+import Sandbox
+import Supervisor
+import SystemPackage
+import Vault
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `cloister serve`: the supervisor.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve terminals over WebSocket (ttyd's protocol) through sandboxed workers.",
+        discussion: """
+        Bad options or configuration print one line naming the option and exit with status 2,
+        before anything is started. SIGTERM and SIGINT drain: no new clients, open ones get
+        --drain-timeout seconds, then every process is stopped and reaped.
+        """)
+
+    @Option(name: .customLong("listen"), help: "HOST:PORT or [IPV6]:PORT to listen on (repeatable).")
+    var listen: [String] = []
+    @Option(help: "Number of sandboxed workers (default: the number of online CPUs).") var workers: Int?
+    @Option(help: "USER:PASSWORD clients must present (ttyd's -c). Default: a one-time credential, printed.")
+    var credential: String?
+    @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
+    var checkOrigin = true
+    @Option(help: "Most clients connected at once; more are closed at once.") var maxClients = 1024
+    @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
+    @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
+    @Option(help: "User the shells run as (only when started as root).") var user: String?
+    @Option(help: "Group the shells run as (only when started as root).") var group: String?
+    @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
+    @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
+    @Argument(parsing: .postTerminator, help: "Command to run in each terminal (default: the login shell).")
+    var command: [String] = []
+
+    struct ConfigurationError: Error, CustomStringConvertible {
+        var option: String
+        var problem: String
+        var description: String { "cloister serve: \(option): \(problem)" }
+    }
+
+    static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
+
+    /// Everything checked before anything starts.
+    func configuration() throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
+        let policies = policyDir ?? Self.defaultPolicyDirectories.first { FileManager.default.fileExists(atPath: "\($0)/worker.json") }
+            ?? Self.defaultPolicyDirectories[0]
+        var paths: [String: String] = [:]
+        for role in ["worker", "vault"] {
+            let path = "\(policies)/\(role).json"
+            do {
+                _ = try SeccompProgram(try Policy.load(file: path))
+            } catch {
+                throw ConfigurationError(option: "--policy-dir", problem: "\(error)")
+            }
+            paths[role] = path
+        }
+        if geteuid() != 0 && (user != nil || group != nil) {
+            throw ConfigurationError(option: user != nil ? "--user" : "--group", problem: "only applies when started as root")
+        }
+        if let user, getpwnam(user) == nil { throw ConfigurationError(option: "--user", problem: "no user \"\(user)\"") }
+        if let group, getgrnam(group) == nil { throw ConfigurationError(option: "--group", problem: "no group \"\(group)\"") }
+        let count = workers ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        guard (1...256).contains(count) else { throw ConfigurationError(option: "--workers", problem: "\(count) is not between 1 and 256") }
+        guard maxClients >= 1 else { throw ConfigurationError(option: "--max-clients", problem: "must be at least 1") }
+        guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ConfigurationError(option: "--drain-timeout", problem: "must be a number of seconds ≥ 0") }
+        let addresses = listen.isEmpty ? ["127.0.0.1:7681"] : listen
+        for address in addresses where Listener.parse(address) == nil {
+            throw ConfigurationError(option: "--listen", problem: "\"\(address)\" is not HOST:PORT, [IPV6]:PORT or :PORT")
+        }
+        var token: [UInt8]
+        var credentialLine: String?
+        if let credential {
+            guard let colon = credential.firstIndex(of: ":"), colon != credential.startIndex,
+                  credential.index(after: colon) != credential.endIndex else {
+                throw ConfigurationError(option: "--credential", problem: "expected USER:PASSWORD, both non-empty")
+            }
+            token = Credential(userAndPassword: credential).token
+        } else {
+            let password = Self.randomPassword()
+            token = Credential(userAndPassword: "cloister:\(password)").token
+            credentialLine = "cloister:\(password)"
+        }
+        let (shellCommand, login) = try resolvedCommand()
+        var c = Server.Configuration(workerPolicy: paths["worker"]!, vaultPolicy: paths["vault"]!, command: shellCommand, login: login)
+        c.listen = addresses
+        c.workers = count
+        c.credential = token
+        c.checkOrigin = checkOrigin
+        c.maxClients = maxClients
+        c.controlSocket = controlSocket
+        c.user = user
+        c.group = group
+        c.mode = policyMode
+        guard policyMode != .enforce else {
+            throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
+        }
+        return (c, credentialLine)
+    }
+
+    /// The command as an absolute path (found on PATH now, so a typo fails here), or the
+    /// shells' user's login shell.
+    func resolvedCommand() throws(ConfigurationError) -> ([String], login: Bool) {
+        guard let name = command.first else {
+            let who = user.flatMap { getpwnam($0) } ?? getpwuid(geteuid())
+            let shell = who.map { String(cString: $0.pointee.pw_shell) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/bin/sh"
+            return ([shell], true)
+        }
+        let candidates = name.contains("/") ? [name]
+            : (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").map { "\($0)/\(name)" }
+        guard let found = candidates.first(where: { access($0, X_OK) == 0 }) else {
+            throw ConfigurationError(option: "command", problem: "\"\(name)\" is not an executable file (or not on PATH)")
+        }
+        let absolute = found.hasPrefix("/") ? found : FileManager.default.currentDirectoryPath + "/" + found
+        return ([absolute] + command.dropFirst(), false)
+    }
+
+    static func randomPassword() -> String {
+        let alphabet = Array("abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+        // SystemRandomNumberGenerator is getrandom(2); randomElement is unbiased.
+        var generator = SystemRandomNumberGenerator()
+        return String((0..<20).map { _ in alphabet.randomElement(using: &generator)! })
+    }
+
+    func run() async throws {
+        Log.bootstrap()
+        let log = Log.logger(role: "supervisor")
+        let configuration: Server.Configuration
+        let credentialLine: String?
+        do {
+            (configuration, credentialLine) = try self.configuration()
+            try Self.prepareControlDirectory(configuration.controlSocket!)
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let server: Server
+        do {
+            server = try Server(configuration: configuration, logger: log)
+        } catch {
+            let option = error is Listener.Failure ? "--listen" : "--control-socket"
+            FileHandle.standardError.write(Data("\(ConfigurationError(option: option, problem: "\(error)"))\n".utf8))
+            throw ExitCode(2)
+        }
+        server.start()
+        for listener in server.listeners {
+            let (host, port) = Listener.parse(listener.address)!
+            let shown = host.contains(":") ? "[\(host)]" : host
+            print("cloister: listening on http://\(shown):\(port)/")
+        }
+        if let credentialLine {
+            print("cloister: one-time credential for this run: \(credentialLine)")
+        }
+        print("cloister: control socket \(configuration.controlSocket!)")
+        fflush(nil)
+        let signal = try await onOwnThread { Signals.wait() }
+        log.info("draining", metadata: ["signal": "\(String(cString: strsignal(signal)))"])
+        await server.drain(timeout: .milliseconds(Int64(drainTimeout * 1000)))
+        log.info("stopped")
+    }
+
+    /// The control socket's directory is created 0700 if missing; an existing one must not
+    /// be writable by others.
+    static func prepareControlDirectory(_ socket: String) throws(ConfigurationError) {
+        let directory = (socket as NSString).deletingLastPathComponent
+        guard !directory.isEmpty else { return }
+        var info = stat()
+        if stat(directory, &info) != 0 {
+            guard mkdir(directory, 0o700) == 0 else {
+                throw ConfigurationError(option: "--control-socket", problem: "cannot create \(directory): \(Errno(rawValue: errno))")
+            }
+            return
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else {
+            throw ConfigurationError(option: "--control-socket", problem: "\(directory) is not a directory")
+        }
+        guard info.st_mode & 0o002 == 0 || info.st_mode & S_ISVTX != 0 else {
+            throw ConfigurationError(option: "--control-socket", problem: "\(directory) is writable by everyone")
+        }
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP are blocked in every thread (see `Main`) and taken here.
+enum Signals {
+    static let handled = [SIGTERM, SIGINT, SIGHUP]
+
+    static func block() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in handled { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Returns the first SIGTERM or SIGINT; SIGHUP is logged and ignored (reload is not
+    /// implemented yet).
+    static func wait() -> Int32 {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in handled { sigaddset(&set, s) }
+        while true {
+            var signal: Int32 = 0
+            guard sigwait(&set, &signal) == 0 else { continue }
+            if signal == SIGHUP {
+                FileHandle.standardError.write(Data("cloister serve: SIGHUP ignored: reload is not implemented\n".utf8))
+                continue
+            }
+            return signal
+        }
+    }
+}

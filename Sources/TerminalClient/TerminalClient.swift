@@ -1,0 +1,309 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A small blocking WebSocket client speaking ttyd's protocol, for the tests, the benchmark
+/// and `policy learn`'s workload. It can also send frames a correct client never would
+/// (unmasked, reserved bits, bad UTF-8) to check the server's handling of them.
+public final class TerminalClient {
+    public struct Failure: Error, CustomStringConvertible, Equatable {
+        public var description: String
+        init(_ d: String) { description = d }
+    }
+
+    /// The server closed the WebSocket with this code and reason.
+    public struct Closed: Error, CustomStringConvertible, Equatable {
+        public var code: UInt16?
+        public var reason: String
+        public var description: String { "closed by the server: \(code.map(String.init) ?? "no code") \(reason)" }
+    }
+
+    public struct Frame: Equatable {
+        public var fin: Bool
+        public var opcode: UInt8
+        public var payload: [UInt8]
+    }
+
+    public let socket: Int32
+    private var buffer: [UInt8] = []
+    /// Terminal output received so far ('0' messages), not yet taken.
+    public private(set) var output: [UInt8] = []
+    public private(set) var title: String?
+
+    init(socket: Int32) { self.socket = socket }
+    deinit { close(socket) }
+
+    // MARK: Connecting
+
+    public static func tcp(host: String = "127.0.0.1", port: UInt16, timeoutSeconds: Int = 10) throws -> Int32 {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw Failure("socket: errno \(errno)") }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, host, &address.sin_addr)
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw Failure("connect to \(host):\(port): errno \(e)")
+        }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        return fd
+    }
+
+    public struct Response {
+        public var status: Int
+        public var headers: [(String, String)]
+        public var body: [UInt8]
+        public func header(_ name: String) -> String? {
+            headers.first { $0.0.lowercased() == name.lowercased() }?.1
+        }
+    }
+
+    /// One HTTP/1.1 request on a new connection (closed afterwards).
+    public static func get(port: UInt16, path: String, headers: [String: String] = [:], host: String = "127.0.0.1",
+                           rawHead: String? = nil) throws -> Response {
+        let fd = try tcp(host: host, port: port)
+        defer { close(fd) }
+        var head = rawHead ?? "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n"
+        if rawHead == nil {
+            for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
+            head += "\r\n"
+        }
+        try writeAll(fd, Array(head.utf8))
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &chunk, chunk.count)
+            if n <= 0 { break }
+            bytes += chunk[..<n]
+        }
+        var client = TerminalClient(socket: dup(fd))
+        client.buffer = bytes
+        let (status, parsed) = try client.readHead()
+        let length = parsed.first { $0.0.lowercased() == "content-length" }.flatMap { Int($0.1) } ?? client.buffer.count
+        let body = Array(client.buffer.prefix(length))
+        client = TerminalClient(socket: -1)
+        return Response(status: status, headers: parsed, body: body)
+    }
+
+    /// Opens a WebSocket to `path` with ttyd's subprotocol; throws `Failure` carrying the
+    /// HTTP status when the server refuses the handshake.
+    public static func connect(port: UInt16, path: String = "/ws", origin: String? = nil, subprotocol: String? = "tty",
+                               host: String = "127.0.0.1", timeoutSeconds: Int = 10) throws -> TerminalClient {
+        let fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
+        let client = TerminalClient(socket: fd)
+        var key = [UInt8](repeating: 0, count: 16)
+        for i in key.indices { key[i] = UInt8.random(in: 0...255) }
+        var head = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        head += "Sec-WebSocket-Key: \(base64(key))\r\nSec-WebSocket-Version: 13\r\n"
+        if let subprotocol { head += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
+        if let origin { head += "Origin: \(origin)\r\n" }
+        head += "\r\n"
+        try writeAll(fd, Array(head.utf8))
+        let (status, _) = try client.readHead()
+        guard status == 101 else { throw Failure("handshake refused with HTTP \(status)") }
+        return client
+    }
+
+    private func readHead() throws -> (Int, [(String, String)]) {
+        let terminator: [UInt8] = [13, 10, 13, 10]
+        while true {
+            if let end = find(terminator) {
+                let head = String(decoding: buffer[..<end], as: UTF8.self)
+                buffer.removeFirst(end + 4)
+                var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
+                let statusLine = lines.removeFirst().split(separator: " ")
+                guard statusLine.count >= 2, let status = Int(statusLine[1]) else { throw Failure("bad status line") }
+                let headers = lines.compactMap { line -> (String, String)? in
+                    guard let colon = line.firstIndex(of: ":") else { return nil }
+                    return (String(line[..<colon]), String(line[line.index(after: colon)...]).trimmingSpaces)
+                }
+                return (status, headers)
+            }
+            guard try fill() else { throw Failure("connection closed before the response head") }
+        }
+    }
+
+    private func find(_ needle: [UInt8]) -> Int? {
+        guard buffer.count >= needle.count else { return nil }
+        for i in 0...(buffer.count - needle.count) where buffer[i] == needle[0] && Array(buffer[i..<i + needle.count]) == needle {
+            return i
+        }
+        return nil
+    }
+
+    /// Reads more into the buffer; false at end of stream.
+    private func fill() throws -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        let n = read(socket, &chunk, chunk.count)
+        if n > 0 {
+            buffer += chunk[..<n]
+            return true
+        }
+        if n == 0 || errno == ECONNRESET { return false }
+        if errno == EAGAIN || errno == EWOULDBLOCK { throw Failure("timed out waiting for the server") }
+        throw Failure("read: errno \(errno)")
+    }
+
+    // MARK: Frames
+
+    public func sendFrame(opcode: UInt8, payload: [UInt8], fin: Bool = true, masked: Bool = true, reservedBits: UInt8 = 0) throws {
+        var frame: [UInt8] = [(fin ? 0x80 : 0) | (reservedBits << 4) | opcode]
+        let maskBit: UInt8 = masked ? 0x80 : 0
+        if payload.count < 126 {
+            frame.append(maskBit | UInt8(payload.count))
+        } else if payload.count <= 0xffff {
+            frame += [maskBit | 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xff)]
+        } else {
+            frame.append(maskBit | 127)
+            for shift in stride(from: 56, through: 0, by: -8) { frame.append(UInt8((UInt64(payload.count) >> UInt64(shift)) & 0xff)) }
+        }
+        if masked {
+            let key = (0..<4).map { _ in UInt8.random(in: 0...255) }
+            frame += key
+            frame += payload.enumerated().map { $1 ^ key[$0 % 4] }
+        } else {
+            frame += payload
+        }
+        try Self.writeAll(socket, frame)
+    }
+
+    public func receiveFrame() throws -> Frame {
+        while true {
+            if let frame = parseFrame() { return frame }
+            guard try fill() else { throw Failure("connection closed") }
+        }
+    }
+
+    private func parseFrame() -> Frame? {
+        guard buffer.count >= 2 else { return nil }
+        var length = Int(buffer[1] & 0x7f)
+        var offset = 2
+        if length == 126 {
+            guard buffer.count >= 4 else { return nil }
+            length = Int(buffer[2]) << 8 | Int(buffer[3])
+            offset = 4
+        } else if length == 127 {
+            guard buffer.count >= 10 else { return nil }
+            length = buffer[2..<10].reduce(0) { $0 << 8 | Int($1) }
+            offset = 10
+        }
+        guard buffer.count >= offset + length else { return nil }
+        let frame = Frame(fin: buffer[0] & 0x80 != 0, opcode: buffer[0] & 0x0f, payload: Array(buffer[offset..<offset + length]))
+        buffer.removeFirst(offset + length)
+        return frame
+    }
+
+    /// The close frame the server sent (the connection may have gone on to close). Skips
+    /// everything else.
+    public func awaitClose() throws -> Closed {
+        while true {
+            let frame = try receiveFrame()
+            if frame.opcode == 0x8 { return Self.closed(frame.payload) }
+            take(frame)
+        }
+    }
+
+    static func closed(_ payload: [UInt8]) -> Closed {
+        guard payload.count >= 2 else { return Closed(code: nil, reason: "") }
+        return Closed(code: UInt16(payload[0]) << 8 | UInt16(payload[1]), reason: String(decoding: payload[2...], as: UTF8.self))
+    }
+
+    private func take(_ frame: Frame) {
+        guard frame.opcode == 0x2 || frame.opcode == 0x1, let type = frame.payload.first else { return }
+        switch type {
+        case UInt8(ascii: "0"): output += frame.payload.dropFirst()
+        case UInt8(ascii: "1"): title = String(decoding: frame.payload.dropFirst(), as: UTF8.self)
+        default: break
+        }
+    }
+
+    // MARK: ttyd
+
+    public func authenticate(token: String, columns: Int = 80, rows: Int = 24) throws {
+        try sendFrame(opcode: 0x1, payload: Array("{\"AuthToken\":\"\(token)\",\"columns\":\(columns),\"rows\":\(rows)}".utf8))
+    }
+
+    public func input(_ text: String) throws { try sendFrame(opcode: 0x2, payload: [UInt8(ascii: "0")] + Array(text.utf8)) }
+    public func resize(columns: Int, rows: Int) throws {
+        try sendFrame(opcode: 0x2, payload: Array("1{\"columns\":\(columns),\"rows\":\(rows)}".utf8))
+    }
+    public func pause() throws { try sendFrame(opcode: 0x2, payload: [UInt8(ascii: "2")]) }
+    public func resume() throws { try sendFrame(opcode: 0x2, payload: [UInt8(ascii: "3")]) }
+
+    /// Reads output until `done` holds for everything received so far (which is then taken
+    /// and returned). A close from the server throws `Closed`.
+    @discardableResult
+    public func readOutput(until done: (String) -> Bool) throws -> String {
+        while !done(String(decoding: output, as: UTF8.self)) {
+            let frame = try receiveFrame()
+            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
+            if frame.opcode == 0x9 { try sendFrame(opcode: 0xA, payload: frame.payload); continue }
+            take(frame)
+        }
+        defer { output = [] }
+        return String(decoding: output, as: UTF8.self)
+    }
+
+    /// Reads output until at least `count` bytes arrived; returns them all.
+    public func readOutputBytes(atLeast count: Int) throws -> [UInt8] {
+        while output.count < count {
+            let frame = try receiveFrame()
+            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
+            take(frame)
+        }
+        defer { output = [] }
+        return output
+    }
+
+    public func closeNormally() throws {
+        try sendFrame(opcode: 0x8, payload: [0x03, 0xe8])
+    }
+
+    // MARK: Helpers
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        var sent = 0
+        while sent < bytes.count {
+            // MSG_NOSIGNAL: a server that closed is an error here, not SIGPIPE.
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Failure("write: errno \(errno)")
+            }
+            sent += n
+        }
+    }
+
+    public static func base64(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        var i = 0
+        while i < bytes.count {
+            let n = min(3, bytes.count - i)
+            let b0 = bytes[i], b1 = n > 1 ? bytes[i + 1] : 0, b2 = n > 2 ? bytes[i + 2] : 0
+            out.append(alphabet[Int(b0 >> 2)])
+            out.append(alphabet[Int((b0 & 0x3) << 4 | b1 >> 4)])
+            out.append(n > 1 ? alphabet[Int((b1 & 0xf) << 2 | b2 >> 6)] : UInt8(ascii: "="))
+            out.append(n > 2 ? alphabet[Int(b2 & 0x3f)] : UInt8(ascii: "="))
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// ttyd's AuthToken for a credential.
+    public static func token(_ userAndPassword: String) -> String { base64(Array(userAndPassword.utf8)) }
+}
+
+private extension String {
+    var trimmingSpaces: String {
+        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+    }
+}

@@ -1,0 +1,84 @@
+import Circuits
+import Logging
+import Processes
+import RoleProtocol
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The only Cloister process that may exec: it starts shells for the vault. For each
+/// `.spawn` it allocates a PTY, spawns the command as the leader of a new session with the
+/// PTY's slave as controlling terminal, hands the master to the vault and forgets its own
+/// copy, then reaps the shell and reports how it ended. It reads nothing but the vault's
+/// fixed-layout requests and never sees client bytes.
+public final class Nursery: Sendable {
+    public let command: [String]
+    public let environment: [String: String]
+    private let logger: Logger
+
+    /// `command[0]` is the executable's absolute path; a login shell (`login: true`) gets
+    /// "-name" as its argv[0], as login(1) does it.
+    public init(command: [String], environment: [String: String], login: Bool, logger: Logger) {
+        self.command = command
+        self.environment = environment
+        self.login = login
+        self.logger = logger
+    }
+
+    private let login: Bool
+
+    /// The environment a shell starts with: only what identifies the user and the terminal.
+    public static func shellEnvironment(user: String, home: String, shell: String, inherited: [String: String]) -> [String: String] {
+        var env = [
+            "TERM": "xterm-256color", "COLORTERM": "truecolor", "HOME": home, "USER": user, "LOGNAME": user,
+            "SHELL": shell, "PATH": "/usr/local/bin:/usr/bin:/bin",
+        ]
+        env["LANG"] = inherited["LANG"] ?? "C.UTF-8"
+        return env
+    }
+
+    public func serve(vault: Transport<UInt16>) async {
+        await withTaskGroup(of: Void.self) { group in
+            while let circuit = try? await vault.accept() {
+                group.addTask { await self.shell(circuit) }
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func shell(_ circuit: Circuit<UInt16>) async {
+        guard let request = try? await circuit.receive() else { return }
+        request.descriptors?.close()
+        guard case .spawn(let columns, let rows) = RoleMessage(decoding: request.payload) else {
+            try? await circuit.send(RoleMessage.denied(reason: "malformed spawn request").encoded, end: true)
+            return
+        }
+        let child: ChildProcess
+        do {
+            let terminal = try PseudoTerminal.open(rows: rows, columns: columns)
+            defer { try? terminal.master.close() }
+            let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
+            child = try ChildProcess.spawn(command[0], arguments: Array(command.dropFirst()), environment: environment,
+                                           terminal: terminal.slavePath, argumentZero: login ? "-\(name)" : name)
+            try await circuit.send(RoleMessage.spawned(pid: child.pid).encoded, descriptors: [terminal.master])
+        } catch {
+            logger.error("shell not started", metadata: ["error": "\(error)"])
+            try? await circuit.send(RoleMessage.denied(reason: "\(error)").encoded, end: true)
+            return
+        }
+        var log = logger
+        log[metadataKey: "shell"] = "\(child.pid)"
+        log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
+        let termination = try? await onOwnThread { try child.wait() }
+        let exit: RoleMessage.Exit
+        switch termination {
+        case .exited(let code): exit = .status(code)
+        case .signaled(let signal): exit = .signal(signal)
+        case nil: exit = .signal(0)
+        }
+        log.info("shell reaped", metadata: ["exit": "\(exit)"])
+        try? await circuit.send(RoleMessage.exited(exit).encoded, end: true)
+    }
+}

@@ -1,0 +1,181 @@
+import Foundation
+import Processes
+import TerminalClient
+import TestSupport
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The whole path against the real `cloister serve`: supervisor, sandboxed workers, vault,
+/// nursery and shells, driven by a WebSocket client speaking ttyd's protocol.
+final class ServeTests: XCTestCase {
+    static let token = TerminalClient.token(ServedCloister.userAndPassword)
+
+    func attached(_ server: ServedCloister, columns: Int = 80, rows: Int = 24) throws -> TerminalClient {
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: Self.token, columns: columns, rows: rows)
+        return client
+    }
+
+    func testEchoResizeAndExitClosesTheSocket() throws {
+        let server = try ServedCloister.start()
+        let client = try attached(server)
+        try client.input("echo hello-$((6*7))\r")
+        XCTAssertTrue(try client.readOutput { $0.contains("hello-42") }.contains("hello-42"))
+        XCTAssertEqual(client.title, "cloister")
+        try client.input("stty size\r")
+        try client.readOutput { $0.contains("24 80") }
+        try client.resize(columns: 120, rows: 40)
+        try client.input("stty size\r")
+        try client.readOutput { $0.contains("40 120") }
+        try client.input("exit 7\r")
+        let closed = try client.awaitClose()
+        XCTAssertEqual(closed.code, 1000)
+        XCTAssertTrue(closed.reason.contains("exit status 7"), closed.reason)
+        XCTAssertEqual(try server.stop(), .exited(0))
+    }
+
+    func testOutputArrivesCompleteAndInOrder() throws {
+        let server = try ServedCloister.start(workers: 1)
+        let client = try attached(server)
+        // 200 000 numbered lines; every one must arrive, in order.
+        // The end marker is computed by the shell, so the echoed command line cannot match it.
+        try client.input("stty -echo; seq 1 200000; echo END-$((40+2))\r")
+        let text = try client.readOutput { $0.contains("END-42") }
+        let numbers = text.split(whereSeparator: \.isNewline).compactMap { Int($0) }
+        XCTAssertEqual(numbers.count, 200000, "\(text.prefix(300).debugDescription)")
+        XCTAssertTrue(numbers == Array(1...200000), "first out of order at index \(numbers.indices.first { numbers[$0] != $0 + 1 } ?? -1)")
+    }
+
+    func testWrongCredentialAndForeignOriginAreRefused() throws {
+        let server = try ServedCloister.start(workers: 1)
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: TerminalClient.token("tester:wrong"))
+        XCTAssertEqual(try client.awaitClose().code, 1008)
+        XCTAssertThrowsError(try TerminalClient.connect(port: server.port, origin: "http://evil.example")) {
+            XCTAssertTrue("\($0)".contains("403"), "\($0)")
+        }
+        // Same host in Origin is fine.
+        XCTAssertNoThrow(try TerminalClient.connect(port: server.port, origin: "http://127.0.0.1:\(server.port)"))
+        XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/").status, 401)
+        XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/token",
+                                              headers: ["Authorization": "Basic \(TerminalClient.token("tester:nope"))"]).status, 401)
+        let token = try TerminalClient.get(port: server.port, path: "/token", headers: ["Authorization": "Basic \(Self.token)"])
+        XCTAssertEqual(token.status, 200)
+        XCTAssertEqual(String(decoding: token.body, as: UTF8.self), "{\"token\": \"\(Self.token)\"}")
+        XCTAssertTrue(server.output.contains("attachment refused: bad credential"))
+    }
+
+    /// The integration traffic `cloister policy learn` uses, against the shipped profiles in
+    /// report mode: anything they do not allow would kill a role and fail the run.
+    func testShippedProfilesCarryTheWholeWorkload() throws {
+        let server = try ServedCloister.start()
+        try Workload.run(port: server.port, userAndPassword: ServedCloister.userAndPassword)
+        let workers = try server.workers()
+        XCTAssertEqual(workers.map { $0["violations"] as? Int }, [0, 0], server.output)
+        XCTAssertEqual(workers.map { $0["restarts"] as? Int }, [0, 0], server.output)
+        let vault = try server.control("status")["vault"] as? [String: Any]
+        XCTAssertEqual(vault?["violations"] as? Int, 0, server.output)
+        XCTAssertFalse(server.output.contains("sandbox violation"), server.output)
+    }
+
+    /// Every thread of every worker and of the vault, read straight from /proc.
+    func testEveryThreadOfEveryRoleIsConfined() throws {
+        let server = try ServedCloister.start()
+        let client = try attached(server)  // so the vault and a worker have sessions running
+        try client.input("echo up\r")
+        try client.readOutput { $0.contains("up") }
+        var pids = try server.workers().compactMap { $0["pid"] as? Int }
+        pids += [(try server.control("status")["vault"] as? [String: Any])?["pid"] as? Int].compactMap { $0 }
+        XCTAssertEqual(pids.count, 3)
+        for pid in pids {
+            let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+            XCTAssertGreaterThan(tasks.count, 1, "pid \(pid) should have its event-loop threads")
+            for tid in tasks {
+                let status = try String(contentsOfFile: "/proc/\(pid)/task/\(tid)/status", encoding: .utf8)
+                let fields = Dictionary(status.split(separator: "\n").compactMap { line -> (String, String)? in
+                    let parts = line.split(separator: ":", maxSplits: 1)
+                    return parts.count == 2 ? (String(parts[0]), parts[1].trimmingCharacters(in: .whitespaces)) : nil
+                }, uniquingKeysWith: { a, _ in a })
+                XCTAssertEqual(fields["Seccomp"], "2", "pid \(pid) thread \(tid)")
+                XCTAssertEqual(fields["NoNewPrivs"], "1", "pid \(pid) thread \(tid)")
+                XCTAssertEqual(fields["CapEff"], "0000000000000000", "pid \(pid) thread \(tid)")
+            }
+        }
+    }
+
+    func testClientLeavingHangsUpTheShell() throws {
+        let server = try ServedCloister.start(workers: 1)
+        var client: TerminalClient? = try attached(server)
+        try client!.input("echo pid=$$.\r")
+        let text = try client!.readOutput { $0.range(of: #"pid=\d+\."#, options: .regularExpression) != nil }
+        let match = text.range(of: #"pid=\d+\."#, options: .regularExpression)!
+        let shell = Int32(text[match].dropFirst(4).dropLast())!
+        XCTAssertEqual(kill(shell, 0), 0)
+        client = nil  // closes the socket
+        XCTAssertTrue(eventually(10) { kill(shell, 0) != 0 && errno == ESRCH }, "the shell \(shell) should be gone")
+        XCTAssertTrue(eventually(10) { (try? server.workers().first?["connections"] as? Int) == 0 })
+    }
+
+    /// kill -9 of a worker under an open session: replaced, the restart shows on the control
+    /// socket, new clients are served, the other worker's client is untouched.
+    func testKilledWorkerIsReplacedAndOthersAreUntouched() throws {
+        let server = try ServedCloister.start(workers: 2)
+        let first = try attached(server)
+        let second = try attached(server)
+        try first.input("echo one\r")
+        try first.readOutput { $0.contains("one") }
+        try second.input("echo two\r")
+        try second.readOutput { $0.contains("two") }
+        let workers = try server.workers()
+        XCTAssertEqual(workers.map { $0["connections"] as? Int }, [1, 1], "least-loaded dispatch spreads the two clients")
+        // Which client is on the victim is not visible from outside; exactly one must break.
+        let victim = workers[0]["pid"] as! Int
+        XCTAssertEqual(kill(pid_t(victim), SIGKILL), 0)
+        XCTAssertTrue(eventually(20) {
+            guard let w = try? server.workers().first else { return false }
+            return w["restarts"] as? Int == 1 && w["state"] as? String == "running" && (w["pid"] as? Int) != victim
+        }, server.output)
+        var survivors = 0
+        for client in [first, second] {
+            if (try? client.input("echo still-$((2+3))\r")) != nil,
+               (try? client.readOutput { $0.contains("still-5") }) != nil {
+                survivors += 1
+            }
+        }
+        XCTAssertEqual(survivors, 1, "exactly the other worker's client survives")
+        let fresh = try attached(server)
+        try fresh.input("echo fresh\r")
+        try fresh.readOutput { $0.contains("fresh") }
+        XCTAssertTrue(server.output.contains("worker ended"), server.output)
+        XCTAssertEqual(try server.stop(), .exited(0))
+    }
+
+    func testBadOptionsExitWithStatusTwoAndOneLine() throws {
+        let cases: [([String], String)] = [
+            (["--workers", "0"], "--workers"),
+            (["--listen", "localhost"], "--listen"),
+            (["--listen", "256.1.1.1:80"], "--listen"),
+            (["--policy-dir", "/nonexistent"], "--policy-dir"),
+            (["--credential", "nopassword"], "--credential"),
+            (["--max-clients", "0"], "--max-clients"),
+            (["--bogus"], "--bogus"),
+            (["--", "/no/such/shell"], "command"),
+        ]
+        for (arguments, option) in cases {
+            let pipe = try makePipe()
+            let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["serve", "--control-socket", "/tmp/unused-\(getpid()).sock",
+                                                                               "--policy-dir", packageRoot + "/policies"] + arguments,
+                                               output: pipe.write)
+            try pipe.write.close()
+            let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
+            try pipe.read.close()
+            XCTAssertEqual(try child.wait(), .exited(2), "\(arguments): \(text)")
+            let lines = text.split(separator: "\n")
+            XCTAssertFalse(lines.isEmpty)
+            XCTAssertTrue(lines.first?.contains(option) == true, "\(arguments): \(text)")
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import Processes
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real `cloister serve` on an ephemeral loopback port with the shipped policies (report
+/// mode: any violation kills the role and is logged), its output collected in a file.
+public final class ServedCloister {
+    public let child: ChildProcess
+    public let port: UInt16
+    public let controlSocket: String
+    public let directory: String
+    public static let userAndPassword = "tester:s3cret-pass"
+    private var stopped = false
+
+    public static func start(workers: Int = 2, extra: [String] = [], command: [String] = ["/bin/sh"]) throws -> ServedCloister {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-\(getpid())-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard log >= 0 else { throw Failure(description: "cannot create the output file") }
+        defer { close(log) }
+        let control = directory + "/control.sock"
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
+            "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--control-socket", control,
+            "--credential", userAndPassword, "--policy-dir", packageRoot + "/policies", "--drain-timeout", "2",
+        ] + extra + ["--"] + command, output: FileDescriptor(rawValue: log))
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
+            if let range = text.range(of: "listening on http://127.0.0.1:"),
+               let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
+                let served = ServedCloister(child: child, port: port, controlSocket: control, directory: directory)
+                try served.waitUntilRunning(workers: workers)
+                return served
+            }
+            if waitpid(child.pid, nil, WNOHANG) == child.pid {
+                throw Failure(description: "cloister serve exited: \(text)")
+            }
+            usleep(20_000)
+        }
+        try? child.signal(SIGKILL)
+        _ = try? child.wait()
+        throw Failure(description: "cloister serve did not print its address within 60 s")
+    }
+
+    init(child: ChildProcess, port: UInt16, controlSocket: String, directory: String) {
+        self.child = child
+        self.port = port
+        self.controlSocket = controlSocket
+        self.directory = directory
+    }
+
+    deinit {
+        if !stopped {
+            try? child.signal(SIGKILL)
+            _ = try? child.wait()
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    public struct Failure: Error, CustomStringConvertible { public var description: String }
+
+    /// Everything the supervisor and its roles wrote so far.
+    public var output: String { (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? "" }
+
+    /// `cloister ctl <request> --json`, decoded.
+    public func control(_ request: String) throws -> [String: Any] {
+        let pipe = try makePipe()
+        let ctl = try ChildProcess.spawn(cloisterExecutable, arguments: ["ctl", request, "--json", "--socket", controlSocket],
+                                         output: pipe.write)
+        try pipe.write.close()
+        let bytes = try readAll(pipe.read)
+        try pipe.read.close()
+        _ = try ctl.wait()
+        guard let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+            throw Failure(description: "ctl \(request) replied \(String(decoding: bytes, as: UTF8.self))")
+        }
+        return object
+    }
+
+    public func workers() throws -> [[String: Any]] {
+        (try control("workers")["workers"] as? [[String: Any]]) ?? []
+    }
+
+    /// Until every worker and the vault are running.
+    public func waitUntilRunning(workers: Int, timeout: TimeInterval = 60) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let status = try? control("status"), status["running"] as? Int == workers,
+               (status["vault"] as? [String: Any])?["state"] as? String == "running" {
+                return
+            }
+            usleep(50_000)
+        }
+        throw Failure(description: "roles not running after \(timeout) s:\n\(output)")
+    }
+
+    /// SIGTERM (drain), then waits for the supervisor to exit.
+    @discardableResult
+    public func stop() throws -> ChildProcess.Termination {
+        stopped = true
+        try child.signal(SIGTERM)
+        return try child.wait()
+    }
+}
