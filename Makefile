@@ -25,12 +25,14 @@ test: deps
 	$(SWIFT) build --build-tests
 	timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
 
-# Until the server exists, `make run` runs the circuits benchmark.
+# Serves the login shell on 127.0.0.1:7681 and prints a one-time credential; Ctrl-C drains
+# and stops. Extra options: make run ARGS="--listen 127.0.0.1:8080 --workers 4".
 run: release
-	./.build/release/cloister-bench circuits
+	./.build/release/cloister serve $(ARGS)
 
 bench: release
 	./.build/release/cloister-bench circuits
+	./.build/release/cloister-bench e2e
 
 clean:
 	rm -rf .build

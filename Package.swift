@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "CloisterBench",
             dependencies: [
-                "Circuits", "CShim", "Processes",
+                "Circuits", "CShim", "Processes", "TerminalClient",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(

@@ -10,6 +10,7 @@ import Glibc
 /// Benchmarks, each reporting a ratio against a baseline measured in the same run.
 ///
 ///     cloister-bench circuits [--quick]
+///     cloister-bench e2e [--quick]
 ///
 /// The process re-executes itself as the receiving side (`cloister-bench sink …`), so both
 /// the baseline and the measured path move the same payloads between the same two processes.
@@ -31,10 +32,13 @@ struct CloisterBench {
                                         onlyDescriptors: option("--fds"), onlyCircuits: option("--circuits"),
                                         skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits"),
                                         kind: kind ?? .seqpacket).run()
+        case "e2e":
+            try EndToEndBenchmark(quick: args.contains("--quick")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
             print("usage: cloister-bench circuits [--quick] [--kind seqpacket|stream] [--payload BYTES] [--fds 0|1] [--circuits N] [--no-raw] [--no-circuits]")
+            print("       cloister-bench e2e [--quick]")
             exit(2)
         }
     }

@@ -11,7 +11,15 @@ struct ControlCommand: ParsableCommand {
         commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
         subcommands: [Status.self, Workers.self])
 
-    static let defaultSocket = "/run/cloister/control.sock"
+    /// Root's supervisor (the systemd unit) uses /run/cloister; anyone else's, a directory
+    /// of their own: $XDG_RUNTIME_DIR/cloister, else /tmp/cloister-UID.
+    static var defaultSocket: String {
+        if geteuid() == 0 { return "/run/cloister/control.sock" }
+        if let runtime = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], runtime.hasPrefix("/") {
+            return runtime + "/cloister/control.sock"
+        }
+        return "/tmp/cloister-\(geteuid())/control.sock"
+    }
 
     struct Options: ParsableArguments {
         @Option(help: "The control socket.") var socket: String = ControlCommand.defaultSocket

@@ -166,14 +166,15 @@ struct ServeCommand: AsyncParsableCommand {
         log.info("stopped")
     }
 
-    /// The control socket's directory is created 0700 if missing; an existing one must not
-    /// be writable by others.
+    /// The control socket's directory is created 0700 if missing; an existing one must belong
+    /// to this user (or root) and not be writable by others, or someone else could put their
+    /// own socket in its place.
     static func prepareControlDirectory(_ socket: String) throws(ConfigurationError) {
         let directory = (socket as NSString).deletingLastPathComponent
         guard !directory.isEmpty else { return }
         var info = stat()
         if stat(directory, &info) != 0 {
-            guard mkdir(directory, 0o700) == 0 else {
+            guard errno == ENOENT, mkdir(directory, 0o700) == 0 else {
                 throw ConfigurationError(option: "--control-socket", problem: "cannot create \(directory): \(Errno(rawValue: errno))")
             }
             return
@@ -181,8 +182,12 @@ struct ServeCommand: AsyncParsableCommand {
         guard info.st_mode & S_IFMT == S_IFDIR else {
             throw ConfigurationError(option: "--control-socket", problem: "\(directory) is not a directory")
         }
-        guard info.st_mode & 0o002 == 0 || info.st_mode & S_ISVTX != 0 else {
-            throw ConfigurationError(option: "--control-socket", problem: "\(directory) is writable by everyone")
+        let sticky = info.st_mode & S_ISVTX != 0
+        guard info.st_uid == geteuid() || info.st_uid == 0 else {
+            throw ConfigurationError(option: "--control-socket", problem: "\(directory) belongs to uid \(info.st_uid)")
+        }
+        guard info.st_mode & 0o022 == 0 || sticky else {
+            throw ConfigurationError(option: "--control-socket", problem: "\(directory) is writable by others")
         }
     }
 }

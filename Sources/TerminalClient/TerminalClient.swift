@@ -25,7 +25,9 @@ public final class TerminalClient {
     }
 
     public let socket: Int32
+    /// Received bytes not parsed yet: `buffer[consumed...]`.
     private var buffer: [UInt8] = []
+    private var consumed = 0
     /// Terminal output received so far ('0' messages), not yet taken.
     public private(set) var output: [UInt8] = []
     public private(set) var title: String?
@@ -117,7 +119,7 @@ public final class TerminalClient {
         while true {
             if let end = find(terminator) {
                 let head = String(decoding: buffer[..<end], as: UTF8.self)
-                buffer.removeFirst(end + 4)
+                buffer.removeFirst(end + 4)  // only before any frame, when consumed == 0
                 var lines = head.split(separator: "\r\n", omittingEmptySubsequences: false).map(String.init)
                 let statusLine = lines.removeFirst().split(separator: " ")
                 guard statusLine.count >= 2, let status = Int(statusLine[1]) else { throw Failure("bad status line") }
@@ -141,6 +143,10 @@ public final class TerminalClient {
 
     /// Reads more into the buffer; false at end of stream.
     private func fill() throws -> Bool {
+        if consumed > 65536 && consumed * 2 > buffer.count {
+            buffer.removeFirst(consumed)
+            consumed = 0
+        }
         var chunk = [UInt8](repeating: 0, count: 65536)
         let n = read(socket, &chunk, chunk.count)
         if n > 0 {
@@ -183,21 +189,24 @@ public final class TerminalClient {
     }
 
     private func parseFrame() -> Frame? {
-        guard buffer.count >= 2 else { return nil }
-        var length = Int(buffer[1] & 0x7f)
+        let available = buffer.count - consumed
+        guard available >= 2 else { return nil }
+        let base = consumed
+        var length = Int(buffer[base + 1] & 0x7f)
         var offset = 2
         if length == 126 {
-            guard buffer.count >= 4 else { return nil }
-            length = Int(buffer[2]) << 8 | Int(buffer[3])
+            guard available >= 4 else { return nil }
+            length = Int(buffer[base + 2]) << 8 | Int(buffer[base + 3])
             offset = 4
         } else if length == 127 {
-            guard buffer.count >= 10 else { return nil }
-            length = buffer[2..<10].reduce(0) { $0 << 8 | Int($1) }
+            guard available >= 10 else { return nil }
+            length = buffer[base + 2..<base + 10].reduce(0) { $0 << 8 | Int($1) }
             offset = 10
         }
-        guard buffer.count >= offset + length else { return nil }
-        let frame = Frame(fin: buffer[0] & 0x80 != 0, opcode: buffer[0] & 0x0f, payload: Array(buffer[offset..<offset + length]))
-        buffer.removeFirst(offset + length)
+        guard available >= offset + length else { return nil }
+        let frame = Frame(fin: buffer[base] & 0x80 != 0, opcode: buffer[base] & 0x0f,
+                          payload: Array(buffer[base + offset..<base + offset + length]))
+        consumed += offset + length
         return frame
     }
 
@@ -250,6 +259,29 @@ public final class TerminalClient {
         }
         defer { output = [] }
         return String(decoding: output, as: UTF8.self)
+    }
+
+    /// Reads output until `marker` has arrived (searching only what is new each time, so long
+    /// outputs cost linear time); returns everything received.
+    public func readOutput(untilMarker marker: String) throws -> [UInt8] {
+        let needle = Array(marker.utf8)
+        var searched = 0
+        while true {
+            if output.count >= needle.count {
+                var i = max(0, searched - needle.count + 1)
+                while i + needle.count <= output.count {
+                    if output[i] == needle[0] && output[i..<i + needle.count].elementsEqual(needle) {
+                        defer { output = [] }
+                        return output
+                    }
+                    i += 1
+                }
+                searched = output.count
+            }
+            let frame = try receiveFrame()
+            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
+            take(frame)
+        }
     }
 
     /// Reads output until at least `count` bytes arrived; returns them all.

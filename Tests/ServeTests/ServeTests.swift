@@ -43,7 +43,7 @@ final class ServeTests: XCTestCase {
         // 200 000 numbered lines; every one must arrive, in order.
         // The end marker is computed by the shell, so the echoed command line cannot match it.
         try client.input("stty -echo; seq 1 200000; echo END-$((40+2))\r")
-        let text = try client.readOutput { $0.contains("END-42") }
+        let text = String(decoding: try client.readOutput(untilMarker: "END-42"), as: UTF8.self)
         let numbers = text.split(whereSeparator: \.isNewline).compactMap { Int($0) }
         XCTAssertEqual(numbers.count, 200000, "\(text.prefix(300).debugDescription)")
         XCTAssertTrue(numbers == Array(1...200000), "first out of order at index \(numbers.indices.first { numbers[$0] != $0 + 1 } ?? -1)")

@@ -1,0 +1,293 @@
+import Foundation
+import Processes
+import Synchronization
+import SystemPackage
+import TerminalClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `cloister-bench e2e`: the whole path (supervisor, sandboxed worker, vault, nursery, shell)
+/// against a WebSocket client on loopback, each figure next to a baseline from this run:
+/// terminal output throughput against reading a raw PTY, keystroke echo latency against a raw
+/// socketpair round trip, sessions per second against spawning a shell on a raw PTY, and the
+/// memory an open session costs.
+struct EndToEndBenchmark {
+    var quick: Bool
+    let userAndPassword = "bench:bench-pass"
+
+    func run() throws {
+        let server = try startServer()
+        defer {
+            kill(server.pid, SIGTERM)
+            _ = try? server.child.wait()
+            try? FileManager.default.removeItem(atPath: server.directory)
+        }
+        let lines = quick ? 200_000 : 1_000_000
+        let keystrokes = quick ? 300 : 2000
+        print("cloister-bench e2e: \(server.workers) workers, loopback, best of 3 for throughput; \(keystrokes) keystrokes per session for latency")
+        print("")
+        print("| measure | cloister | baseline | ratio |")
+        print("|---|---|---|---|")
+
+        let raw = (0..<3).map { _ in (try? rawPTYThroughput(lines: lines)) ?? 0 }.max()!
+        let served = try (0..<3).map { _ in try throughput(port: server.port, lines: lines) }.max()!
+        print("| output throughput, `seq 1 \(lines)` (all lines verified in order) | \(fixed(served, 1)) MB/s | raw PTY read \(fixed(raw, 1)) MB/s | \(fixed(served / raw, 2)) |")
+
+        let pair = socketpairRoundTrip(count: keystrokes * 5)
+        for sessions in [1, 32] {
+            let samples = try echoLatency(port: server.port, sessions: sessions, keystrokes: keystrokes)
+            let (p50, p99) = percentiles(samples)
+            print("| keystroke echo, \(sessions) session\(sessions == 1 ? "" : "s") at once, p50 / p99 | \(fixed(p50, 1)) / \(fixed(p99, 1)) µs | socketpair round trip \(fixed(pair.p50, 1)) / \(fixed(pair.p99, 1)) µs | \(fixed(p50 / pair.p50, 0)) / \(fixed(p99 / pair.p99, 0)) |")
+        }
+
+        let opened = try sessionsPerSecond(port: server.port, seconds: quick ? 1 : 3)
+        let spawned = try rawSpawnsPerSecond(seconds: quick ? 1 : 3)
+        print("| sessions opened per second (connect, authenticate, shell up, close), one client | \(fixed(opened, 0)) /s | spawn a shell on a raw PTY \(fixed(spawned, 0)) /s | \(fixed(opened / spawned, 2)) |")
+
+        let memory = try memoryPerSession(server, sessions: 32)
+        print("| memory per open session (RSS, 32 sessions open) | \(fixed(memory.cloister / 1024, 1)) KiB in Cloister's processes | the shell itself \(fixed(memory.shell / 1024, 1)) KiB | |")
+    }
+
+    // MARK: The server
+
+    struct Server {
+        var child: ChildProcess
+        var pid: pid_t { child.pid }
+        var port: UInt16
+        var directory: String
+        var workers: Int
+    }
+
+    func startServer() throws -> Server {
+        let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
+        let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(log) }
+        let workers = 2
+        let child = try ChildProcess.spawn(executable, arguments: [
+            "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--credential", userAndPassword,
+            "--control-socket", directory + "/control.sock", "--max-clients", "4096", "--", "/bin/sh",
+        ], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
+        for _ in 0..<600 {
+            let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
+            if let range = text.range(of: "listening on http://127.0.0.1:"), let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
+                // The roles start after the address is printed; a session proves they are up.
+                for _ in 0..<300 {
+                    if let client = try? attach(port: port) { try? client.input("exit\r"); return Server(child: child, port: port, directory: directory, workers: workers) }
+                    usleep(50_000)
+                }
+                break
+            }
+            usleep(50_000)
+        }
+        kill(child.pid, SIGKILL)
+        _ = try? child.wait()
+        throw BenchFailure(description: "cloister serve did not come up: \((try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? "")")
+    }
+
+    struct BenchFailure: Error, CustomStringConvertible { var description: String }
+
+    func attach(port: UInt16) throws -> TerminalClient {
+        let client = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+        try client.authenticate(token: TerminalClient.token(userAndPassword), columns: 200, rows: 50)
+        return client
+    }
+
+    // MARK: Throughput
+
+    /// MB/s of terminal output received by the client, from the command's start to its end
+    /// marker; every line is checked.
+    func throughput(port: UInt16, lines: Int) throws -> Double {
+        let client = try attach(port: port)
+        try client.input("stty -echo; echo go-$((1+1))\r")
+        try client.readOutput { $0.contains("go-2") }
+        let start = now()
+        try client.input("seq 1 \(lines); echo end-$((2+2))\r")
+        let bytes = try client.readOutput(untilMarker: "end-4")
+        let seconds = now() - start
+        let text = String(decoding: bytes, as: UTF8.self)
+        var expected = 1
+        for line in text.split(whereSeparator: \.isNewline) {
+            guard let n = Int(line) else { continue }
+            guard n == expected else { throw BenchFailure(description: "line \(expected) expected, \(n) arrived") }
+            expected += 1
+        }
+        guard expected == lines + 1 else { throw BenchFailure(description: "\(expected - 1) of \(lines) lines arrived") }
+        try client.input("exit\r")
+        return Double(text.utf8.count) / seconds / 1e6
+    }
+
+    /// The same command on a PTY read directly by this process.
+    func rawPTYThroughput(lines: Int) throws -> Double {
+        let terminal = try PseudoTerminal.open(rows: 50, columns: 200)
+        defer { try? terminal.master.close() }
+        let start = now()
+        let child = try ChildProcess.spawn("/usr/bin/seq", arguments: ["1", "\(lines)"], terminal: terminal.slavePath)
+        var total = 0
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(terminal.master.rawValue, &buffer, buffer.count)
+            if n <= 0 { break }  // EIO once the slave is closed
+            total += n
+        }
+        let seconds = now() - start
+        _ = try child.wait()
+        return Double(total) / seconds / 1e6
+    }
+
+    // MARK: Latency
+
+    /// Round trips of one keystroke to a `cat` on a raw-mode terminal and back, per session,
+    /// all sessions typing at once. Microseconds.
+    func echoLatency(port: UInt16, sessions: Int, keystrokes: Int) throws -> [Double] {
+        let results = Mutex<[Double]>([])
+        let failures = Mutex<[String]>([])
+        let ready = DispatchSemaphore(value: 0)
+        let go = DispatchSemaphore(value: 0)
+        let done = DispatchGroup()
+        let token = TerminalClient.token(userAndPassword)
+        for _ in 0..<sessions {
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                var samples: [Double] = []
+                do {
+                    // Each thread sets up its own session; all start typing together.
+                    let client = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+                    try client.authenticate(token: token, columns: 200, rows: 50)
+                    try client.input("stty raw -echo; echo ok-$((3+4)); exec cat\r")
+                    try client.readOutput { $0.contains("ok-7") }
+                    try client.input("!")  // cat is running once a byte comes back
+                    try client.readOutput { $0.contains("!") }
+                    ready.signal()
+                    go.wait()
+                    samples.reserveCapacity(keystrokes)
+                    for i in 0..<keystrokes {
+                        let key = String(UnicodeScalar(UInt8(97 + i % 26)))
+                        let start = now()
+                        try client.input(key)
+                        try client.readOutput { $0.contains(key) }
+                        samples.append((now() - start) * 1e6)
+                    }
+                    try? client.input("\u{4}")
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                    ready.signal()
+                }
+                results.withLock { $0 += samples }
+            }
+        }
+        for _ in 0..<sessions { ready.wait() }
+        for _ in 0..<sessions { go.signal() }
+        done.wait()
+        if let failure = failures.withLock({ $0.first }) { throw BenchFailure(description: failure) }
+        return results.withLock { $0 }
+    }
+
+    func socketpairRoundTrip(count: Int) -> (p50: Double, p99: Double) {
+        var fds: [Int32] = [0, 0]
+        socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds)
+        defer { close(fds[0]); close(fds[1]) }
+        let peer = fds[1]
+        let echo = Thread {
+            var byte: UInt8 = 0
+            while read(peer, &byte, 1) == 1 { _ = write(peer, &byte, 1) }
+        }
+        echo.start()
+        var samples: [Double] = []
+        var byte: UInt8 = 0x61
+        for _ in 0..<count {
+            let start = now()
+            _ = write(fds[0], &byte, 1)
+            _ = read(fds[0], &byte, 1)
+            samples.append((now() - start) * 1e6)
+        }
+        shutdown(fds[0], Int32(SHUT_RDWR))
+        return percentiles(samples)
+    }
+
+    // MARK: Sessions per second
+
+    func sessionsPerSecond(port: UInt16, seconds: Double) throws -> Double {
+        let start = now()
+        var opened = 0
+        while now() - start < seconds {
+            let client = try attach(port: port)
+            try client.input("echo up-$((5+5))\r")
+            try client.readOutput { $0.contains("up-10") }
+            opened += 1
+        }
+        return Double(opened) / (now() - start)
+    }
+
+    func rawSpawnsPerSecond(seconds: Double) throws -> Double {
+        let start = now()
+        var spawned = 0
+        while now() - start < seconds {
+            let terminal = try PseudoTerminal.open(rows: 24, columns: 80)
+            let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", "echo up"], terminal: terminal.slavePath)
+            var buffer = [UInt8](repeating: 0, count: 256)
+            while read(terminal.master.rawValue, &buffer, buffer.count) > 0 {}
+            _ = try child.wait()
+            try terminal.master.close()
+            spawned += 1
+        }
+        return Double(spawned) / (now() - start)
+    }
+
+    // MARK: Memory
+
+    /// RSS of the server's process tree with `sessions` idle sessions open, minus before;
+    /// Cloister's processes and the shells counted apart. Bytes per session.
+    func memoryPerSession(_ server: Server, sessions: Int) throws -> (cloister: Double, shell: Double) {
+        let before = treeRSS(root: server.pid)
+        var clients: [TerminalClient] = []
+        for _ in 0..<sessions {
+            let client = try attach(port: server.port)
+            try client.input("echo idle-$((8*8))\r")
+            try client.readOutput { $0.contains("idle-64") }
+            clients.append(client)
+        }
+        usleep(200_000)
+        let after = treeRSS(root: server.pid)
+        withExtendedLifetime(clients) {}
+        let cloister = Double(after.cloister - before.cloister) / Double(sessions)
+        let shell = Double(after.shells - before.shells) / Double(sessions)
+        return (cloister, shell)
+    }
+
+    /// Sums VmRSS over the supervisor and its descendants; the shells are the nursery's children.
+    func treeRSS(root: pid_t) -> (cloister: Int, shells: Int) {
+        var parent: [pid_t: pid_t] = [:]
+        var name: [pid_t: String] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            parent[pid] = pid_t(fields[1])
+            name[pid] = String(stat[stat.index(after: stat.firstIndex(of: "(")!)..<close])
+        }
+        func isDescendant(_ pid: pid_t) -> Bool {
+            var p = pid
+            while let up = parent[p], up > 1 { if up == root { return true }; p = up }
+            return false
+        }
+        var cloister = 0, shells = 0
+        for pid in parent.keys where pid == root || isDescendant(pid) {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+                  let kb = Int(line.split(separator: " ")[1]) else { continue }
+            if name[pid] == "cloister" { cloister += kb * 1024 } else { shells += kb * 1024 }
+        }
+        return (cloister, shells)
+    }
+}
+
+func percentiles(_ samples: [Double]) -> (p50: Double, p99: Double) {
+    let sorted = samples.sorted()
+    guard !sorted.isEmpty else { return (0, 0) }
+    return (sorted[sorted.count / 2], sorted[min(sorted.count - 1, sorted.count * 99 / 100)])
+}
