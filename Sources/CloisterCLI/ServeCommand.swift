@@ -28,6 +28,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Number of sandboxed workers (default: the number of online CPUs).") var workers: Int?
     @Option(help: "USER:PASSWORD clients must present (ttyd's -c). Default: a one-time credential, printed.")
     var credential: String?
+    @Option(help: "A file holding USER:PASSWORD (one line, not readable by group or others), instead of --credential.")
+    var credentialFile: String?
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
     var checkOrigin = true
     @Option(help: "Most clients connected at once; more are closed at once.") var maxClients = 1024
@@ -77,10 +79,15 @@ struct ServeCommand: AsyncParsableCommand {
         }
         var token: [UInt8]
         var credentialLine: String?
-        if let credential {
+        if credential != nil && credentialFile != nil {
+            throw ConfigurationError(option: "--credential-file", problem: "give either --credential or --credential-file")
+        }
+        let given = try credentialFile.map(Self.readCredentialFile) ?? credential
+        if let credential = given {
+            let option = credentialFile == nil ? "--credential" : "--credential-file"
             guard let colon = credential.firstIndex(of: ":"), colon != credential.startIndex,
                   credential.index(after: colon) != credential.endIndex else {
-                throw ConfigurationError(option: "--credential", problem: "expected USER:PASSWORD, both non-empty")
+                throw ConfigurationError(option: option, problem: "expected USER:PASSWORD, both non-empty")
             }
             token = Credential(userAndPassword: credential).token
         } else {
@@ -103,6 +110,22 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
         }
         return (c, credentialLine)
+    }
+
+    /// The first line of a file only its owner can read (a credential on the command line is
+    /// visible to every user in /proc).
+    static func readCredentialFile(_ path: String) throws(ConfigurationError) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw ConfigurationError(option: "--credential-file", problem: "\(path): \(Errno(rawValue: errno))")
+        }
+        guard info.st_mode & 0o077 == 0 else {
+            throw ConfigurationError(option: "--credential-file", problem: "\(path) is readable or writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
+        }
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ConfigurationError(option: "--credential-file", problem: "\(path) cannot be read as UTF-8")
+        }
+        return String(text.split(whereSeparator: \.isNewline).first ?? "")
     }
 
     /// The command as an absolute path (found on PATH now, so a typo fails here), or the

@@ -38,7 +38,7 @@ final class ServeTests: XCTestCase {
     }
 
     func testOutputArrivesCompleteAndInOrder() throws {
-        let server = try ServedCloister.start(workers: 1)
+        let server = try ServedCloister.start(workers: 1, credentialInFile: true)
         let client = try attached(server)
         // 200 000 numbered lines; every one must arrive, in order.
         // The end marker is computed by the shell, so the echoed command line cannot match it.
@@ -153,6 +153,47 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try server.stop(), .exited(0))
     }
 
+    /// The vault (with its nursery) killed: its sessions end, it is replaced, the workers are
+    /// linked to the new one and new sessions work.
+    func testKilledVaultIsReplacedAndWorkersRelinked() throws {
+        let server = try ServedCloister.start(workers: 2)
+        let before = try attached(server)
+        try before.input("echo before\r")
+        try before.readOutput { $0.contains("before") }
+        let vault = try XCTUnwrap((try server.control("status")["vault"] as? [String: Any])?["pid"] as? Int)
+        XCTAssertEqual(kill(pid_t(vault), SIGKILL), 0)
+        XCTAssertThrowsError(try before.readOutput { $0.contains("never") }, "the session on the dead vault ends")
+        XCTAssertTrue(eventually(20) {
+            guard let v = (try? server.control("status"))?["vault"] as? [String: Any] else { return false }
+            return v["restarts"] as? Int == 1 && v["state"] as? String == "running" && (v["pid"] as? Int) != vault
+        }, server.output)
+        for _ in 0..<2 {  // both workers
+            let after = try attached(server)
+            try after.input("echo after-$((1+2))\r")
+            try after.readOutput { $0.contains("after-3") }
+        }
+        XCTAssertTrue(server.output.contains("vault ended"), server.output)
+    }
+
+    /// SIGTERM drains: the open session is closed, every role and shell is gone, exit 0.
+    func testDrainStopsEveryProcess() throws {
+        let server = try ServedCloister.start(workers: 2)
+        let client = try attached(server)
+        try client.input("echo pid=$$.\r")
+        let text = try client.readOutput { $0.range(of: #"pid=\d+\."#, options: .regularExpression) != nil }
+        let match = text.range(of: #"pid=\d+\."#, options: .regularExpression)!
+        var pids = [pid_t(text[match].dropFirst(4).dropLast())!]
+        pids += try server.workers().compactMap { ($0["pid"] as? Int).map(pid_t.init) }
+        pids += [((try server.control("status")["vault"] as? [String: Any])?["pid"] as? Int).map(pid_t.init)].compactMap { $0 }
+        XCTAssertEqual(pids.count, 4)
+        XCTAssertEqual(try server.stop(), .exited(0), server.output)
+        for pid in pids {
+            XCTAssertTrue(eventually(5) { kill(pid, 0) != 0 && errno == ESRCH }, "pid \(pid) outlived the supervisor")
+        }
+        XCTAssertThrowsError(try client.readOutput { $0.contains("never") })
+        XCTAssertFalse(FileManager.default.fileExists(atPath: server.controlSocket), "control socket removed")
+    }
+
     func testBadOptionsExitWithStatusTwoAndOneLine() throws {
         let cases: [([String], String)] = [
             (["--workers", "0"], "--workers"),
@@ -161,6 +202,9 @@ final class ServeTests: XCTestCase {
             (["--policy-dir", "/nonexistent"], "--policy-dir"),
             (["--credential", "nopassword"], "--credential"),
             (["--max-clients", "0"], "--max-clients"),
+            (["--credential-file", "/etc/passwd"], "--credential-file"),
+            (["--credential-file", "/nonexistent"], "--credential-file"),
+            (["--credential", "a:b", "--credential-file", "/nonexistent"], "--credential-file"),
             (["--bogus"], "--bogus"),
             (["--", "/no/such/shell"], "command"),
         ]

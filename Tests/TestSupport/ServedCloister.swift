@@ -16,17 +16,29 @@ public final class ServedCloister {
     public static let userAndPassword = "tester:s3cret-pass"
     private var stopped = false
 
-    public static func start(workers: Int = 2, extra: [String] = [], command: [String] = ["/bin/sh"]) throws -> ServedCloister {
+    /// With `credentialInFile`, the credential is given through a 0600 file instead of the
+    /// command line.
+    public static func start(workers: Int = 2, extra: [String] = [], command: [String] = ["/bin/sh"],
+                             credentialInFile: Bool = false) throws -> ServedCloister {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-\(getpid())-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard log >= 0 else { throw Failure(description: "cannot create the output file") }
         defer { close(log) }
         let control = directory + "/control.sock"
+        var credential = ["--credential", userAndPassword]
+        if credentialInFile {
+            let file = directory + "/credential"
+            guard FileManager.default.createFile(atPath: file, contents: Data((userAndPassword + "\n").utf8),
+                                                 attributes: [.posixPermissions: 0o600]) else {
+                throw Failure(description: "cannot write \(file)")
+            }
+            credential = ["--credential-file", file]
+        }
         let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--control-socket", control,
-            "--credential", userAndPassword, "--policy-dir", packageRoot + "/policies", "--drain-timeout", "2",
-        ] + extra + ["--"] + command, output: FileDescriptor(rawValue: log))
+            "--policy-dir", packageRoot + "/policies", "--drain-timeout", "2",
+        ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log))
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
