@@ -48,6 +48,11 @@ struct EndToEndBenchmark {
 
         let memory = try memoryPerSession(server, sessions: 32)
         print("| memory per open session (RSS, 32 sessions open) | \(fixed(memory.cloister / 1024, 1)) KiB in Cloister's processes | the shell itself \(fixed(memory.shell / 1024, 1)) KiB | |")
+        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
+        let violations = log.components(separatedBy: "sandbox violation").count - 1
+        let restarts = log.components(separatedBy: "worker ended").count - 1 + log.components(separatedBy: "vault ended").count - 1
+        print("")
+        print("sandbox violations during the run: \(violations); roles restarted: \(restarts)")
     }
 
     // MARK: The server
