@@ -295,6 +295,25 @@ public final class TerminalClient {
         return output
     }
 
+    /// Takes whatever output arrives within `seconds` and returns how many bytes that was
+    /// (for checking that output stops, e.g. while paused).
+    public func drainOutput(forSeconds seconds: Int) throws -> Int {
+        var short = timeval(tv_sec: seconds, tv_usec: 0)
+        var saved = timeval()
+        var length = socklen_t(MemoryLayout<timeval>.size)
+        getsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &saved, &length)
+        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &short, socklen_t(MemoryLayout<timeval>.size))
+        defer { setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &saved, socklen_t(MemoryLayout<timeval>.size)) }
+        let deadline = time(nil) + seconds
+        while time(nil) < deadline {
+            guard let frame = try? receiveFrame() else { break }
+            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
+            take(frame)
+        }
+        defer { output = [] }
+        return output.count
+    }
+
     public func closeNormally() throws {
         try sendFrame(opcode: 0x8, payload: [0x03, 0xe8])
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Processes
+import Synchronization
 import TerminalClient
 import TestSupport
 import XCTest
@@ -47,6 +48,56 @@ final class ServeTests: XCTestCase {
         let numbers = text.split(whereSeparator: \.isNewline).compactMap { Int($0) }
         XCTAssertEqual(numbers.count, 200000, "\(text.prefix(300).debugDescription)")
         XCTAssertTrue(numbers == Array(1...200000), "first out of order at index \(numbers.indices.first { numbers[$0] != $0 + 1 } ?? -1)")
+    }
+
+    /// Pause stops reading the terminal, so a shell writing megabytes is held at what the
+    /// buffers on the way hold; resume lets everything through, nothing lost.
+    func testPauseHoldsOutputAndResumeDeliversAll() throws {
+        let server = try ServedCloister.start(workers: 1)
+        let client = try attached(server)
+        try client.input("stty -echo; echo ready-$((2*4))\r")
+        try client.readOutput { $0.contains("ready-8") }
+        try client.pause()
+        try client.input("head -c 20000000 /dev/zero | tr '\\0' x; echo; echo done-$((3*3))\r")
+        let whilePaused = try client.drainOutput(forSeconds: 2)
+        XCTAssertLessThan(whilePaused, 2_000_000, "paused output is held at the buffers on the way, not 20 MB")
+        try client.resume()
+        let rest = try client.readOutput(untilMarker: "done-9")
+        XCTAssertEqual(whilePaused + rest.filter { $0 == UInt8(ascii: "x") }.count, 20_000_000, "every byte arrives after resume")
+    }
+
+    /// With no descriptor left, accept fails with EMFILE: the supervisor backs off, keeps the
+    /// client in the backlog, and serves it once descriptors are available again.
+    func testAcceptRecoversFromEMFILE() throws {
+        let server = try ServedCloister.start(workers: 1)
+        // The soft limit at the lowest free descriptor number: the next descriptor fails.
+        let used = Set(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.child.pid)/fd").compactMap { Int($0) })
+        let lowestFree = (0...).first { !used.contains($0) }!
+        func prlimit(_ soft: Int) throws {
+            let tool = try ChildProcess.spawn("/usr/bin/prlimit", arguments: ["--pid", "\(server.child.pid)", "--nofile=\(soft):"])
+            XCTAssertEqual(try tool.wait(), .exited(0))
+        }
+        try prlimit(lowestFree)
+        let connected = DispatchSemaphore(value: 0)
+        let result = Mutex<String?>(nil)
+        let port = server.port
+        Thread.detachNewThread {
+            do {
+                let client = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+                try client.authenticate(token: Self.token)
+                try client.input("echo served-$((9+9))\r")
+                try client.readOutput { $0.contains("served-18") }
+                result.withLock { $0 = "served" }
+            } catch {
+                result.withLock { $0 = "\(error)" }
+            }
+            connected.signal()
+        }
+        XCTAssertTrue(eventually(20) { server.output.contains("accept backing off") }, server.output)
+        XCTAssertTrue(server.output.contains("EMFILE") || server.output.contains("Too many open files"), server.output)
+        try prlimit(1024)
+        XCTAssertEqual(connected.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(result.withLock { $0 }, "served")
     }
 
     func testWrongCredentialAndForeignOriginAreRefused() throws {
