@@ -21,8 +21,9 @@ struct NurseryRole: ParsableCommand, AsyncParsableCommand {
     @Argument(parsing: .postTerminator, help: "The command, an absolute path first.") var command: [String]
 
     func run() async throws {
-        _ = cloister_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0)
         let identity = try Self.become(user: user, group: group)
+        // After the identity change, which clears the parent-death signal.
+        _ = cloister_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0)
         Log.bootstrap()
         var log = Log.logger(role: "nursery")
         log[metadataKey: "user"] = "\(identity.user)"

@@ -180,7 +180,8 @@ public final class WorkerPool: Sendable {
                 shared.withLock {
                     $0.running[id] = worker
                     $0.workers[id].connections = 0
-                    $0.monitors.append(worker.monitor)
+                    // Kept only for learn mode, where they hold what the role used.
+                    if configuration.mode == .learn { $0.monitors.append(worker.monitor) }
                 }
                 var teardown: (@Sendable () async -> Void)?
                 do {

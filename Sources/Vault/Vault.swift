@@ -199,7 +199,7 @@ public final class Vault: Sendable {
         try? master.close()
         let exit = await Self.exitStatus(of: shell.conversation)
         log.info("attachment ended", metadata: [
-            "ending": "\(ending)", "shell_exit": "\(exit.map { "\($0)" } ?? "unknown")",
+            "ending": "\(ending.rawValue)", "shell_exit": "\(exit.map { "\($0)" } ?? "unknown")",
         ])
         if ending == .shellExited, let exit {
             try? await circuit.send(RoleMessage.exited(exit).encoded, end: true)

@@ -38,6 +38,16 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try server.stop(), .exited(0))
     }
 
+    /// Started as root with --user, the shells run as that user, with its environment.
+    func testShellsRunAsTheGivenUser() throws {
+        try XCTSkipUnless(geteuid() == 0, "switching users needs root")
+        let server = try ServedCloister.start(workers: 1, extra: ["--user", "nobody", "--group", "nogroup"])
+        let client = try attached(server)
+        try client.input("echo \"who=$(id -u):$(id -g):$USER:$TERM.\"\r")
+        let text = try client.readOutput { $0.contains("who=6") }
+        XCTAssertTrue(text.contains("who=65534:65534:nobody:xterm-256color."), text)
+    }
+
     func testOutputArrivesCompleteAndInOrder() throws {
         let server = try ServedCloister.start(workers: 1, credentialInFile: true)
         let client = try attached(server)
