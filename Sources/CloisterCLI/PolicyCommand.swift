@@ -91,12 +91,16 @@ struct PolicyCommand: AsyncParsableCommand {
         @Option(help: "Role to learn: worker, vault or all.") var role = "all"
         @Option(help: "Directory to write <role>.json into.") var outDir = "policies"
         @Option(help: "Directory of the reviewed base profiles <role>.json.") var baseDir = "policies/base"
+        @Option(help: "With one --role: the file to write (instead of --out-dir).") var out: String?
+        @Option(help: "With one --role: the profile to start from (default: --out if it exists, else the base in --base-dir).")
+        var base: String?
         @Option(help: "Concurrent workload runs per round.") var sessions: Int = 4
         @Option(help: "Rounds, each with a fresh server; what any round used is kept (rare paths show up in some only).")
         var rounds: Int = 3
 
         func validate() throws {
             guard ["worker", "vault", "all"].contains(role) else { throw ValidationError("--role must be worker, vault or all") }
+            if role == "all" && (out != nil || base != nil) { throw ValidationError("--out and --base need a single --role") }
             guard sessions > 0 else { throw ValidationError("--sessions must be positive") }
             guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
         }
@@ -104,7 +108,7 @@ struct PolicyCommand: AsyncParsableCommand {
         func run() async throws {
             let roles = role == "all" ? ["worker", "vault"] : [role]
             var bases: [String: Policy] = [:]
-            for r in ["worker", "vault"] { bases[r] = try Policy.load(file: "\(baseDir)/\(r).json") }
+            for r in ["worker", "vault"] { bases[r] = try Policy.load(file: basePath(r)) }
             var syscalls: [String: Set<String>] = [:]
             var arguments: [String: [String: Set<UInt64>]] = [:]
             for round in 1...rounds {
@@ -122,11 +126,19 @@ struct PolicyCommand: AsyncParsableCommand {
                 if !merged.refused.isEmpty {
                     throw ValidationError("the \(r) used syscalls no sandboxed role may have: \(merged.refused.joined(separator: ", ")); nothing written")
                 }
-                let out = "\(outDir)/\(r).json"
+                let out = self.out ?? "\(outDir)/\(r).json"
                 try Self.write(merged.policy.json(), to: out)
                 for name in merged.added { print("\(r): \(name)") }
                 FileHandle.standardError.write(Data("learn: \(r): \(merged.added.count) new, profile written to \(out)\n".utf8))
             }
+        }
+
+        /// The profile a role runs under while learning, and that the result extends.
+        func basePath(_ r: String) -> String {
+            guard r == role else { return "\(baseDir)/\(r).json" }
+            if let base { return base }
+            if let out, FileManager.default.fileExists(atPath: out) { return out }
+            return "\(baseDir)/\(r).json"
         }
 
         /// One server under the base profiles in learn mode, with the workload flowing
@@ -135,7 +147,7 @@ struct PolicyCommand: AsyncParsableCommand {
             var logger = Logger(label: "cloister.learn")
             logger.logLevel = .critical  // every recorded syscall would be a line
             let password = ServeCommand.randomPassword()
-            var c = Server.Configuration(workerPolicy: "\(baseDir)/worker.json", vaultPolicy: "\(baseDir)/vault.json",
+            var c = Server.Configuration(workerPolicy: basePath("worker"), vaultPolicy: basePath("vault"),
                                          command: ["/bin/sh"], login: false)
             c.listen = ["127.0.0.1:0"]
             c.workers = 2

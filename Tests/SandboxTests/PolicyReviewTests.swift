@@ -8,7 +8,7 @@ final class PolicyReviewTests: XCTestCase {
     private var worker: Policy { get throws { try Policy.load(file: packageRootPolicies + "/worker.json") } }
 
     func testShippedProfilesCompileWithoutWarnings() throws {
-        for file in [packageRootPolicies + "/worker.json", packageRootPolicies + "/base/worker.json"] {
+        for file in ["worker.json", "base/worker.json", "vault.json", "base/vault.json"].map({ packageRootPolicies + "/" + $0 }) {
             let policy = try Policy.load(file: file)
             XCTAssertNoThrow(try SeccompProgram(policy), file)
             XCTAssertEqual(policy.warnings, [], file)
@@ -17,18 +17,31 @@ final class PolicyReviewTests: XCTestCase {
         }
     }
 
-    /// The worker may not be allowed any syscall of the forbidden list, under any condition.
-    func testWorkerAllowsNothingForbidden() throws {
-        let policy = try worker
-        let allowed = policy.allowedSyscalls
-        XCTAssertEqual(allowed.intersection(Policy.forbidden.keys), [])
-        XCTAssertFalse(allowed.contains("clone3"))
-        for rule in policy.rules where rule.names.contains("clone") && rule.action == .allow {
-            XCTAssertTrue(rule.requiresThreadFlags)
+    /// No role may be allowed any syscall of the forbidden list, under any condition.
+    func testRolesAllowNothingForbidden() throws {
+        for role in ["worker", "vault"] {
+            let policy = try Policy.load(file: packageRootPolicies + "/\(role).json")
+            let allowed = policy.allowedSyscalls
+            XCTAssertEqual(allowed.intersection(Policy.forbidden.keys), [])
+            XCTAssertFalse(allowed.contains("clone3"))
+            for rule in policy.rules where rule.names.contains("clone") && rule.action == .allow {
+                XCTAssertTrue(rule.requiresThreadFlags)
+            }
+            for rule in policy.rules where rule.names.contains("ioctl") && rule.action == .allow {
+                XCTAssertFalse(rule.conditions.isEmpty, "\(role): ioctl allowed without a request list")
+            }
+            XCTAssertEqual(policy.explain("ioctl", args: [0, 0x5412]).action, .killProcess, "\(role): TIOCSTI")
         }
-        for rule in policy.rules where rule.names.contains("ioctl") && rule.action == .allow {
-            XCTAssertFalse(rule.conditions.isEmpty, "ioctl allowed without a request list")
-        }
+    }
+
+    /// The vault may resize a terminal (TIOCSWINSZ) and nothing else by ioctl.
+    func testVaultIoctls() throws {
+        let vault = try Policy.load(file: packageRootPolicies + "/vault.json")
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5414]).action, .allow)
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x540e]).action, .killProcess, "TIOCSCTTY")
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5412]).action, .killProcess, "TIOCSTI")
+        XCTAssertEqual(vault.explain("execve", args: []).action, .killProcess)
+        XCTAssertEqual(try worker.explain("ioctl", args: [5, 0x5414]).action, .killProcess, "the worker has no terminal")
     }
 
     func testExplain() throws {

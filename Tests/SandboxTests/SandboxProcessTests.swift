@@ -16,6 +16,9 @@ import Glibc
 /// profile) and attempts forbidden actions; the parent observes the kill or the errno.
 final class SandboxProcessTests: XCTestCase {
     static let workerPolicy = packageRootPolicies + "/worker.json"
+    static let vaultPolicy = packageRootPolicies + "/vault.json"
+    /// Every sandboxed role's shipped profile.
+    static let rolePolicies = [workerPolicy, vaultPolicy]
 
     struct Outcome {
         var termination: ChildProcess.Termination
@@ -54,19 +57,24 @@ final class SandboxProcessTests: XCTestCase {
     }
 
     func testAllowedWorkSurvives() throws {
-        let outcome = try probe("allowed")
-        XCTAssertEqual(outcome.termination, .exited(0), outcome.output)
-        XCTAssertEqual(outcome.output, "returned 0 errno 0\n")
+        for policy in Self.rolePolicies {
+            let outcome = try probe("allowed", policy: policy)
+            XCTAssertEqual(outcome.termination, .exited(0), "\(policy): \(outcome.output)")
+            XCTAssertEqual(outcome.output, "returned 0 errno 0\n", policy)
+        }
     }
 
-    /// Each forbidden action kills the process (SIGSYS, from the kernel in enforce mode).
+    /// Each forbidden action kills the process (SIGSYS, from the kernel in enforce mode), under
+    /// every role's profile.
     func testForbiddenActionsAreKilled() throws {
-        for attempt in ["exec", "fork", "vfork", "clone-process", "clone-newuser", "socket-inet", "socket-unix", "socketpair",
-                        "ptrace", "io-uring", "tiocsti", "mount", "unshare", "bpf", "keyctl", "userfaultfd",
-                        "perf-event-open", "personality", "process-vm-readv", "x32", "i386"] {
-            let outcome = try probe(attempt)
-            XCTAssertEqual(outcome.termination, .signaled(SIGSYS), "\(attempt): \(outcome.output)")
-            XCTAssertEqual(outcome.output, "", "\(attempt) returned")
+        for policy in Self.rolePolicies {
+            for attempt in ["exec", "fork", "vfork", "clone-process", "clone-newuser", "socket-inet", "socket-unix", "socketpair",
+                            "ptrace", "io-uring", "tiocsti", "mount", "unshare", "bpf", "keyctl", "userfaultfd",
+                            "perf-event-open", "personality", "process-vm-readv", "x32", "i386"] {
+                let outcome = try probe(attempt, policy: policy)
+                XCTAssertEqual(outcome.termination, .signaled(SIGSYS), "\(policy) \(attempt): \(outcome.output)")
+                XCTAssertEqual(outcome.output, "", "\(policy) \(attempt) returned")
+            }
         }
     }
 
@@ -97,9 +105,11 @@ final class SandboxProcessTests: XCTestCase {
 
     /// Opening files is refused with EACCES, as OpenSSH does (see the profile's comment).
     func testOpenIsRefused() throws {
-        let outcome = try probe("open")
-        XCTAssertEqual(outcome.termination, .exited(0))
-        XCTAssertEqual(outcome.output, "returned -1 errno 13\n")
+        for policy in Self.rolePolicies {
+            let outcome = try probe("open", policy: policy)
+            XCTAssertEqual(outcome.termination, .exited(0), policy)
+            XCTAssertEqual(outcome.output, "returned -1 errno 13\n", policy)
+        }
     }
 
     /// Landlock on its own: with a profile that lets openat through, opening a world-readable
