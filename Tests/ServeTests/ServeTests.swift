@@ -255,6 +255,61 @@ final class ServeTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: server.controlSocket), "control socket removed")
     }
 
+    /// A connection that never completes a handshake is closed after the handshake time
+    /// (10 s), whether it sends nothing or dribbles a request head.
+    func testIdleAndSlowHandshakesAreClosed() throws {
+        let server = try ServedCloister.start(workers: 1)
+        let silent = try TerminalClient.tcp(port: server.port, timeoutSeconds: 30)
+        defer { close(silent) }
+        let slow = try TerminalClient.tcp(port: server.port, timeoutSeconds: 30)
+        defer { close(slow) }
+        _ = "GET /ws HTTP/1.1\r\nHost: x\r\n".withCString { send(slow, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        let start = Date()
+        var byte: UInt8 = 0
+        XCTAssertEqual(read(silent, &byte, 1), 0, "closed, not timed out on our side (errno \(errno))")
+        XCTAssertEqual(read(slow, &byte, 1), 0, "closed, not timed out on our side (errno \(errno))")
+        XCTAssertGreaterThan(Date().timeIntervalSince(start), 5, "not before the handshake time")
+    }
+
+    /// Every child the supervisor and the nursery had is reaped: after kills, exits and
+    /// hang-ups, none of them is left a zombie.
+    func testNoZombies() throws {
+        let server = try ServedCloister.start(workers: 2)
+        for _ in 0..<3 {
+            let client = try attached(server)
+            try client.input("exit\r")
+            _ = try client.awaitClose()
+        }
+        let leaving = try attached(server)
+        try leaving.input("echo x\r")
+        try leaving.readOutput { $0.contains("x") }
+        let worker = try XCTUnwrap(try server.workers().first?["pid"] as? Int)
+        kill(pid_t(worker), SIGKILL)
+        XCTAssertTrue(eventually(20) { (try? server.workers().first?["restarts"] as? Int) == 1 })
+        XCTAssertTrue(eventually(10) { Self.zombies(under: server.child.pid).isEmpty },
+                      "zombies: \(Self.zombies(under: server.child.pid))")
+    }
+
+    /// Descendants of `root` in state Z.
+    static func zombies(under root: pid_t) -> [pid_t] {
+        var parent: [pid_t: pid_t] = [:], state: [pid_t: Character] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            state[pid] = fields[0].first
+            parent[pid] = pid_t(fields[1])
+        }
+        return parent.keys.filter { pid in
+            var p = pid
+            while let up = parent[p], up > 1 {
+                if up == root { return state[pid] == "Z" }
+                p = up
+            }
+            return false
+        }
+    }
+
     func testBadOptionsExitWithStatusTwoAndOneLine() throws {
         let cases: [([String], String)] = [
             (["--workers", "0"], "--workers"),
