@@ -100,7 +100,7 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
 #define CLOISTER_MAX_BATCH 16
 
 int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, unsigned maxfds,
-                          unsigned *nfds, size_t *lengths, int *msg_flags) {
+                          unsigned *nfds, size_t *lengths, int *msg_flags, int dontwait) {
     if (vlen > CLOISTER_MAX_BATCH) vlen = CLOISTER_MAX_BATCH;
     if (maxfds == 0 || maxfds > CLOISTER_MAX_FDS_PER_MESSAGE) {
         errno = EINVAL;
@@ -129,7 +129,7 @@ int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, 
     }
     int n;
     do {
-        n = recvmmsg(sock, msgs, vlen, MSG_WAITFORONE | MSG_CMSG_CLOEXEC | MSG_TRUNC, NULL);
+        n = recvmmsg(sock, msgs, vlen, MSG_WAITFORONE | MSG_CMSG_CLOEXEC | MSG_TRUNC | (dontwait ? MSG_DONTWAIT : 0), NULL);
     } while (n < 0 && errno == EINTR);
     for (int i = 0; i < n; i++) {
         take_fds(&msgs[i].msg_hdr, fds + (size_t)i * maxfds, maxfds, &nfds[i]);

@@ -64,7 +64,9 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
     /// unaffected). The descriptors are duplicated into the peer; the caller still owns its
     /// copies. `end: true` makes it this side's last message of the conversation.
     public func send(_ payload: [UInt8], descriptors: [FileDescriptor] = [], end: Bool = false) async throws {
-        try await core.acquire(conversation, length: payload.count, descriptors: descriptors.count, end: end)
+        if !(try core.reserve(conversation, length: payload.count, descriptors: descriptors.count, end: end)) {
+            try await core.acquire(conversation, length: payload.count, descriptors: descriptors.count, end: end)
+        }
         try payload.withUnsafeBytes { bytes in
             try core.write(conversation, payload: bytes, descriptors: descriptors, end: end)
         }

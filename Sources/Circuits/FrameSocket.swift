@@ -219,17 +219,25 @@ struct FrameReader: ~Copyable {
     /// Returns false at a clean end of file (after appending what came before it).
     mutating func readBatch(into frames: inout [Frame]) throws(CircuitError) -> Bool {
         switch kind {
-        case .seqpacket: return try readPackets(into: &frames)
+        case .seqpacket: return try readPackets(into: &frames, wait: true) ?? true
         case .stream: return try readStream(into: &frames)
         }
     }
 
-    private func readPackets(into frames: inout [Frame]) throws(CircuitError) -> Bool {
+    /// What is queued now, without waiting (seqpacket only): nil when nothing was, false at
+    /// end of file.
+    mutating func readQueued(into frames: inout [Frame]) throws(CircuitError) -> Bool? {
+        guard kind == .seqpacket else { return nil }
+        return try readPackets(into: &frames, wait: false)
+    }
+
+    private func readPackets(into frames: inout [Frame], wait: Bool) throws(CircuitError) -> Bool? {
         for i in 0..<slots {
             iov[i] = iovec(iov_base: buffer.baseAddress! + i * slotSize, iov_len: slotSize)
         }
         let n = cloister_recvmmsg_fds(fd.rawValue, iov.baseAddress, UInt32(slots), fds.baseAddress,
-                                      UInt32(fdRoom), nfds.baseAddress, lengths.baseAddress, flags.baseAddress)
+                                      UInt32(fdRoom), nfds.baseAddress, lengths.baseAddress, flags.baseAddress, wait ? 0 : 1)
+        if n < 0 && !wait && (errno == EAGAIN || errno == EWOULDBLOCK) { return nil }
         guard n >= 0 else { throw .system(SystemCallError(call: "recvmmsg", errno: Errno(rawValue: errno))) }
         // Own every descriptor of the batch before looking at any packet, so an error in one
         // packet still closes those of the others.

@@ -233,6 +233,11 @@ final class TransportCore: Sendable {
         state.withLock { $0.readerThread = thread }
     }
 
+    /// At most this many frames, or about this many payload bytes, are dispatched before
+    /// the consumers they are for are woken.
+    static var drainFrames: Int { 64 }
+    static var drainBytes: Int { 64 * 1024 }
+
     /// The reader thread: frames in, dispatched to circuits, until end of file or an error.
     private func runReader() {
         var reader = FrameReader(fd: socket, kind: kind, limits: layout.limits)
@@ -247,8 +252,23 @@ final class TransportCore: Sendable {
         do {
             while true {
                 frames.removeAll(keepingCapacity: true)
-                let more = try reader.readBatch(into: &frames)
+                var more = try reader.readBatch(into: &frames)
                 try dispatchBatch(frames, handshakeDone: &handshakeDone, wakes: &wakes)
+                // Before handing over, take what arrived meanwhile: a receive queue holds
+                // only about ten packets (net.unix.max_dgram_qlen), and every hand-over is a
+                // context switch on the consumer's side. Bounded in bytes too: large messages
+                // gain nothing from waiting together, and held-back payloads are memory the
+                // consumer cannot reuse yet.
+                var taken = frames.count
+                var bytes = frames.reduce(0) { $0 + $1.payload.count }
+                while more && taken < Self.drainFrames && bytes < Self.drainBytes {
+                    frames.removeAll(keepingCapacity: true)
+                    guard let queued = try reader.readQueued(into: &frames) else { break }
+                    more = queued
+                    taken += frames.count
+                    bytes += frames.reduce(0) { $0 + $1.payload.count }
+                    try dispatchBatch(frames, handshakeDone: &handshakeDone, wakes: &wakes)
+                }
                 for w in wakes { w.resume() }
                 wakes.removeAll(keepingCapacity: true)
                 if !more {
@@ -588,25 +608,8 @@ final class TransportCore: Sendable {
     /// Waits for credit for a message of `length` bytes and `descriptors` descriptors on the
     /// conversation, and takes it. Must be followed by `write`.
     func acquire(_ conversation: Conversation, length: Int, descriptors: Int, end: Bool) async throws {
-        let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
-        let id = conversation.id
-        while true {
-            let ready: Bool = try state.withLock { (s) throws(CircuitError) -> Bool in
-                if let failure = s.failure { throw failure }
-                let peer = s.peer!
-                if conversation.ending { throw .conversationEnded(id: id) }
-                if end && conversation.reserved { throw .endOnReservedCircuit(id: id) }
-                if length > peer.maxPayload || descriptors > peer.maxDescriptors || UInt64(cost) > peer.window {
-                    throw .messageTooLarge(length: length, descriptors: descriptors,
-                                           peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
-                }
-                let credit = conversation.credit
-                guard credit.sent + UInt64(cost) <= credit.limit else { return false }
-                credit.sent += UInt64(cost)
-                if end { beginEnding(conversation, &s) }
-                return true
-            }
-            if ready { return }
+        while !(try reserve(conversation, length: length, descriptors: descriptors, end: end)) {
+            let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
             try await suspend { (s, c) throws(CircuitError) in
                 // Credit may have arrived between the check and now.
                 let credit = conversation.credit
@@ -616,6 +619,28 @@ final class TransportCore: Sendable {
                 }
                 credit.senders.append(c)
             } cancel: { _ in nil }
+        }
+    }
+
+    /// Takes the credit for a message if the window has room; false when the sender must
+    /// wait. Synchronous, so the common case costs no suspension point.
+    func reserve(_ conversation: Conversation, length: Int, descriptors: Int, end: Bool) throws(CircuitError) -> Bool {
+        let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
+        let id = conversation.id
+        return try state.withLock { (s) throws(CircuitError) -> Bool in
+            if let failure = s.failure { throw failure }
+            let peer = s.peer!
+            if conversation.ending { throw .conversationEnded(id: id) }
+            if end && conversation.reserved { throw .endOnReservedCircuit(id: id) }
+            if length > peer.maxPayload || descriptors > peer.maxDescriptors || UInt64(cost) > peer.window {
+                throw .messageTooLarge(length: length, descriptors: descriptors,
+                                       peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
+            }
+            let credit = conversation.credit
+            guard credit.sent + UInt64(cost) <= credit.limit else { return false }
+            credit.sent += UInt64(cost)
+            if end { beginEnding(conversation, &s) }
+            return true
         }
     }
 
