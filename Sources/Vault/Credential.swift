@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 /// The configured credential, as ttyd's clients present it: base64 of "user:password".
 /// Only the vault holds it; workers forward what clients send and learn only yes or no.
 public struct Credential: Sendable {
@@ -22,21 +24,5 @@ public struct Credential: Sendable {
         return difference == 0 && !expected.isEmpty
     }
 
-    public static func base64(_ bytes: [UInt8]) -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        var i = 0
-        while i < bytes.count {
-            let chunk = bytes[i..<min(i + 3, bytes.count)]
-            let b0 = chunk[chunk.startIndex]
-            let b1 = chunk.count > 1 ? chunk[chunk.startIndex + 1] : 0
-            let b2 = chunk.count > 2 ? chunk[chunk.startIndex + 2] : 0
-            out.append(alphabet[Int(b0 >> 2)])
-            out.append(alphabet[Int((b0 & 0x3) << 4 | b1 >> 4)])
-            out.append(chunk.count > 1 ? alphabet[Int((b1 & 0xf) << 2 | b2 >> 6)] : UInt8(ascii: "="))
-            out.append(chunk.count > 2 ? alphabet[Int(b2 & 0x3f)] : UInt8(ascii: "="))
-            i += 3
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    public static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
 }
