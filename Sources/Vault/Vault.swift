@@ -28,6 +28,7 @@ public final class Vault: Sendable {
     }
 
     private let state = Mutex(State())
+    private let throttle = FailureThrottle(interval: .milliseconds(100))
     private let logger: Logger
     private let title: String
 
@@ -104,8 +105,16 @@ public final class Vault: Sendable {
         link.close()
     }
 
-    private func authorized(_ token: [UInt8]) -> Bool {
-        state.withLock { $0.credential }.map { $0.matches(token) } ?? true
+    /// Checks a presented credential. A wrong one is answered no sooner than its turn in
+    /// `throttle`: guesses, from all workers together, get at most ten answers a second, so
+    /// even a worker an attacker controls cannot search the password space quickly. A right
+    /// one is answered at once; an empty one (nothing presented yet, as a browser's first
+    /// request) is no guess and not delayed.
+    private func authorized(_ token: [UInt8]) async -> Bool {
+        guard let credential = state.withLock({ $0.credential }) else { return true }
+        if credential.matches(token) { return true }
+        if !token.isEmpty { await throttle.wait() }
+        return false
     }
 
     private func attachment(_ circuit: Circuit<UInt16>, logger: Logger) async {
@@ -113,10 +122,10 @@ public final class Vault: Sendable {
         first.descriptors?.close()
         switch RoleMessage(decoding: first.payload) {
         case .check(let token):
-            let ok = authorized(token)
+            let ok = await authorized(token)
             try? await circuit.send((ok ? RoleMessage.accepted(title: title) : .denied(reason: "bad credential")).encoded, end: true)
         case .attach(let columns, let rows, let token):
-            guard authorized(token) else {
+            guard await authorized(token) else {
                 logger.warning("attachment refused: bad credential")
                 try? await circuit.send(RoleMessage.denied(reason: "bad credential").encoded, end: true)
                 return
@@ -280,6 +289,27 @@ public enum VaultError: Error, CustomStringConvertible {
         case .system(let call, let code): return "\(call): \(Errno(rawValue: code)) (errno \(code))"
         case .noNursery: return "no nursery is linked"
         case .nursery(let reason): return "the nursery refused: \(reason)"
+        }
+    }
+}
+
+/// Spaces events at least `interval` apart: each caller waits for the next free slot.
+final class FailureThrottle: Sendable {
+    private let interval: Duration
+    private let next = Mutex<ContinuousClock.Instant?>(nil)
+
+    init(interval: Duration) { self.interval = interval }
+
+    func wait() async {
+        let now = ContinuousClock.now
+        let slot = next.withLock { next in
+            let slot = max(now, next ?? now)
+            next = slot + interval
+            return slot
+        }
+        let delay = slot - now
+        if delay > .zero {
+            await Wait.sleep(milliseconds: Int64(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000))
         }
     }
 }

@@ -255,6 +255,33 @@ final class ServeTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: server.controlSocket), "control socket removed")
     }
 
+    /// Wrong credentials get at most ten answers a second, however many arrive at once; the
+    /// right one is still let in.
+    func testWrongCredentialsAreThrottled() throws {
+        let server = try ServedCloister.start(workers: 2)
+        let guesses = 20
+        let start = Date()
+        let done = DispatchGroup()
+        let statuses = Mutex<[Int]>([])
+        let port = server.port
+        for i in 0..<guesses {
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                let r = try? TerminalClient.get(port: port, path: "/token",
+                                                headers: ["Authorization": "Basic \(TerminalClient.token("tester:guess-\(i)"))"])
+                statuses.withLock { $0.append(r?.status ?? -1) }
+            }
+        }
+        done.wait()
+        let elapsed = Date().timeIntervalSince(start)
+        XCTAssertEqual(statuses.withLock { $0 }, Array(repeating: 401, count: guesses))
+        XCTAssertGreaterThanOrEqual(elapsed, Double(guesses - 1) * 0.1 * 0.9, "20 wrong guesses answered in \(elapsed) s")
+        let client = try attached(server)
+        try client.input("echo in-$((4+4))\r")
+        try client.readOutput { $0.contains("in-8") }
+    }
+
     /// A connection that never completes a handshake is closed after the handshake time
     /// (10 s), whether it sends nothing or dribbles a request head.
     func testIdleAndSlowHandshakesAreClosed() throws {
