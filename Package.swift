@@ -88,7 +88,10 @@ let package = Package(
             ]),
         .testTarget(
             name: "ServeTests",
-            dependencies: ["TestSupport", "TerminalClient", "Processes"]),
+            dependencies: [
+                "TestSupport", "TerminalClient", "Processes",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .target(
             name: "TestSupport",
             dependencies: [

@@ -154,7 +154,7 @@ struct PolicyCommand: AsyncParsableCommand {
             c.credential = Credential(userAndPassword: "learn:\(password)").token
             c.mode = .learn
             let server = try Server(configuration: c, logger: logger)
-            server.start()
+            await server.start()
             let port = Listener.parse(server.listeners[0].address)!.port
             let deadline = ContinuousClock.now + .seconds(30)
             while !(server.workers.workers.allSatisfy { $0.state == .running } && server.vault.workers.allSatisfy { $0.state == .running }) {

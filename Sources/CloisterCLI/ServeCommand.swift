@@ -51,7 +51,7 @@ struct ServeCommand: AsyncParsableCommand {
     static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
 
     /// Everything checked before anything starts.
-    func configuration() throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
+    func configuration(activated: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
         let policies = policyDir ?? Self.defaultPolicyDirectories.first { FileManager.default.fileExists(atPath: "\($0)/worker.json") }
             ?? Self.defaultPolicyDirectories[0]
         var paths: [String: String] = [:]
@@ -73,7 +73,8 @@ struct ServeCommand: AsyncParsableCommand {
         guard (1...256).contains(count) else { throw ConfigurationError(option: "--workers", problem: "\(count) is not between 1 and 256") }
         guard maxClients >= 1 else { throw ConfigurationError(option: "--max-clients", problem: "must be at least 1") }
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ConfigurationError(option: "--drain-timeout", problem: "must be a number of seconds ≥ 0") }
-        let addresses = listen.isEmpty ? ["127.0.0.1:7681"] : listen
+        // Socket-activated, the inherited sockets replace the default address.
+        let addresses = listen.isEmpty ? (activated ? [] : ["127.0.0.1:7681"]) : listen
         for address in addresses where Listener.parse(address) == nil {
             throw ConfigurationError(option: "--listen", problem: "\"\(address)\" is not HOST:PORT, [IPV6]:PORT or :PORT")
         }
@@ -157,8 +158,15 @@ struct ServeCommand: AsyncParsableCommand {
         let log = Log.logger(role: "supervisor")
         let configuration: Server.Configuration
         let credentialLine: String?
+        let inherited: [Listener]
         do {
-            (configuration, credentialLine) = try self.configuration()
+            // First, so that the inherited sockets are close-on-exec before any role starts.
+            do {
+                inherited = try Listener.inherited()
+            } catch {
+                throw ConfigurationError(option: "LISTEN_FDS", problem: "\(error)")
+            }
+            (configuration, credentialLine) = try self.configuration(activated: !inherited.isEmpty)
             try Self.prepareControlDirectory(configuration.controlSocket!)
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
@@ -166,13 +174,13 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let server: Server
         do {
-            server = try Server(configuration: configuration, logger: log)
+            server = try Server(configuration: configuration, inherited: inherited, logger: log)
         } catch {
             let option = error is Listener.Failure ? "--listen" : "--control-socket"
             FileHandle.standardError.write(Data("\(ConfigurationError(option: option, problem: "\(error)"))\n".utf8))
             throw ExitCode(2)
         }
-        server.start()
+        await server.start()
         for listener in server.listeners {
             let (host, port) = Listener.parse(listener.address)!
             let shown = host.contains(":") ? "[\(host)]" : host
@@ -183,7 +191,9 @@ struct ServeCommand: AsyncParsableCommand {
         }
         print("cloister: control socket \(configuration.controlSocket!)")
         fflush(nil)
+        SystemdNotify.send("READY=1\nSTATUS=serving on \(server.listeners.map(\.address).joined(separator: ", "))")
         let signal = try await onOwnThread { Signals.wait() }
+        SystemdNotify.send("STOPPING=1")
         log.info("draining", metadata: ["signal": "\(String(cString: strsignal(signal)))"])
         await server.drain(timeout: .milliseconds(Int64(drainTimeout * 1000)))
         log.info("stopped")

@@ -87,6 +87,76 @@ public final class Listener: Sendable {
         address = family == AF_INET6 ? "[\(host)]:\(actual)" : "\(host):\(actual)"
     }
 
+    /// Takes over a listening TCP socket this process inherited (systemd socket activation),
+    /// after checking that it is one, and makes it close-on-exec so no role inherits it.
+    public init(adopting fd: Int32) throws(Failure) {
+        let name = "inherited descriptor \(fd)"
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0 else {
+            throw Failure(address: name, call: "getsockopt(SO_ACCEPTCONN)", errno: Errno(rawValue: errno))
+        }
+        guard value == 1 else { throw Failure(address: name, call: "getsockopt(SO_ACCEPTCONN)", detail: "not a listening socket") }
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) == 0, value == Int32(SOCK_STREAM.rawValue) else {
+            throw Failure(address: name, call: "getsockopt(SO_TYPE)", detail: "not a stream socket")
+        }
+        guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else {
+            throw Failure(address: name, call: "fcntl(F_SETFD)", errno: Errno(rawValue: errno))
+        }
+        var storage = sockaddr_storage()
+        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) } }
+        descriptor = FileDescriptor(rawValue: fd)
+        address = Self.describe(storage) ?? name
+    }
+
+    /// "host:port" of an IPv4 or IPv6 socket address.
+    static func describe(_ storage: sockaddr_storage) -> String? {
+        var copy = storage
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            return withUnsafePointer(to: &copy) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 in
+                    var addr = v4.pointee.sin_addr
+                    inet_ntop(AF_INET, &addr, &text, socklen_t(text.count))
+                    return "\(String(cString: text)):\(UInt16(bigEndian: v4.pointee.sin_port))"
+                }
+            }
+        case AF_INET6:
+            return withUnsafePointer(to: &copy) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 in
+                    var addr = v6.pointee.sin6_addr
+                    inet_ntop(AF_INET6, &addr, &text, socklen_t(text.count))
+                    return "[\(String(cString: text))]:\(UInt16(bigEndian: v6.pointee.sin6_port))"
+                }
+            }
+        default:
+            return nil
+        }
+    }
+
+    /// The listening sockets systemd passed (LISTEN_PID is this process, LISTEN_FDS of them
+    /// from descriptor 3), or none. The variables are removed so nothing started later
+    /// mistakes them for its own.
+    public static func inherited() throws(Failure) -> [Listener] {
+        defer {
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_FDNAMES")
+        }
+        guard let pid = getenv("LISTEN_PID").flatMap({ pid_t(String(cString: $0)) }), pid == getpid(),
+              let count = getenv("LISTEN_FDS").flatMap({ Int32(String(cString: $0)) }), count > 0 else { return [] }
+        var adopted: [Listener] = []
+        do {
+            for fd in 3..<(3 + count) { adopted.append(try Listener(adopting: fd)) }
+        } catch {
+            for listener in adopted { try? listener.descriptor.close() }
+            throw error
+        }
+        return adopted
+    }
+
     /// Blocks until a client arrives. The socket is close-on-exec.
     public func accept() throws(Failure) -> FileDescriptor {
         while true {

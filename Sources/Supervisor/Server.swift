@@ -58,10 +58,12 @@ public final class Server: Sendable {
 
     /// Binds every listening and control socket; nothing runs until `start`. Throws (having
     /// closed what it opened) if any cannot be bound.
-    public init(configuration c: Configuration, logger: Logger) throws {
+    /// `inherited` are listening sockets taken over from systemd; they are served along
+    /// with those `configuration.listen` names.
+    public init(configuration c: Configuration, inherited: [Listener] = [], logger: Logger) throws {
         configuration = c
         self.logger = logger
-        var bound: [Listener] = []
+        var bound: [Listener] = inherited
         do {
             for address in c.listen { bound.append(try Listener(address)) }
         } catch {
@@ -102,13 +104,31 @@ public final class Server: Sendable {
         var server: Server?
     }
 
-    public func start() {
+    /// Starts the vault and the workers, waits until the vault and at least one worker are
+    /// running (or `readiness` has passed), then starts accepting: a client that arrives
+    /// earlier waits in the backlog instead of finding no worker. Returns whether the roles
+    /// came up in time.
+    @discardableResult
+    public func start(readiness: Duration = .seconds(30)) async -> Bool {
         vault.start()
         workers.start()
+        let deadline = ContinuousClock.now + readiness
+        var ready = false
+        while ContinuousClock.now < deadline {
+            if vault.workers.first?.state == .running && workers.workers.contains(where: { $0.state == .running }) {
+                ready = true
+                break
+            }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        if !ready {
+            logger.critical("roles not running after \(readiness); accepting anyway")
+        }
         for listener in listeners {
             Task.detached { _ = try? await onOwnThread { self.acceptLoop(listener) } }
             logger.info("listening", metadata: ["address": "\(listener.address)"])
         }
+        return ready
     }
 
     /// Stops accepting, gives open connections up to `timeout` to finish, then stops every

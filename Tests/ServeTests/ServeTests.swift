@@ -1,6 +1,7 @@
 import Foundation
 import Processes
 import Synchronization
+import SystemPackage
 import TerminalClient
 import TestSupport
 import XCTest
@@ -280,6 +281,68 @@ final class ServeTests: XCTestCase {
         let client = try attached(server)
         try client.input("echo in-$((4+4))\r")
         try client.readOutput { $0.contains("in-8") }
+    }
+
+    /// Started as systemd does with socket activation and Type=notify: the inherited socket
+    /// is served (and the default address not bound), READY=1 comes once the roles run,
+    /// STOPPING=1 on SIGTERM.
+    func testSocketActivationAndReadiness() throws {
+        let directory = NSTemporaryDirectory() + "cloister-activation-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // The listening socket systemd would own.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                XCTAssertEqual(bind(listener, $0, length), 0)
+                XCTAssertEqual(getsockname(listener, $0, &length), 0)
+            }
+        }
+        XCTAssertEqual(listen(listener, 16), 0)
+        let port = UInt16(bigEndian: address.sin_port)
+        // The notification socket systemd would read.
+        let notifyPath = directory + "/notify"
+        let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(notify) }
+        var unixAddress = sockaddr_un()
+        unixAddress.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &unixAddress.sun_path) { $0.copyBytes(from: Array(notifyPath.utf8)) }
+        let bound = withUnsafePointer(to: &unixAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(notify, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        XCTAssertEqual(bound, 0)
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
+        setsockopt(notify, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        func notification() -> String {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(notify, &buffer, buffer.count, 0)
+            return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : "(nothing: errno \(errno))"
+        }
+
+        let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(log) }
+        let command = "LISTEN_PID=$$ LISTEN_FDS=1 NOTIFY_SOCKET=\"$1\" exec \"$0\" serve --workers 1 --drain-timeout 1 --control-socket \"$2\" " +
+            "--credential \(ServedCloister.userAndPassword) --policy-dir \"$3\" -- /bin/sh"
+        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", command, cloisterExecutable, notifyPath,
+                                                                  directory + "/control.sock", packageRoot + "/policies"],
+                                           descriptors: [FileDescriptor(rawValue: listener)], output: FileDescriptor(rawValue: log))
+        let ready = notification()
+        XCTAssertTrue(ready.hasPrefix("READY=1"), ready)
+        XCTAssertTrue(ready.contains("127.0.0.1:\(port)"), ready)
+        let client = try TerminalClient.connect(port: port)
+        try client.authenticate(token: Self.token)
+        try client.input("echo activated-$((5*5))\r")
+        try client.readOutput { $0.contains("activated-25") }
+        let output = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
+        XCTAssertFalse(output.contains("127.0.0.1:7681"), "the default address is not bound when activated: \(output)")
+        try child.signal(SIGTERM)
+        XCTAssertEqual(notification(), "STOPPING=1")
+        XCTAssertEqual(try child.wait(), .exited(0))
     }
 
     /// A connection that never completes a handshake is closed after the handshake time
