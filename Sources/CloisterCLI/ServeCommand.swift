@@ -20,7 +20,8 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
         Bad options or configuration print one line naming the option and exit with status 2,
         before anything is started. SIGTERM and SIGINT drain: no new clients, open ones get
-        --drain-timeout seconds, then every process is stopped and reaped.
+        --drain-timeout seconds, then every process is stopped and reaped. SIGHUP re-reads the
+        credential file and renews the workers as their clients leave.
         """)
 
     @Option(name: .customLong("listen"), help: "HOST:PORT or [IPV6]:PORT to listen on (repeatable).")
@@ -192,11 +193,29 @@ struct ServeCommand: AsyncParsableCommand {
         print("cloister: control socket \(configuration.controlSocket!)")
         fflush(nil)
         SystemdNotify.send("READY=1\nSTATUS=serving on \(server.listeners.map(\.address).joined(separator: ", "))")
-        let signal = try await onOwnThread { Signals.wait() }
+        var signal = try await onOwnThread { Signals.wait() }
+        while signal == SIGHUP {
+            await reload(server, keeping: configuration.credential, log: log)
+            signal = try await onOwnThread { Signals.wait() }
+        }
         SystemdNotify.send("STOPPING=1")
         log.info("draining", metadata: ["signal": "\(String(cString: strsignal(signal)))"])
         await server.drain(timeout: .milliseconds(Int64(drainTimeout * 1000)))
         log.info("stopped")
+    }
+
+    /// Re-reads what may change while serving: the credential file and the profiles. A
+    /// problem is logged and changes nothing. A one-time credential stays what it was.
+    func reload(_ server: Server, keeping current: [UInt8]?, log: Logger) async {
+        SystemdNotify.send("RELOADING=1")
+        defer { SystemdNotify.send("READY=1") }
+        do {
+            let (fresh, _) = try configuration(activated: true)
+            let kept = credential == nil && credentialFile == nil ? current : fresh.credential
+            await server.reload(credential: kept)
+        } catch {
+            log.error("reload refused; nothing changed", metadata: ["problem": "\(error)"])
+        }
     }
 
     /// The control socket's directory is created 0700 if missing; an existing one must belong
@@ -236,20 +255,14 @@ enum Signals {
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
-    /// Returns the first SIGTERM or SIGINT; SIGHUP is logged and ignored (reload is not
-    /// implemented yet).
+    /// The next of them.
     static func wait() -> Int32 {
         var set = sigset_t()
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
         while true {
             var signal: Int32 = 0
-            guard sigwait(&set, &signal) == 0 else { continue }
-            if signal == SIGHUP {
-                FileHandle.standardError.write(Data("cloister serve: SIGHUP ignored: reload is not implemented\n".utf8))
-                continue
-            }
-            return signal
+            if sigwait(&set, &signal) == 0 { return signal }
         }
     }
 }

@@ -46,6 +46,7 @@ public final class Server: Sendable {
     private struct Shared {
         var vault: Transport<UInt16>?
         var accepting = true
+        var credential: [UInt8]?
     }
 
     public let configuration: Configuration
@@ -96,7 +97,28 @@ public final class Server: Sendable {
             for listener in bound { try? listener.descriptor.close() }
             throw error
         }
+        shared.withLock { $0.credential = c.credential }
         box.server = self
+    }
+
+    /// SIGHUP: the new credential applies to every check from now on (open sessions stay),
+    /// and each worker is replaced, as soon as it has no client, by one started under the
+    /// profile as it is now. The vault keeps its sessions; a new vault profile applies when
+    /// the vault is next started.
+    public func reload(credential: [UInt8]?) async {
+        let vault: Transport<UInt16>? = shared.withLock { s in
+            s.credential = credential
+            return s.vault
+        }
+        if let vault {
+            do {
+                try await Self.tell(vault, .configure(credential: credential))
+            } catch {
+                logger.error("new credential not delivered to the vault", metadata: ["error": "\(error)"])
+            }
+        }
+        workers.renew()
+        logger.info("reloaded: credential replaced, workers renewed as their clients leave")
     }
 
     private final class Box: @unchecked Sendable {
@@ -226,7 +248,7 @@ public final class Server: Sendable {
             await watcher.value
         }
         do {
-            try await Self.tell(transport, .configure(credential: configuration.credential))
+            try await Self.tell(transport, .configure(credential: shared.withLock { $0.credential }))
             try await Self.tell(transport, .nurseryLink, descriptor: vaultEnd)
             shared.withLock { $0.vault = transport }
             for (id, worker) in workers.runningTransports {

@@ -84,6 +84,8 @@ public final class WorkerPool: Sendable {
         var tasks: [Task<Void, Never>] = []
         var running: [Int: RunningWorker] = [:]
         var monitors: [ViolationMonitor] = []
+        /// Instances to replace as soon as they have no client (see `renew`).
+        var renewing: Set<Int> = []
     }
 
     public let configuration: Configuration
@@ -114,13 +116,23 @@ public final class WorkerPool: Sendable {
 
     public var openConnections: Int { shared.withLock { $0.workers.reduce(0) { $0 + $1.connections } } }
 
+    /// Replaces every running instance, each as soon as it has no client: it gets no new
+    /// clients meanwhile, and its replacement starts from the executable and profile as they
+    /// are now. Planned replacements are not restarts: no backoff, no count.
+    public func renew() {
+        shared.withLock { s in s.renewing.formUnion(s.running.keys) }
+    }
+
     /// Hands a client socket to the running worker with the fewest open connections and
     /// closes this process's copy, whatever happens. The worker ends the conversation when
     /// the client has gone; until then the client counts against that worker.
     public func dispatch(_ client: FileDescriptor) async throws {
         defer { try? client.close() }
         let chosen: (Int, RunningWorker)? = shared.withLock { s in
-            let candidates = s.running.filter { s.workers[$0.key].state == .running }
+            let running = s.running.filter { s.workers[$0.key].state == .running }
+            // Instances being renewed take clients only when nothing else runs.
+            let fresh = running.filter { !s.renewing.contains($0.key) }
+            let candidates = fresh.isEmpty ? running : fresh
             guard let best = candidates.min(by: { s.workers[$0.key].connections < s.workers[$1.key].connections }) else { return nil }
             s.workers[best.key].connections += 1
             return (best.key, best.value)
@@ -179,16 +191,18 @@ public final class WorkerPool: Sendable {
                 log[metadataKey: "pid"] = "\(worker.child.pid)"
                 shared.withLock {
                     $0.running[id] = worker
+                    $0.renewing.remove(id)
                     $0.workers[id].connections = 0
                     // Kept only for learn mode, where they hold what the role used.
                     if configuration.mode == .learn { $0.monitors.append(worker.monitor) }
                 }
                 var teardown: (@Sendable () async -> Void)?
+                var renewed = false
                 do {
                     teardown = try await onLaunch?(id, worker.transport, worker.child.pid)
                     update(id) { $0.state = .running }
                     log.info("\(configuration.role) running")
-                    await supervise(worker, id: id, logger: log)
+                    renewed = await supervise(worker, id: id, logger: log)
                 } catch {
                     log.error("\(configuration.role) failed to start", metadata: ["error": "\(error)"])
                 }
@@ -200,6 +214,10 @@ public final class WorkerPool: Sendable {
                 if stopping {
                     log.info("\(configuration.role) stopped", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
                     break
+                }
+                if renewed {
+                    log.info("\(configuration.role) renewed")
+                    continue
                 }
                 log.error("\(configuration.role) ended", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
             } catch {
@@ -274,12 +292,14 @@ public final class WorkerPool: Sendable {
         return RunningWorker(launched)
     }
 
-    /// Heartbeats until the worker dies, misses a deadline (then it is killed) or the pool stops.
-    private func supervise(_ worker: RunningWorker, id: Int, logger: Logger) async {
+    /// Heartbeats until the worker dies, misses a deadline (then it is killed), the pool
+    /// stops, or it is due for renewal and has no client (then returns true).
+    private func supervise(_ worker: RunningWorker, id: Int, logger: Logger) async -> Bool {
         let control: Circuit<UInt16>
-        do { control = try worker.transport.reserved(0) } catch { return }
+        do { control = try worker.transport.reserved(0) } catch { return false }
         var sequence: UInt64 = 0
         while !stopping && !Task.isCancelled {
+            if shared.withLock({ $0.renewing.contains(id) && $0.workers[id].connections == 0 }) { return true }
             sequence += 1
             let ping = withUnsafeBytes(of: sequence.littleEndian) { Array($0) }
             let sent = ContinuousClock.now
@@ -300,16 +320,17 @@ public final class WorkerPool: Sendable {
                 return first
             }
             guard answered else {
-                if stopping || Task.isCancelled { return }
+                if stopping || Task.isCancelled { return false }
                 if worker.transport.failure == nil {
                     logger.error("\(configuration.role) missed its heartbeat deadline; killing it",
                                  metadata: ["deadline": "\(configuration.heartbeatDeadline)"])
                 }
-                return
+                return false
             }
             let roundTrip = ContinuousClock.now - sent
             update(id) { $0.lastHeartbeat = roundTrip }
             try? await Task.sleep(for: configuration.heartbeatInterval)
         }
+        return false
     }
 }

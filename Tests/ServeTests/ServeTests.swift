@@ -345,6 +345,53 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try child.wait(), .exited(0))
     }
 
+    /// SIGHUP: a rewritten credential file applies at once; workers are replaced with fresh
+    /// ones as their clients leave (not counted as restarts); an open session stays.
+    func testReloadReplacesCredentialAndRenewsWorkers() throws {
+        let server = try ServedCloister.start(workers: 2, credentialInFile: true)
+        let session = try attached(server)
+        try session.input("echo before-$((1+1))\r")
+        try session.readOutput { $0.contains("before-2") }
+        let before = Set(try server.workers().compactMap { $0["pid"] as? Int })
+        XCTAssertEqual(before.count, 2)
+        let file = server.directory + "/credential"
+        try Data("tester:rotated-pass\n".utf8).write(to: URL(fileURLWithPath: file))
+        XCTAssertEqual(chmod(file, 0o600), 0)
+        XCTAssertEqual(kill(server.child.pid, SIGHUP), 0)
+        func status(_ credential: String) -> Int {
+            (try? TerminalClient.get(port: server.port, path: "/token",
+                                     headers: ["Authorization": "Basic \(TerminalClient.token(credential))"]).status) ?? -1
+        }
+        XCTAssertTrue(eventually(20) { status("tester:rotated-pass") == 200 }, server.output)
+        XCTAssertEqual(status(ServedCloister.userAndPassword), 401)
+        // The idle worker is replaced; the busy one waits for its client.
+        XCTAssertTrue(eventually(20) {
+            let pids = Set((try? server.workers().compactMap { $0["pid"] as? Int }) ?? [])
+            return pids.count == 2 && pids.subtracting(before).count == 1
+        }, server.output)
+        try session.input("echo still-$((2+2))\r")
+        try session.readOutput { $0.contains("still-4") }
+        try session.input("exit\r")
+        _ = try session.awaitClose()
+        XCTAssertTrue(eventually(20) {
+            let pids = Set((try? server.workers().compactMap { $0["pid"] as? Int }) ?? [])
+            return pids.count == 2 && pids.isDisjoint(with: before)
+        }, server.output)
+        XCTAssertEqual(try server.workers().map { $0["restarts"] as? Int }, [0, 0])
+        XCTAssertTrue(server.output.contains("worker renewed"), server.output)
+        let fresh = try TerminalClient.connect(port: server.port)
+        try fresh.authenticate(token: TerminalClient.token("tester:rotated-pass"))
+        try fresh.input("echo after-$((3+3))\r")
+        try fresh.readOutput { $0.contains("after-6") }
+        // A file others may read is refused at reload as at start; nothing changes.
+        try Data("tester:third-pass\n".utf8).write(to: URL(fileURLWithPath: file))
+        XCTAssertEqual(chmod(file, 0o644), 0)
+        XCTAssertEqual(kill(server.child.pid, SIGHUP), 0)
+        XCTAssertTrue(eventually(20) { server.output.contains("reload refused") }, server.output)
+        XCTAssertEqual(status("tester:rotated-pass"), 200)
+        XCTAssertEqual(status("tester:third-pass"), 401)
+    }
+
     /// A connection that never completes a handshake is closed after the handshake time
     /// (10 s), whether it sends nothing or dribbles a request head.
     func testIdleAndSlowHandshakesAreClosed() throws {
