@@ -297,9 +297,9 @@ public final class TerminalClient {
         return output
     }
 
-    /// Takes whatever output arrives within `seconds` and returns how many bytes that was
-    /// (for checking that output stops, e.g. while paused).
-    public func drainOutput(forSeconds seconds: Int) throws -> Int {
+    /// Takes whatever output arrives within `seconds` and returns it (for checking that
+    /// output stops, e.g. while paused).
+    public func drainOutput(forSeconds seconds: Int) throws -> [UInt8] {
         var short = timeval(tv_sec: seconds, tv_usec: 0)
         var saved = timeval()
         var length = socklen_t(MemoryLayout<timeval>.size)
@@ -313,7 +313,7 @@ public final class TerminalClient {
             take(frame)
         }
         defer { output = [] }
-        return output.count
+        return output
     }
 
     public func closeNormally() throws {
