@@ -110,12 +110,14 @@ struct EndToEndBenchmark {
         try client.input("stty -echo; echo go-$((1+1))\r")
         try client.readOutput { $0.contains("go-2") }
         let start = now()
-        try client.input("seq 1 \(lines); echo end-$((2+2))\r")
+        // The markers are computed by the shell, so neither a prompt nor an echo can match.
+        try client.input("echo start-$((1+2)); seq 1 \(lines); echo end-$((2+2))\r")
         let bytes = try client.readOutput(untilMarker: "end-4")
         let seconds = now() - start
         let text = String(decoding: bytes, as: UTF8.self)
+        guard let begin = text.range(of: "start-3") else { throw BenchFailure(description: "no start marker") }
         var expected = 1
-        for line in text.split(whereSeparator: \.isNewline) {
+        for line in text[begin.upperBound...].split(whereSeparator: \.isNewline) {
             guard let n = Int(line) else { continue }
             guard n == expected else { throw BenchFailure(description: "line \(expected) expected, \(n) arrived") }
             expected += 1
