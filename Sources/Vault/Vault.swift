@@ -37,8 +37,6 @@ public final class Vault: Sendable {
         self.title = title
     }
 
-    public var openAttachments: Int { state.withLock { $0.attachments } }
-
     /// Serves the supervisor's conversations (configuration and links) until its transport
     /// closes; each worker link is served for as long as it lasts.
     public func serve(supervisor: Transport<UInt16>) async {
@@ -172,9 +170,12 @@ public final class Vault: Sendable {
         }
         var log = logger
         log[metadataKey: "shell"] = "\(shell.pid)"
-        state.withLock { $0.attachments += 1 }
+        let open = state.withLock { s in
+            s.attachments += 1
+            return s.attachments
+        }
         defer { state.withLock { $0.attachments -= 1 } }
-        log.info("attachment started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
+        log.info("attachment started", metadata: ["columns": "\(columns)", "rows": "\(rows)", "open_attachments": "\(open)"])
         // Our own copy of the master, for resizes: NIO closes its descriptors whenever the
         // channel goes, and a resize must never reach whatever reused that number. Holding it
         // also keeps the terminal up until the attachment has finished.

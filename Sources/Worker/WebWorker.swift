@@ -29,7 +29,6 @@ public final class WebWorker: Sendable {
     let settings: Settings
     let logger: Logger
     private let vaultLink = Mutex<Transport<UInt16>?>(nil)
-    private let connections = Atomic<Int>(0)
 
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
@@ -52,12 +51,8 @@ public final class WebWorker: Sendable {
         }
     }
 
-    public var openConnections: Int { connections.load(ordering: .relaxed) }
-
     /// Serves one client socket until the connection closes. Takes ownership of `socket`.
     public func serve(client socket: SystemPackage.FileDescriptor) async {
-        connections.add(1, ordering: .relaxed)
-        defer { connections.subtract(1, ordering: .relaxed) }
         let channel: Channel
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
