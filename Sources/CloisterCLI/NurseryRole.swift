@@ -31,8 +31,10 @@ struct NurseryRole: ParsableCommand, AsyncParsableCommand {
             throw ValidationError("the command must start with an absolute path")
         }
         if chdir(identity.home) != 0 { _ = chdir("/") }
+        // The supervisor passes the nursery nothing but its LANG.
+        let inherited = getenv("LANG").map { ["LANG": String(cString: $0)] } ?? [:]
         let environment = Nursery.shellEnvironment(user: identity.user, home: identity.home, shell: identity.shell,
-                                                   inherited: [:])
+                                                   inherited: inherited)
         let nursery = Nursery(command: command, environment: environment, login: login, logger: log)
         let transport = try await Transport<UInt16>.start(
             socket: FileDescriptor(rawValue: 3), kind: .seqpacket,

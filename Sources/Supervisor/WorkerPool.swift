@@ -158,6 +158,7 @@ public final class WorkerPool: Sendable {
             if s.running[id] === worker { s.workers[id].connections -= 1 }
         }
     }
+
     public func start() {
         let tasks = (0..<configuration.count).map { id in Task { await self.keepRunning(id) } }
         shared.withLock { $0.tasks = tasks }

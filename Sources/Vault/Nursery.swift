@@ -16,6 +16,7 @@ import Glibc
 public final class Nursery: Sendable {
     public let command: [String]
     public let environment: [String: String]
+    private let login: Bool
     private let logger: Logger
 
     /// `command[0]` is the executable's absolute path; a login shell (`login: true`) gets
@@ -26,8 +27,6 @@ public final class Nursery: Sendable {
         self.login = login
         self.logger = logger
     }
-
-    private let login: Bool
 
     /// The environment a shell starts with: only what identifies the user and the terminal.
     public static func shellEnvironment(user: String, home: String, shell: String, inherited: [String: String]) -> [String: String] {

@@ -44,9 +44,9 @@ final class ServeTests: XCTestCase {
         try XCTSkipUnless(geteuid() == 0, "switching users needs root")
         let server = try ServedCloister.start(workers: 1, extra: ["--user", "nobody", "--group", "nogroup"])
         let client = try attached(server)
-        try client.input("echo \"who=$(id -u):$(id -g):$USER:$TERM.\"\r")
+        try client.input("echo \"who=$(id -u):$(id -g):$USER:$TERM:$LANG.\"\r")
         let text = try client.readOutput { $0.contains("who=6") }
-        XCTAssertTrue(text.contains("who=65534:65534:nobody:xterm-256color."), text)
+        XCTAssertTrue(text.contains("who=65534:65534:nobody:xterm-256color:C.UTF-8."), text)
     }
 
     func testOutputArrivesCompleteAndInOrder() throws {
