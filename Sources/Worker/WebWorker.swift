@@ -165,7 +165,8 @@ extension WebWorker {
             guard let auth = try? JSONDecoder().decode(AuthMessage.self, from: Data(first.bytes)) else {
                 return await close(.policy, "the first message must be ttyd's JSON")
             }
-            let columns = UInt16(clamping: max(1, auth.columns ?? 80)), rows = UInt16(clamping: max(1, auth.rows ?? 24))
+            // The same bounds as a resize.
+            let columns = UInt16(min(9999, max(1, auth.columns ?? 80))), rows = UInt16(min(9999, max(1, auth.rows ?? 24)))
             guard let vault = self.vault, let circuit = try? vault.open() else {
                 return await close(.internalError, "no terminal service")
             }
