@@ -1,5 +1,5 @@
 /// A minimal terminal page speaking ttyd's protocol: enough to use a shell from a browser.
-/// ttyd's own web client works unchanged against `/token` and `/ws` as well.
+/// ttyd's own web client speaks the same protocol against `/token` and `/ws`.
 enum Page {
     static let html = """
     <!doctype html>
