@@ -29,7 +29,11 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(client.title, "cloister")
         try client.input("stty size\r")
         try client.readOutput { $0.contains("24 80") }
+        // The resize reaches the terminal (stty) and its foreground job is told (SIGWINCH).
+        try client.input("sh -c 'trap \"echo winch-$((7*6)); exit\" WINCH; echo armed-$((1+1)); while :; do sleep 0.1; done'\r")
+        try client.readOutput { $0.contains("armed-2") }
         try client.resize(columns: 120, rows: 40)
+        try client.readOutput { $0.contains("winch-42") }
         try client.input("stty size\r")
         try client.readOutput { $0.contains("40 120") }
         try client.input("exit 7\r")
@@ -179,6 +183,9 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(kill(shell, 0), 0)
         client = nil  // closes the socket
         XCTAssertTrue(eventually(10) { kill(shell, 0) != 0 && errno == ESRCH }, "the shell \(shell) should be gone")
+        // Hung up: the nursery reaped it killed by SIGHUP.
+        XCTAssertTrue(eventually(10) { server.output.contains("exit=signal \(SIGHUP) pid=") && server.output.contains("shell=\(shell)") },
+                      server.output)
         XCTAssertTrue(eventually(10) { (try? server.workers().first?["connections"] as? Int) == 0 })
     }
 
