@@ -18,9 +18,9 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve terminals over WebSocket (ttyd's protocol) through sandboxed workers.",
         discussion: """
-        Bad options or configuration print one line naming the option and exit with status 2,
-        before anything is started. SIGTERM and SIGINT drain: no new clients, open ones get
-        --drain-timeout seconds, then every process is stopped and reaped. SIGHUP re-reads the
+        Bad options or configuration print one line naming the option and exit with status 2, \
+        before anything is started. SIGTERM and SIGINT drain: no new clients, open ones get \
+        --drain-timeout seconds, then every process is stopped and reaped. SIGHUP re-reads the \
         credential file and renews the workers as their clients leave.
         """)
 
