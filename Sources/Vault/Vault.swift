@@ -204,8 +204,8 @@ public final class Vault: Sendable {
             log.error("attachment failed", metadata: ["error": "\(error)"])
             ending = .clientLeft
         }
-        // Both copies of the master are closed now or at return; the kernel hangs up the
-        // terminal, and the shell's session gets SIGHUP if it is still there.
+        // The channel has closed its copies; closing ours, the last, hangs up the terminal,
+        // and the shell's session gets SIGHUP if it is still there.
         try? master.close()
         let exit = await Self.exitStatus(of: shell.conversation)
         log.info("attachment ended", metadata: [
