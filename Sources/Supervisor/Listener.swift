@@ -79,12 +79,8 @@ public final class Listener: Sendable {
             close(fd)
             throw failure
         }
-        var storage = sockaddr_in6()
-        var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        let actual = UInt16(bigEndian: storage.sin6_port)  // same offset in sockaddr_in
         descriptor = FileDescriptor(rawValue: fd)
-        address = family == AF_INET6 ? "[\(host)]:\(actual)" : "\(host):\(actual)"
+        address = Self.boundAddress(fd) ?? text
     }
 
     /// Takes over a listening TCP socket this process inherited (systemd socket activation),
@@ -103,37 +99,26 @@ public final class Listener: Sendable {
         guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else {
             throw Failure(address: name, call: "fcntl(F_SETFD)", errno: Errno(rawValue: errno))
         }
-        var storage = sockaddr_storage()
-        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) } }
         descriptor = FileDescriptor(rawValue: fd)
-        address = Self.describe(storage) ?? name
+        address = Self.boundAddress(fd) ?? name
     }
 
-    /// "host:port" of an IPv4 or IPv6 socket address.
-    static func describe(_ storage: sockaddr_storage) -> String? {
-        var copy = storage
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            return withUnsafePointer(to: &copy) {
-                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { v4 in
-                    var addr = v4.pointee.sin_addr
-                    inet_ntop(AF_INET, &addr, &text, socklen_t(text.count))
-                    return "\(String(cString: text)):\(UInt16(bigEndian: v4.pointee.sin_port))"
-                }
+    /// "host:port" ("[host]:port" for IPv6) of the address a socket is bound to, as the
+    /// kernel reports it (so port 0 shows the port chosen).
+    static func boundAddress(_ fd: Int32) -> String? {
+        var storage = sockaddr_storage()
+        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { address -> Int32 in
+                guard getsockname(fd, address, &size) == 0 else { return -1 }
+                return getnameinfo(address, size, &host, socklen_t(host.count), &port, socklen_t(port.count),
+                                   NI_NUMERICHOST | NI_NUMERICSERV)
             }
-        case AF_INET6:
-            return withUnsafePointer(to: &copy) {
-                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { v6 in
-                    var addr = v6.pointee.sin6_addr
-                    inet_ntop(AF_INET6, &addr, &text, socklen_t(text.count))
-                    return "[\(String(cString: text))]:\(UInt16(bigEndian: v6.pointee.sin6_port))"
-                }
-            }
-        default:
-            return nil
         }
+        guard rc == 0 else { return nil }
+        let name = String(cString: host)
+        return Int32(storage.ss_family) == AF_INET6 ? "[\(name)]:\(String(cString: port))" : "\(name):\(String(cString: port))"
     }
 
     /// The listening sockets systemd passed (LISTEN_PID is this process, LISTEN_FDS of them

@@ -81,25 +81,14 @@ final class SandboxProcessTests: XCTestCase {
     func testConnectToLoopbackListenerIsKilled() throws {
         // A listener the probe would reach, and an unconnected socket made for it here
         // (it cannot make one itself).
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (listener, port) = loopbackListener(backlog: 1)
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                XCTAssertEqual(bind(listener, $0, length), 0)
-                XCTAssertEqual(getsockname(listener, $0, &length), 0)
-            }
-        }
-        XCTAssertEqual(listen(listener, 1), 0)
         let unconnected = FileDescriptor(rawValue: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
         defer { try? unconnected.close() }
         let devNull = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
         defer { try? devNull.close() }
         let outcome = try probe("connect", descriptors: [devNull, devNull, unconnected],
-                                extraArguments: ["--port", "\(UInt16(bigEndian: address.sin_port))"])
+                                extraArguments: ["--port", "\(port)"])
         XCTAssertEqual(outcome.termination, .signaled(SIGSYS), outcome.output)
     }
 
