@@ -275,11 +275,3 @@ int cloister_set_window_size(int fd, unsigned short rows, unsigned short cols) {
     struct winsize size = { .ws_row = rows, .ws_col = cols };
     return ioctl(fd, TIOCSWINSZ, &size);
 }
-
-int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols) {
-    struct winsize size;
-    if (ioctl(fd, TIOCGWINSZ, &size) != 0) return -1;
-    *rows = size.ws_row;
-    *cols = size.ws_col;
-    return 0;
-}

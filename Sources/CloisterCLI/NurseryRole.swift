@@ -56,19 +56,12 @@ struct NurseryRole: ParsableCommand, AsyncParsableCommand {
                 gid = g.pointee.gr_gid
             }
             let uid = entry.pointee.pw_uid
-            guard initgroups(user, gid) == 0 else { throw Failure("initgroups", errno) }
-            guard cloister_setresgid(gid) == 0 else { throw Failure("setresgid", errno) }
-            guard cloister_setresuid(uid) == 0 else { throw Failure("setresuid", errno) }
+            guard initgroups(user, gid) == 0 else { throw SystemCallError(call: "initgroups", errno: Errno(rawValue: errno)) }
+            guard cloister_setresgid(gid) == 0 else { throw SystemCallError(call: "setresgid", errno: Errno(rawValue: errno)) }
+            guard cloister_setresuid(uid) == 0 else { throw SystemCallError(call: "setresuid", errno: Errno(rawValue: errno)) }
         }
-        guard let me = getpwuid(geteuid()) else { throw Failure("getpwuid", errno) }
+        guard let me = getpwuid(geteuid()) else { throw SystemCallError(call: "getpwuid", errno: Errno(rawValue: errno)) }
         return Identity(user: String(cString: me.pointee.pw_name), home: String(cString: me.pointee.pw_dir),
                         shell: String(cString: me.pointee.pw_shell))
-    }
-
-    struct Failure: Error, CustomStringConvertible {
-        var call: String
-        var code: Int32
-        init(_ call: String, _ code: Int32) { self.call = call; self.code = code }
-        var description: String { "\(call): \(Errno(rawValue: code)) (errno \(code))" }
     }
 }

@@ -114,12 +114,6 @@ public final class ChildProcess: Sendable {
         guard kill(pid, signal) == 0 else { throw SpawnError(call: "kill", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
     }
 
-    /// Sends `signal` to the child's whole process group (a terminal session's shell and the
-    /// jobs it started in its own group are reached through the terminal instead).
-    public func signalGroup(_ signal: Int32) throws(SpawnError) {
-        guard kill(-pid, signal) == 0 else { throw SpawnError(call: "kill", errno: Errno(rawValue: errno), executable: "group \(pid)") }
-    }
-
     /// Waits for the child to end and reaps it. Blocks the calling thread.
     public func wait() throws(SpawnError) -> Termination {
         var status: Int32 = 0

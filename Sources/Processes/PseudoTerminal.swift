@@ -36,12 +36,4 @@ public struct PseudoTerminal: Sendable {
             throw Failure(call: "ioctl(TIOCSWINSZ)", errno: Errno(rawValue: errno))
         }
     }
-
-    public static func size(_ fd: FileDescriptor) throws(Failure) -> (rows: UInt16, columns: UInt16) {
-        var rows: UInt16 = 0, columns: UInt16 = 0
-        guard cloister_get_window_size(fd.rawValue, &rows, &columns) == 0 else {
-            throw Failure(call: "ioctl(TIOCGWINSZ)", errno: Errno(rawValue: errno))
-        }
-        return (rows, columns)
-    }
 }

@@ -73,28 +73,19 @@ public final class TerminalClient {
     /// One HTTP/1.1 request on a new connection (closed afterwards).
     public static func get(port: UInt16, path: String, headers: [String: String] = [:], host: String = "127.0.0.1",
                            rawHead: String? = nil) throws -> Response {
-        let fd = try tcp(host: host, port: port)
-        defer { close(fd) }
+        let client = TerminalClient(socket: try tcp(host: host, port: port))
         var head = rawHead ?? "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n"
         if rawHead == nil {
             for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
             head += "\r\n"
         }
-        try writeAll(fd, Array(head.utf8))
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &chunk, chunk.count)
-            if n <= 0 { break }
-            bytes += chunk[..<n]
-        }
-        var client = TerminalClient(socket: dup(fd))
-        client.buffer = bytes
+        try writeAll(client.socket, Array(head.utf8))
         let (status, parsed) = try client.readHead()
-        let length = parsed.first { $0.0.lowercased() == "content-length" }.flatMap { Int($0.1) } ?? client.buffer.count
-        let body = Array(client.buffer.prefix(length))
-        client = TerminalClient(socket: -1)
-        return Response(status: status, headers: parsed, body: body)
+        let length = parsed.first { $0.0.lowercased() == "content-length" }.flatMap { Int($0.1) }
+        while length.map({ client.buffer.count < $0 }) ?? true {
+            guard try client.fill() else { break }
+        }
+        return Response(status: status, headers: parsed, body: Array(client.buffer.prefix(length ?? client.buffer.count)))
     }
 
     /// Opens a WebSocket to `path` with ttyd's subprotocol; throws `Failure` carrying the
@@ -284,17 +275,6 @@ public final class TerminalClient {
             if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
             take(frame)
         }
-    }
-
-    /// Reads output until at least `count` bytes arrived; returns them all.
-    public func readOutputBytes(atLeast count: Int) throws -> [UInt8] {
-        while output.count < count {
-            let frame = try receiveFrame()
-            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
-            take(frame)
-        }
-        defer { output = [] }
-        return output
     }
 
     /// Takes whatever output arrives within `seconds` and returns it (for checking that

@@ -184,7 +184,7 @@ public final class Vault: Sendable {
         do {
             try await circuit.send(RoleMessage.accepted(title: title).encoded)
             let channelFD = dup(master.rawValue)
-            guard channelFD >= 0 else { throw VaultError.system("dup", errno) }
+            guard channelFD >= 0 else { throw SystemCallError(call: "dup", errno: Errno(rawValue: errno)) }
             let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
             do {
                 channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -271,7 +271,7 @@ public final class Vault: Sendable {
                 return nil
             }
             group.addTask {
-                await Wait.sleep(milliseconds: 2000)
+                await Wait.sleep(for: .seconds(2))
                 return nil
             }
             let first = await group.next() ?? nil
@@ -284,10 +284,8 @@ public final class Vault: Sendable {
 public enum VaultError: Error, CustomStringConvertible {
     case noNursery
     case nursery(String)
-    case system(String, Int32)
     public var description: String {
         switch self {
-        case .system(let call, let code): return "\(call): \(Errno(rawValue: code)) (errno \(code))"
         case .noNursery: return "no nursery is linked"
         case .nursery(let reason): return "the nursery refused: \(reason)"
         }
@@ -308,10 +306,7 @@ final class FailureThrottle: Sendable {
             next = slot + interval
             return slot
         }
-        let delay = slot - now
-        if delay > .zero {
-            await Wait.sleep(milliseconds: Int64(delay.components.seconds * 1000 + delay.components.attoseconds / 1_000_000_000_000_000))
-        }
+        if slot > now { await Wait.sleep(for: slot - now) }
     }
 }
 
@@ -344,10 +339,10 @@ final class PauseGate: Sendable {
 /// Timers for sandboxed roles: `Task.sleep` goes through libdispatch, whose Linux pool
 /// monitor cannot run in a sandbox; NIO's event loop schedules the wake-up instead.
 public enum Wait {
-    public static func sleep(milliseconds: Int64) async {
+    public static func sleep(for duration: Duration) async {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let promise = loop.makePromise(of: Void.self)
-        let task = loop.scheduleTask(in: .milliseconds(milliseconds)) { promise.succeed() }
+        let task = loop.scheduleTask(in: TimeAmount(duration)) { promise.succeed() }
         await withTaskCancellationHandler {
             try? await promise.futureResult.get()
         } onCancel: {
