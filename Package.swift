@@ -116,8 +116,9 @@ let package = Package(
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
-                "Supervisor", "Sandbox", "Circuits", "Processes", "TestSupport",
+                "Supervisor", "Sandbox", "Circuits", "Processes", "TestSupport", "RoleProtocol", "Vault",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
     ],
     swiftLanguageModes: [.v6]

@@ -299,20 +299,8 @@ final class ServeTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(atPath: directory) }
         // The listening socket systemd would own.
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let (listener, port) = loopbackListener()
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                XCTAssertEqual(bind(listener, $0, length), 0)
-                XCTAssertEqual(getsockname(listener, $0, &length), 0)
-            }
-        }
-        XCTAssertEqual(listen(listener, 16), 0)
-        let port = UInt16(bigEndian: address.sin_port)
         // The notification socket systemd would read.
         let notifyPath = directory + "/notify"
         let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -469,9 +457,10 @@ final class ServeTests: XCTestCase {
             (["--bogus"], "--bogus"),
             (["--", "/no/such/shell"], "command"),
         ]
+        let control = NSTemporaryDirectory() + "cloister-unused-\(getpid()).sock"
         for (arguments, option) in cases {
             let pipe = try makePipe()
-            let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["serve", "--control-socket", "/tmp/unused-\(getpid()).sock",
+            let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["serve", "--control-socket", control,
                                                                                "--policy-dir", packageRoot + "/policies"] + arguments,
                                                output: pipe.write)
             try pipe.write.close()
@@ -481,6 +470,9 @@ final class ServeTests: XCTestCase {
             let lines = text.split(separator: "\n")
             XCTAssertFalse(lines.isEmpty)
             XCTAssertTrue(lines.first?.contains(option) == true, "\(arguments): \(text)")
+            // Nothing started: no control socket, no role (each would have logged here).
+            XCTAssertFalse(FileManager.default.fileExists(atPath: control), "\(arguments)")
+            XCTAssertFalse(text.contains("sandbox entered") || text.contains("listening"), "\(arguments): \(text)")
         }
     }
 }
