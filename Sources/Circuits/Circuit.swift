@@ -67,9 +67,7 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
         if !(try core.reserve(conversation, length: payload.count, descriptors: descriptors.count, end: end)) {
             try await core.acquire(conversation, length: payload.count, descriptors: descriptors.count, end: end)
         }
-        try payload.withUnsafeBytes { bytes in
-            try core.write(conversation, payload: bytes, descriptors: descriptors, end: end)
-        }
+        try await core.write(conversation, payload: payload, descriptors: descriptors, end: end)
     }
 
     /// The next message. After the peer's end message has been returned, throws

@@ -20,141 +20,12 @@ struct FrameLimits {
     var maxPayload: Int
     var maxDescriptors: Int
     var headerSize: Int { FrameHeader.size(idBytes: idBytes) }
-}
 
-/// Writes frames to the transport's socket from any thread. The descriptor is closed only
-/// once no write is in flight and the reader has stopped, so a number can never be reused
-/// under a writer's feet.
-final class FrameWriter: Sendable {
-    let kind: TransportKind
-    let idBytes: Int
-    private struct Use {
-        var fd: FileDescriptor?
-        var users = 0
-        var closing = false
-    }
-    private let use: Mutex<Use>
-    /// Serialises frames on a byte stream, where a frame may take several sendmsg calls.
-    private let streamLock = Mutex(())
-
-    init(fd: FileDescriptor, kind: TransportKind, idBytes: Int) {
-        self.kind = kind
-        self.idBytes = idBytes
-        use = Mutex(Use(fd: fd))
-    }
-
-    /// Runs `body` with the descriptor, or throws `.closed` when it is gone.
-    func withDescriptor<R>(_ body: (FileDescriptor) throws(CircuitError) -> R) throws(CircuitError) -> R {
-        let fd: FileDescriptor? = use.withLock { u in
-            guard let fd = u.fd, !u.closing else { return nil }
-            u.users += 1
-            return fd
-        }
-        guard let fd else { throw .closed }
-        defer { release() }
-        return try body(fd)
-    }
-
-    private func release() {
-        let toClose: FileDescriptor? = use.withLock { u in
-            u.users -= 1
-            guard u.closing, u.users == 0, let fd = u.fd else { return nil }
-            u.fd = nil
-            return fd
-        }
-        try? toClose?.close()
-    }
-
-    /// Wakes the reader (shutdown) without closing: the descriptor stays valid for writes in
-    /// flight, which now fail with EPIPE.
-    func shutdown() {
-        let fd = use.withLock { $0.fd }
-        if let fd { SocketCalls.shutdownBoth(fd) }
-    }
-
-    /// Closes the descriptor as soon as no write is in flight.
-    func close() {
-        let toClose: FileDescriptor? = use.withLock { u in
-            u.closing = true
-            guard u.users == 0, let fd = u.fd else { return nil }
-            u.fd = nil
-            return fd
-        }
-        if let toClose {
-            SocketCalls.shutdownBoth(toClose)
-            try? toClose.close()
-        }
-    }
-
-    /// Sends one frame. With `nonBlocking`, returns false instead of waiting when the socket
-    /// buffer is full (or another thread is mid-frame on a stream).
-    @discardableResult
-    func write(_ kind: FrameKind, circuit: UInt64, end: Bool = false, payload: UnsafeRawBufferPointer,
-               descriptors: [FileDescriptor] = [], nonBlocking: Bool = false) throws(CircuitError) -> Bool {
-        let headerSize = FrameHeader.size(idBytes: idBytes)
-        let header = FrameHeader(kind: kind, end: end, descriptorCount: descriptors.count,
-                                 length: payload.count, circuit: circuit)
-        return try withDescriptor { (fd) throws(CircuitError) -> Bool in
-            try withUnsafeTemporaryAllocation(byteCount: headerSize, alignment: 8) { (headerBuffer) throws(CircuitError) -> Bool in
-                header.encode(into: headerBuffer, idBytes: idBytes)
-                // FileDescriptor is a single CInt, so the array's storage is already what
-                // SCM_RIGHTS wants.
-                let raw = descriptors.withUnsafeBufferPointer {
-                    UnsafeRawBufferPointer($0).bindMemory(to: CInt.self)
-                }
-                switch self.kind {
-                case .seqpacket:
-                    return try Self.sendAll(fd, headerBuffer, payload, raw, stream: false, nonBlocking: nonBlocking)
-                case .stream:
-                    if nonBlocking {
-                        return try streamLock.withLockIfAvailable { _ throws(CircuitError) -> Bool in
-                            try Self.sendAll(fd, headerBuffer, payload, raw, stream: true, nonBlocking: true)
-                        } ?? false
-                    }
-                    return try streamLock.withLock { _ throws(CircuitError) -> Bool in
-                        try Self.sendAll(fd, headerBuffer, payload, raw, stream: true, nonBlocking: false)
-                    }
-                }
-            }
-        }
-    }
-
-    private static func sendAll(_ fd: FileDescriptor, _ header: UnsafeMutableRawBufferPointer,
-                                _ payload: UnsafeRawBufferPointer, _ fds: UnsafeBufferPointer<CInt>, stream: Bool,
-                                nonBlocking: Bool) throws(CircuitError) -> Bool {
-        var iov = (iovec(iov_base: header.baseAddress, iov_len: header.count),
-                   iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
-        let total = header.count + payload.count
-        var sent = 0
-        var first = true
-        while sent < total {
-            let n: Int
-            do {
-                n = try withUnsafeBytes(of: &iov) { (raw) throws(SystemCallError) -> Int in
-                    let iovs = raw.bindMemory(to: iovec.self)
-                    let start = iovs[0].iov_len == 0 ? 1 : 0
-                    return try SocketCalls.send(fd, UnsafeBufferPointer(rebasing: iovs[start...]),
-                                                descriptors: first ? fds : UnsafeBufferPointer(start: nil, count: 0),
-                                                nonBlocking: nonBlocking && first)
-                }
-            } catch where error.errno == .wouldBlock && first {
-                return false
-            } catch {
-                throw .system(error)
-            }
-            // Only a byte stream takes part of a message; continue where it stopped, and
-            // never again attach the descriptors.
-            guard stream else { return true }
-            first = false
-            sent += n
-            let fromHeader = min(n, iov.0.iov_len)
-            iov.0.iov_base = iov.0.iov_base.map { $0 + fromHeader }
-            iov.0.iov_len -= fromHeader
-            let fromPayload = n - fromHeader
-            iov.1.iov_base = iov.1.iov_base.map { $0 + fromPayload }
-            iov.1.iov_len -= fromPayload
-        }
-        return true
+    /// Descriptors one packet may carry when several frames share it: room for a batch of
+    /// single-descriptor messages, and at least one whole message. Derived from the declared
+    /// per-message limit on both ends (same build), so it needs no handshake field.
+    static func packetDescriptors(_ perMessage: Int) -> Int {
+        perMessage == 0 ? 0 : min(Int(CLOISTER_MAX_FDS_PER_MESSAGE), max(perMessage, 16))
     }
 }
 
@@ -199,7 +70,9 @@ struct FrameReader: ~Copyable {
         slots = kind == .seqpacket ? min(16, max(1, (1 << 20) / largest)) : 1
         buffer = .allocate(byteCount: slotSize * slots, alignment: 16)
         iov = .allocate(capacity: slots)
-        fdRoom = max(limits.maxDescriptors, 1)
+        // Room for one descriptor more than allowed, so that "unexpected" is told apart from
+        // "truncated" when a transport accepts none.
+        fdRoom = max(FrameLimits.packetDescriptors(limits.maxDescriptors), 1)
         fds = .allocate(capacity: slots * fdRoom)
         nfds = .allocate(capacity: slots)
         lengths = .allocate(capacity: slots)
@@ -254,31 +127,69 @@ struct FrameReader: ~Copyable {
             }
             if length == 0 && descriptors == nil { return false }
             let packet = UnsafeRawBufferPointer(start: buffer.baseAddress! + i * slotSize, count: min(length, slotSize))
-            frames.append(try Self.packetFrame(packet, fullLength: length, truncated: flags[i] & CInt(MSG_TRUNC) != 0,
-                                               descriptors: descriptors, limits: limits))
+            try Self.packetFrames(packet, fullLength: length, truncated: flags[i] & CInt(MSG_TRUNC) != 0,
+                                  descriptors: descriptors, limits: limits, into: &frames)
         }
         return true
     }
 
-    private static func packetFrame(_ packet: UnsafeRawBufferPointer, fullLength: Int, truncated: Bool,
-                                    descriptors: ReceivedDescriptors?, limits: FrameLimits) throws(CircuitError) -> Frame {
+    /// The frames of one packet: a writer packs consecutive frames into one packet when its
+    /// socket is full. Descriptors go to the frames in order, as many as each declares; the
+    /// last frame is checked against all that remain, so a single-frame packet is checked
+    /// exactly against what arrived with it.
+    private static func packetFrames(_ packet: UnsafeRawBufferPointer, fullLength: Int, truncated: Bool,
+                                     descriptors: ReceivedDescriptors?, limits: FrameLimits,
+                                     into frames: inout [Frame]) throws(CircuitError) {
         let headerSize = limits.headerSize
         guard fullLength >= headerSize else {
             throw .truncatedHeader(received: fullLength, required: headerSize)
         }
-        let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: packet[0..<headerSize]), idBytes: limits.idBytes,
-                                       maxCircuits: limits.maxCircuits, maxPayload: limits.maxPayload)
-        let actual = fullLength - headerSize
-        let limit = h.kind == .handshake ? Handshake.maxSize : limits.maxPayload
-        if truncated || actual > limit {
-            throw .oversized(length: actual, limit: limit)
+        // The packet as a whole must fit what one frame of its first kind may be.
+        let first = try decodeHeader(packet, at: 0, limits: limits)
+        let limit = first.kind == .handshake ? Handshake.maxSize : limits.maxPayload
+        if truncated || fullLength - headerSize > limit {
+            throw .oversized(length: fullLength - headerSize, limit: limit)
         }
-        guard h.length == actual else {
-            throw .lengthMismatch(declared: h.length, actual: actual)
+        // Parse and check every header before any descriptor is handed out, so that a bad
+        // frame anywhere leaves them all owned by `descriptors` (closed on the way out).
+        var headers: [(FrameHeader, Int)] = []
+        var offset = 0
+        var header = first
+        var available = descriptors?.count ?? 0
+        var counts: [Int] = []
+        while true {
+            let body = offset + headerSize
+            let remaining = fullLength - body
+            guard header.length <= remaining else {
+                throw .lengthMismatch(declared: header.length, actual: remaining)
+            }
+            let next = body + header.length
+            let isLast = next == fullLength
+            let count = isLast ? available : min(header.descriptorCount, available)
+            try checkDescriptors(header, count, limits)
+            available -= count
+            counts.append(count)
+            headers.append((header, body))
+            if isLast { break }
+            offset = next
+            guard fullLength - offset >= headerSize else {
+                throw .truncatedHeader(received: fullLength - offset, required: headerSize)
+            }
+            header = try decodeHeader(packet, at: offset, limits: limits)
         }
-        try checkDescriptors(h, descriptors, limits)
-        let payload = [UInt8](UnsafeRawBufferPointer(rebasing: packet[headerSize..<headerSize + h.length]))
-        return Frame(header: h, payload: payload, descriptors: descriptors)
+        let all = descriptors?.takeAll() ?? []
+        var used = 0
+        for ((h, body), count) in zip(headers, counts) {
+            let payload = [UInt8](UnsafeRawBufferPointer(rebasing: packet[body..<body + h.length]))
+            let mine = count == 0 ? nil : ReceivedDescriptors(all[used..<used + count].map(\.rawValue))
+            used += count
+            frames.append(Frame(header: h, payload: payload, descriptors: mine))
+        }
+    }
+
+    private static func decodeHeader(_ packet: UnsafeRawBufferPointer, at offset: Int, limits: FrameLimits) throws(CircuitError) -> FrameHeader {
+        try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: packet[offset..<offset + limits.headerSize]),
+                               idBytes: limits.idBytes, maxCircuits: limits.maxCircuits, maxPayload: limits.maxPayload)
     }
 
     private mutating func readStream(into frames: inout [Frame]) throws(CircuitError) -> Bool {
@@ -298,7 +209,7 @@ struct FrameReader: ~Copyable {
                 if h.descriptorCount > 0, let first = pending.first, first.from <= offset {
                     descriptors = pending.removeFirst().fds
                 }
-                try Self.checkDescriptors(h, descriptors, limits)
+                try Self.checkDescriptors(h, descriptors?.count ?? 0, limits)
                 let bodyStart = start + headerSize
                 let payload = [UInt8](UnsafeRawBufferPointer(rebasing: buffer[bodyStart..<bodyStart + h.length]))
                 start += headerSize + h.length
@@ -342,8 +253,7 @@ struct FrameReader: ~Copyable {
         }
     }
 
-    private static func checkDescriptors(_ h: FrameHeader, _ fds: ReceivedDescriptors?, _ limits: FrameLimits) throws(CircuitError) {
-        let count = fds?.count ?? 0
+    private static func checkDescriptors(_ h: FrameHeader, _ count: Int, _ limits: FrameLimits) throws(CircuitError) {
         if count > 0 && h.kind != .data {
             throw .unexpectedDescriptors(count: count, context: "on a \(h.kind) frame")
         }

@@ -150,8 +150,6 @@ final class TransportCore: Sendable {
         var acceptWaiter: CheckedContinuation<Void, Error>?
         var idleOwnIds = FIFO<UInt64>()
         var nextFreshId: UInt64
-        /// Grants the reader could not send without blocking; flushed by the next writer.
-        var pendingGrants: [UInt64: UInt64] = [:]
         var readerThread: pthread_t?
         /// A `close` took `readerThread` to join it: the reader closes the socket itself.
         var readerTaken = false
@@ -163,6 +161,7 @@ final class TransportCore: Sendable {
     let socket: FileDescriptor
     let state: Mutex<State>
     private let handshakeTimeout: Int
+    private let lingerMilliseconds: Int
 
     init<Id>(socket: FileDescriptor, kind: TransportKind, configuration c: TransportConfiguration<Id>) {
         let idBytes = Id.bitWidth / 8
@@ -177,6 +176,7 @@ final class TransportCore: Sendable {
         self.socket = socket
         writer = FrameWriter(fd: socket, kind: kind, idBytes: idBytes)
         handshakeTimeout = c.handshakeTimeoutMilliseconds
+        lingerMilliseconds = c.closeLingerMilliseconds
         // The first id this side owns at or above the band.
         var first = UInt64(c.reservedBand)
         if !c.side.owns(first) { first += 1 }
@@ -198,9 +198,10 @@ final class TransportCore: Sendable {
         try SocketCalls.setReceiveTimeout(socket, milliseconds: handshakeTimeout)
         // Our handshake goes out before we read theirs: a peer that rejects us then still
         // has its own handshake on the wire before it closes, so both ends name the mismatch.
+        try writer.start { [weak self] error in self?.fail(error) }
         let encoded = layout.handshake.encode()
         try encoded.withUnsafeBytes { bytes in
-            _ = try writer.write(.handshake, circuit: 0, payload: bytes)
+            try writer.submitControl(.handshake, circuit: 0, payload: bytes)
         }
         try startReader()
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
@@ -291,7 +292,7 @@ final class TransportCore: Sendable {
         }
         _ = consume reader
         fail(error)
-        writer.close()
+        writer.stop()
     }
 
     /// Marks the transport failed (first cause wins) and wakes everything that waits.
@@ -323,6 +324,11 @@ final class TransportCore: Sendable {
     }
 
     func close(error: CircuitError) {
+        // Messages already sent may still be queued in the writer: they go out first, unless
+        // the peer has stopped reading for longer than the linger.
+        if state.withLock({ $0.failure == nil && $0.readerThread != nil }) {
+            writer.drain(milliseconds: lingerMilliseconds)
+        }
         // Set first so that waiters learn the local close, not the EOF it causes.
         state.withLock { s in if s.failure == nil { s.failure = error } }
         writer.shutdown()
@@ -348,7 +354,7 @@ final class TransportCore: Sendable {
         case .cleanUp:
             // The reader never started.
             fail(error)
-            writer.close()
+            writer.stop()
         }
     }
 
@@ -383,6 +389,9 @@ final class TransportCore: Sendable {
         let peer = try Handshake.decode(frame.payload)
         try layout.handshake.check(peer: peer)
         do { try SocketCalls.setReceiveTimeout(socket, milliseconds: 0) } catch { throw .system(error) }
+        // From now on frames may share packets, within what the peer receives in one.
+        writer.setLimit(FrameWriter.PacketLimit(bytes: layout.limits.headerSize + peer.maxPayload,
+                                                descriptors: FrameLimits.packetDescriptors(peer.maxDescriptors)))
         let waiter: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
             guard s.peer == nil else { throw .malformedHandshake("second handshake") }
             s.peer = peer
@@ -427,13 +436,9 @@ final class TransportCore: Sendable {
             }
         }
         for sender in senders { sender.resume() }
-        for (id, grant) in grants {
-            // The reader must never block on a write (two readers blocked on each other's
-            // full buffers would deadlock); a grant that does not fit now waits for the next
-            // writer.
-            let sent = (try? sendGrant(grant, on: id, nonBlocking: true)) ?? false
-            if !sent { state.withLock { $0.pendingGrants[id] = grant } }
-        }
+        // Submitting never waits for the peer, so the reader cannot block here (two readers
+        // blocked on each other's full buffers would deadlock).
+        for (id, grant) in grants { try sendGrant(grant, on: id, fromReader: true) }
     }
 
     /// The counters of `id`, created on first use.
@@ -524,20 +529,11 @@ final class TransportCore: Sendable {
         return credit.granted
     }
 
-    @discardableResult
-    private func sendGrant(_ limit: UInt64, on id: UInt64, nonBlocking: Bool = false) throws(CircuitError) -> Bool {
+    private func sendGrant(_ limit: UInt64, on id: UInt64, fromReader: Bool = false) throws(CircuitError) {
         var value = limit.littleEndian
-        return try withUnsafeBytes(of: &value) { (bytes) throws(CircuitError) -> Bool in
-            try writer.write(.credit, circuit: id, payload: bytes, nonBlocking: nonBlocking)
+        try withUnsafeBytes(of: &value) { (bytes) throws(CircuitError) in
+            try writer.submitControl(.credit, circuit: id, payload: bytes, mayBlock: !fromReader)
         }
-    }
-
-    private func flushPendingGrants() throws(CircuitError) {
-        let pending: [UInt64: UInt64] = state.withLock { s in
-            defer { s.pendingGrants = [:] }
-            return s.pendingGrants
-        }
-        for (id, limit) in pending { try sendGrant(limit, on: id) }
     }
 
     // MARK: Conversations
@@ -644,19 +640,19 @@ final class TransportCore: Sendable {
         }
     }
 
-    /// Writes a message whose credit `acquire` took.
-    func write(_ conversation: Conversation, payload: UnsafeRawBufferPointer, descriptors: [FileDescriptor],
-               end: Bool) throws(CircuitError) {
+    /// Sends a message whose credit `acquire` took.
+    func write(_ conversation: Conversation, payload: [UInt8], descriptors: [FileDescriptor], end: Bool) async throws(CircuitError) {
         do {
-            try writer.write(.data, circuit: conversation.id, end: end, payload: payload, descriptors: descriptors)
+            try await writer.send(circuit: conversation.id, end: end, payload: payload, descriptors: descriptors)
         } catch {
             fail(error)
             throw error
         }
+        // Submitted frames leave in order, so a queued end counts as written: nothing this
+        // side submits later can overtake it.
         if end {
             state.withLock { endWritten(conversation, &$0) }
         }
-        if state.withLock({ !$0.pendingGrants.isEmpty }) { try flushPendingGrants() }
     }
 
     /// The next message.
@@ -727,7 +723,7 @@ final class TransportCore: Sendable {
             if let grant { try sendGrant(grant, on: conversation.id) }
             if needsEnd {
                 // A bare end needs no credit, so this never waits.
-                try writer.write(.data, circuit: conversation.id, end: true, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+                try writer.submitControl(.data, circuit: conversation.id, end: true, payload: UnsafeRawBufferPointer(start: nil, count: 0))
                 state.withLock { endWritten(conversation, &$0) }
             }
         } catch {

@@ -23,6 +23,9 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
     public var maxDescriptorsPerMessage: Int
     /// How long to wait for the peer's handshake.
     public var handshakeTimeoutMilliseconds: Int
+    /// How long `close` waits for messages still queued to be written (the peer may have
+    /// stopped reading); what is left after that is dropped.
+    public var closeLingerMilliseconds: Int
     /// The running build; both ends must match.
     public var build: String
 
@@ -32,7 +35,8 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
     public init(intent: String, side: TransportSide, maxCircuits: UInt64? = nil,
                 reservedBand: Id = 0, reserved: [Id: String] = [:], window: Int = 512 * 1024,
                 maxPayload: Int = 128 * 1024, maxDescriptorsPerMessage: Int = 4,
-                handshakeTimeoutMilliseconds: Int = 5000, build: String = BuildID.current) {
+                handshakeTimeoutMilliseconds: Int = 5000, closeLingerMilliseconds: Int = 2000,
+                build: String = BuildID.current) {
         self.intent = intent
         self.side = side
         self.maxCircuits = maxCircuits ?? (Id.bitWidth >= 64 ? UInt64.max : UInt64(1) << Id.bitWidth)
@@ -42,6 +46,7 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
         self.maxPayload = maxPayload
         self.maxDescriptorsPerMessage = maxDescriptorsPerMessage
         self.handshakeTimeoutMilliseconds = handshakeTimeoutMilliseconds
+        self.closeLingerMilliseconds = closeLingerMilliseconds
         self.build = build
     }
 
@@ -65,6 +70,8 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
             try fail("reserved circuit \(id) lies outside the reserved band 0..<\(reservedBand)")
         }
         if maxPayload < 0 || maxPayload > Int(UInt32.max) { try fail("maxPayload \(maxPayload) out of range") }
+        if handshakeTimeoutMilliseconds <= 0 { try fail("handshake timeout \(handshakeTimeoutMilliseconds) ms must be positive") }
+        if closeLingerMilliseconds < 0 { try fail("close linger \(closeLingerMilliseconds) ms must not be negative") }
         if maxDescriptorsPerMessage < 0 || maxDescriptorsPerMessage > 253 {
             try fail("maxDescriptorsPerMessage \(maxDescriptorsPerMessage) must be in 0...253 (SCM_MAX_FD)")
         }

@@ -30,15 +30,20 @@ func transportPair(_ kind: TransportKind, opener: TransportConfiguration<UInt16>
 final class RawPeer {
     let fd: FileDescriptor
     let kind: TransportKind
-    let writer: FrameWriter
+    private var closed = false
 
     init(fd: FileDescriptor, kind: TransportKind) {
         self.fd = fd
         self.kind = kind
-        writer = FrameWriter(fd: fd, kind: kind, idBytes: 2)
     }
 
-    deinit { writer.close() }
+    deinit { close() }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        try? fd.close()
+    }
 
     /// Ends this side's sending (shutdown SHUT_WR) without resetting the connection.
     func finish() { _ = shutdown(fd.rawValue, CInt(SHUT_WR)) }
@@ -49,14 +54,18 @@ final class RawPeer {
                           reserved: Dictionary(uniqueKeysWithValues: config.reserved.map { (UInt64($0.key), $0.value) }),
                           window: UInt64(config.window), maxPayload: config.maxPayload,
                           maxDescriptors: config.maxDescriptorsPerMessage)
-        try h.encode().withUnsafeBytes { _ = try writer.write(.handshake, circuit: 0, payload: $0) }
+        try frame(.handshake, circuit: 0, payload: h.encode())
     }
 
     func frame(_ kind: FrameKind, circuit: UInt64, end: Bool = false, payload: [UInt8] = [],
                descriptors: [FileDescriptor] = []) throws {
-        try payload.withUnsafeBytes {
-            _ = try writer.write(kind, circuit: circuit, end: end, payload: $0, descriptors: descriptors)
+        // One frame per sendmsg, as its own packet on a seqpacket socket.
+        var header = [UInt8](repeating: 0, count: FrameHeader.size(idBytes: 2))
+        header.withUnsafeMutableBytes {
+            FrameHeader(kind: kind, end: end, descriptorCount: descriptors.count, length: payload.count, circuit: circuit)
+                .encode(into: $0, idBytes: 2)
         }
+        try raw(header + payload, descriptors: descriptors)
     }
 
     /// Raw bytes with optional descriptors, bypassing the frame encoder.
