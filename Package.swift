@@ -30,6 +30,12 @@ let package = Package(
             dependencies: [
                 "CShim",
                 .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: [
+                // Every mutable class property here is guarded by a lock; the run-time
+                // exclusivity check costs several percent of the per-message path in the
+                // circuits benchmark. Debug builds (the tests) keep the check.
+                .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
             ]),
         .target(
             name: "Sandbox",

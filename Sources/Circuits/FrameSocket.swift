@@ -58,6 +58,8 @@ struct FrameReader: ~Copyable {
     /// earlier bytes without descriptors in front of it. So the set belongs to the frame that
     /// declares descriptors and starts inside that range.
     private var offset: UInt64 = 0
+    /// recvmmsg packets / stream recv calls so far.
+    private(set) var reads = 0
     private var pending: [(from: UInt64, to: UInt64, fds: ReceivedDescriptors)] = []
 
     init(fd: FileDescriptor, kind: TransportKind, limits: FrameLimits) {
@@ -104,7 +106,7 @@ struct FrameReader: ~Copyable {
         return try readPackets(into: &frames, wait: false)
     }
 
-    private func readPackets(into frames: inout [Frame], wait: Bool) throws(CircuitError) -> Bool? {
+    private mutating func readPackets(into frames: inout [Frame], wait: Bool) throws(CircuitError) -> Bool? {
         for i in 0..<slots {
             iov[i] = iovec(iov_base: buffer.baseAddress! + i * slotSize, iov_len: slotSize)
         }
@@ -112,6 +114,7 @@ struct FrameReader: ~Copyable {
                                       UInt32(fdRoom), nfds.baseAddress, lengths.baseAddress, flags.baseAddress, wait ? 0 : 1)
         if n < 0 && !wait && (errno == EAGAIN || errno == EWOULDBLOCK) { return nil }
         guard n >= 0 else { throw .system(SystemCallError(call: "recvmmsg", errno: Errno(rawValue: errno))) }
+        reads += Int(n)
         // Own every descriptor of the batch before looking at any packet, so an error in one
         // packet still closes those of the others.
         let owned: [ReceivedDescriptors?] = (0..<Int(n)).map { i in
@@ -240,6 +243,7 @@ struct FrameReader: ~Copyable {
                 let from = offset + UInt64(end - start)
                 pending.append((from, from + UInt64(received.count), descriptors))
             }
+            reads += 1
             if received.count == 0 {
                 let left = end - start
                 if left == 0 && descriptors == nil { return false }

@@ -76,8 +76,8 @@ final class FrameWriter: @unchecked Sendable {
         var writing = false
         /// Senders writing a frame alongside the queue (packet sockets only).
         var alongside = 0
-        /// Data frames queued per circuit id: a circuit with none may write alongside.
-        var queuedFrames: [UInt64: Int] = [:]
+        /// A queued packet being written (its frames still count as queued).
+        var inFlight: Packet?
         /// The writer thread waits without a deadline: a new entry must wake it.
         var writerSleeping = false
         var drainWaiters = 0
@@ -89,13 +89,22 @@ final class FrameWriter: @unchecked Sendable {
         var spare: [[UInt8]] = []
         var thread: pthread_t?
         var onFailure: (@Sendable (CircuitError) -> Void)?
+        /// Frames submitted, and sendmsg calls that sent something.
+        var frames = 0
+        var writes = 0
         var idle: Bool { entries.isEmpty && !writing }
     }
 
     let kind: TransportKind
     let idBytes: Int
     private let lock = ConditionLock()
-    private var s: State
+    /// Behind a pointer: a stored property of a class is checked for exclusive access at run
+    /// time on every use, which the lock already guarantees.
+    private let storage: UnsafeMutablePointer<State>
+    private var s: State {
+        unsafeAddress { UnsafePointer(storage) }
+        unsafeMutableAddress { storage }
+    }
     /// When the last frame was submitted (monotonic nanoseconds). Written under the lock;
     /// the writer thread reads it without, so that watching a burst never holds up a sender.
     private let lastSubmit = Atomic<UInt64>(0)
@@ -112,7 +121,13 @@ final class FrameWriter: @unchecked Sendable {
     init(fd: FileDescriptor, kind: TransportKind, idBytes: Int) {
         self.kind = kind
         self.idBytes = idBytes
-        s = State(fd: fd)
+        storage = .allocate(capacity: 1)
+        storage.initialize(to: State(fd: fd))
+    }
+
+    deinit {
+        storage.deinitialize(count: 1)
+        storage.deallocate()
     }
 
     /// Starts the writer thread. `onFailure` learns of a failed write of a queued frame,
@@ -133,6 +148,9 @@ final class FrameWriter: @unchecked Sendable {
         }
         lock.withLock { s.thread = thread }
     }
+
+    /// Frames submitted and writes (sendmsg calls) that carried them so far.
+    var counts: (frames: Int, writes: Int) { lock.withLock { (s.frames, s.writes) } }
 
     /// The peer's limits are known: frames may share packets from now on.
     func setLimit(_ limit: PacketLimit) {
@@ -155,6 +173,7 @@ final class FrameWriter: @unchecked Sendable {
                 try lock.withLock { () throws(CircuitError) -> Plan in
                     let fd = try usableDescriptor()
                     let corked = noteSubmission()
+                    s.frames += 1
                     if isSmall(h.count + p.count, descriptors.count) {
                         if s.idle && !corked {
                             s.writing = true
@@ -171,7 +190,7 @@ final class FrameWriter: @unchecked Sendable {
                     // protocol relies on is within a circuit id (a conversation's frames,
                     // then its end, then the next conversation's). Large frames thus cost
                     // no copy and no hand-off, and several may wait in sendmsg at once.
-                    if kind == .seqpacket && s.queuedFrames[circuit] == nil {
+                    if kind == .seqpacket && !hasQueuedFrame(on: circuit) {
                         s.alongside += 1
                         return .alongside(fd)
                     }
@@ -197,6 +216,7 @@ final class FrameWriter: @unchecked Sendable {
                 }
                 let stopped = lock.withLock {
                     s.alongside -= 1
+                    if case .success = result { s.writes += 1 }
                     return s.stopping
                 }
                 if case .failure(let error) = result {
@@ -237,6 +257,7 @@ final class FrameWriter: @unchecked Sendable {
             try lock.withLock { () throws(CircuitError) -> FileDescriptor? in
                 let fd = try usableDescriptor()
                 let corked = noteSubmission()
+                s.frames += 1
                 if s.idle && !corked {
                     s.writing = true
                     return fd
@@ -340,6 +361,7 @@ final class FrameWriter: @unchecked Sendable {
             fail(error, releasing: true)
             throw error
         }
+        if case .success(_?) = result { lock.withLock { s.writes += 1 } }
         flushCompletePackets(releasing: true, mayBlock: mayBlock)
     }
 
@@ -398,14 +420,22 @@ final class FrameWriter: @unchecked Sendable {
         packet.bytes.append(contentsOf: header)
         packet.bytes.append(contentsOf: payload)
         if !duplicates.isEmpty { packet.descriptors += duplicates }
-        if let circuit {
-            packet.circuits.append(circuit)
-            s.queuedFrames[circuit, default: 0] += 1
-        }
+        if let circuit { packet.circuits.append(circuit) }
         s.queuedBytes += size
         s.queuedDescriptors += duplicates.count
         wakeWriterIfSleeping()
         return .queued
+    }
+
+    /// Whether a data frame of `circuit` is queued or being written from the queue (lock
+    /// held). A scan, not a count per circuit: it is needed only for large frames, and only
+    /// while something is queued.
+    private func hasQueuedFrame(on circuit: UInt64) -> Bool {
+        if let packet = s.inFlight, packet.circuits.contains(circuit) { return true }
+        return s.entries.contains { entry in
+            if case .packet(let packet) = entry { return packet.circuits.contains(circuit) }
+            return false
+        }
     }
 
     /// Whether a frame of `size` bytes and `descriptors` descriptors may join `packet`.
@@ -447,6 +477,7 @@ final class FrameWriter: @unchecked Sendable {
             }
             s.entries.removeFirst()
             s.writing = true
+            s.inFlight = packet
             s.queuedBytes -= packet.bytes.count
             s.queuedDescriptors -= packet.descriptors.count
             return .write(packet, fd)
@@ -511,12 +542,10 @@ final class FrameWriter: @unchecked Sendable {
         }
         let (room, stopped): ([CheckedContinuation<Void, Never>], Bool) = lock.withLock {
             s.writing = false
+            s.inFlight = nil
+            s.writes += 1
             if s.spare.count < 4 { s.spare.append(buffer) }
-            for circuit in packet.circuits {
-                // Absent when a stop emptied the queue meanwhile.
-                guard let count = s.queuedFrames[circuit] else { continue }
-                s.queuedFrames[circuit] = count == 1 ? nil : count - 1
-            }
+            if s.idle && s.drainWaiters > 0 { lock.broadcast() }
             guard hasRoom else { return ([], s.stopping) }
             defer { s.roomWaiters = [] }
             return (s.roomWaiters, s.stopping)
@@ -529,7 +558,10 @@ final class FrameWriter: @unchecked Sendable {
     /// waiter released. With `releasing`, this thread owned the socket.
     private func fail(_ error: CircuitError, releasing: Bool) {
         let (dropped, turns, room, report) = lock.withLock {
-            if releasing { s.writing = false }
+            if releasing {
+                s.writing = false
+                s.inFlight = nil
+            }
             if s.failure == nil { s.failure = error }
             return takeEverything()
         }
@@ -552,7 +584,6 @@ final class FrameWriter: @unchecked Sendable {
         s.entries = []
         s.queuedBytes = 0
         s.queuedDescriptors = 0
-        s.queuedFrames = [:]
         let room = s.roomWaiters
         s.roomWaiters = []
         lock.broadcast()

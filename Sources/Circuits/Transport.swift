@@ -75,6 +75,16 @@ public final class Transport<Id: FixedWidthInteger & UnsignedInteger & Sendable>
     /// has stopped.
     public func close() { core.close(error: .closed) }
 
+    /// What has crossed the socket so far: frames (messages, credit grants, handshakes) and
+    /// the writes and reads that carried them. Small frames that follow each other share a
+    /// packet, so a busy transport shows fewer writes than frames.
+    public var statistics: TransportStatistics {
+        let (frames, writes) = core.writer.counts
+        return TransportStatistics(framesSent: frames, writes: writes,
+                                   framesReceived: core.framesReceived.load(ordering: .relaxed),
+                                   reads: core.reads.load(ordering: .relaxed))
+    }
+
     /// Number of circuits currently busy (reserved ones excluded).
     public var busyCircuits: Int {
         core.state.withLock { s in s.conversations.values.filter { !$0.reserved }.count }
@@ -127,6 +137,16 @@ final class Credit: @unchecked Sendable {
     }
 }
 
+/// Counters of one transport's traffic (see `Transport.statistics`).
+public struct TransportStatistics: Sendable, Equatable {
+    public var framesSent: Int
+    /// sendmsg calls (packets on a packet socket).
+    public var writes: Int
+    public var framesReceived: Int
+    /// Packets received (recv calls on a stream).
+    public var reads: Int
+}
+
 final class TransportCore: Sendable {
     struct Layout {
         var idBytes: Int
@@ -160,6 +180,8 @@ final class TransportCore: Sendable {
     let kind: TransportKind
     let socket: FileDescriptor
     let state: Mutex<State>
+    let framesReceived = Atomic<Int>(0)
+    let reads = Atomic<Int>(0)
     private let handshakeTimeout: Int
     private let lingerMilliseconds: Int
 
@@ -270,6 +292,8 @@ final class TransportCore: Sendable {
                     bytes += frames.reduce(0) { $0 + $1.payload.count }
                     try dispatchBatch(frames, handshakeDone: &handshakeDone, wakes: &wakes)
                 }
+                framesReceived.add(taken, ordering: .relaxed)
+                reads.store(reader.reads, ordering: .relaxed)
                 for w in wakes { w.resume() }
                 wakes.removeAll(keepingCapacity: true)
                 if !more {
@@ -296,6 +320,8 @@ final class TransportCore: Sendable {
     }
 
     /// Marks the transport failed (first cause wins) and wakes everything that waits.
+    /// What arrived before a clean end of file stays readable (a peer may send its last
+    /// words and exit) until the transport is closed here; any other failure drops it at once.
     func fail(_ error: CircuitError) {
         var dropped: [Message] = []
         var waiters: [CheckedContinuation<Void, Error>] = []
@@ -307,9 +333,8 @@ final class TransportCore: Sendable {
             if let w = s.acceptWaiter { waiters.append(w); s.acceptWaiter = nil }
             for conversation in s.conversations.values {
                 if let w = conversation.waiter { waiters.append(w); conversation.waiter = nil }
-                dropped += conversation.queue.removeAll()
             }
-            for incoming in s.incoming.removeAll() { dropped += incoming.queue.removeAll() }
+            if cause != .peerClosed { dropped = dropQueued(&s) }
             for credit in s.credits.values {
                 waiters += credit.senders
                 credit.senders = []
@@ -321,6 +346,14 @@ final class TransportCore: Sendable {
         for w in waiters { w.resume(throwing: cause) }
         for w in closeWaiters { w.resume(returning: cause) }
         dropped.removeAll()  // closes their descriptors
+    }
+
+    /// Takes every queued message out (lock held), for the caller to drop outside the lock.
+    private func dropQueued(_ s: inout State) -> [Message] {
+        var dropped: [Message] = []
+        for conversation in s.conversations.values { dropped += conversation.queue.removeAll() }
+        for incoming in s.incoming.removeAll() { dropped += incoming.queue.removeAll() }
+        return dropped
     }
 
     func close(error: CircuitError) {
@@ -349,6 +382,9 @@ final class TransportCore: Sendable {
             } else {
                 pthread_join(thread, nil)
             }
+            // Kept after the peer's end of file until now.
+            var dropped = state.withLock { dropQueued(&$0) }
+            dropped.removeAll()
         case .nothing:
             break
         case .cleanUp:
@@ -689,7 +725,9 @@ final class TransportCore: Sendable {
                 return nil
             }
             if let (batch, grant) = taken {
-                if let grant { try sendGrant(grant, on: conversation.id) }
+                // The batch is the caller's whatever happens to the grant: a failed write
+                // fails the transport (through the writer), which the next call reports.
+                if let grant, state.withLock({ $0.failure == nil }) { try? sendGrant(grant, on: conversation.id) }
                 return batch
             }
             try await suspend { (s, c) throws(CircuitError) in

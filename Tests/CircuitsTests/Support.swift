@@ -60,12 +60,19 @@ final class RawPeer {
     func frame(_ kind: FrameKind, circuit: UInt64, end: Bool = false, payload: [UInt8] = [],
                descriptors: [FileDescriptor] = []) throws {
         // One frame per sendmsg, as its own packet on a seqpacket socket.
+        try raw(encoded(kind, circuit: circuit, end: end, payload: payload, descriptorCount: descriptors.count),
+                descriptors: descriptors)
+    }
+
+    /// One encoded frame, declaring `descriptorCount` descriptors.
+    func encoded(_ kind: FrameKind, circuit: UInt64, end: Bool = false, payload: [UInt8] = [],
+                 descriptorCount: Int = 0) -> [UInt8] {
         var header = [UInt8](repeating: 0, count: FrameHeader.size(idBytes: 2))
         header.withUnsafeMutableBytes {
-            FrameHeader(kind: kind, end: end, descriptorCount: descriptors.count, length: payload.count, circuit: circuit)
+            FrameHeader(kind: kind, end: end, descriptorCount: descriptorCount, length: payload.count, circuit: circuit)
                 .encode(into: $0, idBytes: 2)
         }
-        try raw(header + payload, descriptors: descriptors)
+        return header + payload
     }
 
     /// Raw bytes with optional descriptors, bypassing the frame encoder.

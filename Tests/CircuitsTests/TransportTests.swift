@@ -185,13 +185,14 @@ final class TransportTests: XCTestCase {
         XCTAssertEqual(openDescriptorCount(), before)
     }
 
-    func testReaderThreadIsNamed() async throws {
+    func testReaderAndWriterThreadsAreNamed() async throws {
         let (a, b) = try await transportPair(.seqpacket)
         defer { a.close(); b.close() }
         let names = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap {
             try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8)
         }
         XCTAssertEqual(names.filter { $0 == "circuits-reader\n" }.count, 2, "\(names)")
+        XCTAssertEqual(names.filter { $0 == "circuits-writer\n" }.count, 2, "\(names)")
     }
 
     func testReservedCircuit() async throws {
