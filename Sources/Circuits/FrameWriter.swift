@@ -747,6 +747,9 @@ final class FrameWriter: @unchecked Sendable {
                 }
             } catch where error.errno == .wouldBlock && !blocking {
                 return nil
+            } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
+                // The peer went away; its end of file may reach the reader only later.
+                throw .peerClosed
             } catch {
                 throw .system(error)
             }

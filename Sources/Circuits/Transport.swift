@@ -682,7 +682,9 @@ final class TransportCore: Sendable {
             try await writer.send(circuit: conversation.id, end: end, payload: payload, descriptors: descriptors)
         } catch {
             fail(error)
-            throw error
+            // The first cause, as every other waiter learns it (a local close, say, rather
+            // than the EPIPE it caused).
+            throw state.withLock { $0.failure } ?? error
         }
         // Submitted frames leave in order, so a queued end counts as written: nothing this
         // side submits later can overtake it.
