@@ -61,8 +61,10 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
     public var isReserved: Bool { conversation.reserved }
 
     /// Sends one message. Waits while this circuit has no credit (other circuits are
-    /// unaffected). The descriptors are duplicated into the peer; the caller still owns its
-    /// copies. `end: true` makes it this side's last message of the conversation.
+    /// unaffected). Returns once the message is written, or queued behind earlier ones for the
+    /// transport to write in order (`Transport.close()` waits for it). The descriptors are
+    /// duplicated into the peer; the caller still owns its copies and may close them at once.
+    /// `end: true` makes it this side's last message of the conversation.
     public func send(_ payload: [UInt8], descriptors: [FileDescriptor] = [], end: Bool = false) async throws {
         if !(try core.reserve(conversation, length: payload.count, descriptors: descriptors.count, end: end)) {
             try await core.acquire(conversation, length: payload.count, descriptors: descriptors.count, end: end)

@@ -136,8 +136,8 @@ struct FrameReader: ~Copyable {
         return true
     }
 
-    /// The frames of one packet: a writer packs consecutive frames into one packet when its
-    /// socket is full. Descriptors go to the frames in order, as many as each declares; the
+    /// The frames of one packet: a writer packs small frames sent close together into one
+    /// packet (`FrameWriter`). Descriptors go to the frames in order, as many as each declares; the
     /// last frame is checked against all that remain, so a single-frame packet is checked
     /// exactly against what arrived with it.
     private static func packetFrames(_ packet: UnsafeRawBufferPointer, fullLength: Int, truncated: Bool,

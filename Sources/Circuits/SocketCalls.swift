@@ -9,7 +9,8 @@ import Musl
 
 /// How a transport's socket frames messages.
 public enum TransportKind: String, Sendable, CaseIterable {
-    /// AF_UNIX SOCK_SEQPACKET: the kernel keeps message boundaries; one frame per packet.
+    /// AF_UNIX SOCK_SEQPACKET: the kernel keeps message boundaries; a packet holds whole
+    /// frames (one, or several small ones that were sent close together).
     case seqpacket
     /// A byte stream (AF_UNIX SOCK_STREAM): frames are length-prefixed, and descriptors
     /// travel with the first byte of the frame they belong to.

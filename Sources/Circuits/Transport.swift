@@ -10,10 +10,17 @@ import Glibc
 ///
 /// The API is Swift concurrency (`async` send, receive and accept). The socket itself is read
 /// by one dedicated thread per transport, not by an event loop: SwiftNIO channels can neither
-/// carry SCM_RIGHTS nor use SOCK_SEQPACKET, and a blocking `recvmsg` on a thread of its own
-/// keeps the receive path to one syscall per frame with no readiness round trip. That thread
+/// carry SCM_RIGHTS nor use SOCK_SEQPACKET, and a blocking `recvmmsg` on a thread of its own
+/// takes every packet that is ready in one syscall with no readiness round trip. That thread
 /// only demultiplexes frames into per-circuit queues; it never runs user code and never waits
-/// for a consumer, which is what keeps one stalled circuit from stalling the others.
+/// for a consumer, which is what keeps one stalled circuit from stalling the others. Sending
+/// is done by the sending task itself, or by a second thread per transport that writes the
+/// tail of a burst (`FrameWriter`: small frames sent close together share packets).
+///
+/// `close()` writes what senders already handed over first (for at most
+/// `closeLingerMilliseconds` when the peer stops reading), then drops what arrived but was
+/// not read. After the peer's clean end of file, what arrived before it stays readable until
+/// `close()`.
 ///
 /// The conversation life cycle (idle, busy, idle again) and flow control are documented on
 /// `Circuit`.
@@ -70,9 +77,10 @@ public final class Transport<Id: FixedWidthInteger & UnsignedInteger & Sendable>
     /// Waits until the transport stops and returns why (`.peerClosed` when the peer went away).
     public func closed() async -> CircuitError { await core.waitClosed() }
 
-    /// Closes the transport: every waiter fails with `.closed`, queued messages are dropped
-    /// (their descriptors closed) and the socket is closed. Returns once the reader thread
-    /// has stopped.
+    /// Closes the transport: messages already sent are written first (waiting at most the
+    /// configured linger for a peer that does not read), then every waiter fails with
+    /// `.closed`, received messages not yet read are dropped (their descriptors closed) and
+    /// the socket is closed. Returns once the reader and writer threads have stopped.
     public func close() { core.close(error: .closed) }
 
     /// What has crossed the socket so far: frames (messages, credit grants, handshakes) and
@@ -220,7 +228,7 @@ final class TransportCore: Sendable {
         try SocketCalls.setReceiveTimeout(socket, milliseconds: handshakeTimeout)
         // Our handshake goes out before we read theirs: a peer that rejects us then still
         // has its own handshake on the wire before it closes, so both ends name the mismatch.
-        try writer.start { [weak self] error in self?.fail(error) }
+        try writer.start { [weak self] error in self?.failFromWriter(error) }
         let encoded = layout.handshake.encode()
         try encoded.withUnsafeBytes { bytes in
             try writer.submitControl(.handshake, circuit: 0, payload: bytes)
@@ -474,7 +482,9 @@ final class TransportCore: Sendable {
         for sender in senders { sender.resume() }
         // Submitting never waits for the peer, so the reader cannot block here (two readers
         // blocked on each other's full buffers would deadlock).
-        for (id, grant) in grants { try sendGrant(grant, on: id, fromReader: true) }
+        // A grant for an abandoned conversation that cannot be written (the peer is gone)
+        // must not stop the reader before it has read what the peer sent.
+        for (id, grant) in grants { try? sendGrant(grant, on: id, fromReader: true) }
     }
 
     /// The counters of `id`, created on first use.
@@ -681,7 +691,7 @@ final class TransportCore: Sendable {
         do {
             try await writer.send(circuit: conversation.id, end: end, payload: payload, descriptors: descriptors)
         } catch {
-            fail(error)
+            failFromWriter(error)
             // The first cause, as every other waiter learns it (a local close, say, rather
             // than the EPIPE it caused).
             throw state.withLock { $0.failure } ?? error
@@ -767,8 +777,14 @@ final class TransportCore: Sendable {
                 state.withLock { endWritten(conversation, &$0) }
             }
         } catch {
-            fail(error)
+            failFromWriter(error)
         }
+    }
+
+    /// A write failed. A peer that went away is the reader's to report, once it has read
+    /// everything the peer sent before it left; anything else fails the transport now.
+    func failFromWriter(_ error: CircuitError) {
+        if error != .peerClosed { fail(error) }
     }
 }
 

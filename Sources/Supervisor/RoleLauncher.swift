@@ -18,6 +18,8 @@ public enum RoleLauncher {
         public var child: ChildProcess
         public var transport: Transport<UInt16>
         public var monitor: ViolationMonitor
+        /// Relays the role's output; done (its pipe closed) once the role has gone.
+        public var output: Task<Void, Never>
     }
 
     public static func start(executable: String, role: String, policy: String, mode: EnforcementMode,
@@ -35,6 +37,7 @@ public enum RoleLauncher {
             throw error
         }
         let child: ChildProcess
+        let output: Task<Void, Never>
         do {
             // The role's stdout and stderr are a pipe relayed to ours: a sandboxed role may not
             // write to a file (its file-size limit is 0), whatever ours happens to be.
@@ -53,7 +56,7 @@ public enum RoleLauncher {
                 try? logReader.close()
                 throw error
             }
-            relay(logReader)
+            output = relay(logReader)
         } catch {
             try? transportSocket.close()
             try? handoff.close()
@@ -77,18 +80,19 @@ public enum RoleLauncher {
                 transport.close()
                 throw CircuitError.malformedHandshake("the \(role) said \(ready.payload) instead of ready")
             }
-            return Launched(child: child, transport: transport, monitor: monitor)
+            return Launched(child: child, transport: transport, monitor: monitor, output: output)
         } catch {
             if socketOwned { try? transportSocket.close() }
             try? child.signal(SIGKILL)
             _ = try? await onOwnThread { try child.wait() }
+            await output.value
             throw error
         }
     }
 
     /// Copies a role's output to this process's stderr, whole lines at a time where they
     /// fit one read, until the role has gone.
-    static func relay(_ reader: FileDescriptor) {
+    static func relay(_ reader: FileDescriptor) -> Task<Void, Never> {
         Task.detached {
             _ = try? await onOwnThread {
                 defer { try? reader.close() }

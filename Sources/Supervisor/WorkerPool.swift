@@ -212,6 +212,8 @@ public final class WorkerPool: Sendable {
                 await teardown?()
                 let termination = try? await onOwnThread { try worker.child.wait() }
                 worker.monitor.waitUntilDone()
+                // Its output pipe is closed too before the slot moves on (or shutdown returns).
+                await worker.output.value
                 if stopping {
                     log.info("\(configuration.role) stopped", metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
                     break
@@ -260,11 +262,13 @@ public final class WorkerPool: Sendable {
         let child: ChildProcess
         let transport: Transport<UInt16>
         let monitor: ViolationMonitor
+        let output: Task<Void, Never>
 
         init(_ launched: RoleLauncher.Launched) {
             child = launched.child
             transport = launched.transport
             monitor = launched.monitor
+            output = launched.output
         }
 
         /// Kills the worker (idempotent) and closes its transport.

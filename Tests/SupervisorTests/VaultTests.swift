@@ -70,6 +70,7 @@ final class VaultTests: XCTestCase {
         started.launched.transport.close()
         _ = try await onOwnThread { try started.launched.child.wait() }
         started.launched.monitor.waitUntilDone()
+        await started.launched.output.value
     }
 
     func testAWorkerWithoutTheCredentialGetsNoShell() async throws {
