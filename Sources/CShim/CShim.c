@@ -99,7 +99,7 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
 
 #define CLOISTER_MAX_BATCH 16
 
-int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, unsigned maxfds,
+int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned iovlen, unsigned vlen, int *fds, unsigned maxfds,
                           unsigned *nfds, size_t *lengths, int *msg_flags, int dontwait) {
     if (vlen > CLOISTER_MAX_BATCH) vlen = CLOISTER_MAX_BATCH;
     if (maxfds == 0 || maxfds > CLOISTER_MAX_FDS_PER_MESSAGE) {
@@ -122,8 +122,8 @@ int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, 
     }
     memset(msgs, 0, sizeof msgs);
     for (unsigned i = 0; i < vlen; i++) {
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_iov = &iov[(size_t)i * iovlen];
+        msgs[i].msg_hdr.msg_iovlen = iovlen;
         msgs[i].msg_hdr.msg_control = control + i * space;
         msgs[i].msg_hdr.msg_controllen = space;
     }

@@ -38,10 +38,14 @@ struct FrameReader: ~Copyable {
     let fd: FileDescriptor
     let kind: TransportKind
     let limits: FrameLimits
-    /// Seqpacket: `slots` receive buffers of `slotSize` bytes, one packet each.
+    /// Seqpacket: `slots` packets per batch, each scattered over a header area (`headers`,
+    /// `headerSize` bytes per slot) and a body array (`bodies`, `bodySize` bytes), so that a
+    /// large message's payload is received straight into the array that becomes its message.
     /// Stream: one buffer accumulating bytes from `start` to `end`.
     private let buffer: UnsafeMutableRawBufferPointer
-    private let slotSize: Int
+    private let headers: UnsafeMutableRawBufferPointer
+    private let bodies: [Body]
+    private let bodySize: Int
     private let slots: Int
     private let iov: UnsafeMutableBufferPointer<iovec>
     private let fdRoom: Int
@@ -66,12 +70,20 @@ struct FrameReader: ~Copyable {
         self.fd = fd
         self.kind = kind
         self.limits = limits
-        let largest = limits.headerSize + max(limits.maxPayload, Handshake.maxSize)
-        slotSize = largest
+        bodySize = max(limits.maxPayload, Handshake.maxSize)
+        let largest = limits.headerSize + bodySize
         // About 1 MiB of packet buffers, between 1 and 16 packets per batch.
         slots = kind == .seqpacket ? min(16, max(1, (1 << 20) / largest)) : 1
-        buffer = .allocate(byteCount: slotSize * slots, alignment: 16)
-        iov = .allocate(capacity: slots)
+        if kind == .seqpacket {
+            buffer = .allocate(byteCount: 0, alignment: 16)
+            headers = .allocate(byteCount: limits.headerSize * slots, alignment: 16)
+            bodies = (0..<slots).map { _ in Body(size: largest - limits.headerSize) }
+        } else {
+            buffer = .allocate(byteCount: largest, alignment: 16)
+            headers = .allocate(byteCount: 0, alignment: 16)
+            bodies = []
+        }
+        iov = .allocate(capacity: 2 * slots)
         // Room for one descriptor more than allowed, so that "unexpected" is told apart from
         // "truncated" when a transport accepts none.
         fdRoom = max(FrameLimits.packetDescriptors(limits.maxDescriptors), 1)
@@ -83,6 +95,7 @@ struct FrameReader: ~Copyable {
 
     deinit {
         buffer.deallocate()
+        headers.deallocate()
         iov.deallocate()
         fds.deallocate()
         nfds.deallocate()
@@ -106,12 +119,36 @@ struct FrameReader: ~Copyable {
         return try readPackets(into: &frames, wait: false)
     }
 
-    private mutating func readPackets(into frames: inout [Frame], wait: Bool) throws(CircuitError) -> Bool? {
-        for i in 0..<slots {
-            iov[i] = iovec(iov_base: buffer.baseAddress! + i * slotSize, iov_len: slotSize)
+    /// One slot's body: an array whose storage the kernel writes into, and which becomes a
+    /// large message's payload as it is. A class, so that each slot's array is borrowed on
+    /// its own while the batch is received.
+    final class Body {
+        var bytes: [UInt8]
+        init(size: Int) { bytes = Body.fresh(size) }
+
+        /// An array of `size` bytes whose contents the kernel will write (UInt8 needs no
+        /// initialisation, and only what was received is ever read).
+        static func fresh(_ size: Int) -> [UInt8] {
+            [UInt8](unsafeUninitializedCapacity: size) { _, count in count = size }
         }
-        let n = cloister_recvmmsg_fds(fd.rawValue, iov.baseAddress, UInt32(slots), fds.baseAddress,
-                                      UInt32(fdRoom), nfds.baseAddress, lengths.baseAddress, flags.baseAddress, wait ? 0 : 1)
+    }
+
+    /// recvmmsg with every slot's header area and body array as its two buffers. The arrays
+    /// are borrowed one inside the other, so each pointer is valid for the call.
+    private func receive(from slot: Int, wait: Bool) -> Int32 {
+        guard slot < slots else {
+            return cloister_recvmmsg_fds(fd.rawValue, iov.baseAddress, 2, UInt32(slots), fds.baseAddress, UInt32(fdRoom),
+                                         nfds.baseAddress, lengths.baseAddress, flags.baseAddress, wait ? 0 : 1)
+        }
+        iov[2 * slot] = iovec(iov_base: headers.baseAddress! + slot * limits.headerSize, iov_len: limits.headerSize)
+        return bodies[slot].bytes.withUnsafeMutableBytes { body in
+            iov[2 * slot + 1] = iovec(iov_base: body.baseAddress, iov_len: body.count)
+            return receive(from: slot + 1, wait: wait)
+        }
+    }
+
+    private mutating func readPackets(into frames: inout [Frame], wait: Bool) throws(CircuitError) -> Bool? {
+        let n = receive(from: 0, wait: wait)
         if n < 0 && !wait && (errno == EAGAIN || errno == EWOULDBLOCK) { return nil }
         guard n >= 0 else { throw .system(SystemCallError(call: "recvmmsg", errno: Errno(rawValue: errno))) }
         reads += Int(n)
@@ -129,61 +166,76 @@ struct FrameReader: ~Copyable {
                 throw .truncatedControlData(receivedDescriptors: descriptors?.count ?? 0)
             }
             if length == 0 && descriptors == nil { return false }
-            let packet = UnsafeRawBufferPointer(start: buffer.baseAddress! + i * slotSize, count: min(length, slotSize))
-            try Self.packetFrames(packet, fullLength: length, truncated: flags[i] & CInt(MSG_TRUNC) != 0,
-                                  descriptors: descriptors, limits: limits, into: &frames)
+            let header = UnsafeRawBufferPointer(start: headers.baseAddress! + i * limits.headerSize,
+                                                count: min(length, limits.headerSize))
+            try Self.packetFrames(header: header, body: bodies[i], bodySize: bodySize, fullLength: length,
+                                  truncated: flags[i] & CInt(MSG_TRUNC) != 0, descriptors: descriptors, limits: limits,
+                                  into: &frames)
         }
         return true
     }
 
     /// The frames of one packet: a writer packs small frames sent close together into one
-    /// packet (`FrameWriter`). Descriptors go to the frames in order, as many as each declares; the
-    /// last frame is checked against all that remain, so a single-frame packet is checked
-    /// exactly against what arrived with it.
-    private static func packetFrames(_ packet: UnsafeRawBufferPointer, fullLength: Int, truncated: Bool,
-                                     descriptors: ReceivedDescriptors?, limits: FrameLimits,
+    /// packet (`FrameWriter`). The first frame's header is in `header`, everything after it
+    /// in `body`. Descriptors go to the frames in order, as many as each declares; the last
+    /// frame is checked against all that remain, so a single-frame packet is checked exactly
+    /// against what arrived with it. A packet that is one large frame hands its body array
+    /// over as the payload (a fresh one takes its place); other payloads are copied out.
+    private static func packetFrames(header: UnsafeRawBufferPointer, body slot: Body, bodySize: Int, fullLength: Int,
+                                     truncated: Bool, descriptors: ReceivedDescriptors?, limits: FrameLimits,
                                      into frames: inout [Frame]) throws(CircuitError) {
         let headerSize = limits.headerSize
         guard fullLength >= headerSize else {
             throw .truncatedHeader(received: fullLength, required: headerSize)
         }
         // The packet as a whole must fit what one frame of its first kind may be.
-        let first = try decodeHeader(packet, at: 0, limits: limits)
+        let first = try decodeHeader(header, at: 0, limits: limits)
         let limit = first.kind == .handshake ? Handshake.maxSize : limits.maxPayload
         if truncated || fullLength - headerSize > limit {
             throw .oversized(length: fullLength - headerSize, limit: limit)
         }
+        let bodyLength = fullLength - headerSize
         // Parse and check every header before any descriptor is handed out, so that a bad
         // frame anywhere leaves them all owned by `descriptors` (closed on the way out).
-        var headers: [(FrameHeader, Int)] = []
-        var offset = 0
-        var header = first
+        // Positions are offsets into the body.
+        var parsed: [(header: FrameHeader, payload: Int, descriptors: Int)] = []
         var available = descriptors?.count ?? 0
-        var counts: [Int] = []
-        while true {
-            let body = offset + headerSize
-            let remaining = fullLength - body
-            guard header.length <= remaining else {
-                throw .lengthMismatch(declared: header.length, actual: remaining)
+        let checked: Result<Void, CircuitError> = slot.bytes.withUnsafeBytes { body in Result { () throws(CircuitError) in
+            var h = first
+            var payloadStart = 0
+            while true {
+                let remaining = bodyLength - payloadStart
+                guard h.length <= remaining else {
+                    throw .lengthMismatch(declared: h.length, actual: remaining)
+                }
+                let next = payloadStart + h.length
+                let isLast = next == bodyLength
+                let count = isLast ? available : min(h.descriptorCount, available)
+                try checkDescriptors(h, count, limits)
+                available -= count
+                parsed.append((h, payloadStart, count))
+                if isLast { break }
+                guard bodyLength - next >= headerSize else {
+                    throw .truncatedHeader(received: bodyLength - next, required: headerSize)
+                }
+                h = try decodeHeader(UnsafeRawBufferPointer(rebasing: body[next..<next + headerSize]), at: 0, limits: limits)
+                payloadStart = next + headerSize
             }
-            let next = body + header.length
-            let isLast = next == fullLength
-            let count = isLast ? available : min(header.descriptorCount, available)
-            try checkDescriptors(header, count, limits)
-            available -= count
-            counts.append(count)
-            headers.append((header, body))
-            if isLast { break }
-            offset = next
-            guard fullLength - offset >= headerSize else {
-                throw .truncatedHeader(received: fullLength - offset, required: headerSize)
-            }
-            header = try decodeHeader(packet, at: offset, limits: limits)
-        }
+        } }
+        try checked.get()
         let all = descriptors?.takeAll() ?? []
         var used = 0
-        for ((h, body), count) in zip(headers, counts) {
-            let payload = [UInt8](UnsafeRawBufferPointer(rebasing: packet[body..<body + h.length]))
+        for (h, start, count) in parsed {
+            let payload: [UInt8]
+            if parsed.count == 1 && h.length * 2 >= bodySize {
+                // Received in place: no copy. At most half the array is unused.
+                var taken = slot.bytes
+                slot.bytes = Body.fresh(bodySize)
+                taken.removeLast(taken.count - h.length)
+                payload = taken
+            } else {
+                payload = slot.bytes.withUnsafeBytes { [UInt8]($0[start..<start + h.length]) }
+            }
             let mine = count == 0 ? nil : ReceivedDescriptors(all[used..<used + count].map(\.rawValue))
             used += count
             frames.append(Frame(header: h, payload: payload, descriptors: mine))

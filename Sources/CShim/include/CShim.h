@@ -25,12 +25,13 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
                              int *msg_flags, int *foreign_cmsg, int flags);
 
 /// recvmmsg(2) with MSG_WAITFORONE | MSG_CMSG_CLOEXEC: waits for one packet, then takes every
-/// packet already queued, up to `vlen` (at most 16). Packet i lands in `iov[i]`; its size in
+/// packet already queued, up to `vlen` (at most 16). Packet i is scattered over the `iovlen`
+/// buffers at `iov[i * iovlen]`; its size in
 /// `lengths[i]` (the full size, MSG_TRUNC), its flags in `msg_flags[i]`, its descriptors in
 /// `fds[i * maxfds ...]` (count in `nfds[i]`; extra ones are closed and MSG_CTRUNC set).
 /// Returns the number of packets, 0 at end of file, -1 with errno on error. With `dontwait`,
 /// returns -1/EAGAIN at once when nothing is queued.
-int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned vlen, int *fds, unsigned maxfds,
+int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned iovlen, unsigned vlen, int *fds, unsigned maxfds,
                           unsigned *nfds, size_t *lengths, int *msg_flags, int dontwait);
 
 /// Names the calling thread (prctl PR_SET_NAME is variadic; pthread_setname_np needs
