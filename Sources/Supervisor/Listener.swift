@@ -117,8 +117,11 @@ public final class Listener: Sendable {
             }
         }
         guard rc == 0 else { return nil }
-        let name = String(cString: host)
-        return Int32(storage.ss_family) == AF_INET6 ? "[\(name)]:\(String(cString: port))" : "\(name):\(String(cString: port))"
+        func text(_ bytes: [CChar]) -> String {
+            String(decoding: bytes.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        let name = text(host), service = text(port)
+        return Int32(storage.ss_family) == AF_INET6 ? "[\(name)]:\(service)" : "\(name):\(service)"
     }
 
     /// The listening sockets systemd passed (LISTEN_PID is this process, LISTEN_FDS of them
