@@ -134,18 +134,7 @@ final class FrameWriter: @unchecked Sendable {
     /// which nobody waits for any more.
     func start(onFailure: @escaping @Sendable (CircuitError) -> Void) throws(CircuitError) {
         lock.withLock { s.onFailure = onFailure }
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            let writer = Unmanaged<FrameWriter>.fromOpaque(raw!).takeRetainedValue()
-            cloister_set_thread_name("circuits-writer")
-            writer.runWriter()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw .system(SystemCallError(call: "pthread_create", errno: Errno(rawValue: rc)))
-        }
+        let thread = try startNamedThread("circuits-writer") { self.runWriter() }
         lock.withLock { s.thread = thread }
     }
 

@@ -248,19 +248,7 @@ final class TransportCore: Sendable {
     }
 
     private func startReader() throws(CircuitError) {
-        let box = Unmanaged.passRetained(ReaderBox(core: self))
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<ReaderBox>.fromOpaque(raw!).takeRetainedValue()
-            // Named so that /proc/PID/task/*/comm tells it apart from the runtime's threads.
-            cloister_set_thread_name("circuits-reader")
-            box.core.runReader()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw .system(SystemCallError(call: "pthread_create", errno: Errno(rawValue: rc)))
-        }
+        let thread = try startNamedThread("circuits-reader") { self.runReader() }
         state.withLock { $0.readerThread = thread }
     }
 
@@ -786,9 +774,4 @@ final class TransportCore: Sendable {
     func failFromWriter(_ error: CircuitError) {
         if error != .peerClosed { fail(error) }
     }
-}
-
-private final class ReaderBox {
-    let core: TransportCore
-    init(core: TransportCore) { self.core = core }
 }
