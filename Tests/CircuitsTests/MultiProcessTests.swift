@@ -4,6 +4,12 @@ import Processes
 @testable import Circuits
 import TestSupport
 
+#if canImport(Glibc)
+import Glibc
+/// Glibc imports RLIMIT_NOFILE as an enum case; the calls take its raw value.
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+#endif
+
 /// The circuits layer between two real processes: this one and `cloister role circuits-peer`.
 final class MultiProcessTests: XCTestCase {
     static var cloister: String { cloisterExecutable }
@@ -49,6 +55,53 @@ final class MultiProcessTests: XCTestCase {
                 transport.close()
             }
             XCTAssertEqual(try child.wait(), .exited(0), "\(kind): peer exits cleanly when the transport closes")
+            XCTAssertEqual(openDescriptorCount(), before, "\(kind)")
+        }
+    }
+
+    /// When this process cannot open one more descriptor, frames carrying descriptors cannot
+    /// be queued (queuing duplicates them): they are written with the caller's own copies,
+    /// in order, and none is lost.
+    func testDescriptorsTravelWhenNoneCanBeDuplicated() async throws {
+        for kind in TransportKind.allCases {
+            let before = openDescriptorCount()
+            let (child, socket) = try startPeer(kind)
+            do {
+                let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: peerConfiguration())
+                let pipe = try makePipe()
+                let c = try transport.open()
+                let count = 40
+                do {
+                    // The lowest free descriptor number becomes the limit: nothing new opens.
+                    var saved = rlimit()
+                    XCTAssertEqual(getrlimit(RLIMIT_NOFILE_VALUE, &saved), 0)
+                    let probe = dup(0)
+                    XCTAssertGreaterThanOrEqual(probe, 0)
+                    close(probe)
+                    var lowered = saved
+                    lowered.rlim_cur = rlim_t(probe)
+                    XCTAssertEqual(setrlimit(RLIMIT_NOFILE_VALUE, &lowered), 0)
+                    defer { XCTAssertEqual(setrlimit(RLIMIT_NOFILE_VALUE, &saved), 0) }
+                    XCTAssertEqual(fcntl(pipe.write.rawValue, F_DUPFD_CLOEXEC, 0), -1, "duplicating fails")
+                    XCTAssertEqual(errno, EMFILE)
+                    for i in 0..<count {
+                        try await c.send(Array("m\(i);".utf8), descriptors: [pipe.write], end: i == count - 1)
+                    }
+                }
+                try pipe.write.close()
+                var replies = 0
+                while replies < count {
+                    let batch = try await c.receiveAvailable()
+                    replies += batch.count
+                    if batch.last?.isEnd == true { break }
+                }
+                XCTAssertEqual(replies, count)
+                let written = String(decoding: try readAll(pipe.read), as: UTF8.self)
+                XCTAssertEqual(written, (0..<count).map { "m\($0);" }.joined(), "\(kind): every message, in order")
+                try pipe.read.close()
+                transport.close()
+            }
+            XCTAssertEqual(try child.wait(), .exited(0))
             XCTAssertEqual(openDescriptorCount(), before, "\(kind)")
         }
     }
