@@ -170,7 +170,9 @@ final class FrameWriter: @unchecked Sendable {
                         }
                         switch enqueue(h, p, descriptors, circuit: circuit) {
                         case .queued: return .queued(s.queuedBytes > maxQueuedBytes)
-                        case .descriptorsOverShare: return .waitForRoom
+                        case .descriptorsOverShare:
+                            s.frames -= 1  // counted again when it is submitted after the wait
+                            return .waitForRoom
                         case .duplicateFailed: break
                         }
                     }
