@@ -51,7 +51,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        .target(name: "RoleProtocol"),
+        .target(name: "RoleProtocol", dependencies: ["Circuits"]),
         .target(name: "TerminalClient"),
         .target(
             name: "Vault",

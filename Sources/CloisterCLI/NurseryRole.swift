@@ -38,7 +38,7 @@ struct NurseryRole: ParsableCommand, AsyncParsableCommand {
         let nursery = Nursery(command: command, environment: environment, login: login, logger: log)
         let transport = try await Transport<UInt16>.start(
             socket: FileDescriptor(rawValue: 3), kind: .seqpacket,
-            configuration: .init(intent: RoleIntent.vaultNursery, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+            configuration: RoleLink.configuration(RoleIntent.vaultNursery, side: .acceptor))
         log.info("nursery ready", metadata: ["command": "\(command)"])
         await nursery.serve(vault: transport)
     }

@@ -27,7 +27,7 @@ struct VaultRole: SandboxedRole {
         let vault = Vault(logger: log, title: title)
         let transport = try await Transport<UInt16>.start(
             socket: FileDescriptor(rawValue: 3), kind: .seqpacket,
-            configuration: .init(intent: RoleIntent.supervisorVault, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+            configuration: RoleLink.configuration(RoleIntent.supervisorVault, side: .acceptor))
         try await Heartbeats.answer(on: transport) { group in
             group.addTask { await vault.serve(supervisor: transport) }
             await group.next()

@@ -32,7 +32,7 @@ struct WorkerRole: SandboxedRole {
         let worker = WebWorker(settings: settings, logger: log)
         let transport = try await Transport<UInt16>.start(
             socket: FileDescriptor(rawValue: 3), kind: .seqpacket,
-            configuration: .init(intent: RoleIntent.supervisorWorker, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+            configuration: RoleLink.configuration(RoleIntent.supervisorWorker, side: .acceptor))
         try await Heartbeats.answer(on: transport) { group in
             while let circuit = try? await transport.accept() {
                 group.addTask { await Self.conversation(circuit, worker: worker, log: log) }
@@ -52,7 +52,7 @@ struct WorkerRole: SandboxedRole {
             do {
                 let link = try await Transport<UInt16>.start(
                     socket: socket, kind: .seqpacket,
-                    configuration: .init(intent: RoleIntent.workerVault, side: .opener, reservedBand: 2, reserved: [0: "control"]))
+                    configuration: RoleLink.configuration(RoleIntent.workerVault, side: .opener))
                 worker.link(vault: link)
                 log.info("vault linked")
             } catch {
@@ -70,7 +70,7 @@ struct WorkerRole: SandboxedRole {
 enum Heartbeats {
     static func answer(on transport: Transport<UInt16>,
                        serving body: @Sendable (inout TaskGroup<Void>) async -> Void) async throws {
-        let control = try transport.reserved(0)
+        let control = try transport.reserved(RoleLink.control)
         try await control.send(Array("ready".utf8))
         await withTaskGroup(of: Void.self) { group in
             group.addTask {

@@ -74,8 +74,8 @@ public enum RoleLauncher {
             socketOwned = false
             let transport = try await Transport<UInt16>.start(
                 socket: transportSocket, kind: .seqpacket,
-                configuration: .init(intent: intent, side: .opener, reservedBand: 2, reserved: [0: "control"], build: build))
-            let ready = try await transport.reserved(0).receive()
+                configuration: RoleLink.configuration(intent, side: .opener, build: build))
+            let ready = try await transport.reserved(RoleLink.control).receive()
             guard ready.payload == Array("ready".utf8) else {
                 transport.close()
                 throw CircuitError.malformedHandshake("the \(role) said \(ready.payload) instead of ready")

@@ -301,7 +301,7 @@ public final class WorkerPool: Sendable {
     /// stops, or it is due for renewal and has no client (then returns true).
     private func supervise(_ worker: RunningWorker, id: Int, logger: Logger) async -> Bool {
         let control: Circuit<UInt16>
-        do { control = try worker.transport.reserved(0) } catch { return false }
+        do { control = try worker.transport.reserved(RoleLink.control) } catch { return false }
         var sequence: UInt64 = 0
         while !stopping && !Task.isCancelled {
             if shared.withLock({ $0.renewing.contains(id) && $0.workers[id].connections == 0 }) { return true }

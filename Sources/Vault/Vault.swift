@@ -61,7 +61,7 @@ public final class Vault: Sendable {
             do {
                 let nursery = try await Transport<UInt16>.start(
                     socket: socket, kind: .seqpacket,
-                    configuration: .init(intent: RoleIntent.vaultNursery, side: .opener, reservedBand: 2, reserved: [0: "control"]))
+                    configuration: RoleLink.configuration(RoleIntent.vaultNursery, side: .opener))
                 let previous = state.withLock { s in
                     defer { s.nursery = nursery }
                     return s.nursery
@@ -80,7 +80,7 @@ public final class Vault: Sendable {
             do {
                 let link = try await Transport<UInt16>.start(
                     socket: socket, kind: .seqpacket,
-                    configuration: .init(intent: RoleIntent.workerVault, side: .acceptor, reservedBand: 2, reserved: [0: "control"]))
+                    configuration: RoleLink.configuration(RoleIntent.workerVault, side: .acceptor))
                 log.info("worker linked")
                 await serve(worker: link, logger: log)
                 log.info("worker link closed", metadata: ["reason": "\(link.failure.map { "\($0)" } ?? "closed")"])

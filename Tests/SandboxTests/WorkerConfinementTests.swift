@@ -42,9 +42,8 @@ final class WorkerConfinementTests: XCTestCase {
         let build = cloisterBuildID
         let transport = try await Transport<UInt16>.start(
             socket: mine, kind: .seqpacket,
-            configuration: .init(intent: "cloister.supervisor-worker/1", side: .opener, reservedBand: 2,
-                                 reserved: [0: "control"], build: build))
-        let ready = try await transport.reserved(0).receive()
+            configuration: RoleLink.configuration(RoleIntent.supervisorWorker, side: .opener, build: build))
+        let ready = try await transport.reserved(RoleLink.control).receive()
         XCTAssertEqual(String(decoding: ready.payload, as: UTF8.self), "ready")
         return RunningWorker(child: child, transport: transport, monitor: monitor)
     }

@@ -45,8 +45,7 @@ final class VaultTests: XCTestCase {
         try vaultEnd.close()
         let link = try await Transport<UInt16>.start(
             socket: workerEnd, kind: .seqpacket,
-            configuration: .init(intent: RoleIntent.workerVault, side: .opener, reservedBand: 2, reserved: [0: "control"],
-                                 build: cloisterBuildID))
+            configuration: RoleLink.configuration(RoleIntent.workerVault, side: .opener, build: cloisterBuildID))
         return Started(launched: launched, link: link, violations: violations)
     }
 
