@@ -1,6 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The products the targets below name again and again.
+let system: Target.Dependency = .product(name: "SystemPackage", package: "swift-system")
+let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let nio: [Target.Dependency] = [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]
+
 let package = Package(
     name: "cloister",
     platforms: [.macOS(.v15)],
@@ -29,7 +34,7 @@ let package = Package(
             name: "Circuits",
             dependencies: [
                 "CShim",
-                .product(name: "SystemPackage", package: "swift-system"),
+                system,
             ],
             swiftSettings: [
                 // Every mutable class property here is guarded by a lock; the run-time
@@ -41,90 +46,78 @@ let package = Package(
             name: "Sandbox",
             dependencies: [
                 "CSeccomp", "CCap", "CShim",
-                .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "Logging", package: "swift-log"),
+                system,
+                logging,
             ]),
         .target(
             name: "Supervisor",
             dependencies: [
                 "Circuits", "Sandbox", "Processes", "RoleProtocol",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
+                logging,
+                system,
             ]),
         .target(name: "RoleProtocol", dependencies: ["Circuits"]),
         .target(name: "TerminalClient"),
         .target(
             name: "Vault",
             dependencies: [
-                "Circuits", "Processes", "RoleProtocol",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+                "Circuits", "Processes", "RoleProtocol", logging, system,
+            ] + nio),
         .target(
             name: "Worker",
             dependencies: [
-                "Circuits", "RoleProtocol",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "Circuits", "RoleProtocol", logging, system,
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+            ] + nio),
         .target(
             name: "Processes",
-            dependencies: ["CShim", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["CShim", system]),
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
                 "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "RoleProtocol", "TerminalClient",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
+            ] + nio),
         .executableTarget(
             name: "CloisterBench",
             dependencies: [
                 "Circuits", "CShim", "Processes", "TerminalClient",
-                .product(name: "SystemPackage", package: "swift-system"),
+                system,
             ]),
         .testTarget(
             name: "ServeTests",
             dependencies: [
                 "TestSupport", "TerminalClient", "Processes",
-                .product(name: "SystemPackage", package: "swift-system"),
+                system,
             ]),
         .target(
             name: "TestSupport",
             dependencies: [
                 "Processes",
-                .product(name: "SystemPackage", package: "swift-system"),
-                .product(name: "Logging", package: "swift-log"),
+                system,
+                logging,
             ],
             path: "Tests/TestSupport"),
         .testTarget(
             name: "CircuitsTests",
             dependencies: [
                 "Circuits", "CShim", "Processes", "TestSupport",
-                .product(name: "SystemPackage", package: "swift-system"),
+                system,
             ]),
         .testTarget(
             name: "SandboxTests",
             dependencies: [
                 "Sandbox", "Circuits", "Processes", "CShim", "TestSupport", "RoleProtocol",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
+                logging,
+                system,
             ]),
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
                 "Supervisor", "Sandbox", "Circuits", "Processes", "TestSupport", "RoleProtocol", "Vault",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "SystemPackage", package: "swift-system"),
+                logging,
+                system,
             ]),
     ],
     swiftLanguageModes: [.v6]
