@@ -200,7 +200,7 @@ final class FrameWriter: @unchecked Sendable {
                 await waitForRoom()
                 continue
             case .write(let fd, let small):
-                try writeOwn(fd, header, payload, descriptors, mayQueue: small)
+                try writeOwn(fd, header, payload, descriptors, circuit: circuit, mayQueue: small)
             case .alongside(let fd):
                 let result = try header.with(payload) { h, p throws(CircuitError) in
                     sendFrame(fd, h, p, descriptors, blocking: true)
@@ -230,7 +230,7 @@ final class FrameWriter: @unchecked Sendable {
                     if let now { c.resume(returning: now) }
                 }
                 guard mine, let fd = lock.withLock({ s.fd }) else { throw lock.withLock { s.failure ?? .closed } }
-                try writeOwn(fd, header, payload, descriptors, mayQueue: false)
+                try writeOwn(fd, header, payload, descriptors, circuit: circuit, mayQueue: false)
             }
             return
         }
@@ -244,6 +244,8 @@ final class FrameWriter: @unchecked Sendable {
     func submitControl(_ kind: FrameKind, circuit: UInt64, end: Bool = false, payload: UnsafeRawBufferPointer,
                        mayBlock: Bool = true) throws(CircuitError) {
         let header = EncodedHeader(kind, circuit: circuit, end: end, length: payload.count, descriptors: 0, idBytes: idBytes)
+        // Only data frames take part in the per-circuit order (see `send`).
+        let dataCircuit = kind == .data ? circuit : nil
         let direct: FileDescriptor? = try header.with([]) { h, _ throws(CircuitError) in
             try lock.withLock { () throws(CircuitError) -> FileDescriptor? in
                 let fd = try usableDescriptor()
@@ -253,13 +255,13 @@ final class FrameWriter: @unchecked Sendable {
                     s.writing = true
                     return fd
                 }
-                _ = enqueue(h, payload, [], circuit: self.circuit(of: h))
+                _ = enqueue(h, payload, [], circuit: dataCircuit)
                 return nil
             }
         }
         if let direct {
             try header.with([]) { h, _ throws(CircuitError) in
-                try writeOwn(direct, h, payload, [], mayQueue: true, mayBlock: mayBlock)
+                try writeOwn(direct, h, payload, [], circuit: dataCircuit, mayQueue: true, mayBlock: mayBlock)
             }
         } else {
             flushCompletePackets(mayBlock: mayBlock)
@@ -280,8 +282,7 @@ final class FrameWriter: @unchecked Sendable {
 
         /// Runs `body` with the header's bytes and the payload's.
         func with<R>(_ payload: [UInt8], _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws(CircuitError) -> R) throws(CircuitError) -> R {
-            var copy = storage
-            let result: Result<R, CircuitError> = withUnsafeBytes(of: &copy) { h in
+            let result: Result<R, CircuitError> = withUnsafeBytes(of: storage) { h in
                 payload.withUnsafeBytes { p in
                     Result { () throws(CircuitError) -> R in try body(UnsafeRawBufferPointer(rebasing: h[..<count]), p) }
                 }
@@ -320,20 +321,22 @@ final class FrameWriter: @unchecked Sendable {
     /// frame (`mayQueue`) is written without blocking and queued first in line if the
     /// socket is full; any other blocks until the peer makes room.
     private func writeOwn(_ fd: FileDescriptor, _ header: EncodedHeader, _ payload: [UInt8], _ descriptors: [FileDescriptor],
-                          mayQueue: Bool) throws(CircuitError) {
+                          circuit: UInt64, mayQueue: Bool) throws(CircuitError) {
         try header.with(payload) { h, p throws(CircuitError) in
-            try writeOwn(fd, h, p, descriptors, mayQueue: mayQueue)
+            try writeOwn(fd, h, p, descriptors, circuit: circuit, mayQueue: mayQueue)
         }
     }
 
+    /// `circuit` is the id of a data frame, nil for a control frame.
     private func writeOwn(_ fd: FileDescriptor, _ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
-                          _ descriptors: [FileDescriptor], mayQueue: Bool, mayBlock: Bool = true) throws(CircuitError) {
+                          _ descriptors: [FileDescriptor], circuit: UInt64?, mayQueue: Bool,
+                          mayBlock: Bool = true) throws(CircuitError) {
         var result = sendFrame(fd, header, payload, descriptors, blocking: !mayQueue)
         if case .success(nil) = result {
             // The socket is full. Queue the frame in front of whatever was submitted
             // meanwhile, unless its descriptors cannot be queued: then wait for the peer.
             let queued = lock.withLock {
-                enqueue(header, payload, descriptors, circuit: circuit(of: header), atFront: true)
+                enqueue(header, payload, descriptors, circuit: circuit, atFront: true)
             }
             if queued != .queued { result = sendFrame(fd, header, payload, descriptors, blocking: true) }
         } else if case .success(let sent?) = result, sent < header.count + payload.count {
@@ -371,14 +374,6 @@ final class FrameWriter: @unchecked Sendable {
     }
 
     private enum Enqueued { case queued, descriptorsOverShare, duplicateFailed }
-
-    /// The circuit id of a data frame's encoded header, nil for other kinds.
-    private func circuit(of header: UnsafeRawBufferPointer) -> UInt64? {
-        guard header[0] == FrameKind.data.rawValue else { return nil }
-        var id: UInt64 = 0
-        for i in (0..<idBytes).reversed() { id = id << 8 | UInt64(header[7 + i]) }
-        return id
-    }
 
     /// Copies a small frame into the queue (lock held): into the open packet when it fits,
     /// else a new one. Not queued when its descriptors would exceed the queue's share or
@@ -692,13 +687,8 @@ final class FrameWriter: @unchecked Sendable {
         // A sender blocked on a peer that stopped reading returns (EPIPE) once shut down.
         if let fd { SocketCalls.shutdownBoth(fd) }
         release(dropped, turns, room)
-        if let thread {
-            if pthread_equal(thread, pthread_self()) != 0 {
-                pthread_detach(thread)
-            } else {
-                pthread_join(thread, nil)
-            }
-        }
+        // Called by the reader thread or by `close`, never by the writer thread itself.
+        if let thread { pthread_join(thread, nil) }
         closeIfDone()
     }
 
