@@ -109,6 +109,9 @@ final class CodecTests: XCTestCase {
         XCTAssertNotNil(invalid(.init(intent: "a", side: .opener, reservedBand: 1, reserved: [1: "x"])))
         XCTAssertNotNil(invalid(.init(intent: "a", side: .opener, window: 1000, maxPayload: 4096)))
         XCTAssertNotNil(invalid(.init(intent: "a", side: .opener, maxDescriptorsPerMessage: 300)))
+        XCTAssertEqual(invalid(.init(intent: "a", side: .opener, handshakeTimeoutMilliseconds: 0)).map { $0.contains("handshake timeout 0 ms") }, true)
+        XCTAssertEqual(invalid(.init(intent: "a", side: .opener, closeLingerMilliseconds: -1)).map { $0.contains("close linger -1 ms") }, true)
+        XCTAssertNil(invalid(.init(intent: "a", side: .opener, closeLingerMilliseconds: 0)), "no linger is allowed")
     }
 
     func testBuildIDIsStableAndHex() {
