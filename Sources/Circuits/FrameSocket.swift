@@ -283,7 +283,7 @@ struct FrameReader: ~Copyable {
             let received: SocketCalls.Received
             do {
                 received = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
-                                                   maxDescriptors: limits.maxDescriptors, reportFullLength: false)
+                                                   maxDescriptors: limits.maxDescriptors)
             } catch {
                 throw .system(error)
             }

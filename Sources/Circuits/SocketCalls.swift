@@ -54,31 +54,27 @@ public enum SocketCalls {
         var count: Int
         var descriptors: [CInt]
         var controlTruncated: Bool
-        var dataTruncated: Bool
     }
 
     /// recvmsg(2) with MSG_CMSG_CLOEXEC, retrying on EINTR. Every descriptor that arrived is
     /// in the result (or was closed by the shim when more came than `maxDescriptors`).
-    /// `reportFullLength` (MSG_TRUNC, for packet sockets) makes `count` the packet's real
-    /// size even when it did not fit.
+    /// Used on byte streams (packets are read with `recvmmsg` by `FrameReader`).
     static func receive(_ socket: FileDescriptor, _ iov: UnsafeMutableBufferPointer<iovec>,
-                        maxDescriptors: Int, reportFullLength: Bool) throws(SystemCallError) -> Received {
+                        maxDescriptors: Int) throws(SystemCallError) -> Received {
         let room = max(maxDescriptors, 1)
-        let flags = reportFullLength ? CInt(MSG_TRUNC) : 0
         return try withUnsafeTemporaryAllocation(of: CInt.self, capacity: room) { (fds) throws(SystemCallError) -> Received in
             var nfds: UInt32 = 0
             var msgFlags: CInt = 0
             var foreign: CInt = 0
             while true {
                 let n = cloister_recvmsg_fds(socket.rawValue, iov.baseAddress, CInt(iov.count),
-                                             fds.baseAddress, UInt32(room), &nfds, &msgFlags, &foreign, flags)
+                                             fds.baseAddress, UInt32(room), &nfds, &msgFlags, &foreign, 0)
                 if n < 0 {
                     if errno == EINTR { continue }
                     throw SystemCallError(call: "recvmsg", errno: Errno(rawValue: errno))
                 }
                 return Received(count: n, descriptors: nfds == 0 ? [] : Array(fds[..<Int(nfds)]),
-                                controlTruncated: msgFlags & CInt(MSG_CTRUNC) != 0,
-                                dataTruncated: msgFlags & CInt(MSG_TRUNC) != 0)
+                                controlTruncated: msgFlags & CInt(MSG_CTRUNC) != 0)
             }
         }
     }
