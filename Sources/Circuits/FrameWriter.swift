@@ -49,7 +49,7 @@ final class FrameWriter: @unchecked Sendable {
         case packet(Packet)
         /// A sender waiting to write its own frame; resumed with true once the socket is
         /// its, false when the transport stopped.
-        case turn(CheckedContinuation<Bool, Never>)
+        case turn(Continuation<Bool, Never>)
 
         var isTurn: Bool {
             if case .turn = self { return true }
@@ -60,7 +60,7 @@ final class FrameWriter: @unchecked Sendable {
     /// What the socket's next writer does, decided under the lock.
     private enum Next {
         case nothing
-        case handOff(CheckedContinuation<Bool, Never>)
+        case handOff(Continuation<Bool, Never>)
         case write(Packet, FileDescriptor)
     }
 
@@ -81,7 +81,7 @@ final class FrameWriter: @unchecked Sendable {
         /// The writer thread waits without a deadline: a new entry must wake it.
         var writerSleeping = false
         var drainWaiters = 0
-        var roomWaiters: [CheckedContinuation<Void, Never>] = []
+        var roomWaiters: [Continuation<Void, Never>] = []
         /// Nil until the peer's handshake: no frames share a packet.
         var limit: PacketLimit?
         /// Emptied packet buffers, kept so that a steady stream does not allocate (and glibc
@@ -216,7 +216,7 @@ final class FrameWriter: @unchecked Sendable {
                 }
                 if stopped { closeIfDone() }
             case .waitForTurn:
-                let mine = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                let mine = await withContinuation { (c: Continuation<Bool, Never>) in
                     let now: Bool? = lock.withLock {
                         if s.failure != nil || s.stopping { return false }
                         if s.idle {
@@ -526,7 +526,7 @@ final class FrameWriter: @unchecked Sendable {
             fail(failure, releasing: true)
             return
         }
-        let (room, stopped): ([CheckedContinuation<Void, Never>], Bool) = lock.withLock {
+        let (room, stopped): ([Continuation<Void, Never>], Bool) = lock.withLock {
             s.writing = false
             s.inFlight = nil
             s.writes += 1
@@ -557,10 +557,10 @@ final class FrameWriter: @unchecked Sendable {
     }
 
     /// Empties the queue and the waiter lists (lock held).
-    private func takeEverything() -> ([Packet], [CheckedContinuation<Bool, Never>], [CheckedContinuation<Void, Never>],
+    private func takeEverything() -> ([Packet], [Continuation<Bool, Never>], [Continuation<Void, Never>],
                                       (@Sendable (CircuitError) -> Void)?) {
         var dropped: [Packet] = []
-        var turns: [CheckedContinuation<Bool, Never>] = []
+        var turns: [Continuation<Bool, Never>] = []
         for entry in s.entries {
             switch entry {
             case .packet(let p): dropped.append(p)
@@ -576,7 +576,7 @@ final class FrameWriter: @unchecked Sendable {
         return (dropped, turns, room, s.onFailure)
     }
 
-    private func release(_ dropped: [Packet], _ turns: [CheckedContinuation<Bool, Never>], _ room: [CheckedContinuation<Void, Never>]) {
+    private func release(_ dropped: [Packet], _ turns: [Continuation<Bool, Never>], _ room: [Continuation<Void, Never>]) {
         for packet in dropped { packet.descriptors.forEach { close($0) } }
         for c in turns { c.resume(returning: false) }
         for w in room { w.resume() }
@@ -591,7 +591,7 @@ final class FrameWriter: @unchecked Sendable {
 
     /// Returns once the queue is back under half its bounds (or the writer stopped).
     private func waitForRoom() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+        await withContinuation { (c: Continuation<Void, Never>) in
             let ready = lock.withLock {
                 if s.failure != nil || s.stopping || hasRoom { return true }
                 s.roomWaiters.append(c)

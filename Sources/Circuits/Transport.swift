@@ -106,7 +106,7 @@ final class Conversation: @unchecked Sendable {
     /// The id's flow-control counters (shared by every conversation on the id).
     let credit: Credit
     var queue = FIFO<Message>()
-    var waiter: CheckedContinuation<Void, Error>?
+    var waiter: Continuation<Void, Error>?
     /// This side is sending (or has sent) its end; no more sends.
     var ending = false
     /// This side's end frame is on the wire.
@@ -133,7 +133,7 @@ final class Credit: @unchecked Sendable {
     /// Outgoing: what we sent and what the peer allows.
     var sent: UInt64 = 0
     var limit: UInt64
-    var senders: [CheckedContinuation<Void, Error>] = []
+    var senders: [Continuation<Void, Error>] = []
     /// Incoming: what arrived, what our consumer took, what we allowed.
     var received: UInt64 = 0
     var consumed: UInt64 = 0
@@ -170,12 +170,12 @@ final class TransportCore: Sendable {
     struct State {
         var failure: CircuitError?
         var peer: Handshake?
-        var handshakeWaiter: CheckedContinuation<Void, Error>?
-        var closeWaiters: [CheckedContinuation<CircuitError, Never>] = []
+        var handshakeWaiter: Continuation<Void, Error>?
+        var closeWaiters: [Continuation<CircuitError, Never>] = []
         var conversations: [UInt64: Conversation] = [:]
         var credits: [UInt64: Credit] = [:]
         var incoming = FIFO<Conversation>()
-        var acceptWaiter: CheckedContinuation<Void, Error>?
+        var acceptWaiter: Continuation<Void, Error>?
         var idleOwnIds = FIFO<UInt64>()
         var nextFreshId: UInt64
         var readerThread: pthread_t?
@@ -234,7 +234,7 @@ final class TransportCore: Sendable {
             try writer.submitControl(.handshake, circuit: 0, payload: bytes)
         }
         try startReader()
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+        try await withThrowingContinuation { (continuation: Continuation<Void, Error>) in
             state.withLock { s in
                 if s.peer != nil {
                     continuation.resume()
@@ -264,7 +264,7 @@ final class TransportCore: Sendable {
         // Consumers to wake. Waking a task costs a thread hand-off, so wake-ups wait until
         // the whole batch the kernel had ready is dispatched: a burst of frames costs one
         // wake-up per circuit, while a lone frame is handed over at once.
-        var wakes: [CheckedContinuation<Void, Error>] = []
+        var wakes: [Continuation<Void, Error>] = []
         var frames: [Frame] = []
         var handshakeDone = false
         defer { for w in wakes { w.resume() } }
@@ -320,8 +320,8 @@ final class TransportCore: Sendable {
     /// words and exit) until the transport is closed here; any other failure drops it at once.
     func fail(_ error: CircuitError) {
         var dropped: [Message] = []
-        var waiters: [CheckedContinuation<Void, Error>] = []
-        var closeWaiters: [CheckedContinuation<CircuitError, Never>] = []
+        var waiters: [Continuation<Void, Error>] = []
+        var closeWaiters: [Continuation<CircuitError, Never>] = []
         let cause: CircuitError = state.withLock { s in
             if s.failure == nil { s.failure = error }
             let cause = s.failure!
@@ -391,7 +391,7 @@ final class TransportCore: Sendable {
     }
 
     func waitClosed() async -> CircuitError {
-        await withCheckedContinuation { (c: CheckedContinuation<CircuitError, Never>) in
+        await withContinuation { (c: Continuation<CircuitError, Never>) in
             let done: CircuitError? = state.withLock { s in
                 if let failure = s.failure { return failure }
                 s.closeWaiters.append(c)
@@ -406,7 +406,7 @@ final class TransportCore: Sendable {
     /// Dispatches one batch from the socket. Handshake frames are handled alone; everything
     /// else is delivered under one lock for the whole batch.
     private func dispatchBatch(_ frames: [Frame], handshakeDone: inout Bool,
-                               wakes: inout [CheckedContinuation<Void, Error>]) throws(CircuitError) {
+                               wakes: inout [Continuation<Void, Error>]) throws(CircuitError) {
         var start = 0
         for (i, frame) in frames.enumerated() where frame.header.kind == .handshake {
             try deliver(frames[start..<i], handshakeDone: handshakeDone, wakes: &wakes)
@@ -424,7 +424,7 @@ final class TransportCore: Sendable {
         // From now on frames may share packets, within what the peer receives in one.
         writer.setLimit(FrameWriter.PacketLimit(bytes: layout.limits.headerSize + peer.maxPayload,
                                                 descriptors: FrameLimits.packetDescriptors(peer.maxDescriptors)))
-        let waiter: CheckedContinuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
+        let waiter: Continuation<Void, Error>? = try state.withLock { (s) throws(CircuitError) in
             guard s.peer == nil else { throw .malformedHandshake("second handshake") }
             s.peer = peer
             for credit in s.credits.values { credit.limit = max(credit.limit, peer.window) }
@@ -437,12 +437,12 @@ final class TransportCore: Sendable {
     /// Data and credit frames, under one lock. Consumers to wake are added to `wakes`;
     /// senders waiting for credit are resumed right away.
     private func deliver(_ frames: ArraySlice<Frame>, handshakeDone: Bool,
-                         wakes: inout [CheckedContinuation<Void, Error>]) throws(CircuitError) {
+                         wakes: inout [Continuation<Void, Error>]) throws(CircuitError) {
         guard let first = frames.first else { return }
         guard handshakeDone else {
             throw .malformedHandshake("a \(first.header.kind) frame arrived before the handshake")
         }
-        var senders: [CheckedContinuation<Void, Error>] = []
+        var senders: [Continuation<Void, Error>] = []
         var grants: [(UInt64, UInt64)] = []
         try state.withLock { (s) throws(CircuitError) in
             for frame in frames {
@@ -485,10 +485,10 @@ final class TransportCore: Sendable {
 
     /// Queues a data frame on its conversation (lock held). Returns a waiting consumer to
     /// wake, and a credit grant to send when the conversation was abandoned.
-    private func deliver(_ frame: Frame, _ s: inout State) throws(CircuitError) -> (CheckedContinuation<Void, Error>?, UInt64?) {
+    private func deliver(_ frame: Frame, _ s: inout State) throws(CircuitError) -> (Continuation<Void, Error>?, UInt64?) {
         let h = frame.header
         let cost = TransportConfiguration<UInt64>.cost(payload: h.length, descriptors: h.descriptorCount, end: h.end)
-        var wake: CheckedContinuation<Void, Error>?
+        var wake: Continuation<Void, Error>?
         let conversation: Conversation
         if let existing = s.conversations[h.circuit] {
             conversation = existing
@@ -618,10 +618,10 @@ final class TransportCore: Sendable {
 
     /// Registers a continuation under the lock (unless the task is already cancelled or the
     /// transport failed) and waits for it.
-    private func suspend(register: @escaping (inout State, CheckedContinuation<Void, Error>) throws(CircuitError) -> Void,
-                         cancel: @escaping @Sendable (inout State) -> CheckedContinuation<Void, Error>?) async throws {
+    private func suspend(register: @escaping (inout State, Continuation<Void, Error>) throws(CircuitError) -> Void,
+                         cancel: @escaping @Sendable (inout State) -> Continuation<Void, Error>?) async throws {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, Error>) in
+            try await withThrowingContinuation { (c: Continuation<Void, Error>) in
                 let failure: Error? = state.withLock { s in
                     if let failure = s.failure { return failure }
                     if Task.isCancelled { return CancellationError() }
