@@ -58,7 +58,9 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
         return payload + messageCost + descriptors * descriptorCost
     }
 
-    func validate() throws(CircuitError) {
+    /// Checks the configuration as `Transport.start` does, so a caller can reject it before
+    /// it has a socket.
+    public func validate() throws(CircuitError) {
         let idSpace: UInt64 = Id.bitWidth >= 64 ? .max : UInt64(1) << Id.bitWidth
         func fail(_ why: String) throws(CircuitError) { throw .invalidConfiguration(why) }
         if intent.isEmpty { try fail("intent is empty") }

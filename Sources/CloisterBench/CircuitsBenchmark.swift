@@ -18,6 +18,14 @@ struct CircuitsBenchmark {
     var skipCircuits = false
     /// The transport kind of the measured path; the baseline is always a raw SOCK_SEQPACKET pair.
     var kind: TransportKind = .seqpacket
+    /// Credit window per circuit, on both ends. It must cover what is in flight on a circuit:
+    /// the socket buffer (208 KiB by default) plus what the reader holds until the consuming
+    /// task runs. With sender and receiver each pinned to one core, the receiver's reader and
+    /// consumer share that core, and the consumer runs about once per seven 64 KiB messages,
+    /// so 1 MiB (16 such messages, granted back half a window at a time) lets the sender run
+    /// dry waiting for credit. 2 MiB does not; see README for both.
+    var window = Self.defaultWindow
+    static let defaultWindow = 2 << 20
 
     struct Case {
         var payload: Int
@@ -46,9 +54,9 @@ struct CircuitsBenchmark {
 
     static let intent = "cloister.bench/1"
 
-    static func configuration(_ side: TransportSide) -> TransportConfiguration<UInt16> {
+    static func configuration(_ side: TransportSide, window: Int) -> TransportConfiguration<UInt16> {
         TransportConfiguration(intent: intent, side: side, maxCircuits: 256, reservedBand: 2, reserved: [0: "control"],
-                               window: 1 << 20, maxPayload: 65536, maxDescriptorsPerMessage: 1)
+                               window: window, maxPayload: 65536, maxDescriptorsPerMessage: 1)
     }
 
     func run() async throws {
@@ -56,7 +64,7 @@ struct CircuitsBenchmark {
         let pinned = CPUPinning.available >= 2 && CPUPinning.pinProcess(to: 0)
         print("circuits benchmark: best of \(repeats) interleaved runs per cell (raw, circuits, raw, …); raw = one SOCK_SEQPACKET socketpair between the same two processes")
         print(pinned ? "sender pinned to CPU 0, receiver to CPU 1 (both paths)" : "processes not pinned (fewer than 2 CPUs)")
-        print("circuits over a \(kind.rawValue) transport")
+        print("circuits over a \(kind.rawValue) transport, credit window \(window / 1024) KiB per circuit")
         print("")
         print("| payload | fd/msg | circuits | raw msg/s | raw MB/s | circuits msg/s | circuits MB/s | ratio |")
         print("|--------:|-------:|---------:|----------:|---------:|---------------:|--------------:|------:|")
@@ -82,7 +90,7 @@ struct CircuitsBenchmark {
         let (mine, theirs) = try SocketCalls.socketPair(mode == "raw" ? .seqpacket : kind)
         defer { try? theirs.close() }
         let child = try ChildProcess.spawn(ChildProcess.currentExecutable,
-                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)", kind.rawValue],
+                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)", kind.rawValue, "\(window)"],
                                            descriptors: [theirs])
         return (child, mine)
     }
@@ -114,7 +122,7 @@ struct CircuitsBenchmark {
     /// The measured path: a transport, `circuits` conversations sending concurrently.
     func measureCircuits(_ c: Case) async throws -> Measurement {
         let (child, socket) = try spawnSink("circuits", c)
-        let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: Self.configuration(.opener))
+        let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: Self.configuration(.opener, window: window))
         let control = try transport.reserved(0)
         _ = try await control.receive()  // sink ready
         let payload = [UInt8](repeating: 0x5a, count: c.payload)
@@ -159,9 +167,9 @@ enum RawSocket {
 enum Sink {
     static func run(_ args: [String]) async throws {
         if CPUPinning.available >= 2 { CPUPinning.pinProcess(to: 1) }
-        guard args.count == 5, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]),
-              let kind = TransportKind(rawValue: args[4]) else {
-            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES seqpacket|stream")
+        guard args.count == 6, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]),
+              let kind = TransportKind(rawValue: args[4]), let window = Int(args[5]) else {
+            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES seqpacket|stream WINDOW")
             exit(2)
         }
         let socket = FileDescriptor(rawValue: 3)
@@ -169,7 +177,7 @@ enum Sink {
         case "raw":
             try raw(socket, payload: payload, descriptors: descriptors, messages: messages)
         case "circuits":
-            try await circuits(socket, kind: kind)
+            try await circuits(socket, kind: kind, window: window)
         default:
             exit(2)
         }
@@ -191,9 +199,9 @@ enum Sink {
         try RawSocket.sendAck(socket)
     }
 
-    static func circuits(_ socket: FileDescriptor, kind: TransportKind) async throws {
+    static func circuits(_ socket: FileDescriptor, kind: TransportKind, window: Int) async throws {
         let transport = try await Transport<UInt16>.start(socket: socket, kind: kind,
-                                                          configuration: CircuitsBenchmark.configuration(.acceptor))
+                                                          configuration: CircuitsBenchmark.configuration(.acceptor, window: window))
         try await transport.reserved(0).send([1])
         await withThrowingTaskGroup(of: Void.self) { group in
             while let circuit = try? await transport.accept() {

@@ -9,7 +9,7 @@ import Glibc
 
 /// Benchmarks, each reporting a ratio against a baseline measured in the same run.
 ///
-///     cloister-bench circuits [--quick]
+///     cloister-bench circuits [--quick] [--window BYTES] …
 ///     cloister-bench e2e [--quick]
 ///
 /// The process re-executes itself as the receiving side (`cloister-bench sink …`), so both
@@ -28,16 +28,27 @@ struct CloisterBench {
                 print("--kind must be seqpacket or stream")
                 exit(2)
             }
+            let window = option("--window") ?? CircuitsBenchmark.defaultWindow
+            if args.contains("--window") && option("--window") == nil {
+                print("--window must be a number of bytes")
+                exit(2)
+            }
+            do {
+                try CircuitsBenchmark.configuration(.opener, window: window).validate()
+            } catch {
+                print("--window \(window): \(error)")
+                exit(2)
+            }
             try await CircuitsBenchmark(quick: args.contains("--quick"), onlyPayload: option("--payload"),
                                         onlyDescriptors: option("--fds"), onlyCircuits: option("--circuits"),
                                         skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits"),
-                                        kind: kind ?? .seqpacket).run()
+                                        kind: kind ?? .seqpacket, window: window).run()
         case "e2e":
             try EndToEndBenchmark(quick: args.contains("--quick")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
-            print("usage: cloister-bench circuits [--quick] [--kind seqpacket|stream] [--payload BYTES] [--fds 0|1] [--circuits N] [--no-raw] [--no-circuits]")
+            print("usage: cloister-bench circuits [--quick] [--kind seqpacket|stream] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
             print("       cloister-bench e2e [--quick]")
             exit(2)
         }
