@@ -157,7 +157,7 @@ struct FrameReader: ~Copyable {
         let owned: [ReceivedDescriptors?] = (0..<Int(n)).map { i in
             let count = Int(nfds[i])
             guard count > 0 else { return nil }
-            return ReceivedDescriptors(Array(fds[(i * fdRoom)..<(i * fdRoom + count)]))
+            return ReceivedDescriptors(fds[(i * fdRoom)..<(i * fdRoom + count)])
         }
         for i in 0..<Int(n) {
             let length = lengths[i]
@@ -223,7 +223,8 @@ struct FrameReader: ~Copyable {
             }
         } }
         try checked.get()
-        let all = descriptors?.takeAll() ?? []
+        // A packet of one frame keeps the object its descriptors arrived in.
+        let all = parsed.count == 1 ? [] : descriptors?.takeAll() ?? []
         var used = 0
         for (h, start, count) in parsed {
             let payload: [UInt8]
@@ -236,7 +237,7 @@ struct FrameReader: ~Copyable {
             } else {
                 payload = slot.bytes.withUnsafeBytes { [UInt8]($0[start..<start + h.length]) }
             }
-            let mine = count == 0 ? nil : ReceivedDescriptors(all[used..<used + count].map(\.rawValue))
+            let mine = count == 0 ? nil : parsed.count == 1 ? descriptors : ReceivedDescriptors(all[used..<used + count].lazy.map(\.rawValue))
             used += count
             frames.append(Frame(header: h, payload: payload, descriptors: mine))
         }

@@ -7,7 +7,7 @@ import SystemPackage
 public final class ReceivedDescriptors: Sendable {
     private let storage: Mutex<[FileDescriptor?]>
 
-    init(_ raw: [CInt]) {
+    init(_ raw: some Collection<CInt>) {
         storage = Mutex(raw.map { FileDescriptor(rawValue: $0) })
     }
 
@@ -32,9 +32,17 @@ public final class ReceivedDescriptors: Sendable {
         }
     }
 
-    /// Closes every descriptor not taken. Idempotent.
+    /// Closes every descriptor not taken. Idempotent. In place: a message with descriptors
+    /// is dropped once per message on a busy transport.
     public func close() {
-        for fd in takeAll() { try? fd.close() }
+        storage.withLock { fds in
+            for i in fds.indices {
+                if let fd = fds[i] {
+                    try? fd.close()
+                    fds[i] = nil
+                }
+            }
+        }
     }
 
     deinit { close() }
