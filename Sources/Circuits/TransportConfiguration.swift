@@ -15,7 +15,9 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
     public var reserved: [Id: String]
     /// Flow-control window per circuit, in credit units (payload bytes + `messageCost` per
     /// message + `descriptorCost` per descriptor): how much the peer may have in flight on
-    /// one circuit before this end's consumer reads it.
+    /// one circuit before this end's consumer reads it. Credit returns half a window at a
+    /// time, so a bulk stream needs a window of about twice what is in flight (socket buffer
+    /// plus what waits for the consumer to run), or the sender idles waiting for credit.
     public var window: Int
     /// Largest payload this end accepts.
     public var maxPayload: Int
