@@ -252,10 +252,16 @@ final class TransportCore: Sendable {
         state.withLock { $0.readerThread = thread }
     }
 
-    /// At most this many frames, or about this many payload bytes, are dispatched before
-    /// the consumers they are for are woken.
-    static var drainFrames: Int { 64 }
-    static var drainBytes: Int { 64 * 1024 }
+    /// While more is ready, the reader dispatches up to 64 frames and 64 KiB of payload per
+    /// consumer it will wake (256 frames at most) before waking them. Per consumer: with
+    /// many busy circuits every wake-up is a task of its own, and waking them in larger
+    /// groups made 4 KiB over 64 circuits 10–15 % faster, while a single bulk circuit still
+    /// gets its messages (and returns credit) every 64 KiB. Measured and not kept: 1024
+    /// frames for any number of consumers (descriptor traffic over 64 circuits 5 % slower),
+    /// 256 frames for one consumer (64 B with descriptors on one circuit slower).
+    static var drainFramesPerWake: Int { 64 }
+    static var drainFrames: Int { 256 }
+    static var drainBytesPerWake: Int { 64 * 1024 }
 
     /// The reader thread: frames in, dispatched to circuits, until end of file or an error.
     private func runReader() {
@@ -275,12 +281,14 @@ final class TransportCore: Sendable {
                 try dispatchBatch(frames, handshakeDone: &handshakeDone, wakes: &wakes)
                 // Before handing over, take what arrived meanwhile: a receive queue holds
                 // only about ten packets (net.unix.max_dgram_qlen), and every hand-over is a
-                // context switch on the consumer's side. Bounded in bytes too: large messages
-                // gain nothing from waiting together, and held-back payloads are memory the
-                // consumer cannot reuse yet.
+                // context switch on the consumer's side. Bounded per consumer in bytes too:
+                // large messages gain nothing from waiting together, and held-back payloads
+                // are memory (and credit) the consumer cannot return yet.
                 var taken = frames.count
                 var bytes = frames.reduce(0) { $0 + $1.payload.count }
-                while more && taken < Self.drainFrames && bytes < Self.drainBytes {
+                while more, case let waking = max(1, wakes.count),
+                      taken < min(Self.drainFrames, Self.drainFramesPerWake * waking),
+                      bytes < Self.drainBytesPerWake * waking {
                     frames.removeAll(keepingCapacity: true)
                     guard let queued = try reader.readQueued(into: &frames) else { break }
                     more = queued
