@@ -237,7 +237,14 @@ struct FrameReader: ~Copyable {
             } else {
                 payload = slot.bytes.withUnsafeBytes { [UInt8]($0[start..<start + h.length]) }
             }
-            let mine = count == 0 ? nil : parsed.count == 1 ? descriptors : ReceivedDescriptors(all[used..<used + count].lazy.map(\.rawValue))
+            let mine: ReceivedDescriptors?
+            if count == 0 {
+                mine = nil
+            } else if parsed.count == 1 {
+                mine = descriptors
+            } else {
+                mine = ReceivedDescriptors(all[used..<used + count].lazy.map(\.rawValue))
+            }
             used += count
             frames.append(Frame(header: h, payload: payload, descriptors: mine))
         }

@@ -286,9 +286,10 @@ final class TransportCore: Sendable {
                 // are memory (and credit) the consumer cannot return yet.
                 var taken = frames.count
                 var bytes = frames.reduce(0) { $0 + $1.payload.count }
-                while more, case let waking = max(1, wakes.count),
-                      taken < min(Self.drainFrames, Self.drainFramesPerWake * waking),
-                      bytes < Self.drainBytesPerWake * waking {
+                while more {
+                    let waking = max(1, wakes.count)
+                    guard taken < min(Self.drainFrames, Self.drainFramesPerWake * waking),
+                          bytes < Self.drainBytesPerWake * waking else { break }
                     frames.removeAll(keepingCapacity: true)
                     guard let queued = try reader.readQueued(into: &frames) else { break }
                     more = queued
