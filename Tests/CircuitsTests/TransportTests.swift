@@ -237,8 +237,26 @@ final class TransportTests: XCTestCase {
                 try await c.send([], descriptors: [pipe2.write, pipe2.write])
                 try pipe2.write.close()
                 do { _ = try await served.receive() }
-                XCTAssertEqual(try readAll(pipe2.read), [], "write end closed everywhere, so EOF")
+                XCTAssertEqual(try readAll(pipe2.read, within: 5), [], "write end closed everywhere, so EOF")
                 try pipe2.read.close()
+
+                // Taking one leaves it open when the rest are closed with the message.
+                let left = try makePipe(), kept = try makePipe()
+                try await c.send([], descriptors: [left.write, kept.write])
+                try left.write.close()
+                try kept.write.close()
+                var taken: FileDescriptor?
+                do {
+                    let message = try await served.receive()
+                    taken = message.descriptors?.take(1)
+                }
+                XCTAssertEqual(try readAll(left.read, within: 5), [], "the descriptor not taken is closed")
+                let keptWrite = try XCTUnwrap(taken)
+                _ = try Array("kept".utf8).withUnsafeBytes { try keptWrite.write($0) }
+                try keptWrite.close()
+                XCTAssertEqual(try readAll(kept.read), Array("kept".utf8), "the taken descriptor stayed open")
+                try left.read.close()
+                try kept.read.close()
                 a.close()
                 b.close()
             }

@@ -64,6 +64,27 @@ public func makePipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
 
 public func readAll(_ fd: FileDescriptor) throws -> [UInt8] { try fd.readToEnd() }
 
+/// Reads to end of file, failing after `seconds` instead of blocking: for pipes whose write
+/// end a test expects closed, so that a write end left open fails the test, not the run.
+public func readAll(_ fd: FileDescriptor, within seconds: Double) throws -> [UInt8] {
+    let deadline = Double(DispatchTime.now().uptimeNanoseconds) / 1e9 + seconds
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let left = deadline - Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+        var p = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&p, 1, CInt(max(0, left * 1000)))
+        if ready == 0 { throw DeadlineExceeded(seconds: seconds) }
+        if ready < 0 {
+            if errno == EINTR { continue }
+            throw Errno(rawValue: errno)
+        }
+        let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
+        if n == 0 { return bytes }
+        bytes += chunk[..<n]
+    }
+}
+
 /// The `cloister` executable built next to the test bundle.
 public let cloisterExecutable: String = {
     var dir = ChildProcess.currentExecutable
