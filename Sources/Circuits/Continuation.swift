@@ -8,30 +8,26 @@
 /// suspends and resumes its consumer.
 #if DEBUG
 typealias Continuation<T, E: Error> = CheckedContinuation<T, E>
-
-@inline(__always)
-func withContinuation<T>(isolation: isolated (any Actor)? = #isolation,
-                         _ body: (Continuation<T, Never>) -> Void) async -> sending T {
-    await withCheckedContinuation(isolation: isolation, body)
-}
-
-@inline(__always)
-func withThrowingContinuation<T>(isolation: isolated (any Actor)? = #isolation,
-                                 _ body: (Continuation<T, Error>) -> Void) async throws -> sending T {
-    try await withCheckedThrowingContinuation(isolation: isolation, body)
-}
 #else
 typealias Continuation<T, E: Error> = UnsafeContinuation<T, E>
+#endif
 
 @inline(__always)
 func withContinuation<T>(isolation: isolated (any Actor)? = #isolation,
                          _ body: (Continuation<T, Never>) -> Void) async -> sending T {
+    #if DEBUG
+    await withCheckedContinuation(isolation: isolation, body)
+    #else
     await withUnsafeContinuation(isolation: isolation, body)
+    #endif
 }
 
 @inline(__always)
 func withThrowingContinuation<T>(isolation: isolated (any Actor)? = #isolation,
                                  _ body: (Continuation<T, Error>) -> Void) async throws -> sending T {
+    #if DEBUG
+    try await withCheckedThrowingContinuation(isolation: isolation, body)
+    #else
     try await withUnsafeThrowingContinuation(isolation: isolation, body)
+    #endif
 }
-#endif
