@@ -30,12 +30,23 @@ final class MultiProcessTests: XCTestCase {
                                build: Self.cloisterBuild)
     }
 
+    /// Starts the peer, runs `body` with a transport to it, then checks how the peer ended
+    /// and that this process has exactly the descriptors it had before.
+    private func withPeer(_ kind: TransportKind, ending expected: ChildProcess.Termination,
+                          _ body: (Transport<UInt16>, ChildProcess) async throws -> Void) async throws {
+        let before = openDescriptorCount()
+        let (child, socket) = try startPeer(kind)
+        do {
+            let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: peerConfiguration())
+            try await body(transport, child)
+        }
+        XCTAssertEqual(try child.wait(), expected, "\(kind): how the peer ended")
+        XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+    }
+
     func testChildWritesIntoDescriptorItWasPassed() async throws {
         for kind in TransportKind.allCases {
-            let before = openDescriptorCount()
-            let (child, socket) = try startPeer(kind)
-            do {
-                let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: peerConfiguration())
+            try await withPeer(kind, ending: .exited(0)) { transport, _ in
                 XCTAssertEqual(transport.peerBuild, Self.cloisterBuild)
                 let pipe = try makePipe()
                 let c = try transport.open()
@@ -52,10 +63,8 @@ final class MultiProcessTests: XCTestCase {
                 try await health.send([1, 2, 3])
                 let awaited1 = try await health.receive().payload
                 XCTAssertEqual(awaited1, [1, 2, 3])
-                transport.close()
+                transport.close()  // the peer exits cleanly when the transport closes
             }
-            XCTAssertEqual(try child.wait(), .exited(0), "\(kind): peer exits cleanly when the transport closes")
-            XCTAssertEqual(openDescriptorCount(), before, "\(kind)")
         }
     }
 
@@ -64,10 +73,7 @@ final class MultiProcessTests: XCTestCase {
     /// in order, and none is lost.
     func testDescriptorsTravelWhenNoneCanBeDuplicated() async throws {
         for kind in TransportKind.allCases {
-            let before = openDescriptorCount()
-            let (child, socket) = try startPeer(kind)
-            do {
-                let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: peerConfiguration())
+            try await withPeer(kind, ending: .exited(0)) { transport, _ in
                 let pipe = try makePipe()
                 let c = try transport.open()
                 let count = 40
@@ -101,16 +107,11 @@ final class MultiProcessTests: XCTestCase {
                 try pipe.read.close()
                 transport.close()
             }
-            XCTAssertEqual(try child.wait(), .exited(0))
-            XCTAssertEqual(openDescriptorCount(), before, "\(kind)")
         }
     }
 
     func testChildKilledMidConversationGivesCleanError() async throws {
-        let before = openDescriptorCount()
-        let (child, socket) = try startPeer(.seqpacket)
-        do {
-            let transport = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket, configuration: peerConfiguration())
+        try await withPeer(.seqpacket, ending: .signaled(SIGKILL)) { transport, child in
             let c = try transport.open()
             try await c.send(Array("ping".utf8))
             let awaited2 = try await c.receive().payload
@@ -132,8 +133,6 @@ final class MultiProcessTests: XCTestCase {
             let awaited3 = await transport.closed()
             XCTAssertEqual(awaited3, .peerClosed)
         }
-        XCTAssertEqual(try child.wait(), .signaled(SIGKILL))
-        XCTAssertEqual(openDescriptorCount(), before)
     }
 
     func testWrongPeerFailsLoudly() async throws {
