@@ -19,8 +19,11 @@ import Glibc
 ///   completes a packet writes the complete packets itself, so a burst costs one `sendmsg` per
 ///   peer-sized packet and no thread hand-off. The transport's writer thread writes the last,
 ///   incomplete packet once no frame has come for `corkNanoseconds`.
-/// - A large frame, or one whose descriptors cannot be queued, waits for its turn in the same
-///   queue and is then written by its own sender (no copy; its own descriptors).
+/// - A large frame, or one whose descriptors cannot be queued, is written by its own sender
+///   (no copy; its own descriptors). On a packet socket it goes alongside the queue when
+///   nothing of its circuit is queued or being written (packets are atomic, and the order
+///   the protocol relies on is per circuit id); otherwise, and always on a byte stream, it
+///   waits for its turn in the queue.
 ///
 /// Every submitted frame is written unless the transport fails first; `drain` waits for the
 /// queue before a close. A queued frame's descriptors are duplicated, so the sender keeps its

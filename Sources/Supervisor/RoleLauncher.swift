@@ -13,7 +13,6 @@ import Glibc
 /// watches it, completes the circuits handshake and waits for the role's "ready". On any
 /// failure the role is killed and reaped and every descriptor closed.
 public enum RoleLauncher {
-
     public struct Launched: Sendable {
         public var child: ChildProcess
         public var transport: Transport<UInt16>
