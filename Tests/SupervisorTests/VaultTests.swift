@@ -129,5 +129,11 @@ final class VaultTests: XCTestCase {
         flipped[0] ^= 1
         XCTAssertFalse(credential.matches(flipped))
         XCTAssertFalse(Credential(token: []).matches([]), "an empty credential lets nobody in")
+        // The lengths are compared whole: a token that is the credential repeated, longer by
+        // a multiple of 256 bytes, agrees with it in every byte the comparison cycles over.
+        for extra in [256, 512, 65536] {
+            let repeated = (0..<(credential.token.count + extra)).map { credential.token[$0 % credential.token.count] }
+            XCTAssertFalse(credential.matches(repeated), "\(extra) bytes longer")
+        }
     }
 }
