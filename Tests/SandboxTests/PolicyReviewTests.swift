@@ -44,6 +44,20 @@ final class PolicyReviewTests: XCTestCase {
         XCTAssertEqual(try worker.explain("ioctl", args: [5, 0x5414]).action, .killProcess, "the worker has no terminal")
     }
 
+    /// The reviewed bases say what sets the roles apart, so that a reviewer of `base/` sees
+    /// it and learning starts from it: the vault's terminal work (a second handle on a master,
+    /// a resize, fstat of a descriptor) is in the vault's base and nowhere in the worker's.
+    func testBasesHoldEachRolesOwnNeeds() throws {
+        let workerBase = try Policy.load(file: packageRootPolicies + "/base/worker.json")
+        let vaultBase = try Policy.load(file: packageRootPolicies + "/base/vault.json")
+        let terminalWork: [(String, [UInt64])] = [("dup", [5]), ("ioctl", [5, 0x5414]), ("newfstatat", [5, 0, 0, 0x1000])]
+        for (call, args) in terminalWork {
+            XCTAssertEqual(vaultBase.explain(call, args: args).action, .allow, "vault base: \(call)")
+            XCTAssertNotEqual(workerBase.explain(call, args: args).action, .allow, "worker base: \(call)")
+        }
+        XCTAssertEqual(vaultBase.explain("newfstatat", args: [5, 0, 0, 0]).action, .errno(13), "stat by path stays refused")
+    }
+
     func testExplain() throws {
         let policy = try worker
         XCTAssertEqual(policy.explain("execve", args: []).action, .killProcess)
