@@ -44,13 +44,18 @@ public final class ChildProcess: Sendable {
     /// stdin, stdout and stderr; being a session leader without a controlling terminal, its
     /// first open of a terminal makes it the controlling one (no TIOCSCTTY needed, which
     /// posix_spawn could not issue).
+    ///
+    /// With `ownProcessGroup`, the child leads a process group of its own, so that signals a
+    /// terminal sends to this process's group (Ctrl-C) reach this process alone, which then
+    /// decides what happens to the child.
     public static func spawn(_ executable: String, arguments: [String], descriptors: [FileDescriptor] = [],
                              environment: [String: String] = [:], terminal: String? = nil,
-                             argumentZero: String? = nil, output: FileDescriptor? = nil) throws(SpawnError) -> ChildProcess {
+                             argumentZero: String? = nil, output: FileDescriptor? = nil,
+                             ownProcessGroup: Bool = false) throws(SpawnError) -> ChildProcess {
         let result: Result<ChildProcess, SpawnError> = SpawnerThread.shared.run {
             Result { () throws(SpawnError) in
                 try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment,
-                              terminal: terminal, argumentZero: argumentZero, output: output)
+                              terminal: terminal, argumentZero: argumentZero, output: output, ownProcessGroup: ownProcessGroup)
             }
         }
         return try result.get()
@@ -58,7 +63,7 @@ public final class ChildProcess: Sendable {
 
     private static func spawnHere(_ executable: String, arguments: [String], descriptors: [FileDescriptor],
                                   environment: [String: String], terminal: String?,
-                                  argumentZero: String?, output: FileDescriptor?) throws(SpawnError) -> ChildProcess {
+                                  argumentZero: String?, output: FileDescriptor?, ownProcessGroup: Bool) throws(SpawnError) -> ChildProcess {
         // Move the sources out of the way first, so no source number collides with a target
         // and dup2 always gives a fresh (inheritable) descriptor.
         var staged: [CInt] = []
@@ -95,7 +100,10 @@ public final class ChildProcess: Sendable {
         // POSIX_SPAWN_SETSID (glibc 2.26) sits behind _GNU_SOURCE, which the Glibc module
         // is not built with; the value is the one in <spawn.h>.
         let sessionFlag: Int32 = terminal == nil ? 0 : 0x80
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | sessionFlag))
+        // Process group 0: the child's own pid.
+        let groupFlag: Int32 = ownProcessGroup ? POSIX_SPAWN_SETPGROUP : 0
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | sessionFlag | groupFlag))
 
         let argv = ([argumentZero ?? executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.sorted(by: { $0.key < $1.key }).map { strdup("\($0.key)=\($0.value)") } + [nil]

@@ -50,7 +50,8 @@ public enum RoleLauncher {
                 child = try ChildProcess.spawn(executable,
                                                arguments: ["role", role, "--policy", policy, "--mode", mode.rawValue,
                                                            "--listener-fd", "4", "--user", user, "--group", group] + arguments,
-                                               descriptors: [roleTransport, roleHandoff], output: logWriter)
+                                               descriptors: [roleTransport, roleHandoff], output: logWriter,
+                                               ownProcessGroup: true)
             } catch {
                 try? logReader.close()
                 throw error

@@ -228,7 +228,8 @@ public final class Server: Sendable {
         do {
             defer { try? nurseryEnd.close() }
             nursery = try ChildProcess.spawn(configuration.executable, arguments: arguments + ["--"] + configuration.command,
-                                             descriptors: [nurseryEnd], environment: Self.nurseryEnvironment())
+                                             descriptors: [nurseryEnd], environment: Self.nurseryEnvironment(),
+                                             ownProcessGroup: true)
         }
         var log = logger
         log[metadataKey: "nursery"] = "\(nursery.pid)"

@@ -262,6 +262,66 @@ final class ServeTests: XCTestCase {
         }
         XCTAssertThrowsError(try client.readOutput { $0.contains("never") })
         XCTAssertFalse(FileManager.default.fileExists(atPath: server.controlSocket), "control socket removed")
+        // A drain is not a failure: roles stopping on purpose log no error.
+        let failures = server.output.split(separator: "\n").filter { $0.contains(" error ") || $0.contains(" critical ") }
+        XCTAssertEqual(failures, [], server.output)
+    }
+
+    /// Ctrl-C in the terminal running `cloister serve` signals its whole process group: only
+    /// the supervisor may take it, and it drains as for SIGTERM. Roles that took it themselves
+    /// would die at once, open sessions with them, and be reported as failures.
+    func testInterruptToTheProcessGroupDrains() throws {
+        let server = try ServedCloister.start(workers: 2, ownProcessGroup: true)
+        let client = try attached(server)
+        try client.input("echo up-$((2+3))\r")
+        try client.readOutput { $0.contains("up-5") }
+        XCTAssertEqual(kill(-server.child.pid, SIGINT), 0)
+        let termination = try server.child.wait()
+        server.markStopped()
+        XCTAssertEqual(termination, .exited(0), server.output)
+        XCTAssertThrowsError(try client.readOutput { $0.contains("never") })
+        XCTAssertTrue(server.output.contains("signal=Interrupt"), server.output)
+        XCTAssertFalse(server.output.contains("signal 2 "), "a role took the interrupt itself:\n\(server.output)")
+        let failures = server.output.split(separator: "\n").filter { $0.contains(" error ") || $0.contains(" critical ") }
+        XCTAssertEqual(failures, [], server.output)
+    }
+
+    /// Roles that die as soon as they start (here: profiles that allow almost nothing) must
+    /// not keep the supervisor from honouring SIGTERM while it waits for them to come up.
+    func testSIGTERMStopsASupervisorWhoseRolesCrashLoop() throws {
+        let directory = NSTemporaryDirectory() + "cloister-crashloop-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for role in ["worker", "vault"] {
+            // The bases alone lack what the runtime needs (read, futex…): every start is a violation.
+            try FileManager.default.copyItem(atPath: packageRoot + "/policies/base/\(role).json", toPath: directory + "/\(role).json")
+        }
+        let pipe = try makePipe()
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
+            "serve", "--listen", "127.0.0.1:0", "--workers", "2", "--control-socket", directory + "/control.sock",
+            "--policy-dir", directory, "--", "/bin/sh",
+        ], output: pipe.write)
+        try pipe.write.close()
+        // Read all along: a crash loop logs a lot, and a full pipe would stall the supervisor.
+        let output = Mutex<[UInt8]>([])
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            output.withLock { $0 = (try? readAll(pipe.read)) ?? [] }
+            done.signal()
+        }.start()
+        usleep(1_500_000)
+        try child.signal(SIGTERM)
+        let signalled = ContinuousClock.now
+        let termination = try child.wait()
+        let took = ContinuousClock.now - signalled
+        done.wait()
+        try pipe.read.close()
+        let text = String(decoding: output.withLock { $0 }, as: UTF8.self)
+        XCTAssertTrue(text.contains("sandbox violation"), "the roles were not crash-looping: \(text)")
+        XCTAssertEqual(termination, .exited(0), text)
+        // A bound on correctness, not speed: before the fix it took the whole 30 s readiness wait.
+        XCTAssertLessThan(took, .seconds(10), text)
+        XCTAssertTrue(text.contains("stopped"), text)
     }
 
     /// Wrong credentials get at most ten answers a second, however many arrive at once; the

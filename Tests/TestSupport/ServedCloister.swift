@@ -18,8 +18,10 @@ public final class ServedCloister {
 
     /// With `credentialInFile`, the credential is given through a 0600 file instead of the
     /// command line.
+    /// With `ownProcessGroup`, the supervisor leads a process group, as a shell's foreground
+    /// job does, so a test can signal the group as a terminal's Ctrl-C does.
     public static func start(workers: Int = 2, extra: [String] = [], command: [String] = ["/bin/sh"],
-                             credentialInFile: Bool = false) throws -> ServedCloister {
+                             credentialInFile: Bool = false, ownProcessGroup: Bool = false) throws -> ServedCloister {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-\(getpid())-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -38,7 +40,7 @@ public final class ServedCloister {
         let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--control-socket", control,
             "--policy-dir", packageRoot + "/policies", "--drain-timeout", "2",
-        ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log))
+        ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log), ownProcessGroup: ownProcessGroup)
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
@@ -109,6 +111,9 @@ public final class ServedCloister {
         }
         throw Failure(description: "roles not running after \(timeout) s:\n\(output)")
     }
+
+    /// The test reaped the supervisor itself.
+    public func markStopped() { stopped = true }
 
     /// SIGTERM (drain), then waits for the supervisor to exit.
     @discardableResult
