@@ -181,25 +181,39 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(ConfigurationError(option: option, problem: "\(error)"))\n".utf8))
             throw ExitCode(2)
         }
-        await server.start()
-        for listener in server.listeners {
-            let (host, port) = Listener.parse(listener.address)!
-            let shown = host.contains(":") ? "[\(host)]" : host
-            print("cloister: listening on http://\(shown):\(port)/")
-        }
-        if let credentialLine {
-            print("cloister: one-time credential for this run: \(credentialLine)")
-        }
-        print("cloister: control socket \(configuration.controlSocket!)")
-        fflush(nil)
-        SystemdNotify.send("READY=1\nSTATUS=serving on \(server.listeners.map(\.address).joined(separator: ", "))")
-        var signal = try await onOwnThread { Signals.wait() }
-        while signal == SIGHUP {
-            await reload(server, keeping: configuration.credential, log: log)
-            signal = try await onOwnThread { Signals.wait() }
+        // Signals are taken from now on, also while the roles are coming up: a supervisor
+        // whose roles crash-loop must still stop when told to.
+        let signals = Signals.stream()
+        let stopSignal: Int32 = await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                guard await server.start(), !Task.isCancelled else { return }
+                for listener in server.listeners {
+                    let (host, port) = Listener.parse(listener.address)!
+                    let shown = host.contains(":") ? "[\(host)]" : host
+                    print("cloister: listening on http://\(shown):\(port)/")
+                }
+                if let credentialLine {
+                    print("cloister: one-time credential for this run: \(credentialLine)")
+                }
+                print("cloister: control socket \(configuration.controlSocket!)")
+                fflush(nil)
+                SystemdNotify.send("READY=1\nSTATUS=serving on \(server.listeners.map(\.address).joined(separator: ", "))")
+            }
+            var stop = SIGTERM
+            for await signal in signals {
+                if signal == SIGHUP {
+                    await reload(server, keeping: configuration.credential, log: log)
+                    continue
+                }
+                stop = signal
+                break
+            }
+            group.cancelAll()
+            await group.waitForAll()
+            return stop
         }
         SystemdNotify.send("STOPPING=1")
-        log.info("draining", metadata: ["signal": "\(String(cString: strsignal(signal)))"])
+        log.info("draining", metadata: ["signal": "\(String(cString: strsignal(stopSignal)))"])
         await server.drain(timeout: .milliseconds(Int64(drainTimeout * 1000)))
         log.info("stopped")
     }
@@ -253,6 +267,17 @@ enum Signals {
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Every one of them as it comes, taken by a thread of its own.
+    static func stream() -> AsyncStream<Int32> {
+        AsyncStream { continuation in
+            Task.detached {
+                while let signal = try? await onOwnThread({ wait() }) {
+                    continuation.yield(signal)
+                }
+            }
+        }
     }
 
     /// The next of them.

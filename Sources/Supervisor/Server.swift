@@ -128,8 +128,8 @@ public final class Server: Sendable {
 
     /// Starts the vault and the workers, waits until the vault and at least one worker are
     /// running (or `readiness` has passed), then starts accepting: a client that arrives
-    /// earlier waits in the backlog instead of finding no worker. Returns whether the roles
-    /// came up in time.
+    /// earlier waits in the backlog instead of finding no worker. Returns false, accepting
+    /// nothing, when cancelled meanwhile (the server is to stop: `drain` still follows).
     @discardableResult
     public func start(readiness: Duration = .seconds(30)) async -> Bool {
         vault.start()
@@ -141,7 +141,7 @@ public final class Server: Sendable {
                 ready = true
                 break
             }
-            try? await Task.sleep(for: .milliseconds(20))
+            do { try await Task.sleep(for: .milliseconds(20)) } catch { return false }
         }
         if !ready {
             logger.critical("roles not running after \(readiness); accepting anyway")
@@ -150,7 +150,7 @@ public final class Server: Sendable {
             Task.detached { _ = try? await onOwnThread { self.acceptLoop(listener) } }
             logger.info("listening", metadata: ["address": "\(listener.address)"])
         }
-        return ready
+        return true
     }
 
     /// Stops accepting, gives open connections up to `timeout` to finish, then stops every
