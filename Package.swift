@@ -56,17 +56,22 @@ let package = Package(
                 logging,
                 system,
             ]),
-        .target(name: "RoleProtocol", dependencies: ["Circuits"]),
+        .target(name: "RoleProtocol", dependencies: ["Circuits", logging, system] + nio),
         .target(name: "TerminalClient"),
         .target(
             name: "Vault",
             dependencies: [
-                "Circuits", "Processes", "RoleProtocol", logging, system,
+                "Circuits", "Processes", "RoleProtocol", "Sandbox", logging, system,
             ] + nio),
+        .target(
+            name: "Nursery",
+            dependencies: [
+                "CShim", "Circuits", "Processes", "RoleProtocol", "Sandbox", logging, system,
+            ]),
         .target(
             name: "Worker",
             dependencies: [
-                "Circuits", "RoleProtocol", logging, system,
+                "Circuits", "RoleProtocol", "Sandbox", logging, system,
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ] + nio),
@@ -76,7 +81,7 @@ let package = Package(
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "RoleProtocol", "TerminalClient",
+                "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "RoleProtocol", "TerminalClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
             ] + nio),
         .executableTarget(

@@ -158,6 +158,7 @@ int cloister_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned 
 int cloister_setresuid(uid_t uid) { return setresuid(uid, uid, uid); }
 int cloister_setresgid(gid_t gid) { return setresgid(gid, gid, gid); }
 int cloister_getresuid(uid_t *r, uid_t *e, uid_t *s) { return getresuid(r, e, s); }
+int cloister_getresgid(gid_t *r, gid_t *e, gid_t *s) { return getresgid(r, e, s); }
 pid_t cloister_gettid(void) { return gettid(); }
 
 long cloister_syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6) {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Supervisor
 import NIOCore
 import NIOPosix
 
@@ -11,11 +12,11 @@ struct Cloister: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloister",
         abstract: "A browser-terminal server whose parsers run in sandboxed, privilege-separated workers.",
-        subcommands: [ServeCommand.self, ControlCommand.self, PolicyCommand.self, Version.self, Role.self])
+        subcommands: [ServeCommand.self, ControlCommand.self, PolicyCommand.self, Version.self, RoleCommand.self])
 }
 
 /// A role that must be confined before it does anything else.
-protocol SandboxedRole: AsyncParsableCommand {
+protocol SandboxedCommand: AsyncParsableCommand {
     /// Runs while the process is still single-threaded, before the async runtime starts.
     mutating func enterSandbox() throws
 }
@@ -49,9 +50,9 @@ enum Main {
         if command is ServeCommand {
             // Before any thread exists, so every thread inherits the mask and only the
             // supervisor's signal thread takes them.
-            Signals.block()
+            SupervisorRole.blockSignals()
         }
-        if var role = command as? SandboxedRole {
+        if var role = command as? SandboxedCommand {
             do {
                 try role.enterSandbox()
             } catch {

@@ -157,7 +157,7 @@ struct PolicyCommand: AsyncParsableCommand {
             await server.start()
             let port = Listener.parse(server.listeners[0].address)!.port
             let deadline = ContinuousClock.now + .seconds(30)
-            while !(server.workers.workers.allSatisfy { $0.state == .running } && server.vault.workers.allSatisfy { $0.state == .running }) {
+            while !(server.workers.slots.allSatisfy { $0.state == .running } && server.vault.slots.allSatisfy { $0.state == .running }) {
                 guard ContinuousClock.now < deadline else {
                     await server.drain(timeout: .zero)
                     throw ValidationError("the roles did not start within 30 s")

@@ -3,6 +3,7 @@ import Circuits
 import Foundation
 import Logging
 import Processes
+import RoleProtocol
 import Sandbox
 import Supervisor
 import SystemPackage
@@ -84,7 +85,12 @@ struct ServeCommand: AsyncParsableCommand {
         if credential != nil && credentialFile != nil {
             throw ConfigurationError(option: "--credential-file", problem: "give either --credential or --credential-file")
         }
-        let given = try credentialFile.map(Self.readCredentialFile) ?? credential
+        let given: String?
+        do {
+            given = try credentialFile.map(CredentialFile.read) ?? credential
+        } catch {
+            throw ConfigurationError(option: "--credential-file", problem: "\(error)")
+        }
         if let credential = given {
             let option = credentialFile == nil ? "--credential" : "--credential-file"
             guard let colon = credential.firstIndex(of: ":"), colon != credential.startIndex,
@@ -114,22 +120,6 @@ struct ServeCommand: AsyncParsableCommand {
         return (c, credentialLine)
     }
 
-    /// The first line of a file only its owner can read (a credential on the command line is
-    /// visible to every user in /proc).
-    static func readCredentialFile(_ path: String) throws(ConfigurationError) -> String {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw ConfigurationError(option: "--credential-file", problem: "\(path): \(Errno(rawValue: errno))")
-        }
-        guard info.st_mode & 0o077 == 0 else {
-            throw ConfigurationError(option: "--credential-file", problem: "\(path) is readable or writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
-        }
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw ConfigurationError(option: "--credential-file", problem: "\(path) cannot be read as UTF-8")
-        }
-        return String(text.split(whereSeparator: \.isNewline).first ?? "")
-    }
-
     /// The command as an absolute path (found on PATH now, so a typo fails here), or the
     /// shells' user's login shell.
     func resolvedCommand() throws(ConfigurationError) -> ([String], login: Bool) {
@@ -155,8 +145,8 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        Log.bootstrap()
-        let log = Log.logger(role: "supervisor")
+        RoleLog.bootstrap()
+        let log = RoleLog.logger(.supervisor)
         let configuration: Server.Configuration
         let credentialLine: String?
         let inherited: [Listener]
@@ -168,7 +158,11 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ConfigurationError(option: "LISTEN_FDS", problem: "\(error)")
             }
             (configuration, credentialLine) = try self.configuration(activated: !inherited.isEmpty)
-            try Self.prepareControlDirectory(configuration.controlSocket!)
+            do {
+                try ControlDirectory.prepare(forSocket: configuration.controlSocket!)
+            } catch {
+                throw ConfigurationError(option: "--control-socket", problem: "\(error)")
+            }
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(2)
@@ -181,113 +175,14 @@ struct ServeCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\(ConfigurationError(option: option, problem: "\(error)"))\n".utf8))
             throw ExitCode(2)
         }
-        // Signals are taken from now on, also while the roles are coming up: a supervisor
-        // whose roles crash-loop must still stop when told to.
-        let signals = Signals.stream()
-        let stopSignal: Int32 = await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                guard await server.start(), !Task.isCancelled else { return }
-                for listener in server.listeners {
-                    let (host, port) = Listener.parse(listener.address)!
-                    let shown = host.contains(":") ? "[\(host)]" : host
-                    print("cloister: listening on http://\(shown):\(port)/")
-                }
-                if let credentialLine {
-                    print("cloister: one-time credential for this run: \(credentialLine)")
-                }
-                print("cloister: control socket \(configuration.controlSocket!)")
-                fflush(nil)
-                SystemdNotify.send("READY=1\nSTATUS=serving on \(server.listeners.map(\.address).joined(separator: ", "))")
-            }
-            var stop = SIGTERM
-            for await signal in signals {
-                if signal == SIGHUP {
-                    await reload(server, keeping: configuration.credential, log: log)
-                    continue
-                }
-                stop = signal
-                break
-            }
-            group.cancelAll()
-            await group.waitForAll()
-            return stop
-        }
-        SystemdNotify.send("STOPPING=1")
-        log.info("draining", metadata: ["signal": "\(String(cString: strsignal(stopSignal)))"])
-        await server.drain(timeout: .milliseconds(Int64(drainTimeout * 1000)))
-        log.info("stopped")
-    }
-
-    /// Re-reads what may change while serving: the credential file and the profiles. A
-    /// problem is logged and changes nothing. A one-time credential stays what it was.
-    func reload(_ server: Server, keeping current: [UInt8]?, log: Logger) async {
-        SystemdNotify.send("RELOADING=1")
-        defer { SystemdNotify.send("READY=1") }
-        do {
-            let (fresh, _) = try configuration(activated: true)
-            let kept = credential == nil && credentialFile == nil ? current : fresh.credential
-            await server.reload(credential: kept)
-        } catch {
-            log.error("reload refused; nothing changed", metadata: ["problem": "\(error)"])
-        }
-    }
-
-    /// The control socket's directory is created 0700 if missing; an existing one must belong
-    /// to this user (or root) and not be writable by others, or someone else could put their
-    /// own socket in its place.
-    static func prepareControlDirectory(_ socket: String) throws(ConfigurationError) {
-        let directory = (socket as NSString).deletingLastPathComponent
-        guard !directory.isEmpty else { return }
-        var info = stat()
-        if stat(directory, &info) != 0 {
-            guard errno == ENOENT, mkdir(directory, 0o700) == 0 else {
-                throw ConfigurationError(option: "--control-socket", problem: "cannot create \(directory): \(Errno(rawValue: errno))")
-            }
-            return
-        }
-        guard info.st_mode & S_IFMT == S_IFDIR else {
-            throw ConfigurationError(option: "--control-socket", problem: "\(directory) is not a directory")
-        }
-        let sticky = info.st_mode & S_ISVTX != 0
-        guard info.st_uid == geteuid() || info.st_uid == 0 else {
-            throw ConfigurationError(option: "--control-socket", problem: "\(directory) belongs to uid \(info.st_uid)")
-        }
-        guard info.st_mode & 0o022 == 0 || sticky else {
-            throw ConfigurationError(option: "--control-socket", problem: "\(directory) is writable by others")
-        }
-    }
-}
-
-/// SIGTERM, SIGINT and SIGHUP are blocked in every thread (see `Main`) and taken here.
-enum Signals {
-    static let handled = [SIGTERM, SIGINT, SIGHUP]
-
-    static func block() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for s in handled { sigaddset(&set, s) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-    }
-
-    /// Every one of them as it comes, taken by a thread of its own.
-    static func stream() -> AsyncStream<Int32> {
-        AsyncStream { continuation in
-            Task.detached {
-                while let signal = try? await onOwnThread({ wait() }) {
-                    continuation.yield(signal)
-                }
-            }
-        }
-    }
-
-    /// The next of them.
-    static func wait() -> Int32 {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for s in handled { sigaddset(&set, s) }
-        while true {
-            var signal: Int32 = 0
-            if sigwait(&set, &signal) == 0 { return signal }
+        // On reload everything is checked as at start (the profiles too); a one-time
+        // credential stays what it was, a given one is read again.
+        let oneTime = credential == nil && credentialFile == nil
+        let options = self
+        await SupervisorRole.run(server, credentialLine: credentialLine, drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
+                                 logger: log) {
+            let fresh = try options.configuration(activated: true).0
+            return oneTime ? configuration.credential : fresh.credential
         }
     }
 }

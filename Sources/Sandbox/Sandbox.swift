@@ -106,11 +106,8 @@ public enum Sandbox {
             outcome.steps.append("identity: not root (uid \(getuid())), kept")
             return
         }
-        guard let user = getpwnam(c.user) else { throw SandboxError(step: "identity", call: "getpwnam", errno: .noSuchFileOrDirectory, detail: "no user \"\(c.user)\"") }
-        let uid = user.pointee.pw_uid
-        guard let group = getgrnam(c.group) else { throw SandboxError(step: "identity", call: "getgrnam", errno: .noSuchFileOrDirectory, detail: "no group \"\(c.group)\"") }
-        let gid = group.pointee.gr_gid
-        guard uid != 0, gid != 0 else {
+        let account = try Identity.account(user: c.user, group: c.group)
+        guard account.uid != 0, account.gid != 0 else {
             throw SandboxError(step: "identity", call: "getpwnam", errno: .invalidArgument, detail: "\(c.user):\(c.group) is root")
         }
         // Root gains nothing on exec, ambient capabilities cannot be raised, keep-caps stays
@@ -120,14 +117,8 @@ public enum Sandbox {
         for cap in 0..<Int32(cap_max_bits()) {
             guard cap_drop_bound(cap_value_t(cap)) == 0 else { throw fail("identity", "cap_drop_bound", "capability \(cap)") }
         }
-        guard setgroups(0, nil) == 0 else { throw fail("identity", "setgroups") }
-        guard cloister_setresgid(gid) == 0 else { throw fail("identity", "setresgid", "\(gid)") }
-        guard cloister_setresuid(uid) == 0 else { throw fail("identity", "setresuid", "\(uid)") }
-        var r: uid_t = 0, e: uid_t = 0, s: uid_t = 0
-        cloister_getresuid(&r, &e, &s)
-        guard r == uid, e == uid, s == uid else {
-            throw SandboxError(step: "identity", call: "getresuid", errno: .permissionDenied, detail: "uid did not change")
-        }
+        try Identity.become(account, groups: .none)
+        let (uid, gid) = (account.uid, account.gid)
         outcome.steps.append("identity: \(c.user):\(c.group) (\(uid):\(gid)), no supplementary groups, securebits locked, bounding set empty")
     }
 

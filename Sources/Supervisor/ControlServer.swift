@@ -52,12 +52,12 @@ public final class ControlServer: Sendable {
     }
 
     private let listener: UnixSocket.Listener
-    private let pool: WorkerPool
-    private let vault: WorkerPool?
+    private let pool: RolePool
+    private let vault: RolePool?
     private let logger: Logger
     private let stopped = Mutex(false)
 
-    public init(path: String, pool: WorkerPool, vault: WorkerPool? = nil, logger: Logger) throws {
+    public init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws {
         listener = try UnixSocket.listen(path: path, kind: .stream)
         self.pool = pool
         self.vault = vault
@@ -102,20 +102,20 @@ public final class ControlServer: Sendable {
         }
         switch String(decoding: request, as: UTF8.self).trimmingCharacters(in: .whitespaces) {
         case "status":
-            let workers = pool.workers
+            let workers = pool.slots
             reply(connection, Status(version: Self.protocolVersion, pid: getpid(), workers: workers.count,
                                      running: workers.filter { $0.state == .running }.count,
                                      degraded: pool.isDegraded || vault?.isDegraded == true,
                                      connections: workers.reduce(0) { $0 + $1.connections },
-                                     vault: vault?.workers.first.map(Self.report)))
+                                     vault: vault?.slots.first.map(Self.report)))
         case "workers":
-            reply(connection, Workers(version: Self.protocolVersion, workers: pool.workers.map(Self.report)))
+            reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))
         case let other:
             reply(connection, error: "unknown request \"\(other.prefix(64))\" (expected status or workers)")
         }
     }
 
-    static func report(_ w: WorkerPool.WorkerStatus) -> WorkerReport {
+    static func report(_ w: RolePool.SlotStatus) -> WorkerReport {
         let sandbox = w.pid.flatMap { SandboxStatus.read(pid: $0) }
         let main = sandbox?.threads.first { $0.tid == w.pid }
         return WorkerReport(

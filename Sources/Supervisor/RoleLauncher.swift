@@ -15,15 +15,14 @@ import Glibc
 public enum RoleLauncher {
     public struct Launched: Sendable {
         public var child: ChildProcess
-        public var transport: Transport<UInt16>
+        public var transport: RoleTransport
         public var monitor: ViolationMonitor
         /// Relays the role's output; done (its pipe closed) once the role has gone.
         public var output: Task<Void, Never>
     }
 
-    public static func start(executable: String, role: String, policy: String, mode: EnforcementMode,
-                             user: String, group: String, intent: String = RoleIntent.supervisorWorker,
-                             arguments: [String] = [], build: String = BuildID.current,
+    public static func start(executable: String, role: Role, policy: String, mode: EnforcementMode,
+                             user: String, group: String, arguments: [String] = [], build: String = BuildID.current,
                              onViolation: @escaping @Sendable (ViolationMonitor.Event) -> Void) async throws -> Launched {
         precondition(mode != .enforce, "a launched role is always watched (report or learn)")
         let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
@@ -48,7 +47,7 @@ public enum RoleLauncher {
             }
             do {
                 child = try ChildProcess.spawn(executable,
-                                               arguments: ["role", role, "--policy", policy, "--mode", mode.rawValue,
+                                               arguments: ["role", role.rawValue, "--policy", policy, "--mode", mode.rawValue,
                                                            "--listener-fd", "4", "--user", user, "--group", group] + arguments,
                                                descriptors: [roleTransport, roleHandoff], output: logWriter,
                                                ownProcessGroup: true)
@@ -70,15 +69,14 @@ public enum RoleLauncher {
                 defer { try? handoff.close() }
                 listener = try ListenerHandoff.receive(from: handoff)
             }
-            let monitor = try ViolationMonitor(listener: listener, role: role, mode: mode, handler: onViolation)
+            let monitor = try ViolationMonitor(listener: listener, role: role.rawValue, mode: mode, handler: onViolation)
             socketOwned = false
-            let transport = try await Transport<UInt16>.start(
-                socket: transportSocket, kind: .seqpacket,
-                configuration: RoleLink.configuration(intent, side: .opener, build: build))
-            let ready = try await transport.reserved(RoleLink.control).receive()
-            guard ready.payload == Array("ready".utf8) else {
+            let transport = try await link(to: role).start(socket: transportSocket, side: .opener, build: build)
+            do {
+                try await ControlCircuit.awaitReady(transport, role: role)
+            } catch {
                 transport.close()
-                throw CircuitError.malformedHandshake("the \(role) said \(ready.payload) instead of ready")
+                throw error
             }
             return Launched(child: child, transport: transport, monitor: monitor, output: output)
         } catch {
@@ -87,6 +85,15 @@ public enum RoleLauncher {
             _ = try? await onOwnThread { try child.wait() }
             await output.value
             throw error
+        }
+    }
+
+    /// The link from the supervisor to a role it launches.
+    static func link(to role: Role) -> Link {
+        switch role {
+        case .worker: return .supervisorWorker
+        case .vault: return .supervisorVault
+        case .supervisor, .nursery: preconditionFailure("the supervisor does not launch a \(role) as a sandboxed role")
         }
     }
 

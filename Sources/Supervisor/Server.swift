@@ -10,10 +10,9 @@ import SystemPackage
 import Glibc
 #endif
 
-/// `cloister serve`: owns the listening sockets and the control socket, runs the vault (with
-/// its nursery) and the worker pool, brokers a transport between every worker and the vault,
-/// and hands each accepted client socket to the least-loaded worker. It never reads a client
-/// byte.
+/// `cloister serve`: owns the listening sockets and the control socket, runs the vault pool
+/// and the worker pool (the `LinkBroker` connects them, and gives each vault its nursery), and
+/// hands each accepted client socket to the least-loaded worker. It never reads a client byte.
 public final class Server: Sendable {
     public struct Configuration: Sendable {
         public var listen: [String] = ["127.0.0.1:7681"]
@@ -33,7 +32,8 @@ public final class Server: Sendable {
         public var login: Bool
         public var executable = ChildProcess.currentExecutable
         public var mode: EnforcementMode = .report
-        public var tuning: (@Sendable (inout WorkerPool.Configuration) -> Void)?
+        /// Adjusts each pool's configuration (tests: shorter heartbeats and backoff).
+        public var tuning: (@Sendable (inout RolePool.Configuration) -> Void)?
 
         public init(workerPolicy: String, vaultPolicy: String, command: [String], login: Bool) {
             self.workerPolicy = workerPolicy
@@ -43,18 +43,14 @@ public final class Server: Sendable {
         }
     }
 
-    private struct Shared {
-        var vault: Transport<UInt16>?
-        var accepting = true
-        var credential: [UInt8]?
-    }
-
     public let configuration: Configuration
     public let listeners: [Listener]
-    public let workers: WorkerPool
-    public let vault: WorkerPool
+    public let workers: RolePool
+    public let vault: RolePool
+    private let broker: LinkBroker
+    private let brokering = Mutex<Task<Void, Never>?>(nil)
     private let logger: Logger
-    private let shared = Mutex(Shared())
+    private let accepting = Atomic<Bool>(true)
     private let control: ControlServer?
 
     /// Binds every listening and control socket; nothing runs until `start`. Throws (having
@@ -72,24 +68,21 @@ public final class Server: Sendable {
             throw error
         }
         listeners = bound
-        var workerConfiguration = WorkerPool.Configuration(count: c.workers, executable: c.executable, policy: c.workerPolicy)
+        var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = c.checkOrigin ? [] : ["--no-check-origin"]
+        workerConfiguration.admission = .onceLinked
         c.tuning?(&workerConfiguration)
-        var vaultConfiguration = WorkerPool.Configuration(count: 1, executable: c.executable, policy: c.vaultPolicy)
-        vaultConfiguration.role = "vault"
-        vaultConfiguration.intent = RoleIntent.supervisorVault
+        var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
         vaultConfiguration.mode = c.mode
+        vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
-        // The hooks need the server, which needs the pools: they reach it through a box.
-        let box = Box()
-        workers = WorkerPool(configuration: workerConfiguration, logger: logger) { id, transport, _ in
-            try await box.server?.workerStarted(id, transport)
-            return nil
-        }
-        vault = WorkerPool(configuration: vaultConfiguration, logger: logger) { _, transport, _ in
-            try await box.server?.vaultStarted(transport)
-        }
+        workers = RolePool(configuration: workerConfiguration, logger: logger)
+        vault = RolePool(configuration: vaultConfiguration, logger: logger)
+        broker = LinkBroker(
+            workers: workers, vault: vault,
+            nursery: .init(executable: c.executable, user: c.user, group: c.group, command: c.command, login: c.login),
+            credential: c.credential, logger: logger)
         let (workerPool, vaultPool) = (workers, vault)
         do {
             control = try c.controlSocket.map { try ControlServer(path: $0, pool: workerPool, vault: vaultPool, logger: logger) }
@@ -97,8 +90,6 @@ public final class Server: Sendable {
             for listener in bound { try? listener.descriptor.close() }
             throw error
         }
-        shared.withLock { $0.credential = c.credential }
-        box.server = self
     }
 
     /// SIGHUP: the new credential applies to every check from now on (open sessions stay),
@@ -106,24 +97,9 @@ public final class Server: Sendable {
     /// profile as it is now. The vault keeps its sessions; a new vault profile applies when
     /// the vault is next started.
     public func reload(credential: [UInt8]?) async {
-        let vault: Transport<UInt16>? = shared.withLock { s in
-            s.credential = credential
-            return s.vault
-        }
-        if let vault {
-            do {
-                try await Self.tell(vault, .configure(credential: credential))
-            } catch {
-                logger.error("new credential not delivered to the vault", metadata: ["error": "\(error)"])
-            }
-        }
+        await broker.configure(credential: credential)
         workers.renew()
         logger.info("reloaded: credential replaced, workers renewed as their clients leave")
-    }
-
-    private final class Box: @unchecked Sendable {
-        // Set once in init before any hook can run.
-        var server: Server?
     }
 
     /// Starts the vault and the workers, waits until the vault and at least one worker are
@@ -132,12 +108,14 @@ public final class Server: Sendable {
     /// nothing, when cancelled meanwhile (the server is to stop: `drain` still follows).
     @discardableResult
     public func start(readiness: Duration = .seconds(30)) async -> Bool {
+        let broker = self.broker
+        brokering.withLock { $0 = Task { await broker.run() } }
         vault.start()
         workers.start()
         let deadline = ContinuousClock.now + readiness
         var ready = false
         while ContinuousClock.now < deadline {
-            if vault.workers.first?.state == .running && workers.workers.contains(where: { $0.state == .running }) {
+            if vault.slots.first?.state == .running && workers.slots.contains(where: { $0.state == .running }) {
                 ready = true
                 break
             }
@@ -156,7 +134,7 @@ public final class Server: Sendable {
     /// Stops accepting, gives open connections up to `timeout` to finish, then stops every
     /// role and waits until all are reaped (the vault's end hangs up every shell).
     public func drain(timeout: Duration) async {
-        shared.withLock { $0.accepting = false }
+        accepting.store(false, ordering: .releasing)
         for listener in listeners { listener.stop() }
         control?.close()
         let deadline = ContinuousClock.now + timeout
@@ -164,24 +142,24 @@ public final class Server: Sendable {
             try? await Task.sleep(for: .milliseconds(50))
         }
         logger.info("draining done", metadata: ["open_connections": "\(workers.openConnections)"])
+        broker.beginStopping()
         await workers.shutdown()
         await vault.shutdown()
+        await brokering.withLock { $0 }?.value
         for listener in listeners { try? listener.descriptor.close() }
     }
-
-    private var accepting: Bool { shared.withLock { $0.accepting } }
 
     /// EMFILE/ENFILE (and ENOBUFS/ENOMEM) back off, from 10 ms doubling to 1 s, and recover
     /// once descriptors are free again; the pending client stays in the backlog meanwhile.
     private func acceptLoop(_ listener: Listener) {
         var backoffMilliseconds: UInt32 = 0
-        while accepting {
+        while accepting.load(ordering: .acquiring) {
             let client: FileDescriptor
             do {
                 client = try listener.accept()
                 backoffMilliseconds = 0
             } catch {
-                guard accepting else { return }
+                guard accepting.load(ordering: .acquiring) else { return }
                 let code = error.errno?.rawValue ?? 0
                 guard [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(code) else {
                     logger.critical("accept failed; this listener stops", metadata: ["error": "\(error)"])
@@ -205,83 +183,5 @@ public final class Server: Sendable {
                 }
             }
         }
-    }
-
-    // MARK: Links between workers and the vault
-
-    private func workerStarted(_ id: Int, _ transport: Transport<UInt16>) async throws {
-        guard let vault = shared.withLock({ $0.vault }) else { return }  // linked when the vault starts
-        try await link(worker: id, transport, vault: vault)
-    }
-
-    /// Starts the nursery, configures the vault, links the nursery and every running worker;
-    /// returns the teardown that stops the nursery. If the nursery dies, the vault is closed
-    /// too, and both are started again.
-    private func vaultStarted(_ transport: Transport<UInt16>) async throws -> (@Sendable () async -> Void) {
-        let (vaultEnd, nurseryEnd) = try SocketCalls.socketPair(.seqpacket)
-        defer { try? vaultEnd.close() }
-        var arguments = ["role", "nursery"]
-        if let user = configuration.user { arguments += ["--user", user] }
-        if let group = configuration.group { arguments += ["--group", group] }
-        if configuration.login { arguments.append("--login") }
-        let nursery: ChildProcess
-        do {
-            defer { try? nurseryEnd.close() }
-            nursery = try ChildProcess.spawn(configuration.executable, arguments: arguments + ["--"] + configuration.command,
-                                             descriptors: [nurseryEnd], environment: Self.nurseryEnvironment(),
-                                             ownProcessGroup: true)
-        }
-        var log = logger
-        log[metadataKey: "nursery"] = "\(nursery.pid)"
-        let tearingDown = Atomic<Bool>(false)
-        let watcher = Task {
-            let termination = try? await onOwnThread { try nursery.wait() }
-            if !tearingDown.load(ordering: .acquiring) {
-                log.error("nursery ended; restarting the vault with it",
-                          metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
-                transport.close()
-            }
-        }
-        let teardown: @Sendable () async -> Void = {
-            self.shared.withLock { if $0.vault === transport { $0.vault = nil } }
-            tearingDown.store(true, ordering: .releasing)
-            try? nursery.signal(SIGKILL)
-            await watcher.value
-        }
-        do {
-            try await Self.tell(transport, .configure(credential: shared.withLock { $0.credential }))
-            try await Self.tell(transport, .nurseryLink, descriptor: vaultEnd)
-            shared.withLock { $0.vault = transport }
-            for (id, worker) in workers.runningTransports {
-                try? await link(worker: id, worker, vault: transport)
-            }
-        } catch {
-            await teardown()
-            throw error
-        }
-        return teardown
-    }
-
-    static func nurseryEnvironment() -> [String: String] {
-        guard let lang = getenv("LANG") else { return [:] }
-        return ["LANG": String(cString: lang)]
-    }
-
-    /// One socketpair: one end to the vault, the other to the worker.
-    private func link(worker id: Int, _ worker: Transport<UInt16>, vault: Transport<UInt16>) async throws {
-        let (vaultEnd, workerEnd) = try SocketCalls.socketPair(.seqpacket)
-        defer {
-            try? vaultEnd.close()
-            try? workerEnd.close()
-        }
-        try await Self.tell(vault, .workerLink(worker: UInt32(id)), descriptor: vaultEnd)
-        try await Self.tell(worker, .vaultLink(worker: UInt32(id)), descriptor: workerEnd)
-    }
-
-    /// A one-message conversation, waited on until the role has acted on it.
-    private static func tell(_ transport: Transport<UInt16>, _ message: RoleMessage, descriptor: FileDescriptor? = nil) async throws {
-        let circuit = try transport.open()
-        try await circuit.send(message.encoded, descriptors: descriptor.map { [$0] } ?? [], end: true)
-        while !(try await circuit.receive()).isEnd {}
     }
 }

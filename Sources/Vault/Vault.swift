@@ -23,7 +23,7 @@ import Glibc
 public final class Vault: Sendable {
     private struct State {
         var credential: Credential?
-        var nursery: Transport<UInt16>?
+        var nursery: RoleTransport?
         var attachments = 0
     }
 
@@ -39,7 +39,7 @@ public final class Vault: Sendable {
 
     /// Serves the supervisor's conversations (configuration and links) until its transport
     /// closes; each worker link is served for as long as it lasts.
-    public func serve(supervisor: Transport<UInt16>) async {
+    public func serve(supervisor: RoleTransport) async {
         await withTaskGroup(of: Void.self) { group in
             while let circuit = try? await supervisor.accept() {
                 group.addTask { await self.fromSupervisor(circuit) }
@@ -49,19 +49,26 @@ public final class Vault: Sendable {
         state.withLock { $0.nursery?.close() }
     }
 
-    private func fromSupervisor(_ circuit: Circuit<UInt16>) async {
-        guard let first = try? await circuit.receive() else { return }
-        defer { first.descriptors?.close() }
-        switch RoleMessage(decoding: first.payload) {
+    /// One supervisor conversation, ended once acted on; a worker link's only after it is
+    /// up, since the link is then served for as long as it lasts.
+    private func fromSupervisor(_ circuit: RoleCircuit) async {
+        let received: Received<SupervisorToVault>
+        do {
+            guard let first = try await circuit.receive(SupervisorToVault.self) else { return }
+            received = first
+        } catch {
+            logger.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
+            try? await circuit.send([], end: true)
+            return
+        }
+        switch received.message {
         case .configure(let token):
             state.withLock { $0.credential = token.map(Credential.init(token:)) }
             try? await circuit.send([], end: true)
         case .nurseryLink:
-            guard let socket = first.descriptors?.take(0) else { break }
+            // The decoder checked that the link came with its descriptor.
             do {
-                let nursery = try await Transport<UInt16>.start(
-                    socket: socket, kind: .seqpacket,
-                    configuration: RoleLink.configuration(RoleIntent.vaultNursery, side: .opener))
+                let nursery = try await Link.vaultNursery.start(socket: received.descriptors!.take(0)!, side: .opener)
                 let previous = state.withLock { s in
                     defer { s.nursery = nursery }
                     return s.nursery
@@ -73,27 +80,22 @@ public final class Vault: Sendable {
             }
             try? await circuit.send([], end: true)
         case .workerLink(let worker):
-            guard let socket = first.descriptors?.take(0) else { break }
+            let socket = received.descriptors!.take(0)!
             try? await circuit.send([], end: true)
             var log = logger
             log[metadataKey: "worker"] = "\(worker)"
             do {
-                let link = try await Transport<UInt16>.start(
-                    socket: socket, kind: .seqpacket,
-                    configuration: RoleLink.configuration(RoleIntent.workerVault, side: .acceptor))
+                let link = try await Link.workerVault.start(socket: socket, side: .acceptor)
                 log.info("worker linked")
                 await serve(worker: link, logger: log)
                 log.info("worker link closed", metadata: ["reason": "\(link.failure.map { "\($0)" } ?? "closed")"])
             } catch {
                 log.error("worker link failed", metadata: ["error": "\(error)"])
             }
-        default:
-            logger.error("unexpected message from the supervisor", metadata: ["bytes": "\(first.payload.prefix(8))"])
-            try? await circuit.send([], end: true)
         }
     }
 
-    private func serve(worker link: Transport<UInt16>, logger: Logger) async {
+    private func serve(worker link: RoleTransport, logger: Logger) async {
         await withTaskGroup(of: Void.self) { group in
             while let circuit = try? await link.accept() {
                 group.addTask { await self.attachment(circuit, logger: logger) }
@@ -115,29 +117,37 @@ public final class Vault: Sendable {
         return false
     }
 
-    private func attachment(_ circuit: Circuit<UInt16>, logger: Logger) async {
-        guard let first = try? await circuit.receive() else { return }
-        first.descriptors?.close()
-        switch RoleMessage(decoding: first.payload) {
+    private func attachment(_ circuit: RoleCircuit, logger: Logger) async {
+        let first: WorkerToVault?
+        do {
+            first = try await circuit.receive(WorkerToVault.self)?.message
+        } catch {
+            logger.error("malformed first message of an attachment", metadata: ["error": "\(error)"])
+            try? await circuit.send(VaultToWorker.refused(.malformedRequest), end: true)
+            return
+        }
+        switch first {
         case .check(let token):
             let ok = await authorized(token)
-            try? await circuit.send((ok ? RoleMessage.accepted(title: title) : .denied(reason: "bad credential")).encoded, end: true)
+            try? await circuit.send(ok ? VaultToWorker.accepted(title: title) : .refused(.badCredential), end: true)
         case .attach(let columns, let rows, let token):
             guard await authorized(token) else {
                 logger.warning("attachment refused: bad credential")
-                try? await circuit.send(RoleMessage.denied(reason: "bad credential").encoded, end: true)
+                try? await circuit.send(VaultToWorker.refused(.badCredential), end: true)
                 return
             }
             await relay(circuit, columns: columns, rows: rows, logger: logger)
-        default:
-            logger.error("malformed first message of an attachment", metadata: ["bytes": "\(first.payload.prefix(8))"])
-            try? await circuit.send(RoleMessage.denied(reason: "malformed request").encoded, end: true)
+        case .input, .resize, .pause, .resume:
+            logger.error("an attachment began without attach or check", metadata: ["first": "\(first!)"])
+            try? await circuit.send(VaultToWorker.refused(.malformedRequest), end: true)
+        case nil:
+            return  // ended before asking anything
         }
     }
 
     /// A started shell: its nursery conversation (which reports the exit) and its PTY master.
     private struct Shell {
-        var conversation: Circuit<UInt16>
+        var conversation: RoleCircuit
         var pid: Int32
         var master: SystemPackage.FileDescriptor
     }
@@ -145,27 +155,26 @@ public final class Vault: Sendable {
     private func spawnShell(columns: UInt16, rows: UInt16) async throws -> Shell {
         guard let nursery = state.withLock({ $0.nursery }) else { throw VaultError.noNursery }
         let conversation = try nursery.open()
-        try await conversation.send(RoleMessage.spawn(columns: columns, rows: rows).encoded)
-        let reply = try await conversation.receive()
-        switch RoleMessage(decoding: reply.payload) {
+        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows))
+        let reply = try await conversation.receive(NurseryToVault.self)
+        switch reply?.message {
         case .spawned(let pid):
-            guard let master = reply.descriptors?.take(0) else { throw VaultError.nursery("no PTY master with the shell") }
-            return Shell(conversation: conversation, pid: pid, master: master)
-        case .denied(let reason):
+            // The decoder checked that the master came with it.
+            return Shell(conversation: conversation, pid: pid, master: reply!.descriptors!.take(0)!)
+        case .failed(let reason):
             throw VaultError.nursery(reason)
-        default:
-            reply.descriptors?.close()
-            throw VaultError.nursery("unexpected reply")
+        case .exited, nil:
+            throw VaultError.nursery("no shell and no reason")
         }
     }
 
-    private func relay(_ circuit: Circuit<UInt16>, columns: UInt16, rows: UInt16, logger: Logger) async {
+    private func relay(_ circuit: RoleCircuit, columns: UInt16, rows: UInt16, logger: Logger) async {
         let shell: Shell
         do {
             shell = try await spawnShell(columns: columns, rows: rows)
         } catch {
             logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
-            try? await circuit.send(RoleMessage.denied(reason: "cannot start a shell: \(error)").encoded, end: true)
+            try? await circuit.send(VaultToWorker.refused(.noTerminal), end: true)
             return
         }
         var log = logger
@@ -182,7 +191,7 @@ public final class Vault: Sendable {
         let master = shell.master
         let ending: Ending
         do {
-            try await circuit.send(RoleMessage.accepted(title: title).encoded)
+            try await circuit.send(VaultToWorker.accepted(title: title))
             let channelFD = dup(master.rawValue)
             guard channelFD >= 0 else { throw SystemCallError(call: "dup", errno: Errno(rawValue: errno)) }
             let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
@@ -212,7 +221,7 @@ public final class Vault: Sendable {
             "ending": "\(ending.rawValue)", "shell_exit": "\(exit.map { "\($0)" } ?? "unknown")",
         ])
         if ending == .shellExited, let exit {
-            try? await circuit.send(RoleMessage.exited(exit).encoded, end: true)
+            try? await circuit.send(VaultToWorker.exited(exit), end: true)
         }
     }
 
@@ -221,7 +230,7 @@ public final class Vault: Sendable {
     /// Relays until the shell's output ends (EOF or EIO on the master: no slave is open) or
     /// the worker ends the conversation. Pause stops reading the terminal, so a shell writing
     /// to a paused client blocks as it would on a stopped real terminal.
-    private static func pump(circuit: Circuit<UInt16>, master: SystemPackage.FileDescriptor,
+    private static func pump(circuit: RoleCircuit, master: SystemPackage.FileDescriptor,
                              inbound: NIOAsyncChannelInboundStream<ByteBuffer>,
                              outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws -> Ending {
         let gate = PauseGate()
@@ -230,7 +239,7 @@ public final class Vault: Sendable {
                 do {
                     for try await chunk in inbound {
                         await gate.waitWhilePaused()
-                        let message = chunk.withUnsafeReadableBytes { RoleMessage.encodeOutput($0) }
+                        let message = chunk.withUnsafeReadableBytes { VaultToWorker.encodeOutput($0) }
                         try await circuit.send(message)
                     }
                 } catch {}
@@ -238,19 +247,18 @@ public final class Vault: Sendable {
             }
             group.addTask {
                 defer { gate.resume() }
-                while let message = try? await circuit.receive() {
-                    if message.isEnd && message.payload.isEmpty { break }
-                    message.descriptors?.close()
-                    switch RoleMessage(decoding: message.payload) {
+                // A worker that sends what does not belong on an attachment ends it.
+                while let received = try? await circuit.receive(WorkerToVault.self) {
+                    switch received.message {
                     case .input(let bytes):
                         guard (try? await outbound.write(ByteBuffer(bytes: bytes))) != nil else { return .shellExited }
                     case .resize(let columns, let rows):
                         try? PseudoTerminal.resize(master, rows: rows, columns: columns)
                     case .pause: gate.pause()
                     case .resume: gate.resume()
-                    default: return .clientLeft
+                    case .attach, .check: return .clientLeft
                     }
-                    if message.isEnd { break }
+                    if received.isEnd { break }
                 }
                 return .clientLeft
             }
@@ -262,11 +270,11 @@ public final class Vault: Sendable {
 
     /// The nursery reports the exit once it has reaped the shell. A shell that ignores
     /// SIGHUP may outlive its attachment; its status is then not waited for.
-    private static func exitStatus(of conversation: Circuit<UInt16>) async -> RoleMessage.Exit? {
-        await withTaskGroup(of: RoleMessage.Exit?.self) { group in
+    private static func exitStatus(of conversation: RoleCircuit) async -> Exit? {
+        await withTaskGroup(of: Exit?.self) { group in
             group.addTask {
-                while let message = try? await conversation.receive() {
-                    if case .exited(let exit) = RoleMessage(decoding: message.payload) { return exit }
+                while let received = try? await conversation.receive(NurseryToVault.self) {
+                    if case .exited(let exit) = received.message { return exit }
                 }
                 return nil
             }
@@ -288,66 +296,6 @@ public enum VaultError: Error, CustomStringConvertible {
         switch self {
         case .noNursery: return "no nursery is linked"
         case .nursery(let reason): return "the nursery refused: \(reason)"
-        }
-    }
-}
-
-/// Spaces events at least `interval` apart: each caller waits for the next free slot.
-final class FailureThrottle: Sendable {
-    private let interval: Duration
-    private let next = Mutex<ContinuousClock.Instant?>(nil)
-
-    init(interval: Duration) { self.interval = interval }
-
-    func wait() async {
-        let now = ContinuousClock.now
-        let slot = next.withLock { next in
-            let slot = max(now, next ?? now)
-            next = slot + interval
-            return slot
-        }
-        if slot > now { await Wait.sleep(for: slot - now) }
-    }
-}
-
-/// Output flow of one attachment: open, or paused by the client until it resumes.
-final class PauseGate: Sendable {
-    private let state = Mutex<(paused: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    func pause() { state.withLock { $0.paused = true } }
-
-    func resume() {
-        let waiters = state.withLock { s in
-            defer { s = (false, []) }
-            return s.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    func waitWhilePaused() async {
-        await withCheckedContinuation { continuation in
-            let run = state.withLock { s in
-                guard s.paused else { return true }
-                s.waiters.append(continuation)
-                return false
-            }
-            if run { continuation.resume() }
-        }
-    }
-}
-
-/// Timers for sandboxed roles: `Task.sleep` goes through libdispatch, whose Linux pool
-/// monitor cannot run in a sandbox; NIO's event loop schedules the wake-up instead.
-public enum Wait {
-    public static func sleep(for duration: Duration) async {
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let promise = loop.makePromise(of: Void.self)
-        let task = loop.scheduleTask(in: TimeAmount(duration)) { promise.succeed() }
-        await withTaskCancellationHandler {
-            try? await promise.futureResult.get()
-        } onCancel: {
-            task.cancel()
-            promise.succeed()
         }
     }
 }

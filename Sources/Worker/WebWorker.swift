@@ -28,7 +28,7 @@ public final class WebWorker: Sendable {
 
     let settings: Settings
     let logger: Logger
-    private let vaultLink = Mutex<Transport<UInt16>?>(nil)
+    private let vaultLink = Mutex<RoleTransport?>(nil)
 
     public init(settings: Settings, logger: Logger) {
         self.settings = settings
@@ -36,7 +36,7 @@ public final class WebWorker: Sendable {
     }
 
     /// A new link to the vault replaces the old one (the vault was restarted).
-    public func link(vault: Transport<UInt16>) {
+    public func link(vault: RoleTransport) {
         let old = vaultLink.withLock { v in
             defer { v = vault }
             return v
@@ -44,7 +44,7 @@ public final class WebWorker: Sendable {
         old?.close()
     }
 
-    var vault: Transport<UInt16>? {
+    var vault: RoleTransport? {
         vaultLink.withLock { link in
             if link?.failure != nil { link = nil }
             return link
@@ -129,9 +129,9 @@ public final class WebWorker: Sendable {
     func check(token: [UInt8]) async -> Bool {
         guard let vault else { return false }
         guard let circuit = try? vault.open() else { return false }
-        guard (try? await circuit.send(RoleMessage.check(token: token).encoded, end: true)) != nil,
-              let reply = try? await circuit.receive() else { return false }
-        if case .accepted = RoleMessage(decoding: reply.payload) { return true }
+        guard (try? await circuit.send(WorkerToVault.check(token: token), end: true)) != nil,
+              let reply = try? await circuit.receive(VaultToWorker.self) else { return false }
+        if case .accepted = reply.message { return true }
         return false
     }
 }
@@ -170,39 +170,38 @@ extension WebWorker {
             guard let vault = self.vault, let circuit = try? vault.open() else {
                 return await close(.internalError, "no terminal service")
             }
-            try await circuit.send(RoleMessage.attach(columns: columns, rows: rows, token: Array((auth.AuthToken ?? "").utf8)).encoded)
-            let reply = try await circuit.receive()
-            switch RoleMessage(decoding: reply.payload) {
+            try await circuit.send(WorkerToVault.attach(columns: columns, rows: rows, token: Array((auth.AuthToken ?? "").utf8)))
+            switch try await circuit.receive(VaultToWorker.self)?.message {
             case .accepted(let title):
                 try await outbound.write(Self.binary(UInt8(ascii: "1"), Array(title.utf8)))
                 try await outbound.write(Self.binary(UInt8(ascii: "2"), Array("{}".utf8)))
-            case .denied(let reason):
-                self.logger.warning("attachment refused", metadata: ["reason": "\(reason)"])
-                return await close(.policy, reason == "bad credential" ? "authentication failed" : "no terminal")
-            default:
+            case .refused(let refusal):
+                self.logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])
+                return await close(.policy, refusal == .badCredential ? "authentication failed" : "no terminal")
+            case .output, .exited, nil:
                 return await close(.internalError, "no terminal")
             }
             // Shell to client in a task of its own; client to shell here, until the client
             // goes or the shell's exit closes the connection.
             let channel = session.channel
             let output = Task {
-                while let message = try? await circuit.receive() {
-                    switch RoleMessage(decoding: message.payload) {
+                while let received = try? await circuit.receive(VaultToWorker.self) {
+                    switch received.message {
                     case .output(let bytes):
                         guard (try? await outbound.write(Self.binary(UInt8(ascii: "0"), bytes))) != nil else { return }
                     case .exited(let exit):
                         await Self.close(outbound, .normal, "\(exit)")
                         channel.close(promise: nil)
                         return
-                    default:
-                        break
+                    case .accepted, .refused:
+                        break  // answers to the first message only
                     }
                 }
                 channel.close(promise: nil)
             }
             while let message = try? await messages.next() {
                 guard let command = Self.command(message.bytes) else { continue }
-                guard (try? await circuit.send(command.encoded)) != nil else { break }
+                guard (try? await circuit.send(command)) != nil else { break }
             }
             try? await circuit.send([], end: true)
             output.cancel()
@@ -227,7 +226,7 @@ extension WebWorker {
 
     /// ttyd's client commands: '0' input, '1' resize JSON, '2' pause, '3' resume. Anything
     /// else is ignored, as ttyd does.
-    static func command(_ bytes: [UInt8]) -> RoleMessage? {
+    static func command(_ bytes: [UInt8]) -> WorkerToVault? {
         guard let type = bytes.first else { return nil }
         switch type {
         case UInt8(ascii: "0"): return .input(Array(bytes.dropFirst()))

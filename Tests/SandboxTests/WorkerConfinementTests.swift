@@ -40,11 +40,8 @@ final class WorkerConfinementTests: XCTestCase {
             monitor = try ViolationMonitor(listener: listener, role: "worker", mode: .report) { events?.append($0) }
         }
         let build = cloisterBuildID
-        let transport = try await Transport<UInt16>.start(
-            socket: mine, kind: .seqpacket,
-            configuration: RoleLink.configuration(RoleIntent.supervisorWorker, side: .opener, build: build))
-        let ready = try await transport.reserved(RoleLink.control).receive()
-        XCTAssertEqual(String(decoding: ready.payload, as: UTF8.self), "ready")
+        let transport = try await Link.supervisorWorker.start(socket: mine, side: .opener, build: build)
+        try await ControlCircuit.awaitReady(transport, role: .worker)
         return RunningWorker(child: child, transport: transport, monitor: monitor)
     }
 
@@ -55,7 +52,7 @@ final class WorkerConfinementTests: XCTestCase {
         let (client, server) = try SocketCalls.socketPair(.stream)
         defer { try? client.close() }
         let circuit = try worker.transport.open()
-        try await circuit.send(RoleMessage.client.encoded, descriptors: [server])
+        try await circuit.send(SupervisorToWorker.client, descriptors: [server])
         try server.close()
         var text = ""
         for i in 0..<requests {

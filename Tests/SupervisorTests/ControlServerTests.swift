@@ -24,15 +24,15 @@ final class ControlServerTests: XCTestCase {
         return (try child.wait(), text)
     }
 
-    private func startPool() -> WorkerPool {
-        var c = WorkerPool.Configuration(count: 2, executable: cloisterExecutable, policy: packageRoot + "/policies/worker.json")
+    private func startPool() -> RolePool {
+        var c = RolePool.Configuration(role: .worker, count: 2, executable: cloisterExecutable, policy: packageRoot + "/policies/worker.json")
         c.build = cloisterBuildID
         c.heartbeatInterval = .milliseconds(50)
         var logger = Logger(label: "test.supervisor")
         logger.logLevel = .critical
-        let pool = WorkerPool(configuration: c, logger: logger)
+        let pool = RolePool(configuration: c, logger: logger)
         pool.start()
-        XCTAssertTrue(eventually(20) { pool.workers.allSatisfy { $0.state == .running && $0.lastHeartbeat != nil } })
+        XCTAssertTrue(eventually(20) { pool.slots.allSatisfy { $0.state == .running && $0.lastHeartbeat != nil } })
         return pool
     }
 
@@ -54,7 +54,7 @@ final class ControlServerTests: XCTestCase {
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         let reply = try decoder.decode(ControlServer.Workers.self, from: Data(json.utf8))
         XCTAssertEqual(reply.version, 1)
-        XCTAssertEqual(reply.workers.map(\.pid), pool.workers.map(\.pid))
+        XCTAssertEqual(reply.workers.map(\.pid), pool.slots.map(\.pid))
         for worker in reply.workers {
             XCTAssertEqual(worker.state, "running")
             XCTAssertEqual(worker.sandboxConfined, true)

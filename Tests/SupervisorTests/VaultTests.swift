@@ -21,9 +21,9 @@ final class VaultTests: XCTestCase {
 
     final class Started: Sendable {
         let launched: RoleLauncher.Launched
-        let link: Transport<UInt16>
+        let link: RoleTransport
         let violations: Violations
-        init(launched: RoleLauncher.Launched, link: Transport<UInt16>, violations: Violations) {
+        init(launched: RoleLauncher.Launched, link: RoleTransport, violations: Violations) {
             (self.launched, self.link, self.violations) = (launched, link, violations)
         }
     }
@@ -35,33 +35,29 @@ final class VaultTests: XCTestCase {
     private func startVault() async throws -> Started {
         let violations = Violations()
         let launched = try await RoleLauncher.start(
-            executable: cloisterExecutable, role: "vault", policy: packageRoot + "/policies/vault.json", mode: .report,
-            user: "nobody", group: "nogroup", intent: RoleIntent.supervisorVault, build: cloisterBuildID
+            executable: cloisterExecutable, role: .vault, policy: packageRoot + "/policies/vault.json", mode: .report,
+            user: "nobody", group: "nogroup", build: cloisterBuildID
         ) { event in violations.names.withLock { $0.append(event.syscall) } }
         // As the supervisor: the credential, then a link whose other end is ours.
-        try await Self.tell(launched.transport, .configure(credential: Credential(userAndPassword: Self.secret).token))
+        try await launched.transport.open().tell(SupervisorToVault.configure(credential: Credential(userAndPassword: Self.secret).token))
         let (vaultEnd, workerEnd) = try SocketCalls.socketPair(.seqpacket)
-        try await Self.tell(launched.transport, .workerLink(worker: 0), descriptor: vaultEnd)
+        try await launched.transport.open().tell(SupervisorToVault.workerLink(worker: 0), descriptors: [vaultEnd])
         try vaultEnd.close()
-        let link = try await Transport<UInt16>.start(
-            socket: workerEnd, kind: .seqpacket,
-            configuration: RoleLink.configuration(RoleIntent.workerVault, side: .opener, build: cloisterBuildID))
+        let link = try await Link.workerVault.start(socket: workerEnd, side: .opener, build: cloisterBuildID)
         return Started(launched: launched, link: link, violations: violations)
     }
 
-    private static func tell(_ transport: Transport<UInt16>, _ message: RoleMessage, descriptor: FileDescriptor? = nil) async throws {
-        let circuit = try transport.open()
-        try await circuit.send(message.encoded, descriptors: descriptor.map { [$0] } ?? [], end: true)
-        while !(try await circuit.receive()).isEnd {}
-    }
-
     /// One conversation as a worker would start it; the vault's first answer.
-    private static func ask(_ link: Transport<UInt16>, _ payload: [UInt8]) async throws -> RoleMessage? {
+    private static func ask(_ link: RoleTransport, _ payload: [UInt8]) async throws -> VaultToWorker? {
         let circuit = try link.open()
         try await circuit.send(payload)
-        let reply = try await circuit.receive()
+        let reply = try await circuit.receive(VaultToWorker.self)
         try? await circuit.send([], end: true)
-        return RoleMessage(decoding: reply.payload)
+        return reply?.message
+    }
+
+    private static func ask(_ link: RoleTransport, _ message: WorkerToVault) async throws -> VaultToWorker? {
+        try await ask(link, message.encoded)
     }
 
     private func stop(_ started: Started) async throws {
@@ -75,25 +71,28 @@ final class VaultTests: XCTestCase {
     func testAWorkerWithoutTheCredentialGetsNoShell() async throws {
         let vault = try await startVault()
         let wrong = Array(Credential(userAndPassword: "admin:guess").token)
-        let refused = RoleMessage.denied(reason: "bad credential")
-        let attachWrong = try await Self.ask(vault.link, RoleMessage.attach(columns: 80, rows: 24, token: wrong).encoded)
+        let refused = VaultToWorker.refused(.badCredential)
+        let attachWrong = try await Self.ask(vault.link, .attach(columns: 80, rows: 24, token: wrong))
         XCTAssertEqual(attachWrong, refused)
-        let attachEmpty = try await Self.ask(vault.link, RoleMessage.attach(columns: 80, rows: 24, token: []).encoded)
+        let attachEmpty = try await Self.ask(vault.link, .attach(columns: 80, rows: 24, token: []))
         XCTAssertEqual(attachEmpty, refused)
-        let checkWrong = try await Self.ask(vault.link, RoleMessage.check(token: wrong).encoded)
+        let checkWrong = try await Self.ask(vault.link, .check(token: wrong))
         XCTAssertEqual(checkWrong, refused)
-        // Skipping the attach, or sending what no worker would, gets nothing either.
-        let inputFirst = try await Self.ask(vault.link, RoleMessage.input(Array("id\r".utf8)).encoded)
-        XCTAssertEqual(inputFirst, .denied(reason: "malformed request"))
-        let garbage = try await Self.ask(vault.link, [0xff, 0x00, 0x01])
-        XCTAssertEqual(garbage, .denied(reason: "malformed request"))
+        // Skipping the attach, or sending what no worker would, gets nothing either: a
+        // message of another link, an unknown kind, a short attach, an oversized token.
+        let inputFirst = try await Self.ask(vault.link, .input(Array("id\r".utf8)))
+        XCTAssertEqual(inputFirst, .refused(.malformedRequest))
+        for garbage: [UInt8] in [[0xff, 0x00, 0x01], SupervisorToVault.configure(credential: nil).encoded, [0x41, 0, 80],
+                                 WorkerToVault.check(token: Array(repeating: 0x41, count: LinkLimits.token + 1)).encoded] {
+            let answer = try await Self.ask(vault.link, garbage)
+            XCTAssertEqual(answer, .refused(.malformedRequest), "\(garbage.prefix(8))")
+        }
         // The right credential passes the check: what stops it here is only that this vault
         // has no nursery, so the refusals above were the credential's doing.
         let right = Credential(userAndPassword: Self.secret).token
-        let attachRight = try await Self.ask(vault.link, RoleMessage.attach(columns: 80, rows: 24, token: right).encoded)
-        guard case .denied(let reason) = attachRight else { return XCTFail("\(String(describing: attachRight))") }
-        XCTAssertTrue(reason.contains("no nursery"), reason)
-        let checkRight = try await Self.ask(vault.link, RoleMessage.check(token: right).encoded)
+        let attachRight = try await Self.ask(vault.link, .attach(columns: 80, rows: 24, token: right))
+        XCTAssertEqual(attachRight, .refused(.noTerminal))
+        let checkRight = try await Self.ask(vault.link, .check(token: right))
         XCTAssertEqual(checkRight, .accepted(title: "cloister"))
         XCTAssertEqual(vault.violations.names.withLock { $0 }, [])
         try await stop(vault)
@@ -104,16 +103,16 @@ final class VaultTests: XCTestCase {
         let vault = try await startVault()
         let guesses = 12
         let start = ContinuousClock.now
-        let answers = try await withThrowingTaskGroup(of: RoleMessage?.self) { group in
+        let answers = try await withThrowingTaskGroup(of: VaultToWorker?.self) { group in
             for i in 0..<guesses {
                 group.addTask {
-                    try await Self.ask(vault.link, RoleMessage.check(token: Credential(userAndPassword: "admin:\(i)").token).encoded)
+                    try await Self.ask(vault.link, .check(token: Credential(userAndPassword: "admin:\(i)").token))
                 }
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
         let elapsed = ContinuousClock.now - start
-        XCTAssertEqual(answers, Array(repeating: .denied(reason: "bad credential"), count: guesses))
+        XCTAssertEqual(answers, Array(repeating: .refused(.badCredential), count: guesses))
         XCTAssertGreaterThanOrEqual(elapsed, .milliseconds(100 * (guesses - 1) * 9 / 10), "\(guesses) guesses answered in \(elapsed)")
         try await stop(vault)
     }

@@ -49,6 +49,7 @@ int cloister_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned 
 int cloister_setresuid(uid_t uid);
 int cloister_setresgid(gid_t gid);
 int cloister_getresuid(uid_t *r, uid_t *e, uid_t *s);
+int cloister_getresgid(gid_t *r, gid_t *e, gid_t *s);
 pid_t cloister_gettid(void);
 
 /// syscall(2) with six arguments (variadic in C): for raw calls with no libc wrapper.

@@ -13,10 +13,10 @@ import Glibc
 
 /// The pool with real sandboxed workers: started confined, replaced when killed or hung,
 /// reaped on shutdown.
-final class WorkerPoolTests: XCTestCase {
+final class RolePoolTests: XCTestCase {
     private func pool(count: Int = 2, deadline: Duration = .seconds(2), intensityLimit: Int = 5,
-                      policy: String = packageRoot + "/policies/worker.json", log: CapturedLog? = nil) -> WorkerPool {
-        var c = WorkerPool.Configuration(count: count, executable: cloisterExecutable, policy: policy)
+                      policy: String = packageRoot + "/policies/worker.json", log: CapturedLog? = nil) -> RolePool {
+        var c = RolePool.Configuration(role: .worker, count: count, executable: cloisterExecutable, policy: policy)
         c.build = cloisterBuildID
         c.heartbeatInterval = .milliseconds(50)
         c.heartbeatDeadline = deadline
@@ -24,7 +24,7 @@ final class WorkerPoolTests: XCTestCase {
         c.intensityLimit = intensityLimit
         var logger = log.map { captured in Logger(label: "test.supervisor") { _ in captured } } ?? Logger(label: "test.supervisor")
         logger.logLevel = log == nil ? .critical : .info
-        let p = WorkerPool(configuration: c, logger: logger)
+        let p = RolePool(configuration: c, logger: logger)
         p.start()
         return p
     }
@@ -38,42 +38,42 @@ final class WorkerPoolTests: XCTestCase {
     func testWorkersStartConfinedAndAnswerHeartbeats() async throws {
         let p = pool()
         waitUntil("both run and answered a heartbeat") {
-            p.workers.allSatisfy { $0.state == .running && $0.lastHeartbeat != nil }
+            p.slots.allSatisfy { $0.state == .running && $0.lastHeartbeat != nil }
         }
-        for worker in p.workers {
+        for worker in p.slots {
             let status = try XCTUnwrap(SandboxStatus.read(pid: try XCTUnwrap(worker.pid)))
             XCTAssertTrue(status.isConfined, "\(status.threads)")
             XCTAssertEqual(worker.violations, 0)
         }
-        let pids = p.workers.compactMap(\.pid)
+        let pids = p.slots.compactMap(\.pid)
         await p.shutdown()
-        XCTAssertTrue(p.workers.allSatisfy { $0.state == .stopped })
+        XCTAssertTrue(p.slots.allSatisfy { $0.state == .stopped })
         for pid in pids { XCTAssertTrue(isGone(pid), "worker \(pid) still exists (zombie or alive)") }
     }
 
     func testKilledWorkerIsReplacedAndOthersAreUntouched() async throws {
         let p = pool()
-        waitUntil("both run") { p.workers.allSatisfy { $0.state == .running } }
-        let victim = try XCTUnwrap(p.workers[0].pid)
-        let bystander = try XCTUnwrap(p.workers[1].pid)
+        waitUntil("both run") { p.slots.allSatisfy { $0.state == .running } }
+        let victim = try XCTUnwrap(p.slots[0].pid)
+        let bystander = try XCTUnwrap(p.slots[1].pid)
         XCTAssertEqual(kill(victim, SIGKILL), 0)
         waitUntil("worker 0 is replaced") {
-            let w = p.workers[0]
+            let w = p.slots[0]
             return w.state == .running && w.pid != nil && w.pid != victim && w.restarts == 1
         }
         XCTAssertTrue(isGone(victim), "the killed worker was reaped")
-        XCTAssertEqual(p.workers[1].pid, bystander)
-        XCTAssertEqual(p.workers[1].restarts, 0)
+        XCTAssertEqual(p.slots[1].pid, bystander)
+        XCTAssertEqual(p.slots[1].restarts, 0)
         await p.shutdown()
     }
 
     func testHungWorkerIsKilledAndReplaced() async throws {
         let p = pool(count: 1, deadline: .milliseconds(300))
-        waitUntil("it runs") { p.workers[0].state == .running }
-        let hung = try XCTUnwrap(p.workers[0].pid)
+        waitUntil("it runs") { p.slots[0].state == .running }
+        let hung = try XCTUnwrap(p.slots[0].pid)
         XCTAssertEqual(kill(hung, SIGSTOP), 0)
         waitUntil("the hung worker is replaced") {
-            let w = p.workers[0]
+            let w = p.slots[0]
             return w.state == .running && w.pid != nil && w.pid != hung
         }
         XCTAssertTrue(isGone(hung), "the hung worker was killed and reaped")
@@ -93,7 +93,7 @@ final class WorkerPoolTests: XCTestCase {
         let log = CapturedLog()
         let p = pool(count: 1, policy: path, log: log)
         waitUntil("a violation is logged and the worker replaced") {
-            log.entries.contains { $0.message == "sandbox violation" } && p.workers[0].restarts >= 1
+            log.entries.contains { $0.message == "sandbox violation" } && p.slots[0].restarts >= 1
         }
         await p.shutdown()
         let line = try XCTUnwrap(log.entries.first { $0.message == "sandbox violation" })
@@ -105,17 +105,17 @@ final class WorkerPoolTests: XCTestCase {
         XCTAssertEqual(line.metadata["worker"], "0")
         XCTAssertNotNil(line.metadata["pid"])
         XCTAssertTrue(line.metadata["args"]?.description.contains("0x1, 0x14") ?? false, "SOL_SOCKET, SO_RCVTIMEO: \(String(describing: line.metadata["args"]))")
-        XCTAssertGreaterThan(p.workers[0].violations, 0)
+        XCTAssertGreaterThan(p.slots[0].violations, 0)
         XCTAssertTrue(log.entries.contains { $0.message == "worker failed to start" || $0.message == "worker ended" })
     }
 
     func testRestartIntensityMarksThePoolDegradedAndKeepsReplacing() async throws {
         let p = pool(count: 1, intensityLimit: 2)
         for round in 1...3 {
-            waitUntil("round \(round) runs") { p.workers[0].state == .running && p.workers[0].restarts == round - 1 }
-            kill(try XCTUnwrap(p.workers[0].pid), SIGKILL)
+            waitUntil("round \(round) runs") { p.slots[0].state == .running && p.slots[0].restarts == round - 1 }
+            kill(try XCTUnwrap(p.slots[0].pid), SIGKILL)
         }
-        waitUntil("replaced once more") { p.workers[0].state == .running && p.workers[0].restarts == 3 }
+        waitUntil("replaced once more") { p.slots[0].state == .running && p.slots[0].restarts == 3 }
         XCTAssertTrue(p.isDegraded)
         await p.shutdown()
     }

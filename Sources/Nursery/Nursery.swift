@@ -38,7 +38,7 @@ public final class Nursery: Sendable {
         return env
     }
 
-    public func serve(vault: Transport<UInt16>) async {
+    public func serve(vault: RoleTransport) async {
         await withTaskGroup(of: Void.self) { group in
             while let circuit = try? await vault.accept() {
                 group.addTask { await self.shell(circuit) }
@@ -47,13 +47,17 @@ public final class Nursery: Sendable {
         }
     }
 
-    private func shell(_ circuit: Circuit<UInt16>) async {
-        guard let request = try? await circuit.receive() else { return }
-        request.descriptors?.close()
-        guard case .spawn(let columns, let rows) = RoleMessage(decoding: request.payload) else {
-            try? await circuit.send(RoleMessage.denied(reason: "malformed spawn request").encoded, end: true)
+    private func shell(_ circuit: RoleCircuit) async {
+        let request: VaultToNursery
+        do {
+            guard let received = try await circuit.receive(VaultToNursery.self) else { return }
+            request = received.message
+        } catch {
+            logger.error("refused a request from the vault", metadata: ["error": "\(error)"])
+            try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
+        guard case .spawn(let columns, let rows) = request else { return }
         let child: ChildProcess
         do {
             let terminal = try PseudoTerminal.open(rows: rows, columns: columns)
@@ -61,23 +65,23 @@ public final class Nursery: Sendable {
             let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
             child = try ChildProcess.spawn(command[0], arguments: Array(command.dropFirst()), environment: environment,
                                            terminal: terminal.slavePath, argumentZero: login ? "-\(name)" : name)
-            try await circuit.send(RoleMessage.spawned(pid: child.pid).encoded, descriptors: [terminal.master])
+            try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master])
         } catch {
             logger.error("shell not started", metadata: ["error": "\(error)"])
-            try? await circuit.send(RoleMessage.denied(reason: "\(error)").encoded, end: true)
+            try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
         var log = logger
         log[metadataKey: "shell"] = "\(child.pid)"
         log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
         let termination = try? await onOwnThread { try child.wait() }
-        let exit: RoleMessage.Exit
+        let exit: Exit
         switch termination {
         case .exited(let code): exit = .status(code)
         case .signaled(let signal): exit = .signal(signal)
         case nil: exit = .signal(0)
         }
         log.info("shell reaped", metadata: ["exit": "\(exit)"])
-        try? await circuit.send(RoleMessage.exited(exit).encoded, end: true)
+        try? await circuit.send(NurseryToVault.exited(exit), end: true)
     }
 }

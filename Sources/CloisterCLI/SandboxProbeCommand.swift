@@ -11,7 +11,7 @@ import Glibc
 /// forbidden action ends the process (SIGSYS in enforce mode, SIGKILL from the parent in
 /// report mode) or fails with an errno; anything that returns prints `returned R errno E`
 /// and exits 0.
-struct SandboxProbeRole: SandboxedRole {
+struct SandboxProbeCommand: SandboxedCommand {
     static let configuration = CommandConfiguration(commandName: "sandbox-probe", shouldDisplay: false)
 
     @OptionGroup var sandbox: SandboxOptions
@@ -22,7 +22,7 @@ struct SandboxProbeRole: SandboxedRole {
     enum CodingKeys: String, CodingKey { case sandbox, attempt, port }
 
     mutating func enterSandbox() throws {
-        steps = try sandbox.enter(role: "probe")
+        steps = try sandbox.sandbox.enter(role: "probe")
     }
 
     func run() async throws {

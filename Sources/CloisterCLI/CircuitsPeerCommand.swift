@@ -6,7 +6,7 @@ import SystemPackage
 /// For every conversation the opener starts: a message carrying a descriptor has its payload
 /// written into that descriptor and is answered with the byte count; any other message is
 /// echoed. The conversation ends when the opener's does.
-struct CircuitsPeerRole: AsyncParsableCommand {
+struct CircuitsPeerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "circuits-peer", shouldDisplay: false)
 
     @Option(help: "Transport kind.") var kind: String = "seqpacket"

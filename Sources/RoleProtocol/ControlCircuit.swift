@@ -1,0 +1,52 @@
+import Circuits
+
+/// The reserved control circuit (`Link.control`) between the supervisor and a role it
+/// watches: the role says "ready" once it serves, then sends back every heartbeat as it came.
+/// A role that stops answering is killed and replaced by its pool.
+public enum ControlCircuit {
+    static let ready = Array("ready".utf8)
+
+    // MARK: The role's side
+
+    /// Says ready, then answers heartbeats while `body` serves the role's work; returns
+    /// when `body` does (the heartbeat task is cancelled with it).
+    public static func serve(_ transport: RoleTransport,
+                             _ body: @Sendable (inout TaskGroup<Void>) async -> Void) async throws {
+        let control = try transport.reserved(Link.control)
+        try await control.send(ready)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while let ping = try? await control.receive() {
+                    guard (try? await control.send(ping.payload)) != nil else { return }
+                }
+            }
+            await body(&group)
+            group.cancelAll()
+        }
+    }
+
+    // MARK: The supervisor's side
+
+    public struct NotReady: Error, CustomStringConvertible {
+        public var role: Role
+        public var said: [UInt8]
+        public var description: String { "the \(role) said \(said) instead of ready" }
+    }
+
+    /// Waits for the role's "ready".
+    public static func awaitReady(_ transport: RoleTransport, role: Role) async throws {
+        let said = try await transport.reserved(Link.control).receive().payload
+        guard said == ready else { throw NotReady(role: role, said: said) }
+    }
+
+    /// Sends heartbeat `sequence` and waits for it to come back; false when the transport
+    /// fails first. The caller bounds the wait.
+    public static func heartbeat(_ control: RoleCircuit, sequence: UInt64) async -> Bool {
+        let ping = withUnsafeBytes(of: sequence.littleEndian) { Array($0) }
+        guard (try? await control.send(ping)) != nil else { return false }
+        while let reply = try? await control.receive() {
+            if reply.payload == ping { return true }
+        }
+        return false
+    }
+}

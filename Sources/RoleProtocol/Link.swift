@@ -1,0 +1,42 @@
+import Circuits
+import SystemPackage
+
+/// The transports between roles, one protocol each. Every link shares one layout: ids 0 and
+/// 1 are the reserved band and circuit 0 carries control (see `ControlCircuit`); the intent
+/// in the handshake names the link, so a socket handed to the wrong role fails loudly.
+///
+/// | link | opener (even ids) | messages opener → acceptor | acceptor → opener |
+/// |---|---|---|---|
+/// | supervisorWorker | supervisor | `SupervisorToWorker` | the conversation's end |
+/// | supervisorVault | supervisor | `SupervisorToVault` | the conversation's end |
+/// | workerVault | worker | `WorkerToVault` | `VaultToWorker` |
+/// | vaultNursery | vault | `VaultToNursery` | `NurseryToVault` |
+public enum Link: String, Sendable, CaseIterable {
+    case supervisorWorker = "cloister.supervisor-worker/1"
+    case supervisorVault = "cloister.supervisor-vault/1"
+    case workerVault = "cloister.worker-vault/1"
+    case vaultNursery = "cloister.vault-nursery/1"
+
+    /// The intent both ends name in the handshake.
+    public var intent: String { rawValue }
+
+    public static let control: UInt16 = 0
+
+    public func configuration(side: TransportSide, build: String = BuildID.current) -> TransportConfiguration<UInt16> {
+        TransportConfiguration(intent: intent, side: side, reservedBand: 2, reserved: [Self.control: "control"], build: build)
+    }
+
+    /// Starts this link's transport on `socket` (taking ownership of it).
+    public func start(socket: FileDescriptor, side: TransportSide, build: String = BuildID.current) async throws -> RoleTransport {
+        try await RoleTransport.start(socket: socket, kind: .seqpacket, configuration: configuration(side: side, build: build))
+    }
+}
+
+/// Every link uses 16-bit circuit ids.
+public typealias RoleTransport = Transport<UInt16>
+public typealias RoleCircuit = Circuit<UInt16>
+
+extension Link {
+    /// Where a spawned role finds its transport to the process that spawned it.
+    public static let inheritedTransport = FileDescriptor(rawValue: 3)
+}

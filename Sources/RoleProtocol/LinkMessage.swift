@@ -1,0 +1,174 @@
+import Circuits
+import SystemPackage
+
+/// A message of one link in one direction: a kind byte and a fixed binary layout, so no role
+/// needs a general parser for what its peers send. Each type decodes only its own kinds, so a
+/// message that belongs to another link or direction is refused as unknown.
+public protocol LinkMessage: Sendable, Equatable {
+    /// The payload on the circuit.
+    var encoded: [UInt8] { get }
+    /// How many descriptors travel with the message.
+    var descriptorCount: Int { get }
+    /// Decodes a payload that arrived with `descriptors` descriptors.
+    init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError)
+}
+
+/// Why a payload is not a message of the type it was decoded as.
+public enum LinkMessageError: Error, Sendable, Equatable, CustomStringConvertible {
+    case empty(type: String)
+    case unknownKind(UInt8, type: String)
+    /// The body does not have the kind's layout (too short, too long, a bad field).
+    case malformed(kind: String, length: Int)
+    case oversized(kind: String, length: Int, limit: Int)
+    case descriptorCount(kind: String, expected: Int, received: Int)
+
+    public var description: String {
+        switch self {
+        case .empty(let type): return "empty \(type) message"
+        case let .unknownKind(kind, type): return "kind 0x\(String(kind, radix: 16)) is not a \(type) message"
+        case let .malformed(kind, length): return "malformed \(kind) message (\(length) bytes)"
+        case let .oversized(kind, length, limit): return "\(kind) message of \(length) bytes exceeds \(limit)"
+        case let .descriptorCount(kind, expected, received): return "\(kind) message with \(received) descriptor(s), expected \(expected)"
+        }
+    }
+}
+
+/// Bounds on the variable-length fields, well above what a legitimate peer sends.
+public enum LinkLimits {
+    /// A credential as presented (ttyd's AuthToken: base64 of user:password).
+    public static let token = 4096
+    /// Window titles and failure reasons.
+    public static let text = 1024
+}
+
+/// How a shell ended, as wait(2) tells it.
+public enum Exit: Equatable, Sendable, CustomStringConvertible {
+    case status(Int32)
+    case signal(Int32)
+
+    public var description: String {
+        switch self {
+        case .status(let code): return "exit status \(code)"
+        case .signal(let signal): return "signal \(signal)"
+        }
+    }
+}
+
+/// Big-endian fields, written in order.
+struct FieldWriter {
+    var bytes: [UInt8]
+
+    init(kind: UInt8) { bytes = [kind] }
+
+    mutating func u16(_ v: UInt16) { bytes += [UInt8(v >> 8), UInt8(v & 0xff)] }
+    mutating func u32(_ v: UInt32) { u16(UInt16(v >> 16)); u16(UInt16(v & 0xffff)) }
+    mutating func rest(_ tail: some Sequence<UInt8>) { bytes += tail }
+
+    /// Text of at most `LinkLimits.text` bytes, cut at a character boundary, so that what is
+    /// written always decodes.
+    mutating func text(_ text: String) {
+        var count = 0
+        for character in text {
+            let size = character.utf8.count
+            guard count + size <= LinkLimits.text else { break }
+            bytes += character.utf8
+            count += size
+        }
+    }
+}
+
+/// Reads the body after the kind byte; every read checks the length, so a short body is a
+/// `.malformed` error, never a trap.
+struct FieldReader {
+    let body: ArraySlice<UInt8>
+    let kind: String
+    var offset: Int
+
+    init(_ payload: [UInt8], kind: String) {
+        body = payload.dropFirst()
+        self.kind = kind
+        offset = body.startIndex
+    }
+
+    var malformed: LinkMessageError { .malformed(kind: kind, length: body.count + 1) }
+
+    mutating func u16() throws(LinkMessageError) -> UInt16 {
+        guard body.endIndex - offset >= 2 else { throw malformed }
+        defer { offset += 2 }
+        return UInt16(body[offset]) << 8 | UInt16(body[offset + 1])
+    }
+
+    mutating func u32() throws(LinkMessageError) -> UInt32 {
+        let high = try u16()
+        return UInt32(high) << 16 | UInt32(try u16())
+    }
+
+    mutating func u8() throws(LinkMessageError) -> UInt8 {
+        guard offset < body.endIndex else { throw malformed }
+        defer { offset += 1 }
+        return body[offset]
+    }
+
+    /// The rest of the body, at most `limit` bytes.
+    mutating func rest(limit: Int = .max) throws(LinkMessageError) -> [UInt8] {
+        let tail = Array(body[offset...])
+        guard tail.count <= limit else { throw .oversized(kind: kind, length: tail.count, limit: limit) }
+        offset = body.endIndex
+        return tail
+    }
+
+    /// The rest as UTF-8 text.
+    mutating func text(limit: Int = LinkLimits.text) throws(LinkMessageError) -> String {
+        guard let text = String(validating: try rest(limit: limit), as: UTF8.self) else { throw malformed }
+        return text
+    }
+
+    /// The body must have been read to its end.
+    func done() throws(LinkMessageError) {
+        guard offset == body.endIndex else { throw malformed }
+    }
+}
+
+extension LinkMessage {
+    /// Checks the descriptor count a kind expects (decoders call it first).
+    static func expect(_ expected: Int, _ received: Int, kind: String) throws(LinkMessageError) {
+        guard expected == received else { throw .descriptorCount(kind: kind, expected: expected, received: received) }
+    }
+}
+
+/// One message as received: the decoded message, its descriptors (closed unless taken) and
+/// whether it was the peer's last in the conversation.
+public struct Received<M: LinkMessage>: Sendable {
+    public var message: M
+    public var descriptors: ReceivedDescriptors?
+    public var isEnd: Bool
+}
+
+extension Circuit where Id == UInt16 {
+    /// Sends `message` with exactly the descriptors its kind carries.
+    public func send<M: LinkMessage>(_ message: M, descriptors: [FileDescriptor] = [], end: Bool = false) async throws {
+        precondition(descriptors.count == message.descriptorCount, "\(message) carries \(message.descriptorCount) descriptor(s)")
+        try await send(message.encoded, descriptors: descriptors, end: end)
+    }
+
+    /// The next message, decoded as `M`; nil when the peer ended the conversation without
+    /// one. A message that is not an `M` throws (its descriptors are closed).
+    public func receive<M: LinkMessage>(_ type: M.Type) async throws -> Received<M>? {
+        let raw = try await receive()
+        if raw.isEnd && raw.payload.isEmpty && (raw.descriptors?.count ?? 0) == 0 { return nil }
+        do {
+            let message = try M(decoding: raw.payload, descriptors: raw.descriptors?.count ?? 0)
+            return Received(message: message, descriptors: raw.descriptors, isEnd: raw.isEnd)
+        } catch {
+            raw.descriptors?.close()
+            throw error
+        }
+    }
+
+    /// Sends one message and waits until the peer has ended the conversation: the peer has
+    /// acted on it. Any message the peer sends meanwhile is dropped.
+    public func tell<M: LinkMessage>(_ message: M, descriptors: [FileDescriptor] = []) async throws {
+        try await send(message, descriptors: descriptors, end: true)
+        while !(try await receive()).isEnd {}
+    }
+}

@@ -1,0 +1,79 @@
+/// Vault → nursery: one circuit per shell, opened by the vault.
+public enum VaultToNursery: LinkMessage {
+    /// Start the command on a new PTY of this size.
+    case spawn(columns: UInt16, rows: UInt16)
+
+    enum Kind: UInt8 { case spawn = 0x53 }
+
+    public var encoded: [UInt8] {
+        switch self {
+        case .spawn(let columns, let rows):
+            var w = FieldWriter(kind: Kind.spawn.rawValue)
+            w.u16(columns)
+            w.u16(rows)
+            return w.bytes
+        }
+    }
+
+    public var descriptorCount: Int { 0 }
+
+    public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
+        guard let first = payload.first else { throw .empty(type: "VaultToNursery") }
+        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "VaultToNursery") }
+        var r = FieldReader(payload, kind: "\(kind)")
+        try Self.expect(0, descriptors, kind: "\(kind)")
+        switch kind {
+        case .spawn:
+            let columns = try r.u16(), rows = try r.u16()
+            self = .spawn(columns: columns, rows: rows)
+        }
+        try r.done()
+    }
+}
+
+/// Nursery → vault, on the shell's circuit: `.spawned` (with the PTY master) or `.failed`,
+/// then `.exited` once the shell has been reaped (the nursery's end of the conversation).
+public enum NurseryToVault: LinkMessage {
+    case spawned(pid: Int32)
+    case failed(reason: String)
+    case exited(Exit)
+
+    enum Kind: UInt8 { case spawned = 0x50, failed = 0x46, exited = 0x78 }
+
+    public var encoded: [UInt8] {
+        switch self {
+        case .spawned(let pid):
+            var w = FieldWriter(kind: Kind.spawned.rawValue)
+            w.u32(UInt32(bitPattern: pid))
+            return w.bytes
+        case .failed(let reason):
+            var w = FieldWriter(kind: Kind.failed.rawValue)
+            w.text(reason)
+            return w.bytes
+        case .exited(let exit): return Self.encode(exit, kind: Kind.exited.rawValue)
+        }
+    }
+
+    public var descriptorCount: Int {
+        if case .spawned = self { return 1 }
+        return 0
+    }
+
+    public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
+        guard let first = payload.first else { throw .empty(type: "NurseryToVault") }
+        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "NurseryToVault") }
+        var r = FieldReader(payload, kind: "\(kind)")
+        switch kind {
+        case .spawned:
+            try Self.expect(1, descriptors, kind: "\(kind)")
+            self = .spawned(pid: Int32(bitPattern: try r.u32()))
+        case .failed:
+            try Self.expect(0, descriptors, kind: "\(kind)")
+            self = .failed(reason: try r.text())
+        case .exited:
+            try Self.expect(0, descriptors, kind: "\(kind)")
+            self = .exited(try Self.decodeExit(&r))
+        }
+        try r.done()
+    }
+}

@@ -1,0 +1,45 @@
+import SystemPackage
+
+/// How a spawned role is confined, as its parent gives it on the command line, and the one
+/// entry into the sandbox every sandboxed role makes.
+public struct RoleSandbox: Sendable {
+    public var policy: String
+    public var mode: EnforcementMode
+    public var user: String
+    public var group: String
+    /// Descriptor over which to hand the seccomp listener to the parent (report and learn).
+    public var listenerFD: Int32?
+
+    public init(policy: String, mode: EnforcementMode = .enforce, user: String = "nobody", group: String = "nogroup",
+                listenerFD: Int32? = nil) {
+        self.policy = policy
+        self.mode = mode
+        self.user = user
+        self.group = group
+        self.listenerFD = listenerFD
+    }
+
+    /// Enters the sandbox (see `Sandbox`), hands the listener over and closes every copy of
+    /// it; returns the steps taken, for the role's first log line. Must run before the role's
+    /// first `await`, while the process is single-threaded.
+    public func enter(role: String, openFileLimit: UInt64 = 256) throws -> [String] {
+        let policy = try Policy.load(file: self.policy)
+        if mode != .enforce && listenerFD == nil {
+            throw SandboxError(step: "configuration", call: "--listener-fd", errno: .invalidArgument,
+                               detail: "--mode \(mode.rawValue) needs --listener-fd: someone must watch the sandbox")
+        }
+        let outcome = try Sandbox.enter(.init(role: role, policy: policy, mode: mode, user: user, group: group,
+                                              openFileLimit: openFileLimit))
+        if let listener = outcome.listener {
+            defer { try? listener.close() }
+            guard let listenerFD else {
+                throw SandboxError(step: "seccomp", call: "--listener-fd", errno: .invalidArgument,
+                                   detail: "the policy uses notifications but no --listener-fd was given")
+            }
+            let socket = FileDescriptor(rawValue: listenerFD)
+            defer { try? socket.close() }
+            try ListenerHandoff.send(listener, over: socket)
+        }
+        return outcome.steps
+    }
+}

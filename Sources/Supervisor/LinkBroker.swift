@@ -1,0 +1,186 @@
+import Circuits
+import Logging
+import Processes
+import RoleProtocol
+import Synchronization
+import SystemPackage
+
+/// Keeps the roles connected: consumes both pools' events, gives each vault its
+/// configuration and a nursery, links every worker to the vault that runs (one socketpair
+/// each), relinks them all when the vault is replaced, and admits each instance once its links
+/// are in place. If a vault's nursery dies, the vault is closed too, and its pool starts both
+/// again.
+final class LinkBroker: Sendable {
+    private struct State {
+        var credential: [UInt8]?
+        var vault: RolePool.Instance?
+        var nursery: NurseryProcess?
+        var workers: [Int: RolePool.Instance] = [:]
+        var stopping = false
+    }
+
+    private let workers: RolePool
+    private let vault: RolePool
+    private let nursery: NurseryProcess.Configuration
+    private let logger: Logger
+    private let state: Mutex<State>
+
+    init(workers: RolePool, vault: RolePool, nursery: NurseryProcess.Configuration, credential: [UInt8]?, logger: Logger) {
+        self.workers = workers
+        self.vault = vault
+        self.nursery = nursery
+        self.logger = logger
+        state = Mutex(State(credential: credential))
+        (inputs, submit) = AsyncStream.makeStream(of: Input.self)
+    }
+
+    private enum Input: Sendable {
+        case pool(Role, RolePool.Event)
+        case credential([UInt8]?, delivered: CheckedContinuation<Void, Never>)
+    }
+
+    private let inputs: AsyncStream<Input>
+    private let submit: AsyncStream<Input>.Continuation
+
+    /// Handles events, one at a time, until both pools have shut down; then stops the last
+    /// nursery.
+    func run() async {
+        await withTaskGroup(of: Void.self) { forwarders in
+            for pool in [workers, vault] {
+                forwarders.addTask {
+                    for await event in pool.events { self.submit.yield(.pool(pool.configuration.role, event)) }
+                }
+            }
+            forwarders.addTask {
+                for await input in self.inputs {
+                    switch input {
+                    case .pool(let role, let event): await self.handle(role, event)
+                    case .credential(let credential, let delivered):
+                        await self.deliver(credential)
+                        delivered.resume()
+                    }
+                }
+            }
+            for _ in 0..<2 { await forwarders.next() }
+            submit.finish()
+        }
+        await state.withLock { s in defer { s.nursery = nil }; return s.nursery }?.stop()
+    }
+
+    /// From now on nothing is relinked and a nursery's end is expected: the pools are about
+    /// to stop their instances.
+    func beginStopping() {
+        state.withLock { $0.stopping = true }
+    }
+
+    /// A new credential for every check from now on (open sessions stay). Returns once the
+    /// running vault has it; a vault that starts later is configured with it.
+    func configure(credential: [UInt8]?) async {
+        await withCheckedContinuation { delivered in
+            if case .terminated = submit.yield(.credential(credential, delivered: delivered)) { delivered.resume() }
+        }
+    }
+
+    private func deliver(_ credential: [UInt8]?) async {
+        let current = state.withLock { s in
+            s.credential = credential
+            return s.vault
+        }
+        guard let current else { return }
+        do {
+            try await current.transport.open().tell(SupervisorToVault.configure(credential: credential))
+        } catch {
+            logger.error("new credential not delivered to the vault", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func handle(_ role: Role, _ event: RolePool.Event) async {
+        switch (role, event) {
+        case (.vault, .started(let instance)):
+            await vaultStarted(instance)
+        case (.vault, .ended(let instance)):
+            let ending = state.withLock { s -> NurseryProcess? in
+                guard s.vault === instance else { return nil }
+                s.vault = nil
+                defer { s.nursery = nil }
+                return s.nursery
+            }
+            await ending?.stop()
+        case (.worker, .started(let instance)):
+            await workerStarted(instance)
+        case (.worker, .ended(let instance)):
+            state.withLock { s in
+                if s.workers[instance.slot] === instance { s.workers[instance.slot] = nil }
+            }
+        case (_, .linked), (_, .degraded), (.supervisor, _), (.nursery, _):
+            break
+        }
+    }
+
+    private func workerStarted(_ worker: RolePool.Instance) async {
+        let current = state.withLock { s in
+            s.workers[worker.slot] = worker
+            return s.stopping ? nil : s.vault
+        }
+        if let current {
+            do {
+                try await link(worker, to: current)
+            } catch where current.transport.failure != nil {
+                // That vault is going; the worker is linked to its successor when it starts.
+            } catch {
+                return workers.fail(worker, reason: "vault link: \(error)")
+            }
+        }
+        workers.linked(worker)
+    }
+
+    /// Gives the vault its credential and a nursery, links every worker to it, then admits it.
+    private func vaultStarted(_ instance: RolePool.Instance) async {
+        var log = logger
+        log[metadataKey: "vault"] = "\(instance.slot)"
+        do {
+            let (nursery, vaultEnd) = try NurseryProcess.start(self.nursery) { [log] termination in
+                // It exits by itself (status 0) when its vault's link closes: the vault is
+                // ending anyway. Anything else takes the vault down with it.
+                if termination == .exited(0) {
+                    log.info("nursery ended with its vault")
+                } else {
+                    log.error("nursery ended; restarting the vault with it",
+                              metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+                }
+                instance.transport.close()
+            }
+            defer { try? vaultEnd.close() }
+            // Recorded first, so that the vault's end stops this nursery whatever fails below.
+            let credential = state.withLock { s in
+                s.vault = instance
+                s.nursery = nursery
+                return s.credential
+            }
+            try await instance.transport.open().tell(SupervisorToVault.configure(credential: credential))
+            try await instance.transport.open().tell(SupervisorToVault.nurseryLink, descriptors: [vaultEnd])
+            let running = state.withLock { $0.workers.values.sorted { $0.slot < $1.slot } }
+            for worker in running {
+                do {
+                    try await link(worker, to: instance)
+                } catch {
+                    log.error("worker not linked to the new vault", metadata: ["worker": "\(worker.slot)", "error": "\(error)"])
+                }
+            }
+            vault.linked(instance)
+        } catch {
+            vault.fail(instance, reason: "\(error)")
+        }
+    }
+
+    /// One socketpair: one end to the vault, the other to the worker.
+    private func link(_ worker: RolePool.Instance, to vault: RolePool.Instance) async throws {
+        let (vaultEnd, workerEnd) = try SocketCalls.socketPair(.seqpacket)
+        defer {
+            try? vaultEnd.close()
+            try? workerEnd.close()
+        }
+        try await vault.transport.open().tell(SupervisorToVault.workerLink(worker: UInt32(worker.slot)), descriptors: [vaultEnd])
+        try await worker.transport.open().tell(SupervisorToWorker.vaultLink(worker: UInt32(worker.slot)), descriptors: [workerEnd])
+    }
+}

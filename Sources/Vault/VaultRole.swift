@@ -1,0 +1,25 @@
+import Circuits
+import RoleProtocol
+import Sandbox
+
+/// The vault process, sandboxed under its own profile: it gets its configuration, the
+/// nursery link and the worker links from the supervisor, and owns every terminal.
+public enum VaultRole {
+    /// Before the first `await`, while the process is single-threaded. Every session holds a
+    /// PTY master and its duplicate, and every worker a link: more descriptors than a worker.
+    public static func enterSandbox(_ sandbox: RoleSandbox) throws -> [String] {
+        try sandbox.enter(role: Role.vault.rawValue, openFileLimit: 4096)
+    }
+
+    public static func run(title: String, sandboxSteps: [String]) async throws {
+        RoleLog.bootstrap()
+        let log = RoleLog.logger(.vault)
+        log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
+        let vault = Vault(logger: log, title: title)
+        let supervisor = try await Link.supervisorVault.start(socket: Link.inheritedTransport, side: .acceptor)
+        try await ControlCircuit.serve(supervisor) { group in
+            group.addTask { await vault.serve(supervisor: supervisor) }
+            await group.next()
+        }
+    }
+}

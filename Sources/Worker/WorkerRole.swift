@@ -1,0 +1,59 @@
+import Circuits
+import Logging
+import RoleProtocol
+import Sandbox
+import SystemPackage
+
+/// The worker process: enters its sandbox first, then serves the client sockets the
+/// supervisor hands over (HTTP, WebSocket, ttyd's protocol) and reaches terminals through the
+/// vault link the supervisor gives it.
+public enum WorkerRole {
+    /// Before the first `await`, while the process is single-threaded.
+    public static func enterSandbox(_ sandbox: RoleSandbox) throws -> [String] {
+        try sandbox.enter(role: Role.worker.rawValue)
+    }
+
+    public static func run(settings: WebWorker.Settings, sandboxSteps: [String]) async throws {
+        RoleLog.bootstrap()
+        let log = RoleLog.logger(.worker)
+        log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
+        let worker = WebWorker(settings: settings, logger: log)
+        let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
+        try await ControlCircuit.serve(supervisor) { group in
+            while let circuit = try? await supervisor.accept() {
+                group.addTask { await fromSupervisor(circuit, worker: worker, log: log) }
+            }
+        }
+    }
+
+    /// One supervisor conversation. Ended when done with: for a client, once the client has
+    /// gone, which is how the supervisor counts connections.
+    static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, log: Logger) async {
+        await handle(circuit, worker: worker, log: log)
+        try? await circuit.send([], end: true)
+    }
+
+    private static func handle(_ circuit: RoleCircuit, worker: WebWorker, log: Logger) async {
+        let received: Received<SupervisorToWorker>
+        do {
+            guard let first = try await circuit.receive(SupervisorToWorker.self) else { return }
+            received = first
+        } catch {
+            log.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
+            return
+        }
+        // The decoder checked that each kind came with its one descriptor.
+        guard let socket = received.descriptors?.take(0) else { return }
+        switch received.message {
+        case .client:
+            await worker.serve(client: socket)
+        case .vaultLink:
+            do {
+                worker.link(vault: try await Link.workerVault.start(socket: socket, side: .opener))
+                log.info("vault linked")
+            } catch {
+                log.error("vault link failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}
