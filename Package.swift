@@ -104,6 +104,7 @@ let package = Package(
                 logging,
             ],
             path: "Tests/TestSupport"),
+        .testTarget(name: "RoleProtocolTests", dependencies: ["RoleProtocol"]),
         .testTarget(
             name: "CircuitsTests",
             dependencies: [

@@ -1,0 +1,152 @@
+import RoleProtocol
+import XCTest
+
+/// Every link's codec: each message survives a round trip, and each decoder refuses what does
+/// not belong on its link and direction — without trapping, whatever the bytes.
+final class LinkMessageTests: XCTestCase {
+    static let supervisorToWorker: [SupervisorToWorker] = [.client, .vaultLink(worker: 0), .vaultLink(worker: .max)]
+    static let supervisorToVault: [SupervisorToVault] = [
+        .configure(credential: nil), .configure(credential: []), .configure(credential: Array("dTpw".utf8)),
+        .nurseryLink, .workerLink(worker: 7),
+    ]
+    static let workerToVault: [WorkerToVault] = [
+        .check(token: []), .check(token: Array("dTpw".utf8)), .attach(columns: 80, rows: 24, token: Array("dTpw".utf8)),
+        .attach(columns: .max, rows: 1, token: []), .input([]), .input(Array(0...255)), .resize(columns: 120, rows: 40),
+        .pause, .resume,
+    ]
+    static let vaultToWorker: [VaultToWorker] = [
+        .accepted(title: "cloister"), .accepted(title: "ünïcødé ✓"), .output([]), .output(Array(0...255)),
+        .exited(.status(0)), .exited(.status(-1)), .exited(.signal(9)),
+    ] + VaultToWorker.Refusal.allCases.map { .refused($0) }
+    static let vaultToNursery: [VaultToNursery] = [.spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max)]
+    static let nurseryToVault: [NurseryToVault] = [
+        .spawned(pid: 4242), .failed(reason: "posix_spawn: ENOENT"), .exited(.status(7)), .exited(.signal(1)),
+    ]
+
+    private func assertRoundTrips<M: LinkMessage>(_ messages: [M], file: StaticString = #filePath, line: UInt = #line) {
+        for message in messages {
+            XCTAssertEqual(try M(decoding: message.encoded, descriptors: message.descriptorCount), message, file: file, line: line)
+        }
+    }
+
+    func testEveryMessageRoundTrips() {
+        assertRoundTrips(Self.supervisorToWorker)
+        assertRoundTrips(Self.supervisorToVault)
+        assertRoundTrips(Self.workerToVault)
+        assertRoundTrips(Self.vaultToWorker)
+        assertRoundTrips(Self.vaultToNursery)
+        assertRoundTrips(Self.nurseryToVault)
+        XCTAssertEqual(VaultToWorker.output(Array("hi".utf8)).encoded,
+                       Array("hi".utf8).withUnsafeBytes { VaultToWorker.encodeOutput($0) }, "the bulk encoder agrees")
+    }
+
+    private func assertRefused<M: LinkMessage>(_ type: M.Type, _ payload: [UInt8], descriptors: Int = 0,
+                                               _ expected: LinkMessageError, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try M(decoding: payload, descriptors: descriptors), "\(payload.prefix(8))", file: file, line: line) {
+            XCTAssertEqual($0 as? LinkMessageError, expected, file: file, line: line)
+        }
+    }
+
+    func testEmptyAndUnknownKinds() {
+        assertRefused(SupervisorToWorker.self, [], .empty(type: "SupervisorToWorker"))
+        assertRefused(WorkerToVault.self, [], .empty(type: "WorkerToVault"))
+        assertRefused(VaultToWorker.self, [0xff], .unknownKind(0xff, type: "VaultToWorker"))
+        assertRefused(VaultToNursery.self, [0x00, 1, 2, 3, 4], .unknownKind(0, type: "VaultToNursery"))
+    }
+
+    /// A message of one link or direction is not a message of another, so a role never
+    /// acts on what its peer has no business sending it.
+    func testMessagesOfOtherLinksAreUnknownKinds() {
+        for message in Self.supervisorToVault {
+            XCTAssertThrowsError(try WorkerToVault(decoding: message.encoded, descriptors: message.descriptorCount), "\(message)")
+        }
+        for message in Self.vaultToWorker {
+            XCTAssertThrowsError(try WorkerToVault(decoding: message.encoded, descriptors: 0), "\(message)")
+        }
+        for message in Self.workerToVault {
+            XCTAssertThrowsError(try SupervisorToVault(decoding: message.encoded, descriptors: 0), "\(message)")
+            XCTAssertThrowsError(try VaultToWorker(decoding: message.encoded, descriptors: 0), "\(message)")
+        }
+        for message in Self.supervisorToWorker {
+            XCTAssertThrowsError(try SupervisorToVault(decoding: message.encoded, descriptors: 1), "\(message)")
+        }
+    }
+
+    func testShortAndLongBodies() {
+        assertRefused(SupervisorToWorker.self, [0x4c, 0, 0, 1], descriptors: 1, .malformed(kind: "vaultLink", length: 4))
+        assertRefused(SupervisorToWorker.self, [0x63, 0], descriptors: 1, .malformed(kind: "client", length: 2))
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0], .malformed(kind: "attach", length: 4))
+        assertRefused(WorkerToVault.self, [0x72, 0, 80, 0, 24, 9], .malformed(kind: "resize", length: 6))
+        assertRefused(WorkerToVault.self, [0x70, 1], .malformed(kind: "pause", length: 2))
+        assertRefused(VaultToWorker.self, [0x78, 0, 0, 0, 7], .malformed(kind: "exited", length: 5))
+        assertRefused(VaultToWorker.self, [0x78, 2, 0, 0, 0, 7], .malformed(kind: "exited", length: 6))
+        assertRefused(VaultToWorker.self, [0x44], .malformed(kind: "refused", length: 1))
+        assertRefused(VaultToWorker.self, [0x44, 0], .malformed(kind: "refused", length: 2))
+        assertRefused(VaultToWorker.self, [0x59, 0xff, 0xfe], .malformed(kind: "accepted", length: 3))
+        assertRefused(SupervisorToVault.self, [0x4b], .malformed(kind: "configure", length: 1))
+        assertRefused(SupervisorToVault.self, [0x4b, 2], .malformed(kind: "configure", length: 2))
+        assertRefused(SupervisorToVault.self, [0x4b, 0, 1], .malformed(kind: "configure", length: 3))
+        assertRefused(NurseryToVault.self, [0x50, 0, 0], descriptors: 1, .malformed(kind: "spawned", length: 3))
+    }
+
+    func testOversizedFields() {
+        let token = [UInt8](repeating: 0x41, count: LinkLimits.token + 1)
+        assertRefused(WorkerToVault.self, WorkerToVault.check(token: token).encoded,
+                      .oversized(kind: "check", length: token.count, limit: LinkLimits.token))
+        assertRefused(WorkerToVault.self, WorkerToVault.attach(columns: 1, rows: 1, token: token).encoded,
+                      .oversized(kind: "attach", length: token.count, limit: LinkLimits.token))
+        assertRefused(SupervisorToVault.self, [0x4b, 1] + token, .oversized(kind: "configure", length: token.count, limit: LinkLimits.token))
+        let text = [UInt8](repeating: 0x61, count: LinkLimits.text + 1)
+        assertRefused(VaultToWorker.self, [0x59] + text, .oversized(kind: "accepted", length: text.count, limit: LinkLimits.text))
+        assertRefused(NurseryToVault.self, [0x46] + text, .oversized(kind: "failed", length: text.count, limit: LinkLimits.text))
+        // What a sender writes is cut to fit, at a character boundary, so it always decodes.
+        let long = String(repeating: "é", count: LinkLimits.text)
+        let clipped = try? VaultToWorker(decoding: VaultToWorker.accepted(title: long).encoded, descriptors: 0)
+        XCTAssertEqual(clipped, .accepted(title: String(repeating: "é", count: LinkLimits.text / 2)))
+    }
+
+    func testWrongDescriptorCounts() {
+        assertRefused(SupervisorToWorker.self, SupervisorToWorker.client.encoded, descriptors: 0,
+                      .descriptorCount(kind: "client", expected: 1, received: 0))
+        assertRefused(SupervisorToWorker.self, SupervisorToWorker.vaultLink(worker: 1).encoded, descriptors: 2,
+                      .descriptorCount(kind: "vaultLink", expected: 1, received: 2))
+        assertRefused(SupervisorToVault.self, SupervisorToVault.configure(credential: nil).encoded, descriptors: 1,
+                      .descriptorCount(kind: "configure", expected: 0, received: 1))
+        assertRefused(SupervisorToVault.self, SupervisorToVault.nurseryLink.encoded, descriptors: 0,
+                      .descriptorCount(kind: "nurseryLink", expected: 1, received: 0))
+        assertRefused(WorkerToVault.self, WorkerToVault.input([1]).encoded, descriptors: 1,
+                      .descriptorCount(kind: "input", expected: 0, received: 1))
+        assertRefused(VaultToWorker.self, VaultToWorker.output([1]).encoded, descriptors: 3,
+                      .descriptorCount(kind: "output", expected: 0, received: 3))
+        assertRefused(NurseryToVault.self, NurseryToVault.spawned(pid: 1).encoded, descriptors: 0,
+                      .descriptorCount(kind: "spawned", expected: 1, received: 0))
+        assertRefused(NurseryToVault.self, NurseryToVault.exited(.status(0)).encoded, descriptors: 1,
+                      .descriptorCount(kind: "exited", expected: 0, received: 1))
+    }
+
+    /// Every prefix and every one-byte change of every message either decodes or is refused
+    /// with an error: no input traps a decoder.
+    func testNoInputTraps() {
+        func mangle<M: LinkMessage>(_ messages: [M]) {
+            for message in messages {
+                let bytes = message.encoded
+                for cut in 0...bytes.count {
+                    for descriptors in 0...2 { _ = try? M(decoding: Array(bytes.prefix(cut)), descriptors: descriptors) }
+                }
+                for i in bytes.indices {
+                    for value: UInt8 in [0, 1, 0x7f, 0x80, 0xff] {
+                        var changed = bytes
+                        changed[i] = value
+                        _ = try? M(decoding: changed, descriptors: message.descriptorCount)
+                    }
+                }
+            }
+        }
+        mangle(Self.supervisorToWorker)
+        mangle(Self.supervisorToVault)
+        mangle(Self.workerToVault)
+        mangle(Self.vaultToWorker)
+        mangle(Self.vaultToNursery)
+        mangle(Self.nurseryToVault)
+    }
+}
