@@ -24,6 +24,8 @@ let package = Package(
         // C where Swift cannot reach: cmsg macros, libseccomp's function-like macros,
         // dl_iterate_phdr callbacks, constants missing from the Glibc overlay.
         .target(name: "CShim"),
+        // The one layer over system calls: errors, EINTR, threads, SCM_RIGHTS, socket addresses.
+        .target(name: "SystemCalls", dependencies: ["CShim", system]),
         .systemLibrary(
             name: "CSeccomp", pkgConfig: "libseccomp",
             providers: [.apt(["libseccomp-dev"])]),
@@ -33,7 +35,7 @@ let package = Package(
         .target(
             name: "Circuits",
             dependencies: [
-                "CShim",
+                "CShim", "SystemCalls",
                 system,
             ],
             swiftSettings: [
@@ -45,28 +47,28 @@ let package = Package(
         .target(
             name: "Sandbox",
             dependencies: [
-                "CSeccomp", "CCap", "CShim",
+                "CSeccomp", "CCap", "CShim", "SystemCalls",
                 system,
                 logging,
             ]),
         .target(
             name: "Supervisor",
             dependencies: [
-                "Circuits", "Sandbox", "Processes", "RoleProtocol",
+                "Circuits", "Sandbox", "Processes", "RoleProtocol", "SystemCalls",
                 logging,
                 system,
             ]),
         .target(name: "RoleProtocol", dependencies: ["Circuits", logging, system] + nio),
-        .target(name: "TerminalClient"),
+        .target(name: "TerminalClient", dependencies: ["SystemCalls"]),
         .target(
             name: "Vault",
             dependencies: [
-                "Circuits", "Processes", "RoleProtocol", "Sandbox", logging, system,
+                "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
             ] + nio),
         .target(
             name: "Nursery",
             dependencies: [
-                "CShim", "Circuits", "Processes", "RoleProtocol", "Sandbox", logging, system,
+                "CShim", "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
             ]),
         .target(
             name: "Worker",
@@ -77,11 +79,12 @@ let package = Package(
             ] + nio),
         .target(
             name: "Processes",
-            dependencies: ["CShim", system]),
+            dependencies: ["CShim", "SystemCalls", system]),
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
                 "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "RoleProtocol", "TerminalClient",
+                "SystemCalls",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
             ] + nio),
         .executableTarget(
@@ -93,13 +96,13 @@ let package = Package(
         .testTarget(
             name: "ServeTests",
             dependencies: [
-                "TestSupport", "TerminalClient", "Processes",
+                "TestSupport", "TerminalClient", "Processes", "SystemCalls",
                 system,
             ]),
         .target(
             name: "TestSupport",
             dependencies: [
-                "Processes",
+                "Processes", "SystemCalls",
                 system,
                 logging,
             ],
@@ -108,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "CircuitsTests",
             dependencies: [
-                "Circuits", "CShim", "Processes", "TestSupport",
+                "Circuits", "CShim", "Processes", "TestSupport", "SystemCalls",
                 system,
             ]),
         .testTarget(

@@ -1,3 +1,5 @@
+import SystemCalls
+
 /// Why a transport or circuit failed. Protocol violations by the peer close the transport;
 /// the case names the cause and carries what was seen.
 public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {

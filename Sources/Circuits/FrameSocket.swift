@@ -1,5 +1,6 @@
 import CShim
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -150,7 +151,7 @@ struct FrameReader: ~Copyable {
     private mutating func readPackets(into frames: inout [Frame], wait: Bool) throws(CircuitError) -> Bool? {
         let n = receive(from: 0, wait: wait)
         if n < 0 && !wait && (errno == EAGAIN || errno == EWOULDBLOCK) { return nil }
-        guard n >= 0 else { throw .system(SystemCallError(call: "recvmmsg", errno: Errno(rawValue: errno))) }
+        guard n >= 0 else { throw .system(lastError("recvmmsg")) }
         reads += Int(n)
         // Own every descriptor of the batch before looking at any packet, so an error in one
         // packet still closes those of the others.
@@ -288,10 +289,10 @@ struct FrameReader: ~Copyable {
                 start = 0
             }
             iov[0] = iovec(iov_base: buffer.baseAddress! + end, iov_len: buffer.count - end)
-            let received: SocketCalls.Received
+            let received: DescriptorPassing.Received
             do {
-                received = try SocketCalls.receive(fd, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
-                                                   maxDescriptors: limits.maxDescriptors)
+                received = try DescriptorPassing.receive(fd.rawValue, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
+                                                         maxDescriptors: limits.maxDescriptors)
             } catch {
                 throw .system(error)
             }

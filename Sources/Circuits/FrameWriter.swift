@@ -1,5 +1,6 @@
 import CShim
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -137,7 +138,8 @@ final class FrameWriter: @unchecked Sendable {
     /// which nobody waits for any more.
     func start(onFailure: @escaping @Sendable (CircuitError) -> Void) throws(CircuitError) {
         lock.withLock { s.onFailure = onFailure }
-        let thread = try startNamedThread("circuits-writer") { self.runWriter() }
+        let thread: pthread_t
+        do { thread = try Threads.start("circuits-writer") { self.runWriter() } } catch { throw .system(error) }
         lock.withLock { s.thread = thread }
     }
 
@@ -725,9 +727,9 @@ final class FrameWriter: @unchecked Sendable {
                     let iovs = raw.bindMemory(to: iovec.self)
                     let from = iovs[0].iov_len == 0 ? 1 : 0
                     let to = iovs[1].iov_len == 0 ? 1 : 2
-                    return try SocketCalls.send(fd, UnsafeBufferPointer(rebasing: iovs[from..<max(from, to)]),
-                                                descriptors: first ? fds : UnsafeBufferPointer(start: nil, count: 0),
-                                                nonBlocking: !blocking)
+                    return try DescriptorPassing.send(fd.rawValue, UnsafeBufferPointer(rebasing: iovs[from..<max(from, to)]),
+                                                      descriptors: first ? fds : UnsafeBufferPointer(start: nil, count: 0),
+                                                      nonBlocking: !blocking)
                 }
             } catch where error.errno == .wouldBlock && !blocking {
                 return nil

@@ -1,5 +1,6 @@
 import CShim
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -248,7 +249,8 @@ final class TransportCore: Sendable {
     }
 
     private func startReader() throws(CircuitError) {
-        let thread = try startNamedThread("circuits-reader") { self.runReader() }
+        let thread: pthread_t
+        do { thread = try Threads.start("circuits-reader") { self.runReader() } } catch { throw .system(error) }
         state.withLock { $0.readerThread = thread }
     }
 

@@ -8,6 +8,7 @@ import TerminalClient
 import Vault
 import Logging
 import Supervisor
+import SystemCalls
 import SystemPackage
 
 struct PolicyCommand: AsyncParsableCommand {
@@ -190,7 +191,7 @@ struct PolicyCommand: AsyncParsableCommand {
             }
             guard rename(temporary, path) == 0 else {
                 unlink(temporary)
-                throw ValidationError("cannot rename \(temporary) to \(path): \(Errno(rawValue: errno))")
+                throw ValidationError("cannot rename \(temporary) to \(path): \(lastError("rename"))")
             }
         }
     }

@@ -5,6 +5,7 @@ import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
+import SystemCalls
 #endif
 
 /// For tests: enters the sandbox exactly as a role does, then attempts one action. A
@@ -69,13 +70,8 @@ struct SandboxProbeCommand: SandboxedCommand {
             var fds: [Int32] = [0, 0]
             return Int(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds))
         case "connect":
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            return withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Int(connect(5, $0, socklen_t(MemoryLayout<sockaddr_in>.size))) }
-            }
+            // The raw result, not a thrown error: the probe reports what the call returned.
+            return try SocketAddress.inet(host: "127.0.0.1", port: port).withSockaddr { p, length in Int(connect(5, p, length)) }
         case "ptrace": return sys(nr("ptrace"), 16 /* PTRACE_ATTACH */, Int(getppid()))
         case "io-uring": return sys(425 /* io_uring_setup */, 1)
         case "tiocsti":

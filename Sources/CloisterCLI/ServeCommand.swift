@@ -171,7 +171,11 @@ struct ServeCommand: AsyncParsableCommand {
         do {
             server = try Server(configuration: configuration, inherited: inherited, logger: log)
         } catch {
-            let option = error is Listener.Failure ? "--listen" : "--control-socket"
+            let option: String
+            switch error {
+            case .listen: option = "--listen"
+            case .controlSocket: option = "--control-socket"
+            }
             FileHandle.standardError.write(Data("\(ConfigurationError(option: option, problem: "\(error)"))\n".utf8))
             throw ExitCode(2)
         }

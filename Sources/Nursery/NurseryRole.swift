@@ -2,6 +2,7 @@ import CShim
 import Circuits
 import RoleProtocol
 import Sandbox
+import SystemCalls
 
 #if canImport(Glibc)
 import Glibc
@@ -17,7 +18,7 @@ public enum NurseryRole {
         let account = try becomeShellsAccount(user: user, group: group)
         // After the identity change, which clears the parent-death signal.
         guard cloister_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0) == 0 else {
-            throw SandboxError(step: "nursery", call: "prctl(PR_SET_PDEATHSIG)", errno: .init(rawValue: errno))
+            throw SandboxError(step: "nursery", lastError("prctl(PR_SET_PDEATHSIG)"))
         }
         RoleLog.bootstrap()
         var log = RoleLog.logger(.nursery)

@@ -1,3 +1,4 @@
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -51,9 +52,9 @@ public final class ChildProcess: Sendable {
     public static func spawn(_ executable: String, arguments: [String], descriptors: [FileDescriptor] = [],
                              environment: [String: String] = [:], terminal: String? = nil,
                              argumentZero: String? = nil, output: FileDescriptor? = nil,
-                             ownProcessGroup: Bool = false) throws(SpawnError) -> ChildProcess {
-        let result: Result<ChildProcess, SpawnError> = SpawnerThread.shared.run {
-            Result { () throws(SpawnError) in
+                             ownProcessGroup: Bool = false) throws(SystemCallError) -> ChildProcess {
+        let result: Result<ChildProcess, SystemCallError> = SpawnerThread.shared.run {
+            Result { () throws(SystemCallError) in
                 try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment,
                               terminal: terminal, argumentZero: argumentZero, output: output, ownProcessGroup: ownProcessGroup)
             }
@@ -63,15 +64,15 @@ public final class ChildProcess: Sendable {
 
     private static func spawnHere(_ executable: String, arguments: [String], descriptors: [FileDescriptor],
                                   environment: [String: String], terminal: String?,
-                                  argumentZero: String?, output: FileDescriptor?, ownProcessGroup: Bool) throws(SpawnError) -> ChildProcess {
+                                  argumentZero: String?, output: FileDescriptor?, ownProcessGroup: Bool) throws(SystemCallError) -> ChildProcess {
         // Move the sources out of the way first, so no source number collides with a target
         // and dup2 always gives a fresh (inheritable) descriptor.
         var staged: [CInt] = []
         defer { for fd in staged { _ = close(fd) } }
         for fd in descriptors + (output.map { [$0] } ?? []) {
-            let copy = fcntl(fd.rawValue, F_DUPFD_CLOEXEC, CInt(3 + descriptors.count))
-            guard copy >= 0 else { throw SpawnError(call: "fcntl(F_DUPFD_CLOEXEC)", errno: Errno(rawValue: errno), executable: executable) }
-            staged.append(copy)
+            staged.append(try valueOrErrno("fcntl(F_DUPFD_CLOEXEC)", detail: executable) {
+                fcntl(fd.rawValue, F_DUPFD_CLOEXEC, CInt(3 + descriptors.count))
+            })
         }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -112,22 +113,19 @@ public final class ChildProcess: Sendable {
             for p in envp { free(p) }
         }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        guard rc == 0 else { throw SpawnError(call: "posix_spawn", errno: Errno(rawValue: rc), executable: executable) }
+        try zeroOrErrno("posix_spawn", detail: executable) { posix_spawn(&pid, executable, &actions, &attributes, argv, envp) }
         return ChildProcess(pid: pid)
     }
 
     /// Sends `signal`. The corresponding C function is `kill`.
-    public func signal(_ signal: Int32) throws(SpawnError) {
-        guard kill(pid, signal) == 0 else { throw SpawnError(call: "kill", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
+    public func signal(_ signal: Int32) throws(SystemCallError) {
+        _ = try valueOrErrno("kill", detail: "pid \(pid)") { kill(pid, signal) }
     }
 
     /// Waits for the child to end and reaps it. Blocks the calling thread.
-    public func wait() throws(SpawnError) -> Termination {
+    public func wait() throws(SystemCallError) -> Termination {
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 {
-            guard errno == EINTR else { throw SpawnError(call: "waitpid", errno: Errno(rawValue: errno), executable: "pid \(pid)") }
-        }
+        _ = try valueOrErrno("waitpid", detail: "pid \(pid)") { waitpid(pid, &status, 0) }
         return Termination(status: status)
     }
 
@@ -140,9 +138,3 @@ public final class ChildProcess: Sendable {
     }
 }
 
-public struct SpawnError: Error, Sendable, CustomStringConvertible {
-    public var call: String
-    public var errno: Errno
-    public var executable: String
-    public var description: String { "\(call) for \(executable): \(errno) (errno \(errno.rawValue))" }
-}

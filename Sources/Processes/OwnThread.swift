@@ -1,3 +1,4 @@
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -8,24 +9,12 @@ import Glibc
 /// never occupies one of the few threads of Swift's cooperative pool.
 public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
     try await withCheckedThrowingContinuation { continuation in
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(Box { continuation.resume(with: Result { try body() }) })
-        let rc = pthread_create(&thread, nil, { raw in
-            Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        if rc == 0 {
-            pthread_detach(thread)
-        } else {
-            box.release()
-            continuation.resume(throwing: Errno(rawValue: rc))
+        do {
+            try Threads.start("blocking", detached: true) { continuation.resume(with: Result { try body() }) }
+        } catch {
+            continuation.resume(throwing: error)
         }
     }
-}
-
-private final class Box: @unchecked Sendable {
-    let run: () -> Void
-    init(_ run: @escaping () -> Void) { self.run = run }
 }
 
 extension FileDescriptor {

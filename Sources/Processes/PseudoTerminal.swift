@@ -1,4 +1,5 @@
 import CShim
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -13,27 +14,19 @@ public struct PseudoTerminal: Sendable {
     public var master: FileDescriptor
     public var slavePath: String
 
-    public struct Failure: Error, Sendable, CustomStringConvertible {
-        public var call: String
-        public var errno: Errno
-        public var description: String { "\(call): \(errno) (errno \(errno.rawValue))" }
-    }
-
-    public static func open(rows: UInt16, columns: UInt16) throws(Failure) -> PseudoTerminal {
+    public static func open(rows: UInt16, columns: UInt16) throws(SystemCallError) -> PseudoTerminal {
         var master: CInt = -1
         var name = [CChar](repeating: 0, count: 128)
         var failed: UnsafePointer<CChar>?
         guard cloister_open_pty(&master, &name, name.count, rows, columns, &failed) == 0 else {
-            throw Failure(call: failed.map { String(cString: $0) } ?? "posix_openpt", errno: Errno(rawValue: errno))
+            throw lastError(failed.map { String(cString: $0) } ?? "posix_openpt")
         }
         let path = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return PseudoTerminal(master: FileDescriptor(rawValue: master), slavePath: path)
     }
 
     /// TIOCSWINSZ on the master: the terminal's foreground process group gets SIGWINCH.
-    public static func resize(_ master: FileDescriptor, rows: UInt16, columns: UInt16) throws(Failure) {
-        guard cloister_set_window_size(master.rawValue, rows, columns) == 0 else {
-            throw Failure(call: "ioctl(TIOCSWINSZ)", errno: Errno(rawValue: errno))
-        }
+    public static func resize(_ master: FileDescriptor, rows: UInt16, columns: UInt16) throws(SystemCallError) {
+        _ = try valueOrErrno("ioctl(TIOCSWINSZ)") { cloister_set_window_size(master.rawValue, rows, columns) }
     }
 }

@@ -1,3 +1,4 @@
+import SystemCalls
 import Dispatch
 import Synchronization
 
@@ -16,15 +17,11 @@ final class SpawnerThread: Sendable {
     private let ready = DispatchSemaphore(value: 0)
 
     private init() {
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            let spawner = Unmanaged<SpawnerThread>.fromOpaque(raw!).takeRetainedValue()
-            spawner.loop()
-            return nil
-        }, box.toOpaque())
-        precondition(rc == 0, "pthread_create for the spawner thread failed: errno \(rc)")
-        pthread_detach(thread)
+        do {
+            try Threads.start("spawner", detached: true) { [self] in loop() }
+        } catch {
+            preconditionFailure("the spawner thread did not start: \(error)")
+        }
     }
 
     private func loop() {

@@ -1,5 +1,6 @@
 import CCap
 import CShim
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -86,7 +87,7 @@ public enum Sandbox {
     }
 
     static func fail(_ step: String, _ call: String, _ detail: String = "") -> SandboxError {
-        SandboxError(step: step, call: call, errno: Errno(rawValue: errno), detail: detail)
+        SandboxError(step: step, lastError(call, detail: detail))
     }
 
     static func threadCount() -> Int {

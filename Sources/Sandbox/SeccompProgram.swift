@@ -1,4 +1,5 @@
 import CSeccomp
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -103,21 +104,19 @@ extension Policy {
     var usesNotify: Bool { defaultAction == .notify || rules.contains { $0.action == .notify } }
 }
 
-/// A sandbox step that could not be done: the step, the failing call, its errno.
+/// A sandbox step that could not be done: the step, and the call that failed in it.
 public struct SandboxError: Error, Sendable, CustomStringConvertible {
     public var step: String
-    public var call: String
-    public var errno: Errno
-    public var detail: String
+    public var failure: SystemCallError
+
+    public init(step: String, _ failure: SystemCallError) {
+        self.step = step
+        self.failure = failure
+    }
 
     public init(step: String, call: String, errno: Errno, detail: String = "") {
-        self.step = step
-        self.call = call
-        self.errno = errno
-        self.detail = detail
+        self.init(step: step, SystemCallError(call: call, errno: errno, detail: detail))
     }
 
-    public var description: String {
-        "sandbox step \(step): \(call) failed: \(errno) (errno \(errno.rawValue))" + (detail.isEmpty ? "" : " [\(detail)]")
-    }
+    public var description: String { "sandbox step \(step): \(failure)" }
 }

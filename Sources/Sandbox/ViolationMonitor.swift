@@ -3,6 +3,7 @@ import CShim
 import Foundation
 import Logging
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 /// Watches a sandboxed process from outside it, through its seccomp notification listener.
@@ -63,20 +64,13 @@ public final class ViolationMonitor: Sendable {
         self.mode = mode
         self.handler = handler
         _ = fcntl(listener.rawValue, F_SETFD, FD_CLOEXEC)
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            let monitor = Unmanaged<ViolationMonitor>.fromOpaque(raw!).takeRetainedValue()
-            cloister_set_thread_name("seccomp-monitor")
-            monitor.run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
+        do {
+            let thread = try Threads.start("seccomp-monitor") { [self] in run() }
+            state.withLock { $0.thread = thread }
+        } catch {
             try? listener.close()
-            throw Errno(rawValue: rc)
+            throw error
         }
-        state.withLock { $0.thread = thread }
     }
 
     /// Syscalls seen so far (learn mode: what the role needed beyond its profile).
@@ -101,8 +95,7 @@ public final class ViolationMonitor: Sendable {
         defer { seccomp_notify_free(request, response) }
         while true {
             var watched = pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0)
-            let n = poll(&watched, 1, -1)
-            if n < 0 { if errno == EINTR { continue } else { return } }
+            guard (try? valueOrErrno("poll") { poll(&watched, 1, -1) }) != nil else { return }
             if watched.revents & Int16(POLLIN) == 0 { return }  // hang-up: no process uses the filter
             memset(request, 0, MemoryLayout<seccomp_notif>.size)
             guard seccomp_notify_receive(listener.rawValue, request) == 0 else { continue }  // the caller died meanwhile
@@ -176,29 +169,39 @@ public final class ViolationMonitor: Sendable {
 public enum ListenerHandoff {
     public static func send(_ listener: FileDescriptor, over socket: FileDescriptor) throws(SandboxError) {
         var byte: UInt8 = 1
-        var fd = listener.rawValue
-        let n = withUnsafeMutablePointer(to: &byte) { p in
-            var iov = iovec(iov_base: p, iov_len: 1)
-            return cloister_sendmsg_fds(socket.rawValue, &iov, 1, &fd, 1, CInt(MSG_NOSIGNAL))
+        let fds = [listener.rawValue]
+        do {
+            _ = try withUnsafeMutablePointer(to: &byte) { (p) throws(SystemCallError) -> Int in
+                let iov = [iovec(iov_base: p, iov_len: 1)]
+                return try iov.withUnsafeBufferPointer { (iov) throws(SystemCallError) -> Int in
+                    try fds.withUnsafeBufferPointer { (fds) throws(SystemCallError) -> Int in
+                        try DescriptorPassing.send(socket.rawValue, iov, descriptors: fds)
+                    }
+                }
+            }
+        } catch {
+            throw SandboxError(step: "seccomp", error)
         }
-        guard n == 1 else { throw SandboxError(step: "seccomp", call: "sendmsg(listener)", errno: Errno(rawValue: errno)) }
     }
 
     public static func receive(from socket: FileDescriptor) throws(SandboxError) -> FileDescriptor {
         var byte: UInt8 = 0
-        var fd: CInt = -1
-        var nfds: UInt32 = 0
-        var flags: CInt = 0
-        var foreign: CInt = 0
-        let n = withUnsafeMutablePointer(to: &byte) { p in
-            var iov = iovec(iov_base: p, iov_len: 1)
-            return cloister_recvmsg_fds(socket.rawValue, &iov, 1, &fd, 1, &nfds, &flags, &foreign, 0)
+        let received: DescriptorPassing.Received
+        do {
+            received = try withUnsafeMutablePointer(to: &byte) { (p) throws(SystemCallError) -> DescriptorPassing.Received in
+                var iov = [iovec(iov_base: p, iov_len: 1)]
+                return try iov.withUnsafeMutableBufferPointer { (iov) throws(SystemCallError) in
+                    try DescriptorPassing.receive(socket.rawValue, iov, maxDescriptors: 1)
+                }
+            }
+        } catch {
+            throw SandboxError(step: "seccomp", error)
         }
-        guard n == 1, nfds == 1 else {
-            if nfds == 1 { close(fd) }
-            throw SandboxError(step: "seccomp", call: "recvmsg(listener)", errno: Errno(rawValue: n < 0 ? errno : EPROTO),
-                               detail: n == 0 ? "the role exited before handing over its listener" : "")
+        guard received.count == 1, received.descriptors.count == 1 else {
+            for fd in received.descriptors { close(fd) }
+            throw SandboxError(step: "seccomp", call: "recvmsg(listener)", errno: .protocolError,
+                               detail: received.count == 0 ? "the role exited before handing over its listener" : "no listener arrived")
         }
-        return FileDescriptor(rawValue: fd)
+        return FileDescriptor(rawValue: received.descriptors[0])
     }
 }

@@ -1,4 +1,5 @@
 import Processes
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -16,7 +17,7 @@ public struct ConfigurationProblem: Error, Sendable, CustomStringConvertible {
 public enum CredentialFile {
     public static func read(_ path: String) throws(ConfigurationProblem) -> String {
         var info = stat()
-        guard stat(path, &info) == 0 else { throw ConfigurationProblem("\(path): \(Errno(rawValue: errno))") }
+        guard stat(path, &info) == 0 else { throw ConfigurationProblem("\(lastError("stat", detail: path))") }
         guard info.st_mode & S_IFMT == S_IFREG else { throw ConfigurationProblem("\(path) is not a regular file") }
         guard info.st_mode & 0o077 == 0 else {
             throw ConfigurationProblem("\(path) is readable or writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
@@ -44,7 +45,7 @@ public enum ControlDirectory {
         var info = stat()
         if stat(directory, &info) != 0 {
             guard errno == ENOENT, mkdir(directory, 0o700) == 0 else {
-                throw ConfigurationProblem("cannot create \(directory): \(Errno(rawValue: errno))")
+                throw ConfigurationProblem("cannot create \(directory): \(lastError("mkdir", detail: directory))")
             }
             return
         }

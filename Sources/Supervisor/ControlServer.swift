@@ -4,6 +4,7 @@ import Logging
 import Processes
 import Sandbox
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -57,7 +58,7 @@ public final class ControlServer: Sendable {
     private let logger: Logger
     private let stopped = Mutex(false)
 
-    public init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws {
+    public init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws(SystemCallError) {
         listener = try UnixSocket.listen(path: path, kind: .stream)
         self.pool = pool
         self.vault = vault

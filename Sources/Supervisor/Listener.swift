@@ -1,4 +1,5 @@
 import CShim
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -11,16 +12,6 @@ public final class Listener: Sendable {
     public let descriptor: FileDescriptor
     /// "host:port" as bound (the port resolved when 0 was asked for).
     public let address: String
-
-    public struct Failure: Error, CustomStringConvertible {
-        public var address: String
-        public var call: String
-        public var errno: Errno?
-        public var detail = ""
-        public var description: String {
-            "\(address): \(call) failed: \(errno.map { "\($0) (errno \($0.rawValue))" } ?? detail)"
-        }
-    }
 
     /// Parses "HOST:PORT", "[V6]:PORT" or ":PORT" (all IPv4 addresses). Numeric hosts only,
     /// so what is bound never depends on name resolution.
@@ -41,43 +32,29 @@ public final class Listener: Sendable {
         return (String(host), number)
     }
 
-    public init(_ text: String, backlog: Int32 = 511) throws(Failure) {
+    public init(_ text: String, backlog: Int32 = 511) throws(SystemCallError) {
         guard let (host, port) = Self.parse(text) else {
-            throw Failure(address: text, call: "parse", detail: "expected HOST:PORT, [IPV6]:PORT or :PORT with a numeric host")
+            throw SystemCallError(call: "parse", errno: .invalidArgument,
+                                  detail: "\(text): expected HOST:PORT, [IPV6]:PORT or :PORT with a numeric host")
         }
-        var v4 = sockaddr_in(), v6 = sockaddr_in6()
-        let family: Int32
-        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
-            family = AF_INET
-            v4.sin_family = sa_family_t(AF_INET)
-            v4.sin_port = port.bigEndian
-        } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
-            family = AF_INET6
-            v6.sin6_family = sa_family_t(AF_INET6)
-            v6.sin6_port = port.bigEndian
-        } else {
-            throw Failure(address: text, call: "inet_pton", detail: "\"\(host)\" is not a numeric IPv4 or IPv6 address")
-        }
-        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Failure(address: text, call: "socket", errno: Errno(rawValue: errno)) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        if family == AF_INET6 {
-            // "[::]:PORT" means IPv6 only; IPv4 is its own --listen.
-            setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
-        }
-        let bound = family == AF_INET
-            ? withUnsafePointer(to: &v4) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-            : withUnsafePointer(to: &v6) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
-        guard bound == 0 else {
-            let failure = Failure(address: text, call: "bind", errno: Errno(rawValue: errno))
+        let requested = SocketAddress.inet(host: host, port: port)
+        let fd = try requested.socket(CInt(SOCK_STREAM.rawValue))
+        do {
+            var one: Int32 = 1
+            _ = try valueOrErrno("setsockopt(SO_REUSEADDR)", detail: text) {
+                setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            }
+            if requested.family == AF_INET6 {
+                // "[::]:PORT" means IPv6 only; IPv4 is its own --listen.
+                _ = try valueOrErrno("setsockopt(IPV6_V6ONLY)", detail: text) {
+                    setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+                }
+            }
+            try requested.bind(fd)
+            _ = try valueOrErrno("listen", detail: text) { listen(fd, backlog) }
+        } catch {
             close(fd)
-            throw failure
-        }
-        guard listen(fd, backlog) == 0 else {
-            let failure = Failure(address: text, call: "listen", errno: Errno(rawValue: errno))
-            close(fd)
-            throw failure
+            throw error
         }
         descriptor = FileDescriptor(rawValue: fd)
         address = Self.boundAddress(fd) ?? text
@@ -85,20 +62,19 @@ public final class Listener: Sendable {
 
     /// Takes over a listening TCP socket this process inherited (systemd socket activation),
     /// after checking that it is one, and makes it close-on-exec so no role inherits it.
-    public init(adopting fd: Int32) throws(Failure) {
+    public init(adopting fd: Int32) throws(SystemCallError) {
         let name = "inherited descriptor \(fd)"
         var value: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0 else {
-            throw Failure(address: name, call: "getsockopt(SO_ACCEPTCONN)", errno: Errno(rawValue: errno))
+        _ = try valueOrErrno("getsockopt(SO_ACCEPTCONN)", detail: name) { getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) }
+        guard value == 1 else {
+            throw SystemCallError(call: "getsockopt(SO_ACCEPTCONN)", errno: .invalidArgument, detail: "\(name) is not a listening socket")
         }
-        guard value == 1 else { throw Failure(address: name, call: "getsockopt(SO_ACCEPTCONN)", detail: "not a listening socket") }
-        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) == 0, value == Int32(SOCK_STREAM.rawValue) else {
-            throw Failure(address: name, call: "getsockopt(SO_TYPE)", detail: "not a stream socket")
+        _ = try valueOrErrno("getsockopt(SO_TYPE)", detail: name) { getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) }
+        guard value == Int32(SOCK_STREAM.rawValue) else {
+            throw SystemCallError(call: "getsockopt(SO_TYPE)", errno: .invalidArgument, detail: "\(name) is not a stream socket")
         }
-        guard fcntl(fd, F_SETFD, FD_CLOEXEC) == 0 else {
-            throw Failure(address: name, call: "fcntl(F_SETFD)", errno: Errno(rawValue: errno))
-        }
+        _ = try valueOrErrno("fcntl(F_SETFD)", detail: name) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
         descriptor = FileDescriptor(rawValue: fd)
         address = Self.boundAddress(fd) ?? name
     }
@@ -127,7 +103,7 @@ public final class Listener: Sendable {
     /// The listening sockets systemd passed (LISTEN_PID is this process, LISTEN_FDS of them
     /// from descriptor 3), or none. The variables are removed so nothing started later
     /// mistakes them for its own.
-    public static func inherited() throws(Failure) -> [Listener] {
+    public static func inherited() throws(SystemCallError) -> [Listener] {
         defer {
             unsetenv("LISTEN_PID")
             unsetenv("LISTEN_FDS")
@@ -146,13 +122,13 @@ public final class Listener: Sendable {
     }
 
     /// Blocks until a client arrives. The socket is close-on-exec.
-    public func accept() throws(Failure) -> FileDescriptor {
+    public func accept() throws(SystemCallError) -> FileDescriptor {
         while true {
-            let fd = cloister_accept_cloexec(descriptor.rawValue)
-            if fd >= 0 { return FileDescriptor(rawValue: fd) }
-            // A connection reset before it was accepted is the client's business.
-            if errno == EINTR || errno == ECONNABORTED { continue }
-            throw Failure(address: address, call: "accept4", errno: Errno(rawValue: errno))
+            do {
+                return FileDescriptor(rawValue: try valueOrErrno("accept4", detail: address) { cloister_accept_cloexec(descriptor.rawValue) })
+            } catch where error.errno == .connectionAbort {
+                continue  // a connection reset before it was accepted is the client's business
+            }
         }
     }
 

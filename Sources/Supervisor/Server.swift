@@ -4,6 +4,7 @@ import Processes
 import RoleProtocol
 import Sandbox
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -53,11 +54,22 @@ public final class Server: Sendable {
     private let accepting = Atomic<Bool>(true)
     private let control: ControlServer?
 
+    /// What kept the server from binding its sockets.
+    public enum SetupError: Error, CustomStringConvertible {
+        case listen(SystemCallError)
+        case controlSocket(SystemCallError)
+        public var description: String {
+            switch self {
+            case .listen(let e), .controlSocket(let e): return "\(e)"
+            }
+        }
+    }
+
     /// Binds every listening and control socket; nothing runs until `start`. Throws (having
     /// closed what it opened) if any cannot be bound.
     /// `inherited` are listening sockets taken over from systemd; they are served along
     /// with those `configuration.listen` names.
-    public init(configuration c: Configuration, inherited: [Listener] = [], logger: Logger) throws {
+    public init(configuration c: Configuration, inherited: [Listener] = [], logger: Logger) throws(SetupError) {
         configuration = c
         self.logger = logger
         var bound: [Listener] = inherited
@@ -65,7 +77,7 @@ public final class Server: Sendable {
             for address in c.listen { bound.append(try Listener(address)) }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
-            throw error
+            throw .listen(error)
         }
         listeners = bound
         var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
@@ -85,10 +97,12 @@ public final class Server: Sendable {
             credential: c.credential, logger: logger)
         let (workerPool, vaultPool) = (workers, vault)
         do {
-            control = try c.controlSocket.map { try ControlServer(path: $0, pool: workerPool, vault: vaultPool, logger: logger) }
+            control = try c.controlSocket.map { (path) throws(SystemCallError) in
+                try ControlServer(path: path, pool: workerPool, vault: vaultPool, logger: logger)
+            }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
-            throw error
+            throw .controlSocket(error)
         }
     }
 
@@ -160,7 +174,7 @@ public final class Server: Sendable {
                 backoffMilliseconds = 0
             } catch {
                 guard accepting.load(ordering: .acquiring) else { return }
-                let code = error.errno?.rawValue ?? 0
+                let code = error.errno.rawValue
                 guard [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(code) else {
                     logger.critical("accept failed; this listener stops", metadata: ["error": "\(error)"])
                     return

@@ -2,6 +2,7 @@ import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc
+import SystemCalls
 #endif
 
 /// A small blocking WebSocket client speaking ttyd's protocol, for the tests, the benchmark
@@ -40,19 +41,13 @@ public final class TerminalClient {
     // MARK: Connecting
 
     public static func tcp(host: String = "127.0.0.1", port: UInt16, timeoutSeconds: Int = 10) throws -> Int32 {
-        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Failure("socket: errno \(errno)") }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        inet_pton(AF_INET, host, &address.sin_addr)
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            let e = errno
+        let address = SocketAddress.inet(host: host, port: port)
+        let fd = try address.socket(Int32(SOCK_STREAM.rawValue))
+        do {
+            try address.connect(fd)
+        } catch {
             close(fd)
-            throw Failure("connect to \(host):\(port): errno \(e)")
+            throw error
         }
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -306,12 +301,9 @@ public final class TerminalClient {
         var sent = 0
         while sent < bytes.count {
             // MSG_NOSIGNAL: a server that closed is an error here, not SIGPIPE.
-            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Failure("write: errno \(errno)")
+            sent += try bytes[sent...].withUnsafeBytes { (b) throws(SystemCallError) in
+                try valueOrErrno("send") { send(fd, b.baseAddress, b.count, Int32(MSG_NOSIGNAL)) }
             }
-            sent += n
         }
     }
 

@@ -5,6 +5,7 @@ import NIOPosix
 import Processes
 import RoleProtocol
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -192,8 +193,7 @@ public final class Vault: Sendable {
         let ending: Ending
         do {
             try await circuit.send(VaultToWorker.accepted(title: title))
-            let channelFD = dup(master.rawValue)
-            guard channelFD >= 0 else { throw SystemCallError(call: "dup", errno: Errno(rawValue: errno)) }
+            let channelFD = try valueOrErrno("dup") { dup(master.rawValue) }
             let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
             do {
                 channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)

@@ -1,4 +1,5 @@
 import XCTest
+import SystemCalls
 import SystemPackage
 @testable import Circuits
 import TestSupport
@@ -81,7 +82,7 @@ final class RawPeer {
         _ = try bytes.withUnsafeBytes { raw in
             let iov = [iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)]
             return try iov.withUnsafeBufferPointer { iovs in
-                try fds.withUnsafeBufferPointer { try SocketCalls.send(fd, iovs, descriptors: $0) }
+                try fds.withUnsafeBufferPointer { try DescriptorPassing.send(fd.rawValue, iovs, descriptors: $0) }
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import SystemCalls
 import SystemPackage
 import TestSupport
 import XCTest
@@ -65,7 +66,8 @@ final class UnixSocketTests: XCTestCase {
         XCTAssertThrowsError(try UnixSocket.listen(path: path, kind: .seqpacket)) {
             let error = $0 as? SystemCallError
             XCTAssertEqual(error?.errno, .addressInUse)
-            XCTAssertEqual(error?.call, "bind(\(path))")
+            XCTAssertEqual(error?.call, "bind")
+            XCTAssertEqual(error?.detail, path)
         }
     }
 
@@ -82,13 +84,14 @@ final class UnixSocketTests: XCTestCase {
         XCTAssertThrowsError(try UnixSocket.connect(path: directory + "/missing.sock", kind: .seqpacket)) {
             let error = $0 as? SystemCallError
             XCTAssertEqual(error?.errno, .noSuchFileOrDirectory)
-            XCTAssertEqual(error?.call, "connect(\(self.directory!)/missing.sock)")
+            XCTAssertEqual(error?.call, "connect")
+            XCTAssertEqual(error?.detail, "\(self.directory!)/missing.sock")
         }
         let long = "/tmp/" + String(repeating: "x", count: 200)
         XCTAssertThrowsError(try UnixSocket.listen(path: long, kind: .seqpacket)) {
             let error = $0 as? SystemCallError
             XCTAssertEqual(error?.errno, .fileNameTooLong)
-            XCTAssertTrue(error?.call.contains("path must be 1 to 107 bytes") ?? false, "\(String(describing: error))")
+            XCTAssertTrue(error?.detail.contains("a path of 1 to 107 bytes") ?? false, "\(String(describing: error))")
         }
     }
 }

@@ -8,6 +8,7 @@ import XCTest
 
 #if canImport(Glibc)
 import Glibc
+import SystemCalls
 #endif
 
 /// The whole path against the real `cloister serve`: supervisor, sandboxed workers, vault,
@@ -365,13 +366,7 @@ final class ServeTests: XCTestCase {
         let notifyPath = directory + "/notify"
         let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         defer { close(notify) }
-        var unixAddress = sockaddr_un()
-        unixAddress.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &unixAddress.sun_path) { $0.copyBytes(from: Array(notifyPath.utf8)) }
-        let bound = withUnsafePointer(to: &unixAddress) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(notify, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        XCTAssertEqual(bound, 0)
+        XCTAssertNoThrow(try SocketAddress.unix(path: notifyPath).bind(notify))
         var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(notify, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         func notification() -> String {

@@ -6,6 +6,7 @@ import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
+import SystemCalls
 #endif
 
 // Helpers shared by the test targets.
@@ -142,17 +143,20 @@ public final class CapturedLog: LogHandler, @unchecked Sendable {
 
 /// A TCP socket listening on 127.0.0.1 at a port the kernel chose, and that port.
 public func loopbackListener(backlog: Int32 = 16) -> (fd: Int32, port: UInt16) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    precondition(fd >= 0, "socket: errno \(errno)")
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            precondition(bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0, "bind: errno \(errno)")
+    let loopback = SocketAddress.inet(host: "127.0.0.1", port: 0)
+    do {
+        let fd = try loopback.socket(Int32(SOCK_STREAM.rawValue))
+        try loopback.bind(fd)
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = try withUnsafeMutablePointer(to: &address) { (p) throws(SystemCallError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (p) throws(SystemCallError) in
+                try valueOrErrno("getsockname") { getsockname(fd, p, &length) }
+            }
         }
+        _ = try valueOrErrno("listen") { listen(fd, backlog) }
+        return (fd, UInt16(bigEndian: address.sin_port))
+    } catch {
+        preconditionFailure("no loopback listener: \(error)")
     }
-    precondition(listen(fd, backlog) == 0, "listen: errno \(errno)")
-    return (fd, UInt16(bigEndian: address.sin_port))
 }

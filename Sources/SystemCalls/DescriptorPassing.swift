@@ -1,0 +1,46 @@
+import CShim
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Messages with descriptors attached (SCM_RIGHTS) over a unix socket: the one sender and the
+/// one receiver every module uses.
+public enum DescriptorPassing {
+    /// sendmsg(2) of `iov` with `descriptors`, retrying on EINTR. MSG_NOSIGNAL: a vanished
+    /// peer is an EPIPE error, never a SIGPIPE. Returns the bytes sent (less than the total
+    /// only on a stream socket).
+    public static func send(_ socket: CInt, _ iov: UnsafeBufferPointer<iovec>, descriptors: UnsafeBufferPointer<CInt>,
+                            nonBlocking: Bool = false) throws(SystemCallError) -> Int {
+        let flags = CInt(MSG_NOSIGNAL) | (nonBlocking ? CInt(MSG_DONTWAIT) : 0)
+        return try valueOrErrno("sendmsg") {
+            cloister_sendmsg_fds(socket, iov.baseAddress, CInt(iov.count), descriptors.baseAddress, UInt32(descriptors.count), flags)
+        }
+    }
+
+    public struct Received {
+        public var count: Int
+        public var descriptors: [CInt]
+        /// MSG_CTRUNC: more descriptors were sent than there was room for (the shim closed them).
+        public var controlTruncated: Bool
+    }
+
+    /// recvmsg(2) with MSG_CMSG_CLOEXEC, retrying on EINTR, with room for `maxDescriptors`.
+    /// Every descriptor that arrived is in the result, or was closed by the shim when more
+    /// came than there was room for.
+    public static func receive(_ socket: CInt, _ iov: UnsafeMutableBufferPointer<iovec>,
+                               maxDescriptors: Int) throws(SystemCallError) -> Received {
+        let room = max(maxDescriptors, 1)
+        return try withUnsafeTemporaryAllocation(of: CInt.self, capacity: room) { (fds) throws(SystemCallError) -> Received in
+            var nfds: UInt32 = 0
+            var msgFlags: CInt = 0
+            var foreign: CInt = 0
+            let n = try valueOrErrno("recvmsg") {
+                cloister_recvmsg_fds(socket, iov.baseAddress, CInt(iov.count), fds.baseAddress, UInt32(room), &nfds, &msgFlags,
+                                     &foreign, 0)
+            }
+            return Received(count: n, descriptors: nfds == 0 ? [] : Array(fds[..<Int(nfds)]),
+                            controlTruncated: msgFlags & CInt(MSG_CTRUNC) != 0)
+        }
+    }
+}
