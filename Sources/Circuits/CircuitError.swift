@@ -3,10 +3,8 @@ import SystemCalls
 /// Why a transport or circuit failed. Protocol violations by the peer close the transport;
 /// the case names the cause and carries what was seen.
 public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// A frame shorter than the fixed header (seqpacket), or a stream that ended mid-header.
+    /// A frame shorter than the fixed header.
     case truncatedHeader(received: Int, required: Int)
-    /// A stream that ended in the middle of a frame's payload.
-    case truncatedPayload(received: Int, declared: Int)
     /// A frame names a circuit id at or above the transport's `maxCircuits`.
     case circuitOutOfRange(id: UInt64, maxCircuits: UInt64)
     /// A frame kind this build does not know.
@@ -70,8 +68,6 @@ public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case let .truncatedHeader(received, required):
             return "truncated frame header: \(received) bytes, need \(required)"
-        case let .truncatedPayload(received, declared):
-            return "stream ended mid-payload: \(received) of \(declared) bytes"
         case let .circuitOutOfRange(id, max):
             return "circuit id \(id) out of range (maxCircuits \(max))"
         case let .unknownKind(kind):

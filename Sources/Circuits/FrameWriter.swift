@@ -7,7 +7,8 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Writes frames to the transport's socket, in the order they are submitted, from any thread.
+/// Writes frames to the transport's socket, in the order they are submitted, from any thread:
+/// the I/O around a `WriteQueue`, which decides the rest.
 ///
 /// The kernel's cost is per packet: about a microsecond on each side, nearly the same for
 /// 64 bytes as for 64 KiB. So small frames that follow each other closely share packets:
@@ -16,99 +17,42 @@ import Glibc
 ///   submitted more than `corkNanoseconds` ago) is written at once by the thread that submits
 ///   it: one `sendmsg`, no hand-off, so a keystroke pays no extra latency.
 /// - A small frame (at most a quarter of the peer's packet) that follows another closely, or
-///   finds the socket busy, is copied into the open packet of a queue. A sender whose frame
+///   finds the socket busy, is copied into the open packet of the queue. A sender whose frame
 ///   completes a packet writes the complete packets itself, so a burst costs one `sendmsg` per
 ///   peer-sized packet and no thread hand-off. The transport's writer thread writes the last,
 ///   incomplete packet once no frame has come for `corkNanoseconds`.
 /// - A large frame, or one whose descriptors cannot be queued, is written by its own sender
-///   (no copy; its own descriptors). On a packet socket it goes alongside the queue when
-///   nothing of its circuit is queued or being written (packets are atomic, and the order
-///   the protocol relies on is per circuit id); otherwise, and always on a byte stream, it
-///   waits for its turn in the queue.
+///   (no copy; its own descriptors). It goes alongside the queue when nothing of its circuit
+///   is queued or being written (packets are atomic, and the order the protocol relies on is
+///   per circuit id); otherwise it waits for its turn in the queue.
 ///
 /// Every submitted frame is written unless the transport fails first; `drain` waits for the
 /// queue before a close. A queued frame's descriptors are duplicated, so the sender keeps its
-/// own copies exactly as with a direct write. On a byte stream a frame with descriptors
-/// always starts a write of its own, because the receiver gives a descriptor set to the frame
-/// that starts the write which carried it (`FrameReader`).
+/// own copies exactly as with a direct write.
 final class FrameWriter: @unchecked Sendable {
-    /// How much one packet may carry, from the peer's handshake.
-    struct PacketLimit {
-        var bytes: Int
-        var descriptors: Int
-    }
-
-    /// A reference, so that frames are appended to the queued packet in place.
-    private final class Packet {
-        var bytes: [UInt8]
-        /// Duplicates the queue owns, in frame order.
-        var descriptors: [CInt] = []
-        /// The circuit ids of its data frames.
-        var circuits: [UInt64] = []
-
-        init(bytes: [UInt8]) { self.bytes = bytes }
-    }
-
-    private enum Entry {
-        case packet(Packet)
-        /// A sender waiting to write its own frame; resumed with true once the socket is
-        /// its, false when the transport stopped.
-        case turn(Continuation<Bool, Never>)
-
-        var isTurn: Bool {
-            if case .turn = self { return true }
-            return false
-        }
-    }
-
-    /// What the socket's next writer does, decided under the lock.
-    private enum Next {
-        case nothing
-        case handOff(Continuation<Bool, Never>)
-        case write(Packet, FileDescriptor)
-    }
+    typealias Queue = WriteQueue<Continuation<Bool, Never>>
 
     private struct State {
         var fd: FileDescriptor?
         var failure: CircuitError?
         var stopping = false
-        var entries: [Entry] = []
-        var queuedBytes = 0
-        var queuedDescriptors = 0
-        /// One thread at a time writes queued frames or a frame that must keep its place;
-        /// frames submitted meanwhile queue behind it, which is what keeps them in order.
-        var writing = false
-        /// Senders writing a frame alongside the queue (packet sockets only).
-        var alongside = 0
-        /// A queued packet being written (its frames still count as queued).
-        var inFlight: Packet?
+        var queue = Queue()
         /// The writer thread waits without a deadline: a new entry must wake it.
         var writerSleeping = false
         var drainWaiters = 0
         var roomWaiters: [Continuation<Void, Never>] = []
-        /// Nil until the peer's handshake: no frames share a packet.
-        var limit: PacketLimit?
-        /// Emptied packet buffers, kept so that a steady stream does not allocate (and glibc
-        /// does not trim and re-fault) a packet's worth of memory per packet.
-        var spare: [[UInt8]] = []
         var thread: pthread_t?
         var onFailure: (@Sendable (CircuitError) -> Void)?
         /// Frames submitted, and sendmsg calls that sent something.
         var frames = 0
         var writes = 0
-        var idle: Bool { entries.isEmpty && !writing }
     }
 
-    let kind: TransportKind
     let idBytes: Int
     private let lock = ConditionLock()
-    /// Behind a pointer: a stored property of a class is checked for exclusive access at run
-    /// time on every use, which the lock already guarantees.
-    private let storage: UnsafeMutablePointer<State>
-    private var s: State {
-        unsafeAddress { UnsafePointer(storage) }
-        unsafeMutableAddress { storage }
-    }
+    /// Guarded by `lock`. (The module's release build skips run-time exclusivity checks,
+    /// which cost several percent of the per-message path.)
+    private var s: State
     /// When the last frame was submitted (monotonic nanoseconds). Written under the lock;
     /// the writer thread reads it without, so that watching a burst never holds up a sender.
     private let lastSubmit = Atomic<UInt64>(0)
@@ -116,22 +60,13 @@ final class FrameWriter: @unchecked Sendable {
     /// Frames closer together than this are taken for a burst and share packets; the last
     /// packet of a burst leaves this long (plus timer slack) after its last frame.
     static var corkNanoseconds: UInt64 { 20_000 }
-    /// Queued descriptors (duplicates) allowed at once: each is an open file in this process.
-    static var maxQueuedDescriptors: Int { 128 }
     /// Complete packets a sender writes for others before leaving the rest to the writer
     /// thread, so that no sender is held up indefinitely by the others' traffic.
     static var maxPacketsPerSender: Int { 4 }
 
-    init(fd: FileDescriptor, kind: TransportKind, idBytes: Int) {
-        self.kind = kind
+    init(fd: FileDescriptor, idBytes: Int) {
         self.idBytes = idBytes
-        storage = .allocate(capacity: 1)
-        storage.initialize(to: State(fd: fd))
-    }
-
-    deinit {
-        storage.deinitialize(count: 1)
-        storage.deallocate()
+        s = State(fd: fd)
     }
 
     /// Starts the writer thread. `onFailure` learns of a failed write of a queued frame,
@@ -147,11 +82,9 @@ final class FrameWriter: @unchecked Sendable {
     var counts: (frames: Int, writes: Int) { lock.withLock { (s.frames, s.writes) } }
 
     /// The peer's limits are known: frames may share packets from now on.
-    func setLimit(_ limit: PacketLimit) {
-        lock.withLock { s.limit = limit }
+    func setLimit(_ limit: Queue.PacketLimit) {
+        lock.withLock { s.queue.limit = limit }
     }
-
-    private var maxQueuedBytes: Int { max(256 * 1024, 4 * (s.limit?.bytes ?? 0)) }
 
     // MARK: Submitting
 
@@ -161,37 +94,34 @@ final class FrameWriter: @unchecked Sendable {
     func send(circuit: UInt64, end: Bool, payload: [UInt8], descriptors: [FileDescriptor]) async throws(CircuitError) {
         let header = EncodedHeader(.data, circuit: circuit, end: end, length: payload.count,
                                    descriptors: descriptors.count, idBytes: idBytes)
-        enum Plan { case write(FileDescriptor, small: Bool), alongside(FileDescriptor), queued(Bool), waitForRoom, waitForTurn }
+        enum Plan { case write(FileDescriptor, small: Bool), alongside(FileDescriptor), queued(overBound: Bool), waitForRoom, waitForTurn }
         while true {
             let plan: Plan = try header.with(payload) { h, p throws(CircuitError) in
                 try lock.withLock { () throws(CircuitError) -> Plan in
                     let fd = try usableDescriptor()
                     let corked = noteSubmission()
                     s.frames += 1
-                    if isSmall(h.count + p.count, descriptors.count) {
-                        if s.idle && !corked {
-                            s.writing = true
+                    if s.queue.isSmall(size: h.count + p.count, descriptors: descriptors.count) {
+                        if s.queue.idle && !corked {
+                            s.queue.writing = true
                             return .write(fd, small: true)
                         }
                         switch enqueue(h, p, descriptors, circuit: circuit) {
-                        case .queued: return .queued(s.queuedBytes > maxQueuedBytes)
+                        case .queued: return .queued(overBound: s.queue.isOverBound)
                         case .descriptorsOverShare:
                             s.frames -= 1  // counted again when it is submitted after the wait
                             return .waitForRoom
                         case .duplicateFailed: break
                         }
                     }
-                    // Packets are atomic, so on a packet socket a frame whose circuit has
-                    // nothing queued may be written alongside the queue: the order the
-                    // protocol relies on is within a circuit id (a conversation's frames,
-                    // then its end, then the next conversation's). Large frames thus cost
-                    // no copy and no hand-off, and several may wait in sendmsg at once.
-                    if kind == .seqpacket && !hasQueuedFrame(on: circuit) {
-                        s.alongside += 1
+                    // Large frames thus cost no copy and no hand-off, and several may wait in
+                    // sendmsg at once.
+                    if !s.queue.hasQueuedFrame(on: circuit) {
+                        s.queue.alongside += 1
                         return .alongside(fd)
                     }
-                    if s.idle {
-                        s.writing = true
+                    if s.queue.idle {
+                        s.queue.writing = true
                         return .write(fd, small: false)
                     }
                     return .waitForTurn
@@ -205,13 +135,15 @@ final class FrameWriter: @unchecked Sendable {
                 await waitForRoom()
                 continue
             case .write(let fd, let small):
-                try writeOwn(fd, header, payload, descriptors, circuit: circuit, mayQueue: small)
+                try header.with(payload) { h, p throws(CircuitError) in
+                    try writeOwn(fd, h, p, descriptors, circuit: circuit, mayQueue: small)
+                }
             case .alongside(let fd):
                 let result = try header.with(payload) { h, p throws(CircuitError) in
                     sendFrame(fd, h, p, descriptors, blocking: true)
                 }
                 let stopped = lock.withLock {
-                    s.alongside -= 1
+                    s.queue.alongside -= 1
                     if case .success = result { s.writes += 1 }
                     return s.stopping
                 }
@@ -224,18 +156,20 @@ final class FrameWriter: @unchecked Sendable {
                 let mine = await withContinuation { (c: Continuation<Bool, Never>) in
                     let now: Bool? = lock.withLock {
                         if s.failure != nil || s.stopping { return false }
-                        if s.idle {
-                            s.writing = true
+                        if s.queue.idle {
+                            s.queue.writing = true
                             return true
                         }
-                        s.entries.append(.turn(c))
+                        s.queue.appendTurn(c)
                         wakeWriterIfSleeping()
                         return nil
                     }
                     if let now { c.resume(returning: now) }
                 }
                 guard mine, let fd = lock.withLock({ s.fd }) else { throw lock.withLock { s.failure ?? .closed } }
-                try writeOwn(fd, header, payload, descriptors, circuit: circuit, mayQueue: false)
+                try header.with(payload) { h, p throws(CircuitError) in
+                    try writeOwn(fd, h, p, descriptors, circuit: circuit, mayQueue: false)
+                }
             }
             return
         }
@@ -256,8 +190,8 @@ final class FrameWriter: @unchecked Sendable {
                 let fd = try usableDescriptor()
                 let corked = noteSubmission()
                 s.frames += 1
-                if s.idle && !corked {
-                    s.writing = true
+                if s.queue.idle && !corked {
+                    s.queue.writing = true
                     return fd
                 }
                 _ = enqueue(h, payload, [], circuit: dataCircuit)
@@ -316,62 +250,39 @@ final class FrameWriter: @unchecked Sendable {
         return UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
     }
 
-    /// Whether a frame may be copied into a shared packet (lock held).
-    private func isSmall(_ size: Int, _ descriptors: Int) -> Bool {
-        guard let limit = s.limit else { return false }
-        return size * 4 <= limit.bytes && descriptors <= min(limit.descriptors, Self.maxQueuedDescriptors / 4)
-    }
-
     /// Writes a frame with the socket this thread owns, then hands the socket on. A small
     /// frame (`mayQueue`) is written without blocking and queued first in line if the
-    /// socket is full; any other blocks until the peer makes room.
-    private func writeOwn(_ fd: FileDescriptor, _ header: EncodedHeader, _ payload: [UInt8], _ descriptors: [FileDescriptor],
-                          circuit: UInt64, mayQueue: Bool) throws(CircuitError) {
-        try header.with(payload) { h, p throws(CircuitError) in
-            try writeOwn(fd, h, p, descriptors, circuit: circuit, mayQueue: mayQueue)
-        }
-    }
-
-    /// `circuit` is the id of a data frame, nil for a control frame.
+    /// socket is full; any other blocks until the peer makes room. `circuit` is the id of a
+    /// data frame, nil for a control frame.
     private func writeOwn(_ fd: FileDescriptor, _ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
                           _ descriptors: [FileDescriptor], circuit: UInt64?, mayQueue: Bool,
                           mayBlock: Bool = true) throws(CircuitError) {
         var result = sendFrame(fd, header, payload, descriptors, blocking: !mayQueue)
-        if case .success(nil) = result {
+        if case .success(false) = result {
             // The socket is full. Queue the frame in front of whatever was submitted
             // meanwhile, unless its descriptors cannot be queued: then wait for the peer.
             let queued = lock.withLock {
                 enqueue(header, payload, descriptors, circuit: circuit, atFront: true)
             }
             if queued != .queued { result = sendFrame(fd, header, payload, descriptors, blocking: true) }
-        } else if case .success(let sent?) = result, sent < header.count + payload.count {
-            // A stream took part of the frame; its descriptors went with the first byte.
-            var rest = [UInt8]()
-            rest.reserveCapacity(header.count + payload.count)
-            rest.append(contentsOf: header)
-            rest.append(contentsOf: payload)
-            rest.removeFirst(sent)
-            lock.withLock {
-                s.entries.insert(.packet(Packet(bytes: rest)), at: 0)
-                s.queuedBytes += rest.count
-            }
         }
         if case .failure(let error) = result {
             fail(error, releasing: true)
             throw error
         }
-        if case .success(_?) = result { lock.withLock { s.writes += 1 } }
+        if case .success(true) = result { lock.withLock { s.writes += 1 } }
         flushCompletePackets(releasing: true, mayBlock: mayBlock)
     }
 
+    /// One sendmsg of the frame; `.success(false)` when the socket was full (not blocking).
     private func sendFrame(_ fd: FileDescriptor, _ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
-                           _ descriptors: [FileDescriptor], blocking: Bool) -> Result<Int?, CircuitError> {
+                           _ descriptors: [FileDescriptor], blocking: Bool) -> Result<Bool, CircuitError> {
         // FileDescriptor is a single CInt, so the array's storage is already what
         // SCM_RIGHTS wants.
         descriptors.withUnsafeBufferPointer { fds in
             let raw = UnsafeRawBufferPointer(fds).bindMemory(to: CInt.self)
             do throws(CircuitError) {
-                return .success(try Self.send(fd, header, payload, raw, stream: kind == .stream, blocking: blocking))
+                return .success(try Self.send(fd, header, payload, raw, blocking: blocking))
             } catch {
                 return .failure(error)
             }
@@ -380,62 +291,25 @@ final class FrameWriter: @unchecked Sendable {
 
     private enum Enqueued { case queued, descriptorsOverShare, duplicateFailed }
 
-    /// Copies a small frame into the queue (lock held): into the open packet when it fits,
-    /// else a new one. Not queued when its descriptors would exceed the queue's share or
-    /// cannot be duplicated (EMFILE). `circuit` is the id of a data frame.
+    /// Copies a small frame into the queue (lock held), with duplicates of its descriptors.
+    /// Not queued when they would exceed the queue's share or cannot be made (EMFILE).
     private func enqueue(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
                          _ descriptors: [FileDescriptor], circuit: UInt64?, atFront: Bool = false) -> Enqueued {
         var duplicates: [CInt] = []
         if !descriptors.isEmpty {
-            if s.queuedDescriptors + descriptors.count > Self.maxQueuedDescriptors { return .descriptorsOverShare }
+            guard s.queue.admits(descriptors: descriptors.count) else { return .descriptorsOverShare }
             duplicates.reserveCapacity(descriptors.count)
             for fd in descriptors {
-                let copy = fcntl(fd.rawValue, F_DUPFD_CLOEXEC, 0)
-                guard copy >= 0 else {
+                guard let copy = try? valueOrErrno("fcntl(F_DUPFD_CLOEXEC)", { fcntl(fd.rawValue, F_DUPFD_CLOEXEC, 0) }) else {
                     for d in duplicates { close(d) }
                     return .duplicateFailed
                 }
                 duplicates.append(copy)
             }
         }
-        let size = header.count + payload.count
-        let packet: Packet
-        if !atFront, case .packet(let open)? = s.entries.last, fits(open, size, duplicates.count) {
-            packet = open
-        } else {
-            var bytes = s.spare.popLast() ?? []
-            bytes.reserveCapacity(max(s.limit?.bytes ?? 0, size))
-            packet = Packet(bytes: bytes)
-            s.entries.insert(.packet(packet), at: atFront ? 0 : s.entries.count)
-        }
-        packet.bytes.append(contentsOf: header)
-        packet.bytes.append(contentsOf: payload)
-        if !duplicates.isEmpty { packet.descriptors += duplicates }
-        if let circuit { packet.circuits.append(circuit) }
-        s.queuedBytes += size
-        s.queuedDescriptors += duplicates.count
+        s.queue.append(header: header, payload: payload, duplicates: duplicates, circuit: circuit, atFront: atFront)
         wakeWriterIfSleeping()
         return .queued
-    }
-
-    /// Whether a data frame of `circuit` is queued or being written from the queue (lock
-    /// held). A scan, not a count per circuit: it is needed only for large frames, and only
-    /// while something is queued.
-    private func hasQueuedFrame(on circuit: UInt64) -> Bool {
-        if let packet = s.inFlight, packet.circuits.contains(circuit) { return true }
-        return s.entries.contains { entry in
-            if case .packet(let packet) = entry { return packet.circuits.contains(circuit) }
-            return false
-        }
-    }
-
-    /// Whether a frame of `size` bytes and `descriptors` descriptors may join `packet`.
-    private func fits(_ packet: Packet, _ size: Int, _ descriptors: Int) -> Bool {
-        guard let limit = s.limit, packet.bytes.count + size <= limit.bytes else { return false }
-        switch kind {
-        case .seqpacket: return packet.descriptors.count + descriptors <= limit.descriptors
-        case .stream: return descriptors == 0
-        }
     }
 
     private func wakeWriterIfSleeping() {
@@ -447,32 +321,19 @@ final class FrameWriter: @unchecked Sendable {
 
     // MARK: Handing the socket on
 
-    /// Decides, with the socket free, who writes next (lock held). The socket is taken
-    /// (`writing`) for a hand-off or a packet to write. The open packet (the last) is taken
-    /// only with `takeOpen`, which the writer thread passes once the burst is over.
-    private func next(takeOpen: Bool) -> Next {
-        guard !s.writing, let fd = s.fd, !s.stopping, s.failure == nil, let head = s.entries.first else {
-            if s.idle && s.drainWaiters > 0 { lock.broadcast() }
-            return .nothing
+    /// Who writes next (lock held); nothing once stopped or failed.
+    private func next(takeOpen: Bool) -> (Queue.Next, FileDescriptor?) {
+        guard let fd = s.fd, !s.stopping, s.failure == nil else { return (.nothing, nil) }
+        let next = s.queue.next(takeOpen: takeOpen)
+        switch next {
+        case .nothing:
+            if s.queue.idle && s.drainWaiters > 0 { lock.broadcast() }
+        case .openPacketWaits:
+            wakeWriterIfSleeping()
+        case .handOff, .write:
+            break
         }
-        switch head {
-        case .turn(let c):
-            s.entries.removeFirst()
-            s.writing = true
-            return .handOff(c)
-        case .packet(let packet):
-            guard s.entries.count > 1 || takeOpen else {
-                // The writer thread flushes it when the burst ends.
-                wakeWriterIfSleeping()
-                return .nothing
-            }
-            s.entries.removeFirst()
-            s.writing = true
-            s.inFlight = packet
-            s.queuedBytes -= packet.bytes.count
-            s.queuedDescriptors -= packet.descriptors.count
-            return .write(packet, fd)
-        }
+        return (next, fd)
     }
 
     /// Writes complete packets at the head of the queue with this thread, at most
@@ -481,26 +342,26 @@ final class FrameWriter: @unchecked Sendable {
     private func flushCompletePackets(releasing: Bool = false, mayBlock: Bool = true) {
         var written = 0
         lock.lock()
-        if releasing { s.writing = false }
+        if releasing { s.queue.writing = false }
         while true {
             let mine = mayBlock && written < Self.maxPacketsPerSender
-            let step = mine || s.entries.first.map(\.isTurn) == true ? next(takeOpen: false) : .nothing
-            if !mine && !s.writing && !s.entries.isEmpty {
+            let step = mine || s.queue.headIsTurn ? next(takeOpen: false) : (.nothing, nil)
+            if !mine && !s.queue.writing && !s.queue.isEmpty {
                 // Left to the writer thread, even if it is waiting for a burst to end.
                 s.writerSleeping = false
                 lock.broadcast()
             }
             switch step {
-            case .nothing:
-                let stopped = s.stopping && !s.writing
+            case (.nothing, _), (.openPacketWaits, _), (.write, nil):
+                let stopped = s.stopping && !s.queue.writing
                 lock.unlock()
                 if stopped { closeIfDone() }
                 return
-            case .handOff(let c):
+            case (.handOff(let c), _):
                 lock.unlock()
                 c.resume(returning: true)
                 return
-            case .write(let packet, let fd):
+            case (.write(let packet), let fd?):
                 lock.unlock()
                 writePacket(packet, fd)
                 written += 1
@@ -511,33 +372,27 @@ final class FrameWriter: @unchecked Sendable {
 
     /// Writes a packet taken from the queue, closes its duplicates and releases the socket
     /// (leaves the lock unlocked). A failure stops the transport.
-    private func writePacket(_ packet: Packet, _ fd: FileDescriptor) {
+    private func writePacket(_ packet: Queue.Packet, _ fd: FileDescriptor) {
         var failure: CircuitError?
         packet.bytes.withUnsafeBytes { bytes in
             packet.descriptors.withUnsafeBufferPointer { fds in
                 do throws(CircuitError) {
-                    _ = try Self.send(fd, bytes, UnsafeRawBufferPointer(start: nil, count: 0), fds,
-                                      stream: kind == .stream, blocking: true)
+                    _ = try Self.send(fd, bytes, UnsafeRawBufferPointer(start: nil, count: 0), fds, blocking: true)
                 } catch {
                     failure = error
                 }
             }
         }
         for d in packet.descriptors { close(d) }
-        var buffer = packet.bytes
-        packet.bytes = []
-        buffer.removeAll(keepingCapacity: true)
         if let failure {
             fail(failure, releasing: true)
             return
         }
         let (room, stopped): ([Continuation<Void, Never>], Bool) = lock.withLock {
-            s.writing = false
-            s.inFlight = nil
+            s.queue.finishWriting()
             s.writes += 1
-            if s.spare.count < 4 { s.spare.append(buffer) }
-            if s.idle && s.drainWaiters > 0 { lock.broadcast() }
-            guard hasRoom else { return ([], s.stopping) }
+            if s.queue.idle && s.drainWaiters > 0 { lock.broadcast() }
+            guard s.queue.hasRoom else { return ([], s.stopping) }
             defer { s.roomWaiters = [] }
             return (s.roomWaiters, s.stopping)
         }
@@ -548,57 +403,44 @@ final class FrameWriter: @unchecked Sendable {
     /// A write failed: the transport stops sending; everything queued is dropped and every
     /// waiter released. With `releasing`, this thread owned the socket.
     private func fail(_ error: CircuitError, releasing: Bool) {
-        let (dropped, turns, room, report) = lock.withLock {
-            if releasing {
-                s.writing = false
-                s.inFlight = nil
-            }
+        let (dropped, report) = lock.withLock {
+            if releasing { s.queue.finishWriting() }
             if s.failure == nil { s.failure = error }
-            return takeEverything()
+            return (takeEverything(), s.onFailure)
         }
-        release(dropped, turns, room)
+        release(dropped)
         report?(error)
         closeIfDone()
     }
 
+    private struct Dropped {
+        var packets: [Queue.Packet]
+        var turns: [Continuation<Bool, Never>]
+        var room: [Continuation<Void, Never>]
+    }
+
     /// Empties the queue and the waiter lists (lock held).
-    private func takeEverything() -> ([Packet], [Continuation<Bool, Never>], [Continuation<Void, Never>],
-                                      (@Sendable (CircuitError) -> Void)?) {
-        var dropped: [Packet] = []
-        var turns: [Continuation<Bool, Never>] = []
-        for entry in s.entries {
-            switch entry {
-            case .packet(let p): dropped.append(p)
-            case .turn(let c): turns.append(c)
-            }
-        }
-        s.entries = []
-        s.queuedBytes = 0
-        s.queuedDescriptors = 0
+    private func takeEverything() -> Dropped {
+        let (packets, turns) = s.queue.removeAll()
         let room = s.roomWaiters
         s.roomWaiters = []
         lock.broadcast()
-        return (dropped, turns, room, s.onFailure)
+        return Dropped(packets: packets, turns: turns, room: room)
     }
 
-    private func release(_ dropped: [Packet], _ turns: [Continuation<Bool, Never>], _ room: [Continuation<Void, Never>]) {
-        for packet in dropped { packet.descriptors.forEach { close($0) } }
-        for c in turns { c.resume(returning: false) }
-        for w in room { w.resume() }
+    private func release(_ dropped: Dropped) {
+        for packet in dropped.packets { packet.descriptors.forEach { close($0) } }
+        for c in dropped.turns { c.resume(returning: false) }
+        for w in dropped.room { w.resume() }
     }
 
     // MARK: Waiting
-
-    /// Whether the queue is back under half its bounds (lock held).
-    private var hasRoom: Bool {
-        s.queuedBytes <= maxQueuedBytes / 2 && s.queuedDescriptors <= Self.maxQueuedDescriptors / 2
-    }
 
     /// Returns once the queue is back under half its bounds (or the writer stopped).
     private func waitForRoom() async {
         await withContinuation { (c: Continuation<Void, Never>) in
             let ready = lock.withLock {
-                if s.failure != nil || s.stopping || hasRoom { return true }
+                if s.failure != nil || s.stopping || s.queue.hasRoom { return true }
                 s.roomWaiters.append(c)
                 return false
             }
@@ -613,14 +455,14 @@ final class FrameWriter: @unchecked Sendable {
     func drain(milliseconds: Int) -> Bool {
         let deadline = ConditionLock.deadline(milliseconds: milliseconds)
         return lock.withLock {
-            while s.failure == nil && !s.stopping && !s.idle {
+            while s.failure == nil && !s.stopping && !s.queue.idle {
                 s.drainWaiters += 1
                 wakeWriterIfSleeping()
                 let woken = lock.wait(until: deadline)
                 s.drainWaiters -= 1
                 if !woken { break }
             }
-            return s.idle
+            return s.queue.idle
         }
     }
 
@@ -631,7 +473,7 @@ final class FrameWriter: @unchecked Sendable {
     private func runWriter() {
         lock.lock()
         while !s.stopping {
-            if s.entries.isEmpty {
+            if s.queue.isEmpty {
                 s.writerSleeping = true
                 lock.wait()
                 continue
@@ -639,11 +481,11 @@ final class FrameWriter: @unchecked Sendable {
             let quiet = Self.monotonicNanoseconds() &- lastSubmit.load(ordering: .relaxed)
             let burstOver = quiet >= Self.corkNanoseconds || s.drainWaiters > 0
             switch next(takeOpen: burstOver) {
-            case .nothing where burstOver:
+            case (.nothing, _) where burstOver, (.openPacketWaits, _) where burstOver, (.write, nil):
                 // Another thread is writing; it wakes this one if it leaves a packet behind.
                 s.writerSleeping = true
                 lock.wait()
-            case .nothing:
+            case (.nothing, _), (.openPacketWaits, _):
                 // Watch the burst without the lock: senders never wait for this thread, and
                 // it wakes about once per cork period, not once per packet.
                 lock.unlock()
@@ -655,11 +497,11 @@ final class FrameWriter: @unchecked Sendable {
                     left = since >= Self.corkNanoseconds ? 0 : Self.corkNanoseconds - since
                 }
                 lock.lock()
-            case .handOff(let c):
+            case (.handOff(let c), _):
                 lock.unlock()
                 c.resume(returning: true)
                 lock.lock()
-            case .write(let packet, let fd):
+            case (.write(let packet), let fd?):
                 lock.unlock()
                 writePacket(packet, fd)
                 lock.lock()
@@ -680,18 +522,18 @@ final class FrameWriter: @unchecked Sendable {
     /// thread and closes the socket once no sender is inside `sendmsg`. Called once the
     /// reader has stopped.
     func stop() {
-        let (fd, thread, dropped, turns, room) = lock.withLock {
+        let (fd, thread, dropped) = lock.withLock {
             s.stopping = true
             if s.failure == nil { s.failure = .closed }
-            let (dropped, turns, room, _) = takeEverything()
+            let dropped = takeEverything()
             s.onFailure = nil
             let thread = s.thread
             s.thread = nil
-            return (s.fd, thread, dropped, turns, room)
+            return (s.fd, thread, dropped)
         }
         // A sender blocked on a peer that stopped reading returns (EPIPE) once shut down.
         if let fd { SocketCalls.shutdownBoth(fd) }
-        release(dropped, turns, room)
+        release(dropped)
         // Called by the reader thread or by `close`, never by the writer thread itself.
         if let thread { pthread_join(thread, nil) }
         closeIfDone()
@@ -700,7 +542,7 @@ final class FrameWriter: @unchecked Sendable {
     /// Closes the socket once stopped and no thread writes (the last writer out calls it).
     private func closeIfDone() {
         let toClose: FileDescriptor? = lock.withLock {
-            guard s.stopping, !s.writing, s.alongside == 0, let fd = s.fd else { return nil }
+            guard s.stopping, !s.queue.writing, s.queue.alongside == 0, let fd = s.fd else { return nil }
             s.fd = nil
             return fd
         }
@@ -709,46 +551,26 @@ final class FrameWriter: @unchecked Sendable {
 
     // MARK: sendmsg
 
-    /// Sends `header` and `payload` as one message with `fds`. Non-blocking: nil when the
-    /// socket is full and nothing was sent. A byte stream may take part of it: without
-    /// `blocking` the count sent is returned, with it the rest follows (the descriptors only
-    /// with the first byte).
+    /// Sends `header` and `payload` as one packet with `fds`. Not blocking: false when the
+    /// socket is full and nothing was sent.
     private static func send(_ fd: FileDescriptor, _ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
-                             _ fds: UnsafeBufferPointer<CInt>, stream: Bool, blocking: Bool) throws(CircuitError) -> Int? {
+                             _ fds: UnsafeBufferPointer<CInt>, blocking: Bool) throws(CircuitError) -> Bool {
         var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
                    iovec(iov_base: UnsafeMutableRawPointer(mutating: payload.baseAddress), iov_len: payload.count))
-        let total = header.count + payload.count
-        var sent = 0
-        var first = true
-        while true {
-            let n: Int
-            do {
-                n = try withUnsafeBytes(of: &iov) { (raw) throws(SystemCallError) -> Int in
-                    let iovs = raw.bindMemory(to: iovec.self)
-                    let from = iovs[0].iov_len == 0 ? 1 : 0
-                    let to = iovs[1].iov_len == 0 ? 1 : 2
-                    return try DescriptorPassing.send(fd.rawValue, UnsafeBufferPointer(rebasing: iovs[from..<max(from, to)]),
-                                                      descriptors: first ? fds : UnsafeBufferPointer(start: nil, count: 0),
-                                                      nonBlocking: !blocking)
-                }
-            } catch where error.errno == .wouldBlock && !blocking {
-                return nil
-            } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
-                // The peer went away; its end of file may reach the reader only later.
-                throw .peerClosed
-            } catch {
-                throw .system(error)
+        do {
+            _ = try withUnsafeBytes(of: &iov) { (raw) throws(SystemCallError) -> Int in
+                let iovs = raw.bindMemory(to: iovec.self)
+                return try DescriptorPassing.send(fd.rawValue, UnsafeBufferPointer(rebasing: iovs[..<(payload.isEmpty ? 1 : 2)]),
+                                                  descriptors: fds, nonBlocking: !blocking)
             }
-            sent += n
-            // Only a byte stream takes part of a message.
-            guard stream, blocking, sent < total else { return sent }
-            first = false
-            let fromHeader = min(n, iov.0.iov_len)
-            iov.0.iov_base = iov.0.iov_base.map { $0 + fromHeader }
-            iov.0.iov_len -= fromHeader
-            let fromPayload = n - fromHeader
-            iov.1.iov_base = iov.1.iov_base.map { $0 + fromPayload }
-            iov.1.iov_len -= fromPayload
+            return true
+        } catch where error.errno == .wouldBlock && !blocking {
+            return false
+        } catch where error.errno == .brokenPipe || error.errno == .connectionReset {
+            // The peer went away; its end of file may reach the reader only later.
+            throw .peerClosed
+        } catch {
+            throw .system(error)
         }
     }
 }

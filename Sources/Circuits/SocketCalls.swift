@@ -8,13 +8,11 @@ import Glibc
 import Musl
 #endif
 
-/// How a transport's socket frames messages.
-public enum TransportKind: String, Sendable, CaseIterable {
-    /// AF_UNIX SOCK_SEQPACKET: the kernel keeps message boundaries; a packet holds whole
-    /// frames (one, or several small ones that were sent close together).
+/// The two kinds of AF_UNIX socket Cloister uses: packets for transports (the kernel keeps
+/// message boundaries, and a packet holds whole frames), a byte stream for the control
+/// socket and for client connections in tests.
+public enum SocketKind: String, Sendable, CaseIterable {
     case seqpacket
-    /// A byte stream (AF_UNIX SOCK_STREAM): frames are length-prefixed, and descriptors
-    /// travel with the first byte of the frame they belong to.
     case stream
 
     var socketType: CInt {
@@ -29,7 +27,7 @@ public enum TransportKind: String, Sendable, CaseIterable {
 /// its errno (through `SystemCalls`).
 public enum SocketCalls {
     /// socketpair(2) with SOCK_CLOEXEC. The corresponding C function is `socketpair`.
-    public static func socketPair(_ kind: TransportKind) throws(SystemCallError) -> (FileDescriptor, FileDescriptor) {
+    public static func socketPair(_ kind: SocketKind) throws(SystemCallError) -> (FileDescriptor, FileDescriptor) {
         var fds: [CInt] = [-1, -1]
         _ = try valueOrErrno("socketpair") { socketpair(AF_UNIX, kind.socketType | CInt(SOCK_CLOEXEC.rawValue), 0, &fds) }
         return (FileDescriptor(rawValue: fds[0]), FileDescriptor(rawValue: fds[1]))

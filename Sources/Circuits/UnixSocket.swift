@@ -12,9 +12,9 @@ public enum UnixSocket {
     public final class Listener: Sendable {
         public let descriptor: FileDescriptor
         public let path: String
-        public let kind: TransportKind
+        public let kind: SocketKind
 
-        init(descriptor: FileDescriptor, path: String, kind: TransportKind) {
+        init(descriptor: FileDescriptor, path: String, kind: SocketKind) {
             self.descriptor = descriptor
             self.path = path
             self.kind = kind
@@ -43,7 +43,7 @@ public enum UnixSocket {
     /// the owner alone may connect). The mode is set on the socket before `bind`, so the file
     /// never exists with a wider mode. An existing socket file nobody answers on is replaced;
     /// anything else at `path` is an error.
-    public static func listen(path: String, kind: TransportKind, permissions: FilePermissions = [.ownerRead, .ownerWrite],
+    public static func listen(path: String, kind: SocketKind, permissions: FilePermissions = [.ownerRead, .ownerWrite],
                               backlog: Int32 = 64) throws(SystemCallError) -> Listener {
         let address = SocketAddress.unix(path: path)
         if isStaleSocket(path, kind: kind) { unlink(path) }
@@ -66,7 +66,7 @@ public enum UnixSocket {
     }
 
     /// Connects to the socket at `path`.
-    public static func connect(path: String, kind: TransportKind) throws(SystemCallError) -> FileDescriptor {
+    public static func connect(path: String, kind: SocketKind) throws(SystemCallError) -> FileDescriptor {
         let address = SocketAddress.unix(path: path)
         let fd = try address.socket(kind.socketType)
         do {
@@ -79,7 +79,7 @@ public enum UnixSocket {
     }
 
     /// A socket file at `path` that refuses connections: left behind by a process that died.
-    private static func isStaleSocket(_ path: String, kind: TransportKind) -> Bool {
+    private static func isStaleSocket(_ path: String, kind: SocketKind) -> Bool {
         var info = stat()
         guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK else { return false }
         do {

@@ -16,8 +16,6 @@ struct CircuitsBenchmark {
     /// For profiling the circuits path alone; the table then has no ratio.
     var skipRaw = false
     var skipCircuits = false
-    /// The transport kind of the measured path; the baseline is always a raw SOCK_SEQPACKET pair.
-    var kind: TransportKind = .seqpacket
     /// Credit window per circuit, on both ends. It must cover what is in flight on a circuit:
     /// the socket buffer (208 KiB by default) plus what the reader holds until the consuming
     /// task runs. With sender and receiver each pinned to one core, the receiver's reader and
@@ -71,7 +69,7 @@ struct CircuitsBenchmark {
         let pinned = CPUPinning.available >= 2 && CPUPinning.pinProcess(to: 0)
         print("circuits benchmark: best of \(repeats) interleaved runs per cell (raw, circuits, raw, …); raw = one SOCK_SEQPACKET socketpair between the same two processes")
         print(pinned ? "sender pinned to CPU 0, receiver to CPU 1 (both paths)" : "processes not pinned (fewer than 2 CPUs)")
-        print("circuits over a \(kind.rawValue) transport, credit window \(window / 1024) KiB per circuit")
+        print("circuits over a seqpacket transport, credit window \(window / 1024) KiB per circuit")
         print("")
         print("| payload | fd/msg | circuits | raw msg/s | raw MB/s | circuits msg/s | circuits MB/s | ratio |")
         print("|--------:|-------:|---------:|----------:|---------:|---------------:|--------------:|------:|")
@@ -94,10 +92,10 @@ struct CircuitsBenchmark {
     }
 
     private func spawnSink(_ mode: String, _ c: Case) throws -> (ChildProcess, FileDescriptor) {
-        let (mine, theirs) = try SocketCalls.socketPair(mode == "raw" ? .seqpacket : kind)
+        let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
         defer { try? theirs.close() }
         let child = try ChildProcess.spawn(ChildProcess.currentExecutable,
-                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)", kind.rawValue, "\(window)"],
+                                           arguments: ["sink", mode, "\(c.payload)", "\(c.descriptors)", "\(c.messages)", "\(window)"],
                                            descriptors: [theirs])
         return (child, mine)
     }
@@ -131,7 +129,7 @@ struct CircuitsBenchmark {
     /// The measured path: a transport, `circuits` conversations sending concurrently.
     func measureCircuits(_ c: Case) async throws -> Measurement {
         let (child, socket) = try spawnSink("circuits", c)
-        let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: Self.configuration(.opener, window: window))
+        let transport = try await Transport<UInt16>.start(socket: socket, configuration: Self.configuration(.opener, window: window))
         let control = try transport.reserved(0)
         _ = try await control.receive()  // sink ready
         let payload = [UInt8](repeating: 0x5a, count: c.payload)
@@ -176,9 +174,9 @@ enum RawSocket {
 enum Sink {
     static func run(_ args: [String]) async throws {
         if CPUPinning.available >= 2 { CPUPinning.pinProcess(to: 1) }
-        guard args.count == 6, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]),
-              let kind = TransportKind(rawValue: args[4]), let window = Int(args[5]) else {
-            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES seqpacket|stream WINDOW")
+        guard args.count == 5, let payload = Int(args[1]), let descriptors = Int(args[2]), let messages = Int(args[3]),
+              let window = Int(args[4]) else {
+            print("usage: cloister-bench sink raw|circuits PAYLOAD DESCRIPTORS MESSAGES WINDOW")
             exit(2)
         }
         let socket = FileDescriptor(rawValue: 3)
@@ -186,7 +184,7 @@ enum Sink {
         case "raw":
             try raw(socket, payload: payload, descriptors: descriptors, messages: messages)
         case "circuits":
-            try await circuits(socket, kind: kind, window: window)
+            try await circuits(socket, window: window)
         default:
             exit(2)
         }
@@ -208,8 +206,8 @@ enum Sink {
         try RawSocket.sendAck(socket)
     }
 
-    static func circuits(_ socket: FileDescriptor, kind: TransportKind, window: Int) async throws {
-        let transport = try await Transport<UInt16>.start(socket: socket, kind: kind,
+    static func circuits(_ socket: FileDescriptor, window: Int) async throws {
+        let transport = try await Transport<UInt16>.start(socket: socket,
                                                           configuration: CircuitsBenchmark.configuration(.acceptor, window: window))
         try await transport.reserved(0).send([1])
         await withThrowingTaskGroup(of: Void.self) { group in

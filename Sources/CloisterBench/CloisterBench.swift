@@ -23,11 +23,6 @@ struct CloisterBench {
             func option(_ name: String) -> Int? {
                 args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil }
             }
-            let kind = args.firstIndex(of: "--kind").flatMap { args.indices.contains($0 + 1) ? TransportKind(rawValue: args[$0 + 1]) : nil }
-            if args.contains("--kind") && kind == nil {
-                print("--kind must be seqpacket or stream")
-                exit(2)
-            }
             let window = option("--window") ?? CircuitsBenchmark.defaultWindow
             if args.contains("--window") && option("--window") == nil {
                 print("--window must be a number of bytes")
@@ -42,13 +37,13 @@ struct CloisterBench {
             try await CircuitsBenchmark(quick: args.contains("--quick"), onlyPayload: option("--payload"),
                                         onlyDescriptors: option("--fds"), onlyCircuits: option("--circuits"),
                                         skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits"),
-                                        kind: kind ?? .seqpacket, window: window).run()
+                                        window: window).run()
         case "e2e":
             try EndToEndBenchmark(quick: args.contains("--quick")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
-            print("usage: cloister-bench circuits [--quick] [--kind seqpacket|stream] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
+            print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
             print("       cloister-bench e2e [--quick]")
             exit(2)
         }

@@ -9,15 +9,11 @@ import SystemPackage
 struct CircuitsPeerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "circuits-peer", shouldDisplay: false)
 
-    @Option(help: "Transport kind.") var kind: String = "seqpacket"
     @Option(help: "Protocol intent to declare.") var intent: String = "cloister.test-peer/1"
 
     func run() async throws {
-        guard let transportKind = TransportKind(rawValue: kind) else {
-            throw ValidationError("--kind must be one of \(TransportKind.allCases.map(\.rawValue))")
-        }
         let transport = try await Transport<UInt16>.start(
-            socket: FileDescriptor(rawValue: 3), kind: transportKind,
+            socket: FileDescriptor(rawValue: 3),
             configuration: .init(intent: intent, side: .acceptor, reservedBand: 2, reserved: [0: "health"]))
         let health = try transport.reserved(0)
         await withThrowingTaskGroup(of: Void.self) { group in

@@ -28,7 +28,7 @@ public enum Link: String, Sendable, CaseIterable {
 
     /// Starts this link's transport on `socket` (taking ownership of it).
     public func start(socket: FileDescriptor, side: TransportSide, build: String = BuildID.current) async throws -> RoleTransport {
-        try await RoleTransport.start(socket: socket, kind: .seqpacket, configuration: configuration(side: side, build: build))
+        try await RoleTransport.start(socket: socket, configuration: configuration(side: side, build: build))
     }
 }
 

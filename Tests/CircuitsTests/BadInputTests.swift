@@ -7,15 +7,14 @@ import TestSupport
 final class BadInputTests: XCTestCase {
     /// Runs `inject` against a fresh transport and returns the error the transport closed with,
     /// checking that no descriptor (including any the injection sent) outlives it.
-    private func failure(_ kind: TransportKind = .seqpacket,
-                         config: TransportConfiguration<UInt16> = configuration(.opener),
+    private func failure(config: TransportConfiguration<UInt16> = configuration(.opener),
                          _ inject: (RawPeer, _ pipeWrite: FileDescriptor) throws -> Void,
                          file: StaticString = #filePath, line: UInt = #line) async throws -> CircuitError {
         let before = openDescriptorCount()
         let error: CircuitError
         do {
             let pipe = try makePipe()
-            let (transport, peer) = try await transportWithRawPeer(kind, config: config)
+            let (transport, peer) = try await transportWithRawPeer(config: config)
             try inject(peer, pipe.write)
             try pipe.write.close()
             error = await transport.closed()
@@ -30,44 +29,31 @@ final class BadInputTests: XCTestCase {
     }
 
     func testShortHeader() async throws {
-        var error = try await failure { peer, _ in try peer.raw([2, 0, 0]) }
+        let error = try await failure { peer, _ in try peer.raw([2, 0, 0]) }
         XCTAssertEqual(error, .truncatedHeader(received: 3, required: 9))
-        error = try await failure(.stream) { peer, _ in
-            try peer.raw([2, 0, 0])
-            peer.finish()
-        }
-        XCTAssertEqual(error, .truncatedHeader(received: 3, required: 9))
-    }
-
-    func testStreamEndingMidPayload() async throws {
-        let error = try await failure(.stream) { peer, _ in
-            try peer.raw(peer.header(kind: 2, length: 10, circuit: 3) + [1, 2, 3])
-            peer.finish()
-        }
-        XCTAssertEqual(error, .truncatedPayload(received: 3, declared: 10))
     }
 
     func testCircuitIdOutOfRange() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind) { peer, _ in try peer.raw(peer.header(kind: 2, length: 0, circuit: 2000)) }
-            XCTAssertEqual(error, .circuitOutOfRange(id: 2000, maxCircuits: 1024), "\(kind)")
+        do {
+            let error = try await failure { peer, _ in try peer.raw(peer.header(kind: 2, length: 0, circuit: 2000)) }
+            XCTAssertEqual(error, .circuitOutOfRange(id: 2000, maxCircuits: 1024))
         }
     }
 
     func testUnknownKind() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind) { peer, _ in try peer.raw(peer.header(kind: 7, length: 0, circuit: 3)) }
-            XCTAssertEqual(error, .unknownKind(7), "\(kind)")
+        do {
+            let error = try await failure { peer, _ in try peer.raw(peer.header(kind: 7, length: 0, circuit: 3)) }
+            XCTAssertEqual(error, .unknownKind(7))
         }
     }
 
     func testOversizedDeclared() async throws {
         let config = configuration(.opener, maxPayload: 1000)
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind, config: config) { peer, _ in
+        do {
+            let error = try await failure(config: config) { peer, _ in
                 try peer.raw(peer.header(kind: 2, length: 1001, circuit: 3) + [UInt8](repeating: 0, count: 1001))
             }
-            XCTAssertEqual(error, .oversized(length: 1001, limit: 1000), "\(kind)")
+            XCTAssertEqual(error, .oversized(length: 1001, limit: 1000))
         }
     }
 
@@ -84,60 +70,59 @@ final class BadInputTests: XCTestCase {
     }
 
     func testDescriptorsOnCreditFrame() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind) { peer, fd in
+        do {
+            let error = try await failure { peer, fd in
                 try peer.frame(.credit, circuit: 3, payload: [UInt8](repeating: 0, count: 8), descriptors: [fd])
             }
-            XCTAssertEqual(error, .unexpectedDescriptors(count: 1, context: "on a credit frame"), "\(kind)")
+            XCTAssertEqual(error, .unexpectedDescriptors(count: 1, context: "on a credit frame"))
         }
     }
 
     func testDescriptorsWhereTransportAcceptsNone() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind, config: configuration(.opener, maxDescriptors: 0)) { peer, fd in
+        do {
+            let error = try await failure(config: configuration(.opener, maxDescriptors: 0)) { peer, fd in
                 try peer.frame(.data, circuit: 3, payload: [1], descriptors: [fd])
             }
-            XCTAssertEqual(error, .unexpectedDescriptors(count: 1, context: "more than the 0 per message this transport accepts"), "\(kind)")
+            XCTAssertEqual(error, .unexpectedDescriptors(count: 1, context: "more than the 0 per message this transport accepts"))
         }
     }
 
     func testTruncatedControlDataClosesWhatArrived() async throws {
-        for kind in TransportKind.allCases {
-            // A packet may carry the descriptors of several messages (16 when each may carry
-            // 2); a stream read takes one message's worth.
-            let room = kind == .seqpacket ? FrameLimits.packetDescriptors(2) : 2
-            let error = try await failure(kind, config: configuration(.opener, maxDescriptors: 2)) { peer, fd in
+        do {
+            // A packet may carry the descriptors of several messages (16 when each may carry 2).
+            let room = FrameLimits.packetDescriptors(2)
+            let error = try await failure(config: configuration(.opener, maxDescriptors: 2)) { peer, fd in
                 try peer.frame(.data, circuit: 3, payload: [1], descriptors: [FileDescriptor](repeating: fd, count: room + 1))
             }
-            XCTAssertEqual(error, .truncatedControlData(receivedDescriptors: room), "\(kind)")
+            XCTAssertEqual(error, .truncatedControlData(receivedDescriptors: room))
         }
     }
 
     func testDescriptorCountMismatch() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind) { peer, fd in
+        do {
+            let error = try await failure { peer, fd in
                 try peer.raw(peer.header(kind: 2, descriptors: 2, length: 0, circuit: 3), descriptors: [fd])
             }
-            XCTAssertEqual(error, .descriptorCountMismatch(declared: 2, received: 1), "\(kind)")
+            XCTAssertEqual(error, .descriptorCountMismatch(declared: 2, received: 1))
         }
     }
 
     func testDescriptorsOnFrameDeclaringNone() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind) { peer, fd in
+        do {
+            let error = try await failure { peer, fd in
                 try peer.raw(peer.header(kind: 2, length: 1, circuit: 3) + [9], descriptors: [fd])
                 // On a stream the unclaimed set shows once the next frame is parsed; a packet
                 // transport may already have closed by then.
                 try? peer.frame(.data, circuit: 3, payload: [1])
             }
-            XCTAssertEqual(error, .descriptorCountMismatch(declared: 0, received: 1), "\(kind)")
+            XCTAssertEqual(error, .descriptorCountMismatch(declared: 0, received: 1))
         }
     }
 
     func testUnagreedReservedCircuit() async throws {
-        for kind in TransportKind.allCases {
-            let error = try await failure(kind) { peer, _ in try peer.frame(.data, circuit: 1, payload: [1]) }
-            XCTAssertEqual(error, .unagreedReservedCircuit(id: 1), "\(kind)")
+        do {
+            let error = try await failure { peer, _ in try peer.frame(.data, circuit: 1, payload: [1]) }
+            XCTAssertEqual(error, .unagreedReservedCircuit(id: 1))
         }
     }
 
@@ -179,10 +164,10 @@ final class BadInputTests: XCTestCase {
 
     func testFrameBeforeHandshake() async throws {
         let (a, b) = try SocketCalls.socketPair(.seqpacket)
-        let peer = RawPeer(fd: b, kind: .seqpacket)
+        let peer = RawPeer(fd: b)
         try peer.frame(.data, circuit: 3, payload: [1])
         do {
-            _ = try await Transport<UInt16>.start(socket: a, kind: .seqpacket, configuration: configuration(.opener))
+            _ = try await Transport<UInt16>.start(socket: a, configuration: configuration(.opener))
             XCTFail("started although the peer sent data first")
         } catch let error as CircuitError {
             XCTAssertEqual(error, .malformedHandshake("a data frame arrived before the handshake"))

@@ -6,9 +6,9 @@ final class FlowControlTests: XCTestCase {
     /// One circuit's consumer stops reading: its sender is held back by credit, while other
     /// circuits on the same transport keep flowing at full speed.
     func testStalledCircuitDoesNotStallOthers() async throws {
-        for kind in TransportKind.allCases {
+        do {
             let window = 64 * 1024
-            let (a, b) = try await transportPair(kind, opener: configuration(.opener, window: window, maxPayload: 8192),
+            let (a, b) = try await transportPair(opener: configuration(.opener, window: window, maxPayload: 8192),
                                                  acceptor: configuration(.acceptor, window: window, maxPayload: 8192))
             let stalled = try a.open()
             let chunk = [UInt8](repeating: 1, count: 8192)
@@ -49,13 +49,13 @@ final class FlowControlTests: XCTestCase {
                 }
                 var total = 0
                 for try await bytes in group { total += bytes }
-                XCTAssertEqual(total, 8 * 512 * 8192, "\(kind)")
+                XCTAssertEqual(total, 8 * 512 * 8192)
             }
             // The stalled circuit is still stuck within its window: the receiver holds at
             // most one window of it, however much the sender wanted to send.
-            let queued = a.core.state.withLock { $0.credits[UInt64(stalled.id)]!.sent }
-            XCTAssertLessThanOrEqual(queued, UInt64(window), "\(kind)")
-            XCTAssertGreaterThan(queued, UInt64(window - 8192 - 64 - 1), "\(kind): window should be used up")
+            let queued = a.core.state.withLock { $0.table.credits[UInt64(stalled.id)]!.sent }
+            XCTAssertLessThanOrEqual(queued, UInt64(window))
+            XCTAssertGreaterThan(queued, UInt64(window - 8192 - 64 - 1), "window should be used up")
 
             // Reading the stalled circuit lets its sender finish.
             let reader = Task {

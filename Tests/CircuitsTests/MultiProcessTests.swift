@@ -14,11 +14,10 @@ private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 final class MultiProcessTests: XCTestCase {
     static var cloister: String { cloisterExecutable }
 
-    private func startPeer(_ kind: TransportKind, intent: String = "cloister.test-peer/1")
-        throws -> (ChildProcess, FileDescriptor) {
-        let (mine, theirs) = try SocketCalls.socketPair(kind)
+    private func startPeer(intent: String = "cloister.test-peer/1") throws -> (ChildProcess, FileDescriptor) {
+        let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
         defer { try? theirs.close() }
-        let child = try ChildProcess.spawn(Self.cloister, arguments: ["role", "circuits-peer", "--kind", kind.rawValue, "--intent", intent],
+        let child = try ChildProcess.spawn(Self.cloister, arguments: ["role", "circuits-peer", "--intent", intent],
                                            descriptors: [theirs])
         return (child, mine)
     }
@@ -32,21 +31,21 @@ final class MultiProcessTests: XCTestCase {
 
     /// Starts the peer, runs `body` with a transport to it, then checks how the peer ended
     /// and that this process has exactly the descriptors it had before.
-    private func withPeer(_ kind: TransportKind, ending expected: ChildProcess.Termination,
+    private func withPeer(ending expected: ChildProcess.Termination,
                           _ body: (Transport<UInt16>, ChildProcess) async throws -> Void) async throws {
         let before = openDescriptorCount()
-        let (child, socket) = try startPeer(kind)
+        let (child, socket) = try startPeer()
         do {
-            let transport = try await Transport<UInt16>.start(socket: socket, kind: kind, configuration: peerConfiguration())
+            let transport = try await Transport<UInt16>.start(socket: socket, configuration: peerConfiguration())
             try await body(transport, child)
         }
-        XCTAssertEqual(try child.wait(), expected, "\(kind): how the peer ended")
-        XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+        XCTAssertEqual(try child.wait(), expected, "how the peer ended")
+        XCTAssertEqual(openDescriptorCount(), before, "descriptors leaked")
     }
 
     func testChildWritesIntoDescriptorItWasPassed() async throws {
-        for kind in TransportKind.allCases {
-            try await withPeer(kind, ending: .exited(0)) { transport, _ in
+        do {
+            try await withPeer(ending: .exited(0)) { transport, _ in
                 XCTAssertEqual(transport.peerBuild, Self.cloisterBuild)
                 let pipe = try makePipe()
                 let c = try transport.open()
@@ -72,8 +71,8 @@ final class MultiProcessTests: XCTestCase {
     /// be queued (queuing duplicates them): they are written with the caller's own copies,
     /// in order, and none is lost.
     func testDescriptorsTravelWhenNoneCanBeDuplicated() async throws {
-        for kind in TransportKind.allCases {
-            try await withPeer(kind, ending: .exited(0)) { transport, _ in
+        do {
+            try await withPeer(ending: .exited(0)) { transport, _ in
                 let pipe = try makePipe()
                 let c = try transport.open()
                 let count = 40
@@ -103,7 +102,7 @@ final class MultiProcessTests: XCTestCase {
                 }
                 XCTAssertEqual(replies, count)
                 let written = String(decoding: try readAll(pipe.read), as: UTF8.self)
-                XCTAssertEqual(written, (0..<count).map { "m\($0);" }.joined(), "\(kind): every message, in order")
+                XCTAssertEqual(written, (0..<count).map { "m\($0);" }.joined(), "every message, in order")
                 try pipe.read.close()
                 transport.close()
             }
@@ -111,7 +110,7 @@ final class MultiProcessTests: XCTestCase {
     }
 
     func testChildKilledMidConversationGivesCleanError() async throws {
-        try await withPeer(.seqpacket, ending: .signaled(SIGKILL)) { transport, child in
+        try await withPeer(ending: .signaled(SIGKILL)) { transport, child in
             let c = try transport.open()
             try await c.send(Array("ping".utf8))
             let awaited2 = try await c.receive().payload
@@ -136,9 +135,9 @@ final class MultiProcessTests: XCTestCase {
     }
 
     func testWrongPeerFailsLoudly() async throws {
-        let (child, socket) = try startPeer(.seqpacket, intent: "cloister.something-else/1")
+        let (child, socket) = try startPeer(intent: "cloister.something-else/1")
         do {
-            _ = try await Transport<UInt16>.start(socket: socket, kind: .seqpacket, configuration: peerConfiguration())
+            _ = try await Transport<UInt16>.start(socket: socket, configuration: peerConfiguration())
             XCTFail("handshake accepted the wrong intent")
         } catch let error as CircuitError {
             XCTAssertEqual(error, .handshakeMismatch(field: "intent", ours: "cloister.test-peer/1", theirs: "cloister.something-else/1"))

@@ -17,12 +17,12 @@ func configuration(_ side: TransportSide, intent: String = "test/1", reserved: [
 }
 
 /// Two connected transports in this process.
-func transportPair(_ kind: TransportKind, opener: TransportConfiguration<UInt16> = configuration(.opener),
+func transportPair(opener: TransportConfiguration<UInt16> = configuration(.opener),
                    acceptor: TransportConfiguration<UInt16> = configuration(.acceptor))
     async throws -> (Transport<UInt16>, Transport<UInt16>) {
-    let (a, b) = try SocketCalls.socketPair(kind)
-    async let left = Transport<UInt16>.start(socket: a, kind: kind, configuration: opener)
-    async let right = Transport<UInt16>.start(socket: b, kind: kind, configuration: acceptor)
+    let (a, b) = try SocketCalls.socketPair(.seqpacket)
+    async let left = Transport<UInt16>.start(socket: a, configuration: opener)
+    async let right = Transport<UInt16>.start(socket: b, configuration: acceptor)
     return try await (left, right)
 }
 
@@ -30,12 +30,10 @@ func transportPair(_ kind: TransportKind, opener: TransportConfiguration<UInt16>
 /// whatever bytes a test wants to inject.
 final class RawPeer {
     let fd: FileDescriptor
-    let kind: TransportKind
     private var closed = false
 
-    init(fd: FileDescriptor, kind: TransportKind) {
+    init(fd: FileDescriptor) {
         self.fd = fd
-        self.kind = kind
     }
 
     deinit { close() }
@@ -94,13 +92,13 @@ final class RawPeer {
 }
 
 /// A transport whose far end is a `RawPeer` that has completed the handshake.
-func transportWithRawPeer(_ kind: TransportKind, config: TransportConfiguration<UInt16> = configuration(.opener),
+func transportWithRawPeer(config: TransportConfiguration<UInt16> = configuration(.opener),
                           peerConfig: TransportConfiguration<UInt16> = configuration(.acceptor))
     async throws -> (Transport<UInt16>, RawPeer) {
-    let (a, b) = try SocketCalls.socketPair(kind)
-    let peer = RawPeer(fd: b, kind: kind)
+    let (a, b) = try SocketCalls.socketPair(.seqpacket)
+    let peer = RawPeer(fd: b)
     try peer.sendHandshake(peerConfig)
-    let transport = try await Transport<UInt16>.start(socket: a, kind: kind, configuration: config)
+    let transport = try await Transport<UInt16>.start(socket: a, configuration: config)
     return (transport, peer)
 }
 

@@ -5,16 +5,16 @@ import TestSupport
 
 final class TransportTests: XCTestCase {
     func testConversationBothKinds() async throws {
-        for kind in TransportKind.allCases {
+        do {
             let before = openDescriptorCount()
             do {
-                let (a, b) = try await transportPair(kind)
+                let (a, b) = try await transportPair()
                 let request = try a.open()
                 try await request.send(Array("hello".utf8))
                 let served = try await b.accept()
                 XCTAssertEqual(served.id, request.id)
                 let got = try await served.receive()
-                XCTAssertEqual(got.payload, Array("hello".utf8), "\(kind)")
+                XCTAssertEqual(got.payload, Array("hello".utf8))
                 XCTAssertFalse(got.isEnd)
                 try await request.send(Array("bye".utf8), end: true)
                 let last = try await served.receive()
@@ -29,16 +29,16 @@ final class TransportTests: XCTestCase {
                 } catch let error as CircuitError {
                     XCTAssertEqual(error, .conversationEnded(id: UInt64(request.id)))
                 }
-                XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 }, "\(kind): circuits idle again")
+                XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 }, "circuits idle again")
                 a.close()
                 b.close()
             }
-            XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+            XCTAssertEqual(openDescriptorCount(), before, "descriptors leaked")
         }
     }
 
     func testIdleCircuitsAreReusedAndIdsFollowParity() async throws {
-        let (a, b) = try await transportPair(.seqpacket, opener: configuration(.opener, maxCircuits: 8),
+        let (a, b) = try await transportPair(opener: configuration(.opener, maxCircuits: 8),
                                              acceptor: configuration(.acceptor, maxCircuits: 8))
         // Ids 2, 4, 6 belong to the opener (band is 0..<2, 8 circuits).
         var seen: [UInt16] = []
@@ -62,8 +62,8 @@ final class TransportTests: XCTestCase {
     /// Many short conversations back to back: each accept races the next arrival, which is
     /// where a lost wakeup would hang.
     func testManyConversationsAreAllAccepted() async throws {
-        for kind in TransportKind.allCases {
-            let (a, b) = try await transportPair(kind)
+        do {
+            let (a, b) = try await transportPair()
             let served = try await withDeadline(30) {
                 try await withThrowingTaskGroup(of: Int.self) { group in
                     group.addTask {
@@ -89,12 +89,12 @@ final class TransportTests: XCTestCase {
                     return result
                 }
             }
-            XCTAssertEqual(served, 2000, "\(kind)")
+            XCTAssertEqual(served, 2000)
         }
     }
 
     func testAcceptorOpensOddIds() async throws {
-        let (a, b) = try await transportPair(.stream)
+        let (a, b) = try await transportPair()
         let c = try b.open()
         XCTAssertEqual(c.id % 2, 1)
         try await c.send([42])
@@ -103,36 +103,8 @@ final class TransportTests: XCTestCase {
         XCTAssertEqual(awaited1, [42])
     }
 
-    /// On a stream, one recv may join a frame without descriptors to the next frame's bytes
-    /// and descriptors; the descriptors must go to the frame that declared them.
-    func testStreamDescriptorsAfterGluedFrames() async throws {
-        let before = openDescriptorCount()
-        do {
-            let (mine, theirs) = try SocketCalls.socketPair(.stream)
-            let peer = RawPeer(fd: theirs, kind: .stream)
-            let pipe = try makePipe()
-            try peer.sendHandshake()
-            try peer.frame(.data, circuit: 3, payload: [1, 2, 3])
-            try peer.frame(.data, circuit: 3, payload: [4], descriptors: [pipe.write])
-            try pipe.write.close()
-            let transport = try await Transport<UInt16>.start(socket: mine, kind: .stream, configuration: configuration(.opener))
-            let c = try await transport.accept()
-            let first = try await c.receive()
-            XCTAssertEqual(first.payload, [1, 2, 3])
-            XCTAssertNil(first.descriptors)
-            let second = try await c.receive()
-            XCTAssertEqual(second.payload, [4])
-            XCTAssertEqual(second.descriptors?.count, 1)
-            second.descriptors?.close()
-            XCTAssertEqual(try readAll(pipe.read), [])
-            try pipe.read.close()
-            transport.close()
-        }
-        XCTAssertEqual(openDescriptorCount(), before)
-    }
-
     func testReceiveAvailableReturnsTheQueuedBatchEndLast() async throws {
-        let (a, b) = try await transportPair(.seqpacket)
+        let (a, b) = try await transportPair()
         let c = try a.open()
         for i in 0..<5 { try await c.send([UInt8(i)]) }
         try await c.send([9], end: true)
@@ -160,10 +132,10 @@ final class TransportTests: XCTestCase {
     /// The peer's handshake and its first messages can arrive in one batch.
     func testHandshakeAndDataInOneBatch() async throws {
         let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
-        let peer = RawPeer(fd: theirs, kind: .seqpacket)
+        let peer = RawPeer(fd: theirs)
         try peer.sendHandshake()
         for i in 0..<3 { try peer.frame(.data, circuit: 3, payload: [UInt8(i)]) }
-        let transport = try await Transport<UInt16>.start(socket: mine, kind: .seqpacket, configuration: configuration(.opener))
+        let transport = try await Transport<UInt16>.start(socket: mine, configuration: configuration(.opener))
         defer { transport.close() }
         let c = try await transport.accept()
         for i in 0..<3 {
@@ -175,7 +147,7 @@ final class TransportTests: XCTestCase {
     func testConcurrentClosesLeakNothing() async throws {
         let before = openDescriptorCount()
         for _ in 0..<20 {
-            let (a, b) = try await transportPair(.seqpacket)
+            let (a, b) = try await transportPair()
             await withTaskGroup(of: Void.self) { group in
                 for _ in 0..<4 { group.addTask { a.close() } }
                 group.addTask { b.close() }
@@ -186,7 +158,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testReaderAndWriterThreadsAreNamed() async throws {
-        let (a, b) = try await transportPair(.seqpacket)
+        let (a, b) = try await transportPair()
         defer { a.close(); b.close() }
         func names() -> [String] {
             ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).compactMap {
@@ -199,7 +171,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testReservedCircuit() async throws {
-        let (a, b) = try await transportPair(.seqpacket)
+        let (a, b) = try await transportPair()
         let health = try a.reserved(0)
         try await health.send(Array("ping".utf8))
         let message = try await b.reserved(0).receive()
@@ -214,10 +186,10 @@ final class TransportTests: XCTestCase {
     }
 
     func testDescriptorsTravelAndLeakNothing() async throws {
-        for kind in TransportKind.allCases {
+        do {
             let before = openDescriptorCount()
             do {
-                let (a, b) = try await transportPair(kind)
+                let (a, b) = try await transportPair()
                 let pipe = try makePipe()
                 let c = try a.open()
                 try await c.send(Array("with fd".utf8), descriptors: [pipe.write])
@@ -260,14 +232,14 @@ final class TransportTests: XCTestCase {
                 a.close()
                 b.close()
             }
-            XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+            XCTAssertEqual(openDescriptorCount(), before, "descriptors leaked")
         }
     }
 
     func testDescriptorsOfQueuedMessagesAreClosedOnClose() async throws {
         let before = openDescriptorCount()
         do {
-            let (a, b) = try await transportPair(.seqpacket)
+            let (a, b) = try await transportPair()
             let pipe = try makePipe()
             let c = try a.open()
             for _ in 0..<3 { try await c.send([7], descriptors: [pipe.write]) }
@@ -283,7 +255,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testAbandonedHandleEndsTheConversation() async throws {
-        let (a, b) = try await transportPair(.seqpacket)
+        let (a, b) = try await transportPair()
         var served: Circuit<UInt16>?
         do {
             let c = try a.open()
@@ -299,7 +271,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testCloseWakesWaitersAndLaterCallsFail() async throws {
-        let (a, b) = try await transportPair(.stream)
+        let (a, b) = try await transportPair()
         let c = try a.open()
         let waiter = Task { try await c.receive() }
         try await Task.sleep(for: .milliseconds(20))
@@ -316,7 +288,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testCancelledReceiveThrows() async throws {
-        let (a, b) = try await transportPair(.seqpacket)
+        let (a, b) = try await transportPair()
         defer { b.close() }
         let c = try a.open()
         let waiter = Task { try await c.receive() }
@@ -332,13 +304,13 @@ final class TransportTests: XCTestCase {
         let before = openDescriptorCount()
         do {
             do {
-                _ = try await transportPair(.seqpacket, acceptor: configuration(.acceptor, intent: "other/2"))
+                _ = try await transportPair(acceptor: configuration(.acceptor, intent: "other/2"))
                 XCTFail("handshake accepted a different intent")
             } catch let error as CircuitError {
                 XCTAssertEqual(error, .handshakeMismatch(field: "intent", ours: "test/1", theirs: "other/2"))
             }
             do {
-                _ = try await transportPair(.stream, acceptor: configuration(.opener))
+                _ = try await transportPair(acceptor: configuration(.opener))
                 XCTFail("handshake accepted two openers")
             } catch let error as CircuitError {
                 guard case .handshakeMismatch(field: "side", _, _) = error else { return XCTFail("\(error)") }
@@ -352,7 +324,7 @@ final class TransportTests: XCTestCase {
         var c = configuration(.opener)
         c.handshakeTimeoutMilliseconds = 100
         do {
-            _ = try await Transport<UInt16>.start(socket: a, kind: .seqpacket, configuration: c)
+            _ = try await Transport<UInt16>.start(socket: a, configuration: c)
             XCTFail("started without a peer handshake")
         } catch let error as CircuitError {
             XCTAssertEqual(error, .handshakeTimeout(milliseconds: 100))
@@ -361,7 +333,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testPeerLimitsAreHonouredBySender() async throws {
-        let (a, b) = try await transportPair(.seqpacket, acceptor: configuration(.acceptor, window: 4096, maxPayload: 100, maxDescriptors: 0))
+        let (a, b) = try await transportPair(acceptor: configuration(.acceptor, window: 4096, maxPayload: 100, maxDescriptors: 0))
         defer { b.close() }
         let c = try a.open()
         do {
@@ -373,7 +345,7 @@ final class TransportTests: XCTestCase {
     }
 
     func testLargeMessagesOnStreamKeepFraming() async throws {
-        let (a, b) = try await transportPair(.stream)
+        let (a, b) = try await transportPair()
         let c = try a.open()
         let payloads = (0..<40).map { i in [UInt8](repeating: UInt8(i), count: 1 + (i * 7919) % (128 * 1024)) }
         let sender = Task {

@@ -7,43 +7,17 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A received frame: header, payload, and the descriptors that came with it.
-struct Frame {
-    var header: FrameHeader
-    var payload: [UInt8]
-    var descriptors: ReceivedDescriptors?
-}
-
-/// Limits a receiver enforces on every frame.
-struct FrameLimits {
-    var idBytes: Int
-    var maxCircuits: UInt64
-    var maxPayload: Int
-    var maxDescriptors: Int
-    var headerSize: Int { FrameHeader.size(idBytes: idBytes) }
-
-    /// Descriptors one packet may carry when several frames share it: room for a batch of
-    /// single-descriptor messages, and at least one whole message. Derived from the declared
-    /// per-message limit on both ends (same build), so it needs no handshake field.
-    static func packetDescriptors(_ perMessage: Int) -> Int {
-        perMessage == 0 ? 0 : min(Int(CLOISTER_MAX_FDS_PER_MESSAGE), max(perMessage, 16))
-    }
-}
-
 /// Reads frames from the transport's socket. Owned by the transport's reader thread alone.
 ///
-/// Frames come in batches: everything the kernel has ready is taken in one go
-/// (`recvmmsg` with MSG_WAITFORONE for packets, one large `recv` for a stream), so the reader
-/// wakes consumers once per batch instead of once per frame.
+/// Frames come in batches: everything the kernel has ready is taken in one go (`recvmmsg`
+/// with MSG_WAITFORONE), so the reader wakes consumers once per batch instead of once per
+/// frame.
 struct FrameReader: ~Copyable {
     let fd: FileDescriptor
-    let kind: TransportKind
     let limits: FrameLimits
-    /// Seqpacket: `slots` packets per batch, each scattered over a header area (`headers`,
-    /// `headerSize` bytes per slot) and a body array (`bodies`, `bodySize` bytes), so that a
-    /// large message's payload is received straight into the array that becomes its message.
-    /// Stream: one buffer accumulating bytes from `start` to `end`.
-    private let buffer: UnsafeMutableRawBufferPointer
+    /// `slots` packets per batch, each scattered over a header area (`headers`, `headerSize`
+    /// bytes per slot) and a body array (`bodies`, `bodySize` bytes), so that a large
+    /// message's payload is received straight into the array that becomes its message.
     private let headers: UnsafeMutableRawBufferPointer
     private let bodies: [Body]
     private let bodySize: Int
@@ -54,36 +28,18 @@ struct FrameReader: ~Copyable {
     private let nfds: UnsafeMutableBufferPointer<UInt32>
     private let lengths: UnsafeMutableBufferPointer<Int>
     private let flags: UnsafeMutableBufferPointer<CInt>
-    private var start = 0
-    private var end = 0
-    /// Stream offset of `buffer[start]`, and descriptor sets not yet claimed, each with the
-    /// stream range of the `recv` that brought it. The kernel attaches a frame's descriptors
-    /// to the first bytes of that frame's write, and one `recv` returns at most one
-    /// descriptor set (it stops after the first chunk carrying one), though it may join
-    /// earlier bytes without descriptors in front of it. So the set belongs to the frame that
-    /// declares descriptors and starts inside that range.
-    private var offset: UInt64 = 0
-    /// recvmmsg packets / stream recv calls so far.
+    /// Packets received so far.
     private(set) var reads = 0
-    private var pending: [(from: UInt64, to: UInt64, fds: ReceivedDescriptors)] = []
 
-    init(fd: FileDescriptor, kind: TransportKind, limits: FrameLimits) {
+    init(fd: FileDescriptor, limits: FrameLimits) {
         self.fd = fd
-        self.kind = kind
         self.limits = limits
         bodySize = max(limits.maxPayload, Handshake.maxSize)
         let largest = limits.headerSize + bodySize
         // About 1 MiB of packet buffers, between 1 and 16 packets per batch.
-        slots = kind == .seqpacket ? min(16, max(1, (1 << 20) / largest)) : 1
-        if kind == .seqpacket {
-            buffer = .allocate(byteCount: 0, alignment: 16)
-            headers = .allocate(byteCount: limits.headerSize * slots, alignment: 16)
-            bodies = (0..<slots).map { _ in Body(size: largest - limits.headerSize) }
-        } else {
-            buffer = .allocate(byteCount: largest, alignment: 16)
-            headers = .allocate(byteCount: 0, alignment: 16)
-            bodies = []
-        }
+        slots = min(16, max(1, (1 << 20) / largest))
+        headers = .allocate(byteCount: limits.headerSize * slots, alignment: 16)
+        bodies = (0..<slots).map { _ in Body(size: largest - limits.headerSize) }
         iov = .allocate(capacity: 2 * slots)
         // Room for one descriptor more than allowed, so that "unexpected" is told apart from
         // "truncated" when a transport accepts none.
@@ -95,7 +51,6 @@ struct FrameReader: ~Copyable {
     }
 
     deinit {
-        buffer.deallocate()
         headers.deallocate()
         iov.deallocate()
         fds.deallocate()
@@ -107,17 +62,12 @@ struct FrameReader: ~Copyable {
     /// Waits for at least one frame and appends every frame that is ready to `frames`.
     /// Returns false at a clean end of file (after appending what came before it).
     mutating func readBatch(into frames: inout [Frame]) throws(CircuitError) -> Bool {
-        switch kind {
-        case .seqpacket: return try readPackets(into: &frames, wait: true) ?? true
-        case .stream: return try readStream(into: &frames)
-        }
+        try readPackets(into: &frames, wait: true) ?? true
     }
 
-    /// What is queued now, without waiting (seqpacket only): nil when nothing was, false at
-    /// end of file.
+    /// What is queued now, without waiting: nil when nothing was, false at end of file.
     mutating func readQueued(into frames: inout [Frame]) throws(CircuitError) -> Bool? {
-        guard kind == .seqpacket else { return nil }
-        return try readPackets(into: &frames, wait: false)
+        try readPackets(into: &frames, wait: false)
     }
 
     /// One slot's body: an array whose storage the kernel writes into, and which becomes a
@@ -254,68 +204,6 @@ struct FrameReader: ~Copyable {
     private static func decodeHeader(_ packet: UnsafeRawBufferPointer, at offset: Int, limits: FrameLimits) throws(CircuitError) -> FrameHeader {
         try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: packet[offset..<offset + limits.headerSize]),
                                idBytes: limits.idBytes, maxCircuits: limits.maxCircuits, maxPayload: limits.maxPayload)
-    }
-
-    private mutating func readStream(into frames: inout [Frame]) throws(CircuitError) -> Bool {
-        let headerSize = limits.headerSize
-        while true {
-            // Every complete frame in the buffer.
-            while end - start >= headerSize {
-                let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: buffer[start..<start + headerSize]),
-                                               idBytes: limits.idBytes, maxCircuits: limits.maxCircuits,
-                                               maxPayload: limits.maxPayload)
-                guard end - start >= headerSize + h.length else { break }
-                if let first = pending.first, first.to <= offset {
-                    // Every frame starting in that range is parsed and none declared them.
-                    throw .descriptorCountMismatch(declared: 0, received: first.fds.count)
-                }
-                var descriptors: ReceivedDescriptors?
-                if h.descriptorCount > 0, let first = pending.first, first.from <= offset {
-                    descriptors = pending.removeFirst().fds
-                }
-                try Self.checkDescriptors(h, descriptors?.count ?? 0, limits)
-                let bodyStart = start + headerSize
-                let payload = [UInt8](UnsafeRawBufferPointer(rebasing: buffer[bodyStart..<bodyStart + h.length]))
-                start += headerSize + h.length
-                offset += UInt64(headerSize + h.length)
-                frames.append(Frame(header: h, payload: payload, descriptors: descriptors))
-            }
-            if start == end { start = 0; end = 0 }
-            if !frames.isEmpty { return true }
-            if start > 0 && end == buffer.count {
-                // Compact so the rest of the frame fits; a frame never exceeds the buffer.
-                buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: end - start)
-                end -= start
-                start = 0
-            }
-            iov[0] = iovec(iov_base: buffer.baseAddress! + end, iov_len: buffer.count - end)
-            let received: DescriptorPassing.Received
-            do {
-                received = try DescriptorPassing.receive(fd.rawValue, UnsafeMutableBufferPointer(rebasing: iov[0..<1]),
-                                                         maxDescriptors: limits.maxDescriptors)
-            } catch {
-                throw .system(error)
-            }
-            let descriptors = received.descriptors.isEmpty ? nil : ReceivedDescriptors(received.descriptors)
-            if received.controlTruncated {
-                throw .truncatedControlData(receivedDescriptors: descriptors?.count ?? 0)
-            }
-            if let descriptors {
-                let from = offset + UInt64(end - start)
-                pending.append((from, from + UInt64(received.count), descriptors))
-            }
-            reads += 1
-            if received.count == 0 {
-                let left = end - start
-                if left == 0 && descriptors == nil { return false }
-                if left < headerSize { throw .truncatedHeader(received: left, required: headerSize) }
-                let h = try FrameHeader.decode(UnsafeRawBufferPointer(rebasing: buffer[start..<start + headerSize]),
-                                               idBytes: limits.idBytes, maxCircuits: limits.maxCircuits,
-                                               maxPayload: limits.maxPayload)
-                throw .truncatedPayload(received: left - headerSize, declared: h.length)
-            }
-            end += received.count
-        }
     }
 
     private static func checkDescriptors(_ h: FrameHeader, _ count: Int, _ limits: FrameLimits) throws(CircuitError) {

@@ -8,14 +8,14 @@ import Glibc
 #endif
 
 /// Frames that share packets: the writer's queue and the reader's splitting of packets.
-final class WriteQueueTests: XCTestCase {
+final class PacketSharingTests: XCTestCase {
     /// A burst of small messages on one circuit arrives complete and in order, in far fewer
     /// packets than messages.
     func testBurstOfSmallMessagesSharesPackets() async throws {
-        for kind in TransportKind.allCases {
+        do {
             let before = openDescriptorCount()
             do {
-                let (a, b) = try await transportPair(kind, opener: configuration(.opener, window: 4 << 20),
+                let (a, b) = try await transportPair(opener: configuration(.opener, window: 4 << 20),
                                                      acceptor: configuration(.acceptor, window: 4 << 20))
                 let count = 3000
                 let sender = try a.open()
@@ -36,16 +36,16 @@ final class WriteQueueTests: XCTestCase {
                     try await sender.send(payload, end: i == count - 1)
                 }
                 let numbers = try await received
-                XCTAssertEqual(numbers, (0..<UInt32(count)).map { $0 }, "\(kind): every message, in order")
+                XCTAssertEqual(numbers, (0..<UInt32(count)).map { $0 }, "every message, in order")
                 let sent = a.statistics, got = b.statistics
                 XCTAssertGreaterThanOrEqual(sent.framesSent, count)
-                XCTAssertLessThan(sent.writes * 4, sent.framesSent, "\(kind): \(sent)")
+                XCTAssertLessThan(sent.writes * 4, sent.framesSent, "\(sent)")
                 XCTAssertGreaterThanOrEqual(got.framesReceived, count)
-                XCTAssertLessThan(got.reads * 4, got.framesReceived, "\(kind): \(got)")
+                XCTAssertLessThan(got.reads * 4, got.framesReceived, "\(got)")
                 a.close()
                 b.close()
             }
-            XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+            XCTAssertEqual(openDescriptorCount(), before, "descriptors leaked")
         }
     }
 
@@ -54,10 +54,10 @@ final class WriteQueueTests: XCTestCase {
     /// that reuse the idle ids (so a queued end must reach the peer before the next
     /// conversation's first frame, however large).
     func testMixedTrafficKeepsOrderWithinEachCircuit() async throws {
-        for kind in TransportKind.allCases {
+        do {
             let before = openDescriptorCount()
             do {
-                let (a, b) = try await transportPair(kind, opener: configuration(.opener, maxPayload: 64 * 1024),
+                let (a, b) = try await transportPair(opener: configuration(.opener, maxPayload: 64 * 1024),
                                                      acceptor: configuration(.acceptor, maxPayload: 64 * 1024))
                 let pipe = try makePipe()
                 var pipeIdentity = stat()
@@ -91,7 +91,7 @@ final class WriteQueueTests: XCTestCase {
                                 while true {
                                     let message = try await served.receive()
                                     let (number, size, withDescriptor) = Self.describe(message.payload)
-                                    XCTAssertEqual(number, expected, "\(kind) round \(round)")
+                                    XCTAssertEqual(number, expected, "round \(round)")
                                     XCTAssertEqual(message.payload.count, size)
                                     XCTAssertEqual(message.payload.last, UInt8(truncatingIfNeeded: number))
                                     XCTAssertEqual(message.descriptors?.count ?? 0, withDescriptor ? 1 : 0)
@@ -111,13 +111,13 @@ final class WriteQueueTests: XCTestCase {
                         try await group.waitForAll()
                     }
                 }
-                XCTAssertLessThan(a.statistics.writes, a.statistics.framesSent, "\(kind): some frames shared packets")
+                XCTAssertLessThan(a.statistics.writes, a.statistics.framesSent, "some frames shared packets")
                 try pipe.write.close()
                 try pipe.read.close()
                 a.close()
                 b.close()
             }
-            XCTAssertEqual(openDescriptorCount(), before, "\(kind): descriptors leaked")
+            XCTAssertEqual(openDescriptorCount(), before, "descriptors leaked")
         }
     }
 
@@ -140,8 +140,8 @@ final class WriteQueueTests: XCTestCase {
     /// the sender closes right after its last send; and what arrived before the peer's end
     /// of file stays readable.
     func testCloseWritesWhatWasQueued() async throws {
-        for kind in TransportKind.allCases {
-            let (a, b) = try await transportPair(kind, opener: configuration(.opener, window: 8 << 20),
+        do {
+            let (a, b) = try await transportPair(opener: configuration(.opener, window: 8 << 20),
                                                  acceptor: configuration(.acceptor, window: 8 << 20))
             let count = 4000
             let sender = try a.open()
@@ -157,7 +157,7 @@ final class WriteQueueTests: XCTestCase {
                     received += 1
                 }
             }
-            XCTAssertEqual(received, count, "\(kind): nothing lost at close")
+            XCTAssertEqual(received, count, "nothing lost at close")
             let why = await b.closed()
             XCTAssertEqual(why, .peerClosed)
             b.close()
@@ -171,7 +171,7 @@ final class WriteQueueTests: XCTestCase {
         do {
             var config = configuration(.opener, window: 64 << 20)
             config.closeLingerMilliseconds = 300
-            let (transport, peer) = try await transportWithRawPeer(.seqpacket, config: config,
+            let (transport, peer) = try await transportWithRawPeer(config: config,
                                                                    peerConfig: configuration(.acceptor, window: 64 << 20))
             let circuit = try transport.open()
             let sending = Task {
@@ -196,7 +196,7 @@ final class WriteQueueTests: XCTestCase {
     func testPacketOfSeveralFramesDistributesDescriptors() async throws {
         let before = openDescriptorCount()
         do {
-            let (transport, peer) = try await transportWithRawPeer(.seqpacket)
+            let (transport, peer) = try await transportWithRawPeer()
             let pipes = try (0..<3).map { _ in try makePipe() }
             let packet = peer.encoded(.data, circuit: 3, payload: [1], descriptorCount: 1)
                 + peer.encoded(.data, circuit: 3, payload: [2])
