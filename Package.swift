@@ -109,6 +109,14 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "RoleProtocolTests", dependencies: ["RoleProtocol"]),
         .testTarget(
+            name: "WorkerTests",
+            dependencies: [
+                "Worker", "RoleProtocol", logging,
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ] + nio),
+        .testTarget(
             name: "CircuitsTests",
             dependencies: [
                 "Circuits", "CShim", "Processes", "TestSupport", "SystemCalls",

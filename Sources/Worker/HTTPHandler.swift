@@ -2,17 +2,35 @@ import NIOCore
 import NIOHTTP1
 import NIOWebSocket
 
-/// Plain HTTP before the WebSocket upgrade: the page, ttyd's `/token`, and refusals.
-/// Basic auth is decided by the vault; this handler only forwards what the client sent.
+/// An opening handshake the worker refused, and the answer it gets. NIO's typed upgrader
+/// drops a request it does not upgrade, so the verdict is kept here for `HTTPHandler`.
+struct HandshakeRefusal {
+    var request: HTTPRequestHead
+    var status: HTTPResponseStatus
+    var body: String
+}
+
+/// Plain HTTP: the page, ttyd's `/token`, and refusals, including the refused opening
+/// handshake it is added after. Basic auth is decided by the vault; this handler only
+/// forwards what the client sent.
 final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let worker: WebWorker
+    private let service: any TerminalService
+    private let settings: WebWorker.Settings
+    private let refusal: HandshakeRefusal?
     private var head: HTTPRequestHead?
 
-    init(worker: WebWorker) {
-        self.worker = worker
+    init(service: any TerminalService, settings: WebWorker.Settings, refusal: HandshakeRefusal?) {
+        self.service = service
+        self.settings = settings
+        self.refusal = refusal
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard let refusal else { return }
+        respond(context, refusal.request, refusal.status, type: "text/plain", body: refusal.body, close: true)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -37,8 +55,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case "/", "/index.html", "/token":
             let token = Self.basicToken(head.headers)
             let promise = context.eventLoop.makePromise(of: Bool.self)
-            let worker = self.worker
-            promise.completeWithTask { await worker.check(token: Array(token.utf8)) }
+            let service = self.service
+            promise.completeWithTask { await service.check(token: Array(token.utf8)) }
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             promise.futureResult.whenSuccess { allowed in
                 let (handler, context) = bound.value
@@ -53,11 +71,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
         case "/ws":
-            if !WebWorker.originAllowed(head, checkOrigin: worker.settings.checkOrigin) {
-                respond(context, head, .forbidden, type: "text/plain", body: "origin not allowed\n", close: true)
-            } else {
-                respond(context, head, .badRequest, type: "text/plain", body: "a WebSocket handshake with subprotocol tty is required\n", close: true)
-            }
+            let refusal = WebWorker.handshakeRefusal(head, checkOrigin: settings.checkOrigin)
+                ?? HandshakeRefusal(request: head, status: .badRequest, body: WebWorker.handshakeRequired)
+            respond(context, head, refusal.status, type: "text/plain", body: refusal.body, close: true)
         default:
             respond(context, head, .notFound, type: "text/plain", body: "not found\n")
         }
@@ -105,15 +121,29 @@ private extension Substring {
 }
 
 /// Requests the decoder refuses: 431 for headers over the limit, 400 for the rest; the
-/// connection is closed either way.
+/// connection is closed either way. An opening handshake NIO's upgrader refuses itself
+/// (no key, another version) is recorded as a 400 for `HTTPHandler` to answer.
 final class HTTPErrorHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
+    static let name = "cloister.http-errors"
+
+    private let refusal: NIOLoopBoundBox<HandshakeRefusal?>
+
+    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>) {
+        self.refusal = refusal
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // A refused upgrade is reported here, then the request goes on to HTTPHandler, which
-        // answers it (403 for a foreign Origin, 400 otherwise).
-        if error is NIOWebSocketUpgradeError { return }
+        if error is NIOWebSocketUpgradeError {
+            // Our own checks record a more precise answer before this.
+            if refusal.value == nil {
+                refusal.value = HandshakeRefusal(request: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/ws"),
+                                                 status: .badRequest, body: WebWorker.handshakeRequired)
+            }
+            return
+        }
         guard let parserError = error as? HTTPParserError else {
             context.close(promise: nil)
             return

@@ -17,23 +17,24 @@ public enum WorkerRole {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.worker)
         log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
-        let worker = WebWorker(settings: settings, logger: log)
+        let vault = VaultLink()
+        let worker = WebWorker(settings: settings, service: vault, logger: log)
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
         try await ControlCircuit.serve(supervisor) { group in
             while let circuit = try? await supervisor.accept() {
-                group.addTask { await fromSupervisor(circuit, worker: worker, log: log) }
+                group.addTask { await fromSupervisor(circuit, worker: worker, vault: vault, log: log) }
             }
         }
     }
 
     /// One supervisor conversation. Ended when done with: for a client, once the client has
     /// gone, which is how the supervisor counts connections.
-    static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, log: Logger) async {
-        await handle(circuit, worker: worker, log: log)
+    static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, log: Logger) async {
+        await handle(circuit, worker: worker, vault: vault, log: log)
         try? await circuit.send([], end: true)
     }
 
-    private static func handle(_ circuit: RoleCircuit, worker: WebWorker, log: Logger) async {
+    private static func handle(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, log: Logger) async {
         let received: Received<SupervisorToWorker>
         do {
             guard let first = try await circuit.receive(SupervisorToWorker.self) else { return }
@@ -49,7 +50,7 @@ public enum WorkerRole {
             await worker.serve(client: socket)
         case .vaultLink:
             do {
-                worker.link(vault: try await Link.workerVault.start(socket: socket, side: .opener))
+                vault.replace(with: try await Link.workerVault.start(socket: socket, side: .opener))
                 log.info("vault linked")
             } catch {
                 log.error("vault link failed", metadata: ["error": "\(error)"])

@@ -1,0 +1,82 @@
+import Logging
+import NIOCore
+import NIOWebSocket
+import RoleProtocol
+
+/// One ttyd session on an upgraded WebSocket: authenticate through the vault, attach, then
+/// relay both ways until the shell exits (close 1000 with its status) or the client goes (the
+/// attachment ends, the shell gets SIGHUP).
+struct TerminalSession {
+    enum Close: UInt16 {
+        case normal = 1000, policy = 1008, internalError = 1011
+    }
+
+    let service: any TerminalService
+    let logger: Logger
+
+    func run(_ session: NIOAsyncChannel<ClientMessage, WebSocketFrame>) async {
+        try? await session.executeThenClose { inbound, outbound in
+            var messages = inbound.makeAsyncIterator()
+            guard let first = try await messages.next() else { return }
+            guard let hello = TtydProtocol.hello(first.bytes) else {
+                return await Self.close(outbound, .policy, "the first message must be ttyd's JSON")
+            }
+            guard let attachment = service.attachment() else {
+                return await Self.close(outbound, .internalError, "no terminal service")
+            }
+            try await attachment.send(.attach(columns: TtydProtocol.bounded(hello.columns, default: 80),
+                                              rows: TtydProtocol.bounded(hello.rows, default: 24),
+                                              token: Array((hello.AuthToken ?? "").utf8)))
+            switch try await attachment.receive() {
+            case .accepted(let title):
+                try await outbound.write(Self.binary(TtydProtocol.title, Array(title.utf8)))
+                try await outbound.write(Self.binary(TtydProtocol.preferences, Array("{}".utf8)))
+            case .refused(let refusal):
+                logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])
+                return await Self.close(outbound, .policy, refusal == .badCredential ? "authentication failed" : "no terminal")
+            case .output, .exited, nil:
+                return await Self.close(outbound, .internalError, "no terminal")
+            }
+            // Shell to client in a task of its own; client to shell here, until the client
+            // goes or the shell's exit closes the connection.
+            let channel = session.channel
+            let output = Task {
+                while let message = try? await attachment.receive() {
+                    switch message {
+                    case .output(let bytes):
+                        guard (try? await outbound.write(Self.binary(TtydProtocol.output, bytes))) != nil else { return }
+                    case .exited(let exit):
+                        await Self.close(outbound, .normal, "\(exit)")
+                        channel.close(promise: nil)
+                        return
+                    case .accepted, .refused:
+                        break  // answers to the first message only
+                    }
+                }
+                channel.close(promise: nil)
+            }
+            while let message = try? await messages.next() {
+                guard let command = TtydProtocol.command(message.bytes) else { continue }
+                guard (try? await attachment.send(command)) != nil else { break }
+            }
+            await attachment.end()
+            output.cancel()
+            await output.value
+        }
+    }
+
+    static func close(_ outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, _ code: Close, _ reason: String) async {
+        var data = ByteBuffer()
+        data.writeInteger(code.rawValue)
+        data.writeString(reason)
+        try? await outbound.write(WebSocketFrame(fin: true, opcode: .connectionClose, data: data))
+    }
+
+    static func binary(_ type: UInt8, _ bytes: [UInt8]) -> WebSocketFrame {
+        var data = ByteBuffer()
+        data.reserveCapacity(bytes.count + 1)
+        data.writeInteger(type)
+        data.writeBytes(bytes)
+        return WebSocketFrame(fin: true, opcode: .binary, data: data)
+    }
+}

@@ -1,0 +1,113 @@
+import NIOCore
+import NIOWebSocket
+
+/// A complete client message, after RFC 6455's rules were enforced.
+public enum ClientMessage: Sendable, Equatable {
+    case text([UInt8])
+    case binary([UInt8])
+
+    public var bytes: [UInt8] {
+        switch self {
+        case .text(let b), .binary(let b): return b
+        }
+    }
+}
+
+/// Whole messages (after `NIOWebSocketFrameAggregator` joined the fragments) and control
+/// frames: text must be valid UTF-8, a close's code must be one a peer may send and its
+/// reason UTF-8; pings are answered, pongs ignored, a close is echoed. Every violation,
+/// whether found here, by `WebSocketFrameChecks` or by the aggregator, closes the connection
+/// with the status code the RFC names — this is the one place that closes for the protocol.
+final class WebSocketMessageHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = ClientMessage
+    typealias OutboundOut = WebSocketFrame
+
+    private var closing = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .ping:
+            let pong = WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)
+            context.writeAndFlush(wrapOutboundOut(pong), promise: nil)
+        case .connectionClose:
+            receivedClose(context, frame.unmaskedData)
+        case .text:
+            let bytes = Array(buffer: frame.unmaskedData)
+            guard String(validating: bytes, as: UTF8.self) != nil else {
+                return close(context, .dataInconsistentWithMessage, "text message is not UTF-8")
+            }
+            context.fireChannelRead(wrapInboundOut(.text(bytes)))
+        case .binary:
+            context.fireChannelRead(wrapInboundOut(.binary(Array(buffer: frame.unmaskedData))))
+        default:
+            break  // pongs; the aggregator passes no continuation on
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        switch error {
+        case let violation as WebSocketViolation:
+            close(context, violation.code, violation.reason)
+        case let aggregation as NIOWebSocketFrameAggregator.Error:
+            switch aggregation {
+            case .receivedNewFrameWithoutFinishingPrevious:
+                close(context, .protocolError, "new message inside a fragmented one")
+            case .didReceiveFragmentBeforeReceivingTextOrBinaryFrame:
+                close(context, .protocolError, "continuation without a message")
+            case .accumulatedFrameSizeIsTooLarge, .tooManyFragments, .nonFinalFragmentSizeIsTooSmall:
+                close(context, .messageTooLarge, "message too large")
+            }
+        default:
+            context.close(promise: nil)
+        }
+    }
+
+    private func receivedClose(_ context: ChannelHandlerContext, _ payload: ByteBuffer) {
+        var payload = payload
+        switch payload.readableBytes {
+        case 0:
+            // No status code: answer with an empty close too.
+            send(context, close: nil, reason: "")
+        case 1:
+            close(context, .protocolError, "close payload of one byte")
+        default:
+            let code = payload.readInteger(as: UInt16.self)!
+            guard Self.isValidReceivedCloseCode(code) else { return close(context, .protocolError, "invalid close code") }
+            guard String(validating: payload.readableBytesView, as: UTF8.self) != nil else {
+                return close(context, .dataInconsistentWithMessage, "close reason is not UTF-8")
+            }
+            send(context, close: code, reason: "")
+        }
+    }
+
+    /// RFC 6455 section 7.4: codes a peer may put on the wire.
+    static func isValidReceivedCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011: return true
+        case 1012...1014: return true  // registered since RFC 6455 (IANA)
+        case 3000...4999: return true
+        default: return false
+        }
+    }
+
+    private func close(_ context: ChannelHandlerContext, _ code: WebSocketErrorCode, _ reason: String) {
+        send(context, close: UInt16(webSocketErrorCode: code), reason: reason)
+    }
+
+    private func send(_ context: ChannelHandlerContext, close code: UInt16?, reason: String) {
+        guard !closing else { return }
+        closing = true
+        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        if let code {
+            data.writeInteger(code)
+            data.writeString(String(reason.prefix(100)))
+        }
+        let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
+        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { [channel = context.channel] _ in
+            channel.close(promise: nil)
+        }
+    }
+}

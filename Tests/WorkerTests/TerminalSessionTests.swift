@@ -1,0 +1,94 @@
+import RoleProtocol
+import XCTest
+@testable import Worker
+
+/// ttyd's messages on an upgraded connection, against a vault the test plays.
+final class TerminalSessionTests: XCTestCase {
+    private func attached(token: String = "dXNlcjpwYXNz") async throws -> WorkerUnderTest {
+        let w = try await WorkerUnderTest()
+        try await w.send(Requests.upgrade())
+        _ = try await w.text(until: "\r\n\r\n")
+        w.consume()
+        try await w.send(Frames.text(#"{"AuthToken": "\#(token)", "columns": 132, "rows": 43}"#))
+        return w
+    }
+
+    func testHelloAttachesWithTheWindowSizeAndGetsTitleAndPreferences() async throws {
+        let w = try await attached()
+        let frames = Frames.server(try await w.output { Frames.server($0).count >= 2 })
+        XCTAssertEqual(frames.map(\.opcode), [0x2, 0x2])
+        XCTAssertEqual(frames[0].payload, Array("1fake-title".utf8))
+        XCTAssertEqual(frames[1].payload, Array("2{}".utf8))
+        XCTAssertEqual(w.vault.last?.sent.withLock { $0 }, [.attach(columns: 132, rows: 43, token: FakeVault.token)])
+        await w.finish()
+    }
+
+    func testCommandsReachTheVaultAndOutputReachesTheClient() async throws {
+        let w = try await attached()
+        _ = try await w.output { Frames.server($0).count >= 2 }
+        w.consume()
+        try await w.send(Frames.binary(Array("0ls -l\r".utf8)))
+        try await w.send(Frames.text(#"1{"columns": 90, "rows": 20}"#))
+        try await w.send(Frames.text(#"1{"columns": 0, "rows": 20}"#))  // out of bounds: ignored
+        try await w.send(Frames.binary(Array("2".utf8)))
+        try await w.send(Frames.binary(Array("3".utf8)))
+        try await w.send(Frames.binary(Array("9unknown".utf8)))  // ignored, as ttyd does
+        try await w.send(Frames.binary(Array("0!".utf8)))
+        let attachment = try XCTUnwrap(w.vault.last)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while attachment.sent.withLock({ $0.count }) < 6 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        XCTAssertEqual(attachment.sent.withLock { Array($0.dropFirst()) },
+                       [.input(Array("ls -l\r".utf8)), .resize(columns: 90, rows: 20), .pause, .resume, .input(Array("!".utf8))])
+        attachment.say(.output(Array("total 0\r\n".utf8)))
+        let out = Frames.server(try await w.output { !Frames.server($0).isEmpty })
+        XCTAssertEqual(out.first?.opcode, 0x2)
+        XCTAssertEqual(out.first?.payload, Array("0total 0\r\n".utf8))
+        w.consume()
+        attachment.say(.exited(.status(3)))
+        let closed = try await w.output { Frames.closeCode($0) != nil }
+        XCTAssertEqual(Frames.closeCode(closed), 1000)
+        XCTAssertEqual(Frames.closeReason(closed), "exit status 3")
+        await w.finish()
+    }
+
+    func testAWrongCredentialOrAFirstMessageThatIsNotTtydsIsAPolicyClose() async throws {
+        let wrong = try await attached(token: "bm9wZTpub3Bl")
+        let out = try await wrong.output { Frames.closeCode($0) != nil }
+        XCTAssertEqual(Frames.closeCode(out), 1008)
+        XCTAssertEqual(Frames.closeReason(out), "authentication failed")
+        await wrong.finish()
+
+        let w = try await WorkerUnderTest()
+        try await w.send(Requests.upgrade())
+        _ = try await w.text(until: "\r\n\r\n")
+        w.consume()
+        try await w.send(Frames.text("hello"))
+        let notJSON = try await w.output { Frames.closeCode($0) != nil }
+        XCTAssertEqual(Frames.closeCode(notJSON), 1008)
+        XCTAssertEqual(w.vault.attachments.withLock { $0.count }, 0, "nothing was asked of the vault")
+        await w.finish()
+    }
+
+    func testTheClientLeavingEndsTheAttachment() async throws {
+        let w = try await attached()
+        _ = try await w.output { Frames.server($0).count >= 2 }
+        let attachment = try XCTUnwrap(w.vault.last)
+        try await w.channel.close()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !attachment.ended.withLock({ $0 }) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(2)) }
+        XCTAssertTrue(attachment.ended.withLock { $0 }, "the vault is told, so it hangs up the shell")
+        await w.finish()
+    }
+
+    func testCommandParsing() {
+        XCTAssertEqual(TtydProtocol.command(Array("0abc".utf8)), .input(Array("abc".utf8)))
+        XCTAssertEqual(TtydProtocol.command(Array(#"1{"columns": 9999, "rows": 1}"#.utf8)), .resize(columns: 9999, rows: 1))
+        XCTAssertNil(TtydProtocol.command(Array(#"1{"columns": 10000, "rows": 1}"#.utf8)))
+        XCTAssertNil(TtydProtocol.command(Array("1not json".utf8)))
+        XCTAssertNil(TtydProtocol.command([]))
+        XCTAssertEqual(TtydProtocol.hello(Array(#"{"AuthToken": "x", "columns": 5}"#.utf8)), .init(AuthToken: "x", columns: 5, rows: nil))
+        XCTAssertEqual(TtydProtocol.bounded(nil, default: 80), 80)
+        XCTAssertEqual(TtydProtocol.bounded(-5, default: 80), 1)
+        XCTAssertEqual(TtydProtocol.bounded(100_000, default: 80), 9999)
+    }
+}
