@@ -54,7 +54,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "Circuits", "Sandbox", "Processes", "RoleProtocol", "SystemCalls",
+                "CShim", "Circuits", "Sandbox", "Processes", "RoleProtocol", "SystemCalls",
                 logging,
                 system,
             ]),
@@ -83,8 +83,8 @@ let package = Package(
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "RoleProtocol", "TerminalClient",
-                "SystemCalls",
+                "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "RoleProtocol",
+                "TerminalClient", "SystemCalls",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
             ] + nio),
         .executableTarget(
@@ -108,6 +108,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"),
         .testTarget(name: "RoleProtocolTests", dependencies: ["RoleProtocol"]),
+        .testTarget(name: "ArchitectureTests", dependencies: ["TestSupport"]),
         .testTarget(
             name: "WorkerTests",
             dependencies: [

@@ -78,19 +78,20 @@ struct FieldWriter {
 }
 
 /// Reads the body after the kind byte; every read checks the length, so a short body is a
-/// `.malformed` error, never a trap.
-struct FieldReader {
+/// `.malformed` error, never a trap. The kind is named (by reflection) only for an error:
+/// decoding is on every message's path.
+struct FieldReader<Kind> {
     let body: ArraySlice<UInt8>
-    let kind: String
+    let kind: Kind
     var offset: Int
 
-    init(_ payload: [UInt8], kind: String) {
+    init(_ payload: [UInt8], kind: Kind) {
         body = payload.dropFirst()
         self.kind = kind
         offset = body.startIndex
     }
 
-    var malformed: LinkMessageError { .malformed(kind: kind, length: body.count + 1) }
+    var malformed: LinkMessageError { .malformed(kind: "\(kind)", length: body.count + 1) }
 
     mutating func u16() throws(LinkMessageError) -> UInt16 {
         guard body.endIndex - offset >= 2 else { throw malformed }
@@ -112,7 +113,7 @@ struct FieldReader {
     /// The rest of the body, at most `limit` bytes.
     mutating func rest(limit: Int = .max) throws(LinkMessageError) -> [UInt8] {
         let tail = Array(body[offset...])
-        guard tail.count <= limit else { throw .oversized(kind: kind, length: tail.count, limit: limit) }
+        guard tail.count <= limit else { throw .oversized(kind: "\(kind)", length: tail.count, limit: limit) }
         offset = body.endIndex
         return tail
     }
@@ -131,8 +132,8 @@ struct FieldReader {
 
 extension LinkMessage {
     /// Checks the descriptor count a kind expects (decoders call it first).
-    static func expect(_ expected: Int, _ received: Int, kind: String) throws(LinkMessageError) {
-        guard expected == received else { throw .descriptorCount(kind: kind, expected: expected, received: received) }
+    static func expect<Kind>(_ expected: Int, _ received: Int, kind: Kind) throws(LinkMessageError) {
+        guard expected == received else { throw .descriptorCount(kind: "\(kind)", expected: expected, received: received) }
     }
 }
 

@@ -35,20 +35,20 @@ public enum SupervisorToVault: LinkMessage {
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         guard let first = payload.first else { throw .empty(type: "SupervisorToVault") }
         guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "SupervisorToVault") }
-        var r = FieldReader(payload, kind: "\(kind)")
+        var r = FieldReader(payload, kind: kind)
         switch kind {
         case .configure:
-            try Self.expect(0, descriptors, kind: "\(kind)")
+            try Self.expect(0, descriptors, kind: kind)
             switch try r.u8() {
             case 0: self = .configure(credential: nil)
             case 1: self = .configure(credential: try r.rest(limit: LinkLimits.token))
             default: throw r.malformed
             }
         case .nurseryLink:
-            try Self.expect(1, descriptors, kind: "\(kind)")
+            try Self.expect(1, descriptors, kind: kind)
             self = .nurseryLink
         case .workerLink:
-            try Self.expect(1, descriptors, kind: "\(kind)")
+            try Self.expect(1, descriptors, kind: kind)
             self = .workerLink(worker: try r.u32())
         }
         try r.done()

@@ -24,8 +24,8 @@ public enum SupervisorToWorker: LinkMessage {
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         guard let first = payload.first else { throw .empty(type: "SupervisorToWorker") }
         guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "SupervisorToWorker") }
-        var r = FieldReader(payload, kind: "\(kind)")
-        try Self.expect(1, descriptors, kind: "\(kind)")
+        var r = FieldReader(payload, kind: kind)
+        try Self.expect(1, descriptors, kind: kind)
         switch kind {
         case .client: self = .client
         case .vaultLink: self = .vaultLink(worker: try r.u32())

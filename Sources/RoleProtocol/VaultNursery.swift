@@ -20,8 +20,8 @@ public enum VaultToNursery: LinkMessage {
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         guard let first = payload.first else { throw .empty(type: "VaultToNursery") }
         guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "VaultToNursery") }
-        var r = FieldReader(payload, kind: "\(kind)")
-        try Self.expect(0, descriptors, kind: "\(kind)")
+        var r = FieldReader(payload, kind: kind)
+        try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .spawn:
             let columns = try r.u16(), rows = try r.u16()
@@ -62,16 +62,16 @@ public enum NurseryToVault: LinkMessage {
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         guard let first = payload.first else { throw .empty(type: "NurseryToVault") }
         guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "NurseryToVault") }
-        var r = FieldReader(payload, kind: "\(kind)")
+        var r = FieldReader(payload, kind: kind)
         switch kind {
         case .spawned:
-            try Self.expect(1, descriptors, kind: "\(kind)")
+            try Self.expect(1, descriptors, kind: kind)
             self = .spawned(pid: Int32(bitPattern: try r.u32()))
         case .failed:
-            try Self.expect(0, descriptors, kind: "\(kind)")
+            try Self.expect(0, descriptors, kind: kind)
             self = .failed(reason: try r.text())
         case .exited:
-            try Self.expect(0, descriptors, kind: "\(kind)")
+            try Self.expect(0, descriptors, kind: kind)
             self = .exited(try Self.decodeExit(&r))
         }
         try r.done()

@@ -39,8 +39,8 @@ public enum WorkerToVault: LinkMessage {
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         guard let first = payload.first else { throw .empty(type: "WorkerToVault") }
         guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "WorkerToVault") }
-        var r = FieldReader(payload, kind: "\(kind)")
-        try Self.expect(0, descriptors, kind: "\(kind)")
+        var r = FieldReader(payload, kind: kind)
+        try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .check: self = .check(token: try r.rest(limit: LinkLimits.token))
         case .attach:
@@ -101,8 +101,8 @@ public enum VaultToWorker: LinkMessage {
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         guard let first = payload.first else { throw .empty(type: "VaultToWorker") }
         guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "VaultToWorker") }
-        var r = FieldReader(payload, kind: "\(kind)")
-        try Self.expect(0, descriptors, kind: "\(kind)")
+        var r = FieldReader(payload, kind: kind)
+        try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .accepted: self = .accepted(title: try r.text())
         case .refused:
@@ -125,7 +125,7 @@ extension LinkMessage {
         return w.bytes
     }
 
-    static func decodeExit(_ r: inout FieldReader) throws(LinkMessageError) -> Exit {
+    static func decodeExit<Kind>(_ r: inout FieldReader<Kind>) throws(LinkMessageError) -> Exit {
         let how = try r.u8()
         let value = Int32(bitPattern: try r.u32())
         switch how {
