@@ -93,6 +93,15 @@ struct FieldReader<Kind> {
 
     var malformed: LinkMessageError { .malformed(kind: "\(kind)", length: body.count + 1) }
 
+    /// Reads the kind byte of a `type` message: an empty payload or an unknown kind is an
+    /// error (a message of another link or direction is one).
+    init(_ payload: [UInt8], of type: @autoclosure () -> String) throws(LinkMessageError)
+        where Kind: RawRepresentable, Kind.RawValue == UInt8 {
+        guard let first = payload.first else { throw .empty(type: type()) }
+        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: type()) }
+        self.init(payload, kind: kind)
+    }
+
     mutating func u16() throws(LinkMessageError) -> UInt16 {
         guard body.endIndex - offset >= 2 else { throw malformed }
         defer { offset += 2 }

@@ -33,9 +33,8 @@ public enum SupervisorToVault: LinkMessage {
     }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
-        guard let first = payload.first else { throw .empty(type: "SupervisorToVault") }
-        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "SupervisorToVault") }
-        var r = FieldReader(payload, kind: kind)
+        var r = try FieldReader<Kind>(payload, of: "SupervisorToVault")
+        let kind = r.kind
         switch kind {
         case .configure:
             try Self.expect(0, descriptors, kind: kind)

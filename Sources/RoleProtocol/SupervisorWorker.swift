@@ -22,9 +22,8 @@ public enum SupervisorToWorker: LinkMessage {
     public var descriptorCount: Int { 1 }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
-        guard let first = payload.first else { throw .empty(type: "SupervisorToWorker") }
-        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "SupervisorToWorker") }
-        var r = FieldReader(payload, kind: kind)
+        var r = try FieldReader<Kind>(payload, of: "SupervisorToWorker")
+        let kind = r.kind
         try Self.expect(1, descriptors, kind: kind)
         switch kind {
         case .client: self = .client

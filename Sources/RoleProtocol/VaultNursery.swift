@@ -18,9 +18,8 @@ public enum VaultToNursery: LinkMessage {
     public var descriptorCount: Int { 0 }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
-        guard let first = payload.first else { throw .empty(type: "VaultToNursery") }
-        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "VaultToNursery") }
-        var r = FieldReader(payload, kind: kind)
+        var r = try FieldReader<Kind>(payload, of: "VaultToNursery")
+        let kind = r.kind
         try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .spawn:
@@ -60,9 +59,8 @@ public enum NurseryToVault: LinkMessage {
     }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
-        guard let first = payload.first else { throw .empty(type: "NurseryToVault") }
-        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "NurseryToVault") }
-        var r = FieldReader(payload, kind: kind)
+        var r = try FieldReader<Kind>(payload, of: "NurseryToVault")
+        let kind = r.kind
         switch kind {
         case .spawned:
             try Self.expect(1, descriptors, kind: kind)

@@ -37,9 +37,8 @@ public enum WorkerToVault: LinkMessage {
     public var descriptorCount: Int { 0 }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
-        guard let first = payload.first else { throw .empty(type: "WorkerToVault") }
-        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "WorkerToVault") }
-        var r = FieldReader(payload, kind: kind)
+        var r = try FieldReader<Kind>(payload, of: "WorkerToVault")
+        let kind = r.kind
         try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .check: self = .check(token: try r.rest(limit: LinkLimits.token))
@@ -99,9 +98,8 @@ public enum VaultToWorker: LinkMessage {
     public var descriptorCount: Int { 0 }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
-        guard let first = payload.first else { throw .empty(type: "VaultToWorker") }
-        guard let kind = Kind(rawValue: first) else { throw .unknownKind(first, type: "VaultToWorker") }
-        var r = FieldReader(payload, kind: kind)
+        var r = try FieldReader<Kind>(payload, of: "VaultToWorker")
+        let kind = r.kind
         try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .accepted: self = .accepted(title: try r.text())

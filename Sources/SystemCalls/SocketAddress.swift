@@ -51,11 +51,7 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
                 guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
                     throw SystemCallError(call: "inet_pton", errno: .invalidArgument, detail: "\"\(host)\" is not a numeric IPv6 address")
                 }
-                return try withUnsafePointer(to: &address) { (p) throws(SystemCallError) -> R in
-                    try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (p) throws(SystemCallError) -> R in
-                        try body(p, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                    }
-                }
+                return try Self.pass(&address, body)
             }
             var address = sockaddr_in()
             address.sin_family = sa_family_t(AF_INET)
@@ -63,10 +59,16 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
             guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
                 throw SystemCallError(call: "inet_pton", errno: .invalidArgument, detail: "\"\(host)\" is not a numeric IPv4 or IPv6 address")
             }
-            return try withUnsafePointer(to: &address) { (p) throws(SystemCallError) -> R in
-                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (p) throws(SystemCallError) -> R in
-                    try body(p, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
+            return try Self.pass(&address, body)
+        }
+    }
+
+    /// `address` as the generic `sockaddr` the calls take, with its size.
+    private static func pass<Address, R>(_ address: inout Address,
+                                         _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> R) throws(SystemCallError) -> R {
+        try withUnsafePointer(to: &address) { (p) throws(SystemCallError) -> R in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { (p) throws(SystemCallError) -> R in
+                try body(p, socklen_t(MemoryLayout<Address>.size))
             }
         }
     }
