@@ -32,6 +32,44 @@ struct SandboxOptions: ParsableArguments {
     }
 }
 
+extension SessionSettings.SlowConsumer: ExpressibleByArgument {}
+
+/// How the vault keeps sessions: given to `cloister serve` and passed on to the vault.
+struct SessionOptions: ParsableArguments {
+    @Option(help: "Output kept per session for clients that resume or fall behind, in bytes (4096 to 1073741824).")
+    var sessionRing: Int = SessionSettings().ringBytes
+    @Option(help: "Seconds a session with no client attached stays before it is hung up (0 to 604800).")
+    var sessionLinger: Double = 300
+    @Option(help: "A client that falls behind the ring: resync (told how much it missed) or disconnect.")
+    var slowConsumer: SessionSettings.SlowConsumer = .resync
+
+    struct Problem: Error, CustomStringConvertible {
+        var option: String
+        var problem: String
+        var description: String { "\(option): \(problem)" }
+    }
+
+    /// Checked, naming the option when something is wrong.
+    func settings() throws(Problem) -> SessionSettings {
+        guard (4096...(1 << 30)).contains(sessionRing) else {
+            throw Problem(option: "--session-ring", problem: "\(sessionRing) is not between 4096 and 1073741824 bytes")
+        }
+        guard sessionLinger.isFinite, (0...604_800).contains(sessionLinger) else {
+            throw Problem(option: "--session-linger", problem: "\(sessionLinger) is not between 0 and 604800 seconds")
+        }
+        var s = SessionSettings()
+        s.ringBytes = sessionRing
+        s.linger = .milliseconds(Int64(sessionLinger * 1000))
+        s.slowConsumer = slowConsumer
+        return s
+    }
+
+    /// The same options, for the vault's command line.
+    var arguments: [String] {
+        ["--session-ring", "\(sessionRing)", "--session-linger", "\(sessionLinger)", "--slow-consumer", slowConsumer.rawValue]
+    }
+}
+
 struct WorkerCommand: SandboxedCommand {
     static let configuration = CommandConfiguration(commandName: Role.worker.rawValue, shouldDisplay: false)
 
@@ -56,13 +94,14 @@ struct VaultCommand: SandboxedCommand {
 
     @OptionGroup var sandbox: SandboxOptions
     @Option(help: "Window title sent to clients.") var title = "cloister"
+    @OptionGroup var sessions: SessionOptions
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions }
 
     mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
 
-    func run() async throws { try await VaultRole.run(title: title, sandboxSteps: steps) }
+    func run() async throws { try await VaultRole.run(title: title, sessions: try sessions.settings(), sandboxSteps: steps) }
 }
 
 struct NurseryCommand: AsyncParsableCommand {

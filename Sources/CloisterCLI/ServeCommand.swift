@@ -41,6 +41,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Group the shells run as (only when started as root).") var group: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
+    @OptionGroup var sessions: SessionOptions
     @Argument(parsing: .postTerminator, help: "Command to run in each terminal (default: the login shell).")
     var command: [String] = []
 
@@ -114,6 +115,12 @@ struct ServeCommand: AsyncParsableCommand {
         c.user = user
         c.group = group
         c.mode = policyMode
+        do {
+            _ = try sessions.settings()
+        } catch {
+            throw ConfigurationError(option: error.option, problem: error.problem)
+        }
+        c.vaultArguments = sessions.arguments
         guard policyMode != .enforce else {
             throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
         }

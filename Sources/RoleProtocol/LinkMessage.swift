@@ -39,6 +39,8 @@ public enum LinkLimits {
     public static let token = 4096
     /// Window titles and failure reasons.
     public static let text = 1024
+    /// A session's id and each of its secrets.
+    public static let sessionField = 64
 }
 
 /// How a shell ended, as wait(2) tells it.
@@ -62,6 +64,19 @@ struct FieldWriter {
 
     mutating func u16(_ v: UInt16) { bytes += [UInt8(v >> 8), UInt8(v & 0xff)] }
     mutating func u32(_ v: UInt32) { u16(UInt16(v >> 16)); u16(UInt16(v & 0xffff)) }
+    mutating func u64(_ v: UInt64) { u32(UInt32(v >> 32)); u32(UInt32(v & 0xffff_ffff)) }
+    /// A field of at most 255 bytes, its length first.
+    mutating func short(_ field: [UInt8]) {
+        precondition(field.count <= 255)
+        bytes.append(UInt8(field.count))
+        bytes += field
+    }
+    /// A field of at most 65535 bytes, its length first.
+    mutating func long(_ field: [UInt8]) {
+        precondition(field.count <= 0xffff)
+        u16(UInt16(field.count))
+        bytes += field
+    }
     mutating func rest(_ tail: some Sequence<UInt8>) { bytes += tail }
 
     /// Text of at most `LinkLimits.text` bytes, cut at a character boundary, so that what is
@@ -111,6 +126,28 @@ struct FieldReader<Kind> {
     mutating func u32() throws(LinkMessageError) -> UInt32 {
         let high = try u16()
         return UInt32(high) << 16 | UInt32(try u16())
+    }
+
+    mutating func u64() throws(LinkMessageError) -> UInt64 {
+        let high = try u32()
+        return UInt64(high) << 32 | UInt64(try u32())
+    }
+
+    /// A field written by `FieldWriter.short`, at most `limit` bytes.
+    mutating func short(limit: Int) throws(LinkMessageError) -> [UInt8] {
+        try bytes(Int(try u8()), limit: limit)
+    }
+
+    /// A field written by `FieldWriter.long`, at most `limit` bytes.
+    mutating func long(limit: Int) throws(LinkMessageError) -> [UInt8] {
+        try bytes(Int(try u16()), limit: limit)
+    }
+
+    private mutating func bytes(_ count: Int, limit: Int) throws(LinkMessageError) -> [UInt8] {
+        guard count <= limit else { throw .oversized(kind: "\(kind)", length: count, limit: limit) }
+        guard body.endIndex - offset >= count else { throw malformed }
+        defer { offset += count }
+        return Array(body[offset..<offset + count])
     }
 
     mutating func u8() throws(LinkMessageError) -> UInt8 {

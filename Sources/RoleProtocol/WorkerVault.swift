@@ -1,11 +1,52 @@
+/// What a client asks for when it attaches: a new session (no `session`), or to join one.
+public struct AttachRequest: Sendable, Equatable {
+    public var columns: UInt16
+    public var rows: UInt16
+    /// The credential as the client presented it (ttyd's AuthToken).
+    public var token: [UInt8]
+    /// The session to join, with the secret that lets the client write or only watch.
+    public var session: (id: [UInt8], secret: [UInt8])?
+    /// The first output byte wanted; nil: whatever the session's ring holds.
+    public var offset: UInt64?
+    /// Join without writing, even with the writing secret.
+    public var readonly: Bool
+
+    public init(columns: UInt16, rows: UInt16, token: [UInt8], session: (id: [UInt8], secret: [UInt8])? = nil,
+                offset: UInt64? = nil, readonly: Bool = false) {
+        (self.columns, self.rows, self.token, self.session, self.offset, self.readonly) = (columns, rows, token, session, offset, readonly)
+    }
+
+    public static func == (a: AttachRequest, b: AttachRequest) -> Bool {
+        a.columns == b.columns && a.rows == b.rows && a.token == b.token && a.session?.id == b.session?.id
+            && a.session?.secret == b.session?.secret && a.offset == b.offset && a.readonly == b.readonly
+    }
+}
+
+/// What the vault tells a client once attached (Cloister's session message).
+public struct SessionInfo: Sendable, Equatable {
+    public var title: String
+    public var session: String
+    /// The writing secret: only to a writer.
+    public var secret: String?
+    public var readSecret: String
+    /// The stream offset of the next output byte this client gets.
+    public var offset: UInt64
+    /// Bytes the client asked for that the ring no longer held.
+    public var skipped: UInt64
+
+    public init(title: String, session: String, secret: String?, readSecret: String, offset: UInt64, skipped: UInt64) {
+        (self.title, self.session, self.secret, self.readSecret, self.offset, self.skipped) = (title, session, secret, readSecret, offset, skipped)
+    }
+}
+
 /// Worker → vault. An attachment is one circuit the worker opens: `.attach` first, answered
-/// by `VaultToWorker.accepted` or `.refused`; then input, resizes and pause/resume one way
+/// by `VaultToWorker.attached` or `.refused`; then input, resizes and pause/resume one way
 /// and output the other, until the shell exits (`.exited`) or the worker ends the
-/// conversation (the client left). A `.check` conversation asks whether a credential is
-/// valid (HTTP basic auth) and is answered by `.accepted` or `.refused`.
+/// conversation (the client left; the session lingers). A `.check` conversation asks whether
+/// a credential is valid (HTTP basic auth) and is answered by `.accepted` or `.refused`.
 public enum WorkerToVault: LinkMessage {
     case check(token: [UInt8])
-    case attach(columns: UInt16, rows: UInt16, token: [UInt8])
+    case attach(AttachRequest)
     case input([UInt8])
     case resize(columns: UInt16, rows: UInt16)
     case pause
@@ -17,11 +58,18 @@ public enum WorkerToVault: LinkMessage {
         switch self {
         case .check(let token):
             return [Kind.check.rawValue] + token
-        case .attach(let columns, let rows, let token):
+        case .attach(let request):
             var w = FieldWriter(kind: Kind.attach.rawValue)
-            w.u16(columns)
-            w.u16(rows)
-            w.rest(token)
+            w.u16(request.columns)
+            w.u16(request.rows)
+            let flags: UInt8 = (request.readonly ? 1 : 0) | (request.session != nil ? 2 : 0) | (request.offset != nil ? 4 : 0)
+            w.rest([flags])
+            if let offset = request.offset { w.u64(offset) }
+            if let session = request.session {
+                w.short(session.id)
+                w.short(session.secret)
+            }
+            w.rest(request.token)
             return w.bytes
         case .input(let bytes): return [Kind.input.rawValue] + bytes
         case .resize(let columns, let rows):
@@ -44,7 +92,16 @@ public enum WorkerToVault: LinkMessage {
         case .check: self = .check(token: try r.rest(limit: LinkLimits.token))
         case .attach:
             let columns = try r.u16(), rows = try r.u16()
-            self = .attach(columns: columns, rows: rows, token: try r.rest(limit: LinkLimits.token))
+            let flags = try r.u8()
+            guard flags & ~7 == 0 else { throw r.malformed }
+            let offset = flags & 4 != 0 ? try r.u64() : nil
+            var session: (id: [UInt8], secret: [UInt8])?
+            if flags & 2 != 0 {
+                let id = try r.short(limit: LinkLimits.sessionField)
+                session = (id, try r.short(limit: LinkLimits.sessionField))
+            }
+            self = .attach(AttachRequest(columns: columns, rows: rows, token: try r.rest(limit: LinkLimits.token),
+                                         session: session, offset: offset, readonly: flags & 1 != 0))
         case .input: self = .input(try r.rest())
         case .resize:
             let columns = try r.u16(), rows = try r.u16()
@@ -58,10 +115,15 @@ public enum WorkerToVault: LinkMessage {
 
 /// Vault → worker, on an attachment or check conversation the worker opened.
 public enum VaultToWorker: LinkMessage {
-    /// The credential is right (and, for an attachment, a shell runs): the window title.
+    /// The credential is right (the answer to a check): the window title.
     case accepted(title: String)
+    /// Attached to a session (the answer to an attach).
+    case attached(SessionInfo)
     case refused(Refusal)
     case output([UInt8])
+    /// The client fell further behind than the session's ring holds: its output goes on at
+    /// `offset`, `skipped` bytes later than where it was.
+    case resynced(offset: UInt64, skipped: UInt64)
     /// The shell ended; the vault's last message of the attachment.
     case exited(Exit)
 
@@ -72,15 +134,32 @@ public enum VaultToWorker: LinkMessage {
         case malformedRequest = 2
         /// The credential was right, but no terminal could be started.
         case noTerminal = 3
+        /// A slow client, by the operator's policy, is disconnected rather than re-synchronised.
+        case tooSlow = 4
     }
 
-    enum Kind: UInt8 { case accepted = 0x59, refused = 0x44, output = 0x6f, exited = 0x78 }
+    enum Kind: UInt8 { case accepted = 0x59, attached = 0x54, refused = 0x44, output = 0x6f, resynced = 0x52, exited = 0x78 }
 
     public var encoded: [UInt8] {
         switch self {
         case .accepted(let title):
             var w = FieldWriter(kind: Kind.accepted.rawValue)
             w.text(title)
+            return w.bytes
+        case .attached(let info):
+            var w = FieldWriter(kind: Kind.attached.rawValue)
+            w.u64(info.offset)
+            w.u64(info.skipped)
+            w.short(Array(info.session.utf8))
+            w.short(Array(info.readSecret.utf8))
+            w.rest([info.secret == nil ? 0 : 1])
+            if let secret = info.secret { w.short(Array(secret.utf8)) }
+            w.text(info.title)
+            return w.bytes
+        case .resynced(let offset, let skipped):
+            var w = FieldWriter(kind: Kind.resynced.rawValue)
+            w.u64(offset)
+            w.u64(skipped)
             return w.bytes
         case .refused(let refusal): return [Kind.refused.rawValue, refusal.rawValue]
         case .output(let bytes): return [Kind.output.rawValue] + bytes
@@ -103,6 +182,22 @@ public enum VaultToWorker: LinkMessage {
         try Self.expect(0, descriptors, kind: kind)
         switch kind {
         case .accepted: self = .accepted(title: try r.text())
+        case .attached:
+            let offset = try r.u64(), skipped = try r.u64()
+            func text(_ bytes: [UInt8]) throws(LinkMessageError) -> String {
+                guard let s = String(validating: bytes, as: UTF8.self) else { throw r.malformed }
+                return s
+            }
+            let session = try text(try r.short(limit: LinkLimits.sessionField))
+            let readSecret = try text(try r.short(limit: LinkLimits.sessionField))
+            let hasSecret = try r.u8()
+            guard hasSecret <= 1 else { throw r.malformed }
+            let secret = hasSecret == 1 ? try text(try r.short(limit: LinkLimits.sessionField)) : nil
+            self = .attached(SessionInfo(title: try r.text(), session: session, secret: secret, readSecret: readSecret,
+                                         offset: offset, skipped: skipped))
+        case .resynced:
+            let offset = try r.u64()
+            self = .resynced(offset: offset, skipped: try r.u64())
         case .refused:
             guard let refusal = Refusal(rawValue: try r.u8()) else { throw r.malformed }
             self = .refused(refusal)

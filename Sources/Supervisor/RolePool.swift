@@ -183,31 +183,42 @@ public final class RolePool: Sendable {
     }
 
     /// Hands a client socket to the running instance with the fewest open connections and
-    /// closes this process's copy, whatever happens. The instance ends the conversation when
-    /// the client has gone; until then the client counts against it.
+    /// closes this process's copy, whatever happens. An instance whose transport has failed
+    /// (it died and is not reaped yet) is passed over, and one that fails the hand-over is
+    /// replaced by the next. The instance ends the conversation when the client has gone;
+    /// until then the client counts against it.
     public func dispatch(_ client: FileDescriptor) async throws {
         defer { try? client.close() }
-        let chosen: Instance? = shared.withLock { s in
-            let running = s.running.values.filter { s.slots[$0.slot].state == .running }
-            // Instances being renewed take clients only when nothing else runs.
-            let fresh = running.filter { !s.renewing.contains($0.slot) }
-            let candidates = fresh.isEmpty ? running : fresh
-            guard let best = candidates.min(by: { s.slots[$0.slot].connections < s.slots[$1.slot].connections }) else { return nil }
-            s.slots[best.slot].connections += 1
-            return best
-        }
-        guard let instance = chosen else { throw DispatchError.noInstanceRunning }
-        let circuit: RoleCircuit
-        do {
-            circuit = try instance.transport.open()
-            try await circuit.send(SupervisorToWorker.client, descriptors: [client])
-        } catch {
-            release(instance)
-            throw error
-        }
-        Task {
-            while let message = try? await circuit.receive(), !message.isEnd {}
-            self.release(instance)
+        var tried: Set<ObjectIdentifier> = []
+        var lastError: Error = DispatchError.noInstanceRunning
+        while true {
+            let chosen: Instance? = shared.withLock { s in
+                let running = s.running.values.filter {
+                    s.slots[$0.slot].state == .running && $0.transport.failure == nil && !tried.contains(ObjectIdentifier($0))
+                }
+                // Instances being renewed take clients only when nothing else runs.
+                let fresh = running.filter { !s.renewing.contains($0.slot) }
+                let candidates = fresh.isEmpty ? running : fresh
+                guard let best = candidates.min(by: { s.slots[$0.slot].connections < s.slots[$1.slot].connections }) else { return nil }
+                s.slots[best.slot].connections += 1
+                return best
+            }
+            guard let instance = chosen else { throw lastError }
+            tried.insert(ObjectIdentifier(instance))
+            let circuit: RoleCircuit
+            do {
+                circuit = try instance.transport.open()
+                try await circuit.send(SupervisorToWorker.client, descriptors: [client])
+            } catch {
+                release(instance)
+                lastError = error
+                continue
+            }
+            Task {
+                while let message = try? await circuit.receive(), !message.isEnd {}
+                self.release(instance)
+            }
+            return
         }
     }
 

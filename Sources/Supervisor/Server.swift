@@ -33,6 +33,8 @@ public final class Server: Sendable {
         public var login: Bool
         public var executable = ChildProcess.currentExecutable
         public var mode: EnforcementMode = .report
+        /// The vault's session options, as its command line takes them.
+        public var vaultArguments: [String] = []
         /// Adjusts each pool's configuration (tests: shorter heartbeats and backoff).
         public var tuning: (@Sendable (inout RolePool.Configuration) -> Void)?
 
@@ -87,6 +89,7 @@ public final class Server: Sendable {
         c.tuning?(&workerConfiguration)
         var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
         vaultConfiguration.mode = c.mode
+        vaultConfiguration.arguments = c.vaultArguments
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)

@@ -34,6 +34,11 @@ public final class TerminalClient {
     /// Terminal output received so far ('0' messages), not yet taken.
     public private(set) var output: [UInt8] = []
     public private(set) var title: String?
+    /// The last session message (Cloister's), and how many came.
+    public private(set) var session: SessionMessage?
+    public private(set) var sessionMessages = 0
+    /// Output bytes received since the last session message.
+    public private(set) var received: UInt64 = 0
 
     init(socket: Int32) { self.socket = socket }
     deinit { close(socket) }
@@ -216,17 +221,63 @@ public final class TerminalClient {
     private func take(_ frame: Frame) {
         guard frame.opcode == 0x2 || frame.opcode == 0x1, let type = frame.payload.first else { return }
         switch type {
-        case UInt8(ascii: "0"): output += frame.payload.dropFirst()
+        case UInt8(ascii: "0"):
+            output += frame.payload.dropFirst()
+            received += UInt64(frame.payload.count - 1)
         case UInt8(ascii: "1"): title = String(decoding: frame.payload.dropFirst(), as: UTF8.self)
+        case UInt8(ascii: "S"):
+            if let message = try? JSONDecoder().decode(SessionMessage.self, from: Data(frame.payload.dropFirst())) {
+                session = message
+                sessionMessages += 1
+                received = 0  // counted from the offset the message gives
+            }
         default: break
         }
     }
 
+    /// Cloister's session message: which session, its secrets, and the stream offset of the
+    /// next output byte.
+    public struct SessionMessage: Decodable, Sendable, Equatable {
+        public var session: String
+        public var secret: String?
+        public var read_secret: String
+        public var offset: UInt64
+        public var skipped: UInt64
+        public var lagged: Bool?
+    }
+
     // MARK: ttyd
 
-    public func authenticate(token: String, columns: Int = 80, rows: Int = 24) throws {
-        try sendFrame(opcode: 0x1, payload: Array("{\"AuthToken\":\"\(token)\",\"columns\":\(columns),\"rows\":\(rows)}".utf8))
+    /// ttyd's first message; with `session`, Cloister's additions to join one.
+    public func authenticate(token: String, columns: Int = 80, rows: Int = 24, session: String? = nil,
+                             secret: String? = nil, offset: UInt64? = nil, readonly: Bool = false) throws {
+        var json = "{\"AuthToken\":\"\(token)\",\"columns\":\(columns),\"rows\":\(rows)"
+        if let session { json += ",\"session\":\"\(session)\"" }
+        if let secret { json += ",\"secret\":\"\(secret)\"" }
+        if let offset { json += ",\"offset\":\(offset)" }
+        if readonly { json += ",\"readonly\":true" }
+        try sendFrame(opcode: 0x1, payload: Array((json + "}").utf8))
     }
+
+    /// Waits for the session message that follows a successful attach.
+    @discardableResult
+    public func awaitSession() throws -> SessionMessage {
+        while session == nil {
+            let frame = try receiveFrame()
+            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
+            take(frame)
+        }
+        return session!
+    }
+
+    /// Output received and not yet returned by a read.
+    public func takeOutput() -> [UInt8] {
+        defer { output = [] }
+        return output
+    }
+
+    /// The stream offset just past the last output byte received: where to resume.
+    public var resumeOffset: UInt64? { session.map { $0.offset + received } }
 
     public func input(_ text: String) throws { try sendFrame(opcode: 0x2, payload: [UInt8(ascii: "0")] + Array(text.utf8)) }
     public func resize(columns: Int, rows: Int) throws {

@@ -17,6 +17,8 @@ public struct Credential: Sendable {
     /// Compares in time that depends only on the lengths, never on where the first difference
     /// is, so response timing cannot be used to guess the credential byte by byte.
     public func matches(_ presented: [UInt8]) -> Bool {
+        // An empty credential lets nobody in (and has no byte to compare with).
+        guard !expected.isEmpty else { return false }
         // The length difference is kept whole: folded into a byte, lengths 256 apart would
         // compare equal, and a token of the credential repeated would pass.
         let lengthDifference = presented.count ^ expected.count
@@ -24,7 +26,7 @@ public struct Credential: Sendable {
         for i in 0..<presented.count {
             difference |= presented[i] ^ expected[i % max(expected.count, 1)]
         }
-        return lengthDifference == 0 && difference == 0 && !expected.isEmpty
+        return lengthDifference == 0 && difference == 0
     }
 
     public static func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }

@@ -12,19 +12,23 @@ import SystemPackage
 import Glibc
 #endif
 
-/// The PTY vault: decides who may have a shell, owns every PTY master, and relays between
-/// each terminal and the worker serving its client. It runs sandboxed (no exec, no files);
-/// shells come from the nursery, which hands back the master of each new terminal.
+/// The PTY vault: decides who may have a shell, owns every PTY master and session, and
+/// relays between each session and the workers serving its clients. It runs sandboxed (no
+/// exec, no files); shells come from the nursery, which hands back the master of each new
+/// terminal.
 ///
-/// An attachment is one client's use of one shell: the worker opens a circuit, presents the
-/// client's credential and window size; the vault checks the credential (constant time), has
-/// the nursery start a shell on a new PTY, and relays until the shell exits (the attachment
-/// ends with its exit status) or the client leaves (the master is closed, so the shell's
-/// session gets SIGHUP).
+/// An attachment is one client's use of one session: the worker opens a circuit and presents
+/// the client's credential, window size and, to join a session, its id and a secret. The
+/// vault checks them (constant time, wrong ones throttled), starts a session (a shell on a new
+/// PTY from the nursery) or finds the one asked for, and relays until the shell exits (the
+/// attachment ends with its status) or the client leaves. A session outlives its clients: with
+/// none attached it lingers for `SessionSettings.linger`, then is hung up (the master is
+/// closed, so the shell's session gets SIGHUP).
 public final class Vault: Sendable {
     private struct State {
         var credential: Credential?
         var nursery: RoleTransport?
+        var sessions: [String: Session] = [:]
         var attachments = 0
     }
 
@@ -32,10 +36,12 @@ public final class Vault: Sendable {
     private let throttle = FailureThrottle(interval: .milliseconds(100))
     private let logger: Logger
     private let title: String
+    private let settings: SessionSettings
 
-    public init(logger: Logger, title: String = "cloister") {
+    public init(logger: Logger, title: String = "cloister", settings: SessionSettings = .init()) {
         self.logger = logger
         self.title = title
+        self.settings = settings
     }
 
     /// Serves the supervisor's conversations (configuration and links) until its transport
@@ -131,13 +137,31 @@ public final class Vault: Sendable {
         case .check(let token):
             let ok = await authorized(token)
             try? await circuit.send(ok ? VaultToWorker.accepted(title: title) : .refused(.badCredential), end: true)
-        case .attach(let columns, let rows, let token):
-            guard await authorized(token) else {
+        case .attach(let request):
+            guard await authorized(request.token) else {
                 logger.warning("attachment refused: bad credential")
                 try? await circuit.send(VaultToWorker.refused(.badCredential), end: true)
                 return
             }
-            await relay(circuit, columns: columns, rows: rows, logger: logger)
+            let session: Session, writer: Bool
+            if let wanted = request.session {
+                guard let (found, mayWrite) = await join(wanted) else {
+                    logger.warning("attachment refused: no session with that id and secret")
+                    try? await circuit.send(VaultToWorker.refused(.badCredential), end: true)
+                    return
+                }
+                (session, writer) = (found, mayWrite && !request.readonly)
+            } else {
+                do {
+                    session = try await startSession(columns: request.columns, rows: request.rows, logger: logger)
+                } catch {
+                    logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
+                    try? await circuit.send(VaultToWorker.refused(.noTerminal), end: true)
+                    return
+                }
+                writer = !request.readonly
+            }
+            await serve(circuit, on: session, writer: writer, offset: request.offset, logger: logger)
         case .input, .resize, .pause, .resume:
             logger.error("an attachment began without attach or check", metadata: ["first": "\(first!)"])
             try? await circuit.send(VaultToWorker.refused(.malformedRequest), end: true)
@@ -145,6 +169,25 @@ public final class Vault: Sendable {
             return  // ended before asking anything
         }
     }
+
+    /// The session `wanted` names, if the secret is one of its two: whether it lets the
+    /// client write. A wrong id or secret is answered like a wrong credential, throttled with
+    /// them, and says nothing about whether the id exists.
+    private func join(_ wanted: (id: [UInt8], secret: [UInt8])) async -> (Session, writer: Bool)? {
+        let session = state.withLock { $0.sessions[String(decoding: wanted.id, as: UTF8.self)] }
+        // Both secrets are compared whatever the first gives, and an unknown id is compared
+        // with secrets of the same length, so timing tells nothing either.
+        let (write, read) = session.map { ($0.writeSecret, $0.readSecret) } ?? (Self.unknownSecret, Self.unknownSecret)
+        let writes = Credential(token: Array(write.utf8)).matches(wanted.secret) && session != nil
+        let watches = Credential(token: Array(read.utf8)).matches(wanted.secret) && session != nil
+        guard let session, !session.isFinished, writes || watches else {
+            await throttle.wait()
+            return nil
+        }
+        return (session, writes)
+    }
+
+    private static let unknownSecret = Session.token(bytes: 18)
 
     /// A started shell: its nursery conversation (which reports the exit) and its PTY master.
     private struct Shell {
@@ -169,32 +212,16 @@ public final class Vault: Sendable {
         }
     }
 
-    private func relay(_ circuit: RoleCircuit, columns: UInt16, rows: UInt16, logger: Logger) async {
-        let shell: Shell
-        do {
-            shell = try await spawnShell(columns: columns, rows: rows)
-        } catch {
-            logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
-            try? await circuit.send(VaultToWorker.refused(.noTerminal), end: true)
-            return
-        }
-        var log = logger
-        log[metadataKey: "shell"] = "\(shell.pid)"
-        let open = state.withLock { s in
-            s.attachments += 1
-            return s.attachments
-        }
-        defer { state.withLock { $0.attachments -= 1 } }
-        log.info("attachment started", metadata: ["columns": "\(columns)", "rows": "\(rows)", "open_attachments": "\(open)"])
+    /// Starts a shell and the session around it; the session's I/O runs on its own until the
+    /// shell exits or the session is hung up.
+    private func startSession(columns: UInt16, rows: UInt16, logger: Logger) async throws -> Session {
+        let shell = try await spawnShell(columns: columns, rows: rows)
         // Our own copy of the master, for resizes: NIO closes its descriptors whenever the
         // channel goes, and a resize must never reach whatever reused that number. Holding it
-        // also keeps the terminal up until the attachment has finished.
-        let master = shell.master
-        let ending: Ending
+        // also keeps the terminal up until the session has finished.
+        let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
         do {
-            try await circuit.send(VaultToWorker.accepted(title: title))
-            let channelFD = try valueOrErrno("dup") { dup(master.rawValue) }
-            let channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+            let channelFD = try valueOrErrno("dup") { dup(shell.master.rawValue) }
             do {
                 channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                     .takingOwnershipOfDescriptor(inputOutput: channelFD) { channel in
@@ -206,65 +233,146 @@ public final class Vault: Sendable {
                 close(channelFD)  // not taken over: still ours
                 throw error
             }
-            ending = try await channel.executeThenClose { inbound, outbound in
-                try await Self.pump(circuit: circuit, master: master, inbound: inbound, outbound: outbound)
+        } catch {
+            try? shell.master.close()
+            throw error
+        }
+        let session = Session(shell: shell.pid, master: shell.master, ringBytes: settings.ringBytes)
+        let count = state.withLock { s in
+            s.sessions[session.id] = session
+            return s.sessions.count
+        }
+        var log = logger
+        log[metadataKey: "session"] = "\(session.id)"
+        log[metadataKey: "shell"] = "\(shell.pid)"
+        log.info("session started", metadata: ["columns": "\(columns)", "rows": "\(rows)", "open_sessions": "\(count)"])
+        Task { await self.run(session, channel: channel, shell: shell, logger: log) }
+        return session
+    }
+
+    /// A session's I/O: the PTY's output into the ring, writers' input into the PTY, until
+    /// the output ends (the shell exited) or the session is hung up; then the terminal is
+    /// closed and the shell's status awaited.
+    private func run(_ session: Session, channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, shell: Shell, logger: Logger) async {
+        try? await channel.executeThenClose { inbound, outbound in
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    do {
+                        for try await chunk in inbound {
+                            session.append(Array(buffer: chunk))
+                            await session.gate.waitWhilePaused()
+                            await session.waitForWriters()
+                        }
+                    } catch {}
+                    session.outputEnded()
+                }
+                group.addTask {
+                    for await bytes in session.inputs {
+                        guard (try? await outbound.write(ByteBuffer(bytes: bytes))) != nil else { break }
+                    }
+                }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        // The channel has closed its copies; closing ours, the last, hangs up the terminal,
+        // and the shell's session gets SIGHUP if it is still there.
+        session.closeMaster()
+        let exit = await Self.exitStatus(of: shell.conversation)
+        session.finish(exit)
+        let left = state.withLock { s in
+            s.sessions[session.id] = nil
+            return s.sessions.count
+        }
+        logger.info("session ended", metadata: ["shell_exit": "\(exit.map { "\($0)" } ?? "unknown")", "open_sessions": "\(left)"])
+    }
+
+    enum Ending: String { case shellExited = "shell exited", clientLeft = "client left", tooSlow = "too slow" }
+
+    /// One client on a session: output from its offset one way, its commands the other (a
+    /// viewer's are ignored and counted), until the shell exits, the client leaves, or (by
+    /// the operator's policy) it falls behind what the ring holds.
+    private func serve(_ circuit: RoleCircuit, on session: Session, writer: Bool, offset: UInt64?, logger: Logger) async {
+        var log = logger
+        log[metadataKey: "session"] = "\(session.id)"
+        log[metadataKey: "mode"] = "\(writer ? "writer" : "viewer")"
+        let start = session.attached(writer: writer, from: offset)
+        let client = start.client
+        let open = state.withLock { s in
+            s.attachments += 1
+            return s.attachments
+        }
+        log.info("attachment started", metadata: ["offset": "\(start.offset)", "skipped": "\(start.skipped)",
+                                                  "open_attachments": "\(open)"])
+        let settings = self.settings
+        let ending: Ending
+        do {
+            try await circuit.send(VaultToWorker.attached(session.info(title: title, writer: writer, offset: start.offset,
+                                                                       skipped: start.skipped)))
+            ending = await withTaskGroup(of: Ending.self) { group in
+                group.addTask {
+                    var cursor = start.offset
+                    while true {
+                        switch await session.next(after: cursor, limit: 64 * 1024) {
+                        case .output(let at, let bytes, let skipped):
+                            if skipped > 0 {
+                                session.countSlowConsumer()
+                                guard settings.slowConsumer == .resync else {
+                                    try? await circuit.send(VaultToWorker.refused(.tooSlow), end: true)
+                                    return .tooSlow
+                                }
+                                guard (try? await circuit.send(VaultToWorker.resynced(offset: at, skipped: skipped))) != nil else {
+                                    return .clientLeft
+                                }
+                            }
+                            let message = bytes.withUnsafeBytes { VaultToWorker.encodeOutput($0) }
+                            guard (try? await circuit.send(message)) != nil else { return .clientLeft }
+                            cursor = at + UInt64(bytes.count)
+                            if writer { session.advance(client, to: cursor) }
+                        case .finished(let exit):
+                            if Task.isCancelled { return .clientLeft }
+                            if let exit { try? await circuit.send(VaultToWorker.exited(exit), end: true) }
+                            return .shellExited
+                        }
+                    }
+                }
+                group.addTask {
+                    defer { if writer { session.gate.resume() } }
+                    // A worker that sends what does not belong on an attachment ends it.
+                    while let received = try? await circuit.receive(WorkerToVault.self) {
+                        switch received.message {
+                        case .input(let bytes) where writer: session.write(bytes)
+                        case .resize(let columns, let rows) where writer: session.resize(rows: rows, columns: columns)
+                        case .pause where writer: session.gate.pause()
+                        case .resume where writer: session.gate.resume()
+                        case .input, .resize, .pause, .resume: session.countIgnored()
+                        case .attach, .check: return .clientLeft
+                        }
+                        if received.isEnd { break }
+                    }
+                    return .clientLeft
+                }
+                let first = await group.next() ?? .clientLeft
+                group.cancelAll()
+                return first
             }
         } catch {
             log.error("attachment failed", metadata: ["error": "\(error)"])
             ending = .clientLeft
         }
-        // The channel has closed its copies; closing ours, the last, hangs up the terminal,
-        // and the shell's session gets SIGHUP if it is still there.
-        try? master.close()
-        let exit = await Self.exitStatus(of: shell.conversation)
-        log.info("attachment ended", metadata: [
-            "ending": "\(ending.rawValue)", "shell_exit": "\(exit.map { "\($0)" } ?? "unknown")",
-        ])
-        if ending == .shellExited, let exit {
-            try? await circuit.send(VaultToWorker.exited(exit), end: true)
-        }
+        state.withLock { $0.attachments -= 1 }
+        log.info("attachment ended", metadata: ["ending": "\(ending.rawValue)"])
+        if let epoch = session.detached(client, writer: writer) { linger(session, from: epoch, logger: log) }
     }
 
-    enum Ending: String { case shellExited = "shell exited", clientLeft = "client left" }
-
-    /// Relays until the shell's output ends (EOF or EIO on the master: no slave is open) or
-    /// the worker ends the conversation. Pause stops reading the terminal, so a shell writing
-    /// to a paused client blocks as it would on a stopped real terminal.
-    private static func pump(circuit: RoleCircuit, master: SystemPackage.FileDescriptor,
-                             inbound: NIOAsyncChannelInboundStream<ByteBuffer>,
-                             outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) async throws -> Ending {
-        let gate = PauseGate()
-        return await withTaskGroup(of: Ending.self) { group in
-            group.addTask {
-                do {
-                    for try await chunk in inbound {
-                        await gate.waitWhilePaused()
-                        let message = chunk.withUnsafeReadableBytes { VaultToWorker.encodeOutput($0) }
-                        try await circuit.send(message)
-                    }
-                } catch {}
-                return .shellExited
-            }
-            group.addTask {
-                defer { gate.resume() }
-                // A worker that sends what does not belong on an attachment ends it.
-                while let received = try? await circuit.receive(WorkerToVault.self) {
-                    switch received.message {
-                    case .input(let bytes):
-                        guard (try? await outbound.write(ByteBuffer(bytes: bytes))) != nil else { return .shellExited }
-                    case .resize(let columns, let rows):
-                        try? PseudoTerminal.resize(master, rows: rows, columns: columns)
-                    case .pause: gate.pause()
-                    case .resume: gate.resume()
-                    case .attach, .check: return .clientLeft
-                    }
-                    if received.isEnd { break }
-                }
-                return .clientLeft
-            }
-            let first = await group.next() ?? .clientLeft
-            group.cancelAll()
-            return first
+    /// Hangs up a session nobody attaches to within the linger.
+    private func linger(_ session: Session, from epoch: Int, logger: Logger) {
+        let linger = settings.linger
+        Task {
+            await Wait.sleep(for: linger)
+            guard session.idle(since: epoch), !session.isFinished else { return }
+            logger.info("session hung up: nobody attached within the linger", metadata: ["linger": "\(linger)"])
+            session.hangUp()
         }
     }
 

@@ -11,11 +11,11 @@ public enum VaultRole {
         try sandbox.enter(role: Role.vault.rawValue, openFileLimit: 4096)
     }
 
-    public static func run(title: String, sandboxSteps: [String]) async throws {
+    public static func run(title: String, sessions: SessionSettings, sandboxSteps: [String]) async throws {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.vault)
         log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
-        let vault = Vault(logger: log, title: title)
+        let vault = Vault(logger: log, title: title, settings: sessions)
         let supervisor = try await Link.supervisorVault.start(socket: Link.inheritedTransport, side: .acceptor)
         try await ControlCircuit.serve(supervisor) { group in
             group.addTask { await vault.serve(supervisor: supervisor) }

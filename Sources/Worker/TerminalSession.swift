@@ -8,7 +8,7 @@ import RoleProtocol
 /// attachment ends, the shell gets SIGHUP).
 struct TerminalSession {
     enum Close: UInt16 {
-        case normal = 1000, policy = 1008, internalError = 1011
+        case normal = 1000, policy = 1008, internalError = 1011, tryAgainLater = 1013
     }
 
     let service: any TerminalService
@@ -21,20 +21,24 @@ struct TerminalSession {
             guard let hello = TtydProtocol.hello(first.bytes) else {
                 return await Self.close(outbound, .policy, "the first message must be ttyd's JSON")
             }
+            guard let request = TtydProtocol.attachRequest(hello) else {
+                return await Self.close(outbound, .policy, "a session needs its id and a secret")
+            }
             guard let attachment = service.attachment() else {
                 return await Self.close(outbound, .internalError, "no terminal service")
             }
-            try await attachment.send(.attach(columns: TtydProtocol.bounded(hello.columns, default: 80),
-                                              rows: TtydProtocol.bounded(hello.rows, default: 24),
-                                              token: Array((hello.AuthToken ?? "").utf8)))
+            try await attachment.send(.attach(request))
+            var info: SessionInfo
             switch try await attachment.receive() {
-            case .accepted(let title):
-                try await outbound.write(Self.binary(TtydProtocol.title, Array(title.utf8)))
+            case .attached(let attached):
+                info = attached
+                try await outbound.write(Self.binary(TtydProtocol.title, Array(info.title.utf8)))
                 try await outbound.write(Self.binary(TtydProtocol.preferences, Array("{}".utf8)))
+                try await outbound.write(Self.binary(TtydProtocol.sessionMessage(info)))
             case .refused(let refusal):
                 logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])
                 return await Self.close(outbound, .policy, refusal == .badCredential ? "authentication failed" : "no terminal")
-            case .output, .exited, nil:
+            case .accepted, .output, .resynced, .exited, nil:
                 return await Self.close(outbound, .internalError, "no terminal")
             }
             // Shell to client in a task of its own; client to shell here, until the client
@@ -45,11 +49,21 @@ struct TerminalSession {
                     switch message {
                     case .output(let bytes):
                         guard (try? await outbound.write(Self.binary(TtydProtocol.output, bytes))) != nil else { return }
+                    case .resynced(let offset, let skipped):
+                        info.offset = offset
+                        info.skipped = skipped
+                        guard (try? await outbound.write(Self.binary(TtydProtocol.sessionMessage(info, resynced: true)))) != nil
+                        else { return }
                     case .exited(let exit):
                         await Self.close(outbound, .normal, "\(exit)")
                         channel.close(promise: nil)
                         return
-                    case .accepted, .refused:
+                    case .refused:
+                        // Too slow for the session, by the operator's policy: it may resume.
+                        await Self.close(outbound, .tryAgainLater, "fell behind the session")
+                        channel.close(promise: nil)
+                        return
+                    case .accepted, .attached:
                         break  // answers to the first message only
                     }
                 }
@@ -78,5 +92,10 @@ struct TerminalSession {
         data.writeInteger(type)
         data.writeBytes(bytes)
         return WebSocketFrame(fin: true, opcode: .binary, data: data)
+    }
+
+    /// A message whose type byte is already its first.
+    static func binary(_ message: [UInt8]) -> WebSocketFrame {
+        WebSocketFrame(fin: true, opcode: .binary, data: ByteBuffer(bytes: message))
     }
 }

@@ -6,14 +6,55 @@ import RoleProtocol
 enum TtydProtocol {
     /// Client to server.
     static let input = UInt8(ascii: "0"), resize = UInt8(ascii: "1"), pause = UInt8(ascii: "2"), resume = UInt8(ascii: "3")
-    /// Server to client.
+    /// Server to client. `session` is Cloister's own (ttyd's clients ignore types they do
+    /// not know): the session a client is attached to, as JSON.
     static let output = UInt8(ascii: "0"), title = UInt8(ascii: "1"), preferences = UInt8(ascii: "2")
+    static let session = UInt8(ascii: "S")
 
-    /// The first client message: JSON with the credential and the window size.
+    /// The first client message: ttyd's JSON with the credential and the window size, and
+    /// Cloister's additions to join a session.
     struct Hello: Decodable, Equatable {
         var AuthToken: String?
         var columns: Int?
         var rows: Int?
+        var session: String?
+        var secret: String?
+        var offset: UInt64?
+        var readonly: Bool?
+    }
+
+    /// The vault's attach request for a hello, or nil when the hello names a session without
+    /// a secret (or a secret without a session), or fields longer than any the vault issues.
+    static func attachRequest(_ hello: Hello) -> AttachRequest? {
+        var request = AttachRequest(columns: bounded(hello.columns, default: 80), rows: bounded(hello.rows, default: 24),
+                                    token: Array((hello.AuthToken ?? "").utf8), offset: hello.offset,
+                                    readonly: hello.readonly ?? false)
+        switch (hello.session, hello.secret) {
+        case (nil, nil): break
+        case let (id?, secret?):
+            let (id, secret) = (Array(id.utf8), Array(secret.utf8))
+            guard id.count <= LinkLimits.sessionField, secret.count <= LinkLimits.sessionField else { return nil }
+            request.session = (id, secret)
+        default: return nil
+        }
+        return request
+    }
+
+    /// The session message a client gets once attached, and again after a re-synchronisation.
+    static func sessionMessage(_ info: SessionInfo, resynced: Bool = false) -> [UInt8] {
+        struct Message: Encodable {
+            var session: String
+            var secret: String?
+            var read_secret: String
+            var offset: UInt64
+            var skipped: UInt64
+            var lagged: Bool?
+        }
+        let message = Message(session: info.session, secret: info.secret, read_secret: info.readSecret, offset: info.offset,
+                              skipped: info.skipped, lagged: resynced ? true : nil)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        return [session] + ((try? encoder.encode(message)).map(Array.init) ?? [])
     }
 
     struct WindowSize: Decodable {

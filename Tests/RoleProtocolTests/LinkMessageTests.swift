@@ -10,12 +10,19 @@ final class LinkMessageTests: XCTestCase {
         .nurseryLink, .workerLink(worker: 7),
     ]
     static let workerToVault: [WorkerToVault] = [
-        .check(token: []), .check(token: Array("dTpw".utf8)), .attach(columns: 80, rows: 24, token: Array("dTpw".utf8)),
-        .attach(columns: .max, rows: 1, token: []), .input([]), .input(Array(0...255)), .resize(columns: 120, rows: 40),
+        .check(token: []), .check(token: Array("dTpw".utf8)),
+        .attach(AttachRequest(columns: 80, rows: 24, token: Array("dTpw".utf8))),
+        .attach(AttachRequest(columns: .max, rows: 1, token: [])),
+        .attach(AttachRequest(columns: 80, rows: 24, token: Array("dTpw".utf8), session: (Array("sid".utf8), Array("secret".utf8)),
+                              offset: 123_456_789_012, readonly: true)),
+        .attach(AttachRequest(columns: 1, rows: 1, token: [], offset: 0)), .input([]), .input(Array(0...255)), .resize(columns: 120, rows: 40),
         .pause, .resume,
     ]
     static let vaultToWorker: [VaultToWorker] = [
         .accepted(title: "cloister"), .accepted(title: "ünïcødé ✓"), .output([]), .output(Array(0...255)),
+        .attached(SessionInfo(title: "t", session: "sid", secret: "w", readSecret: "r", offset: 7, skipped: 3)),
+        .attached(SessionInfo(title: "", session: "sid", secret: nil, readSecret: "r", offset: .max, skipped: 0)),
+        .resynced(offset: 1 << 40, skipped: 99),
         .exited(.status(0)), .exited(.status(-1)), .exited(.signal(9)),
     ] + VaultToWorker.Refusal.allCases.map { .refused($0) }
     static let vaultToNursery: [VaultToNursery] = [.spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max)]
@@ -76,6 +83,10 @@ final class LinkMessageTests: XCTestCase {
         assertRefused(SupervisorToWorker.self, [0x4c, 0, 0, 1], descriptors: 1, .malformed(kind: "vaultLink", length: 4))
         assertRefused(SupervisorToWorker.self, [0x63, 0], descriptors: 1, .malformed(kind: "client", length: 2))
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0], .malformed(kind: "attach", length: 4))
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 8], .malformed(kind: "attach", length: 6))  // unknown flag
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 2, 3, 0x41], .malformed(kind: "attach", length: 8))  // id cut short
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 2, 65] + [UInt8](repeating: 0x41, count: 65) + [0],
+                      .oversized(kind: "attach", length: 65, limit: LinkLimits.sessionField))
         assertRefused(WorkerToVault.self, [0x72, 0, 80, 0, 24, 9], .malformed(kind: "resize", length: 6))
         assertRefused(WorkerToVault.self, [0x70, 1], .malformed(kind: "pause", length: 2))
         assertRefused(VaultToWorker.self, [0x78, 0, 0, 0, 7], .malformed(kind: "exited", length: 5))
@@ -93,7 +104,7 @@ final class LinkMessageTests: XCTestCase {
         let token = [UInt8](repeating: 0x41, count: LinkLimits.token + 1)
         assertRefused(WorkerToVault.self, WorkerToVault.check(token: token).encoded,
                       .oversized(kind: "check", length: token.count, limit: LinkLimits.token))
-        assertRefused(WorkerToVault.self, WorkerToVault.attach(columns: 1, rows: 1, token: token).encoded,
+        assertRefused(WorkerToVault.self, WorkerToVault.attach(AttachRequest(columns: 1, rows: 1, token: token)).encoded,
                       .oversized(kind: "attach", length: token.count, limit: LinkLimits.token))
         assertRefused(SupervisorToVault.self, [0x4b, 1] + token, .oversized(kind: "configure", length: token.count, limit: LinkLimits.token))
         let text = [UInt8](repeating: 0x61, count: LinkLimits.text + 1)

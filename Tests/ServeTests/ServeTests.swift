@@ -174,8 +174,9 @@ final class ServeTests: XCTestCase {
         }
     }
 
+    /// With no linger, a session ends when its last client leaves.
     func testClientLeavingHangsUpTheShell() throws {
-        let server = try ServedCloister.start(workers: 1)
+        let server = try ServedCloister.start(workers: 1, extra: ["--session-linger", "0"])
         var client: TerminalClient? = try attached(server)
         try client!.input("echo pid=$$.\r")
         let text = try client!.readOutput { $0.range(of: #"pid=\d+\."#, options: .regularExpression) != nil }

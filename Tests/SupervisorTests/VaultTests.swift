@@ -72,9 +72,9 @@ final class VaultTests: XCTestCase {
         let vault = try await startVault()
         let wrong = Array(Credential(userAndPassword: "admin:guess").token)
         let refused = VaultToWorker.refused(.badCredential)
-        let attachWrong = try await Self.ask(vault.link, .attach(columns: 80, rows: 24, token: wrong))
+        let attachWrong = try await Self.ask(vault.link, .attach(AttachRequest(columns: 80, rows: 24, token: wrong)))
         XCTAssertEqual(attachWrong, refused)
-        let attachEmpty = try await Self.ask(vault.link, .attach(columns: 80, rows: 24, token: []))
+        let attachEmpty = try await Self.ask(vault.link, .attach(AttachRequest(columns: 80, rows: 24, token: [])))
         XCTAssertEqual(attachEmpty, refused)
         let checkWrong = try await Self.ask(vault.link, .check(token: wrong))
         XCTAssertEqual(checkWrong, refused)
@@ -90,7 +90,7 @@ final class VaultTests: XCTestCase {
         // The right credential passes the check: what stops it here is only that this vault
         // has no nursery, so the refusals above were the credential's doing.
         let right = Credential(userAndPassword: Self.secret).token
-        let attachRight = try await Self.ask(vault.link, .attach(columns: 80, rows: 24, token: right))
+        let attachRight = try await Self.ask(vault.link, .attach(AttachRequest(columns: 80, rows: 24, token: right)))
         XCTAssertEqual(attachRight, .refused(.noTerminal))
         let checkRight = try await Self.ask(vault.link, .check(token: right))
         XCTAssertEqual(checkRight, .accepted(title: "cloister"))
@@ -128,6 +128,7 @@ final class VaultTests: XCTestCase {
         flipped[0] ^= 1
         XCTAssertFalse(credential.matches(flipped))
         XCTAssertFalse(Credential(token: []).matches([]), "an empty credential lets nobody in")
+        XCTAssertFalse(Credential(token: []).matches(Array("x".utf8)), "…whatever is presented, and does not trap")
         // The lengths are compared whole: a token that is the credential repeated, longer by
         // a multiple of 256 bytes, agrees with it in every byte the comparison cycles over.
         for extra in [256, 512, 65536] {

@@ -18,7 +18,10 @@ final class FakeVault: TerminalService {
     }
 
     static func acceptRightToken(_ first: WorkerToVault) -> VaultToWorker {
-        if case .attach(_, _, let token) = first, token == FakeVault.token { return .accepted(title: "fake-title") }
+        if case .attach(let request) = first, request.token == FakeVault.token {
+            return .attached(SessionInfo(title: "fake-title", session: "sid", secret: request.readonly ? nil : "wsecret",
+                                         readSecret: "rsecret", offset: 0, skipped: 0))
+        }
         return .refused(.badCredential)
     }
 

@@ -15,17 +15,19 @@ final class TerminalSessionTests: XCTestCase {
 
     func testHelloAttachesWithTheWindowSizeAndGetsTitleAndPreferences() async throws {
         let w = try await attached()
-        let frames = Frames.server(try await w.output { Frames.server($0).count >= 2 })
-        XCTAssertEqual(frames.map(\.opcode), [0x2, 0x2])
+        let frames = Frames.server(try await w.output { Frames.server($0).count >= 3 })
+        XCTAssertEqual(frames.map(\.opcode), [0x2, 0x2, 0x2])
         XCTAssertEqual(frames[0].payload, Array("1fake-title".utf8))
         XCTAssertEqual(frames[1].payload, Array("2{}".utf8))
-        XCTAssertEqual(w.vault.last?.sent.withLock { $0 }, [.attach(columns: 132, rows: 43, token: FakeVault.token)])
+        XCTAssertEqual(String(decoding: frames[2].payload, as: UTF8.self),
+                       #"S{"offset":0,"read_secret":"rsecret","secret":"wsecret","session":"sid","skipped":0}"#)
+        XCTAssertEqual(w.vault.last?.sent.withLock { $0 }, [.attach(AttachRequest(columns: 132, rows: 43, token: FakeVault.token))])
         await w.finish()
     }
 
     func testCommandsReachTheVaultAndOutputReachesTheClient() async throws {
         let w = try await attached()
-        _ = try await w.output { Frames.server($0).count >= 2 }
+        _ = try await w.output { Frames.server($0).count >= 3 }
         w.consume()
         try await w.send(Frames.binary(Array("0ls -l\r".utf8)))
         try await w.send(Frames.text(#"1{"columns": 90, "rows": 20}"#))
@@ -71,7 +73,7 @@ final class TerminalSessionTests: XCTestCase {
 
     func testTheClientLeavingEndsTheAttachment() async throws {
         let w = try await attached()
-        _ = try await w.output { Frames.server($0).count >= 2 }
+        _ = try await w.output { Frames.server($0).count >= 3 }
         let attachment = try XCTUnwrap(w.vault.last)
         try await w.channel.close()
         let deadline = ContinuousClock.now + .seconds(5)

@@ -77,7 +77,7 @@ final class WebSocketTests: XCTestCase {
         try await w.send(Frames.continuation(Array(hello[20...])))
         let attached = try await w.output { Frames.server($0).contains { $0.opcode == 0x2 } }
         XCTAssertTrue(Frames.server(attached).contains { $0.opcode == 0xa && $0.payload == [7] })
-        XCTAssertEqual(w.vault.last?.sent.withLock { $0.first }, .attach(columns: 100, rows: 30, token: FakeVault.token))
+        XCTAssertEqual(w.vault.last?.sent.withLock { $0.first }, .attach(AttachRequest(columns: 100, rows: 30, token: FakeVault.token)))
         w.consume()
         try await w.send(Frames.client(0x8, [0x03, 0xe8] + Array("bye".utf8)))
         let echoed = try await w.output { Frames.closeCode($0) != nil }

@@ -1,0 +1,265 @@
+import NIOCore
+import Processes
+import RoleProtocol
+import Synchronization
+import SystemPackage
+
+/// How the vault keeps sessions: the operator's settings.
+public struct SessionSettings: Sendable {
+    public enum SlowConsumer: String, Sendable, CaseIterable {
+        /// Told how much it missed and continued from the oldest byte the ring holds.
+        case resync
+        /// Disconnected; it may reconnect and resume from what the ring still holds.
+        case disconnect
+    }
+
+    /// Output kept per session for clients that resume or fall behind.
+    public var ringBytes = 1 << 20
+    /// How long a session with no client attached stays before it is hung up.
+    public var linger: Duration = .seconds(300)
+    public var slowConsumer = SlowConsumer.resync
+
+    public init() {}
+}
+
+/// One shell on one PTY, owned by the vault, with an id and two secrets: one that lets a
+/// client write, one that lets it only watch. Its output is one byte stream numbered from 0,
+/// read from the PTY whether or not anyone is attached, into a ring every client reads from
+/// at its own offset. A viewer that falls behind never slows the shell or the others: it is
+/// re-synchronised or disconnected. A writer is the shell's terminal: like a real one, one
+/// that does not read holds the shell back (the PTY is not read further than the ring holds
+/// beyond it), and so does its PAUSE.
+final class Session: Sendable {
+    let id: String
+    let writeSecret: String
+    let readSecret: String
+    let shell: Int32
+    let created = ContinuousClock.now
+    /// The writer's PAUSE stops reading the PTY, so the shell blocks as on a stopped terminal.
+    let gate = PauseGate()
+    private let input: AsyncStream<[UInt8]>.Continuation
+    let inputs: AsyncStream<[UInt8]>
+    private let state: Mutex<State>
+
+    struct State {
+        /// The vault's own copy of the PTY master, for resizes; nil once closed, so a resize
+        /// never reaches whatever reused its number.
+        var master: SystemPackage.FileDescriptor?
+        var ring: OutputRing
+        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
+        /// Output has ended (the shell's side of the terminal closed, or the session was hung up).
+        var outputEnded = false
+        var exit: Exit?
+        var finished = false
+        var writers = 0
+        var viewers = 0
+        /// Increases on every attach and detach, so a linger timer can tell it is stale.
+        var epoch = 0
+        var ignored = 0
+        var slowConsumerEvents = 0
+        /// Each attached writer's offset; the ring never drops what the slowest has not read.
+        var writerCursors: [Int: UInt64] = [:]
+        var nextClient = 0
+        /// The PTY reader, waiting for the slowest writer to catch up.
+        var reader: CheckedContinuation<Void, Never>?
+
+        var slowestWriter: UInt64? { writerCursors.values.min() }
+        var writersCaughtUp: Bool { slowestWriter.map { ring.end - $0 < UInt64(ring.capacity) } ?? true }
+    }
+
+    init(shell: Int32, master: SystemPackage.FileDescriptor, ringBytes: Int) {
+        id = Self.token(bytes: 12)
+        writeSecret = Self.token(bytes: 18)
+        readSecret = Self.token(bytes: 18)
+        self.shell = shell
+        (inputs, input) = AsyncStream.makeStream(of: [UInt8].self)
+        state = Mutex(State(master: master, ring: OutputRing(capacity: ringBytes)))
+    }
+
+    /// Random bytes from getrandom(2), as URL-safe text (it rides in URL fragments).
+    static func token(bytes count: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        return String(decoding: (0..<(count * 4 / 3)).map { _ in alphabet[Int(generator.next() % 64)] }, as: UTF8.self)
+    }
+
+    // MARK: The shell's side
+
+    /// Output the shell wrote: kept, and every waiting client woken.
+    func append(_ bytes: [UInt8]) {
+        let woken = state.withLock { s in
+            s.ring.append(bytes, keep: s.slowestWriter)
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in woken { w.resume() }
+    }
+
+    /// Before reading the PTY further: waits while a writer has a whole ring to read.
+    func waitForWriters() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.writersCaughtUp || s.finished { return true }
+                s.reader = c
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Wakes the PTY reader if it waits and writers have caught up (lock held).
+    private static func releaseReader(_ s: inout State) -> CheckedContinuation<Void, Never>? {
+        guard let reader = s.reader, s.writersCaughtUp || s.finished else { return nil }
+        s.reader = nil
+        return reader
+    }
+
+    /// Input for the shell, from a writer.
+    func write(_ bytes: [UInt8]) { input.yield(bytes) }
+
+    /// The terminal's output ended (EOF or EIO: no slave is open any more).
+    func outputEnded() {
+        let woken = state.withLock { s in
+            s.outputEnded = true
+            defer { s.waiters = [:] }
+            return Array(s.waiters.values)
+        }
+        for w in woken { w.resume() }
+    }
+
+    /// TIOCSWINSZ: the terminal's foreground process group gets SIGWINCH.
+    func resize(rows: UInt16, columns: UInt16) {
+        state.withLock { s in
+            if let master = s.master { try? PseudoTerminal.resize(master, rows: rows, columns: columns) }
+        }
+    }
+
+    /// Closes the vault's copy of the master; when the I/O channel has closed its own, this
+    /// is the last, and the shell's session gets SIGHUP.
+    func closeMaster() {
+        state.withLock { s in
+            try? s.master?.close()
+            s.master = nil
+        }
+    }
+
+    /// Stops feeding the shell, so the session's I/O ends and the terminal is hung up.
+    func hangUp() {
+        input.finish()
+        let reader = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            defer { s.reader = nil }
+            return s.reader
+        }
+        reader?.resume()
+    }
+
+    /// The shell was reaped (or its status could not be had): clients get it after the last
+    /// of the output.
+    func finish(_ exit: Exit?) {
+        let (woken, reader) = state.withLock { s in
+            s.exit = exit
+            s.outputEnded = true
+            s.finished = true
+            defer { s.waiters = [:] }
+            return (Array(s.waiters.values), Self.releaseReader(&s))
+        }
+        for w in woken { w.resume() }
+        reader?.resume()
+        input.finish()
+    }
+
+    // MARK: Clients
+
+
+    enum Next {
+        case output(offset: UInt64, bytes: [UInt8], skipped: UInt64)
+        /// Everything was read and the session is over.
+        case finished(Exit?)
+    }
+
+    /// The output after `offset`, waiting for some; `.finished` once the session is over and
+    /// everything up to its end has been read.
+    func next(after offset: UInt64, limit: Int) async -> Next {
+        while true {
+            let ready: Next? = state.withLock { s in
+                if let chunk = s.ring.read(from: offset, limit: limit) {
+                    return .output(offset: chunk.offset, bytes: chunk.bytes, skipped: chunk.skipped)
+                }
+                return s.finished ? .finished(s.exit) : nil
+            }
+            if let ready { return ready }
+            if Task.isCancelled { return .finished(nil) }
+            let id = state.withLock { s -> Int in
+                defer { s.nextWaiter += 1 }
+                return s.nextWaiter
+            }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                    let now = state.withLock { s -> Bool in
+                        if s.ring.end > offset || s.finished { return true }
+                        s.waiters[id] = c
+                        return false
+                    }
+                    if now { c.resume() }
+                }
+            } onCancel: {
+                state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
+            }
+        }
+    }
+
+    /// A client attaches, wanting output from `offset`: it starts there if the ring holds it
+    /// (clamped to what exists), at the oldest byte held otherwise or without an offset.
+    /// Returns its number (for `advance` and `detached`), where it starts and what it missed.
+    func attached(writer: Bool, from offset: UInt64?) -> (client: Int, offset: UInt64, skipped: UInt64) {
+        state.withLock { s in
+            let start: UInt64, skipped: UInt64
+            if let offset, offset >= s.ring.start {
+                (start, skipped) = (min(offset, s.ring.end), 0)
+            } else {
+                (start, skipped) = (s.ring.start, offset.map { s.ring.start - $0 } ?? 0)
+            }
+            if writer { s.writers += 1 } else { s.viewers += 1 }
+            s.epoch += 1
+            defer { s.nextClient += 1 }
+            if writer { s.writerCursors[s.nextClient] = start }
+            return (s.nextClient, start, skipped)
+        }
+    }
+
+    /// A writer has read up to `offset`.
+    func advance(_ client: Int, to offset: UInt64) {
+        let reader = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard s.writerCursors[client] != nil else { return nil }
+            s.writerCursors[client] = offset
+            return Self.releaseReader(&s)
+        }
+        reader?.resume()
+    }
+
+    /// Returns the epoch to linger from when this was the last client, nil otherwise.
+    func detached(_ client: Int, writer: Bool) -> Int? {
+        let (epoch, reader) = state.withLock { s -> (Int?, CheckedContinuation<Void, Never>?) in
+            if writer { s.writers -= 1 } else { s.viewers -= 1 }
+            s.writerCursors[client] = nil
+            s.epoch += 1
+            return (s.writers + s.viewers == 0 && !s.finished ? s.epoch : nil, Self.releaseReader(&s))
+        }
+        reader?.resume()
+        return epoch
+    }
+
+    /// Still nobody attached since `epoch`.
+    func idle(since epoch: Int) -> Bool { state.withLock { $0.epoch == epoch } }
+
+    func countIgnored() { state.withLock { $0.ignored += 1 } }
+    func countSlowConsumer() { state.withLock { $0.slowConsumerEvents += 1 } }
+
+    var isFinished: Bool { state.withLock { $0.finished } }
+
+    func info(title: String, writer: Bool, offset: UInt64, skipped: UInt64) -> SessionInfo {
+        SessionInfo(title: title, session: id, secret: writer ? writeSecret : nil, readSecret: readSecret,
+                    offset: offset, skipped: skipped)
+    }
+}
