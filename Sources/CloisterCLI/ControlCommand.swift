@@ -9,7 +9,7 @@ import SystemPackage
 struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
-        subcommands: [Status.self, Workers.self])
+        subcommands: [Status.self, Workers.self, Sessions.self, Kick.self, HangUp.self])
 
     /// Root's supervisor (the systemd unit) uses /run/cloister; anyone else's, a directory
     /// of their own: $XDG_RUNTIME_DIR/cloister, else /tmp/cloister-UID.
@@ -69,6 +69,70 @@ struct ControlCommand: ParsableCommand {
         }
     }
 
+    /// Prints `rows` under `header`, each column as wide as its widest cell.
+    static func table(_ header: [String], _ rows: [[String]]) {
+        let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
+        for row in [header] + rows {
+            print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces))
+        }
+    }
+
+    struct Sessions: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Each session: id, command, shell, age, clients (worker, mode, lag), bytes out, ring, slow-consumer events.")
+        @OptionGroup var options: Options
+
+        func run() throws {
+            guard let s = try ControlCommand.fetch("sessions", options, as: ControlServer.Sessions.self) else { return }
+            let header = ["SESSION", "COMMAND", "SHELL", "AGE", "CLIENTS", "BYTES-OUT", "RING", "SLOW", "IGNORED"]
+            let rows = s.sessions.map { r -> [String] in
+                let clients = r.clients.isEmpty ? "-" : r.clients.map { "\($0.client):w\($0.worker):\($0.mode):lag=\($0.lagBytes)" }.joined(separator: ",")
+                return [r.id, r.command, String(r.shellPid), "\(r.ageSeconds)s", clients, String(r.bytesOut),
+                        "\(r.ringBytes)/\(r.ringCapacity)", String(r.slowConsumerEvents), String(r.ignoredInputs)]
+            }
+            ControlCommand.table(header, rows)
+        }
+    }
+
+    struct Kick: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Disconnect one client of a session, or all of them; the session lingers.")
+        @OptionGroup var options: Options
+        @Argument(help: "The session's id (cloister ctl sessions).") var session: String
+        @Argument(help: "The client's number; without it, every client.") var client: UInt32?
+
+        func validate() throws {
+            guard session.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !session.isEmpty else {
+                throw ValidationError("\"\(session)\" is not a session id")
+            }
+        }
+
+        func run() throws {
+            guard let done = try ControlCommand.fetch("kick \(session)" + (client.map { " \($0)" } ?? ""), options,
+                                                      as: ControlServer.Done.self) else { return }
+            guard done.found else { throw ValidationError("no session \(session)\(client.map { " with client \($0)" } ?? "")") }
+        }
+    }
+
+    struct HangUp: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "hangup", abstract: "End a session: its terminal is closed and the shell gets SIGHUP.")
+        @OptionGroup var options: Options
+        @Argument(help: "The session's id (cloister ctl sessions).") var session: String
+
+        func validate() throws {
+            guard session.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !session.isEmpty else {
+                throw ValidationError("\"\(session)\" is not a session id")
+            }
+        }
+
+        func run() throws {
+            guard let done = try ControlCommand.fetch("hangup \(session)", options, as: ControlServer.Done.self) else { return }
+            guard done.found else { throw ValidationError("no session \(session)") }
+        }
+    }
+
     struct Workers: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Each worker: pid, state, uptime, restarts, heartbeat, sandbox.")
         @OptionGroup var options: Options
@@ -83,11 +147,7 @@ struct ControlCommand: ParsableCommand {
                  r.seccomp.map(String.init) ?? "-", r.noNewPrivileges.map { $0 ? "1" : "0" } ?? "-", r.capEff ?? "-",
                  r.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-"]
             }
-            let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
-            for row in [header] + rows {
-                print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                    .trimmingCharacters(in: .whitespaces))
-            }
+            ControlCommand.table(header, rows)
         }
     }
 }

@@ -170,6 +170,8 @@ struct FieldReader<Kind> {
         return text
     }
 
+    var atEnd: Bool { offset == body.endIndex }
+
     /// The body must have been read to its end.
     func done() throws(LinkMessageError) {
         guard offset == body.endIndex else { throw malformed }

@@ -1,6 +1,7 @@
 /// Supervisor → vault, each the first and only message of a conversation the supervisor
 /// opens; the vault ends the conversation once it has acted on it. `.configure` comes first,
-/// then `.nurseryLink`, then one `.workerLink` per worker.
+/// then `.nurseryLink`, then one `.workerLink` per worker. The session requests (for
+/// `cloister ctl`) are answered with `VaultToSupervisor` before the end.
 public enum SupervisorToVault: LinkMessage {
     /// The credential clients must present (ttyd's AuthToken form), or nil to let everyone in.
     case configure(credential: [UInt8]?)
@@ -8,8 +9,14 @@ public enum SupervisorToVault: LinkMessage {
     case nurseryLink
     /// With the vault's end of a transport to worker `worker` (`Link.workerVault`).
     case workerLink(worker: UInt32)
+    /// Every session, as `VaultToSupervisor.sessions` pages.
+    case listSessions
+    /// End one client's attachment (or, without one, every client's); the session lingers.
+    case kick(session: String, client: UInt32?)
+    /// End a session: its terminal is closed, the shell gets SIGHUP.
+    case hangUp(session: String)
 
-    enum Kind: UInt8 { case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57 }
+    enum Kind: UInt8 { case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57, listSessions = 0x6c, kick = 0x6b, hangUp = 0x68 }
 
     public var encoded: [UInt8] {
         switch self {
@@ -22,12 +29,22 @@ public enum SupervisorToVault: LinkMessage {
             var w = FieldWriter(kind: Kind.workerLink.rawValue)
             w.u32(worker)
             return w.bytes
+        case .listSessions: return [Kind.listSessions.rawValue]
+        case .kick(let session, let client):
+            var w = FieldWriter(kind: Kind.kick.rawValue)
+            w.short(Array(session.utf8.prefix(LinkLimits.sessionField)))
+            if let client { w.u32(client) }
+            return w.bytes
+        case .hangUp(let session):
+            var w = FieldWriter(kind: Kind.hangUp.rawValue)
+            w.short(Array(session.utf8.prefix(LinkLimits.sessionField)))
+            return w.bytes
         }
     }
 
     public var descriptorCount: Int {
         switch self {
-        case .configure: return 0
+        case .configure, .listSessions, .kick, .hangUp: return 0
         case .nurseryLink, .workerLink: return 1
         }
     }
@@ -49,6 +66,122 @@ public enum SupervisorToVault: LinkMessage {
         case .workerLink:
             try Self.expect(1, descriptors, kind: kind)
             self = .workerLink(worker: try r.u32())
+        case .listSessions:
+            try Self.expect(0, descriptors, kind: kind)
+            self = .listSessions
+        case .kick:
+            try Self.expect(0, descriptors, kind: kind)
+            let session = String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self)
+            self = .kick(session: session, client: r.atEnd ? nil : try r.u32())
+        case .hangUp:
+            try Self.expect(0, descriptors, kind: kind)
+            self = .hangUp(session: String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self))
+        }
+        try r.done()
+    }
+}
+
+/// What `cloister ctl sessions` shows of one session. No secret ever travels here.
+public struct SessionSummary: Sendable, Equatable {
+    public struct Client: Sendable, Equatable {
+        public var client: UInt32
+        public var worker: UInt32
+        public var writer: Bool
+        /// Output bytes the session has and this client has not been sent yet.
+        public var lag: UInt64
+
+        public init(client: UInt32, worker: UInt32, writer: Bool, lag: UInt64) {
+            (self.client, self.worker, self.writer, self.lag) = (client, worker, writer, lag)
+        }
+    }
+
+    public var id: String
+    public var shell: Int32
+    public var ageSeconds: UInt32
+    public var bytesOut: UInt64
+    public var ringHeld: UInt32
+    public var ringCapacity: UInt32
+    public var slowConsumerEvents: UInt32
+    public var ignored: UInt32
+    public var clients: [Client]
+
+    public init(id: String, shell: Int32, ageSeconds: UInt32, bytesOut: UInt64, ringHeld: UInt32, ringCapacity: UInt32,
+                slowConsumerEvents: UInt32, ignored: UInt32, clients: [Client]) {
+        (self.id, self.shell, self.ageSeconds, self.bytesOut, self.ringHeld, self.ringCapacity) = (id, shell, ageSeconds, bytesOut, ringHeld, ringCapacity)
+        (self.slowConsumerEvents, self.ignored, self.clients) = (slowConsumerEvents, ignored, clients)
+    }
+}
+
+/// Vault → supervisor: the answers to the session requests.
+public enum VaultToSupervisor: LinkMessage {
+    /// A page of sessions; more pages may follow until the vault ends the conversation.
+    case sessions([SessionSummary])
+    /// Whether the session (and client) named existed.
+    case done(found: Bool)
+
+    /// Sessions per page, so that a page stays well within a message.
+    public static let pageSize = 200
+
+    enum Kind: UInt8 { case sessions = 0x73, done = 0x64 }
+
+    public var encoded: [UInt8] {
+        switch self {
+        case .sessions(let list):
+            var w = FieldWriter(kind: Kind.sessions.rawValue)
+            w.u16(UInt16(list.count))
+            for s in list {
+                w.short(Array(s.id.utf8.prefix(LinkLimits.sessionField)))
+                w.u32(UInt32(bitPattern: s.shell))
+                w.u32(s.ageSeconds)
+                w.u64(s.bytesOut)
+                w.u32(s.ringHeld)
+                w.u32(s.ringCapacity)
+                w.u32(s.slowConsumerEvents)
+                w.u32(s.ignored)
+                w.u16(UInt16(min(s.clients.count, Int(UInt16.max))))
+                for c in s.clients.prefix(Int(UInt16.max)) {
+                    w.u32(c.client)
+                    w.u32(c.worker)
+                    w.rest([c.writer ? 1 : 0])
+                    w.u64(c.lag)
+                }
+            }
+            return w.bytes
+        case .done(let found): return [Kind.done.rawValue, found ? 1 : 0]
+        }
+    }
+
+    public var descriptorCount: Int { 0 }
+
+    public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
+        var r = try FieldReader<Kind>(payload, of: "VaultToSupervisor")
+        let kind = r.kind
+        try Self.expect(0, descriptors, kind: kind)
+        switch kind {
+        case .sessions:
+            let count = Int(try r.u16())
+            guard count <= Self.pageSize else { throw r.malformed }
+            var list: [SessionSummary] = []
+            for _ in 0..<count {
+                let id = String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self)
+                let shell = Int32(bitPattern: try r.u32())
+                let age = try r.u32(), bytes = try r.u64(), held = try r.u32(), capacity = try r.u32()
+                let slow = try r.u32(), ignored = try r.u32()
+                var clients: [SessionSummary.Client] = []
+                for _ in 0..<Int(try r.u16()) {
+                    let client = try r.u32(), worker = try r.u32()
+                    let writer = try r.u8()
+                    guard writer <= 1 else { throw r.malformed }
+                    clients.append(.init(client: client, worker: worker, writer: writer == 1, lag: try r.u64()))
+                }
+                list.append(SessionSummary(id: id, shell: shell, ageSeconds: age, bytesOut: bytes, ringHeld: held,
+                                           ringCapacity: capacity, slowConsumerEvents: slow, ignored: ignored, clients: clients))
+            }
+            self = .sessions(list)
+        case .done:
+            let found = try r.u8()
+            guard found <= 1 else { throw r.malformed }
+            self = .done(found: found == 1)
         }
         try r.done()
     }

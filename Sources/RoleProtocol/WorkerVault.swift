@@ -136,6 +136,8 @@ public enum VaultToWorker: LinkMessage {
         case noTerminal = 3
         /// A slow client, by the operator's policy, is disconnected rather than re-synchronised.
         case tooSlow = 4
+        /// The operator ended this client's attachment (`cloister ctl kick`).
+        case kicked = 5
     }
 
     enum Kind: UInt8 { case accepted = 0x59, attached = 0x54, refused = 0x44, output = 0x6f, resynced = 0x52, exited = 0x78 }

@@ -2,6 +2,7 @@ import Circuits
 import Foundation
 import Logging
 import Processes
+import RoleProtocol
 import Sandbox
 import Synchronization
 import SystemCalls
@@ -14,8 +15,9 @@ import Glibc
 /// The control socket: a unix stream socket, mode 0600, that answers one request per
 /// connection. Only a peer with this process's uid, or root, is served (SO_PEERCRED).
 ///
-/// Protocol (version 1): the client sends one line, `status` or `workers`, and reads one
-/// JSON document until the server closes. Errors are `{"version": 1, "error": "…"}`.
+/// Protocol (version 1): the client sends one line (`status`, `workers`, `sessions`,
+/// `kick SESSION [CLIENT]` or `hangup SESSION`) and reads one JSON document until the server
+/// closes. Errors are `{"version": 1, "error": "…"}`.
 public final class ControlServer: Sendable {
     public static let protocolVersion = 1
 
@@ -52,16 +54,54 @@ public final class ControlServer: Sendable {
         public var workers: [WorkerReport]
     }
 
+    public struct SessionReport: Codable, Sendable {
+        public struct Client: Codable, Sendable {
+            public var client: UInt32
+            public var worker: UInt32
+            /// "writer" or "viewer".
+            public var mode: String
+            /// Output bytes the session has that this client has not been sent yet.
+            public var lagBytes: UInt64
+        }
+        public var id: String
+        public var command: String
+        public var shellPid: Int32
+        public var ageSeconds: UInt32
+        public var clients: [Client]
+        public var bytesOut: UInt64
+        public var ringBytes: UInt32
+        public var ringCapacity: UInt32
+        public var slowConsumerEvents: UInt32
+        public var ignoredInputs: UInt32
+    }
+
+    public struct Sessions: Codable, Sendable {
+        public var version: Int
+        public var sessions: [SessionReport]
+    }
+
+    public struct Done: Codable, Sendable {
+        public var version: Int
+        public var found: Bool
+    }
+
     private let listener: UnixSocket.Listener
     private let pool: RolePool
     private let vault: RolePool?
+    private let sessions: SessionControl?
     private let logger: Logger
     private let stopped = Mutex(false)
 
-    public init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws(SystemCallError) {
+    /// A control socket for `pool` (and `vault`) alone, answering no session requests.
+    public convenience init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws(SystemCallError) {
+        try self.init(path: path, pool: pool, vault: vault, sessions: nil, logger: logger)
+    }
+
+    init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, logger: Logger) throws(SystemCallError) {
         listener = try UnixSocket.listen(path: path, kind: .stream)
         self.pool = pool
         self.vault = vault
+        self.sessions = sessions
         self.logger = logger
         Task.detached { [self] in _ = try? await onOwnThread { self.serve() } }
     }
@@ -111,9 +151,43 @@ public final class ControlServer: Sendable {
                                      vault: vault?.slots.first.map(Self.report)))
         case "workers":
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))
-        case let other:
-            reply(connection, error: "unknown request \"\(other.prefix(64))\" (expected status or workers)")
+        case let line:
+            let words = line.split(separator: " ").map(String.init)
+            do {
+                switch (words.first, words.count) {
+                case ("sessions", 1):
+                    let list = try sessionControl().list()
+                    let command = sessions?.command ?? ""
+                    reply(connection, Sessions(version: Self.protocolVersion, sessions: list.map { Self.report($0, command: command) }))
+                case ("kick", 2), ("kick", 3):
+                    let client = words.count == 3 ? UInt32(words[2]) : nil
+                    guard words.count == 2 || client != nil else { return reply(connection, error: "\"\(words[2])\" is not a client number") }
+                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().kick(words[1], client: client)))
+                case ("hangup", 2):
+                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().hangUp(words[1])))
+                default:
+                    reply(connection, error: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, kick SESSION [CLIENT] or hangup SESSION)")
+                }
+            } catch {
+                reply(connection, error: "\(error)")
+            }
         }
+    }
+
+    private struct NoSessions: Error, CustomStringConvertible {
+        var description: String { "this server keeps no sessions" }
+    }
+
+    private func sessionControl() throws -> SessionControl {
+        guard let sessions else { throw NoSessions() }
+        return sessions
+    }
+
+    static func report(_ s: SessionSummary, command: String) -> SessionReport {
+        SessionReport(id: s.id, command: command, shellPid: s.shell, ageSeconds: s.ageSeconds,
+                      clients: s.clients.map { .init(client: $0.client, worker: $0.worker, mode: $0.writer ? "writer" : "viewer", lagBytes: $0.lag) },
+                      bytesOut: s.bytesOut, ringBytes: s.ringHeld, ringCapacity: s.ringCapacity,
+                      slowConsumerEvents: s.slowConsumerEvents, ignoredInputs: s.ignored)
     }
 
     static func report(_ w: RolePool.SlotStatus) -> WorkerReport {

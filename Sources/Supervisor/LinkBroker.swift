@@ -173,6 +173,46 @@ final class LinkBroker: Sendable {
         }
     }
 
+    // MARK: Sessions, for the control socket
+
+    public enum SessionRequestError: Error, CustomStringConvertible {
+        case noVault
+        case unexpectedReply
+        public var description: String {
+            switch self {
+            case .noVault: return "no vault is running"
+            case .unexpectedReply: return "the vault answered something else"
+            }
+        }
+    }
+
+    private var currentVault: RolePool.Instance? { state.withLock { $0.vault } }
+
+    /// Every session the vault keeps.
+    func sessions() async throws -> [SessionSummary] {
+        guard let vault = currentVault else { throw SessionRequestError.noVault }
+        let circuit = try vault.transport.open()
+        try await circuit.send(SupervisorToVault.listSessions, end: true)
+        var all: [SessionSummary] = []
+        while let page = try await circuit.receive(VaultToSupervisor.self) {
+            guard case .sessions(let list) = page.message else { throw SessionRequestError.unexpectedReply }
+            all += list
+            if page.isEnd { break }
+        }
+        return all
+    }
+
+    /// Sends a kick or hang-up; whether the session (and client) existed.
+    func sessionRequest(_ request: SupervisorToVault) async throws -> Bool {
+        guard let vault = currentVault else { throw SessionRequestError.noVault }
+        let circuit = try vault.transport.open()
+        try await circuit.send(request, end: true)
+        guard case .done(let found)? = try await circuit.receive(VaultToSupervisor.self)?.message else {
+            throw SessionRequestError.unexpectedReply
+        }
+        return found
+    }
+
     /// One socketpair: one end to the vault, the other to the worker.
     private func link(_ worker: RolePool.Instance, to vault: RolePool.Instance) async throws {
         let (vaultEnd, workerEnd) = try SocketCalls.socketPair(.seqpacket)

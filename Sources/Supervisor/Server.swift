@@ -99,9 +99,10 @@ public final class Server: Sendable {
             nursery: .init(executable: c.executable, user: c.user, group: c.group, command: c.command, login: c.login),
             credential: c.credential, logger: logger)
         let (workerPool, vaultPool) = (workers, vault)
+        let sessions = SessionControl(broker: broker, command: c.command.joined(separator: " "))
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
-                try ControlServer(path: path, pool: workerPool, vault: vaultPool, logger: logger)
+                try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions, logger: logger)
             }
         } catch {
             for listener in bound { try? listener.descriptor.close() }

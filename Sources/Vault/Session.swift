@@ -58,14 +58,23 @@ final class Session: Sendable {
         var epoch = 0
         var ignored = 0
         var slowConsumerEvents = 0
-        /// Each attached writer's offset; the ring never drops what the slowest has not read.
-        var writerCursors: [Int: UInt64] = [:]
+        /// The attached clients; the ring never drops what the slowest writer has not read.
+        var clients: [Int: Client] = [:]
         var nextClient = 0
         /// The PTY reader, waiting for the slowest writer to catch up.
         var reader: CheckedContinuation<Void, Never>?
 
-        var slowestWriter: UInt64? { writerCursors.values.min() }
+        var slowestWriter: UInt64? { clients.values.lazy.filter(\.writer).map(\.cursor).min() }
         var writersCaughtUp: Bool { slowestWriter.map { ring.end - $0 < UInt64(ring.capacity) } ?? true }
+    }
+
+    /// One attached client, as the operator sees it.
+    struct Client {
+        var worker: UInt32
+        var writer: Bool
+        var cursor: UInt64
+        /// Ends the client's attachment (the operator's kick).
+        var kick: @Sendable () -> Void
     }
 
     init(shell: Int32, master: SystemPackage.FileDescriptor, ringBytes: Int) {
@@ -212,7 +221,8 @@ final class Session: Sendable {
     /// A client attaches, wanting output from `offset`: it starts there if the ring holds it
     /// (clamped to what exists), at the oldest byte held otherwise or without an offset.
     /// Returns its number (for `advance` and `detached`), where it starts and what it missed.
-    func attached(writer: Bool, from offset: UInt64?) -> (client: Int, offset: UInt64, skipped: UInt64) {
+    func attached(writer: Bool, worker: UInt32, from offset: UInt64?,
+                  kick: @escaping @Sendable () -> Void) -> (client: Int, offset: UInt64, skipped: UInt64) {
         state.withLock { s in
             let start: UInt64, skipped: UInt64
             if let offset, offset >= s.ring.start {
@@ -223,26 +233,49 @@ final class Session: Sendable {
             if writer { s.writers += 1 } else { s.viewers += 1 }
             s.epoch += 1
             defer { s.nextClient += 1 }
-            if writer { s.writerCursors[s.nextClient] = start }
+            s.clients[s.nextClient] = Client(worker: worker, writer: writer, cursor: start, kick: kick)
             return (s.nextClient, start, skipped)
         }
     }
 
-    /// A writer has read up to `offset`.
+    /// A client has read up to `offset`.
     func advance(_ client: Int, to offset: UInt64) {
         let reader = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            guard s.writerCursors[client] != nil else { return nil }
-            s.writerCursors[client] = offset
-            return Self.releaseReader(&s)
+            guard let writer = s.clients[client]?.writer else { return nil }
+            s.clients[client]!.cursor = offset
+            return writer ? Self.releaseReader(&s) : nil
         }
         reader?.resume()
+    }
+
+    /// Ends one client's attachment, or every client's; false when there is no such client.
+    func kick(_ client: Int?) -> Bool {
+        let kicks = state.withLock { s in
+            s.clients.filter { client == nil || $0.key == client }.map(\.value.kick)
+        }
+        for kick in kicks { kick() }
+        return !kicks.isEmpty || client == nil
+    }
+
+    /// What `cloister ctl sessions` shows. No secret.
+    func summary() -> SessionSummary {
+        state.withLock { s in
+            SessionSummary(
+                id: id, shell: shell, ageSeconds: UInt32(clamping: (ContinuousClock.now - created).components.seconds),
+                bytesOut: s.ring.end, ringHeld: UInt32(clamping: s.ring.heldBytes), ringCapacity: UInt32(clamping: s.ring.capacity),
+                slowConsumerEvents: UInt32(clamping: s.slowConsumerEvents), ignored: UInt32(clamping: s.ignored),
+                clients: s.clients.sorted { $0.key < $1.key }.map { key, client in
+                    SessionSummary.Client(client: UInt32(clamping: key), worker: client.worker, writer: client.writer,
+                                          lag: s.ring.end - client.cursor)
+                })
+        }
     }
 
     /// Returns the epoch to linger from when this was the last client, nil otherwise.
     func detached(_ client: Int, writer: Bool) -> Int? {
         let (epoch, reader) = state.withLock { s -> (Int?, CheckedContinuation<Void, Never>?) in
             if writer { s.writers -= 1 } else { s.viewers -= 1 }
-            s.writerCursors[client] = nil
+            s.clients[client] = nil
             s.epoch += 1
             return (s.writers + s.viewers == 0 && !s.finished ? s.epoch : nil, Self.releaseReader(&s))
         }
@@ -261,5 +294,31 @@ final class Session: Sendable {
     func info(title: String, writer: Bool, offset: UInt64, skipped: UInt64) -> SessionInfo {
         SessionInfo(title: title, session: id, secret: writer ? writeSecret : nil, readSecret: readSecret,
                     offset: offset, skipped: skipped)
+    }
+}
+
+/// The operator's kick for one attachment: pulled once; whatever is armed runs then (or at
+/// once, if armed after the pull).
+final class KickSwitch: Sendable {
+    private let state = Mutex<(pulled: Bool, action: (@Sendable () -> Void)?)>((false, nil))
+
+    var pulled: Bool { state.withLock { $0.pulled } }
+
+    func pull() {
+        let action = state.withLock { s -> (@Sendable () -> Void)? in
+            s.pulled = true
+            defer { s.action = nil }
+            return s.action
+        }
+        action?()
+    }
+
+    func arm(_ action: @escaping @Sendable () -> Void) {
+        let now = state.withLock { s -> Bool in
+            if s.pulled { return true }
+            s.action = action
+            return false
+        }
+        if now { action() }
     }
 }

@@ -86,6 +86,26 @@ public final class Vault: Sendable {
                 logger.error("nursery link failed", metadata: ["error": "\(error)"])
             }
             try? await circuit.send([], end: true)
+        case .listSessions:
+            let sessions = state.withLock { $0.sessions.values.sorted { $0.created < $1.created } }
+            let summaries = sessions.map { $0.summary() }
+            var page = 0
+            repeat {
+                let slice = Array(summaries.dropFirst(page * VaultToSupervisor.pageSize).prefix(VaultToSupervisor.pageSize))
+                guard (try? await circuit.send(VaultToSupervisor.sessions(slice))) != nil else { break }
+                page += 1
+            } while page * VaultToSupervisor.pageSize < summaries.count
+            try? await circuit.send([], end: true)
+        case .kick(let id, let client):
+            let session = state.withLock { $0.sessions[id] }
+            let found = session?.kick(client.map(Int.init)) ?? false
+            logger.info("kick", metadata: ["session": "\(id)", "client": "\(client.map { "\($0)" } ?? "all")", "found": "\(found)"])
+            try? await circuit.send(VaultToSupervisor.done(found: found), end: true)
+        case .hangUp(let id):
+            let session = state.withLock { $0.sessions[id] }
+            session?.hangUp()
+            logger.info("hang-up", metadata: ["session": "\(id)", "found": "\(session != nil)"])
+            try? await circuit.send(VaultToSupervisor.done(found: session != nil), end: true)
         case .workerLink(let worker):
             let socket = received.descriptors!.take(0)!
             try? await circuit.send([], end: true)
@@ -94,7 +114,7 @@ public final class Vault: Sendable {
             do {
                 let link = try await Link.workerVault.start(socket: socket, side: .acceptor)
                 log.info("worker linked")
-                await serve(worker: link, logger: log)
+                await serve(worker: link, id: worker, logger: log)
                 log.info("worker link closed", metadata: ["reason": "\(link.failure.map { "\($0)" } ?? "closed")"])
             } catch {
                 log.error("worker link failed", metadata: ["error": "\(error)"])
@@ -102,10 +122,10 @@ public final class Vault: Sendable {
         }
     }
 
-    private func serve(worker link: RoleTransport, logger: Logger) async {
+    private func serve(worker link: RoleTransport, id worker: UInt32, logger: Logger) async {
         await withTaskGroup(of: Void.self) { group in
             while let circuit = try? await link.accept() {
-                group.addTask { await self.attachment(circuit, logger: logger) }
+                group.addTask { await self.attachment(circuit, worker: worker, logger: logger) }
             }
             group.cancelAll()
         }
@@ -124,7 +144,7 @@ public final class Vault: Sendable {
         return false
     }
 
-    private func attachment(_ circuit: RoleCircuit, logger: Logger) async {
+    private func attachment(_ circuit: RoleCircuit, worker: UInt32, logger: Logger) async {
         let first: WorkerToVault?
         do {
             first = try await circuit.receive(WorkerToVault.self)?.message
@@ -161,7 +181,7 @@ public final class Vault: Sendable {
                 }
                 writer = !request.readonly
             }
-            await serve(circuit, on: session, writer: writer, offset: request.offset, logger: logger)
+            await serve(circuit, on: session, writer: writer, worker: worker, offset: request.offset, logger: logger)
         case .input, .resize, .pause, .resume:
             logger.error("an attachment began without attach or check", metadata: ["first": "\(first!)"])
             try? await circuit.send(VaultToWorker.refused(.malformedRequest), end: true)
@@ -287,17 +307,21 @@ public final class Vault: Sendable {
         logger.info("session ended", metadata: ["shell_exit": "\(exit.map { "\($0)" } ?? "unknown")", "open_sessions": "\(left)"])
     }
 
-    enum Ending: String { case shellExited = "shell exited", clientLeft = "client left", tooSlow = "too slow" }
+    enum Ending: String { case shellExited = "shell exited", clientLeft = "client left", tooSlow = "too slow", kicked = "kicked" }
 
     /// One client on a session: output from its offset one way, its commands the other (a
     /// viewer's are ignored and counted), until the shell exits, the client leaves, or (by
     /// the operator's policy) it falls behind what the ring holds.
-    private func serve(_ circuit: RoleCircuit, on session: Session, writer: Bool, offset: UInt64?, logger: Logger) async {
+    private func serve(_ circuit: RoleCircuit, on session: Session, writer: Bool, worker: UInt32, offset: UInt64?,
+                       logger: Logger) async {
         var log = logger
         log[metadataKey: "session"] = "\(session.id)"
         log[metadataKey: "mode"] = "\(writer ? "writer" : "viewer")"
-        let start = session.attached(writer: writer, from: offset)
+        // The operator's kick cancels the attachment's work; the vault then says why.
+        let kicked = KickSwitch()
+        let start = session.attached(writer: writer, worker: worker, from: offset) { kicked.pull() }
         let client = start.client
+        log[metadataKey: "client"] = "\(client)"
         let open = state.withLock { s in
             s.attachments += 1
             return s.attachments
@@ -309,7 +333,7 @@ public final class Vault: Sendable {
         do {
             try await circuit.send(VaultToWorker.attached(session.info(title: title, writer: writer, offset: start.offset,
                                                                        skipped: start.skipped)))
-            ending = await withTaskGroup(of: Ending.self) { group in
+            let work = Task { await withTaskGroup(of: Ending.self) { group in
                 group.addTask {
                     var cursor = start.offset
                     while true {
@@ -355,6 +379,14 @@ public final class Vault: Sendable {
                 let first = await group.next() ?? .clientLeft
                 group.cancelAll()
                 return first
+            } }
+            kicked.arm { work.cancel() }
+            let outcome = await work.value
+            if kicked.pulled {
+                try? await circuit.send(VaultToWorker.refused(.kicked), end: true)
+                ending = .kicked
+            } else {
+                ending = outcome
             }
         } catch {
             log.error("attachment failed", metadata: ["error": "\(error)"])

@@ -58,9 +58,13 @@ struct TerminalSession {
                         await Self.close(outbound, .normal, "\(exit)")
                         channel.close(promise: nil)
                         return
-                    case .refused:
-                        // Too slow for the session, by the operator's policy: it may resume.
-                        await Self.close(outbound, .tryAgainLater, "fell behind the session")
+                    case .refused(let refusal):
+                        if refusal == .kicked {
+                            await Self.close(outbound, .normal, "disconnected by the operator")
+                        } else {
+                            // Too slow for the session, by the operator's policy: it may resume.
+                            await Self.close(outbound, .tryAgainLater, "fell behind the session")
+                        }
                         channel.close(promise: nil)
                         return
                     case .accepted, .attached:

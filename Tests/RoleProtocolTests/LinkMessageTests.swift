@@ -7,7 +7,14 @@ final class LinkMessageTests: XCTestCase {
     static let supervisorToWorker: [SupervisorToWorker] = [.client, .vaultLink(worker: 0), .vaultLink(worker: .max)]
     static let supervisorToVault: [SupervisorToVault] = [
         .configure(credential: nil), .configure(credential: []), .configure(credential: Array("dTpw".utf8)),
-        .nurseryLink, .workerLink(worker: 7),
+        .nurseryLink, .workerLink(worker: 7), .listSessions, .kick(session: "abc", client: nil), .kick(session: "abc", client: 3),
+        .hangUp(session: "abc"),
+    ]
+    static let vaultToSupervisor: [VaultToSupervisor] = [
+        .sessions([]), .done(found: true), .done(found: false),
+        .sessions([SessionSummary(id: "abc", shell: 42, ageSeconds: 9, bytesOut: 1 << 33, ringHeld: 100, ringCapacity: 1 << 20,
+                                  slowConsumerEvents: 1, ignored: 2,
+                                  clients: [.init(client: 0, worker: 1, writer: true, lag: 0), .init(client: 5, worker: 0, writer: false, lag: 77)])]),
     ]
     static let workerToVault: [WorkerToVault] = [
         .check(token: []), .check(token: Array("dTpw".utf8)),
@@ -39,6 +46,7 @@ final class LinkMessageTests: XCTestCase {
     func testEveryMessageRoundTrips() {
         assertRoundTrips(Self.supervisorToWorker)
         assertRoundTrips(Self.supervisorToVault)
+        assertRoundTrips(Self.vaultToSupervisor)
         assertRoundTrips(Self.workerToVault)
         assertRoundTrips(Self.vaultToWorker)
         assertRoundTrips(Self.vaultToNursery)
@@ -155,6 +163,7 @@ final class LinkMessageTests: XCTestCase {
         }
         mangle(Self.supervisorToWorker)
         mangle(Self.supervisorToVault)
+        mangle(Self.vaultToSupervisor)
         mangle(Self.workerToVault)
         mangle(Self.vaultToWorker)
         mangle(Self.vaultToNursery)

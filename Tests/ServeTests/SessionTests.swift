@@ -141,4 +141,59 @@ final class SessionTests: XCTestCase {
         let late = try join(server, session: info.session, secret: info.secret)
         XCTAssertEqual(try late.awaitClose().code, 1008, "a session that ended cannot be joined")
     }
+
+    /// `cloister ctl ARGS --socket …`: exit status and output.
+    private func ctl(_ server: ServedCloister, _ arguments: [String]) throws -> (ChildProcess.Termination, String) {
+        let pipe = try makePipe()
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["ctl"] + arguments + ["--socket", server.controlSocket],
+                                           output: pipe.write)
+        try pipe.write.close()
+        let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
+        try pipe.read.close()
+        return (try child.wait(), text)
+    }
+
+    func testTheOperatorListsKicksAndHangsUpSessionsAndNeverSeesASecret() throws {
+        let server = try ServedCloister.start(workers: 2)
+        let writer = try join(server)
+        let info = try writer.awaitSession()
+        let viewer = try join(server, session: info.session, secret: info.read_secret)
+        try viewer.awaitSession()
+        try writer.input("echo listed-$((2+5))\r")
+        try viewer.readOutput { $0.contains("listed-7") }
+
+        let (status, json) = try ctl(server, ["sessions", "--json"])
+        XCTAssertEqual(status, .exited(0), json)
+        XCTAssertFalse(json.contains(info.secret!) || json.contains(info.read_secret), "no secret on the control socket: \(json)")
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let sessions = try XCTUnwrap(object["sessions"] as? [[String: Any]])
+        XCTAssertEqual(sessions.count, 1)
+        XCTAssertEqual(sessions[0]["id"] as? String, info.session)
+        XCTAssertEqual(sessions[0]["command"] as? String, "/bin/sh")
+        let clients = try XCTUnwrap(sessions[0]["clients"] as? [[String: Any]])
+        XCTAssertEqual(clients.compactMap { $0["mode"] as? String }.sorted(), ["viewer", "writer"])
+        XCTAssertGreaterThan(sessions[0]["bytes_out"] as? Int ?? 0, 0)
+        let (_, table) = try ctl(server, ["sessions"])
+        XCTAssertTrue(table.hasPrefix("SESSION"), table)
+        XCTAssertTrue(table.contains(info.session), table)
+
+        // Kicking the viewer ends its connection; the session and its writer go on.
+        let viewerClient = try XCTUnwrap(clients.first { $0["mode"] as? String == "viewer" }?["client"] as? Int)
+        XCTAssertEqual(try ctl(server, ["kick", info.session, "\(viewerClient)"]).0, .exited(0))
+        let kicked = try viewer.awaitClose()
+        XCTAssertEqual(kicked.code, 1000)
+        XCTAssertEqual(kicked.reason, "disconnected by the operator")
+        try writer.input("echo still-$((3+5))\r")
+        try writer.readOutput { $0.contains("still-8") }
+        let (missing, refusal) = try ctl(server, ["kick", "no-such-session"])
+        XCTAssertNotEqual(missing, .exited(0))
+        XCTAssertTrue(refusal.contains("no session no-such-session"), refusal)
+
+        // Hanging up ends the session for its writer with the shell's end.
+        XCTAssertEqual(try ctl(server, ["hangup", info.session]).0, .exited(0))
+        let ended = try writer.awaitClose()
+        XCTAssertEqual(ended.code, 1000)
+        XCTAssertTrue(ended.reason.contains("signal \(SIGHUP)"), ended.reason)
+        XCTAssertTrue(eventually(10) { (try? self.ctl(server, ["sessions", "--json"]).1.contains("\"sessions\":[]")) ?? false })
+    }
 }

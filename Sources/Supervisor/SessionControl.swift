@@ -1,0 +1,47 @@
+import Dispatch
+import RoleProtocol
+import Synchronization
+
+/// The vault's sessions as the control socket reaches them: asked through the `LinkBroker`
+/// (which knows the running vault), from the control socket's own thread.
+struct SessionControl: Sendable {
+    let broker: LinkBroker
+    /// The command every session runs, for the listing.
+    let command: String
+
+    func list() throws -> [SessionSummary] { try blocking { try await broker.sessions() } }
+
+    func kick(_ session: String, client: UInt32?) throws -> Bool {
+        try blocking { try await broker.sessionRequest(.kick(session: session, client: client)) }
+    }
+
+    func hangUp(_ session: String) throws -> Bool {
+        try blocking { try await broker.sessionRequest(.hangUp(session: session)) }
+    }
+
+    struct TimedOut: Error, CustomStringConvertible {
+        var description: String { "the vault did not answer within 5 s" }
+    }
+
+    /// Runs `body` and waits for it on this (dedicated, blocking) thread, at most 5 s.
+    private func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<Result<T, Error>?>(nil)
+        let task = Task {
+            let outcome = await Result(catching: body)
+            result.withLock { $0 = outcome }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + 5) == .success else {
+            task.cancel()
+            throw TimedOut()
+        }
+        return try result.withLock { $0! }.get()
+    }
+}
+
+extension Result where Failure == Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
+    }
+}
