@@ -1,5 +1,6 @@
 import Foundation
 import Processes
+import Synchronization
 import TerminalClient
 import TestSupport
 import XCTest
@@ -203,5 +204,68 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(ended.code, 1000)
         XCTAssertTrue(ended.reason.contains("signal \(SIGHUP)"), ended.reason)
         XCTAssertTrue(eventually(10) { (try? self.ctl(server, ["sessions", "--json"]).1.contains("\"sessions\":[]")) ?? false })
+    }
+
+    /// A client handed to the one thread that reads it.
+    private final class Handed: @unchecked Sendable {
+        let client: TerminalClient
+        init(_ client: TerminalClient) { self.client = client }
+    }
+
+    /// Counts `byte` in everything a client reads until `marker`.
+    private static func count(_ byte: UInt8, readingUntil marker: String, _ client: TerminalClient) throws -> Int {
+        try client.readOutput(untilMarker: marker).reduce(0) { $0 + ($1 == byte ? 1 : 0) }
+    }
+
+    /// A viewer that stops reading while the shell prints 50 MB: the writer and the other
+    /// viewer get every byte, and the slow one is re-synchronised (the default policy). The
+    /// ring (16 MiB here) is what a reading viewer may fall behind the writer by, scheduling
+    /// jitter included, before it too counts as slow.
+    func testASlowViewerIsResynchronisedAndSlowsNobody() throws {
+        let server = try ServedCloister.start(workers: 2, extra: ["--session-ring", "16777216"])
+        let writer = try join(server)
+        let info = try writer.awaitSession()
+        let fast = try join(server, session: info.session, secret: info.read_secret)
+        try fast.awaitSession()
+        let slow = try join(server, session: info.session, secret: info.read_secret)
+        try slow.awaitSession()
+        let total = 50_000_000
+        // 50 chunks of a megabyte with short pauses: a producer the readers here can follow
+        // (they parse frames in a debug build), while the viewer that does not read falls
+        // further behind than the ring. Z is octal 132: the echoed command line holds no Z.
+        try writer.input("for i in $(seq 50); do head -c 1000000 /dev/zero | tr '\\0' '\\132'; sleep 0.02; done; echo; echo done-$((4+5))\r")
+        let counts = Mutex<[String]>([])
+        let readers = [writer, fast].map(Handed.init).map { handed in
+            Thread {
+                let outcome: String
+                do { outcome = "\(try Self.count(UInt8(ascii: "Z"), readingUntil: "done-9", handed.client))" } catch { outcome = "\(error)" }
+                counts.withLock { $0.append(outcome) }
+            }
+        }
+        readers.forEach { $0.start() }
+        XCTAssertTrue(eventually(120) { counts.withLock { $0.count } == 2 }, "both fast clients finished")
+        XCTAssertEqual(counts.withLock { $0 }, ["\(total)", "\(total)"], "every byte, to the writer and to the viewer that reads")
+        // Only now does the slow viewer read: it is told it lagged, and ends with the rest.
+        let tail = try slow.readOutput(untilMarker: "done-9")
+        let lagged = try XCTUnwrap(slow.session)
+        XCTAssertEqual(lagged.lagged, true, "told it lagged")
+        XCTAssertGreaterThan(lagged.skipped, 0)
+        XCTAssertGreaterThanOrEqual(slow.sessionMessages, 2)
+        XCTAssertLessThan(tail.count, total)
+        let listing = try ctl(server, ["sessions", "--json"]).1
+        XCTAssertFalse(listing.contains("\"slow_consumer_events\":0"), listing)
+    }
+
+    func testASlowViewerIsDisconnectedWhenThePolicySaysSo() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--slow-consumer", "disconnect", "--session-ring", "131072"])
+        let writer = try join(server)
+        let info = try writer.awaitSession()
+        let slow = try join(server, session: info.session, secret: info.read_secret)
+        try slow.awaitSession()
+        try writer.input("head -c 20000000 /dev/zero | tr '\\0' '\\132'; echo; echo done-$((4+5))\r")
+        _ = try writer.readOutput(untilMarker: "done-9")
+        let closed = try slow.awaitClose()
+        XCTAssertEqual(closed.code, 1013)
+        XCTAssertEqual(closed.reason, "fell behind the session")
     }
 }
