@@ -2,10 +2,10 @@
 # `make run` and `make test` work on a fresh Debian machine that has only the Swift toolchain.
 
 SWIFT     ?= swift
-APT_DEPS  := libseccomp-dev libcap-dev pkg-config
+APT_DEPS  := libseccomp-dev libcap-dev pkg-config tmux
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release test run bench clean
+.PHONY: deps build release test chaos run bench clean
 
 deps:
 	@missing=""; \
@@ -24,6 +24,11 @@ release: deps
 test: deps
 	$(SWIFT) build --build-tests
 	timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
+
+# 50 sessions resuming through a minute of workers killed every 2 s (a short run is in make test).
+chaos: deps
+	$(SWIFT) build --build-tests
+	CLOISTER_CHAOS_SESSIONS=50 CLOISTER_CHAOS_SECONDS=60 timeout 600 $(SWIFT) test --skip-build --disable-swift-testing --filter ChaosTests
 
 # Serves the login shell on 127.0.0.1:7681 and prints a one-time credential; Ctrl-C drains
 # and stops. Extra options: make run ARGS="--listen 127.0.0.1:8080 --workers 4".

@@ -59,7 +59,7 @@ let package = Package(
                 system,
             ]),
         .target(name: "RoleProtocol", dependencies: ["Circuits", logging, system] + nio),
-        .target(name: "TerminalClient", dependencies: ["SystemCalls"]),
+        .target(name: "TerminalClient", dependencies: ["CShim", "SystemCalls"]),
         .target(
             name: "Vault",
             dependencies: [

@@ -276,3 +276,13 @@ int cloister_set_window_size(int fd, unsigned short rows, unsigned short cols) {
     struct winsize size = { .ws_row = rows, .ws_col = cols };
     return ioctl(fd, TIOCSWINSZ, &size);
 }
+
+int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols) {
+    struct winsize size;
+    int rc = ioctl(fd, TIOCGWINSZ, &size);
+    if (rc == 0) {
+        *rows = size.ws_row;
+        *cols = size.ws_col;
+    }
+    return rc;
+}

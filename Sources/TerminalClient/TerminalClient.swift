@@ -237,7 +237,7 @@ public final class TerminalClient {
 
     /// Cloister's session message: which session, its secrets, and the stream offset of the
     /// next output byte.
-    public struct SessionMessage: Decodable, Sendable, Equatable {
+    public struct SessionMessage: Codable, Sendable, Equatable {
         public var session: String
         public var secret: String?
         public var read_secret: String
@@ -269,6 +269,22 @@ public final class TerminalClient {
         }
         return session!
     }
+
+    /// The next output as it comes: waits for at least one output message and returns what
+    /// has arrived. A close from the server throws `Closed`.
+    public func readSome() throws -> [UInt8] {
+        while output.isEmpty {
+            let frame = try receiveFrame()
+            if frame.opcode == 0x8 { throw Self.closed(frame.payload) }
+            if frame.opcode == 0x9 { try sendFrame(opcode: 0xA, payload: frame.payload); continue }
+            take(frame)
+        }
+        defer { output = [] }
+        return output
+    }
+
+    /// Input as bytes (a terminal's keys need not be UTF-8).
+    public func input(bytes: [UInt8]) throws { try sendFrame(opcode: 0x2, payload: [UInt8(ascii: "0")] + bytes) }
 
     /// Output received and not yet returned by a read.
     public func takeOutput() -> [UInt8] {

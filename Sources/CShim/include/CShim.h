@@ -79,6 +79,7 @@ int cloister_open_pty(int *master, char *name, size_t cap, unsigned short rows, 
 
 /// TIOCSWINSZ (ioctl is variadic). Returns 0, or -1 with errno.
 int cloister_set_window_size(int fd, unsigned short rows, unsigned short cols);
+int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols);
 
 /// Copies the GNU build-id note of the running executable (as loaded in memory, so no
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.

@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import Supervisor
+import TerminalClient
+
+/// `cloister attach URL`: this terminal as a session's terminal (see `InteractiveAttach`).
+struct AttachCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attach",
+        abstract: "Use a Cloister session from this terminal; resumes by itself after a dropped connection.",
+        discussion: """
+        The credential (USER:PASSWORD) comes from --credential-file or $CLOISTER_CREDENTIAL, \
+        never from the command line, which every local user can read. To join a session, give \
+        --session and its secret through --secret-file or $CLOISTER_SESSION_SECRET. The exit \
+        status is the shell's (128 + its signal when a signal ended it).
+        """)
+
+    @Argument(help: "The server, as http://HOST:PORT/ (a numeric address, or localhost).") var url: String
+    @Option(help: "A file holding USER:PASSWORD (one line, not readable by group or others).") var credentialFile: String?
+    @Option(help: "The session to join (without it, a new session starts).") var session: String?
+    @Option(help: "A file holding the session's secret (one line, not readable by group or others).") var secretFile: String?
+    @Flag(help: "Join without writing, even with the writing secret.") var readonly = false
+
+    struct Target: Equatable {
+        var host: String
+        var port: UInt16
+    }
+
+    /// http://HOST:PORT/ or ws://HOST:PORT/…; the host numeric or localhost.
+    static func target(_ url: String) throws -> Target {
+        guard let parts = URLComponents(string: url), let scheme = parts.scheme?.lowercased(),
+              ["http", "ws"].contains(scheme), let host = parts.host, !host.isEmpty else {
+            throw ValidationError("\(url) is not http://HOST:PORT/ (https and wss are not supported yet)")
+        }
+        let numeric = host == "localhost" ? "127.0.0.1" : host
+        guard numeric.split(separator: ".").count == 4 || numeric.contains(":") else {
+            throw ValidationError("\(url): the host must be a numeric address or localhost")
+        }
+        let port = parts.port ?? 7681
+        guard (1...65535).contains(port) else { throw ValidationError("\(url): port \(port) is out of range") }
+        return Target(host: numeric, port: UInt16(port))
+    }
+
+    /// The first line of a file only its owner may read, or of the environment variable.
+    static func secret(file: String?, environment name: String, option: String) throws -> String? {
+        if let file {
+            do {
+                return try CredentialFile.read(file)
+            } catch {
+                throw ValidationError("\(option): \(error)")
+            }
+        }
+        return ProcessInfo.processInfo.environment[name].map { String($0.split(whereSeparator: \.isNewline).first ?? "") }
+    }
+
+    func validate() throws {
+        _ = try Self.target(url)
+        if secretFile != nil && session == nil { throw ValidationError("--secret-file needs --session") }
+    }
+
+    func run() throws {
+        let target = try Self.target(url)
+        guard let credential = try Self.secret(file: credentialFile, environment: "CLOISTER_CREDENTIAL", option: "--credential-file"),
+              credential.contains(":") else {
+            throw ValidationError("a credential (USER:PASSWORD) is needed: --credential-file FILE or $CLOISTER_CREDENTIAL")
+        }
+        var secret: String?
+        if session != nil {
+            secret = try Self.secret(file: secretFile, environment: "CLOISTER_SESSION_SECRET", option: "--secret-file")
+            guard secret?.isEmpty == false else {
+                throw ValidationError("--session needs its secret: --secret-file FILE or $CLOISTER_SESSION_SECRET")
+            }
+        }
+        let options = InteractiveAttach.Options(host: target.host, port: target.port, token: TerminalClient.token(credential),
+                                                session: session, secret: secret, readonly: readonly)
+        let status: Int32
+        do {
+            status = try InteractiveAttach.run(options)
+        } catch let closed as TerminalClient.Closed {
+            throw ValidationError("refused: \(closed.reason.isEmpty ? "closed" : closed.reason)")
+        } catch {
+            throw ValidationError("cannot attach to \(url): \(error)")
+        }
+        throw ExitCode(status)
+    }
+}

@@ -1,0 +1,118 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A client that keeps its session: when the connection drops (the worker died, the network
+/// broke), it reconnects with backoff and resumes at the offset of the next byte it had not
+/// received, so the output it reads has nothing lost and nothing doubled.
+public final class ResumingClient: @unchecked Sendable {
+    public let port: UInt16
+    public let host: String
+    public let token: String
+    /// Seconds a read may wait for the server (0: for ever, as an idle terminal may).
+    let timeoutSeconds: Int
+    /// The connection in use; replaced on a resume. Reads happen on one thread; sends (input,
+    /// resizes) may come from others and go through `sending`.
+    private var client: TerminalClient {
+        get { lock.withLock { connection } }
+        set { lock.withLock { connection = newValue } }
+    }
+    private var connection: TerminalClient
+    private let lock = NSLock()
+    private let sending = NSLock()
+    public private(set) var info: TerminalClient.SessionMessage
+    /// Connections lost and resumed so far.
+    public private(set) var resumes = 0
+    /// Called before each reconnection attempt, with the attempt's number (a notice to show).
+    public var onReconnect: ((Int) -> Void)?
+
+    /// Starts a new session (or joins `session` with `secret`).
+    public init(port: UInt16, host: String = "127.0.0.1", token: String, columns: Int = 80, rows: Int = 24,
+                session: String? = nil, secret: String? = nil, readonly: Bool = false, timeoutSeconds: Int = 10) throws {
+        self.port = port
+        self.host = host
+        self.token = token
+        self.timeoutSeconds = timeoutSeconds
+        let first = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds)
+        try first.authenticate(token: token, columns: columns, rows: rows, session: session, secret: secret, readonly: readonly)
+        info = try first.awaitSession()
+        connection = first
+    }
+
+    public func input(_ text: String) throws { try input(bytes: Array(text.utf8)) }
+
+    /// Input typed while a connection is being replaced is lost with it.
+    public func input(bytes: [UInt8]) throws {
+        let client = self.client
+        try sending.withLock { try client.input(bytes: bytes) }
+    }
+
+    public func resize(columns: Int, rows: Int) throws {
+        let client = self.client
+        try sending.withLock { try client.resize(columns: columns, rows: rows) }
+    }
+
+    /// The next output as it comes, resuming as needed; `Closed` with code 1000 when the
+    /// session is over for this client (the shell exited, or the operator disconnected it).
+    public func readSome(deadline: Date = .distantFuture) throws -> [UInt8] {
+        while true {
+            do {
+                return try client.readSome()
+            } catch let closed as TerminalClient.Closed where closed.code == 1000 {
+                throw closed
+            } catch {
+                let missed = client.takeOutput()
+                if !missed.isEmpty { return missed }
+                try reconnect(deadline: deadline)
+            }
+        }
+    }
+
+    /// Reads until `marker` has arrived, across as many reconnections as it takes within
+    /// `deadline`; returns everything read.
+    public func readOutput(untilMarker marker: String, deadline: Date = .distantFuture) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        while true {
+            do {
+                bytes += try client.readOutput(untilMarker: marker)
+                return bytes
+            } catch let closed as TerminalClient.Closed where closed.code == 1000 {
+                throw closed  // the shell exited or the operator disconnected us: nothing to resume
+            } catch {
+                bytes += client.takeOutput()
+                if String(decoding: bytes.suffix(4 * marker.utf8.count + 64), as: UTF8.self).contains(marker) { return bytes }
+                try reconnect(deadline: deadline)
+            }
+        }
+    }
+
+    /// Reconnects and resumes at the next byte not received: backoff from 50 ms doubling to
+    /// 1 s, until `deadline`.
+    private func reconnect(deadline: Date) throws {
+        let offset = client.resumeOffset ?? info.offset
+        let secret = info.secret ?? info.read_secret
+        var delay: UInt32 = 50_000
+        var attempt = 0
+        while true {
+            attempt += 1
+            onReconnect?(attempt)
+            do {
+                let next = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds)
+                try next.authenticate(token: token, session: info.session, secret: secret, offset: offset,
+                                      readonly: info.secret == nil)
+                let resumed = try next.awaitSession()
+                client = next
+                info.offset = resumed.offset
+                info.skipped = resumed.skipped
+                resumes += 1
+                return
+            } catch {
+                guard Date() < deadline else { throw error }
+                usleep(delay)
+                delay = min(1_000_000, delay * 2)
+            }
+        }
+    }
+}
