@@ -35,6 +35,11 @@ struct EndToEndBenchmark {
         let served = try (0..<3).map { _ in try throughput(port: server.port, lines: lines) }.max()!
         print("| output throughput, `seq 1 \(lines)` (all lines verified in order) | \(fixed(served, 1)) MB/s | raw PTY read \(fixed(raw, 1)) MB/s | \(fixed(served / raw, 2)) |")
 
+        for readers in [1, 8] {
+            let rate = try (0..<3).map { _ in try broadcastThroughput(port: server.port, lines: lines, readers: readers) }.max()!
+            print("| output throughput to each of \(readers) client\(readers == 1 ? "" : "s") of one session (a writer and \(readers - 1) viewer\(readers == 2 ? "" : "s"), every line checked) | \(fixed(rate, 1)) MB/s | raw PTY read \(fixed(raw, 1)) MB/s | \(fixed(rate / raw, 2)) |")
+        }
+
         let pair = socketpairRoundTrip(count: keystrokes * 5)
         for sessions in [1, 32] {
             let samples = try echoLatency(port: server.port, sessions: sessions, keystrokes: keystrokes)
@@ -74,7 +79,10 @@ struct EndToEndBenchmark {
         let workers = 2
         let child = try ChildProcess.spawn(executable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--credential", userAndPassword,
-            "--control-socket", directory + "/control.sock", "--max-clients", "4096", "--", "/bin/sh",
+            "--control-socket", directory + "/control.sock", "--max-clients", "4096",
+            // As ttyd: a session ends with its client, so the sessions-per-second loop leaves
+            // no shells lingering behind it.
+            "--session-linger", "0", "--", "/bin/sh",
         ], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
         for _ in 0..<600 {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
@@ -125,6 +133,60 @@ struct EndToEndBenchmark {
         guard expected == lines + 1 else { throw BenchFailure(description: "\(expected - 1) of \(lines) lines arrived") }
         try client.input("exit\r")
         return Double(text.utf8.count) / seconds / 1e6
+    }
+
+    /// MB/s each client of one session receives while `seq` prints: a writer and
+    /// `readers - 1` read-only viewers, each reading (and checking) on a thread of its own;
+    /// the time runs from the command to the last client's end marker.
+    func broadcastThroughput(port: UInt16, lines: Int, readers: Int) throws -> Double {
+        let writer = try attach(port: port)
+        let info = try writer.awaitSession()
+        try writer.input("stty -echo; echo go-$((1+1))\r")
+        try writer.readOutput { $0.contains("go-2") }
+        var clients = [writer]
+        for _ in 1..<readers {
+            let viewer = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+            try viewer.authenticate(token: TerminalClient.token(userAndPassword), columns: 200, rows: 50,
+                                    session: info.session, secret: info.read_secret)
+            try viewer.awaitSession()
+            _ = try viewer.drainOutput(forSeconds: 0)
+            clients.append(viewer)
+        }
+        let failures = Mutex<[String]>([])
+        let finished = Mutex<[Double]>([])
+        let done = DispatchGroup()
+        let start = now()
+        try writer.input("echo start-$((1+2)); seq 1 \(lines); echo end-$((2+2))\r")
+        let handed = clients.map(Handed.init)
+        for client in handed {
+            done.enter()
+            Thread.detachNewThread {
+                defer { done.leave() }
+                do {
+                    let bytes = try client.client.readOutput(untilMarker: "end-4")
+                    finished.withLock { $0.append(now()) }
+                    let text = String(decoding: bytes, as: UTF8.self)
+                    guard let begin = text.range(of: "start-3") else { throw BenchFailure(description: "no start marker") }
+                    let numbers = text[begin.upperBound...].split(whereSeparator: \.isNewline).compactMap { Int($0) }
+                    guard numbers == Array(1...lines) else { throw BenchFailure(description: "a client did not get every line in order") }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+        }
+        done.wait()
+        // Until the last client had everything; checking the lines is not timed.
+        let seconds = (finished.withLock { $0.max() } ?? now()) - start
+        if let failure = failures.withLock({ $0.first }) { throw BenchFailure(description: failure) }
+        try writer.input("exit\r")
+        let bytes = Double("start-3\r\n".utf8.count + (1...lines).reduce(0) { $0 + "\($1)\r\n".utf8.count })
+        return bytes / seconds / 1e6
+    }
+
+    /// A client handed to the one thread that reads it.
+    final class Handed: @unchecked Sendable {
+        let client: TerminalClient
+        init(_ client: TerminalClient) { self.client = client }
     }
 
     /// The same command on a PTY read directly by this process.

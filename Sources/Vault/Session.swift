@@ -52,6 +52,8 @@ final class Session: Sendable {
         var outputEnded = false
         var exit: Exit?
         var finished = false
+        /// The session is being hung up: nothing holds the PTY reader any more.
+        var hungUp = false
         var writers = 0
         var viewers = 0
         /// Increases on every attach and detach, so a linger timer can tell it is stale.
@@ -109,7 +111,7 @@ final class Session: Sendable {
     func waitForWriters() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
-                if s.writersCaughtUp || s.finished { return true }
+                if s.writersCaughtUp || s.finished || s.hungUp { return true }
                 s.reader = c
                 return false
             }
@@ -137,6 +139,13 @@ final class Session: Sendable {
         for w in woken { w.resume() }
     }
 
+    /// A writer's PAUSE: the PTY is not read until `resume` (never once hung up).
+    func pause() {
+        state.withLock { s in if !s.hungUp { gate.pause() } }
+    }
+
+    func resume() { gate.resume() }
+
     /// TIOCSWINSZ: the terminal's foreground process group gets SIGWINCH.
     func resize(rows: UInt16, columns: UInt16) {
         state.withLock { s in
@@ -153,10 +162,13 @@ final class Session: Sendable {
         }
     }
 
-    /// Stops feeding the shell, so the session's I/O ends and the terminal is hung up.
+    /// Stops feeding the shell, so the session's I/O ends and the terminal is hung up; a
+    /// writer's pause no longer holds the PTY reader.
     func hangUp() {
         input.finish()
+        gate.resume()
         let reader = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.hungUp = true
             defer { s.reader = nil }
             return s.reader
         }

@@ -352,7 +352,7 @@ public final class Vault: Sendable {
                             let message = bytes.withUnsafeBytes { VaultToWorker.encodeOutput($0) }
                             guard (try? await circuit.send(message)) != nil else { return .clientLeft }
                             cursor = at + UInt64(bytes.count)
-                            if writer { session.advance(client, to: cursor) }
+                            session.advance(client, to: cursor)
                         case .finished(let exit):
                             if Task.isCancelled { return .clientLeft }
                             if let exit { try? await circuit.send(VaultToWorker.exited(exit), end: true) }
@@ -361,14 +361,14 @@ public final class Vault: Sendable {
                     }
                 }
                 group.addTask {
-                    defer { if writer { session.gate.resume() } }
+                    defer { if writer { session.resume() } }
                     // A worker that sends what does not belong on an attachment ends it.
                     while let received = try? await circuit.receive(WorkerToVault.self) {
                         switch received.message {
                         case .input(let bytes) where writer: session.write(bytes)
                         case .resize(let columns, let rows) where writer: session.resize(rows: rows, columns: columns)
-                        case .pause where writer: session.gate.pause()
-                        case .resume where writer: session.gate.resume()
+                        case .pause where writer: session.pause()
+                        case .resume where writer: session.resume()
                         case .input, .resize, .pause, .resume: session.countIgnored()
                         case .attach, .check: return .clientLeft
                         }

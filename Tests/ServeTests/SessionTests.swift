@@ -268,4 +268,18 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(closed.code, 1013)
         XCTAssertEqual(closed.reason, "fell behind the session")
     }
+
+    /// A hang-up is not held back by a writer that paused (or by one that stopped reading).
+    func testHangUpWhileTheWriterHasPaused() throws {
+        let server = try ServedCloister.start(workers: 1)
+        let writer = try join(server)
+        let info = try writer.awaitSession()
+        try writer.input("yes paused-output\r")
+        try writer.readOutput { $0.contains("paused-output") }
+        try writer.pause()
+        XCTAssertEqual(try ctl(server, ["hangup", info.session]).0, .exited(0))
+        let closed = try writer.awaitClose()
+        XCTAssertEqual(closed.code, 1000)
+        XCTAssertTrue(closed.reason.contains("signal"), closed.reason)
+    }
 }
