@@ -48,14 +48,10 @@ final class Session: Sendable {
         var ring: OutputRing
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
         var nextWaiter = 0
-        /// Output has ended (the shell's side of the terminal closed, or the session was hung up).
-        var outputEnded = false
         var exit: Exit?
         var finished = false
         /// The session is being hung up: nothing holds the PTY reader any more.
         var hungUp = false
-        var writers = 0
-        var viewers = 0
         /// Increases on every attach and detach, so a linger timer can tell it is stale.
         var epoch = 0
         var ignored = 0
@@ -129,16 +125,6 @@ final class Session: Sendable {
     /// Input for the shell, from a writer.
     func write(_ bytes: [UInt8]) { input.yield(bytes) }
 
-    /// The terminal's output ended (EOF or EIO: no slave is open any more).
-    func outputEnded() {
-        let woken = state.withLock { s in
-            s.outputEnded = true
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
-        }
-        for w in woken { w.resume() }
-    }
-
     /// A writer's PAUSE: the PTY is not read until `resume` (never once hung up).
     func pause() {
         state.withLock { s in if !s.hungUp { gate.pause() } }
@@ -180,7 +166,6 @@ final class Session: Sendable {
     func finish(_ exit: Exit?) {
         let (woken, reader) = state.withLock { s in
             s.exit = exit
-            s.outputEnded = true
             s.finished = true
             defer { s.waiters = [:] }
             return (Array(s.waiters.values), Self.releaseReader(&s))
@@ -242,7 +227,6 @@ final class Session: Sendable {
             } else {
                 (start, skipped) = (s.ring.start, offset.map { s.ring.start - $0 } ?? 0)
             }
-            if writer { s.writers += 1 } else { s.viewers += 1 }
             s.epoch += 1
             defer { s.nextClient += 1 }
             s.clients[s.nextClient] = Client(worker: worker, writer: writer, cursor: start, kick: kick)
@@ -284,12 +268,11 @@ final class Session: Sendable {
     }
 
     /// Returns the epoch to linger from when this was the last client, nil otherwise.
-    func detached(_ client: Int, writer: Bool) -> Int? {
+    func detached(_ client: Int) -> Int? {
         let (epoch, reader) = state.withLock { s -> (Int?, CheckedContinuation<Void, Never>?) in
-            if writer { s.writers -= 1 } else { s.viewers -= 1 }
             s.clients[client] = nil
             s.epoch += 1
-            return (s.writers + s.viewers == 0 && !s.finished ? s.epoch : nil, Self.releaseReader(&s))
+            return (s.clients.isEmpty && !s.finished ? s.epoch : nil, Self.releaseReader(&s))
         }
         reader?.resume()
         return epoch

@@ -284,7 +284,6 @@ public final class Vault: Sendable {
                             await session.waitForWriters()
                         }
                     } catch {}
-                    session.outputEnded()
                 }
                 group.addTask {
                     for await bytes in session.inputs {
@@ -394,7 +393,7 @@ public final class Vault: Sendable {
         }
         state.withLock { $0.attachments -= 1 }
         log.info("attachment ended", metadata: ["ending": "\(ending.rawValue)"])
-        if let epoch = session.detached(client, writer: writer) { linger(session, from: epoch, logger: log) }
+        if let epoch = session.detached(client) { linger(session, from: epoch, logger: log) }
     }
 
     /// Hangs up a session nobody attaches to within the linger.
