@@ -28,7 +28,7 @@ struct TerminalSession {
                 return await Self.close(outbound, .internalError, "no terminal service")
             }
             try await attachment.send(.attach(request))
-            var info: SessionInfo
+            let info: SessionInfo
             switch try await attachment.receive() {
             case .attached(let attached):
                 info = attached
@@ -45,6 +45,7 @@ struct TerminalSession {
             // goes or the shell's exit closes the connection.
             let channel = session.channel
             let output = Task {
+                var info = info  // its offset moves with each re-synchronisation
                 while let message = try? await attachment.receive() {
                     switch message {
                     case .output(let bytes):

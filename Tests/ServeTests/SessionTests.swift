@@ -263,8 +263,13 @@ final class SessionTests: XCTestCase {
         let slow = try join(server, session: info.session, secret: info.read_secret)
         try slow.awaitSession()
         try writer.input("head -c 20000000 /dev/zero | tr '\\0' '\\132'; echo; echo done-$((4+5))\r")
-        _ = try writer.readOutput(untilMarker: "done-9")
-        let closed = try slow.awaitClose()
+        let closed: TerminalClient.Closed
+        do {
+            _ = try writer.readOutput(untilMarker: "done-9")
+            closed = try slow.awaitClose()
+        } catch {
+            return XCTFail("\(error)\n\(server.output.suffix(4000))")
+        }
         XCTAssertEqual(closed.code, 1013)
         XCTAssertEqual(closed.reason, "fell behind the session")
     }
