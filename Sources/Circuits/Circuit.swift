@@ -65,6 +65,8 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
     /// transport to write in order (`Transport.close()` waits for it). The descriptors are
     /// duplicated into the peer; the caller still owns its copies and may close them at once.
     /// `end: true` makes it this side's last message of the conversation.
+    /// Cancelling the task while it waits for credit throws `CancellationError` and sends
+    /// nothing: a peer that stopped reading cannot hold its sender forever.
     public func send(_ payload: [UInt8], descriptors: [FileDescriptor] = [], end: Bool = false) async throws {
         if !(try core.reserve(conversation, length: payload.count, descriptors: descriptors.count, end: end)) {
             try await core.acquire(conversation, length: payload.count, descriptors: descriptors.count, end: end)

@@ -189,7 +189,7 @@ final class TransportCore: Sendable {
                 s.table.acceptWaiter = c
             } cancel: { s in
                 defer { s.table.acceptWaiter = nil }
-                return s.table.acceptWaiter
+                return s.table.acceptWaiter.map { [$0] } ?? []
             }
         }
     }
@@ -202,7 +202,7 @@ final class TransportCore: Sendable {
     /// Registers a continuation under the lock (unless the task is already cancelled or the
     /// transport failed) and waits for it.
     private func suspend(register: @escaping (inout State, Continuation<Void, Error>) throws(CircuitError) -> Void,
-                         cancel: @escaping @Sendable (inout State) -> Continuation<Void, Error>?) async throws {
+                         cancel: @escaping @Sendable (inout State) -> [Continuation<Void, Error>]) async throws {
         try await withTaskCancellationHandler {
             try await withThrowingContinuation { (c: Continuation<Void, Error>) in
                 let failure: Error? = state.withLock { s in
@@ -214,7 +214,7 @@ final class TransportCore: Sendable {
                 if let failure { c.resume(throwing: failure) }
             }
         } onCancel: {
-            state.withLock { cancel(&$0) }?.resume(throwing: CancellationError())
+            for waiter in state.withLock({ cancel(&$0) }) { waiter.resume(throwing: CancellationError()) }
         }
     }
 
@@ -223,15 +223,24 @@ final class TransportCore: Sendable {
     func acquire(_ conversation: Conversation, length: Int, descriptors: Int, end: Bool) async throws {
         while !(try reserve(conversation, length: length, descriptors: descriptors, end: end)) {
             let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
-            try await suspend { (s, c) throws(CircuitError) in
-                // Credit may have arrived between the check and now.
-                let credit = conversation.credit
-                if credit.sent + UInt64(cost) <= credit.limit {
-                    c.resume()
-                    return
+            do {
+                try await suspend { (s, c) throws(CircuitError) in
+                    // Credit may have arrived between the check and now.
+                    let credit = conversation.credit
+                    if credit.sent + UInt64(cost) <= credit.limit {
+                        c.resume()
+                        return
+                    }
+                    credit.senders.append(c)
+                } cancel: { _ in
+                    // Which of the circuit's waiting senders is the cancelled one is not kept:
+                    // all are woken with the error, and the others, not cancelled, wait again.
+                    defer { conversation.credit.senders = [] }
+                    return conversation.credit.senders
                 }
-                credit.senders.append(c)
-            } cancel: { _ in nil }
+            } catch is CancellationError where !Task.isCancelled {
+                continue
+            }
         }
     }
 
@@ -319,7 +328,7 @@ final class TransportCore: Sendable {
                 conversation.waiter = c
             } cancel: { _ in
                 defer { conversation.waiter = nil }
-                return conversation.waiter
+                return conversation.waiter.map { [$0] } ?? []
             }
         }
     }

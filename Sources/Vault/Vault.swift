@@ -328,11 +328,11 @@ public final class Vault: Sendable {
         log.info("attachment started", metadata: ["offset": "\(start.offset)", "skipped": "\(start.skipped)",
                                                   "open_attachments": "\(open)"])
         let settings = self.settings
-        let ending: Ending
+        let ending: Ending, last: VaultToWorker?
         do {
             try await circuit.send(VaultToWorker.attached(session.info(title: title, writer: writer, offset: start.offset,
                                                                        skipped: start.skipped)))
-            let work = Task { await withTaskGroup(of: Ending.self) { group in
+            let work = Task { await withTaskGroup(of: (Ending, last: VaultToWorker?).self) { group in
                 group.addTask {
                     var cursor = start.offset
                     while true {
@@ -340,22 +340,18 @@ public final class Vault: Sendable {
                         case .output(let at, let bytes, let skipped):
                             if skipped > 0 {
                                 session.countSlowConsumer()
-                                guard settings.slowConsumer == .resync else {
-                                    try? await circuit.send(VaultToWorker.refused(.tooSlow), end: true)
-                                    return .tooSlow
-                                }
+                                guard settings.slowConsumer == .resync else { return (.tooSlow, .refused(.tooSlow)) }
                                 guard (try? await circuit.send(VaultToWorker.resynced(offset: at, skipped: skipped))) != nil else {
-                                    return .clientLeft
+                                    return (.clientLeft, nil)
                                 }
                             }
                             let message = bytes.withUnsafeBytes { VaultToWorker.encodeOutput($0) }
-                            guard (try? await circuit.send(message)) != nil else { return .clientLeft }
+                            guard (try? await circuit.send(message)) != nil else { return (.clientLeft, nil) }
                             cursor = at + UInt64(bytes.count)
                             session.advance(client, to: cursor)
                         case .finished(let exit):
-                            if Task.isCancelled { return .clientLeft }
-                            if let exit { try? await circuit.send(VaultToWorker.exited(exit), end: true) }
-                            return .shellExited
+                            if Task.isCancelled { return (.clientLeft, nil) }
+                            return (.shellExited, exit.map { .exited($0) })
                         }
                     }
                 }
@@ -369,31 +365,40 @@ public final class Vault: Sendable {
                         case .pause where writer: session.pause()
                         case .resume where writer: session.resume()
                         case .input, .resize, .pause, .resume: session.countIgnored()
-                        case .attach, .check: return .clientLeft
+                        case .attach, .check: return (.clientLeft, nil)
                         }
                         if received.isEnd { break }
                     }
-                    return .clientLeft
+                    return (.clientLeft, nil)
                 }
-                let first = await group.next() ?? .clientLeft
+                let first = await group.next() ?? (.clientLeft, nil)
                 group.cancelAll()
                 return first
             } }
             kicked.arm { work.cancel() }
             let outcome = await work.value
-            if kicked.pulled {
-                try? await circuit.send(VaultToWorker.refused(.kicked), end: true)
-                ending = .kicked
-            } else {
-                ending = outcome
-            }
+            (ending, last) = kicked.pulled ? (.kicked, .refused(.kicked)) : outcome
         } catch {
             log.error("attachment failed", metadata: ["error": "\(error)"])
-            ending = .clientLeft
+            (ending, last) = (.clientLeft, nil)
         }
         state.withLock { $0.attachments -= 1 }
         log.info("attachment ended", metadata: ["ending": "\(ending.rawValue)"])
         if let epoch = session.detached(client) { linger(session, from: epoch, logger: log) }
+        if let last { await Self.sendLast(last, on: circuit) }
+    }
+
+    /// The attachment's last word (why it ended), after the session has let the client go:
+    /// a client that stopped reading (the one an operator kicks or the policy drops) has
+    /// left the circuit without credit, so the word waits a little, then the circuit is
+    /// abandoned and the worker closes the connection without it.
+    private static func sendLast(_ message: VaultToWorker, on circuit: RoleCircuit) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await circuit.send(message, end: true) }
+            group.addTask { await Wait.sleep(for: .seconds(5)) }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     /// Hangs up a session nobody attaches to within the linger.

@@ -300,6 +300,35 @@ final class TransportTests: XCTestCase {
         } catch is CancellationError {}
     }
 
+    /// A sender waiting for credit its peer will never give (a consumer that stopped
+    /// reading) can be cancelled; another sender waiting on the same circuit keeps waiting
+    /// and goes on once credit comes.
+    func testCancelledSendWaitingForCreditThrows() async throws {
+        let window = 64 * 1024
+        let (a, b) = try await transportPair(opener: configuration(.opener, window: window, maxPayload: 8192),
+                                             acceptor: configuration(.acceptor, window: window, maxPayload: 8192))
+        defer { a.close(); b.close() }
+        let c = try a.open()
+        let chunk = [UInt8](repeating: 7, count: 8192)
+        while (try c.core.reserve(c.conversation, length: chunk.count, descriptors: 0, end: false)) {
+            try await c.core.write(c.conversation, payload: chunk, descriptors: [], end: false)
+        }
+        let cancelled = Task { try await c.send(chunk) }
+        let patient = Task { try await c.send(chunk) }
+        try await Task.sleep(for: .milliseconds(50))
+        cancelled.cancel()
+        do {
+            try await cancelled.value
+            XCTFail("a send without credit returned after cancel")
+        } catch is CancellationError {}
+        let served = try await b.accept()
+        var received = 0
+        while received < window {
+            received += try await served.receive().payload.count
+        }
+        try await patient.value
+    }
+
     func testHandshakeMismatchFailsBothEnds() async throws {
         let before = openDescriptorCount()
         do {

@@ -206,6 +206,34 @@ final class SessionTests: XCTestCase {
         XCTAssertTrue(eventually(10) { (try? self.ctl(server, ["sessions", "--json"]).1.contains("\"sessions\":[]")) ?? false })
     }
 
+    /// The client an operator most needs to kick is one that stopped reading: its output
+    /// waits on the worker's credit, and the kick must not wait with it.
+    func testTheOperatorKicksAViewerThatStoppedReading() throws {
+        let server = try ServedCloister.start(workers: 1)
+        let writer = try join(server)
+        let info = try writer.awaitSession()
+        let stuck = try join(server, session: info.session, secret: info.read_secret)
+        try stuck.awaitSession()
+        try writer.input("head -c 30000000 /dev/zero | tr '\\0' '\\132'; echo; echo done-$((5+6))\r")
+        _ = try writer.readOutput(untilMarker: "done-11")
+
+        func viewers() throws -> [Int] {
+            let json = try ctl(server, ["sessions", "--json"]).1
+            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+            let clients = try XCTUnwrap((object["sessions"] as? [[String: Any]])?.first?["clients"] as? [[String: Any]])
+            return clients.filter { $0["mode"] as? String == "viewer" }.compactMap { $0["client"] as? Int }
+        }
+        let viewer = try XCTUnwrap(try viewers().first)
+        XCTAssertEqual(try ctl(server, ["kick", info.session, "\(viewer)"]).0, .exited(0))
+        // Nothing is read from the stuck client before the vault has let it go.
+        XCTAssertTrue(eventually(10) { (try? viewers().isEmpty) ?? false }, "the kicked viewer is still attached\n\(server.output.suffix(3000))")
+        try writer.input("echo after-$((6+6))\r")
+        try writer.readOutput { $0.contains("after-12") }
+        // Its connection is then closed, after what it still had to read (with the reason
+        // if it reads it soon enough, without if the vault stopped waiting for it).
+        _ = try stuck.awaitClose()
+    }
+
     /// A client handed to the one thread that reads it.
     private final class Handed: @unchecked Sendable {
         let client: TerminalClient
