@@ -125,7 +125,7 @@ final class SessionTests: XCTestCase {
         let resumed = try b.awaitSession()
         XCTAssertGreaterThan(resumed.skipped, 0)
         XCTAssertEqual(resumed.offset, resumed.skipped, "it starts where the ring does")
-        XCTAssertGreaterThanOrEqual(try a.resumeOffset! - resumed.offset, 131_072, "the ring holds at least its size")
+        XCTAssertGreaterThanOrEqual(a.resumeOffset! - resumed.offset, 131_072, "the ring holds at least its size")
     }
 
     func testASessionNobodyReturnsToIsHungUpAfterTheLinger() throws {
@@ -162,20 +162,32 @@ final class SessionTests: XCTestCase {
         return (try child.wait(), text)
     }
 
-    func testTheOperatorListsKicksAndHangsUpSessionsAndNeverSeesASecret() throws {
-        let server = try ServedCloister.start(workers: 2)
+    /// A new session's writer, and a viewer joined to it.
+    private func writerAndViewer(_ server: ServedCloister) throws -> (TerminalClient, TerminalClient.SessionMessage, TerminalClient) {
         let writer = try join(server)
         let info = try writer.awaitSession()
         let viewer = try join(server, session: info.session, secret: info.read_secret)
         try viewer.awaitSession()
+        return (writer, info, viewer)
+    }
+
+    /// `ctl sessions --json`'s sessions.
+    private func listedSessions(_ server: ServedCloister) throws -> [[String: Any]] {
+        let json = try ctl(server, ["sessions", "--json"]).1
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any], json)
+        return try XCTUnwrap(object["sessions"] as? [[String: Any]], json)
+    }
+
+    func testTheOperatorListsKicksAndHangsUpSessionsAndNeverSeesASecret() throws {
+        let server = try ServedCloister.start(workers: 2)
+        let (writer, info, viewer) = try writerAndViewer(server)
         try writer.input("echo listed-$((2+5))\r")
         try viewer.readOutput { $0.contains("listed-7") }
 
         let (status, json) = try ctl(server, ["sessions", "--json"])
         XCTAssertEqual(status, .exited(0), json)
         XCTAssertFalse(json.contains(info.secret!) || json.contains(info.read_secret), "no secret on the control socket: \(json)")
-        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
-        let sessions = try XCTUnwrap(object["sessions"] as? [[String: Any]])
+        let sessions = try listedSessions(server)
         XCTAssertEqual(sessions.count, 1)
         XCTAssertEqual(sessions[0]["id"] as? String, info.session)
         XCTAssertEqual(sessions[0]["command"] as? String, "/bin/sh")
@@ -210,17 +222,12 @@ final class SessionTests: XCTestCase {
     /// waits on the worker's credit, and the kick must not wait with it.
     func testTheOperatorKicksAViewerThatStoppedReading() throws {
         let server = try ServedCloister.start(workers: 1)
-        let writer = try join(server)
-        let info = try writer.awaitSession()
-        let stuck = try join(server, session: info.session, secret: info.read_secret)
-        try stuck.awaitSession()
+        let (writer, info, stuck) = try writerAndViewer(server)
         try writer.input("head -c 30000000 /dev/zero | tr '\\0' '\\132'; echo; echo done-$((5+6))\r")
         _ = try writer.readOutput(untilMarker: "done-11")
 
         func viewers() throws -> [Int] {
-            let json = try ctl(server, ["sessions", "--json"]).1
-            let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
-            let clients = try XCTUnwrap((object["sessions"] as? [[String: Any]])?.first?["clients"] as? [[String: Any]])
+            let clients = try XCTUnwrap(try listedSessions(server).first?["clients"] as? [[String: Any]])
             return clients.filter { $0["mode"] as? String == "viewer" }.compactMap { $0["client"] as? Int }
         }
         let viewer = try XCTUnwrap(try viewers().first)
@@ -251,10 +258,7 @@ final class SessionTests: XCTestCase {
     /// jitter included, before it too counts as slow.
     func testASlowViewerIsResynchronisedAndSlowsNobody() throws {
         let server = try ServedCloister.start(workers: 2, extra: ["--session-ring", "16777216"])
-        let writer = try join(server)
-        let info = try writer.awaitSession()
-        let fast = try join(server, session: info.session, secret: info.read_secret)
-        try fast.awaitSession()
+        let (writer, info, fast) = try writerAndViewer(server)
         let slow = try join(server, session: info.session, secret: info.read_secret)
         try slow.awaitSession()
         let total = 50_000_000
@@ -286,10 +290,7 @@ final class SessionTests: XCTestCase {
 
     func testASlowViewerIsDisconnectedWhenThePolicySaysSo() throws {
         let server = try ServedCloister.start(workers: 1, extra: ["--slow-consumer", "disconnect", "--session-ring", "131072"])
-        let writer = try join(server)
-        let info = try writer.awaitSession()
-        let slow = try join(server, session: info.session, secret: info.read_secret)
-        try slow.awaitSession()
+        let (writer, _, slow) = try writerAndViewer(server)
         try writer.input("head -c 20000000 /dev/zero | tr '\\0' '\\132'; echo; echo done-$((4+5))\r")
         let closed: TerminalClient.Closed
         do {
