@@ -78,6 +78,9 @@ final class AttachTests: XCTestCase {
         XCTAssertTrue(screen(name).contains("again-7 pid=\(shell)."), "the same shell: \(screen(name))")
         _ = try tmux(["send-keys", "-t", name, "exit 3", "Enter"])
         XCTAssertTrue(waitForScreen(name, "attach-exit=3"), screen(name))
+        // stty's answer comes a moment after the exit status: wait for either.
+        XCTAssertTrue(eventually(20) { self.screen(name).contains("\nicanon") || self.screen(name).contains("\n-icanon") },
+                      screen(name))
         let after = screen(name)
         XCTAssertTrue(after.contains("\nicanon"), "the terminal is back in canonical mode: \(after)")
     }
