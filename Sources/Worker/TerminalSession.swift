@@ -56,18 +56,13 @@ struct TerminalSession {
                         guard (try? await outbound.write(Self.binary(TtydProtocol.sessionMessage(info, resynced: true)))) != nil
                         else { return }
                     case .exited(let exit):
-                        await Self.close(outbound, .normal, "\(exit)")
-                        channel.close(promise: nil)
-                        return
+                        return await Self.closeAfterFlush(channel, .normal, "\(exit)")
                     case .refused(let refusal):
                         if refusal == .kicked {
-                            await Self.close(outbound, .normal, "disconnected by the operator")
-                        } else {
-                            // Too slow for the session, by the operator's policy: it may resume.
-                            await Self.close(outbound, .tryAgainLater, "fell behind the session")
+                            return await Self.closeAfterFlush(channel, .normal, "disconnected by the operator")
                         }
-                        channel.close(promise: nil)
-                        return
+                        // Too slow for the session, by the operator's policy: it may resume.
+                        return await Self.closeAfterFlush(channel, .tryAgainLater, "fell behind the session")
                     case .accepted, .attached:
                         break  // answers to the first message only
                     }
@@ -85,10 +80,26 @@ struct TerminalSession {
     }
 
     static func close(_ outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, _ code: Close, _ reason: String) async {
+        try? await outbound.write(closeFrame(code, reason))
+    }
+
+    /// Closes the connection once the close frame has reached the socket: closing at once
+    /// would drop it with whatever output a client that reads slowly has not taken yet. A
+    /// client that takes nothing more within the grace is cut off all the same.
+    static func closeAfterFlush(_ channel: any Channel, _ code: Close, _ reason: String) async {
+        let cutOff = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+        // The frame follows this task's earlier writes: each was handed to the channel
+        // before the next one began.
+        try? await channel.writeAndFlush(closeFrame(code, reason))
+        cutOff.cancel()
+        channel.close(promise: nil)
+    }
+
+    static func closeFrame(_ code: Close, _ reason: String) -> WebSocketFrame {
         var data = ByteBuffer()
         data.writeInteger(code.rawValue)
         data.writeString(reason)
-        try? await outbound.write(WebSocketFrame(fin: true, opcode: .connectionClose, data: data))
+        return WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
     }
 
     static func binary(_ type: UInt8, _ bytes: [UInt8]) -> WebSocketFrame {
