@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/adam-fowler/compress-nio", from: "1.5.0"),
     ],
     targets: [
         // C where Swift cannot reach: cmsg macros, libseccomp's function-like macros,
@@ -71,9 +72,16 @@ let package = Package(
                 "CShim", "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
             ]),
         .target(
+            name: "WebAssets",
+            dependencies: [
+                "CShim", "SystemCalls", system,
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "CompressNIO", package: "compress-nio"),
+            ]),
+        .target(
             name: "Worker",
             dependencies: [
-                "Circuits", "RoleProtocol", "Sandbox", logging, system,
+                "Circuits", "RoleProtocol", "Sandbox", "WebAssets", logging, system,
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ] + nio),
@@ -84,7 +92,7 @@ let package = Package(
             name: "CloisterCLI",
             dependencies: [
                 "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "RoleProtocol",
-                "TerminalClient", "SystemCalls",
+                "TerminalClient", "SystemCalls", "WebAssets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
             ] + nio),
         .executableTarget(
@@ -112,7 +120,7 @@ let package = Package(
         .testTarget(
             name: "WorkerTests",
             dependencies: [
-                "Worker", "RoleProtocol", logging,
+                "Worker", "RoleProtocol", "WebAssets", "TestSupport", logging,
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

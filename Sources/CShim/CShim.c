@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <termios.h>
 
 ssize_t cloister_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt,
@@ -285,4 +286,35 @@ int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols)
         *cols = size.ws_col;
     }
     return rc;
+}
+
+int cloister_sealed_memfd(const char *name, const void *data, size_t len, const char **failed) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        *failed = "memfd_create";
+        return -1;
+    }
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int saved = n < 0 ? errno : EIO;
+            close(fd);
+            errno = saved;
+            *failed = "write";
+            return -1;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        *failed = "fcntl(F_ADD_SEALS)";
+        return -1;
+    }
+    return fd;
 }

@@ -2,7 +2,9 @@ import ArgumentParser
 import Nursery
 import RoleProtocol
 import Sandbox
+import SystemPackage
 import Vault
+import WebAssets
 import Worker
 
 /// `cloister role …`: the processes Cloister starts of itself. Each command parses its
@@ -76,16 +78,23 @@ struct WorkerCommand: SandboxedCommand {
     @OptionGroup var sandbox: SandboxOptions
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
     var checkOrigin = true
+    @Option(help: "Descriptor of the page's assets (a sealed memory file the supervisor wrote).")
+    var assetsFD: Int32?
     var steps: [String] = []
+    var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD }
 
-    mutating func enterSandbox() throws { steps = try WorkerRole.enterSandbox(sandbox.sandbox) }
+    mutating func enterSandbox() throws {
+        // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
+        if let assetsFD { assets = try AssetLoader.receive(FileDescriptor(rawValue: assetsFD)) }
+        steps = try WorkerRole.enterSandbox(sandbox.sandbox)
+    }
 
     func run() async throws {
         var settings = WebWorker.Settings()
         settings.checkOrigin = checkOrigin
-        try await WorkerRole.run(settings: settings, sandboxSteps: steps)
+        try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
     }
 }
 

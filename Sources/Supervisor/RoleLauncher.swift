@@ -2,6 +2,7 @@ import Circuits
 import Processes
 import RoleProtocol
 import Sandbox
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -9,7 +10,7 @@ import Glibc
 #endif
 
 /// Starts a sandboxed role of this binary and connects to it: the one place that hands a role
-/// its descriptors (transport at 3, listener hand-off at 4), takes its seccomp listener,
+/// its descriptors (transport at 3, listener hand-off at 4, a shared file at 5), takes its seccomp listener,
 /// watches it, completes the circuits handshake and waits for the role's "ready". On any
 /// failure the role is killed and reaped and every descriptor closed.
 public enum RoleLauncher {
@@ -22,9 +23,17 @@ public enum RoleLauncher {
     }
 
     public static func start(executable: String, role: Role, policy: String, mode: EnforcementMode,
-                             user: String, group: String, arguments: [String] = [], build: String = BuildID.current,
+                             user: String, group: String, arguments: [String] = [], sharedFile: SharedFile? = nil,
+                             build: String = BuildID.current,
                              onViolation: @escaping @Sendable (ViolationMonitor.Event) -> Void) async throws -> Launched {
         precondition(mode != .enforce, "a launched role is always watched (report or learn)")
+        var arguments = arguments
+        var extra: [FileDescriptor] = []
+        if let sharedFile {
+            extra.append(try sharedFile.reopened())
+            arguments += [sharedFile.option, "5"]
+        }
+        defer { for fd in extra { try? fd.close() } }
         let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
         let handoff: FileDescriptor, roleHandoff: FileDescriptor
         do {
@@ -49,7 +58,7 @@ public enum RoleLauncher {
                 child = try ChildProcess.spawn(executable,
                                                arguments: ["role", role.rawValue, "--policy", policy, "--mode", mode.rawValue,
                                                            "--listener-fd", "4", "--user", user, "--group", group] + arguments,
-                                               descriptors: [roleTransport, roleHandoff], output: logWriter,
+                                               descriptors: [roleTransport, roleHandoff] + extra, output: logWriter,
                                                ownProcessGroup: true)
             } catch {
                 try? logReader.close()
@@ -85,6 +94,29 @@ public enum RoleLauncher {
             _ = try? await onOwnThread { try child.wait() }
             await output.value
             throw error
+        }
+    }
+
+    /// A file every instance of a role reads at start (the page's assets for workers), given
+    /// at descriptor 5 and named to the role by `option`.
+    public struct SharedFile: Sendable {
+        public var descriptor: FileDescriptor
+        public var option: String
+
+        public init(descriptor: FileDescriptor, option: String) {
+            self.descriptor = descriptor
+            self.option = option
+        }
+
+        /// A read-only open file description of its own: one passed to several processes
+        /// would share its offset, and a role must not be able to write what others read.
+        func reopened() throws(SystemCallError) -> FileDescriptor {
+            let path = "/proc/self/fd/\(descriptor.rawValue)"
+            do {
+                return try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
+            } catch {
+                throw SystemCallError(call: "open", errno: error as? Errno ?? .ioError, detail: path)
+            }
         }
     }
 

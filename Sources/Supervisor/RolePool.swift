@@ -32,6 +32,8 @@ public final class RolePool: Sendable {
         public var policy: String
         /// The role's own options.
         public var arguments: [String] = []
+        /// A file each instance reads at start.
+        public var sharedFile: RoleLauncher.SharedFile?
         public var mode: EnforcementMode = .report
         public var user = "nobody"
         public var group = "nogroup"
@@ -334,7 +336,7 @@ public final class RolePool: Sendable {
         let launched = try await RoleLauncher.start(
             executable: configuration.executable, role: configuration.role, policy: configuration.policy,
             mode: configuration.mode, user: configuration.user, group: configuration.group,
-            arguments: configuration.arguments, build: configuration.build
+            arguments: configuration.arguments, sharedFile: configuration.sharedFile, build: configuration.build
         ) { [weak self] event in
             var withPid = logger
             withPid[metadataKey: "pid"] = "\(event.pid)"

@@ -35,6 +35,8 @@ public final class Server: Sendable {
         public var mode: EnforcementMode = .report
         /// The vault's session options, as its command line takes them.
         public var vaultArguments: [String] = []
+        /// The page's assets (`WebAssets`): a sealed memory file each worker reads at start.
+        public var assets: FileDescriptor?
         /// Adjusts each pool's configuration (tests: shorter heartbeats and backoff).
         public var tuning: (@Sendable (inout RolePool.Configuration) -> Void)?
 
@@ -86,6 +88,7 @@ public final class Server: Sendable {
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = c.checkOrigin ? [] : ["--no-check-origin"]
         workerConfiguration.admission = .onceLinked
+        workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)
         var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
         vaultConfiguration.mode = c.mode

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import WebAssets
 
 /// An opening handshake the worker refused, and the answer it gets. NIO's typed upgrader
 /// drops a request it does not upgrade, so the verdict is kept here for `HTTPHandler`.
@@ -10,7 +11,7 @@ struct HandshakeRefusal {
     var body: String
 }
 
-/// Plain HTTP: the page, ttyd's `/token`, and refusals, including the refused opening
+/// Plain HTTP: the page and its assets (from memory), ttyd's `/token`, and refusals, including the refused opening
 /// handshake it is added after. Basic auth is decided by the vault; this handler only
 /// forwards what the client sent.
 final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -19,12 +20,14 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private let service: any TerminalService
     private let settings: WebWorker.Settings
+    private let assets: AssetBundle
     private let refusal: HandshakeRefusal?
     private var head: HTTPRequestHead?
 
-    init(service: any TerminalService, settings: WebWorker.Settings, refusal: HandshakeRefusal?) {
+    init(service: any TerminalService, settings: WebWorker.Settings, assets: AssetBundle, refusal: HandshakeRefusal?) {
         self.service = service
         self.settings = settings
+        self.assets = assets
         self.refusal = refusal
     }
 
@@ -52,31 +55,85 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return respond(context, head, .methodNotAllowed, type: "text/plain", body: "method not allowed\n", extra: ["Allow": "GET, HEAD"])
         }
         switch path {
-        case "/", "/index.html", "/token":
-            let token = Self.basicToken(head.headers)
-            let promise = context.eventLoop.makePromise(of: Bool.self)
-            let service = self.service
-            promise.completeWithTask { await service.check(token: Array(token.utf8)) }
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            promise.futureResult.whenSuccess { allowed in
-                let (handler, context) = bound.value
-                guard allowed else {
-                    return handler.respond(context, head, .unauthorized, type: "text/plain", body: "authentication required\n",
-                                           extra: ["WWW-Authenticate": "Basic realm=\"cloister\""])
-                }
-                if path == "/token" {
-                    handler.respond(context, head, .ok, type: "application/json;charset=utf-8", body: "{\"token\": \"\(Self.jsonEscaped(token))\"}")
-                } else {
-                    handler.respond(context, head, .ok, type: "text/html;charset=utf-8", body: Page.html)
-                }
-            }
         case "/ws":
             let refusal = WebWorker.handshakeRefusal(head, checkOrigin: settings.checkOrigin)
                 ?? HandshakeRefusal(request: head, status: .badRequest, body: WebWorker.handshakeRequired)
             respond(context, head, refusal.status, type: "text/plain", body: refusal.body, close: true)
+        case "/token":
+            authorized(context, head) { handler, context in
+                let token = Self.basicToken(head.headers)
+                handler.respond(context, head, .ok, type: "application/json;charset=utf-8", body: "{\"token\": \"\(Self.jsonEscaped(token))\"}")
+            }
         default:
-            respond(context, head, .notFound, type: "text/plain", body: "not found\n")
+            guard let asset = assets[path] else {
+                return respond(context, head, .notFound, type: "text/plain", body: "not found\n")
+            }
+            authorized(context, head) { handler, context in handler.serve(context, head, asset) }
         }
+    }
+
+    /// Runs `then` once the vault has accepted the request's credential; answers 401 otherwise.
+    private func authorized(_ context: ChannelHandlerContext, _ head: HTTPRequestHead,
+                            then: @escaping (HTTPHandler, ChannelHandlerContext) -> Void) {
+        let token = Self.basicToken(head.headers)
+        let promise = context.eventLoop.makePromise(of: Bool.self)
+        let service = self.service
+        promise.completeWithTask { await service.check(token: Array(token.utf8)) }
+        let bound = NIOLoopBound((self, context, then), eventLoop: context.eventLoop)
+        promise.futureResult.whenSuccess { allowed in
+            let (handler, context, then) = bound.value
+            guard allowed else {
+                return handler.respond(context, head, .unauthorized, type: "text/plain", body: "authentication required\n",
+                                       extra: ["WWW-Authenticate": "Basic realm=\"cloister\""])
+            }
+            then(handler, context)
+        }
+    }
+
+    /// An asset from memory: 304 when the client's copy is current, gzipped when the client
+    /// takes gzip. Revalidated on every use, so a changed credential applies at once.
+    private func serve(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ asset: Asset) {
+        var headers = ["Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"]
+        if let policy = asset.securityPolicy { headers["Content-Security-Policy"] = policy }
+        var (body, etag) = (asset.body, asset.etag)
+        if let gzipped = asset.gzipped, Self.acceptsGzip(head.headers) {
+            (body, etag) = (gzipped, asset.gzippedETag)
+            headers["Content-Encoding"] = "gzip"
+        }
+        headers["ETag"] = etag
+        if Self.matches(head.headers, etag: etag) {
+            headers["Content-Encoding"] = nil
+            return respond(context, head, .notModified, type: asset.contentType, body: [], extra: headers, withoutBody: true)
+        }
+        respond(context, head, .ok, type: asset.contentType, body: body, extra: headers)
+    }
+
+    /// If-None-Match names this entity (or any: `*`). Weak comparison, as RFC 9110 asks for it.
+    static func matches(_ headers: HTTPHeaders, etag: String) -> Bool {
+        for value in headers["if-none-match"] {
+            for candidate in value.split(separator: ",") {
+                var tag = candidate.trimmingCharacters(in: " ")
+                if tag == "*" { return true }
+                if tag.hasPrefix("W/") { tag.removeFirst(2) }
+                if tag == etag { return true }
+            }
+        }
+        return false
+    }
+
+    /// Accept-Encoding lists gzip (or `*`) with a non-zero weight.
+    static func acceptsGzip(_ headers: HTTPHeaders) -> Bool {
+        var gzip: Bool?, any: Bool?
+        for value in headers["accept-encoding"] {
+            for item in value.split(separator: ",") {
+                let parts = item.split(separator: ";").map { $0.trimmingCharacters(in: " ").lowercased() }
+                guard let coding = parts.first else { continue }
+                let weight = parts.dropFirst().first { $0.hasPrefix("q=") }.flatMap { Double($0.dropFirst(2)) } ?? 1
+                if coding == "gzip" || coding == "x-gzip" { gzip = weight > 0 }
+                if coding == "*" { any = weight > 0 }
+            }
+        }
+        return gzip ?? any ?? false
     }
 
     /// The base64 part of `Authorization: Basic ...`, which is also ttyd's AuthToken.
@@ -95,17 +152,24 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus,
                          type: String, body: String, extra: [String: String] = [:], close: Bool = false) {
+        respond(context, request, status, type: type, body: Array(body.utf8), extra: extra, close: close)
+    }
+
+    /// `extra` replaces the defaults it names. A 304 carries no body and no length.
+    private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus,
+                         type: String, body: [UInt8], extra: [String: String] = [:], close: Bool = false, withoutBody: Bool = false) {
         let keepAlive = request.isKeepAlive && !close
         var headers: HTTPHeaders = [
-            "Content-Type": type, "Content-Length": "\(body.utf8.count)", "Cache-Control": "no-store",
+            "Content-Type": type, "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
             "Connection": keepAlive ? "keep-alive" : "close",
         ]
-        for (name, value) in extra { headers.add(name: name, value: value) }
+        if !withoutBody { headers.add(name: "Content-Length", value: "\(body.count)") }
+        for (name, value) in extra { headers.replaceOrAdd(name: name, value: value) }
         let response = HTTPResponseHead(version: request.version, status: status, headers: headers)
         context.write(wrapOutboundOut(.head(response)), promise: nil)
-        if request.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: body)))), promise: nil)
+        if request.method != .HEAD && !withoutBody {
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
         }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {

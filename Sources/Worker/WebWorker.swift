@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
 import SystemPackage
+import WebAssets
 
 /// The untrusted-input side of Cloister: HTTP/1.1 and WebSocket (ttyd's protocol) on client
 /// sockets the supervisor hands over. Runs inside the worker sandbox. It holds no credential
@@ -33,11 +34,13 @@ public final class WebWorker: Sendable {
 
     let settings: Settings
     let service: any TerminalService
+    let assets: AssetBundle
     let logger: Logger
 
-    public init(settings: Settings, service: any TerminalService, logger: Logger) {
+    public init(settings: Settings, service: any TerminalService, assets: AssetBundle, logger: Logger) {
         self.settings = settings
         self.service = service
+        self.assets = assets
         self.logger = logger
     }
 
@@ -102,12 +105,12 @@ public final class WebWorker: Sendable {
         limits.maxHeaderListSize = settings.maxHeaderBytes
         limits.maxHeaderFieldSize = settings.maxHeaderBytes
         limits.maxHeaderFieldCount = 100
-        let service = self.service
+        let (service, assets) = (self.service, self.assets)
         var configuration = NIOUpgradableHTTPServerPipelineConfiguration(
             upgradeConfiguration: .init(upgraders: [upgrader], notUpgradingCompletionHandler: { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        HTTPHandler(service: service, settings: settings, refusal: refusal.value))
+                        HTTPHandler(service: service, settings: settings, assets: assets, refusal: refusal.value))
                     return .http
                 }
             }))

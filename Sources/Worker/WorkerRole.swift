@@ -3,6 +3,7 @@ import Logging
 import RoleProtocol
 import Sandbox
 import SystemPackage
+import WebAssets
 
 /// The worker process: enters its sandbox first, then serves the client sockets the
 /// supervisor hands over (HTTP, WebSocket, ttyd's protocol) and reaches terminals through the
@@ -13,12 +14,12 @@ public enum WorkerRole {
         try sandbox.enter(role: Role.worker.rawValue)
     }
 
-    public static func run(settings: WebWorker.Settings, sandboxSteps: [String]) async throws {
+    public static func run(settings: WebWorker.Settings, assets: AssetBundle, sandboxSteps: [String]) async throws {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.worker)
-        log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
+        log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))", "assets": "\(assets.assets.count)"])
         let vault = VaultLink()
-        let worker = WebWorker(settings: settings, service: vault, logger: log)
+        let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log)
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
         try await ControlCircuit.serve(supervisor) { group in
             while let circuit = try? await supervisor.accept() {

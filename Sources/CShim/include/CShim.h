@@ -85,4 +85,9 @@ int cloister_get_window_size(int fd, unsigned short *rows, unsigned short *cols)
 /// file access is needed) into `out`. Returns its length, 0 when the image has none.
 size_t cloister_build_id(unsigned char *out, size_t cap);
 
+/// A memfd holding `len` bytes of `data`, sealed against any change (write, grow, shrink, and
+/// further seals), close-on-exec: memfd_create and its seals are missing from the Glibc overlay.
+/// Returns the descriptor, or -1 with errno and the failing call's name in `*failed`.
+int cloister_sealed_memfd(const char *name, const void *data, size_t len, const char **failed);
+
 #endif

@@ -1,0 +1,147 @@
+import CShim
+import CompressNIO
+import FoundationEssentials
+import NIOCore
+import SystemCalls
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the page's files come from. Cloister's own page is three files; the terminal
+/// emulator is Debian's xterm.js (`node-xterm`: the library as CommonJS modules;
+/// `libjs-xterm`: its fit addon).
+public struct AssetSources: Sendable, Equatable {
+    /// Cloister's page: `index.html`, `cloister.js`, `cloister.css`.
+    public var webDirectory: String
+    /// xterm.js's `lib` directory (`public/Terminal.js` and the modules it requires, `xterm.css`).
+    public var xtermLibrary = "/usr/share/nodejs/xterm/lib"
+    /// xterm.js's addons (`fit/fit.js`).
+    public var xtermAddons = "/usr/share/javascript/xterm/addons"
+    /// A page served at `/` instead of Cloister's (ttyd's `--index`), with its own scripts inline.
+    public var index: String?
+
+    public init(webDirectory: String) {
+        self.webDirectory = webDirectory
+    }
+}
+
+/// A file or directory the page needs that cannot be used, and why.
+public struct AssetError: Error, CustomStringConvertible, Equatable {
+    public var path: String
+    public var problem: String
+    public var description: String { "\(path): \(problem)" }
+}
+
+/// Reads every asset once, before any worker starts, so a missing file is a start-up error
+/// naming it, and workers serve from memory.
+public enum AssetLoader {
+    /// Cloister's page runs only its own scripts and styles, connects only to its own origin,
+    /// and may not be framed.
+    public static let pagePolicy = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        + "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    /// A custom index page brings its own inline scripts and styles (ttyd's does): only
+    /// framing is forbidden.
+    public static let customPagePolicy = "frame-ancestors 'none'"
+
+    public static let ownFiles = ["index.html", "cloister.js", "cloister.css"]
+
+    public static func load(_ sources: AssetSources) throws(AssetError) -> AssetBundle {
+        var bundle = AssetBundle()
+        for name in ownFiles {
+            let path = sources.webDirectory + "/" + name
+            bundle.assets["/" + name] = try asset(contentType(of: name), try read(path),
+                                                  policy: name.hasSuffix(".html") ? pagePolicy : nil)
+        }
+        bundle.assets["/"] = bundle.assets["/index.html"]
+        if let index = sources.index {
+            let page = try asset(contentType(of: "index.html"), try read(index), policy: customPagePolicy)
+            bundle.assets["/"] = page
+            bundle.assets["/index.html"] = page
+        }
+        let xterm = try XtermBundle.script(library: sources.xtermLibrary, addons: sources.xtermAddons)
+        bundle.assets["/xterm.js"] = try asset(contentType(of: "xterm.js"), xterm)
+        bundle.assets["/xterm.css"] = try asset(contentType(of: "xterm.css"), try read(sources.xtermLibrary + "/xterm.css"))
+        return bundle
+    }
+
+    static func contentType(of name: String) -> String {
+        if name.hasSuffix(".html") { return "text/html; charset=utf-8" }
+        if name.hasSuffix(".js") { return "text/javascript; charset=utf-8" }
+        if name.hasSuffix(".css") { return "text/css; charset=utf-8" }
+        return "application/octet-stream"
+    }
+
+    static func asset(_ type: String, _ body: [UInt8], policy: String? = nil) throws(AssetError) -> Asset {
+        Asset(contentType: type, securityPolicy: policy, body: body, gzipped: try gzip(body))
+    }
+
+    /// The gzip form, or nil when it is not smaller.
+    static func gzip(_ bytes: [UInt8]) throws(AssetError) -> [UInt8]? {
+        var buffer = ByteBuffer(bytes: bytes)
+        do {
+            let compressed = try buffer.compress(with: .gzip(configuration: .init(compressionLevel: .bestCompression)))
+            return compressed.readableBytes < bytes.count ? Array(compressed.readableBytesView) : nil
+        } catch {
+            throw AssetError(path: "(gzip)", problem: "\(error)")
+        }
+    }
+
+    /// A whole regular file, at most `AssetBundle.maxBytes`.
+    static func read(_ path: String) throws(AssetError) -> [UInt8] {
+        let fd: SystemPackage.FileDescriptor
+        do {
+            fd = try SystemPackage.FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
+        } catch {
+            throw AssetError(path: path, problem: "\(SystemCallError(call: "open", errno: error as? Errno ?? .ioError))")
+        }
+        defer { try? fd.close() }
+        var info = stat()
+        guard fstat(fd.rawValue, &info) == 0 else {
+            throw AssetError(path: path, problem: "\(SystemCallError(call: "fstat", errno: Errno(rawValue: errno)))")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw AssetError(path: path, problem: "not a regular file") }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n: Int
+            do {
+                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+            } catch {
+                throw AssetError(path: path, problem: "\(SystemCallError(call: "read", errno: error as? Errno ?? .ioError))")
+            }
+            if n == 0 { return bytes }
+            bytes.append(contentsOf: chunk[..<n])
+            guard bytes.count <= AssetBundle.maxBytes else {
+                throw AssetError(path: path, problem: "larger than \(AssetBundle.maxBytes) bytes")
+            }
+        }
+    }
+
+    /// The bundle in a sealed memory file, for the workers to read. Close-on-exec: the
+    /// supervisor gives each worker a read-only descriptor of its own.
+    public static func sealedFile(_ bundle: AssetBundle) throws(SystemCallError) -> SystemPackage.FileDescriptor {
+        let bytes = bundle.encoded
+        var failed: UnsafePointer<CChar>?
+        let fd = bytes.withUnsafeBytes { cloister_sealed_memfd("cloister-assets", $0.baseAddress, $0.count, &failed) }
+        guard fd >= 0 else {
+            throw SystemCallError(call: failed.map { String(cString: $0) } ?? "memfd_create", errno: Errno(rawValue: errno))
+        }
+        return SystemPackage.FileDescriptor(rawValue: fd)
+    }
+
+    /// Reads a bundle from the descriptor a worker was given, to its end, and closes it.
+    public static func receive(_ file: SystemPackage.FileDescriptor) throws -> AssetBundle {
+        defer { try? file.close() }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 256 * 1024)
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { try file.read(into: $0, retryOnInterrupt: true) }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[..<n])
+            guard bytes.count <= AssetBundle.maxBytes else { throw AssetBundle.DecodingError(problem: "more than \(AssetBundle.maxBytes) bytes") }
+        }
+        return try AssetBundle(decoding: bytes)
+    }
+}
