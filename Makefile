@@ -2,18 +2,34 @@
 # `make run` and `make test` work on a fresh Debian machine that has only the Swift toolchain.
 
 SWIFT     ?= swift
-APT_DEPS  := libseccomp-dev libcap-dev pkg-config tmux
+PYTHON    ?= python3
+# Building and serving: libseccomp, libcap, zlib (gzip of the page's assets), xterm.js
+# (node-xterm's modules, libjs-xterm's fit addon), tmux for the terminal tests.
+APT_DEPS  := libseccomp-dev libcap-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
+# The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv.
+BROWSER_APT_DEPS := chromium
+VENV      := .build/browser-venv
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release test chaos run bench clean
+.PHONY: deps browser-deps build release test browser-test chaos run bench clean
 
-deps:
+# Installs the Debian packages named in $(1) that are missing.
+define apt_install
 	@missing=""; \
-	for p in $(APT_DEPS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
+	for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_DEPS))
+
+browser-deps: deps
+	$(call apt_install,$(BROWSER_APT_DEPS))
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import playwright' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright
 
 build: deps
 	$(SWIFT) build
@@ -21,9 +37,15 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-test: deps
+test: browser-deps
 	$(SWIFT) build --build-tests
 	timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
+	timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
+
+# Only the browser tests (the page in headless Chromium against the real server).
+browser-test: browser-deps
+	$(SWIFT) build
+	timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
 
 # 50 sessions resuming through a minute of workers killed every 2 s (a short run is in make test).
 chaos: deps

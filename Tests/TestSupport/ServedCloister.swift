@@ -39,7 +39,7 @@ public final class ServedCloister {
         }
         let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--control-socket", control,
-            "--policy-dir", packageRoot + "/policies", "--drain-timeout", "2",
+            "--policy-dir", packageRoot + "/policies", "--web-dir", packageRoot + "/web", "--drain-timeout", "2",
         ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log), ownProcessGroup: ownProcessGroup)
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {

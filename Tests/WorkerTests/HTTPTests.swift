@@ -1,3 +1,5 @@
+import NIOHTTP1
+import WebAssets
 import XCTest
 @testable import Worker
 
@@ -14,8 +16,9 @@ final class HTTPTests: XCTestCase {
         try await w.send(Requests.get("/", ["Authorization": Requests.basic]))
         text = try await w.text(until: "</html>")
         XCTAssertTrue(text.hasPrefix("HTTP/1.1 200 OK\r\n"), text)
-        XCTAssertTrue(text.contains("Content-Type: text/html;charset=utf-8"), text)
+        XCTAssertTrue(text.contains("Content-Type: text/html; charset=utf-8"), text)
         XCTAssertTrue(text.contains("X-Frame-Options: DENY"), text)
+        XCTAssertTrue(text.contains("Content-Security-Policy: \(AssetLoader.pagePolicy)"), text)
         w.consume()
         try await w.send(Requests.get("/token", ["Authorization": Requests.basic]))
         text = try await w.text(until: "}")
@@ -56,5 +59,68 @@ final class HTTPTests: XCTestCase {
         let allow = try await w.text(until: "Allow")
         XCTAssertTrue(allow.contains("Allow: GET, HEAD"), allow)
         await w.finish()
+    }
+
+    func testEveryAssetNeedsTheCredentialAndHasItsType() async throws {
+        let types = ["/xterm.js": "text/javascript", "/cloister.js": "text/javascript", "/xterm.css": "text/css",
+                     "/cloister.css": "text/css", "/index.html": "text/html"]
+        for (path, type) in types {
+            let w = try await WorkerUnderTest()
+            try await w.send(Requests.get(path))
+            let refused = try await w.text(until: "\r\n\r\n")
+            XCTAssertTrue(refused.hasPrefix("HTTP/1.1 401 Unauthorized\r\n"), "\(path): \(refused)")
+            w.consume()
+            try await w.send(Requests.get(path, ["Authorization": Requests.basic]))
+            let head = try await w.text(until: "\r\n\r\n")
+            XCTAssertTrue(head.hasPrefix("HTTP/1.1 200 OK\r\n"), "\(path): \(head)")
+            XCTAssertTrue(head.contains("Content-Type: \(type); charset=utf-8\r\n"), "\(path): \(head)")
+            XCTAssertTrue(head.contains("X-Content-Type-Options: nosniff\r\n"), "\(path): \(head)")
+            XCTAssertFalse(head.contains("Content-Encoding"), "not gzipped unless asked: \(head)")
+            await w.finish()
+        }
+    }
+
+    /// An asset is sent whole once; then If-None-Match with its validator gets 304 and no body.
+    func testTheValidatorSavesTheTransfer() async throws {
+        let asset = try XCTUnwrap(try WorkerUnderTest.assets.get()["/xterm.js"])
+        let w = try await WorkerUnderTest()
+        try await w.send(Requests.get("/xterm.js", ["Authorization": Requests.basic]))
+        let bytes = try await w.output { $0.count >= asset.body.count }
+        let text = String(decoding: bytes, as: UTF8.self)
+        XCTAssertTrue(text.contains("ETag: \(asset.etag)\r\n"), String(text.prefix(400)))
+        XCTAssertTrue(text.contains("Content-Length: \(asset.body.count)\r\n"), String(text.prefix(400)))
+        XCTAssertTrue(bytes.suffix(asset.body.count).elementsEqual(asset.body), "the body is the asset's bytes")
+        w.consume()
+        try await w.send(Requests.get("/xterm.js", ["Authorization": Requests.basic, "If-None-Match": "\"other\", \(asset.etag)"]))
+        let again = try await w.text(until: "\r\n\r\n")
+        XCTAssertTrue(again.hasPrefix("HTTP/1.1 304 Not Modified\r\n"), again)
+        XCTAssertTrue(again.hasSuffix("\r\n\r\n") && !again.contains("Content-Length"), "no body: \(again)")
+        XCTAssertTrue(again.contains("ETag: \(asset.etag)\r\n"), again)
+        w.consume()
+        try await w.send(Requests.get("/xterm.js", ["Authorization": Requests.basic, "If-None-Match": "\"stale-1\""]))
+        let stale = try await w.text(until: "\r\n\r\n")
+        XCTAssertTrue(stale.hasPrefix("HTTP/1.1 200 OK\r\n"), stale)
+        await w.finish()
+    }
+
+    func testGzipOnlyWhenTheClientTakesIt() async throws {
+        let asset = try XCTUnwrap(try WorkerUnderTest.assets.get()["/xterm.js"])
+        let gzipped = try XCTUnwrap(asset.gzipped, "xterm.js compresses")
+        XCTAssertLessThan(gzipped.count, asset.body.count / 3)
+        let w = try await WorkerUnderTest()
+        try await w.send(Requests.get("/xterm.js", ["Authorization": Requests.basic, "Accept-Encoding": "br, gzip;q=0.8"]))
+        let bytes = try await w.output { $0.count >= gzipped.count }
+        let text = String(decoding: bytes.prefix(600), as: UTF8.self)
+        XCTAssertTrue(text.contains("Content-Encoding: gzip\r\n"), text)
+        XCTAssertTrue(text.contains("Content-Length: \(gzipped.count)\r\n"), text)
+        XCTAssertTrue(text.contains("ETag: \(asset.gzippedETag)\r\n"), text)
+        XCTAssertTrue(bytes.suffix(gzipped.count).elementsEqual(gzipped))
+        await w.finish()
+        for refusing in ["gzip;q=0", "identity", "br, *;q=0", ""] {
+            XCTAssertFalse(HTTPHandler.acceptsGzip(HTTPHeaders([("Accept-Encoding", refusing)])), refusing)
+        }
+        for taking in ["GZIP", "deflate, gzip", "*", "x-gzip;q=0.5", "gzip;q=1.0, *;q=0"] {
+            XCTAssertTrue(HTTPHandler.acceptsGzip(HTTPHeaders([("Accept-Encoding", taking)])), taking)
+        }
     }
 }

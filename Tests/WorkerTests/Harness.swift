@@ -3,6 +3,8 @@ import NIOCore
 import NIOEmbedded
 import RoleProtocol
 import Synchronization
+import TestSupport
+import WebAssets
 import XCTest
 @testable import Worker
 
@@ -78,11 +80,16 @@ final class WorkerUnderTest {
     let session: Task<Void, Never>
     private var received: [UInt8] = []
 
-    init(settings: WebWorker.Settings = .init(), vault: FakeVault = FakeVault()) async throws {
+    /// The assets `cloister serve` would load from this checkout and Debian's xterm.js.
+    static let assets: Result<AssetBundle, AssetError> = Result { () throws(AssetError) in
+        try AssetLoader.load(AssetSources(webDirectory: packageRoot + "/web"))
+    }
+
+    init(settings: WebWorker.Settings = .init(), vault: FakeVault = FakeVault(), assets: AssetBundle? = nil) async throws {
         self.vault = vault
         var logger = Logger(label: "test.worker")
         logger.logLevel = .critical
-        let worker = WebWorker(settings: settings, service: vault, logger: logger)
+        let worker = WebWorker(settings: settings, service: vault, assets: try assets ?? Self.assets.get(), logger: logger)
         let channel = self.channel
         let upgrade = try await channel.eventLoop.submit { try worker.configure(channel) }.get()
         session = Task { await worker.handle(upgrade) }
@@ -118,7 +125,12 @@ final class WorkerUnderTest {
     /// Drops what was read so far.
     func consume() { received = [] }
 
-    var isActive: Bool { get async { (try? await channel.eventLoop.submit { self.channel.isActive }.get()) ?? false } }
+    var isActive: Bool {
+        get async {
+            let channel = self.channel
+            return (try? await channel.eventLoop.submit { channel.isActive }.get()) ?? false
+        }
+    }
 
     func finish() async {
         _ = try? await channel.finish()
