@@ -98,6 +98,7 @@ struct PolicyCommand: AsyncParsableCommand {
         @Option(help: "Concurrent workload runs per round.") var sessions: Int = 4
         @Option(help: "Rounds, each with a fresh server; what any round used is kept (rare paths show up in some only).")
         var rounds: Int = 3
+        @OptionGroup var assets: AssetOptions
 
         func validate() throws {
             guard ["worker", "vault", "all"].contains(role) else { throw ValidationError("--role must be worker, vault or all") }
@@ -154,6 +155,12 @@ struct PolicyCommand: AsyncParsableCommand {
             c.workers = 2
             c.credential = Credential(userAndPassword: "learn:\(password)").token
             c.mode = .learn
+            do {
+                c.assets = try assets.sealedFile()
+            } catch {
+                throw ValidationError("\(error.option): \(error.problem)")
+            }
+            defer { try? c.assets?.close() }
             let server = try Server(configuration: c, logger: logger)
             await server.start()
             let port = Listener.parse(server.listeners[0].address)!.port

@@ -8,7 +8,6 @@ import Sandbox
 import Supervisor
 import SystemPackage
 import Vault
-import WebAssets
 
 #if canImport(Glibc)
 import Glibc
@@ -43,12 +42,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
     @OptionGroup var sessions: SessionOptions
-    @Option(help: "Directory with Cloister's page (index.html, cloister.js, cloister.css). Default: web, else /usr/share/cloister/web.")
-    var webDir: String?
-    @Option(help: "xterm.js as CommonJS modules (Debian's node-xterm).") var xtermLib = AssetSources(webDirectory: "").xtermLibrary
-    @Option(help: "xterm.js's addons, for fit/fit.js (Debian's libjs-xterm).") var xtermAddons = AssetSources(webDirectory: "").xtermAddons
-    @Option(help: "A page to serve at / instead of Cloister's (ttyd's --index), e.g. ttyd's own web client.")
-    var index: String?
+    @OptionGroup var assetOptions: AssetOptions
     @Argument(parsing: .postTerminator, help: "Command to run in each terminal (default: the login shell).")
     var command: [String] = []
 
@@ -59,28 +53,6 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
-    static let defaultWebDirectories = ["web", "/usr/share/cloister/web"]
-
-    /// The page's assets, read and checked now, in the sealed file the workers read.
-    func assets() throws(ConfigurationError) -> FileDescriptor {
-        var sources = AssetSources(webDirectory: webDir ?? Self.defaultWebDirectories.first {
-            FileManager.default.fileExists(atPath: "\($0)/index.html")
-        } ?? Self.defaultWebDirectories[0])
-        sources.xtermLibrary = xtermLib
-        sources.xtermAddons = xtermAddons
-        sources.index = index
-        do {
-            return try AssetLoader.sealedFile(try AssetLoader.load(sources))
-        } catch let error as AssetError {
-            let option = error.path == index ? "--index"
-                : error.path.hasPrefix(xtermLib) ? "--xterm-lib"
-                : error.path.hasPrefix(xtermAddons) ? "--xterm-addons" : "--web-dir"
-            throw ConfigurationError(option: option, problem: "\(error)")
-        } catch {
-            throw ConfigurationError(option: "--web-dir", problem: "\(error)")
-        }
-    }
-
     /// Everything checked before anything starts.
     func configuration(activated: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
         let policies = policyDir ?? Self.defaultPolicyDirectories.first { FileManager.default.fileExists(atPath: "\($0)/worker.json") }
@@ -149,7 +121,11 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: error.option, problem: error.problem)
         }
         c.vaultArguments = sessions.arguments
-        c.assets = try assets()
+        do {
+            c.assets = try assetOptions.sealedFile()
+        } catch {
+            throw ConfigurationError(option: error.option, problem: error.problem)
+        }
         guard policyMode != .enforce else {
             throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
         }

@@ -512,6 +512,11 @@ final class ServeTests: XCTestCase {
             (["--credential", "a:b", "--credential-file", "/nonexistent"], "--credential-file"),
             (["--bogus"], "--bogus"),
             (["--", "/no/such/shell"], "command"),
+            (["--web-dir", "/nonexistent"], "--web-dir: /nonexistent/index.html: open"),
+            (["--index", "/nonexistent.html"], "--index: /nonexistent.html: open"),
+            (["--index", "/tmp"], "--index: /tmp: not a regular file"),
+            (["--xterm-lib", "/tmp"], "--xterm-lib: /tmp/public/Terminal.js: missing"),
+            (["--xterm-addons", "/nonexistent"], "--xterm-addons: /nonexistent/fit/fit.js: open"),
         ]
         let control = NSTemporaryDirectory() + "cloister-unused-\(getpid()).sock"
         for (arguments, option) in cases {
