@@ -117,6 +117,7 @@ let package = Package(
             path: "Tests/TestSupport"),
         .testTarget(name: "RoleProtocolTests", dependencies: ["RoleProtocol"]),
         .testTarget(name: "WebAssetsTests", dependencies: ["WebAssets", "TestSupport"]),
+        .testTarget(name: "ProcessesTests", dependencies: ["Processes"]),
         .testTarget(name: "ArchitectureTests", dependencies: ["TestSupport"]),
         .testTarget(
             name: "WorkerTests",

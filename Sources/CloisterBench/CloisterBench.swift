@@ -39,12 +39,12 @@ struct CloisterBench {
                                         skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits"),
                                         window: window).run()
         case "e2e":
-            try EndToEndBenchmark(quick: args.contains("--quick")).run()
+            try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
             print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
-            print("       cloister-bench e2e [--quick]")
+            print("       cloister-bench e2e [--quick] [--memory]")
             exit(2)
         }
     }

@@ -15,6 +15,8 @@ import Glibc
 /// memory an open session costs.
 struct EndToEndBenchmark {
     var quick: Bool
+    /// Only the memory row (with its breakdown by role).
+    var memoryOnly = false
     let userAndPassword = "bench:bench-pass"
 
     func run() throws {
@@ -31,6 +33,21 @@ struct EndToEndBenchmark {
         print("| measure | cloister | baseline | ratio |")
         print("|---|---|---|---|")
 
+        if !memoryOnly { try timedRows(server, lines: lines, keystrokes: keystrokes) }
+        let memory = try memoryPerSession(server, sessions: 32)
+        print("| memory per open session (RSS growth over 32 more sessions, 32 open before) | \(fixed(memory.cloister / 1024, 1)) KiB in Cloister's processes | the shell itself \(fixed(memory.shell / 1024, 1)) KiB | |")
+        let roles = memory.byRole.sorted { $0.key < $1.key }.map { "\($0.key) \(fixed($0.value / 1024, 1))" }
+        print("")
+        print("memory per open session by role (KiB): \(roles.joined(separator: ", "))")
+        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
+        let violations = log.components(separatedBy: "sandbox violation").count - 1
+        let restarts = log.components(separatedBy: "worker ended").count - 1 + log.components(separatedBy: "vault ended").count - 1
+        print("")
+        print("sandbox violations during the run: \(violations); roles restarted: \(restarts)")
+    }
+
+    /// Throughput, echo latency and sessions per second, each against its baseline.
+    func timedRows(_ server: Server, lines: Int, keystrokes: Int) throws {
         let raw = (0..<3).map { _ in (try? rawPTYThroughput(lines: lines)) ?? 0 }.max()!
         let served = try (0..<3).map { _ in try throughput(port: server.port, lines: lines) }.max()!
         print("| output throughput, `seq 1 \(lines)` (all lines verified in order) | \(fixed(served, 1)) MB/s | raw PTY read \(fixed(raw, 1)) MB/s | \(fixed(served / raw, 2)) |")
@@ -50,14 +67,6 @@ struct EndToEndBenchmark {
         let opened = try sessionsPerSecond(port: server.port, seconds: quick ? 1 : 3)
         let spawned = try rawSpawnsPerSecond(seconds: quick ? 1 : 3)
         print("| sessions opened per second (connect, authenticate, shell up, close), one client | \(fixed(opened, 0)) /s | spawn a shell on a raw PTY \(fixed(spawned, 0)) /s | \(fixed(opened / spawned, 2)) |")
-
-        let memory = try memoryPerSession(server, sessions: 32)
-        print("| memory per open session (RSS, 32 sessions open) | \(fixed(memory.cloister / 1024, 1)) KiB in Cloister's processes | the shell itself \(fixed(memory.shell / 1024, 1)) KiB | |")
-        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
-        let violations = log.components(separatedBy: "sandbox violation").count - 1
-        let restarts = log.components(separatedBy: "worker ended").count - 1 + log.components(separatedBy: "vault ended").count - 1
-        print("")
-        print("sandbox violations during the run: \(violations); roles restarted: \(restarts)")
     }
 
     // MARK: The server
@@ -309,27 +318,35 @@ struct EndToEndBenchmark {
 
     // MARK: Memory
 
-    /// RSS of the server's process tree with `sessions` idle sessions open, minus before;
-    /// Cloister's processes and the shells counted apart. Bytes per session.
-    func memoryPerSession(_ server: Server, sessions: Int) throws -> (cloister: Double, shell: Double) {
-        let before = treeRSS(root: server.pid)
-        var clients: [TerminalClient] = []
-        for _ in 0..<sessions {
+    /// RSS of the server's process tree with `sessions` more idle sessions open, minus before;
+    /// Cloister's processes and the shells counted apart. Bytes per session. The same number
+    /// of sessions is opened first and kept open, so one-time costs (heap arenas, pools, the
+    /// first pages of each allocator size class) are paid before `before` is read: what is
+    /// left is what one more session costs.
+    func memoryPerSession(_ server: Server, sessions: Int) throws -> (cloister: Double, shell: Double, byRole: [String: Double]) {
+        func open() throws -> TerminalClient {
             let client = try attach(port: server.port)
             try client.input("echo idle-$((8*8))\r")
             try client.readOutput { $0.contains("idle-64") }
-            clients.append(client)
+            return client
         }
+        let warm = try (0..<sessions).map { _ in try open() }
+        usleep(200_000)
+        let before = treeRSS(root: server.pid)
+        var clients: [TerminalClient] = []
+        for _ in 0..<sessions { clients.append(try open()) }
         usleep(200_000)
         let after = treeRSS(root: server.pid)
-        withExtendedLifetime(clients) {}
+        withExtendedLifetime((warm, clients)) {}
         let cloister = Double(after.cloister - before.cloister) / Double(sessions)
         let shell = Double(after.shells - before.shells) / Double(sessions)
-        return (cloister, shell)
+        var byRole: [String: Double] = [:]
+        for (role, bytes) in after.byRole { byRole[role] = Double(bytes - (before.byRole[role] ?? 0)) / Double(sessions) }
+        return (cloister, shell, byRole)
     }
 
     /// Sums VmRSS over the supervisor and its descendants; the shells are the nursery's children.
-    func treeRSS(root: pid_t) -> (cloister: Int, shells: Int) {
+    func treeRSS(root: pid_t) -> (cloister: Int, shells: Int, byRole: [String: Int]) {
         var parent: [pid_t: pid_t] = [:]
         var name: [pid_t: String] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
@@ -345,13 +362,22 @@ struct EndToEndBenchmark {
             return false
         }
         var cloister = 0, shells = 0
+        var byRole: [String: Int] = [:]
         for pid in parent.keys where pid == root || isDescendant(pid) {
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
                   let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
                   let kb = Int(line.split(separator: " ")[1]) else { continue }
-            if name[pid] == "cloister" { cloister += kb * 1024 } else { shells += kb * 1024 }
+            guard name[pid] == "cloister" else {
+                shells += kb * 1024
+                continue
+            }
+            cloister += kb * 1024
+            // "cloister role worker …" (a sandboxed role), else the supervisor.
+            let arguments = ((try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()).split(separator: 0)
+            let role = arguments.count > 2 && arguments[1].elementsEqual("role".utf8) ? String(decoding: arguments[2], as: UTF8.self) : "supervisor"
+            byRole[role, default: 0] += kb * 1024
         }
-        return (cloister, shells)
+        return (cloister, shells, byRole)
     }
 }
 

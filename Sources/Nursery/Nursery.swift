@@ -74,7 +74,7 @@ public final class Nursery: Sendable {
         var log = logger
         log[metadataKey: "shell"] = "\(child.pid)"
         log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
-        let termination = try? await onOwnThread { try child.wait() }
+        let termination = await Reaper.shared.termination(of: child)
         let exit: Exit
         switch termination {
         case .exited(let code): exit = .status(code)

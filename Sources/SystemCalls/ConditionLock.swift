@@ -3,13 +3,13 @@ import Glibc
 #endif
 
 /// A pthread mutex with one condition variable, for state a dedicated thread sleeps on.
-/// `Synchronization.Mutex` has no condition variable, and the writer thread must sleep
-/// without a syscall per message when it is busy and without spinning when it is idle.
-final class ConditionLock: @unchecked Sendable {
+/// `Synchronization.Mutex` has no condition variable, and such a thread (the circuits' writer,
+/// the reaper) must sleep without a syscall per message when busy and without spinning when idle.
+public final class ConditionLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
 
-    init() {
+    public init() {
         mutex = .allocate(capacity: 1)
         condition = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -28,33 +28,33 @@ final class ConditionLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+    public func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
 
     /// For a loop that holds the lock except around its syscalls (the writer thread).
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
+    public func lock() { pthread_mutex_lock(mutex) }
+    public func unlock() { pthread_mutex_unlock(mutex) }
 
     /// Sleeps until `broadcast`; the lock must be held.
-    func wait() {
+    public func wait() {
         pthread_cond_wait(condition, mutex)
     }
 
     /// Sleeps until `broadcast` or the monotonic `deadline`; false once the deadline passed.
-    func wait(until deadline: timespec) -> Bool {
+    public func wait(until deadline: timespec) -> Bool {
         var deadline = deadline
         return pthread_cond_timedwait(condition, mutex, &deadline) != ETIMEDOUT
     }
 
-    func broadcast() {
+    public func broadcast() {
         pthread_cond_broadcast(condition)
     }
 
     /// The monotonic clock `milliseconds` from now.
-    static func deadline(milliseconds: Int) -> timespec {
+    public static func deadline(milliseconds: Int) -> timespec {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         let nanoseconds = Int(now.tv_nsec) + (milliseconds % 1000) * 1_000_000

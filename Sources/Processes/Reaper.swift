@@ -1,0 +1,90 @@
+import SystemCalls
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reaps every child of this process on one thread (`waitpid(-1)`), instead of a thread
+/// blocked in `waitpid` per child: a process with one child per session (the nursery) keeps
+/// one thread whatever their number. It must be the process's only way of reaping: a child
+/// reaped elsewhere is never reported here.
+public final class Reaper: @unchecked Sendable {
+    public static let shared = Reaper()
+
+    /// Guarded by `lock`.
+    private struct State {
+        /// Awaited children and who awaits them.
+        var waiting: [pid_t: CheckedContinuation<ChildProcess.Termination?, Never>] = [:]
+        /// Children reaped before anyone awaited them.
+        var ended: [pid_t: ChildProcess.Termination] = [:]
+        var threadStarted = false
+    }
+
+    private let lock = ConditionLock()
+    private var state = State()
+
+    init() {}
+
+    /// How `child` ended, once it has. Nil when it cannot be known: the process has no
+    /// children left to wait for (someone else reaped it).
+    public func termination(of child: ChildProcess) async -> ChildProcess.Termination? {
+        await withCheckedContinuation { continuation in
+            let (ended, startThread) = lock.withLock { () -> (ChildProcess.Termination?, Bool) in
+                if let ended = state.ended.removeValue(forKey: child.pid) { return (ended, false) }
+                state.waiting[child.pid] = continuation
+                lock.broadcast()
+                defer { state.threadStarted = true }
+                return (nil, !state.threadStarted)
+            }
+            if let ended { return continuation.resume(returning: ended) }
+            if startThread { startReaping() }
+        }
+    }
+
+    private func startReaping() {
+        do {
+            try Threads.start("reaper", detached: true) { self.reap() }
+        } catch {
+            // Without its thread nothing would ever be reported: say "unknown" to everyone.
+            let waiting = lock.withLock { () -> [CheckedContinuation<ChildProcess.Termination?, Never>] in
+                defer {
+                    state.waiting = [:]
+                    state.threadStarted = false
+                }
+                return Array(state.waiting.values)
+            }
+            for continuation in waiting { continuation.resume(returning: nil) }
+        }
+    }
+
+    private func reap() -> Never {
+        while true {
+            // Sleep while nobody awaits a child: a child nobody awaits yet stays a zombie
+            // until someone does, then is reaped at once.
+            lock.lock()
+            while state.waiting.isEmpty { lock.wait() }
+            lock.unlock()
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, 0)
+            if pid < 0 {
+                if errno == EINTR { continue }
+                // ECHILD: the awaited children were reaped elsewhere; their ends are unknown.
+                let waiting = lock.withLock { () -> [CheckedContinuation<ChildProcess.Termination?, Never>] in
+                    defer { state.waiting = [:] }
+                    return Array(state.waiting.values)
+                }
+                for continuation in waiting { continuation.resume(returning: nil) }
+                continue
+            }
+            let termination = ChildProcess.Termination(status: status)
+            let continuation = lock.withLock { () -> CheckedContinuation<ChildProcess.Termination?, Never>? in
+                guard let continuation = state.waiting.removeValue(forKey: pid) else {
+                    state.ended[pid] = termination
+                    return nil
+                }
+                return continuation
+            }
+            continuation?.resume(returning: termination)
+        }
+    }
+}
