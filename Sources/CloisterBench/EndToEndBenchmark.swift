@@ -52,11 +52,19 @@ struct EndToEndBenchmark {
         let served = try (0..<3).map { _ in try throughput(port: server.port, lines: lines) }.max()!
         print("| output throughput, `seq 1 \(lines)` (all lines verified in order) | \(fixed(served, 1)) MB/s | raw PTY read \(fixed(raw, 1)) MB/s | \(fixed(served / raw, 2)) |")
 
+        var fanOut: [String] = []
         for readers in [1, 8] {
-            let rate = try (0..<3).map { _ in try broadcastThroughput(port: server.port, lines: lines, readers: readers) }.max()!
+            let runs = try (0..<3).map { _ in try broadcastThroughput(server, lines: lines, readers: readers) }
+            let rate = runs.map(\.rate).max()!
+            // CPU per megabyte delivered (to all clients together), the median run's.
+            let cpu = runs.sorted { $0.rate < $1.rate }[1].cpuPerMB
+            fanOut.append("\(readers) client\(readers == 1 ? "" : "s"): " + ["vault", "worker"].map { "\($0) \(fixed((cpu[$0] ?? 0) * 1000, 2)) ms" }.joined(separator: ", "))
             print("| output throughput to each of \(readers) client\(readers == 1 ? "" : "s") of one session (a writer and \(readers - 1) viewer\(readers == 2 ? "" : "s"), every line checked) | \(fixed(rate, 1)) MB/s | raw PTY read \(fixed(raw, 1)) MB/s | \(fixed(rate / raw, 2)) |")
         }
 
+        print("")
+        print("server CPU per MB of output delivered (all clients together), by role: \(fanOut.joined(separator: "; "))")
+        print("")
         let pair = socketpairRoundTrip(count: keystrokes * 5)
         for sessions in [1, 32] {
             let samples = try echoLatency(port: server.port, sessions: sessions, keystrokes: keystrokes)
@@ -147,7 +155,8 @@ struct EndToEndBenchmark {
     /// MB/s each client of one session receives while `seq` prints: a writer and
     /// `readers - 1` read-only viewers, each reading (and checking) on a thread of its own;
     /// the time runs from the command to the last client's end marker.
-    func broadcastThroughput(port: UInt16, lines: Int, readers: Int) throws -> Double {
+    func broadcastThroughput(_ server: Server, lines: Int, readers: Int) throws -> (rate: Double, cpuPerMB: [String: Double]) {
+        let port = server.port
         let writer = try attach(port: port)
         let info = try writer.awaitSession()
         try writer.input("stty -echo; echo go-$((1+1))\r")
@@ -164,6 +173,7 @@ struct EndToEndBenchmark {
         let failures = Mutex<[String]>([])
         let finished = Mutex<[Double]>([])
         let done = DispatchGroup()
+        let cpuBefore = treeCPU(root: server.pid)
         let start = now()
         try writer.input("echo start-$((1+2)); seq 1 \(lines); echo end-$((2+2))\r")
         let handed = clients.map(Handed.init)
@@ -184,12 +194,16 @@ struct EndToEndBenchmark {
             }
         }
         done.wait()
+        let cpuAfter = treeCPU(root: server.pid)
         // Until the last client had everything; checking the lines is not timed.
         let seconds = (finished.withLock { $0.max() } ?? now()) - start
         if let failure = failures.withLock({ $0.first }) { throw BenchFailure(description: failure) }
         try writer.input("exit\r")
         let bytes = Double("start-3\r\n".utf8.count + (1...lines).reduce(0) { $0 + "\($1)\r\n".utf8.count })
-        return bytes / seconds / 1e6
+        let delivered = bytes * Double(readers) / 1e6
+        var cpu: [String: Double] = [:]
+        for (role, seconds) in cpuAfter { cpu[role] = (seconds - (cpuBefore[role] ?? 0)) / delivered }
+        return (bytes / seconds / 1e6, cpu)
     }
 
     /// A client handed to the one thread that reads it.
@@ -345,8 +359,9 @@ struct EndToEndBenchmark {
         return (cloister, shell, byRole)
     }
 
-    /// Sums VmRSS over the supervisor and its descendants; the shells are the nursery's children.
-    func treeRSS(root: pid_t) -> (cloister: Int, shells: Int, byRole: [String: Int]) {
+    /// The supervisor and its descendants, each with its role ("worker", "vault", "nursery",
+    /// "supervisor"), or nil for a process that is not Cloister's (a shell).
+    func tree(root: pid_t) -> [(pid: pid_t, role: String?)] {
         var parent: [pid_t: pid_t] = [:]
         var name: [pid_t: String] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
@@ -361,23 +376,47 @@ struct EndToEndBenchmark {
             while let up = parent[p], up > 1 { if up == root { return true }; p = up }
             return false
         }
+        return parent.keys.filter { $0 == root || isDescendant($0) }.map { pid in
+            guard name[pid] == "cloister" else { return (pid, nil) }
+            // "cloister role worker …" (a sandboxed role), else the supervisor.
+            let arguments = ((try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()).split(separator: 0)
+            let role = arguments.count > 2 && arguments[1].elementsEqual("role".utf8) ? String(decoding: arguments[2], as: UTF8.self) : "supervisor"
+            return (pid, role)
+        }
+    }
+
+    /// Sums VmRSS over the supervisor and its descendants; the shells are the nursery's children.
+    func treeRSS(root: pid_t) -> (cloister: Int, shells: Int, byRole: [String: Int]) {
         var cloister = 0, shells = 0
         var byRole: [String: Int] = [:]
-        for pid in parent.keys where pid == root || isDescendant(pid) {
+        for (pid, role) in tree(root: root) {
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
                   let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
                   let kb = Int(line.split(separator: " ")[1]) else { continue }
-            guard name[pid] == "cloister" else {
+            guard let role else {
                 shells += kb * 1024
                 continue
             }
             cloister += kb * 1024
-            // "cloister role worker …" (a sandboxed role), else the supervisor.
-            let arguments = ((try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()).split(separator: 0)
-            let role = arguments.count > 2 && arguments[1].elementsEqual("role".utf8) ? String(decoding: arguments[2], as: UTF8.self) : "supervisor"
             byRole[role, default: 0] += kb * 1024
         }
         return (cloister, shells, byRole)
+    }
+
+    /// CPU seconds (user and system) used so far by Cloister's processes, by role ("shell"
+    /// for the rest). A role that exited meanwhile is not counted: the runs restart none.
+    func treeCPU(root: pid_t) -> [String: Double] {
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var cpu: [String: Double] = [:]
+        for (pid, role) in tree(root: root) {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.
+            let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
+            cpu[role ?? "shell", default: 0] += (user + system) / ticks
+        }
+        return cpu
     }
 }
 
