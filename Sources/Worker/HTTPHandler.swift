@@ -3,14 +3,6 @@ import NIOHTTP1
 import NIOWebSocket
 import WebAssets
 
-/// An opening handshake the worker refused, and the answer it gets. NIO's typed upgrader
-/// drops a request it does not upgrade, so the verdict is kept here for `HTTPHandler`.
-struct HandshakeRefusal {
-    var request: HTTPRequestHead
-    var status: HTTPResponseStatus
-    var body: String
-}
-
 /// Plain HTTP: the page and its assets (from memory), ttyd's `/token`, and refusals, including the refused opening
 /// handshake it is added after. Basic auth is decided by the vault; this handler only
 /// forwards what the client sent.
@@ -33,10 +25,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         guard let refusal else { return }
-        respond(context, refusal.request, refusal.status, type: "text/plain", body: refusal.body, close: true)
+        respond(context, refusal.request, refusal.status, type: "text/plain", body: refusal.body, extra: refusal.headers, close: true)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // A refused handshake was answered when this handler was added; the connection closes.
+        guard refusal == nil else { return }
         switch unwrapInboundIn(data) {
         case .head(let head):
             self.head = head
@@ -55,10 +49,9 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             return respond(context, head, .methodNotAllowed, type: "text/plain", body: "method not allowed\n", extra: ["Allow": "GET, HEAD"])
         }
         switch path {
-        case "/ws":
-            let refusal = WebWorker.handshakeRefusal(head, checkOrigin: settings.checkOrigin)
-                ?? HandshakeRefusal(request: head, status: .badRequest, body: WebWorker.handshakeRequired)
-            respond(context, head, refusal.status, type: "text/plain", body: refusal.body, close: true)
+        case OpeningHandshake.path:
+            // Not an upgrade (HandshakeGate records those it refuses, and NIO upgrades the rest).
+            respond(context, head, .badRequest, type: "text/plain", body: OpeningHandshake.required, close: true)
         case "/token":
             authorized(context, head) { handler, context in
                 let token = Self.basicToken(head.headers)
@@ -204,7 +197,7 @@ final class HTTPErrorHandler: ChannelInboundHandler, RemovableChannelHandler {
             // Our own checks record a more precise answer before this.
             if refusal.value == nil {
                 refusal.value = HandshakeRefusal(request: HTTPRequestHead(version: .http1_1, method: .GET, uri: "/ws"),
-                                                 status: .badRequest, body: WebWorker.handshakeRequired)
+                                                 status: .badRequest, body: OpeningHandshake.required)
             }
             return
         }

@@ -69,7 +69,8 @@ public final class WebWorker: Sendable {
     }
 
     /// The whole pipeline, on the channel's event loop: HTTP/1.1 with the typed WebSocket
-    /// upgrader for `/ws` (subprotocol `tty`), the RFC 6455 checks, fragments joined within
+    /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
+    /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
     func configure(_ channel: Channel) throws -> EventLoopFuture<Upgrade> {
         let settings = self.settings
@@ -81,7 +82,8 @@ public final class WebWorker: Sendable {
         let upgrader = NIOTypedWebSocketServerUpgrader<Upgrade>(
             maxFrameSize: settings.maxFrameBytes, enableAutomaticErrorHandling: true,
             shouldUpgrade: { channel, head in
-                if let refused = Self.handshakeRefusal(head, checkOrigin: settings.checkOrigin) {
+                // HandshakeGate let through only handshakes that pass every check.
+                if let refused = OpeningHandshake.refusal(head, checkOrigin: settings.checkOrigin) {
                     refusal.value = refused
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
@@ -91,6 +93,7 @@ public final class WebWorker: Sendable {
                 deadline.cancel()
                 // HTTP errors are over: what is left is WebSocket's to report.
                 channel.pipeline.removeHandler(name: HTTPErrorHandler.name, promise: nil)
+                channel.pipeline.removeHandler(name: HandshakeGate.name, promise: nil)
                 return channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(WebSocketFrameChecks())
@@ -116,34 +119,12 @@ public final class WebWorker: Sendable {
             }))
         configuration.enableErrorHandling = false
         configuration.decoderConfiguration = limits
-        let upgrade = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
-        try channel.pipeline.syncOperations.addHandler(HTTPErrorHandler(refusal: refusal), name: HTTPErrorHandler.name)
+        let sync = channel.pipeline.syncOperations
+        let upgrade = try sync.configureUpgradableHTTPServerPipeline(configuration: configuration)
+        let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
+        try sync.addHandler(HandshakeGate(refusal: refusal, checkOrigin: settings.checkOrigin), name: HandshakeGate.name,
+                            position: .before(upgradeHandler))
+        try sync.addHandler(HTTPErrorHandler(refusal: refusal), name: HTTPErrorHandler.name)
         return upgrade
-    }
-
-    static let handshakeRequired = "a WebSocket handshake with subprotocol tty is required\n"
-
-    /// Why an opening handshake is refused, or nil to upgrade it. The WebSocket endpoint is
-    /// `/ws`, with ttyd's subprotocol `tty`, from an allowed Origin.
-    static func handshakeRefusal(_ head: HTTPRequestHead, checkOrigin: Bool) -> HandshakeRefusal? {
-        guard head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first == "/ws" else {
-            return HandshakeRefusal(request: head, status: .notFound, body: "not found\n")
-        }
-        guard originAllowed(head, checkOrigin: checkOrigin) else {
-            return HandshakeRefusal(request: head, status: .forbidden, body: "origin not allowed\n")
-        }
-        let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { $0.lowercased() }
-        guard offered.contains("tty") else { return HandshakeRefusal(request: head, status: .badRequest, body: handshakeRequired) }
-        return nil
-    }
-
-    /// As ttyd: without an Origin header the request is allowed (not from a browser); with one,
-    /// its host[:port] must equal the Host header.
-    static func originAllowed(_ head: HTTPRequestHead, checkOrigin: Bool) -> Bool {
-        guard checkOrigin, let origin = head.headers.first(name: "origin") else { return true }
-        guard let host = head.headers.first(name: "host") else { return false }
-        guard let schemeEnd = origin.firstRange(of: "://") else { return false }
-        let authority = origin[schemeEnd.upperBound...].split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        return authority.lowercased() == host.lowercased()
     }
 }

@@ -117,6 +117,39 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(result.withLock { $0 }, "served")
     }
 
+    /// RFC 6455 §4.2.1–4.2.2 against the real server: each malformed opening handshake gets
+    /// its status (and 426 names version 13), and nothing reaches the vault.
+    func testTheOpeningHandshakeIsCheckedStrictly() throws {
+        let server = try ServedCloister.start(workers: 1)
+        func handshake(_ firstLine: String = "GET /ws HTTP/1.1", dropping: String? = nil, replacing: [String: String] = [:]) -> String {
+            var fields = [("Host", "127.0.0.1:\(server.port)"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                          ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13"),
+                          ("Sec-WebSocket-Protocol", "tty")]
+            fields.removeAll { $0.0 == dropping }
+            return firstLine + "\r\n" + fields.map { "\($0.0): \(replacing[$0.0] ?? $0.1)\r\n" }.joined() + "\r\n"
+        }
+        let cases: [(String, String, Int)] = [
+            ("version 8", handshake(replacing: ["Sec-WebSocket-Version": "8"]), 426),
+            ("no version", handshake(dropping: "Sec-WebSocket-Version"), 400),
+            ("no key", handshake(dropping: "Sec-WebSocket-Key"), 400),
+            ("a key of 12 bytes", handshake(replacing: ["Sec-WebSocket-Key": "AAAAAAAAAAAAAAAA"]), 400),
+            ("no Host", handshake(dropping: "Host"), 400),
+            ("no Connection: Upgrade", handshake(replacing: ["Connection": "keep-alive"]), 400),
+            ("Upgrade: h2c", handshake(replacing: ["Upgrade": "h2c"]), 400),
+            ("POST", handshake("POST /ws HTTP/1.1"), 405),
+            ("HTTP/1.0", handshake("GET /ws HTTP/1.0"), 400),
+        ]
+        for (why, head, status) in cases {
+            let response = try TerminalClient.get(port: server.port, path: "/ws", rawHead: head)
+            XCTAssertEqual(response.status, status, why)
+            if status == 426 {
+                XCTAssertEqual(response.headers.first { $0.0.lowercased() == "sec-websocket-version" }?.1, "13", why)
+            }
+        }
+        XCTAssertEqual((try server.control("sessions")["sessions"] as? [Any])?.count, 0, "no session was started")
+        XCTAssertNoThrow(try TerminalClient.connect(port: server.port), "the valid handshake is upgraded")
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)

@@ -1,0 +1,132 @@
+import NIOCore
+import NIOHTTP1
+
+/// An opening handshake the worker refused, and the answer it gets. NIO's typed upgrader
+/// drops a request it does not upgrade, so the verdict is kept for `HTTPHandler` to send.
+struct HandshakeRefusal {
+    var request: HTTPRequestHead
+    var status: HTTPResponseStatus
+    var body: String
+    var headers: [String: String] = [:]
+}
+
+/// RFC 6455 §4.2.1–4.2.2: what a server must check in a client's opening handshake, each
+/// with the status the RFC names, before anything reaches the vault. The endpoint is `/ws`
+/// with ttyd's subprotocol `tty`, from an allowed Origin.
+enum OpeningHandshake {
+    static let path = "/ws", version = "13"
+    static let required = "a WebSocket handshake with subprotocol tty is required\n"
+
+    /// Whether `head` asks for a WebSocket at all: it names the endpoint or offers an upgrade.
+    static func isAttempt(_ head: HTTPRequestHead) -> Bool {
+        requestPath(head) == path || head.headers.contains(name: "upgrade")
+    }
+
+    static func requestPath(_ head: HTTPRequestHead) -> Substring {
+        head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+    }
+
+    /// Why the handshake is refused, or nil to upgrade it.
+    static func refusal(_ head: HTTPRequestHead, checkOrigin: Bool) -> HandshakeRefusal? {
+        func refuse(_ status: HTTPResponseStatus, _ why: String, _ headers: [String: String] = [:]) -> HandshakeRefusal {
+            HandshakeRefusal(request: head, status: status, body: why + "\n", headers: headers)
+        }
+        guard requestPath(head) == path else { return refuse(.notFound, "not found") }
+        // §4.2.1 1: an HTTP/1.1 or later GET.
+        guard head.method == .GET else { return refuse(.methodNotAllowed, "the opening handshake is a GET", ["Allow": "GET"]) }
+        guard head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1) else {
+            return refuse(.badRequest, "the opening handshake needs HTTP/1.1 or later")
+        }
+        // 2: a Host header field.
+        guard head.headers[canonicalForm: "host"].count == 1 else { return refuse(.badRequest, "exactly one Host header is required") }
+        // 3 and 4: Upgrade with the token websocket, Connection with the token Upgrade.
+        guard tokens(head.headers, "upgrade").contains("websocket") else {
+            return refuse(.badRequest, "Upgrade: websocket is required")
+        }
+        guard tokens(head.headers, "connection").contains("upgrade") else {
+            return refuse(.badRequest, "Connection: Upgrade is required")
+        }
+        // 5: a nonce of 16 bytes, base64-encoded, given once.
+        let keys = head.headers["sec-websocket-key"]
+        guard keys.count == 1, isNonce(keys[0]) else {
+            return refuse(.badRequest, "Sec-WebSocket-Key must be 16 bytes in base64, given once")
+        }
+        // 6 and §4.2.2 4: version 13; another gets 426 naming the version this server speaks.
+        let versions = head.headers["sec-websocket-version"]
+        guard versions.count == 1 else {
+            return refuse(.badRequest, "Sec-WebSocket-Version is required, once", ["Sec-WebSocket-Version": version])
+        }
+        guard versions[0].trimmingCharacters(in: .whitespaces) == version else {
+            return refuse(.upgradeRequired, "unsupported WebSocket version", ["Sec-WebSocket-Version": version])
+        }
+        // 7: Origin, when the client is a browser (ttyd's --check-origin).
+        guard originAllowed(head, checkOrigin: checkOrigin) else { return refuse(.forbidden, "origin not allowed") }
+        // 8: the subprotocol; ttyd's clients offer tty.
+        guard tokens(head.headers, "sec-websocket-protocol").contains("tty") else { return refuse(.badRequest, String(required.dropLast())) }
+        return nil
+    }
+
+    /// The comma-separated tokens of every field named `name`, lowercased.
+    static func tokens(_ headers: HTTPHeaders, _ name: String) -> [String] {
+        headers[name].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+    }
+
+    /// Base64 (with padding) of exactly 16 bytes: 22 characters of the alphabet, the last
+    /// carrying no stray bits, then "==".
+    static func isNonce(_ value: String) -> Bool {
+        let text = Array(value.trimmingCharacters(in: .whitespaces).utf8)
+        guard text.count == 24, text[22] == UInt8(ascii: "="), text[23] == UInt8(ascii: "=") else { return false }
+        func sextet(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): return c - UInt8(ascii: "A")
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): return c - UInt8(ascii: "a") + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0") + 52
+            case UInt8(ascii: "+"): return 62
+            case UInt8(ascii: "/"): return 63
+            default: return nil
+            }
+        }
+        let values = text[..<22].map(sextet)
+        guard let last = values.last, values.allSatisfy({ $0 != nil }) else { return false }
+        return last! & 0x0f == 0
+    }
+
+    /// As ttyd: without an Origin header the request is allowed (not from a browser); with one,
+    /// its host[:port] must equal the Host header.
+    static func originAllowed(_ head: HTTPRequestHead, checkOrigin: Bool) -> Bool {
+        guard checkOrigin, let origin = head.headers.first(name: "origin") else { return true }
+        guard let host = head.headers.first(name: "host") else { return false }
+        guard let schemeEnd = origin.firstRange(of: "://") else { return false }
+        let authority = origin[schemeEnd.upperBound...].split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        return authority.lowercased() == host.lowercased()
+    }
+}
+
+/// Sits before NIO's upgrader: a handshake that fails `OpeningHandshake.refusal` has its
+/// Upgrade field taken away, so the upgrader passes it on as a plain request, and its verdict
+/// is recorded for `HTTPHandler` to answer with the precise status. NIO's upgrader would
+/// otherwise check only that a key and version 13 are there, and answer nothing else.
+final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+
+    static let name = "cloister.handshake-gate"
+
+    private let refusal: NIOLoopBoundBox<HandshakeRefusal?>
+    private let checkOrigin: Bool
+
+    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, checkOrigin: Bool) {
+        self.refusal = refusal
+        self.checkOrigin = checkOrigin
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(var head) = unwrapInboundIn(data), OpeningHandshake.isAttempt(head),
+              let refused = OpeningHandshake.refusal(head, checkOrigin: checkOrigin) else {
+            return context.fireChannelRead(data)
+        }
+        refusal.value = refused
+        head.headers.remove(name: "upgrade")
+        context.fireChannelRead(wrapInboundOut(.head(head)))
+    }
+}
