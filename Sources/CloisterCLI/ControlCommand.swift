@@ -62,7 +62,7 @@ struct ControlCommand: ParsableCommand {
 
         func run() throws {
             guard let s = try ControlCommand.fetch("status", options, as: ControlServer.Status.self) else { return }
-            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running, \(s.connections) connections\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
+            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running, \(s.connections) connections, \(s.refusedAtCapacity) refused at --max-clients\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
             if let v = s.vault {
                 print("vault pid \(v.pid.map(String.init) ?? "-"): \(v.state), \(v.restarts) restarts, confined: \(v.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-")")
             }

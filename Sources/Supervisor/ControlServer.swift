@@ -28,6 +28,8 @@ public final class ControlServer: Sendable {
         public var running: Int
         public var degraded: Bool
         public var connections: Int
+        /// Clients answered 503 for being over --max-clients.
+        public var refusedAtCapacity: Int
         public var vault: WorkerReport?
     }
 
@@ -89,17 +91,20 @@ public final class ControlServer: Sendable {
     private let pool: RolePool
     private let vault: RolePool?
     private let sessions: SessionControl?
+    private let refusals: CapacityRefusals?
     private let logger: Logger
     private let stopped = Mutex(false)
 
     /// A control socket for `pool` (and `vault`) alone, answering no session requests.
     public convenience init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws(SystemCallError) {
-        try self.init(path: path, pool: pool, vault: vault, sessions: nil, logger: logger)
+        try self.init(path: path, pool: pool, vault: vault, sessions: nil, refusals: nil, logger: logger)
     }
 
-    init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, logger: Logger) throws(SystemCallError) {
+    init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, refusals: CapacityRefusals?,
+         logger: Logger) throws(SystemCallError) {
         listener = try UnixSocket.listen(path: path, kind: .stream)
         self.pool = pool
+        self.refusals = refusals
         self.vault = vault
         self.sessions = sessions
         self.logger = logger
@@ -148,6 +153,7 @@ public final class ControlServer: Sendable {
                                      running: workers.filter { $0.state == .running }.count,
                                      degraded: pool.isDegraded || vault?.isDegraded == true,
                                      connections: workers.reduce(0) { $0 + $1.connections },
+                                     refusedAtCapacity: refusals?.count ?? 0,
                                      vault: vault?.slots.first.map(Self.report)))
         case "workers":
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))

@@ -52,6 +52,8 @@ public final class Server: Sendable {
     public let listeners: [Listener]
     public let workers: RolePool
     public let vault: RolePool
+    /// Clients answered 503 for being over `maxClients`.
+    public let capacityRefusals = CapacityRefusals()
     private let broker: LinkBroker
     private let brokering = Mutex<Task<Void, Never>?>(nil)
     private let logger: Logger
@@ -101,11 +103,12 @@ public final class Server: Sendable {
             workers: workers, vault: vault,
             nursery: .init(executable: c.executable, user: c.user, group: c.group, command: c.command, login: c.login),
             credential: c.credential, logger: logger)
-        let (workerPool, vaultPool) = (workers, vault)
+        let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
         let sessions = SessionControl(broker: broker, command: c.command.joined(separator: " "))
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
-                try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions, logger: logger)
+                try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions,
+                                  refusals: refusals, logger: logger)
             }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
@@ -192,8 +195,10 @@ public final class Server: Sendable {
                 continue
             }
             if workers.openConnections >= configuration.maxClients {
-                logger.warning("client refused: --max-clients reached", metadata: ["max_clients": "\(configuration.maxClients)"])
-                try? client.close()
+                logger.warning("client refused with 503: --max-clients reached", metadata: [
+                    "max_clients": "\(configuration.maxClients)", "refused": "\(capacityRefusals.count + 1)",
+                ])
+                capacityRefusals.refuse(client, logger: logger)
                 continue
             }
             Task {

@@ -150,6 +150,28 @@ final class ServeTests: XCTestCase {
         XCTAssertNoThrow(try TerminalClient.connect(port: server.port), "the valid handshake is upgraded")
     }
 
+    /// Over --max-clients a client gets 503 with Retry-After (the supervisor writes it without
+    /// parsing anything), the refusal is counted, and a place that frees up is taken again.
+    func testClientsOverMaxClientsGet503() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--max-clients", "2"])
+        var first: TerminalClient? = try TerminalClient.connect(port: server.port)
+        let second = try TerminalClient.connect(port: server.port)
+        XCTAssertTrue(eventually(10) { (try? server.control("status")["connections"] as? Int) == 2 }, "both connections counted")
+        for attempt in 1...3 {
+            let refused = try TerminalClient.get(port: server.port, path: "/")
+            XCTAssertEqual(refused.status, 503, "attempt \(attempt)")
+            XCTAssertEqual(refused.headers.first { $0.0.lowercased() == "retry-after" }?.1, "5")
+            XCTAssertEqual(String(decoding: refused.body, as: UTF8.self), "server at capacity (--max-clients); try again later\n")
+        }
+        XCTAssertEqual(try server.control("status")["refused_at_capacity"] as? Int, 3)
+        XCTAssertTrue(server.output.contains("client refused with 503"), server.output)
+        withExtendedLifetime(second) {}
+        XCTAssertNotNil(first)
+        first = nil  // closes its socket
+        XCTAssertTrue(eventually(10) { (try? server.control("status")["connections"] as? Int) == 1 }, "a place is free")
+        XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/").status, 401, "served again")
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
