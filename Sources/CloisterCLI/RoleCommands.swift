@@ -80,10 +80,11 @@ struct WorkerCommand: SandboxedCommand {
     var checkOrigin = true
     @Option(help: "Descriptor of the page's assets (a sealed memory file the supervisor wrote).")
     var assetsFD: Int32?
+    @Option(help: "Prefix of every route.") var basePath = ""
     var steps: [String] = []
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath }
 
     mutating func enterSandbox() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
@@ -94,6 +95,7 @@ struct WorkerCommand: SandboxedCommand {
     func run() async throws {
         var settings = WebWorker.Settings()
         settings.checkOrigin = checkOrigin
+        settings.basePath = try BasePath(basePath)
         try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
     }
 }

@@ -8,6 +8,7 @@ import Sandbox
 import Supervisor
 import SystemPackage
 import Vault
+import Worker
 
 #if canImport(Glibc)
 import Glibc
@@ -34,7 +35,9 @@ struct ServeCommand: AsyncParsableCommand {
     var credentialFile: String?
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
     var checkOrigin = true
-    @Option(help: "Most clients connected at once; more are closed at once.") var maxClients = 1024
+    @Option(help: "Most clients connected at once; more are answered 503 with Retry-After.") var maxClients = 1024
+    @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
+    var basePath: String?
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
     @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
     @Option(help: "User the shells run as (only when started as root).") var user: String?
@@ -110,6 +113,11 @@ struct ServeCommand: AsyncParsableCommand {
         c.workers = count
         c.credential = token
         c.checkOrigin = checkOrigin
+        do {
+            c.basePath = try BasePath(basePath ?? "").prefix
+        } catch {
+            throw ConfigurationError(option: "--base-path", problem: "\(error)")
+        }
         c.maxClients = maxClients
         c.controlSocket = controlSocket
         c.user = user

@@ -22,6 +22,9 @@ public final class Server: Sendable {
         /// everyone in.
         public var credential: [UInt8]?
         public var checkOrigin = true
+        /// The prefix every route is under ("" or "/segment…", checked by the caller); the
+        /// workers serve it, the supervisor only shows it.
+        public var basePath = ""
         public var maxClients = 1024
         public var controlSocket: String?
         public var workerPolicy: String
@@ -88,7 +91,7 @@ public final class Server: Sendable {
         listeners = bound
         var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
         workerConfiguration.mode = c.mode
-        workerConfiguration.arguments = c.checkOrigin ? [] : ["--no-check-origin"]
+        workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
         workerConfiguration.admission = .onceLinked
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)

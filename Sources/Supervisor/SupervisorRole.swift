@@ -48,7 +48,7 @@ public enum SupervisorRole {
         for listener in server.listeners {
             let (host, port) = Listener.parse(listener.address)!
             let shown = host.contains(":") ? "[\(host)]" : host
-            print("cloister: listening on http://\(shown):\(port)/")
+            print("cloister: listening on http://\(shown):\(port)\(server.configuration.basePath)/")
         }
         if let credentialLine {
             print("cloister: one-time credential for this run: \(credentialLine)")

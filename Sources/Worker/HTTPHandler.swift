@@ -44,7 +44,14 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func route(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
+        let path: String
+        switch settings.basePath.route(head.uri) {
+        case .path(let routed): path = routed
+        case .redirect(let location):
+            return respond(context, head, .movedPermanently, type: "text/plain", body: "see \(location)\n", extra: ["Location": location])
+        case .outside:
+            return respond(context, head, .notFound, type: "text/plain", body: "not found\n")
+        }
         guard head.method == .GET || head.method == .HEAD else {
             return respond(context, head, .methodNotAllowed, type: "text/plain", body: "method not allowed\n", extra: ["Allow": "GET, HEAD"])
         }

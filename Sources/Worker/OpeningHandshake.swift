@@ -12,26 +12,23 @@ struct HandshakeRefusal {
 
 /// RFC 6455 §4.2.1–4.2.2: what a server must check in a client's opening handshake, each
 /// with the status the RFC names, before anything reaches the vault. The endpoint is `/ws`
-/// with ttyd's subprotocol `tty`, from an allowed Origin.
+/// (under the base path) with ttyd's subprotocol `tty`, from an allowed Origin.
 enum OpeningHandshake {
     static let path = "/ws", version = "13"
     static let required = "a WebSocket handshake with subprotocol tty is required\n"
 
     /// Whether `head` asks for a WebSocket at all: it names the endpoint or offers an upgrade.
-    static func isAttempt(_ head: HTTPRequestHead) -> Bool {
-        requestPath(head) == path || head.headers.contains(name: "upgrade")
-    }
-
-    static func requestPath(_ head: HTTPRequestHead) -> Substring {
-        head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+    static func isAttempt(_ head: HTTPRequestHead, settings: WebWorker.Settings) -> Bool {
+        settings.basePath.route(head.uri) == .path(path) || head.headers.contains(name: "upgrade")
     }
 
     /// Why the handshake is refused, or nil to upgrade it.
-    static func refusal(_ head: HTTPRequestHead, checkOrigin: Bool) -> HandshakeRefusal? {
+    static func refusal(_ head: HTTPRequestHead, settings: WebWorker.Settings) -> HandshakeRefusal? {
         func refuse(_ status: HTTPResponseStatus, _ why: String, _ headers: [String: String] = [:]) -> HandshakeRefusal {
             HandshakeRefusal(request: head, status: status, body: why + "\n", headers: headers)
         }
-        guard requestPath(head) == path else { return refuse(.notFound, "not found") }
+        let checkOrigin = settings.checkOrigin
+        guard settings.basePath.route(head.uri) == .path(path) else { return refuse(.notFound, "not found") }
         // §4.2.1 1: an HTTP/1.1 or later GET.
         guard head.method == .GET else { return refuse(.methodNotAllowed, "the opening handshake is a GET", ["Allow": "GET"]) }
         guard head.version.major > 1 || (head.version.major == 1 && head.version.minor >= 1) else {
@@ -113,16 +110,16 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     static let name = "cloister.handshake-gate"
 
     private let refusal: NIOLoopBoundBox<HandshakeRefusal?>
-    private let checkOrigin: Bool
+    private let settings: WebWorker.Settings
 
-    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, checkOrigin: Bool) {
+    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, settings: WebWorker.Settings) {
         self.refusal = refusal
-        self.checkOrigin = checkOrigin
+        self.settings = settings
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(var head) = unwrapInboundIn(data), OpeningHandshake.isAttempt(head),
-              let refused = OpeningHandshake.refusal(head, checkOrigin: checkOrigin) else {
+        guard case .head(var head) = unwrapInboundIn(data), OpeningHandshake.isAttempt(head, settings: settings),
+              let refused = OpeningHandshake.refusal(head, settings: settings) else {
             return context.fireChannelRead(data)
         }
         refusal.value = refused

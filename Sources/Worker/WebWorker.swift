@@ -15,6 +15,8 @@ public final class WebWorker: Sendable {
         /// Refuse WebSocket handshakes whose Origin names another host than Host (ttyd's
         /// --check-origin).
         public var checkOrigin = true
+        /// Every route under this prefix (ttyd's --base-path).
+        public var basePath = BasePath.root
         public var maxHeaderBytes = 16 * 1024
         public var maxFrameBytes = 256 * 1024
         public var maxMessageBytes = 1024 * 1024
@@ -83,7 +85,7 @@ public final class WebWorker: Sendable {
             maxFrameSize: settings.maxFrameBytes, enableAutomaticErrorHandling: true,
             shouldUpgrade: { channel, head in
                 // HandshakeGate let through only handshakes that pass every check.
-                if let refused = OpeningHandshake.refusal(head, checkOrigin: settings.checkOrigin) {
+                if let refused = OpeningHandshake.refusal(head, settings: settings) {
                     refusal.value = refused
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
@@ -122,7 +124,7 @@ public final class WebWorker: Sendable {
         let sync = channel.pipeline.syncOperations
         let upgrade = try sync.configureUpgradableHTTPServerPipeline(configuration: configuration)
         let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
-        try sync.addHandler(HandshakeGate(refusal: refusal, checkOrigin: settings.checkOrigin), name: HandshakeGate.name,
+        try sync.addHandler(HandshakeGate(refusal: refusal, settings: settings), name: HandshakeGate.name,
                             position: .before(upgradeHandler))
         try sync.addHandler(HTTPErrorHandler(refusal: refusal), name: HTTPErrorHandler.name)
         return upgrade

@@ -38,9 +38,9 @@ class Served:
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.output())
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+\S*)", self.output())
             if match and self.running(workers):
-                self.url = f"http://127.0.0.1:{match.group(1)}/"
+                self.url = match.group(1)
                 return
             if self.process.poll() is not None:
                 raise RuntimeError("cloister serve exited:\n" + self.output())

@@ -216,6 +216,19 @@ class ResumeTests(PageTestCase):
             self.assertFalse(any("from-reader" in row for row in self.screen(page)["rows"]), "the reader's typing went nowhere")
 
 
+class BasePathTests(PageTestCase):
+    server_options = {"extra": ("--base-path", "/sub/term")}
+
+    def test_the_page_works_under_a_base_path(self):
+        base = self.server.url.rstrip("/")
+        self.assertTrue(base.endswith("/sub/term"), "the address printed at start has the prefix: " + self.server.url)
+        page = self.open_page(base)  # the bare prefix redirects to prefix/
+        self.assertEqual(page.url, base + "/")
+        self.wait_for_state(page, "connected")
+        self.run_in_shell(page, "echo under-$((40+2))")
+        self.wait_for_row(page, r"^under-42$")
+
+
 @unittest.skipUnless(os.path.exists(TTYD_INDEX), f"ttyd's page is not at {TTYD_INDEX} (see ../shared/peers/README.md)")
 class TtydPageTests(PageTestCase):
     server_options = {"extra": ("--index", TTYD_INDEX)}

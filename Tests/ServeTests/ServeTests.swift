@@ -568,6 +568,8 @@ final class ServeTests: XCTestCase {
             (["--bogus"], "--bogus"),
             (["--", "/no/such/shell"], "command"),
             (["--web-dir", "/nonexistent"], "--web-dir: /nonexistent/index.html: open"),
+            (["--base-path", "term"], "--base-path: \"term\" does not start with /"),
+            (["--base-path", "/a/../b"], "--base-path"),
             (["--index", "/nonexistent.html"], "--index: /nonexistent.html: open"),
             (["--index", "/tmp"], "--index: /tmp: not a regular file"),
             (["--xterm-lib", "/tmp"], "--xterm-lib: /tmp/public/Terminal.js: missing"),
