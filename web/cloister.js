@@ -165,7 +165,13 @@
 
   function applyPreferences(preferences) {
     for (const key of terminalOptions) {
-      if (Object.prototype.hasOwnProperty.call(preferences, key)) term.setOption(key, preferences[key]);
+      if (!Object.prototype.hasOwnProperty.call(preferences, key)) continue;
+      try {
+        term.setOption(key, preferences[key]);
+      } catch (error) {
+        // An option this xterm.js does not have: the others still apply.
+        console.warn("preference " + key + " not applied: " + error.message);
+      }
     }
     term.fit();
   }

@@ -81,10 +81,11 @@ struct WorkerCommand: SandboxedCommand {
     @Option(help: "Descriptor of the page's assets (a sealed memory file the supervisor wrote).")
     var assetsFD: Int32?
     @Option(help: "Prefix of every route.") var basePath = ""
+    @Option(help: "The preferences message, a JSON object.") var preferences = "{}"
     var steps: [String] = []
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences }
 
     mutating func enterSandbox() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
@@ -96,6 +97,7 @@ struct WorkerCommand: SandboxedCommand {
         var settings = WebWorker.Settings()
         settings.checkOrigin = checkOrigin
         settings.basePath = try BasePath(basePath)
+        settings.preferences = Array(preferences.utf8)
         try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
     }
 }

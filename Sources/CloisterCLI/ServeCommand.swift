@@ -36,6 +36,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
     var checkOrigin = true
     @Option(help: "Most clients connected at once; more are answered 503 with Retry-After.") var maxClients = 1024
+    @Option(name: .customLong("client-option"),
+            help: "KEY=VALUE sent to the page in the preferences message (ttyd's -t), e.g. fontSize=18; repeatable. A VALUE that is JSON is sent as JSON.")
+    var clientOptions: [String] = []
     @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
     var basePath: String?
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
@@ -56,6 +59,27 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
+    /// ttyd's rule for -t: KEY=VALUE pairs into one JSON object, each VALUE parsed as JSON
+    /// where it is JSON (numbers, true, objects…) and sent as a string otherwise.
+    static func preferences(_ options: [String]) throws(ConfigurationError) -> String {
+        var object: [String: Any] = [:]
+        for option in options {
+            guard let equals = option.firstIndex(of: "="), equals != option.startIndex else {
+                throw ConfigurationError(option: "--client-option", problem: "\"\(option)\" is not KEY=VALUE")
+            }
+            let key = String(option[..<equals]), text = String(option[option.index(after: equals)...])
+            object[key] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) ?? text
+        }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
+              let json = String(data: data, encoding: .utf8) else {
+            throw ConfigurationError(option: "--client-option", problem: "cannot be written as JSON")
+        }
+        guard json.utf8.count <= 16 * 1024 else {
+            throw ConfigurationError(option: "--client-option", problem: "\(json.utf8.count) bytes of JSON, more than 16384")
+        }
+        return json
+    }
+
     /// Everything checked before anything starts.
     func configuration(activated: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
         let policies = policyDir ?? Self.defaultPolicyDirectories.first { FileManager.default.fileExists(atPath: "\($0)/worker.json") }
@@ -113,6 +137,7 @@ struct ServeCommand: AsyncParsableCommand {
         c.workers = count
         c.credential = token
         c.checkOrigin = checkOrigin
+        c.preferences = try Self.preferences(clientOptions)
         do {
             c.basePath = try BasePath(basePath ?? "").prefix
         } catch {

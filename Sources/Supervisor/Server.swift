@@ -25,6 +25,8 @@ public final class Server: Sendable {
         /// The prefix every route is under ("" or "/segment…", checked by the caller); the
         /// workers serve it, the supervisor only shows it.
         public var basePath = ""
+        /// The preferences message's JSON object, sent to every client (ttyd's -t).
+        public var preferences = "{}"
         public var maxClients = 1024
         public var controlSocket: String?
         public var workerPolicy: String
@@ -92,6 +94,7 @@ public final class Server: Sendable {
         var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
+            + (c.preferences == "{}" ? [] : ["--preferences", c.preferences])
         workerConfiguration.admission = .onceLinked
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)

@@ -12,6 +12,7 @@ struct TerminalSession {
     }
 
     let service: any TerminalService
+    let preferences: [UInt8]
     let logger: Logger
 
     func run(_ session: NIOAsyncChannel<ClientMessage, WebSocketFrame>) async {
@@ -33,7 +34,7 @@ struct TerminalSession {
             case .attached(let attached):
                 info = attached
                 try await outbound.write(Self.binary(TtydProtocol.title, Array(info.title.utf8)))
-                try await outbound.write(Self.binary(TtydProtocol.preferences, Array("{}".utf8)))
+                try await outbound.write(Self.binary(TtydProtocol.preferences, preferences))
                 try await outbound.write(Self.binary(TtydProtocol.sessionMessage(info)))
             case .refused(let refusal):
                 logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])

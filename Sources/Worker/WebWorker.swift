@@ -17,6 +17,8 @@ public final class WebWorker: Sendable {
         public var checkOrigin = true
         /// Every route under this prefix (ttyd's --base-path).
         public var basePath = BasePath.root
+        /// The preferences message's JSON object (ttyd's --client-option): the page's options.
+        public var preferences = Array("{}".utf8)
         public var maxHeaderBytes = 16 * 1024
         public var maxFrameBytes = 256 * 1024
         public var maxMessageBytes = 1024 * 1024
@@ -67,7 +69,7 @@ public final class WebWorker: Sendable {
     /// Runs the session an upgrade started; returns at once for plain HTTP.
     func handle(_ upgrade: EventLoopFuture<Upgrade>) async {
         guard case .terminal(let session)? = try? await upgrade.get() else { return }
-        await TerminalSession(service: service, logger: logger).run(session)
+        await TerminalSession(service: service, preferences: settings.preferences, logger: logger).run(session)
     }
 
     /// The whole pipeline, on the channel's event loop: HTTP/1.1 with the typed WebSocket

@@ -216,8 +216,9 @@ class ResumeTests(PageTestCase):
             self.assertFalse(any("from-reader" in row for row in self.screen(page)["rows"]), "the reader's typing went nowhere")
 
 
-class BasePathTests(PageTestCase):
-    server_options = {"extra": ("--base-path", "/sub/term")}
+class ServeOptionTests(PageTestCase):
+    server_options = {"extra": ("--base-path", "/sub/term", "--client-option", "fontSize=21",
+                                "--client-option", 'theme={"background": "#102030"}', "--client-option", "cursorStyle=underline")}
 
     def test_the_page_works_under_a_base_path(self):
         base = self.server.url.rstrip("/")
@@ -227,6 +228,13 @@ class BasePathTests(PageTestCase):
         self.wait_for_state(page, "connected")
         self.run_in_shell(page, "echo under-$((40+2))")
         self.wait_for_row(page, r"^under-42$")
+
+    def test_client_options_reach_the_terminal(self):
+        page = self.open_page()
+        self.wait_for_state(page, "connected")
+        options = page.evaluate("""() => { const t = window.cloister.terminal;
+          return [t.getOption('fontSize'), t._core.renderer.colorManager.colors.background.css, t.getOption('cursorStyle')]; }""")
+        self.assertEqual(options, [21, "#102030", "underline"], "the numbers arrive as numbers, the theme as an object")
 
 
 @unittest.skipUnless(os.path.exists(TTYD_INDEX), f"ttyd's page is not at {TTYD_INDEX} (see ../shared/peers/README.md)")

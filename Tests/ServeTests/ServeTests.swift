@@ -569,6 +569,8 @@ final class ServeTests: XCTestCase {
             (["--", "/no/such/shell"], "command"),
             (["--web-dir", "/nonexistent"], "--web-dir: /nonexistent/index.html: open"),
             (["--base-path", "term"], "--base-path: \"term\" does not start with /"),
+            (["--client-option", "fontSize"], "--client-option: \"fontSize\" is not KEY=VALUE"),
+            (["--client-option", "=3"], "--client-option"),
             (["--base-path", "/a/../b"], "--base-path"),
             (["--index", "/nonexistent.html"], "--index: /nonexistent.html: open"),
             (["--index", "/tmp"], "--index: /tmp: not a regular file"),
