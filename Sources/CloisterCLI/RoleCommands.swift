@@ -123,6 +123,8 @@ struct NurseryCommand: AsyncParsableCommand {
     @Option(help: "User the shells run as, when started as root.") var user: String?
     @Option(help: "Group the shells run as, when started as root.") var group: String?
     @Flag(help: "Start the command as a login shell (argv[0] \"-name\").") var login = false
+    @Option(help: "TERM for the shells.") var terminalType = "xterm-256color"
+    @Option(help: "Directory the shells start in (default: the user's home).") var cwd: String?
     @Argument(parsing: .postTerminator, help: "The command, an absolute path first.") var command: [String]
 
     func validate() throws {
@@ -131,5 +133,8 @@ struct NurseryCommand: AsyncParsableCommand {
         }
     }
 
-    func run() async throws { try await NurseryRole.run(user: user, group: group, login: login, command: command) }
+    func run() async throws {
+        try await NurseryRole.run(user: user, group: group, login: login, terminalType: terminalType, workingDirectory: cwd,
+                                  command: command)
+    }
 }

@@ -39,6 +39,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("client-option"),
             help: "KEY=VALUE sent to the page in the preferences message (ttyd's -t), e.g. fontSize=18; repeatable. A VALUE that is JSON is sent as JSON.")
     var clientOptions: [String] = []
+    @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
+    @Option(help: "Directory the shells start in (ttyd's -w). Default: the shells' user's home.") var cwd: String?
     @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
     var basePath: String?
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
@@ -138,6 +140,18 @@ struct ServeCommand: AsyncParsableCommand {
         c.credential = token
         c.checkOrigin = checkOrigin
         c.preferences = try Self.preferences(clientOptions)
+        guard (1...64).contains(terminalType.count),
+              terminalType.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-+._".contains($0)) }) else {
+            throw ConfigurationError(option: "--terminal-type", problem: "\"\(terminalType)\" is not a terminal type (letters, digits, - + . _)")
+        }
+        c.terminalType = terminalType
+        if let cwd {
+            var isDirectory: ObjCBool = false
+            guard cwd.hasPrefix("/"), FileManager.default.fileExists(atPath: cwd, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ConfigurationError(option: "--cwd", problem: "\"\(cwd)\" is not an absolute path to a directory")
+            }
+            c.workingDirectory = cwd
+        }
         do {
             c.basePath = try BasePath(basePath ?? "").prefix
         } catch {

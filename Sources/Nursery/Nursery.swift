@@ -29,9 +29,10 @@ public final class Nursery: Sendable {
     }
 
     /// The environment a shell starts with: only what identifies the user and the terminal.
-    public static func shellEnvironment(user: String, home: String, shell: String, inherited: [String: String]) -> [String: String] {
+    public static func shellEnvironment(user: String, home: String, shell: String, inherited: [String: String],
+                                        terminalType: String = "xterm-256color") -> [String: String] {
         var env = [
-            "TERM": "xterm-256color", "COLORTERM": "truecolor", "HOME": home, "USER": user, "LOGNAME": user,
+            "TERM": terminalType, "COLORTERM": "truecolor", "HOME": home, "USER": user, "LOGNAME": user,
             "SHELL": shell, "PATH": "/usr/local/bin:/usr/bin:/bin",
         ]
         env["LANG"] = inherited["LANG"] ?? "C.UTF-8"

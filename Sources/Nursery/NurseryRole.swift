@@ -14,7 +14,9 @@ import Glibc
 public enum NurseryRole {
     /// `user`/`group`: whom the shells run as, when started as root (otherwise whoever this
     /// process is). `command[0]` is an absolute path.
-    public static func run(user: String?, group: String?, login: Bool, command: [String]) async throws {
+    /// `workingDirectory`: where the shells start (default: the account's home).
+    public static func run(user: String?, group: String?, login: Bool, terminalType: String, workingDirectory: String?,
+                           command: [String]) async throws {
         let account = try becomeShellsAccount(user: user, group: group)
         // After the identity change, which clears the parent-death signal.
         guard cloister_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0) == 0 else {
@@ -23,11 +25,18 @@ public enum NurseryRole {
         RoleLog.bootstrap()
         var log = RoleLog.logger(.nursery)
         log[metadataKey: "user"] = "\(account.name)"
-        if chdir(account.home) != 0 { _ = chdir("/") }
+        // The shells inherit this directory.
+        if let workingDirectory {
+            guard chdir(workingDirectory) == 0 else {
+                throw SandboxError(step: "nursery", lastError("chdir(\(workingDirectory)) as \(account.name)"))
+            }
+        } else if chdir(account.home) != 0 {
+            _ = chdir("/")
+        }
         // The supervisor passes the nursery nothing but its LANG.
         let inherited = getenv("LANG").map { ["LANG": String(cString: $0)] } ?? [:]
         let environment = Nursery.shellEnvironment(user: account.name, home: account.home, shell: account.shell,
-                                                   inherited: inherited)
+                                                   inherited: inherited, terminalType: terminalType)
         let nursery = Nursery(command: command, environment: environment, login: login, logger: log)
         let vault = try await Link.vaultNursery.start(socket: Link.inheritedTransport, side: .acceptor)
         log.info("nursery ready", metadata: ["command": "\(command)"])

@@ -19,6 +19,9 @@ final class NurseryProcess: Sendable {
         var group: String?
         var command: [String]
         var login: Bool
+        var terminalType = "xterm-256color"
+        /// Where the shells start; nil: the user's home.
+        var workingDirectory: String?
     }
 
     let child: ChildProcess
@@ -36,6 +39,8 @@ final class NurseryProcess: Sendable {
         if let user = c.user { arguments += ["--user", user] }
         if let group = c.group { arguments += ["--group", group] }
         if c.login { arguments.append("--login") }
+        arguments += ["--terminal-type", c.terminalType]
+        if let directory = c.workingDirectory { arguments += ["--cwd", directory] }
         do {
             let child = try ChildProcess.spawn(c.executable, arguments: arguments + ["--"] + c.command,
                                                descriptors: [nurseryEnd], environment: environment(),

@@ -27,6 +27,10 @@ public final class Server: Sendable {
         public var basePath = ""
         /// The preferences message's JSON object, sent to every client (ttyd's -t).
         public var preferences = "{}"
+        /// TERM for the shells (ttyd's -T), and the directory they start in (ttyd's -w; nil:
+        /// the user's home).
+        public var terminalType = "xterm-256color"
+        public var workingDirectory: String?
         public var maxClients = 1024
         public var controlSocket: String?
         public var workerPolicy: String
@@ -107,7 +111,8 @@ public final class Server: Sendable {
         vault = RolePool(configuration: vaultConfiguration, logger: logger)
         broker = LinkBroker(
             workers: workers, vault: vault,
-            nursery: .init(executable: c.executable, user: c.user, group: c.group, command: c.command, login: c.login),
+            nursery: .init(executable: c.executable, user: c.user, group: c.group, command: c.command, login: c.login,
+                           terminalType: c.terminalType, workingDirectory: c.workingDirectory),
             credential: c.credential, logger: logger)
         let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
         let sessions = SessionControl(broker: broker, command: c.command.joined(separator: " "))

@@ -172,6 +172,19 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/").status, 401, "served again")
     }
 
+    /// ttyd's -T and -w: the shells' TERM and the directory they start in.
+    func testTerminalTypeAndWorkingDirectory() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-cwd-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try ServedCloister.start(workers: 1, extra: ["--terminal-type", "vt220", "--cwd", directory])
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: Self.token)
+        try client.input("echo \"[$TERM:$(pwd)]\"\r")
+        let text = try client.readOutput { $0.contains("[vt220:\(directory)]") }
+        XCTAssertTrue(text.contains("[vt220:\(directory)]"), text)
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
@@ -571,6 +584,9 @@ final class ServeTests: XCTestCase {
             (["--base-path", "term"], "--base-path: \"term\" does not start with /"),
             (["--client-option", "fontSize"], "--client-option: \"fontSize\" is not KEY=VALUE"),
             (["--client-option", "=3"], "--client-option"),
+            (["--terminal-type", "vt 100"], "--terminal-type"),
+            (["--cwd", "relative"], "--cwd"),
+            (["--cwd", "/nonexistent"], "--cwd: \"/nonexistent\" is not an absolute path to a directory"),
             (["--base-path", "/a/../b"], "--base-path"),
             (["--index", "/nonexistent.html"], "--index: /nonexistent.html: open"),
             (["--index", "/tmp"], "--index: /tmp: not a regular file"),
