@@ -82,10 +82,11 @@ struct WorkerCommand: SandboxedCommand {
     var assetsFD: Int32?
     @Option(help: "Prefix of every route.") var basePath = ""
     @Option(help: "The preferences message, a JSON object.") var preferences = "{}"
+    @Option(help: "Seconds between pings of each WebSocket; 0: none.") var pingInterval: Double = 30
     var steps: [String] = []
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences, pingInterval }
 
     mutating func enterSandbox() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
@@ -98,6 +99,7 @@ struct WorkerCommand: SandboxedCommand {
         settings.checkOrigin = checkOrigin
         settings.basePath = try BasePath(basePath)
         settings.preferences = Array(preferences.utf8)
+        settings.pingInterval = pingInterval > 0 ? .milliseconds(Int64(pingInterval * 1000)) : nil
         try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
     }
 }

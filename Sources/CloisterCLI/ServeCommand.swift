@@ -39,6 +39,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(name: .customLong("client-option"),
             help: "KEY=VALUE sent to the page in the preferences message (ttyd's -t), e.g. fontSize=18; repeatable. A VALUE that is JSON is sent as JSON.")
     var clientOptions: [String] = []
+    @Option(help: "Seconds between pings of each WebSocket (ttyd's -P); one unanswered at the next ping is closed, its session detached. 0: no pings.")
+    var pingInterval: Double = 30
     @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
     @Option(help: "Directory the shells start in (ttyd's -w). Default: the shells' user's home.") var cwd: String?
     @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
@@ -145,6 +147,10 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--terminal-type", problem: "\"\(terminalType)\" is not a terminal type (letters, digits, - + . _)")
         }
         c.terminalType = terminalType
+        guard pingInterval.isFinite, pingInterval == 0 || (0.1...86_400).contains(pingInterval) else {
+            throw ConfigurationError(option: "--ping-interval", problem: "\(pingInterval) is not 0 or between 0.1 and 86400 seconds")
+        }
+        c.pingInterval = pingInterval
         if let cwd {
             var isDirectory: ObjCBool = false
             guard cwd.hasPrefix("/"), FileManager.default.fileExists(atPath: cwd, isDirectory: &isDirectory), isDirectory.boolValue else {

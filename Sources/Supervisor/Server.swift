@@ -27,6 +27,8 @@ public final class Server: Sendable {
         public var basePath = ""
         /// The preferences message's JSON object, sent to every client (ttyd's -t).
         public var preferences = "{}"
+        /// Seconds between the workers' pings of each WebSocket (ttyd's -P); 0: none.
+        public var pingInterval: Double = 30
         /// TERM for the shells (ttyd's -T), and the directory they start in (ttyd's -w; nil:
         /// the user's home).
         public var terminalType = "xterm-256color"
@@ -98,7 +100,7 @@ public final class Server: Sendable {
         var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
-            + (c.preferences == "{}" ? [] : ["--preferences", c.preferences])
+            + (c.preferences == "{}" ? [] : ["--preferences", c.preferences]) + ["--ping-interval", "\(c.pingInterval)"]
         workerConfiguration.admission = .onceLinked
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)

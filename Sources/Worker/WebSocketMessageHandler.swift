@@ -18,12 +18,53 @@ public enum ClientMessage: Sendable, Equatable {
 /// reason UTF-8; pings are answered, pongs ignored, a close is echoed. Every violation,
 /// whether found here, by `WebSocketFrameChecks` or by the aggregator, closes the connection
 /// with the status code the RFC names — this is the one place that closes for the protocol.
+/// With a ping interval, it pings the client that often and closes (1001) a connection whose
+/// last ping is still unanswered when the next is due: a client gone without a word (a laptop
+/// lid, a dropped network) is found within two intervals and its session detached.
 final class WebSocketMessageHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = ClientMessage
     typealias OutboundOut = WebSocketFrame
 
     private var closing = false
+    private let pingInterval: TimeAmount?
+    private var pinger: RepeatedTask?
+    private var unansweredPing: UInt64?
+    private var pingsSent: UInt64 = 0
+
+    init(pingInterval: TimeAmount? = nil) {
+        self.pingInterval = pingInterval
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard let interval = pingInterval else { return }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        pinger = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            let (handler, context) = bound.value
+            handler.ping(context)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        pinger?.cancel()
+        pinger = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pinger?.cancel()
+        pinger = nil
+        context.fireChannelInactive()
+    }
+
+    private func ping(_ context: ChannelHandlerContext) {
+        guard !closing else { return }
+        if unansweredPing != nil { return close(context, .goingAway, "ping not answered") }
+        pingsSent += 1
+        unansweredPing = pingsSent
+        var payload = context.channel.allocator.buffer(capacity: 8)
+        payload.writeInteger(pingsSent)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: payload)), promise: nil)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
@@ -42,8 +83,12 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
             context.fireChannelRead(wrapInboundOut(.text(bytes)))
         case .binary:
             context.fireChannelRead(wrapInboundOut(.binary(Array(buffer: frame.unmaskedData))))
+        case .pong:
+            // Only the answer to the last ping counts; an unsolicited pong is allowed and ignored.
+            var payload = frame.unmaskedData
+            if let number = payload.readInteger(as: UInt64.self), number == unansweredPing { unansweredPing = nil }
         default:
-            break  // pongs; the aggregator passes no continuation on
+            break  // the aggregator passes no continuation on
         }
     }
 

@@ -17,6 +17,9 @@ public final class WebWorker: Sendable {
         public var checkOrigin = true
         /// Every route under this prefix (ttyd's --base-path).
         public var basePath = BasePath.root
+        /// How often each WebSocket is pinged; one whose ping is unanswered at the next is
+        /// closed. Nil: never.
+        public var pingInterval: TimeAmount? = .seconds(30)
         /// The preferences message's JSON object (ttyd's --client-option): the page's options.
         public var preferences = Array("{}".utf8)
         public var maxHeaderBytes = 16 * 1024
@@ -104,7 +107,7 @@ public final class WebWorker: Sendable {
                     try sync.addHandler(NIOWebSocketFrameAggregator(
                         minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: settings.maxFragments,
                         maxAccumulatedFrameSize: settings.maxMessageBytes))
-                    try sync.addHandler(WebSocketMessageHandler())
+                    try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval))
                     return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
                 }
             })

@@ -185,6 +185,21 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(text.contains("[vt220:\(directory)]"), text)
     }
 
+    /// ttyd's -P against the real server: a client that stops answering pings is closed with
+    /// 1001 and detached from its session, which lingers for it.
+    func testAClientThatDoesNotAnswerPingsIsClosedAndDetached() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--ping-interval", "0.3"])
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: Self.token)
+        _ = try client.awaitSession()
+        // Not reading: the pings go unanswered.
+        XCTAssertTrue(eventually(10) {
+            let sessions = (try? server.control("sessions")["sessions"] as? [[String: Any]]) ?? []
+            return sessions.count == 1 && (sessions[0]["clients"] as? [Any])?.isEmpty == true
+        }, "detached, the session kept")
+        XCTAssertEqual(try client.awaitClose().code, 1001)
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
@@ -585,6 +600,7 @@ final class ServeTests: XCTestCase {
             (["--client-option", "fontSize"], "--client-option: \"fontSize\" is not KEY=VALUE"),
             (["--client-option", "=3"], "--client-option"),
             (["--terminal-type", "vt 100"], "--terminal-type"),
+            (["--ping-interval", "-1"], "--ping-interval"),
             (["--cwd", "relative"], "--cwd"),
             (["--cwd", "/nonexistent"], "--cwd: \"/nonexistent\" is not an absolute path to a directory"),
             (["--base-path", "/a/../b"], "--base-path"),

@@ -72,7 +72,7 @@ final class ControlServerTests: XCTestCase {
         XCTAssertTrue(lines[1].hasSuffix("yes"), table)
 
         let (_, status) = try ctl(["ctl", "status", "--socket", path])
-        XCTAssertEqual(status, "supervisor pid \(getpid()): 2 of 2 workers running, 0 connections\n")
+        XCTAssertEqual(status, "supervisor pid \(getpid()): 2 of 2 workers running, 0 connections, 0 refused at --max-clients\n")
 
         server.close()
         XCTAssertNotEqual(access(path, F_OK), 0, "socket file removed")

@@ -84,4 +84,34 @@ final class WebSocketTests: XCTestCase {
         XCTAssertEqual(Frames.closeCode(echoed), 1000, "a close is echoed")
         await w.finish()
     }
+
+    /// ttyd's -P: a ping every interval; a connection whose ping is unanswered when the next is
+    /// due is closed with 1001, one that answers stays.
+    func testPingsAndTheClientThatDoesNotAnswer() async throws {
+        var settings = WebWorker.Settings()
+        settings.pingInterval = .seconds(10)
+        let silent = try await upgraded(settings)
+        await silent.channel.testingEventLoop.advanceTime(by: .seconds(10))
+        let first = try await silent.output { !Frames.server($0).isEmpty }
+        XCTAssertEqual(Frames.server(first).map(\.opcode), [0x9], "a ping after one interval")
+        XCTAssertNil(Frames.closeCode(first))
+        await silent.channel.testingEventLoop.advanceTime(by: .seconds(10))
+        let out = try await silent.output { Frames.closeCode($0) != nil }
+        XCTAssertEqual(Frames.closeCode(out), 1001)
+        XCTAssertEqual(Frames.closeReason(out), "ping not answered")
+        await silent.finish()
+
+        let answering = try await upgraded(settings)
+        for round in 1...3 {
+            await answering.channel.testingEventLoop.advanceTime(by: .seconds(10))
+            let bytes = try await answering.output { Frames.server($0).count >= round }
+            let ping = try XCTUnwrap(Frames.server(bytes).last)
+            XCTAssertEqual(ping.opcode, 0x9, "round \(round)")
+            try await answering.send(Frames.client(0xA, ping.payload))
+        }
+        await answering.channel.testingEventLoop.advanceTime(by: .seconds(10))
+        let later = try await answering.output { Frames.server($0).count >= 4 }
+        XCTAssertNil(Frames.closeCode(later), "answered pings keep the connection")
+        await answering.finish()
+    }
 }
