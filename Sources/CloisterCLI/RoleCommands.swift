@@ -110,13 +110,18 @@ struct VaultCommand: SandboxedCommand {
     @OptionGroup var sandbox: SandboxOptions
     @Option(help: "Window title sent to clients.") var title = "cloister"
     @OptionGroup var sessions: SessionOptions
+    @Option(help: "Most clients attached at once; 0: no limit.") var maxAttachments = 0
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments }
 
     mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
 
-    func run() async throws { try await VaultRole.run(title: title, sessions: try sessions.settings(), sandboxSteps: steps) }
+    func run() async throws {
+        var settings = try sessions.settings()
+        settings.maxAttachments = maxAttachments
+        try await VaultRole.run(title: title, sessions: settings, sandboxSteps: steps)
+    }
 }
 
 struct NurseryCommand: AsyncParsableCommand {

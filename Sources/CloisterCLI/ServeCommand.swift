@@ -41,6 +41,8 @@ struct ServeCommand: AsyncParsableCommand {
     var clientOptions: [String] = []
     @Option(help: "Seconds between pings of each WebSocket (ttyd's -P); one unanswered at the next ping is closed, its session detached. 0: no pings.")
     var pingInterval: Double = 30
+    @Flag(help: "Take one client at a time (others get 1013) and stop when it leaves (ttyd's -o).") var once = false
+    @Flag(help: "Stop when the last client leaves, once one has come (ttyd's -q).") var exitNoClients = false
     @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
     @Option(help: "Directory the shells start in (ttyd's -w). Default: the shells' user's home.") var cwd: String?
     @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
@@ -147,6 +149,10 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--terminal-type", problem: "\"\(terminalType)\" is not a terminal type (letters, digits, - + . _)")
         }
         c.terminalType = terminalType
+        if once && exitNoClients {
+            throw ConfigurationError(option: "--exit-no-clients", problem: "give either --once or --exit-no-clients")
+        }
+        c.exitWhen = once ? .once : exitNoClients ? .noClients : nil
         guard pingInterval.isFinite, pingInterval == 0 || (0.1...86_400).contains(pingInterval) else {
             throw ConfigurationError(option: "--ping-interval", problem: "\(pingInterval) is not 0 or between 0.1 and 86400 seconds")
         }

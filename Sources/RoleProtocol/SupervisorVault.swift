@@ -15,8 +15,13 @@ public enum SupervisorToVault: LinkMessage {
     case kick(session: String, client: UInt32?)
     /// End a session: its terminal is closed, the shell gets SIGHUP.
     case hangUp(session: String)
+    /// How many clients are attached now, and how many ever were (`--once`, `--exit-no-clients`).
+    case attachmentCount
 
-    enum Kind: UInt8 { case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57, listSessions = 0x6c, kick = 0x6b, hangUp = 0x68 }
+    enum Kind: UInt8 {
+        case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57, listSessions = 0x6c, kick = 0x6b, hangUp = 0x68
+        case attachmentCount = 0x61
+    }
 
     public var encoded: [UInt8] {
         switch self {
@@ -25,6 +30,7 @@ public enum SupervisorToVault: LinkMessage {
             w.rest([credential == nil ? 0 : 1] + (credential ?? []))
             return w.bytes
         case .nurseryLink: return [Kind.nurseryLink.rawValue]
+        case .attachmentCount: return [Kind.attachmentCount.rawValue]
         case .workerLink(let worker):
             var w = FieldWriter(kind: Kind.workerLink.rawValue)
             w.u32(worker)
@@ -44,7 +50,7 @@ public enum SupervisorToVault: LinkMessage {
 
     public var descriptorCount: Int {
         switch self {
-        case .configure, .listSessions, .kick, .hangUp: return 0
+        case .configure, .listSessions, .kick, .hangUp, .attachmentCount: return 0
         case .nurseryLink, .workerLink: return 1
         }
     }
@@ -76,6 +82,9 @@ public enum SupervisorToVault: LinkMessage {
         case .hangUp:
             try Self.expect(0, descriptors, kind: kind)
             self = .hangUp(session: String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self))
+        case .attachmentCount:
+            try Self.expect(0, descriptors, kind: kind)
+            self = .attachmentCount
         }
         try r.done()
     }
@@ -118,11 +127,13 @@ public enum VaultToSupervisor: LinkMessage {
     case sessions([SessionSummary])
     /// Whether the session (and client) named existed.
     case done(found: Bool)
+    /// Clients attached now, and attachments started since the vault started.
+    case attachments(current: UInt32, started: UInt64)
 
     /// Sessions per page, so that a page stays well within a message.
     public static let pageSize = 200
 
-    enum Kind: UInt8 { case sessions = 0x73, done = 0x64 }
+    enum Kind: UInt8 { case sessions = 0x73, done = 0x64, attachments = 0x41 }
 
     public var encoded: [UInt8] {
         switch self {
@@ -148,6 +159,11 @@ public enum VaultToSupervisor: LinkMessage {
             }
             return w.bytes
         case .done(let found): return [Kind.done.rawValue, found ? 1 : 0]
+        case .attachments(let current, let started):
+            var w = FieldWriter(kind: Kind.attachments.rawValue)
+            w.u32(current)
+            w.u64(started)
+            return w.bytes
         }
     }
 
@@ -182,6 +198,8 @@ public enum VaultToSupervisor: LinkMessage {
             let found = try r.u8()
             guard found <= 1 else { throw r.malformed }
             self = .done(found: found == 1)
+        case .attachments:
+            self = .attachments(current: try r.u32(), started: try r.u64())
         }
         try r.done()
     }

@@ -138,6 +138,8 @@ public enum VaultToWorker: LinkMessage {
         case tooSlow = 4
         /// The operator ended this client's attachment (`cloister ctl kick`).
         case kicked = 5
+        /// As many clients as the server takes are attached (`--once`: one).
+        case busy = 6
     }
 
     enum Kind: UInt8 { case accepted = 0x59, attached = 0x54, refused = 0x44, output = 0x6f, resynced = 0x52, exited = 0x78 }

@@ -202,6 +202,16 @@ final class LinkBroker: Sendable {
         return all
     }
 
+    func attachmentCounts() async throws -> (current: UInt32, started: UInt64) {
+        guard let vault = currentVault else { throw SessionRequestError.noVault }
+        let circuit = try vault.transport.open()
+        try await circuit.send(SupervisorToVault.attachmentCount, end: true)
+        guard case .attachments(let current, let started)? = try await circuit.receive(VaultToSupervisor.self)?.message else {
+            throw SessionRequestError.unexpectedReply
+        }
+        return (current, started)
+    }
+
     /// Sends a kick or hang-up; whether the session (and client) existed.
     func sessionRequest(_ request: SupervisorToVault) async throws -> Bool {
         guard let vault = currentVault else { throw SessionRequestError.noVault }

@@ -27,6 +27,8 @@ public final class Server: Sendable {
         public var basePath = ""
         /// The preferences message's JSON object, sent to every client (ttyd's -t).
         public var preferences = "{}"
+        /// Whether the server stops once its clients are gone (ttyd's -o and -q).
+        public var exitWhen: ExitWhen?
         /// Seconds between the workers' pings of each WebSocket (ttyd's -P); 0: none.
         public var pingInterval: Double = 30
         /// TERM for the shells (ttyd's -T), and the directory they start in (ttyd's -w; nil:
@@ -57,6 +59,13 @@ public final class Server: Sendable {
             self.command = command
             self.login = login
         }
+    }
+
+    public enum ExitWhen: String, Sendable {
+        /// One client at a time; stop when it leaves (`--once`).
+        case once = "--once"
+        /// Stop when the last client leaves (`--exit-no-clients`).
+        case noClients = "--exit-no-clients"
     }
 
     public let configuration: Configuration
@@ -106,7 +115,7 @@ public final class Server: Sendable {
         c.tuning?(&workerConfiguration)
         var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
         vaultConfiguration.mode = c.mode
-        vaultConfiguration.arguments = c.vaultArguments
+        vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)
@@ -127,6 +136,11 @@ public final class Server: Sendable {
             for listener in bound { try? listener.descriptor.close() }
             throw .controlSocket(error)
         }
+    }
+
+    /// Clients attached now and attachments started, from the vault.
+    public func attachmentCounts() async throws -> (current: UInt32, started: UInt64) {
+        try await broker.attachmentCounts()
     }
 
     /// SIGHUP: the new credential applies to every check from now on (open sessions stay),

@@ -23,6 +23,7 @@ public enum SupervisorRole {
             group.addTask {
                 guard await server.start(), !Task.isCancelled else { return }
                 announce(server, credentialLine: credentialLine)
+                if let exitWhen = server.configuration.exitWhen { await watchClients(server, exitWhen, log: log) }
             }
             var stop = SIGTERM
             for await signal in signals {
@@ -41,6 +42,20 @@ public enum SupervisorRole {
         log.info("draining", metadata: ["signal": "\(String(cString: strsignal(stopSignal)))"])
         await server.drain(timeout: drainTimeout)
         log.info("stopped")
+    }
+
+    /// `--once` and `--exit-no-clients`: once a client has attached and none is left, the
+    /// supervisor stops as on SIGTERM (drained, every role and shell stopped). The vault's
+    /// counts are read a few times a second; it counts every attachment it started, so a
+    /// client that comes and goes between two readings is not missed.
+    static func watchClients(_ server: Server, _ exitWhen: Server.ExitWhen, log: Logger) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+            guard let (current, started) = try? await server.attachmentCounts(), started > 0, current == 0 else { continue }
+            log.notice("the last client left: stopping", metadata: ["option": "\(exitWhen.rawValue)"])
+            kill(getpid(), SIGTERM)
+            return
+        }
     }
 
     /// The lines an operator reads on the terminal, and readiness for systemd.

@@ -18,6 +18,8 @@ public struct SessionSettings: Sendable {
     /// How long a session with no client attached stays before it is hung up.
     public var linger: Duration = .seconds(300)
     public var slowConsumer = SlowConsumer.resync
+    /// Most clients attached at once (`--once`: 1); 0: no limit but the server's.
+    public var maxAttachments = 0
 
     public init() {}
 }

@@ -29,7 +29,9 @@ public final class Vault: Sendable {
         var credential: Credential?
         var nursery: RoleTransport?
         var sessions: [String: Session] = [:]
+        /// Attached clients, counted from admission (before a new session's shell starts).
         var attachments = 0
+        var attachmentsStarted: UInt64 = 0
     }
 
     private let state = Mutex(State())
@@ -101,6 +103,9 @@ public final class Vault: Sendable {
             let found = session?.kick(client.map(Int.init)) ?? false
             logger.info("kick", metadata: ["session": "\(id)", "client": "\(client.map { "\($0)" } ?? "all")", "found": "\(found)"])
             try? await circuit.send(VaultToSupervisor.done(found: found), end: true)
+        case .attachmentCount:
+            let (current, started) = state.withLock { (UInt32($0.attachments), $0.attachmentsStarted) }
+            try? await circuit.send(VaultToSupervisor.attachments(current: current, started: started), end: true)
         case .hangUp(let id):
             let session = state.withLock { $0.sessions[id] }
             session?.hangUp()
@@ -163,6 +168,20 @@ public final class Vault: Sendable {
                 try? await circuit.send(VaultToWorker.refused(.badCredential), end: true)
                 return
             }
+            // Admitted before any shell starts, so a refused client costs none.
+            let maximum = settings.maxAttachments
+            let admitted = state.withLock { s in
+                guard maximum == 0 || s.attachments < maximum else { return false }
+                s.attachments += 1
+                s.attachmentsStarted += 1
+                return true
+            }
+            guard admitted else {
+                logger.warning("attachment refused: as many clients as allowed are attached", metadata: ["max": "\(maximum)"])
+                try? await circuit.send(VaultToWorker.refused(.busy), end: true)
+                return
+            }
+            defer { state.withLock { $0.attachments -= 1 } }
             let session: Session, writer: Bool
             if let wanted = request.session {
                 guard let (found, mayWrite) = await join(wanted) else {
@@ -321,10 +340,7 @@ public final class Vault: Sendable {
         let start = session.attached(writer: writer, worker: worker, from: offset) { kicked.pull() }
         let client = start.client
         log[metadataKey: "client"] = "\(client)"
-        let open = state.withLock { s in
-            s.attachments += 1
-            return s.attachments
-        }
+        let open = state.withLock { $0.attachments }
         log.info("attachment started", metadata: ["offset": "\(start.offset)", "skipped": "\(start.skipped)",
                                                   "open_attachments": "\(open)"])
         let settings = self.settings
@@ -382,7 +398,6 @@ public final class Vault: Sendable {
             log.error("attachment failed", metadata: ["error": "\(error)"])
             (ending, last) = (.clientLeft, nil)
         }
-        state.withLock { $0.attachments -= 1 }
         log.info("attachment ended", metadata: ["ending": "\(ending.rawValue)"])
         if let epoch = session.detached(client) { linger(session, from: epoch, logger: log) }
         if let last { await Self.sendLast(last, on: circuit) }

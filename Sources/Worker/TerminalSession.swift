@@ -38,7 +38,11 @@ struct TerminalSession {
                 try await outbound.write(Self.binary(TtydProtocol.sessionMessage(info)))
             case .refused(let refusal):
                 logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])
-                return await Self.close(outbound, .policy, refusal == .badCredential ? "authentication failed" : "no terminal")
+                switch refusal {
+                case .badCredential: return await Self.close(outbound, .policy, "authentication failed")
+                case .busy: return await Self.close(outbound, .tryAgainLater, "the server takes no more clients now")
+                default: return await Self.close(outbound, .policy, "no terminal")
+                }
             case .accepted, .output, .resynced, .exited, nil:
                 return await Self.close(outbound, .internalError, "no terminal")
             }

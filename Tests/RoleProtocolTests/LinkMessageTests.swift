@@ -8,10 +8,11 @@ final class LinkMessageTests: XCTestCase {
     static let supervisorToVault: [SupervisorToVault] = [
         .configure(credential: nil), .configure(credential: []), .configure(credential: Array("dTpw".utf8)),
         .nurseryLink, .workerLink(worker: 7), .listSessions, .kick(session: "abc", client: nil), .kick(session: "abc", client: 3),
-        .hangUp(session: "abc"),
+        .hangUp(session: "abc"), .attachmentCount,
     ]
     static let vaultToSupervisor: [VaultToSupervisor] = [
-        .sessions([]), .done(found: true), .done(found: false),
+        .sessions([]), .done(found: true), .done(found: false), .attachments(current: 0, started: 0),
+        .attachments(current: .max, started: .max),
         .sessions([SessionSummary(id: "abc", shell: 42, ageSeconds: 9, bytesOut: 1 << 33, ringHeld: 100, ringCapacity: 1 << 20,
                                   slowConsumerEvents: 1, ignored: 2,
                                   clients: [.init(client: 0, worker: 1, writer: true, lag: 0), .init(client: 5, worker: 0, writer: false, lag: 77)])]),

@@ -200,6 +200,52 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try client.awaitClose().code, 1001)
     }
 
+    /// The supervisor's exit status once it has exited within `seconds`, else nil.
+    private func exitStatus(_ server: ServedCloister, within seconds: Double) -> Int32? {
+        var status: Int32 = 0
+        guard eventually(seconds, { waitpid(server.child.pid, &status, WNOHANG) == server.child.pid }) else { return nil }
+        server.markStopped()
+        return status
+    }
+
+    private func attachedClient(_ server: ServedCloister) throws -> TerminalClient {
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: Self.token)
+        _ = try client.awaitSession()
+        return client
+    }
+
+    /// ttyd's -o: one client at a time (another is told to try again later, and no shell is
+    /// started for it), and the server stops when that client leaves.
+    func testOnceServesOneClientAndStopsWhenItLeaves() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--once"])
+        var first: TerminalClient? = try attachedClient(server)
+        let second = try TerminalClient.connect(port: server.port)
+        try second.authenticate(token: Self.token)
+        let refused = try second.awaitClose()
+        XCTAssertEqual(refused.code, 1013, refused.reason)
+        XCTAssertEqual((try server.control("sessions")["sessions"] as? [Any])?.count, 1, "no shell for the refused client")
+        XCTAssertNil(exitStatus(server, within: 1), "still serving its client")
+        XCTAssertNotNil(first)
+        first = nil
+        XCTAssertEqual(exitStatus(server, within: 15), 0, server.output)
+        XCTAssertTrue(server.output.contains("the last client left: stopping"), server.output)
+    }
+
+    /// ttyd's -q: the server stops when the last of its clients leaves.
+    func testExitNoClientsStopsWhenTheLastClientLeaves() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--exit-no-clients"])
+        XCTAssertNil(exitStatus(server, within: 1), "no client has come yet")
+        var first: TerminalClient? = try attachedClient(server)
+        var second: TerminalClient? = try attachedClient(server)
+        XCTAssertNotNil(first)
+        first = nil
+        XCTAssertNil(exitStatus(server, within: 1.5), "one client is left")
+        XCTAssertNotNil(second)
+        second = nil
+        XCTAssertEqual(exitStatus(server, within: 15), 0, server.output)
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
@@ -601,6 +647,7 @@ final class ServeTests: XCTestCase {
             (["--client-option", "=3"], "--client-option"),
             (["--terminal-type", "vt 100"], "--terminal-type"),
             (["--ping-interval", "-1"], "--ping-interval"),
+            (["--once", "--exit-no-clients"], "--exit-no-clients"),
             (["--cwd", "relative"], "--cwd"),
             (["--cwd", "/nonexistent"], "--cwd: \"/nonexistent\" is not an absolute path to a directory"),
             (["--base-path", "/a/../b"], "--base-path"),
