@@ -72,7 +72,8 @@
     const url = new URL("ws", location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.hash = "";
-    url.search = "";
+    // The page's query goes along, as with ttyd: `?arg=` values for a server run with --url-arg.
+    url.search = location.search;
     const ws = new WebSocket(url.href, ["tty"]);
     ws.binaryType = "arraybuffer";
     socket = ws;

@@ -83,10 +83,11 @@ struct WorkerCommand: SandboxedCommand {
     @Option(help: "Prefix of every route.") var basePath = ""
     @Option(help: "The preferences message, a JSON object.") var preferences = "{}"
     @Option(help: "Seconds between pings of each WebSocket; 0: none.") var pingInterval: Double = 30
+    @Flag(help: "Pass the URL's arg values to a new session's command.") var urlArguments = false
     var steps: [String] = []
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences, pingInterval }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences, pingInterval, urlArguments }
 
     mutating func enterSandbox() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
@@ -99,6 +100,7 @@ struct WorkerCommand: SandboxedCommand {
         settings.checkOrigin = checkOrigin
         settings.basePath = try BasePath(basePath)
         settings.preferences = Array(preferences.utf8)
+        settings.urlArguments = urlArguments
         settings.pingInterval = pingInterval > 0 ? .milliseconds(Int64(pingInterval * 1000)) : nil
         try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
     }
@@ -111,15 +113,17 @@ struct VaultCommand: SandboxedCommand {
     @Option(help: "Window title sent to clients.") var title = "cloister"
     @OptionGroup var sessions: SessionOptions
     @Option(help: "Most clients attached at once; 0: no limit.") var maxAttachments = 0
+    @Flag(help: "A new session's command takes the arguments of the client's URL.") var urlArguments = false
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments }
 
     mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
 
     func run() async throws {
         var settings = try sessions.settings()
         settings.maxAttachments = maxAttachments
+        settings.urlArguments = urlArguments
         try await VaultRole.run(title: title, sessions: settings, sandboxSteps: steps)
     }
 }

@@ -41,6 +41,9 @@ struct ServeCommand: AsyncParsableCommand {
     var clientOptions: [String] = []
     @Option(help: "Seconds between pings of each WebSocket (ttyd's -P); one unanswered at the next ping is closed, its session detached. 0: no pings.")
     var pingInterval: Double = 30
+    @Flag(name: .customLong("url-arg"),
+          help: "A new session's command gets the arg values of the page's URL appended, as separate arguments, never through a shell (ttyd's -a); at most 16 of 255 bytes.")
+    var urlArguments = false
     @Flag(help: "Take one client at a time (others get 1013) and stop when it leaves (ttyd's -o).") var once = false
     @Flag(help: "Stop when the last client leaves, once one has come (ttyd's -q).") var exitNoClients = false
     @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
@@ -152,6 +155,7 @@ struct ServeCommand: AsyncParsableCommand {
         if once && exitNoClients {
             throw ConfigurationError(option: "--exit-no-clients", problem: "give either --once or --exit-no-clients")
         }
+        c.urlArguments = urlArguments
         c.exitWhen = once ? .once : exitNoClients ? .noClients : nil
         guard pingInterval.isFinite, pingInterval == 0 || (0.1...86_400).contains(pingInterval) else {
             throw ConfigurationError(option: "--ping-interval", problem: "\(pingInterval) is not 0 or between 0.1 and 86400 seconds")

@@ -58,13 +58,15 @@ public final class Nursery: Sendable {
             try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
-        guard case .spawn(let columns, let rows) = request else { return }
+        guard case .spawn(let columns, let rows, let extra) = request else { return }
+        // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
+        let arguments = Array(command.dropFirst()) + extra.map { String(decoding: $0, as: UTF8.self) }
         let child: ChildProcess
         do {
             let terminal = try PseudoTerminal.open(rows: rows, columns: columns)
             defer { try? terminal.master.close() }
             let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
-            child = try ChildProcess.spawn(command[0], arguments: Array(command.dropFirst()), environment: environment,
+            child = try ChildProcess.spawn(command[0], arguments: arguments, environment: environment,
                                            terminal: terminal.slavePath, argumentZero: login ? "-\(name)" : name)
             try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master])
         } catch {

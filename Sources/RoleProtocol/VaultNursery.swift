@@ -1,16 +1,21 @@
 /// Vault → nursery: one circuit per shell, opened by the vault.
 public enum VaultToNursery: LinkMessage {
-    /// Start the command on a new PTY of this size.
-    case spawn(columns: UInt16, rows: UInt16)
+    /// Start the command on a new PTY of this size, with `arguments` appended (ttyd's
+    /// --url-arg; the vault passes them only when the operator allowed them).
+    case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [])
 
     enum Kind: UInt8 { case spawn = 0x53 }
 
     public var encoded: [UInt8] {
         switch self {
-        case .spawn(let columns, let rows):
+        case .spawn(let columns, let rows, let arguments):
             var w = FieldWriter(kind: Kind.spawn.rawValue)
             w.u16(columns)
             w.u16(rows)
+            if !arguments.isEmpty {
+                w.rest([UInt8(arguments.count)])
+                for argument in arguments { w.short(argument) }
+            }
             return w.bytes
         }
     }
@@ -24,7 +29,17 @@ public enum VaultToNursery: LinkMessage {
         switch kind {
         case .spawn:
             let columns = try r.u16(), rows = try r.u16()
-            self = .spawn(columns: columns, rows: rows)
+            var arguments: [[UInt8]] = []
+            if !r.atEnd {
+                let count = Int(try r.u8())
+                guard (1...LinkLimits.urlArguments).contains(count) else { throw r.malformed }
+                for _ in 0..<count {
+                    let argument = try r.short(limit: LinkLimits.urlArgument)
+                    guard !argument.contains(0) else { throw r.malformed }
+                    arguments.append(argument)
+                }
+            }
+            self = .spawn(columns: columns, rows: rows, arguments: arguments)
         }
         try r.done()
     }

@@ -10,15 +10,20 @@ public struct AttachRequest: Sendable, Equatable {
     public var offset: UInt64?
     /// Join without writing, even with the writing secret.
     public var readonly: Bool
+    /// For a new session: arguments appended to the command (ttyd's --url-arg), at most
+    /// `LinkLimits.urlArguments` of at most `LinkLimits.urlArgument` bytes, none with a NUL.
+    public var arguments: [[UInt8]]
 
     public init(columns: UInt16, rows: UInt16, token: [UInt8], session: (id: [UInt8], secret: [UInt8])? = nil,
-                offset: UInt64? = nil, readonly: Bool = false) {
+                offset: UInt64? = nil, readonly: Bool = false, arguments: [[UInt8]] = []) {
         (self.columns, self.rows, self.token, self.session, self.offset, self.readonly) = (columns, rows, token, session, offset, readonly)
+        self.arguments = arguments
     }
 
     public static func == (a: AttachRequest, b: AttachRequest) -> Bool {
         a.columns == b.columns && a.rows == b.rows && a.token == b.token && a.session?.id == b.session?.id
             && a.session?.secret == b.session?.secret && a.offset == b.offset && a.readonly == b.readonly
+            && a.arguments == b.arguments
     }
 }
 
@@ -63,11 +68,16 @@ public enum WorkerToVault: LinkMessage {
             w.u16(request.columns)
             w.u16(request.rows)
             let flags: UInt8 = (request.readonly ? 1 : 0) | (request.session != nil ? 2 : 0) | (request.offset != nil ? 4 : 0)
+                | (request.arguments.isEmpty ? 0 : 8)
             w.rest([flags])
             if let offset = request.offset { w.u64(offset) }
             if let session = request.session {
                 w.short(session.id)
                 w.short(session.secret)
+            }
+            if !request.arguments.isEmpty {
+                w.rest([UInt8(request.arguments.count)])
+                for argument in request.arguments { w.short(argument) }
             }
             w.rest(request.token)
             return w.bytes
@@ -93,15 +103,25 @@ public enum WorkerToVault: LinkMessage {
         case .attach:
             let columns = try r.u16(), rows = try r.u16()
             let flags = try r.u8()
-            guard flags & ~7 == 0 else { throw r.malformed }
+            guard flags & ~15 == 0 else { throw r.malformed }
             let offset = flags & 4 != 0 ? try r.u64() : nil
             var session: (id: [UInt8], secret: [UInt8])?
             if flags & 2 != 0 {
                 let id = try r.short(limit: LinkLimits.sessionField)
                 session = (id, try r.short(limit: LinkLimits.sessionField))
             }
+            var arguments: [[UInt8]] = []
+            if flags & 8 != 0 {
+                let count = Int(try r.u8())
+                guard (1...LinkLimits.urlArguments).contains(count) else { throw r.malformed }
+                for _ in 0..<count {
+                    let argument = try r.short(limit: LinkLimits.urlArgument)
+                    guard !argument.contains(0) else { throw r.malformed }
+                    arguments.append(argument)
+                }
+            }
             self = .attach(AttachRequest(columns: columns, rows: rows, token: try r.rest(limit: LinkLimits.token),
-                                         session: session, offset: offset, readonly: flags & 1 != 0))
+                                         session: session, offset: offset, readonly: flags & 1 != 0, arguments: arguments))
         case .input: self = .input(try r.rest())
         case .resize:
             let columns = try r.u16(), rows = try r.u16()

@@ -27,6 +27,8 @@ public final class Server: Sendable {
         public var basePath = ""
         /// The preferences message's JSON object, sent to every client (ttyd's -t).
         public var preferences = "{}"
+        /// Whether a new session's command takes the client's URL arguments (ttyd's -a).
+        public var urlArguments = false
         /// Whether the server stops once its clients are gone (ttyd's -o and -q).
         public var exitWhen: ExitWhen?
         /// Seconds between the workers' pings of each WebSocket (ttyd's -P); 0: none.
@@ -110,12 +112,14 @@ public final class Server: Sendable {
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
             + (c.preferences == "{}" ? [] : ["--preferences", c.preferences]) + ["--ping-interval", "\(c.pingInterval)"]
+            + (c.urlArguments ? ["--url-arguments"] : [])
         workerConfiguration.admission = .onceLinked
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)
         var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
         vaultConfiguration.mode = c.mode
         vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
+            + (c.urlArguments ? ["--url-arguments"] : [])
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)

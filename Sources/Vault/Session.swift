@@ -20,6 +20,8 @@ public struct SessionSettings: Sendable {
     public var slowConsumer = SlowConsumer.resync
     /// Most clients attached at once (`--once`: 1); 0: no limit but the server's.
     public var maxAttachments = 0
+    /// Whether a new session's command takes arguments from the client's URL (ttyd's --url-arg).
+    public var urlArguments = false
 
     public init() {}
 }

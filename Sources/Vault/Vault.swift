@@ -168,6 +168,13 @@ public final class Vault: Sendable {
                 try? await circuit.send(VaultToWorker.refused(.badCredential), end: true)
                 return
             }
+            // Arguments only where the operator allowed them, and only for a new session: a
+            // worker that sends them otherwise is not following the protocol.
+            guard request.arguments.isEmpty || (settings.urlArguments && request.session == nil) else {
+                logger.error("attachment refused: command arguments that are not allowed")
+                try? await circuit.send(VaultToWorker.refused(.malformedRequest), end: true)
+                return
+            }
             // Admitted before any shell starts, so a refused client costs none.
             let maximum = settings.maxAttachments
             let admitted = state.withLock { s in
@@ -192,7 +199,8 @@ public final class Vault: Sendable {
                 (session, writer) = (found, mayWrite && !request.readonly)
             } else {
                 do {
-                    session = try await startSession(columns: request.columns, rows: request.rows, logger: logger)
+                    session = try await startSession(columns: request.columns, rows: request.rows, arguments: request.arguments,
+                                                     logger: logger)
                 } catch {
                     logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
                     try? await circuit.send(VaultToWorker.refused(.noTerminal), end: true)
@@ -235,10 +243,10 @@ public final class Vault: Sendable {
         var master: SystemPackage.FileDescriptor
     }
 
-    private func spawnShell(columns: UInt16, rows: UInt16) async throws -> Shell {
+    private func spawnShell(columns: UInt16, rows: UInt16, arguments: [[UInt8]]) async throws -> Shell {
         guard let nursery = state.withLock({ $0.nursery }) else { throw VaultError.noNursery }
         let conversation = try nursery.open()
-        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows))
+        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows, arguments: arguments))
         let reply = try await conversation.receive(NurseryToVault.self)
         switch reply?.message {
         case .spawned(let pid):
@@ -253,8 +261,8 @@ public final class Vault: Sendable {
 
     /// Starts a shell and the session around it; the session's I/O runs on its own until the
     /// shell exits or the session is hung up.
-    private func startSession(columns: UInt16, rows: UInt16, logger: Logger) async throws -> Session {
-        let shell = try await spawnShell(columns: columns, rows: rows)
+    private func startSession(columns: UInt16, rows: UInt16, arguments: [[UInt8]], logger: Logger) async throws -> Session {
+        let shell = try await spawnShell(columns: columns, rows: rows, arguments: arguments)
         // Our own copy of the master, for resizes: NIO closes its descriptors whenever the
         // channel goes, and a resize must never reach whatever reused that number. Holding it
         // also keeps the terminal up until the session has finished.

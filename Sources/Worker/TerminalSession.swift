@@ -13,6 +13,8 @@ struct TerminalSession {
 
     let service: any TerminalService
     let preferences: [UInt8]
+    /// ttyd's --url-arg: nil when the URL's arguments break the bounds.
+    let arguments: [[UInt8]]?
     let logger: Logger
 
     func run(_ session: NIOAsyncChannel<ClientMessage, WebSocketFrame>) async {
@@ -22,9 +24,15 @@ struct TerminalSession {
             guard let hello = TtydProtocol.hello(first.bytes) else {
                 return await Self.close(outbound, .policy, "the first message must be ttyd's JSON")
             }
-            guard let request = TtydProtocol.attachRequest(hello) else {
+            guard var request = TtydProtocol.attachRequest(hello) else {
                 return await Self.close(outbound, .policy, "a session needs its id and a secret")
             }
+            guard let arguments else {
+                return await Self.close(outbound, .policy,
+                                        "at most \(LinkLimits.urlArguments) URL arguments of at most \(LinkLimits.urlArgument) bytes")
+            }
+            // Arguments start a new session's command; joining one, they have no use.
+            if request.session == nil { request.arguments = arguments }
             guard let attachment = service.attachment() else {
                 return await Self.close(outbound, .internalError, "no terminal service")
             }

@@ -57,6 +57,38 @@ enum TtydProtocol {
         return [session] + ((try? encoder.encode(message)).map(Array.init) ?? [])
     }
 
+    /// The `arg` values of a URI's query, in order, decoded as a form does (`%XX`, `+` for a
+    /// space): ttyd's --url-arg. Nil when there are more than `LinkLimits.urlArguments`, one
+    /// is longer than `LinkLimits.urlArgument` bytes, or one has a NUL or a bad escape.
+    static func urlArguments(_ uri: String) -> [[UInt8]]? {
+        guard let question = uri.firstIndex(of: "?") else { return [] }
+        var arguments: [[UInt8]] = []
+        for pair in uri[uri.index(after: question)...].split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard parts[0] == "arg" else { continue }
+            guard parts.count == 2, let value = formDecoded(parts[1]), !value.contains(0),
+                  value.count <= LinkLimits.urlArgument, arguments.count < LinkLimits.urlArguments else { return nil }
+            arguments.append(value)
+        }
+        return arguments
+    }
+
+    static func formDecoded(_ text: Substring) -> [UInt8]? {
+        var out: [UInt8] = []
+        var bytes = Array(text.utf8)[...]
+        while let byte = bytes.popFirst() {
+            switch byte {
+            case UInt8(ascii: "+"): out.append(UInt8(ascii: " "))
+            case UInt8(ascii: "%"):
+                guard bytes.count >= 2, let value = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) else { return nil }
+                out.append(value)
+                bytes.removeFirst(2)
+            default: out.append(byte)
+            }
+        }
+        return out
+    }
+
     struct WindowSize: Decodable {
         var columns: Int
         var rows: Int

@@ -20,6 +20,9 @@ public final class WebWorker: Sendable {
         /// How often each WebSocket is pinged; one whose ping is unanswered at the next is
         /// closed. Nil: never.
         public var pingInterval: TimeAmount? = .seconds(30)
+        /// Whether a new session's command takes the `arg` values of the handshake's query
+        /// (ttyd's --url-arg); the vault checks it too.
+        public var urlArguments = false
         /// The preferences message's JSON object (ttyd's --client-option): the page's options.
         public var preferences = Array("{}".utf8)
         public var maxHeaderBytes = 16 * 1024
@@ -35,7 +38,8 @@ public final class WebWorker: Sendable {
     /// What the opening handshake became: a ttyd session, or plain HTTP (which `HTTPHandler`
     /// answers in the pipeline).
     public enum Upgrade: Sendable {
-        case terminal(NIOAsyncChannel<ClientMessage, WebSocketFrame>)
+        /// With the opening handshake's URI, where ttyd's --url-arg arguments are.
+        case terminal(NIOAsyncChannel<ClientMessage, WebSocketFrame>, uri: String)
         case http
     }
 
@@ -71,8 +75,9 @@ public final class WebWorker: Sendable {
 
     /// Runs the session an upgrade started; returns at once for plain HTTP.
     func handle(_ upgrade: EventLoopFuture<Upgrade>) async {
-        guard case .terminal(let session)? = try? await upgrade.get() else { return }
-        await TerminalSession(service: service, preferences: settings.preferences, logger: logger).run(session)
+        guard case .terminal(let session, let uri)? = try? await upgrade.get() else { return }
+        let arguments = settings.urlArguments ? TtydProtocol.urlArguments(uri) : []
+        await TerminalSession(service: service, preferences: settings.preferences, arguments: arguments, logger: logger).run(session)
     }
 
     /// The whole pipeline, on the channel's event loop: HTTP/1.1 with the typed WebSocket
@@ -96,7 +101,7 @@ public final class WebWorker: Sendable {
                 }
                 return channel.eventLoop.makeSucceededFuture(["Sec-WebSocket-Protocol": "tty"])
             },
-            upgradePipelineHandler: { channel, _ in
+            upgradePipelineHandler: { channel, head in
                 deadline.cancel()
                 // HTTP errors are over: what is left is WebSocket's to report.
                 channel.pipeline.removeHandler(name: HTTPErrorHandler.name, promise: nil)
@@ -108,7 +113,7 @@ public final class WebWorker: Sendable {
                         minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: settings.maxFragments,
                         maxAccumulatedFrameSize: settings.maxMessageBytes))
                     try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval))
-                    return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
+                    return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel), uri: head.uri)
                 }
             })
         var limits = NIOHTTPDecoderLimitConfiguration()

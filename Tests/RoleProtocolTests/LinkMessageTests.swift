@@ -23,7 +23,8 @@ final class LinkMessageTests: XCTestCase {
         .attach(AttachRequest(columns: .max, rows: 1, token: [])),
         .attach(AttachRequest(columns: 80, rows: 24, token: Array("dTpw".utf8), session: (Array("sid".utf8), Array("secret".utf8)),
                               offset: 123_456_789_012, readonly: true)),
-        .attach(AttachRequest(columns: 1, rows: 1, token: [], offset: 0)), .input([]), .input(Array(0...255)), .resize(columns: 120, rows: 40),
+        .attach(AttachRequest(columns: 1, rows: 1, token: [], offset: 0)),
+        .attach(AttachRequest(columns: 80, rows: 24, token: [1], arguments: [Array("one".utf8), [], Array(repeating: 0x41, count: 255)])), .input([]), .input(Array(0...255)), .resize(columns: 120, rows: 40),
         .pause, .resume,
     ]
     static let vaultToWorker: [VaultToWorker] = [
@@ -33,7 +34,10 @@ final class LinkMessageTests: XCTestCase {
         .resynced(offset: 1 << 40, skipped: 99),
         .exited(.status(0)), .exited(.status(-1)), .exited(.signal(9)),
     ] + VaultToWorker.Refusal.allCases.map { .refused($0) }
-    static let vaultToNursery: [VaultToNursery] = [.spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max)]
+    static let vaultToNursery: [VaultToNursery] = [
+        .spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max),
+        .spawn(columns: 80, rows: 24, arguments: Array(repeating: Array("a b".utf8), count: LinkLimits.urlArguments)),
+    ]
     static let nurseryToVault: [NurseryToVault] = [
         .spawned(pid: 4242), .failed(reason: "posix_spawn: ENOENT"), .exited(.status(7)), .exited(.signal(1)),
     ]
@@ -169,5 +173,16 @@ final class LinkMessageTests: XCTestCase {
         mangle(Self.vaultToWorker)
         mangle(Self.vaultToNursery)
         mangle(Self.nurseryToVault)
+    }
+
+    /// ttyd's --url-arg arguments: bounded in count and length, no NUL, on both links.
+    func testCommandArgumentsAreBounded() {
+        let nul = AttachRequest(columns: 80, rows: 24, token: [], arguments: [[0x61, 0, 0x62]])
+        XCTAssertThrowsError(try WorkerToVault(decoding: WorkerToVault.attach(nul).encoded, descriptors: 0))
+        let many = AttachRequest(columns: 80, rows: 24, token: [], arguments: Array(repeating: [0x61], count: LinkLimits.urlArguments + 1))
+        XCTAssertThrowsError(try WorkerToVault(decoding: WorkerToVault.attach(many).encoded, descriptors: 0))
+        XCTAssertThrowsError(try VaultToNursery(decoding: VaultToNursery.spawn(columns: 1, rows: 1, arguments: [[0]]).encoded, descriptors: 0))
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 0], descriptors: 0), "a count of 0")
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 1, 5, 0x61], descriptors: 0), "a field past the end")
     }
 }

@@ -246,6 +246,27 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(exitStatus(server, within: 15), 0, server.output)
     }
 
+    /// ttyd's -a: the URL's arg values become the command's arguments, each one argv entry
+    /// (no shell word splitting), only when the operator allowed it.
+    func testURLArgumentsReachTheCommandOnlyWhenAllowed() throws {
+        let script = ["/bin/sh", "-c", "printf '[%s]' \"$@\"; echo; exec cat", "sh"]
+        for allowed in [true, false] {
+            let server = try ServedCloister.start(workers: 1, extra: allowed ? ["--url-arg"] : [], command: script)
+            let client = try TerminalClient.connect(port: server.port, path: "/ws?arg=one&arg=two+words&other=x&arg=%24%28id%29")
+            try client.authenticate(token: Self.token)
+            let expected = allowed ? "[one][two words][$(id)]" : "[]"
+            let text = try client.readOutput { $0.contains(expected) }
+            XCTAssertTrue(text.contains(expected), "allowed: \(allowed): \(text)")
+        }
+        let server = try ServedCloister.start(workers: 1, extra: ["--url-arg"], command: script)
+        let tooMany = (0...16).map { "arg=\($0)" }.joined(separator: "&")
+        let client = try TerminalClient.connect(port: server.port, path: "/ws?" + tooMany)
+        try client.authenticate(token: Self.token)
+        let closed = try client.awaitClose()
+        XCTAssertEqual(closed.code, 1008)
+        XCTAssertTrue(closed.reason.contains("URL arguments"), closed.reason)
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)

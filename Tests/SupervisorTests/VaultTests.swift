@@ -99,6 +99,17 @@ final class VaultTests: XCTestCase {
     }
 
     /// Guesses sent in parallel on the link still get at most ten answers a second.
+    /// A worker that passes command arguments the operator did not allow gets no shell.
+    func testCommandArgumentsNotAllowedAreRefused() async throws {
+        let vault = try await startVault()
+        let right = Credential(userAndPassword: Self.secret).token
+        let reply = try await Self.ask(vault.link, .attach(AttachRequest(columns: 80, rows: 24, token: right,
+                                                                         arguments: [Array("--rcfile".utf8)])))
+        XCTAssertEqual(reply, .refused(.malformedRequest))
+        XCTAssertEqual(vault.violations.names.withLock { $0 }, [])
+        try await stop(vault)
+    }
+
     func testGuessesFromAWorkerAreThrottled() async throws {
         let vault = try await startVault()
         let guesses = 12
