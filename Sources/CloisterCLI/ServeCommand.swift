@@ -26,8 +26,10 @@ struct ServeCommand: AsyncParsableCommand {
         credential file and renews the workers as their clients leave.
         """)
 
-    @Option(name: .customLong("listen"), help: "HOST:PORT or [IPV6]:PORT to listen on (repeatable).")
+    @Option(name: .customLong("listen"), help: "HOST:PORT, [IPV6]:PORT or unix:/PATH to listen on (repeatable).")
     var listen: [String] = []
+    @Option(help: "USER[:GROUP] owning unix listeners' socket files (ttyd's -U; only as root).") var socketOwner: String?
+    @Option(help: "Mode of unix listeners' socket files, in octal.") var socketMode = "660"
     @Option(help: "Number of sandboxed workers (default: the number of online CPUs).") var workers: Int?
     @Option(help: "USER:PASSWORD clients must present (ttyd's -c). Default: a one-time credential, printed.")
     var credential: String?
@@ -115,7 +117,31 @@ struct ServeCommand: AsyncParsableCommand {
         // Socket-activated, the inherited sockets replace the default address.
         let addresses = listen.isEmpty ? (activated ? [] : ["127.0.0.1:7681"]) : listen
         for address in addresses where Listener.parse(address) == nil {
-            throw ConfigurationError(option: "--listen", problem: "\"\(address)\" is not HOST:PORT, [IPV6]:PORT or :PORT")
+            let path = address.hasPrefix(Listener.unixPrefix) ? String(address.dropFirst(Listener.unixPrefix.count)) : nil
+            guard let path else {
+                throw ConfigurationError(option: "--listen", problem: "\"\(address)\" is not HOST:PORT, [IPV6]:PORT, :PORT or unix:/PATH")
+            }
+            guard path.hasPrefix("/"), path.utf8.count < 108 else {
+                throw ConfigurationError(option: "--listen", problem: "\"\(address)\": a unix socket needs an absolute path of at most 107 bytes")
+            }
+        }
+        guard let mode = mode_t(socketMode, radix: 8), mode & ~0o777 == 0 else {
+            throw ConfigurationError(option: "--socket-mode", problem: "\"\(socketMode)\" is not an octal mode such as 660")
+        }
+        guard mode & 0o002 == 0 else {
+            throw ConfigurationError(option: "--socket-mode", problem: "\(socketMode) lets every local user connect: leave out the write bit for others")
+        }
+        var access = Listener.SocketAccess(mode: mode)
+        if let socketOwner {
+            guard geteuid() == 0 else { throw ConfigurationError(option: "--socket-owner", problem: "only applies when started as root") }
+            let parts = socketOwner.split(separator: ":", maxSplits: 1).map(String.init)
+            guard let user = getpwnam(parts[0]) else { throw ConfigurationError(option: "--socket-owner", problem: "no user \"\(parts[0])\"") }
+            access.owner = user.pointee.pw_uid
+            access.group = user.pointee.pw_gid
+            if parts.count == 2 {
+                guard let group = getgrnam(parts[1]) else { throw ConfigurationError(option: "--socket-owner", problem: "no group \"\(parts[1])\"") }
+                access.group = group.pointee.gr_gid
+            }
         }
         var token: [UInt8]
         var credentialLine: String?
@@ -143,6 +169,7 @@ struct ServeCommand: AsyncParsableCommand {
         let (shellCommand, login) = try resolvedCommand()
         var c = Server.Configuration(workerPolicy: paths["worker"]!, vaultPolicy: paths["vault"]!, command: shellCommand, login: login)
         c.listen = addresses
+        c.socketAccess = access
         c.workers = count
         c.credential = token
         c.checkOrigin = checkOrigin

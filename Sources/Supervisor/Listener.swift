@@ -6,12 +6,27 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A listening TCP socket the supervisor owns. Client bytes are never read here: accepted
-/// sockets go straight to a worker.
+/// A listening socket the supervisor owns: TCP, or a unix socket for a reverse proxy on the
+/// same machine. Client bytes are never read here: accepted sockets go straight to a worker.
 public final class Listener: Sendable {
     public let descriptor: FileDescriptor
-    /// "host:port" as bound (the port resolved when 0 was asked for).
+    /// "host:port" as bound (the port resolved when 0 was asked for), or "unix:PATH".
     public let address: String
+    /// The socket file of a unix listener, removed when it is closed.
+    public let path: String?
+
+    public static let unixPrefix = "unix:"
+
+    /// Who may connect to a unix listener: its file's owner, group and mode.
+    public struct SocketAccess: Sendable {
+        public var owner: uid_t?
+        public var group: gid_t?
+        public var mode: mode_t
+
+        public init(owner: uid_t? = nil, group: gid_t? = nil, mode: mode_t = 0o660) {
+            (self.owner, self.group, self.mode) = (owner, group, mode)
+        }
+    }
 
     /// Parses "HOST:PORT", "[V6]:PORT" or ":PORT" (all IPv4 addresses). Numeric hosts only,
     /// so what is bound never depends on name resolution.
@@ -32,7 +47,15 @@ public final class Listener: Sendable {
         return (String(host), number)
     }
 
-    public init(_ text: String, backlog: Int32 = 511) throws(SystemCallError) {
+    public init(_ text: String, access: SocketAccess = .init(), backlog: Int32 = 511) throws(SystemCallError) {
+        if text.hasPrefix(Self.unixPrefix) {
+            let path = String(text.dropFirst(Self.unixPrefix.count))
+            descriptor = try Self.bindUnix(path, access: access, backlog: backlog)
+            address = text
+            self.path = path
+            return
+        }
+        path = nil
         guard let (host, port) = Self.parse(text) else {
             throw SystemCallError(call: "parse", errno: .invalidArgument,
                                   detail: "\(text): expected HOST:PORT, [IPV6]:PORT or :PORT with a numeric host")
@@ -77,6 +100,49 @@ public final class Listener: Sendable {
         _ = try valueOrErrno("fcntl(F_SETFD)", detail: name) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
         descriptor = FileDescriptor(rawValue: fd)
         address = Self.boundAddress(fd) ?? name
+        path = nil
+    }
+
+    /// A unix stream socket at `path` (absolute): a socket file left by a process that died is
+    /// replaced, anything else there is refused. Owner, group and mode are set between bind
+    /// and listen, so no connection is taken before they hold.
+    static func bindUnix(_ path: String, access: SocketAccess, backlog: Int32) throws(SystemCallError) -> FileDescriptor {
+        guard path.hasPrefix("/"), path.utf8.count < 108 else {
+            throw SystemCallError(call: "bind", errno: .invalidArgument, detail: "\(path): an absolute path of at most 107 bytes is needed")
+        }
+        var info = stat()
+        if lstat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFSOCK else {
+                throw SystemCallError(call: "bind", errno: .fileExists, detail: "\(path) exists and is not a socket")
+            }
+            let probe = SocketAddress.unix(path: path)
+            if let fd = try? probe.socket(CInt(SOCK_STREAM.rawValue)) {
+                defer { close(fd) }
+                if (try? probe.connect(fd)) != nil {
+                    throw SystemCallError(call: "bind", errno: .addressInUse, detail: "\(path): a server is listening there")
+                }
+            }
+            _ = try valueOrErrno("unlink", detail: "stale socket \(path)") { unlink(path) }
+        }
+        let address = SocketAddress.unix(path: path)
+        let fd = try address.socket(CInt(SOCK_STREAM.rawValue))
+        do throws(SystemCallError) {
+            try address.bind(fd)
+            do throws(SystemCallError) {
+                if access.owner != nil || access.group != nil {
+                    _ = try valueOrErrno("chown", detail: path) { chown(path, access.owner ?? uid_t.max, access.group ?? gid_t.max) }
+                }
+                _ = try valueOrErrno("chmod", detail: path) { chmod(path, access.mode) }
+                _ = try valueOrErrno("listen", detail: path) { listen(fd, backlog) }
+            } catch {
+                unlink(path)
+                throw error
+            }
+        } catch {
+            close(fd)
+            throw error
+        }
+        return FileDescriptor(rawValue: fd)
     }
 
     /// "host:port" ("[host]:port" for IPv6) of the address a socket is bound to, as the
@@ -132,8 +198,10 @@ public final class Listener: Sendable {
         }
     }
 
-    /// Wakes a blocked `accept` (which then fails with EINVAL) and closes nothing yet.
+    /// Wakes a blocked `accept` (which then fails with EINVAL) and closes nothing yet; a
+    /// unix listener's socket file is removed, so no client finds a server that has gone.
     public func stop() {
         shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
+        if let path { unlink(path) }
     }
 }

@@ -17,6 +17,8 @@ import Glibc
 public final class Server: Sendable {
     public struct Configuration: Sendable {
         public var listen: [String] = ["127.0.0.1:7681"]
+        /// Owner, group and mode of unix listeners ("unix:PATH" in `listen`).
+        public var socketAccess = Listener.SocketAccess()
         public var workers = 2
         /// ttyd's AuthToken form of the credential (base64 of "user:password"); nil lets
         /// everyone in.
@@ -102,7 +104,7 @@ public final class Server: Sendable {
         self.logger = logger
         var bound: [Listener] = inherited
         do {
-            for address in c.listen { bound.append(try Listener(address)) }
+            for address in c.listen { bound.append(try Listener(address, access: c.socketAccess)) }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
             throw .listen(error)

@@ -61,7 +61,10 @@ public enum SupervisorRole {
     /// The lines an operator reads on the terminal, and readiness for systemd.
     static func announce(_ server: Server, credentialLine: String?) {
         for listener in server.listeners {
-            let (host, port) = Listener.parse(listener.address)!
+            guard let (host, port) = Listener.parse(listener.address), listener.path == nil else {
+                print("cloister: listening on \(listener.address) (HTTP at \(server.configuration.basePath)/)")
+                continue
+            }
             let shown = host.contains(":") ? "[\(host)]" : host
             print("cloister: listening on http://\(shown):\(port)\(server.configuration.basePath)/")
         }

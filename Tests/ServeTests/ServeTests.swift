@@ -1,6 +1,7 @@
 import Foundation
 import Processes
 import Synchronization
+import SystemCalls
 import SystemPackage
 import TerminalClient
 import TestSupport
@@ -8,7 +9,6 @@ import XCTest
 
 #if canImport(Glibc)
 import Glibc
-import SystemCalls
 #endif
 
 /// The whole path against the real `cloister serve`: supervisor, sandboxed workers, vault,
@@ -265,6 +265,57 @@ final class ServeTests: XCTestCase {
         let closed = try client.awaitClose()
         XCTAssertEqual(closed.code, 1008)
         XCTAssertTrue(closed.reason.contains("URL arguments"), closed.reason)
+    }
+
+    /// One HTTP request over a unix socket; the status code.
+    private func unixGet(_ path: String, authorization: String? = nil) throws -> Int {
+        let address = SocketAddress.unix(path: path)
+        let fd = try address.socket(CInt(SOCK_STREAM.rawValue))
+        defer { close(fd) }
+        try address.connect(fd)
+        var request = "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        if let authorization { request += "Authorization: Basic \(authorization)\r\n" }
+        request += "\r\n"
+        _ = request.withCString { write(fd, $0, strlen($0)) }
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            reply += buffer[..<n]
+        }
+        let text = String(decoding: reply, as: UTF8.self)
+        return Int(text.split(separator: " ").dropFirst().first ?? "") ?? -1
+    }
+
+    /// ttyd's -i PATH (and -U): a unix socket listener, its file 0660, a stale one replaced,
+    /// removed when the server stops; anything else at the path is refused at start.
+    func testAUnixSocketListener() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-unix-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/http.sock"
+        // A socket file left by a process that died.
+        let stale = SocketAddress.unix(path: path)
+        let staleFD = try stale.socket(CInt(SOCK_STREAM.rawValue))
+        try stale.bind(staleFD)
+        close(staleFD)
+        let server = try ServedCloister.start(workers: 1, extra: ["--listen", "unix:" + path])
+        XCTAssertTrue(server.output.contains("listening on unix:\(path)"), server.output)
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o777, 0o660, "the socket file's mode")
+        XCTAssertEqual(try unixGet(path), 401)
+        XCTAssertEqual(try unixGet(path, authorization: Self.token), 200)
+        XCTAssertEqual(try server.stop(), .exited(0))
+        XCTAssertNotEqual(lstat(path, &info), 0, "the socket file is removed at stop")
+
+        // A regular file at the path is not the server's to replace.
+        XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data("keep".utf8)))
+        XCTAssertThrowsError(try ServedCloister.start(workers: 1, extra: ["--listen", "unix:" + path])) {
+            XCTAssertTrue("\($0)".contains("exists and is not a socket"), "\($0)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "keep")
     }
 
     func testWrongCredentialAndForeignOriginAreRefused() throws {
@@ -669,6 +720,9 @@ final class ServeTests: XCTestCase {
             (["--terminal-type", "vt 100"], "--terminal-type"),
             (["--ping-interval", "-1"], "--ping-interval"),
             (["--once", "--exit-no-clients"], "--exit-no-clients"),
+            (["--listen", "unix:relative.sock"], "--listen"),
+            (["--socket-mode", "666"], "--socket-mode: 666 lets every local user connect"),
+            (["--socket-mode", "9"], "--socket-mode"),
             (["--cwd", "relative"], "--cwd"),
             (["--cwd", "/nonexistent"], "--cwd: \"/nonexistent\" is not an absolute path to a directory"),
             (["--base-path", "/a/../b"], "--base-path"),
