@@ -84,10 +84,11 @@ struct WorkerCommand: SandboxedCommand {
     @Option(help: "The preferences message, a JSON object.") var preferences = "{}"
     @Option(help: "Seconds between pings of each WebSocket; 0: none.") var pingInterval: Double = 30
     @Flag(help: "Pass the URL's arg values to a new session's command.") var urlArguments = false
+    @Option(help: "The header a reverse proxy names the user in, instead of a credential.") var authHeader: String?
     var steps: [String] = []
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences, pingInterval, urlArguments }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences, pingInterval, urlArguments, authHeader }
 
     mutating func enterSandbox() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
@@ -101,6 +102,7 @@ struct WorkerCommand: SandboxedCommand {
         settings.basePath = try BasePath(basePath)
         settings.preferences = Array(preferences.utf8)
         settings.urlArguments = urlArguments
+        settings.authHeader = authHeader
         settings.pingInterval = pingInterval > 0 ? .milliseconds(Int64(pingInterval * 1000)) : nil
         try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
     }
@@ -114,9 +116,10 @@ struct VaultCommand: SandboxedCommand {
     @OptionGroup var sessions: SessionOptions
     @Option(help: "Most clients attached at once; 0: no limit.") var maxAttachments = 0
     @Flag(help: "A new session's command takes the arguments of the client's URL.") var urlArguments = false
+    @Flag(help: "Workers present the user a reverse proxy named, not a credential.") var authHeader = false
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader }
 
     mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
 
@@ -124,6 +127,7 @@ struct VaultCommand: SandboxedCommand {
         var settings = try sessions.settings()
         settings.maxAttachments = maxAttachments
         settings.urlArguments = urlArguments
+        settings.authHeader = authHeader
         try await VaultRole.run(title: title, sessions: settings, sandboxSteps: steps)
     }
 }

@@ -35,6 +35,8 @@ struct ServeCommand: AsyncParsableCommand {
     var credential: String?
     @Option(help: "A file holding USER:PASSWORD (one line, not readable by group or others), instead of --credential.")
     var credentialFile: String?
+    @Option(help: "Leave authentication to a reverse proxy that names the user in this header (ttyd's -H); only safe when clients can reach Cloister through that proxy alone.")
+    var authHeader: String?
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
     var checkOrigin = true
     @Option(help: "Most clients connected at once; more are answered 503 with Retry-After.") var maxClients = 1024
@@ -143,8 +145,17 @@ struct ServeCommand: AsyncParsableCommand {
                 access.group = group.pointee.gr_gid
             }
         }
-        var token: [UInt8]
+        var token: [UInt8]?
         var credentialLine: String?
+        if let authHeader {
+            guard credential == nil && credentialFile == nil else {
+                throw ConfigurationError(option: "--auth-header", problem: "the proxy authenticates: give no --credential or --credential-file")
+            }
+            guard (1...64).contains(authHeader.count),
+                  authHeader.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "!#$%&'*+-.^_`|~".contains($0)) }) else {
+                throw ConfigurationError(option: "--auth-header", problem: "\"\(authHeader)\" is not an HTTP header name")
+            }
+        }
         if credential != nil && credentialFile != nil {
             throw ConfigurationError(option: "--credential-file", problem: "give either --credential or --credential-file")
         }
@@ -161,6 +172,8 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ConfigurationError(option: option, problem: "expected USER:PASSWORD, both non-empty")
             }
             token = Credential(userAndPassword: credential).token
+        } else if authHeader != nil {
+            token = nil  // no credential: the vault takes the proxy's header instead
         } else {
             let password = Self.randomPassword()
             token = Credential(userAndPassword: "cloister:\(password)").token
@@ -173,6 +186,7 @@ struct ServeCommand: AsyncParsableCommand {
         c.workers = count
         c.credential = token
         c.checkOrigin = checkOrigin
+        c.authHeader = authHeader
         c.preferences = try Self.preferences(clientOptions)
         guard (1...64).contains(terminalType.count),
               terminalType.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-+._".contains($0)) }) else {

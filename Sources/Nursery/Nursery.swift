@@ -58,9 +58,16 @@ public final class Nursery: Sendable {
             try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
-        guard case .spawn(let columns, let rows, let extra) = request else { return }
+        guard case .spawn(let columns, let rows, let extra, let user) = request else { return }
         // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
         let arguments = Array(command.dropFirst()) + extra.map { String(decoding: $0, as: UTF8.self) }
+        var environment = self.environment
+        if let user {
+            // The web user the reverse proxy named, under ttyd's name for it and Cloister's.
+            let name = String(decoding: user, as: UTF8.self)
+            environment["TTYD_USER"] = name
+            environment["CLOISTER_USER"] = name
+        }
         let child: ChildProcess
         do {
             let terminal = try PseudoTerminal.open(rows: rows, columns: columns)

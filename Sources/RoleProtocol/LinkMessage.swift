@@ -43,6 +43,8 @@ public enum LinkLimits {
     public static let sessionField = 64
     /// Arguments from a client's URL (ttyd's --url-arg): how many, and the bytes of each.
     public static let urlArguments = 16, urlArgument = 255
+    /// A web user's name, as a reverse proxy's header gives it (ttyd's --auth-header).
+    public static let userName = 255
 }
 
 /// How a shell ended, as wait(2) tells it.

@@ -1,21 +1,24 @@
 /// Vault → nursery: one circuit per shell, opened by the vault.
 public enum VaultToNursery: LinkMessage {
     /// Start the command on a new PTY of this size, with `arguments` appended (ttyd's
-    /// --url-arg; the vault passes them only when the operator allowed them).
-    case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [])
+    /// --url-arg; the vault passes them only when the operator allowed them), and `user`,
+    /// the web user a reverse proxy named (ttyd's --auth-header), in its environment.
+    case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [], user: [UInt8]? = nil)
 
     enum Kind: UInt8 { case spawn = 0x53 }
 
     public var encoded: [UInt8] {
         switch self {
-        case .spawn(let columns, let rows, let arguments):
+        case .spawn(let columns, let rows, let arguments, let user):
             var w = FieldWriter(kind: Kind.spawn.rawValue)
             w.u16(columns)
             w.u16(rows)
+            w.rest([(arguments.isEmpty ? 0 : 1) | (user == nil ? 0 : 2)])
             if !arguments.isEmpty {
                 w.rest([UInt8(arguments.count)])
                 for argument in arguments { w.short(argument) }
             }
+            if let user { w.short(user) }
             return w.bytes
         }
     }
@@ -29,8 +32,10 @@ public enum VaultToNursery: LinkMessage {
         switch kind {
         case .spawn:
             let columns = try r.u16(), rows = try r.u16()
+            let flags = try r.u8()
+            guard flags & ~3 == 0 else { throw r.malformed }
             var arguments: [[UInt8]] = []
-            if !r.atEnd {
+            if flags & 1 != 0 {
                 let count = Int(try r.u8())
                 guard (1...LinkLimits.urlArguments).contains(count) else { throw r.malformed }
                 for _ in 0..<count {
@@ -39,7 +44,13 @@ public enum VaultToNursery: LinkMessage {
                     arguments.append(argument)
                 }
             }
-            self = .spawn(columns: columns, rows: rows, arguments: arguments)
+            var user: [UInt8]?
+            if flags & 2 != 0 {
+                let name = try r.short(limit: LinkLimits.userName)
+                guard !name.isEmpty, !name.contains(0) else { throw r.malformed }
+                user = name
+            }
+            self = .spawn(columns: columns, rows: rows, arguments: arguments, user: user)
         }
         try r.done()
     }

@@ -29,6 +29,9 @@ public final class Server: Sendable {
         public var basePath = ""
         /// The preferences message's JSON object, sent to every client (ttyd's -t).
         public var preferences = "{}"
+        /// The header a reverse proxy names the authenticated user in (ttyd's -H); then there
+        /// is no credential.
+        public var authHeader: String?
         /// Whether a new session's command takes the client's URL arguments (ttyd's -a).
         public var urlArguments = false
         /// Whether the server stops once its clients are gone (ttyd's -o and -q).
@@ -114,14 +117,14 @@ public final class Server: Sendable {
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
             + (c.preferences == "{}" ? [] : ["--preferences", c.preferences]) + ["--ping-interval", "\(c.pingInterval)"]
-            + (c.urlArguments ? ["--url-arguments"] : [])
+            + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader.map { ["--auth-header", $0] } ?? [])
         workerConfiguration.admission = .onceLinked
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)
         var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
         vaultConfiguration.mode = c.mode
         vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
-            + (c.urlArguments ? ["--url-arguments"] : [])
+            + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader != nil ? ["--auth-header"] : [])
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)

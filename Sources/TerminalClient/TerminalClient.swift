@@ -91,7 +91,8 @@ public final class TerminalClient {
     /// Opens a WebSocket to `path` with ttyd's subprotocol; throws `Failure` carrying the
     /// HTTP status when the server refuses the handshake.
     public static func connect(port: UInt16, path: String = "/ws", origin: String? = nil, subprotocol: String? = "tty",
-                               host: String = "127.0.0.1", timeoutSeconds: Int = 10) throws -> TerminalClient {
+                               host: String = "127.0.0.1", timeoutSeconds: Int = 10,
+                               headers: [(String, String)] = []) throws -> TerminalClient {
         let fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
         let client = TerminalClient(socket: fd)
         var key = [UInt8](repeating: 0, count: 16)
@@ -100,6 +101,7 @@ public final class TerminalClient {
         head += "Sec-WebSocket-Key: \(base64(key))\r\nSec-WebSocket-Version: 13\r\n"
         if let subprotocol { head += "Sec-WebSocket-Protocol: \(subprotocol)\r\n" }
         if let origin { head += "Origin: \(origin)\r\n" }
+        for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
         try writeAll(fd, Array(head.utf8))
         let (status, _) = try client.readHead()

@@ -22,6 +22,9 @@ public struct SessionSettings: Sendable {
     public var maxAttachments = 0
     /// Whether a new session's command takes arguments from the client's URL (ttyd's --url-arg).
     public var urlArguments = false
+    /// Authentication is a reverse proxy's (ttyd's --auth-header): what a worker presents is
+    /// the user's name from the proxy's header, not a credential.
+    public var authHeader = false
 
     public init() {}
 }

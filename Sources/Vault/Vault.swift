@@ -143,10 +143,19 @@ public final class Vault: Sendable {
     /// one is answered at once; an empty one (nothing presented yet, as a browser's first
     /// request) is no guess and not delayed.
     private func authorized(_ token: [UInt8]) async -> Bool {
+        // The proxy in front authenticated the user and named them; no credential exists.
+        if settings.authHeader { return Self.isUserName(token) }
         guard let credential = state.withLock({ $0.credential }) else { return true }
         if credential.matches(token) { return true }
         if !token.isEmpty { await throttle.wait() }
         return false
+    }
+
+    /// A name a proxy's header may give: 1 to `LinkLimits.userName` bytes of UTF-8 without
+    /// control characters (it goes into the shell's environment).
+    static func isUserName(_ bytes: [UInt8]) -> Bool {
+        guard (1...LinkLimits.userName).contains(bytes.count), let text = String(validating: bytes, as: UTF8.self) else { return false }
+        return text.unicodeScalars.allSatisfy { $0.value >= 0x20 && $0.value != 0x7f }
     }
 
     private func attachment(_ circuit: RoleCircuit, worker: UInt32, logger: Logger) async {
@@ -200,7 +209,7 @@ public final class Vault: Sendable {
             } else {
                 do {
                     session = try await startSession(columns: request.columns, rows: request.rows, arguments: request.arguments,
-                                                     logger: logger)
+                                                     user: settings.authHeader ? request.token : nil, logger: logger)
                 } catch {
                     logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
                     try? await circuit.send(VaultToWorker.refused(.noTerminal), end: true)
@@ -243,10 +252,10 @@ public final class Vault: Sendable {
         var master: SystemPackage.FileDescriptor
     }
 
-    private func spawnShell(columns: UInt16, rows: UInt16, arguments: [[UInt8]]) async throws -> Shell {
+    private func spawnShell(columns: UInt16, rows: UInt16, arguments: [[UInt8]], user: [UInt8]?) async throws -> Shell {
         guard let nursery = state.withLock({ $0.nursery }) else { throw VaultError.noNursery }
         let conversation = try nursery.open()
-        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows, arguments: arguments))
+        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows, arguments: arguments, user: user))
         let reply = try await conversation.receive(NurseryToVault.self)
         switch reply?.message {
         case .spawned(let pid):
@@ -261,8 +270,8 @@ public final class Vault: Sendable {
 
     /// Starts a shell and the session around it; the session's I/O runs on its own until the
     /// shell exits or the session is hung up.
-    private func startSession(columns: UInt16, rows: UInt16, arguments: [[UInt8]], logger: Logger) async throws -> Session {
-        let shell = try await spawnShell(columns: columns, rows: rows, arguments: arguments)
+    private func startSession(columns: UInt16, rows: UInt16, arguments: [[UInt8]], user: [UInt8]?, logger: Logger) async throws -> Session {
+        let shell = try await spawnShell(columns: columns, rows: rows, arguments: arguments, user: user)
         // Our own copy of the master, for resizes: NIO closes its descriptors whenever the
         // channel goes, and a resize must never reach whatever reused that number. Holding it
         // also keeps the terminal up until the session has finished.

@@ -61,7 +61,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, head, .badRequest, type: "text/plain", body: OpeningHandshake.required, close: true)
         case "/token":
             authorized(context, head) { handler, context in
-                let token = Self.basicToken(head.headers)
+                // With a proxy's header there is no credential to hand the page.
+                let token = handler.settings.authHeader == nil ? Self.basicToken(head.headers) : ""
                 handler.respond(context, head, .ok, type: "application/json;charset=utf-8", body: "{\"token\": \"\(Self.jsonEscaped(token))\"}")
             }
         default:
@@ -75,7 +76,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Runs `then` once the vault has accepted the request's credential; answers 401 otherwise.
     private func authorized(_ context: ChannelHandlerContext, _ head: HTTPRequestHead,
                             then: @escaping (HTTPHandler, ChannelHandlerContext) -> Void) {
-        let token = Self.basicToken(head.headers)
+        // The vault decides either way: on the credential, or on the name the proxy's header gives.
+        let token = settings.authHeader.map { head.headers.first(name: $0) ?? "" } ?? Self.basicToken(head.headers)
         let promise = context.eventLoop.makePromise(of: Bool.self)
         let service = self.service
         promise.completeWithTask { await service.check(token: Array(token.utf8)) }
@@ -83,6 +85,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         promise.futureResult.whenSuccess { allowed in
             let (handler, context, then) = bound.value
             guard allowed else {
+                if handler.settings.authHeader != nil {
+                    // ttyd's answer: the proxy in front was expected to authenticate the user.
+                    return handler.respond(context, head, .proxyAuthenticationRequired, type: "text/plain",
+                                           body: "authentication by the reverse proxy required\n",
+                                           extra: ["Proxy-Authenticate": "Basic realm=\"cloister\""])
+                }
                 return handler.respond(context, head, .unauthorized, type: "text/plain", body: "authentication required\n",
                                        extra: ["WWW-Authenticate": "Basic realm=\"cloister\""])
             }

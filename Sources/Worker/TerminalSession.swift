@@ -15,6 +15,9 @@ struct TerminalSession {
     let preferences: [UInt8]
     /// ttyd's --url-arg: nil when the URL's arguments break the bounds.
     let arguments: [[UInt8]]?
+    /// What the vault is given instead of the hello's AuthToken: the user a reverse proxy's
+    /// header named (ttyd's --auth-header). Nil: the AuthToken.
+    let token: [UInt8]?
     let logger: Logger
 
     func run(_ session: NIOAsyncChannel<ClientMessage, WebSocketFrame>) async {
@@ -31,6 +34,7 @@ struct TerminalSession {
                 return await Self.close(outbound, .policy,
                                         "at most \(LinkLimits.urlArguments) URL arguments of at most \(LinkLimits.urlArgument) bytes")
             }
+            if let token { request.token = token }
             // Arguments start a new session's command; joining one, they have no use.
             if request.session == nil { request.arguments = arguments }
             guard let attachment = service.attachment() else {

@@ -20,6 +20,9 @@ public final class WebWorker: Sendable {
         /// How often each WebSocket is pinged; one whose ping is unanswered at the next is
         /// closed. Nil: never.
         public var pingInterval: TimeAmount? = .seconds(30)
+        /// The header a reverse proxy names the authenticated user in (ttyd's --auth-header);
+        /// nil: clients present the credential (HTTP basic auth, ttyd's AuthToken).
+        public var authHeader: String?
         /// Whether a new session's command takes the `arg` values of the handshake's query
         /// (ttyd's --url-arg); the vault checks it too.
         public var urlArguments = false
@@ -39,7 +42,7 @@ public final class WebWorker: Sendable {
     /// answers in the pipeline).
     public enum Upgrade: Sendable {
         /// With the opening handshake's URI, where ttyd's --url-arg arguments are.
-        case terminal(NIOAsyncChannel<ClientMessage, WebSocketFrame>, uri: String)
+        case terminal(NIOAsyncChannel<ClientMessage, WebSocketFrame>, uri: String, user: String?)
         case http
     }
 
@@ -75,9 +78,12 @@ public final class WebWorker: Sendable {
 
     /// Runs the session an upgrade started; returns at once for plain HTTP.
     func handle(_ upgrade: EventLoopFuture<Upgrade>) async {
-        guard case .terminal(let session, let uri)? = try? await upgrade.get() else { return }
+        guard case .terminal(let session, let uri, let user)? = try? await upgrade.get() else { return }
         let arguments = settings.urlArguments ? TtydProtocol.urlArguments(uri) : []
-        await TerminalSession(service: service, preferences: settings.preferences, arguments: arguments, logger: logger).run(session)
+        // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
+        let token = settings.authHeader.map { _ in Array((user ?? "").utf8) }
+        await TerminalSession(service: service, preferences: settings.preferences, arguments: arguments, token: token,
+                              logger: logger).run(session)
     }
 
     /// The whole pipeline, on the channel's event loop: HTTP/1.1 with the typed WebSocket
@@ -113,7 +119,8 @@ public final class WebWorker: Sendable {
                         minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: settings.maxFragments,
                         maxAccumulatedFrameSize: settings.maxMessageBytes))
                     try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval))
-                    return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel), uri: head.uri)
+                    let user = settings.authHeader.flatMap { head.headers.first(name: $0) }
+                    return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel), uri: head.uri, user: user)
                 }
             })
         var limits = NIOHTTPDecoderLimitConfiguration()

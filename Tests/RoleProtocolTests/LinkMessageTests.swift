@@ -37,6 +37,7 @@ final class LinkMessageTests: XCTestCase {
     static let vaultToNursery: [VaultToNursery] = [
         .spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max),
         .spawn(columns: 80, rows: 24, arguments: Array(repeating: Array("a b".utf8), count: LinkLimits.urlArguments)),
+        .spawn(columns: 80, rows: 24, user: Array("alice".utf8)), .spawn(columns: 1, rows: 2, arguments: [[0x61]], user: [0x62]),
     ]
     static let nurseryToVault: [NurseryToVault] = [
         .spawned(pid: 4242), .failed(reason: "posix_spawn: ENOENT"), .exited(.status(7)), .exited(.signal(1)),
@@ -182,7 +183,10 @@ final class LinkMessageTests: XCTestCase {
         let many = AttachRequest(columns: 80, rows: 24, token: [], arguments: Array(repeating: [0x61], count: LinkLimits.urlArguments + 1))
         XCTAssertThrowsError(try WorkerToVault(decoding: WorkerToVault.attach(many).encoded, descriptors: 0))
         XCTAssertThrowsError(try VaultToNursery(decoding: VaultToNursery.spawn(columns: 1, rows: 1, arguments: [[0]]).encoded, descriptors: 0))
-        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 0], descriptors: 0), "a count of 0")
-        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 1, 5, 0x61], descriptors: 0), "a field past the end")
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 1, 0], descriptors: 0), "a count of 0")
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 1, 1, 5, 0x61], descriptors: 0), "a field past the end")
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 4], descriptors: 0), "an unknown flag")
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 2, 0], descriptors: 0), "an empty user")
+        XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 2, 2, 0x61, 0], descriptors: 0), "a user with a NUL")
     }
 }

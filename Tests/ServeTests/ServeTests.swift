@@ -318,6 +318,30 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "keep")
     }
 
+    /// ttyd's -H: a reverse proxy authenticates and names the user in a header; the vault
+    /// takes the name instead of a credential, and the shell finds it in its environment.
+    func testAuthenticationByAReverseProxysHeader() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--auth-header", "X-Forwarded-User"], command: [
+            "/bin/sh", "-c", "echo \"[$TTYD_USER|$CLOISTER_USER]\"; exec cat",
+        ], credential: false)
+        let refused = try TerminalClient.get(port: server.port, path: "/")
+        XCTAssertEqual(refused.status, 407)
+        XCTAssertNotNil(refused.headers.first { $0.0.lowercased() == "proxy-authenticate" })
+        XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/", headers: ["X-Forwarded-User": "alice"]).status, 200)
+        let token = try TerminalClient.get(port: server.port, path: "/token", headers: ["X-Forwarded-User": "alice"])
+        XCTAssertEqual(String(decoding: token.body, as: UTF8.self), "{\"token\": \"\"}", "no credential to hand out")
+        XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/", headers: ["X-Forwarded-User": "a\tb"]).status, 407,
+                       "a name with a control character")
+
+        let named = try TerminalClient.connect(port: server.port, headers: [("X-Forwarded-User", "alice")])
+        try named.authenticate(token: "")
+        let text = try named.readOutput { $0.contains("[alice|alice]") }
+        XCTAssertTrue(text.contains("[alice|alice]"), text)
+        let anonymous = try TerminalClient.connect(port: server.port)
+        try anonymous.authenticate(token: Self.token)
+        XCTAssertEqual(try anonymous.awaitClose().code, 1008, "a credential is no use without the proxy's header")
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
@@ -723,6 +747,8 @@ final class ServeTests: XCTestCase {
             (["--listen", "unix:relative.sock"], "--listen"),
             (["--socket-mode", "666"], "--socket-mode: 666 lets every local user connect"),
             (["--socket-mode", "9"], "--socket-mode"),
+            (["--auth-header", "X User"], "--auth-header"),
+            (["--auth-header", "X-User", "--credential", "a:b"], "--auth-header: the proxy authenticates"),
             (["--cwd", "relative"], "--cwd"),
             (["--cwd", "/nonexistent"], "--cwd: \"/nonexistent\" is not an absolute path to a directory"),
             (["--base-path", "/a/../b"], "--base-path"),
