@@ -117,9 +117,10 @@ struct VaultCommand: SandboxedCommand {
     @Option(help: "Most clients attached at once; 0: no limit.") var maxAttachments = 0
     @Flag(help: "A new session's command takes the arguments of the client's URL.") var urlArguments = false
     @Flag(help: "Workers present the user a reverse proxy named, not a credential.") var authHeader = false
+    @Flag(help: "Every client only watches.") var readOnly = false
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly }
 
     mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
 
@@ -128,6 +129,7 @@ struct VaultCommand: SandboxedCommand {
         settings.maxAttachments = maxAttachments
         settings.urlArguments = urlArguments
         settings.authHeader = authHeader
+        settings.readOnly = readOnly
         try await VaultRole.run(title: title, sessions: settings, sandboxSteps: steps)
     }
 }

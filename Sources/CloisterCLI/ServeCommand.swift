@@ -48,6 +48,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("url-arg"),
           help: "A new session's command gets the arg values of the page's URL appended, as separate arguments, never through a shell (ttyd's -a); at most 16 of 255 bytes.")
     var urlArguments = false
+    @Flag(help: "Every client only watches: nobody's input reaches a shell (ttyd's default without -W).") var readOnly = false
     @Flag(help: "Take one client at a time (others get 1013) and stop when it leaves (ttyd's -o).") var once = false
     @Flag(help: "Stop when the last client leaves, once one has come (ttyd's -q).") var exitNoClients = false
     @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
@@ -197,6 +198,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--exit-no-clients", problem: "give either --once or --exit-no-clients")
         }
         c.urlArguments = urlArguments
+        c.readOnly = readOnly
         c.exitWhen = once ? .once : exitNoClients ? .noClients : nil
         guard pingInterval.isFinite, pingInterval == 0 || (0.1...86_400).contains(pingInterval) else {
             throw ConfigurationError(option: "--ping-interval", problem: "\(pingInterval) is not 0 or between 0.1 and 86400 seconds")

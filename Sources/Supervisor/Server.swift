@@ -32,6 +32,8 @@ public final class Server: Sendable {
         /// The header a reverse proxy names the authenticated user in (ttyd's -H); then there
         /// is no credential.
         public var authHeader: String?
+        /// Every client only watches (ttyd without -W).
+        public var readOnly = false
         /// Whether a new session's command takes the client's URL arguments (ttyd's -a).
         public var urlArguments = false
         /// Whether the server stops once its clients are gone (ttyd's -o and -q).
@@ -125,6 +127,7 @@ public final class Server: Sendable {
         vaultConfiguration.mode = c.mode
         vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
             + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader != nil ? ["--auth-header"] : [])
+            + (c.readOnly ? ["--read-only"] : [])
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)

@@ -25,6 +25,8 @@ public struct SessionSettings: Sendable {
     /// Authentication is a reverse proxy's (ttyd's --auth-header): what a worker presents is
     /// the user's name from the proxy's header, not a credential.
     public var authHeader = false
+    /// Every client only watches (ttyd without -W): nobody's input reaches a shell.
+    public var readOnly = false
 
     public init() {}
 }

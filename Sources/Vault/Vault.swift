@@ -217,7 +217,8 @@ public final class Vault: Sendable {
                 }
                 writer = !request.readonly
             }
-            await serve(circuit, on: session, writer: writer, worker: worker, offset: request.offset, logger: logger)
+            await serve(circuit, on: session, writer: writer && !settings.readOnly, worker: worker, offset: request.offset,
+                        logger: logger)
         case .input, .resize, .pause, .resume:
             logger.error("an attachment began without attach or check", metadata: ["first": "\(first!)"])
             try? await circuit.send(VaultToWorker.refused(.malformedRequest), end: true)
