@@ -120,8 +120,14 @@
       term.write("\r\n\x1b[7m[" + info.skipped + " bytes of output skipped]\x1b[0m\r\n");
     }
     session.id = info.session;
-    if (info.secret) session.secret = info.secret;
     session.readSecret = info.read_secret;
+    if (info.secret) {
+      session.secret = info.secret;
+    } else {
+      // No writing secret: this client only watches (a read-only link, or a read-only server).
+      session.readonly = true;
+      session.secret = info.read_secret;
+    }
     session.offset = info.offset;
     attempts = 0;
     try {

@@ -237,6 +237,20 @@ class ServeOptionTests(PageTestCase):
         self.assertEqual(options, [21, "#102030", "underline"], "the numbers arrive as numbers, the theme as an object")
 
 
+class ReadOnlyServerTests(PageTestCase):
+    server_options = {"extra": ("--read-only",)}
+
+    def test_a_read_only_server_shows_output_and_takes_no_input(self):
+        page = self.open_page()
+        self.wait_for_state(page, "readonly")
+        self.assertEqual(page.text_content("#state"), "read-only")
+        self.wait_for_row(page, r"bash.*[#$]")  # the shell's prompt: output arrives
+        page.locator("#terminal").click()
+        self.run_in_shell(page, "echo typed-$((40+2))")
+        time.sleep(1)
+        self.assertFalse(any("typed-42" in row for row in self.screen(page)["rows"]), "nothing typed reaches the shell")
+
+
 @unittest.skipUnless(os.path.exists(TTYD_INDEX), f"ttyd's page is not at {TTYD_INDEX} (see ../shared/peers/README.md)")
 class TtydPageTests(PageTestCase):
     server_options = {"extra": ("--index", TTYD_INDEX)}
