@@ -11,7 +11,11 @@ BROWSER_APT_DEPS := chromium
 VENV      := .build/browser-venv
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps browser-deps build release test browser-test chaos run bench clean
+FUZZ_TARGETS := FuzzLinkMessages FuzzCircuitFrames FuzzWorker FuzzControlRequest FuzzPolicy FuzzCredentialFile
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := .build-fuzz
+
+.PHONY: deps browser-deps build release test browser-test chaos fuzz run bench clean
 
 # Installs the Debian packages named in $(1) that are missing.
 define apt_install
@@ -51,6 +55,24 @@ browser-test: browser-deps
 chaos: deps
 	$(SWIFT) build --build-tests
 	CLOISTER_CHAOS_SESSIONS=50 CLOISTER_CHAOS_SECONDS=60 timeout 600 $(SWIFT) test --skip-build --disable-swift-testing --filter ChaosTests
+
+# Each libFuzzer target for FUZZ_SECONDS (default 60), from the seeds in Fuzz/Corpus (copied,
+# so a run adds nothing to the repository); fails on any crash, leak or hang (10 s per input).
+# Inputs that fail are left in $(FUZZ_BUILD)/findings/TARGET/.
+fuzz: deps
+	@for t in $(FUZZ_TARGETS); do \
+		CLOISTER_FUZZ=1 $(SWIFT) build --scratch-path $(FUZZ_BUILD) --sanitize=fuzzer --sanitize=address \
+			-Xswiftc -sanitize=fuzzer,address --product $$t 2>&1 | grep -v 'ld.gold: warning: Cannot export local symbol' || exit 1; \
+	done
+	@rm -rf $(FUZZ_BUILD)/corpus; mkdir -p $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/findings; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+		cp -r Fuzz/Corpus/$$t $(FUZZ_BUILD)/corpus/$$t; mkdir -p $(FUZZ_BUILD)/findings/$$t; \
+		echo "== $$t: $(FUZZ_SECONDS) s"; \
+		$(FUZZ_BUILD)/debug/$$t $(FUZZ_BUILD)/corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+			-print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/findings/$$t/ > $(FUZZ_BUILD)/$$t.log 2>&1 || failed="$$failed $$t"; \
+		grep -E '^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' $(FUZZ_BUILD)/$$t.log | tr '\n' ' '; echo; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (logs in $(FUZZ_BUILD)/, inputs in $(FUZZ_BUILD)/findings/)"; exit 1; fi
 
 # Serves the login shell on 127.0.0.1:7681 and prints a one-time credential; Ctrl-C drains
 # and stops. Extra options: make run ARGS="--listen 127.0.0.1:8080 --workers 4".

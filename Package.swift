@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 // The products the targets below name again and again.
@@ -150,3 +151,21 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets, only when building for `make fuzz` (CLOISTER_FUZZ=1, with
+// --sanitize=fuzzer --sanitize=address): libFuzzer supplies their `main`, so an ordinary
+// build could not link them.
+if ProcessInfo.processInfo.environment["CLOISTER_FUZZ"] != nil {
+    let fuzzTargets: [(String, [Target.Dependency])] = [
+        ("FuzzLinkMessages", ["RoleProtocol"]),
+        ("FuzzCircuitFrames", ["Circuits"]),
+        ("FuzzWorker", ["Worker", "WebAssets", "RoleProtocol", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
+        ("FuzzControlRequest", ["Supervisor"]),
+        ("FuzzPolicy", ["Sandbox"]),
+        ("FuzzCredentialFile", ["Supervisor"]),
+    ]
+    for (name, dependencies) in fuzzTargets {
+        package.targets.append(.executableTarget(name: name, dependencies: dependencies, path: "Fuzz/\(name)"))
+    }
+}
+

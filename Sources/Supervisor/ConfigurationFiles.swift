@@ -30,6 +30,12 @@ public enum CredentialFile {
         } catch {
             throw ConfigurationProblem("\(path): \(error)")
         }
+        return try parse(bytes, path: path)
+    }
+
+    /// The credential in a credential file's bytes: its first line, which must be UTF-8.
+    public static func parse(_ bytes: [UInt8], path: String) throws(ConfigurationProblem) -> String {
+        guard bytes.count <= 64 * 1024 else { throw ConfigurationProblem("\(path) is larger than 64 KiB") }
         guard let text = String(validating: bytes, as: UTF8.self) else { throw ConfigurationProblem("\(path) is not UTF-8 text") }
         return String(text.split(whereSeparator: \.isNewline).first ?? "")
     }

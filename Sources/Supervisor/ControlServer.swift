@@ -146,8 +146,13 @@ public final class ControlServer: Sendable {
             reply(connection, error: "permission denied: uid \(peer.uid) is neither \(getuid()) nor root")
             return
         }
-        switch String(decoding: request, as: UTF8.self).trimmingCharacters(in: .whitespaces) {
-        case "status":
+        let parsed: ControlRequest
+        switch ControlRequest.parse(request) {
+        case .success(let request): parsed = request
+        case .failure(let problem): return reply(connection, error: problem.description)
+        }
+        switch parsed {
+        case .status:
             let workers = pool.slots
             reply(connection, Status(version: Self.protocolVersion, pid: getpid(), workers: workers.count,
                                      running: workers.filter { $0.state == .running }.count,
@@ -155,24 +160,19 @@ public final class ControlServer: Sendable {
                                      connections: workers.reduce(0) { $0 + $1.connections },
                                      refusedAtCapacity: refusals?.count ?? 0,
                                      vault: vault?.slots.first.map(Self.report)))
-        case "workers":
+        case .workers:
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))
-        case let line:
-            let words = line.split(separator: " ").map(String.init)
+        case .sessions, .kick, .hangUp:
             do {
-                switch (words.first, words.count) {
-                case ("sessions", 1):
+                switch parsed {
+                case .kick(let session, let client):
+                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().kick(session, client: client)))
+                case .hangUp(let session):
+                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().hangUp(session)))
+                default:
                     let list = try sessionControl().list()
                     let command = sessions?.command ?? ""
                     reply(connection, Sessions(version: Self.protocolVersion, sessions: list.map { Self.report($0, command: command) }))
-                case ("kick", 2), ("kick", 3):
-                    let client = words.count == 3 ? UInt32(words[2]) : nil
-                    guard words.count == 2 || client != nil else { return reply(connection, error: "\"\(words[2])\" is not a client number") }
-                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().kick(words[1], client: client)))
-                case ("hangup", 2):
-                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().hangUp(words[1])))
-                default:
-                    reply(connection, error: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, kick SESSION [CLIENT] or hangup SESSION)")
                 }
             } catch {
                 reply(connection, error: "\(error)")
@@ -223,5 +223,33 @@ public final class ControlServer: Sendable {
     private func reply(_ connection: FileDescriptor, error: String) {
         struct Failure: Encodable { var version: Int; var error: String }
         reply(connection, Failure(version: Self.protocolVersion, error: error))
+    }
+}
+
+/// One control request: a line of at most 64 bytes from a local peer.
+public enum ControlRequest: Equatable, Sendable {
+    case status, workers, sessions
+    case kick(session: String, client: UInt32?)
+    case hangUp(session: String)
+
+    public struct Problem: Error, Equatable, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func parse(_ bytes: [UInt8]) -> Result<ControlRequest, Problem> {
+        let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespaces)
+        let words = line.split(separator: " ").map(String.init)
+        switch (words.first, words.count) {
+        case ("status", 1): return .success(.status)
+        case ("workers", 1): return .success(.workers)
+        case ("sessions", 1): return .success(.sessions)
+        case ("kick", 2): return .success(.kick(session: words[1], client: nil))
+        case ("kick", 3):
+            guard let client = UInt32(words[2]) else { return .failure(Problem(description: "\"\(words[2].prefix(16))\" is not a client number")) }
+            return .success(.kick(session: words[1], client: client))
+        case ("hangup", 2): return .success(.hangUp(session: words[1]))
+        default:
+            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, kick SESSION [CLIENT] or hangup SESSION)"))
+        }
     }
 }

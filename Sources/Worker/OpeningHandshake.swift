@@ -111,6 +111,10 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
 
     private let refusal: NIOLoopBoundBox<HandshakeRefusal?>
     private let settings: WebWorker.Settings
+    /// Set once a handshake passed: the upgrade takes the HTTP decoder away, and whatever
+    /// the client sent after its request (frames in the same packet) comes through here as
+    /// raw bytes before this handler is removed. It is passed on untouched.
+    private var upgrading = false
 
     init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, settings: WebWorker.Settings) {
         self.refusal = refusal
@@ -118,8 +122,12 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(var head) = unwrapInboundIn(data), OpeningHandshake.isAttempt(head, settings: settings),
-              let refused = OpeningHandshake.refusal(head, settings: settings) else {
+        guard !upgrading else { return context.fireChannelRead(data) }
+        guard case .head(var head) = unwrapInboundIn(data), OpeningHandshake.isAttempt(head, settings: settings) else {
+            return context.fireChannelRead(data)
+        }
+        guard let refused = OpeningHandshake.refusal(head, settings: settings) else {
+            upgrading = true
             return context.fireChannelRead(data)
         }
         refusal.value = refused

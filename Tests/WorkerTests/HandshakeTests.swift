@@ -1,3 +1,4 @@
+import RoleProtocol
 import XCTest
 @testable import Worker
 
@@ -113,5 +114,26 @@ final class HandshakeTests: XCTestCase {
         XCTAssertFalse(OpeningHandshake.isNonce("AAAAAAAAAAAAAAAAAAAAAB=="), "bits beyond the 16 bytes")
         XCTAssertFalse(OpeningHandshake.isNonce("AAAAAAAAAAAAAAAAAAAAAA="))
         XCTAssertFalse(OpeningHandshake.isNonce("AAAAAAAAAAAAAAAAAAAAA-=="))
+    }
+
+    /// Found by FuzzWorker: frames sent in the same packet as the handshake reached the gate
+    /// as raw bytes after the upgrade and trapped the worker. They are the session's now.
+    func testFramesInTheSamePacketAsTheHandshake() async throws {
+        let w = try await WorkerUnderTest()
+        let hello = Array(#"{"AuthToken": "dXNlcjpwYXNz", "columns": 80, "rows": 24}"#.utf8)
+        try await w.send(Array(Self.request().utf8) + Frames.text(String(decoding: hello, as: UTF8.self)) + Frames.binary(Array("0ls\r".utf8)))
+        let text = try await w.text(until: "\r\n\r\n")
+        XCTAssertTrue(text.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), text)
+        let input = try await eventuallyInput(w)
+        XCTAssertEqual(input, .input(Array("ls\r".utf8)), "the frame after the hello reached the session")
+        await w.finish()
+    }
+
+    private func eventuallyInput(_ w: WorkerUnderTest) async throws -> WorkerToVault? {
+        for _ in 0..<500 {
+            if let sent = w.vault.last?.sent.withLock({ $0 }), sent.count >= 2 { return sent[1] }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return nil
     }
 }

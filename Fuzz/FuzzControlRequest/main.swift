@@ -1,0 +1,15 @@
+import Supervisor
+
+/// The control socket's request parser on a line a local peer could send: no trap, and what
+/// parses names a request the server knows.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
+    let bytes = Array(UnsafeRawBufferPointer(start: start, count: count).prefix(64))
+    if case .success(let request) = ControlRequest.parse(bytes) {
+        switch request {
+        case .kick(let session, _), .hangUp(let session): precondition(!session.isEmpty && !session.contains(" "))
+        case .status, .workers, .sessions: break
+        }
+    }
+    return 0
+}

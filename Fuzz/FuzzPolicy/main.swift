@@ -1,0 +1,12 @@
+import Foundation
+import Sandbox
+
+/// The policy reader on any bytes an operator's file could hold: parsed or refused with an
+/// error; what parses, compiles with libseccomp or is refused.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
+    let data = Data(bytes: start, count: count)
+    guard let policy = try? Policy.parse(data, source: "fuzz") else { return 0 }
+    _ = try? SeccompProgram(policy)
+    return 0
+}
