@@ -10,7 +10,8 @@ import Glibc
 /// packet on a real SOCK_SEQPACKET pair, with 0 to 3 real descriptors (the first byte's low
 /// bits), read by the transport's `FrameReader`. Whatever the bytes, no trap, and every
 /// descriptor that arrived is closed or handed out exactly once (checked by the lowest free
-/// descriptor number staying put). Bit 2 of the first byte feeds the rest to the handshake
+/// descriptor number being the same after the input as before it: libFuzzer itself opens
+/// files between inputs, so only the span of one input is compared). Bit 2 of the first byte feeds the rest to the handshake
 /// decoder instead.
 nonisolated(unsafe) var pair: (send: Int32, receive: Int32) = {
     var fds: [Int32] = [0, 0]
@@ -19,7 +20,6 @@ nonisolated(unsafe) var pair: (send: Int32, receive: Int32) = {
 }()
 nonisolated(unsafe) var reader = FrameReader(fd: FileDescriptor(rawValue: pair.receive),
                                              limits: FrameLimits(idBytes: 4, maxCircuits: 1 << 20, maxPayload: 64 * 1024, maxDescriptors: 2))
-nonisolated(unsafe) var lowestFree: Int32 = -1
 
 func lowestFreeDescriptor() -> Int32 {
     let probe = dup(0)
@@ -38,10 +38,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
         }
         return 0
     }
-    if lowestFree < 0 {
-        _ = reader.limits  // the pair and the reader first: their descriptors are not the input's
-        lowestFree = lowestFreeDescriptor()
-    }
+    _ = reader.limits  // the pair and the reader first: their descriptors are not the input's
+    let lowestFree = lowestFreeDescriptor()
     let descriptorCount = Int(bytes[0] & 3)
     let descriptors = (0..<descriptorCount).map { _ in open("/dev/null", O_RDONLY | O_CLOEXEC) }
     let sent = packet.withUnsafeBytes { body -> Int in

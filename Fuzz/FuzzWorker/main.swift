@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import RoleProtocol
+import Synchronization
 import WebAssets
 @testable import Worker
 
@@ -15,11 +16,17 @@ struct Vault: TerminalService {
     func attachment() -> (any Attachment)? { SilentAttachment() }
 }
 
-/// Attaches every client to a session and then says nothing more.
-struct SilentAttachment: Attachment {
+/// Attaches every client to a session, then ends the conversation as a vault whose shell
+/// exited would.
+final class SilentAttachment: Attachment {
+    let answered = Mutex(false)
     func send(_ message: WorkerToVault) async throws {}
     func receive() async throws -> VaultToWorker? {
-        .attached(SessionInfo(title: "t", session: "s", secret: "w", readSecret: "r", offset: 0, skipped: 0))
+        let first = answered.withLock { answered in
+            defer { answered = true }
+            return !answered
+        }
+        return first ? .attached(SessionInfo(title: "t", session: "s", secret: "w", readSecret: "r", offset: 0, skipped: 0)) : nil
     }
     func end() async {}
 }

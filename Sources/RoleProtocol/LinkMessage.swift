@@ -142,6 +142,13 @@ struct FieldReader<Kind> {
         try bytes(Int(try u8()), limit: limit)
     }
 
+    /// A `short` field that must be UTF-8: decoding it leniently would turn a bad byte into
+    /// a replacement character, a different name than the one sent.
+    mutating func shortText(limit: Int) throws(LinkMessageError) -> String {
+        guard let text = String(validating: try short(limit: limit), as: UTF8.self) else { throw malformed }
+        return text
+    }
+
     /// A field written by `FieldWriter.long`, at most `limit` bytes.
     mutating func long(limit: Int) throws(LinkMessageError) -> [UInt8] {
         try bytes(Int(try u16()), limit: limit)

@@ -77,11 +77,11 @@ public enum SupervisorToVault: LinkMessage {
             self = .listSessions
         case .kick:
             try Self.expect(0, descriptors, kind: kind)
-            let session = String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self)
+            let session = try r.shortText(limit: LinkLimits.sessionField)
             self = .kick(session: session, client: r.atEnd ? nil : try r.u32())
         case .hangUp:
             try Self.expect(0, descriptors, kind: kind)
-            self = .hangUp(session: String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self))
+            self = .hangUp(session: try r.shortText(limit: LinkLimits.sessionField))
         case .attachmentCount:
             try Self.expect(0, descriptors, kind: kind)
             self = .attachmentCount
@@ -179,7 +179,7 @@ public enum VaultToSupervisor: LinkMessage {
             guard count <= Self.pageSize else { throw r.malformed }
             var list: [SessionSummary] = []
             for _ in 0..<count {
-                let id = String(decoding: try r.short(limit: LinkLimits.sessionField), as: UTF8.self)
+                let id = try r.shortText(limit: LinkLimits.sessionField)
                 let shell = Int32(bitPattern: try r.u32())
                 let age = try r.u32(), bytes = try r.u64(), held = try r.u32(), capacity = try r.u32()
                 let slow = try r.u32(), ignored = try r.u32()

@@ -239,6 +239,10 @@ public enum ControlRequest: Equatable, Sendable {
     public static func parse(_ bytes: [UInt8]) -> Result<ControlRequest, Problem> {
         let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespaces)
         let words = line.split(separator: " ").map(String.init)
+        // A session id the vault never issues: said here, and never sent to the vault.
+        if ["kick", "hangup"].contains(words.first), words.count >= 2, words[1].utf8.count > LinkLimits.sessionField {
+            return .failure(Problem(description: "\"\(words[1].prefix(16))…\" is not a session id (at most \(LinkLimits.sessionField) bytes)"))
+        }
         switch (words.first, words.count) {
         case ("status", 1): return .success(.status)
         case ("workers", 1): return .success(.workers)

@@ -189,4 +189,13 @@ final class LinkMessageTests: XCTestCase {
         XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 2, 0], descriptors: 0), "an empty user")
         XCTAssertThrowsError(try VaultToNursery(decoding: [0x53, 0, 1, 0, 1, 2, 2, 0x61, 0], descriptors: 0), "a user with a NUL")
     }
+
+    /// Found by FuzzLinkMessages: a session id that is not UTF-8 was decoded with replacement
+    /// characters, a different id than the one sent (and one that may no longer fit the field).
+    func testSessionIdsMustBeUTF8() {
+        let hangUp: [UInt8] = [0x68, 2, 0xff, 0xfe]
+        XCTAssertThrowsError(try SupervisorToVault(decoding: hangUp, descriptors: 0))
+        XCTAssertThrowsError(try SupervisorToVault(decoding: [0x6b, 1, 0xc3], descriptors: 0))
+        XCTAssertEqual(try SupervisorToVault(decoding: [0x68, 2, 0xc3, 0xa9], descriptors: 0), .hangUp(session: "é"))
+    }
 }

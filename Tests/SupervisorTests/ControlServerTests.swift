@@ -103,4 +103,13 @@ final class ControlServerTests: XCTestCase {
         XCTAssertTrue(output.contains("cannot reach the control socket: connect: No such file or directory"), output)
         XCTAssertTrue(output.contains("/nonexistent/control.sock"), output)
     }
+
+    func testRequestsAreParsedStrictly() {
+        XCTAssertEqual(try ControlRequest.parse(Array("status".utf8)).get(), .status)
+        XCTAssertEqual(try ControlRequest.parse(Array(" kick abc 3 ".utf8)).get(), .kick(session: "abc", client: 3))
+        XCTAssertEqual(try ControlRequest.parse(Array("hangup abc".utf8)).get(), .hangUp(session: "abc"))
+        for bad in ["status now", "kick", "kick abc x", "kick abc 1 2", "hangup", "", "\u{0}", "hangup " + String(repeating: "a", count: 65)] {
+            guard case .failure = ControlRequest.parse(Array(bad.utf8)) else { return XCTFail("accepted \(bad)") }
+        }
+    }
 }
