@@ -65,7 +65,7 @@ fuzz: deps
 		CLOISTER_FUZZ=1 $(SWIFT) build --scratch-path $(FUZZ_BUILD) --sanitize=fuzzer --sanitize=address \
 			-Xswiftc -sanitize=fuzzer,address --product $$t 2>&1 | grep -v 'ld.gold: warning: Cannot export local symbol' || exit 1; \
 	done
-	@rm -rf $(FUZZ_BUILD)/corpus; mkdir -p $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/findings; failed=""; \
+	@rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/findings; mkdir -p $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/findings; failed=""; \
 	for t in $(FUZZ_TARGETS); do \
 		cp -r Fuzz/Corpus/$$t $(FUZZ_BUILD)/corpus/$$t; mkdir -p $(FUZZ_BUILD)/findings/$$t; \
 		echo "== $$t: $(FUZZ_SECONDS) s"; \

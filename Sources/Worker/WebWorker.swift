@@ -95,6 +95,9 @@ public final class WebWorker: Sendable {
         let deadline = channel.eventLoop.scheduleTask(in: settings.handshakeTimeout) {
             channel.close(promise: nil)
         }
+        // A connection that ends first (plain HTTP, a refusal) lets go of the timer, and the
+        // timer of the channel, at once rather than when it fires.
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
         let refusal = NIOLoopBoundBox<HandshakeRefusal?>(nil, eventLoop: channel.eventLoop)
         let upgrader = NIOTypedWebSocketServerUpgrader<Upgrade>(
