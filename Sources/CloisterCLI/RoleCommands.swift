@@ -118,9 +118,10 @@ struct VaultCommand: SandboxedCommand {
     @Flag(help: "A new session's command takes the arguments of the client's URL.") var urlArguments = false
     @Flag(help: "Workers present the user a reverse proxy named, not a credential.") var authHeader = false
     @Flag(help: "Every client only watches.") var readOnly = false
+    @Option(help: "Signal number for a shell whose session is hung up.") var endSignal: Int32 = 1  // SIGHUP
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly, endSignal }
 
     mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
 
@@ -130,6 +131,7 @@ struct VaultCommand: SandboxedCommand {
         settings.urlArguments = urlArguments
         settings.authHeader = authHeader
         settings.readOnly = readOnly
+        settings.endSignal = endSignal
         try await VaultRole.run(title: title, sessions: settings, sandboxSteps: steps)
     }
 }

@@ -48,6 +48,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(name: .customLong("url-arg"),
           help: "A new session's command gets the arg values of the page's URL appended, as separate arguments, never through a shell (ttyd's -a); at most 16 of 255 bytes.")
     var urlArguments = false
+    @Option(help: "Signal for a shell whose session is hung up, by name or number (ttyd's -s): HUP (the default), TERM, INT, QUIT, KILL, USR1, USR2…")
+    var signal = "HUP"
     @Flag(help: "Every client only watches: nobody's input reaches a shell (ttyd's default without -W).") var readOnly = false
     @Flag(help: "Take one client at a time (others get 1013) and stop when it leaves (ttyd's -o).") var once = false
     @Flag(help: "Stop when the last client leaves, once one has come (ttyd's -q).") var exitNoClients = false
@@ -73,6 +75,18 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
+    /// A signal by number, or by name with or without SIG, in any case.
+    static func signalNumber(_ text: String) -> Int32? {
+        if let number = Int32(text) { return (1...64).contains(number) ? number : nil }
+        var name = text.uppercased()
+        if name.hasPrefix("SIG") { name.removeFirst(3) }
+        let names: [String: Int32] = [
+            "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1, "USR2": SIGUSR2,
+            "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP, "ALRM": SIGALRM, "PIPE": SIGPIPE,
+        ]
+        return names[name]
+    }
+
     /// ttyd's rule for -t: KEY=VALUE pairs into one JSON object, each VALUE parsed as JSON
     /// where it is JSON (numbers, true, objects…) and sent as a string otherwise.
     static func preferences(_ options: [String]) throws(ConfigurationError) -> String {
@@ -199,6 +213,10 @@ struct ServeCommand: AsyncParsableCommand {
         }
         c.urlArguments = urlArguments
         c.readOnly = readOnly
+        guard let number = Self.signalNumber(signal) else {
+            throw ConfigurationError(option: "--signal", problem: "\"\(signal)\" is not a signal name or number (1 to 64)")
+        }
+        c.endSignal = number
         c.exitWhen = once ? .once : exitNoClients ? .noClients : nil
         guard pingInterval.isFinite, pingInterval == 0 || (0.1...86_400).contains(pingInterval) else {
             throw ConfigurationError(option: "--ping-interval", problem: "\(pingInterval) is not 0 or between 0.1 and 86400 seconds")

@@ -67,8 +67,8 @@ struct TtydCommand: AsyncParsableCommand {
         if ssl || sslCert != nil || sslKey != nil || sslCa != nil {
             throw Refused(description: "-S/-C/-K/-A: Cloister has no TLS yet; terminate TLS in a reverse proxy in front of it (see deploy/)")
         }
-        if let signal, !["1", "hup", "sighup"].contains(signal.lowercased()) {
-            throw Refused(description: "-s \(signal): only SIGHUP (ttyd's default) is supported: a shell gets SIGHUP when its session ends")
+        if let signal, ServeCommand.signalNumber(signal) == nil {
+            throw Refused(description: "-s \(signal): not a signal name or number")
         }
         guard let executable = command.first else {
             throw Refused(description: "a command to run is required, as with ttyd: cloister ttyd [options] <command> [<arguments...>]")
@@ -109,6 +109,7 @@ struct TtydCommand: AsyncParsableCommand {
             arguments += ["--group", String(cString: group.pointee.gr_name)]
         }
         if let cwd { arguments += ["--cwd", cwd] }
+        if let signal { arguments += ["--signal", signal] }
         if urlArg { arguments.append("--url-arg") }
         if !writable { arguments.append("--read-only") }
         for option in clientOption { arguments += ["--client-option", option] }

@@ -48,6 +48,11 @@ public final class Nursery: Sendable {
         }
     }
 
+    private enum Ended: Sendable {
+        case reaped(ChildProcess.Termination?)
+        case vaultDone
+    }
+
     private func shell(_ circuit: RoleCircuit) async {
         let request: VaultToNursery
         do {
@@ -58,7 +63,11 @@ public final class Nursery: Sendable {
             try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
-        guard case .spawn(let columns, let rows, let extra, let user) = request else { return }
+        guard case .spawn(let columns, let rows, let extra, let user) = request else {
+            logger.error("refused a request from the vault: no shell to signal yet")
+            try? await circuit.send(NurseryToVault.failed(reason: "the first request must be spawn"), end: true)
+            return
+        }
         // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
         let arguments = Array(command.dropFirst()) + extra.map { String(decoding: $0, as: UTF8.self) }
         var environment = self.environment
@@ -84,7 +93,26 @@ public final class Nursery: Sendable {
         var log = logger
         log[metadataKey: "shell"] = "\(child.pid)"
         log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
-        let termination = await Reaper.shared.termination(of: child)
+        let shellLog = log
+        let termination = await withTaskGroup(of: Ended.self) { group in
+            group.addTask { .reaped(await Reaper.shared.termination(of: child)) }
+            group.addTask {
+                // The vault's word that the session ended, for a signal other than SIGHUP.
+                while let next = try? await circuit.receive(VaultToNursery.self), case .signal(let signal) = next.message {
+                    // The shell leads its own process group (a session of its own).
+                    let sent = kill(-child.pid, signal) == 0
+                    shellLog.info("shell signalled: its session ended", metadata: ["signal": "\(signal)", "sent": "\(sent)"])
+                }
+                return .vaultDone
+            }
+            for await ended in group {
+                if case .reaped(let termination) = ended {
+                    group.cancelAll()
+                    return termination
+                }
+            }
+            return nil
+        }
         let exit: Exit
         switch termination {
         case .exited(let code): exit = .status(code)

@@ -4,8 +4,11 @@ public enum VaultToNursery: LinkMessage {
     /// --url-arg; the vault passes them only when the operator allowed them), and `user`,
     /// the web user a reverse proxy named (ttyd's --auth-header), in its environment.
     case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [], user: [UInt8]? = nil)
+    /// After `.spawn`, on the same circuit: the session ended; send this signal to the
+    /// shell's process group (ttyd's --signal). SIGHUP comes from the terminal itself.
+    case signal(Int32)
 
-    enum Kind: UInt8 { case spawn = 0x53 }
+    enum Kind: UInt8 { case spawn = 0x53, signal = 0x6b }
 
     public var encoded: [UInt8] {
         switch self {
@@ -20,6 +23,8 @@ public enum VaultToNursery: LinkMessage {
             }
             if let user { w.short(user) }
             return w.bytes
+        case .signal(let signal):
+            return [Kind.signal.rawValue, UInt8(clamping: signal)]
         }
     }
 
@@ -51,6 +56,10 @@ public enum VaultToNursery: LinkMessage {
                 user = name
             }
             self = .spawn(columns: columns, rows: rows, arguments: arguments, user: user)
+        case .signal:
+            let signal = Int32(try r.u8())
+            guard (1...64).contains(signal) else { throw r.malformed }
+            self = .signal(signal)
         }
         try r.done()
     }

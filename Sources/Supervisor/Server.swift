@@ -34,6 +34,8 @@ public final class Server: Sendable {
         public var authHeader: String?
         /// Every client only watches (ttyd without -W).
         public var readOnly = false
+        /// Sent to a shell whose session is hung up (ttyd's -s).
+        public var endSignal: Int32 = SIGHUP
         /// Whether a new session's command takes the client's URL arguments (ttyd's -a).
         public var urlArguments = false
         /// Whether the server stops once its clients are gone (ttyd's -o and -q).
@@ -127,7 +129,7 @@ public final class Server: Sendable {
         vaultConfiguration.mode = c.mode
         vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
             + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader != nil ? ["--auth-header"] : [])
-            + (c.readOnly ? ["--read-only"] : [])
+            + (c.readOnly ? ["--read-only"] : []) + (c.endSignal == SIGHUP ? [] : ["--end-signal", "\(c.endSignal)"])
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)

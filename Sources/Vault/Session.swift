@@ -4,6 +4,10 @@ import RoleProtocol
 import Synchronization
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// How the vault keeps sessions: the operator's settings.
 public struct SessionSettings: Sendable {
     public enum SlowConsumer: String, Sendable, CaseIterable {
@@ -27,6 +31,9 @@ public struct SessionSettings: Sendable {
     public var authHeader = false
     /// Every client only watches (ttyd without -W): nobody's input reaches a shell.
     public var readOnly = false
+    /// Sent to the shell's process group when its session is hung up (ttyd's --signal);
+    /// SIGHUP, the default, is what closing the terminal sends anyway.
+    public var endSignal: Int32 = SIGHUP
 
     public init() {}
 }
@@ -156,6 +163,10 @@ final class Session: Sendable {
             s.master = nil
         }
     }
+
+    /// Whether the session was hung up (its linger ran out, or the operator's hangup), not
+    /// ended by its shell.
+    var isHungUp: Bool { state.withLock { $0.hungUp } }
 
     /// Stops feeding the shell, so the session's I/O ends and the terminal is hung up; a
     /// writer's pause no longer holds the PTY reader.

@@ -331,6 +331,11 @@ public final class Vault: Sendable {
                 group.cancelAll()
             }
         }
+        // A session ended by the vault, not by its shell: the operator's signal first, if it is
+        // not the SIGHUP the terminal sends.
+        if session.isHungUp && settings.endSignal != SIGHUP {
+            try? await shell.conversation.send(VaultToNursery.signal(settings.endSignal))
+        }
         // The channel has closed its copies; closing ours, the last, hangs up the terminal,
         // and the shell's session gets SIGHUP if it is still there.
         session.closeMaster()

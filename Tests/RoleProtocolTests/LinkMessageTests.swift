@@ -38,6 +38,7 @@ final class LinkMessageTests: XCTestCase {
         .spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max),
         .spawn(columns: 80, rows: 24, arguments: Array(repeating: Array("a b".utf8), count: LinkLimits.urlArguments)),
         .spawn(columns: 80, rows: 24, user: Array("alice".utf8)), .spawn(columns: 1, rows: 2, arguments: [[0x61]], user: [0x62]),
+        .signal(15), .signal(1), .signal(64),
     ]
     static let nurseryToVault: [NurseryToVault] = [
         .spawned(pid: 4242), .failed(reason: "posix_spawn: ENOENT"), .exited(.status(7)), .exited(.signal(1)),

@@ -342,6 +342,22 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try anonymous.awaitClose().code, 1008, "a credential is no use without the proxy's header")
     }
 
+    /// ttyd's -s: a session hung up (here its linger of 0 ran out) sends the shell the
+    /// operator's signal, before the terminal's own SIGHUP.
+    func testTheSignalForAHungUpSession() throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-signal-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: marker) }
+        let script = "trap 'echo term > \(marker); exit 0' TERM; trap '' HUP; echo ready-$((1+1)); while :; do sleep 0.1; done"
+        let server = try ServedCloister.start(workers: 1, extra: ["--signal", "TERM", "--session-linger", "0"],
+                                              command: ["/bin/sh", "-c", script])
+        var client: TerminalClient? = try TerminalClient.connect(port: server.port)
+        try client?.authenticate(token: Self.token)
+        _ = try client?.readOutput { $0.contains("ready-2") }
+        client = nil
+        XCTAssertTrue(eventually(15) { (try? String(contentsOfFile: marker, encoding: .utf8)) == "term\n" }, server.output)
+        XCTAssertTrue(eventually(10) { (try? server.control("sessions")["sessions"] as? [Any])?.isEmpty == true }, "the session ended")
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
@@ -743,6 +759,7 @@ final class ServeTests: XCTestCase {
             (["--client-option", "=3"], "--client-option"),
             (["--terminal-type", "vt 100"], "--terminal-type"),
             (["--ping-interval", "-1"], "--ping-interval"),
+            (["--signal", "NOPE"], "--signal: \"NOPE\" is not a signal"),
             (["--once", "--exit-no-clients"], "--exit-no-clients"),
             (["--listen", "unix:relative.sock"], "--listen"),
             (["--socket-mode", "666"], "--socket-mode: 666 lets every local user connect"),

@@ -85,7 +85,7 @@ final class TtydCommandTests: XCTestCase {
     func testRefusalsAtStart() throws {
         let cases: [([String], String)] = [
             (["-S", "-C", "/c.pem", "-K", "/k.pem", "/bin/sh"], "Cloister has no TLS yet"),
-            (["-s", "15", "/bin/sh"], "only SIGHUP"),
+            (["-s", "BOGUS", "/bin/sh"], "-s BOGUS: not a signal name or number"),
             (["--bogus", "/bin/sh"], "--bogus: not one of ttyd's options"),
             (["-p", "0"], "a command to run is required"),
             (["-i", "nonexistent0", "/bin/sh"], "-i nonexistent0: no such network interface"),
