@@ -83,6 +83,12 @@ struct FieldWriter {
     }
     mutating func rest(_ tail: some Sequence<UInt8>) { bytes += tail }
 
+    /// Command arguments (ttyd's --url-arg): their count, then each as a `short` field.
+    mutating func commandArguments(_ arguments: [[UInt8]]) {
+        bytes.append(UInt8(arguments.count))
+        for argument in arguments { short(argument) }
+    }
+
     /// Text of at most `LinkLimits.text` bytes, cut at a character boundary, so that what is
     /// written always decodes.
     mutating func text(_ text: String) {
@@ -147,6 +153,20 @@ struct FieldReader<Kind> {
     mutating func shortText(limit: Int) throws(LinkMessageError) -> String {
         guard let text = String(validating: try short(limit: limit), as: UTF8.self) else { throw malformed }
         return text
+    }
+
+    /// Arguments written by `FieldWriter.commandArguments`: 1 to `LinkLimits.urlArguments` of
+    /// at most `LinkLimits.urlArgument` bytes, none with a NUL (each becomes a C string).
+    mutating func commandArguments() throws(LinkMessageError) -> [[UInt8]] {
+        let count = Int(try u8())
+        guard (1...LinkLimits.urlArguments).contains(count) else { throw malformed }
+        var arguments: [[UInt8]] = []
+        for _ in 0..<count {
+            let argument = try short(limit: LinkLimits.urlArgument)
+            guard !argument.contains(0) else { throw malformed }
+            arguments.append(argument)
+        }
+        return arguments
     }
 
     /// A field written by `FieldWriter.long`, at most `limit` bytes.

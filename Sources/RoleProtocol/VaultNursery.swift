@@ -17,10 +17,7 @@ public enum VaultToNursery: LinkMessage {
             w.u16(columns)
             w.u16(rows)
             w.rest([(arguments.isEmpty ? 0 : 1) | (user == nil ? 0 : 2)])
-            if !arguments.isEmpty {
-                w.rest([UInt8(arguments.count)])
-                for argument in arguments { w.short(argument) }
-            }
+            if !arguments.isEmpty { w.commandArguments(arguments) }
             if let user { w.short(user) }
             return w.bytes
         case .signal(let signal):
@@ -39,16 +36,7 @@ public enum VaultToNursery: LinkMessage {
             let columns = try r.u16(), rows = try r.u16()
             let flags = try r.u8()
             guard flags & ~3 == 0 else { throw r.malformed }
-            var arguments: [[UInt8]] = []
-            if flags & 1 != 0 {
-                let count = Int(try r.u8())
-                guard (1...LinkLimits.urlArguments).contains(count) else { throw r.malformed }
-                for _ in 0..<count {
-                    let argument = try r.short(limit: LinkLimits.urlArgument)
-                    guard !argument.contains(0) else { throw r.malformed }
-                    arguments.append(argument)
-                }
-            }
+            let arguments = flags & 1 != 0 ? try r.commandArguments() : []
             var user: [UInt8]?
             if flags & 2 != 0 {
                 let name = try r.short(limit: LinkLimits.userName)

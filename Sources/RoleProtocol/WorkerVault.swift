@@ -75,10 +75,7 @@ public enum WorkerToVault: LinkMessage {
                 w.short(session.id)
                 w.short(session.secret)
             }
-            if !request.arguments.isEmpty {
-                w.rest([UInt8(request.arguments.count)])
-                for argument in request.arguments { w.short(argument) }
-            }
+            if !request.arguments.isEmpty { w.commandArguments(request.arguments) }
             w.rest(request.token)
             return w.bytes
         case .input(let bytes): return [Kind.input.rawValue] + bytes
@@ -110,16 +107,7 @@ public enum WorkerToVault: LinkMessage {
                 let id = try r.short(limit: LinkLimits.sessionField)
                 session = (id, try r.short(limit: LinkLimits.sessionField))
             }
-            var arguments: [[UInt8]] = []
-            if flags & 8 != 0 {
-                let count = Int(try r.u8())
-                guard (1...LinkLimits.urlArguments).contains(count) else { throw r.malformed }
-                for _ in 0..<count {
-                    let argument = try r.short(limit: LinkLimits.urlArgument)
-                    guard !argument.contains(0) else { throw r.malformed }
-                    arguments.append(argument)
-                }
-            }
+            let arguments = flags & 8 != 0 ? try r.commandArguments() : []
             self = .attach(AttachRequest(columns: columns, rows: rows, token: try r.rest(limit: LinkLimits.token),
                                          session: session, offset: offset, readonly: flags & 1 != 0, arguments: arguments))
         case .input: self = .input(try r.rest())
