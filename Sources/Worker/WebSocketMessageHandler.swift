@@ -58,7 +58,11 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
 
     private func ping(_ context: ChannelHandlerContext) {
         guard !closing else { return }
-        if unansweredPing != nil { return close(context, .goingAway, "ping not answered") }
+        if unansweredPing != nil {
+            // A client that does not answer may not be reading either: its close frame could
+            // wait behind unread output forever, so the connection is closed without waiting.
+            return send(context, close: UInt16(webSocketErrorCode: .goingAway), reason: "ping not answered", waitForFlush: false)
+        }
         pingsSent += 1
         unansweredPing = pingsSent
         var payload = context.channel.allocator.buffer(capacity: 8)
@@ -142,7 +146,7 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
         send(context, close: UInt16(webSocketErrorCode: code), reason: reason)
     }
 
-    private func send(_ context: ChannelHandlerContext, close code: UInt16?, reason: String) {
+    private func send(_ context: ChannelHandlerContext, close code: UInt16?, reason: String, waitForFlush: Bool = true) {
         guard !closing else { return }
         closing = true
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
@@ -151,8 +155,8 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
             data.writeString(String(reason.prefix(100)))
         }
         let frame = WebSocketFrame(fin: true, opcode: .connectionClose, data: data)
-        context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { [channel = context.channel] _ in
-            channel.close(promise: nil)
-        }
+        let written = context.writeAndFlush(wrapOutboundOut(frame))
+        guard waitForFlush else { return context.close(promise: nil) }
+        written.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
     }
 }

@@ -200,6 +200,20 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(try client.awaitClose().code, 1001)
     }
 
+    /// The same for a client that stopped reading while the shell floods it: its close frame
+    /// cannot get past the unread output, so the connection is closed without waiting for it.
+    func testAClientThatStoppedReadingIsClosedByThePings() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--ping-interval", "0.3"], command: ["/usr/bin/yes", "flood"])
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: Self.token)
+        _ = try client.awaitSession()
+        XCTAssertTrue(eventually(15) {
+            let sessions = (try? server.control("sessions")["sessions"] as? [[String: Any]]) ?? []
+            return sessions.count == 1 && (sessions[0]["clients"] as? [Any])?.isEmpty == true
+        }, "detached although it never read")
+        withExtendedLifetime(client) {}
+    }
+
     /// The supervisor's exit status once it has exited within `seconds`, else nil.
     private func exitStatus(_ server: ServedCloister, within seconds: Double) -> Int32? {
         var status: Int32 = 0
