@@ -64,9 +64,9 @@ class PageTestCase(unittest.TestCase):
                 page.screenshot(path=os.path.join(SHOTS, f"{self.id().split('.')[-1]}-{i}.png"))
             page.context.close()
 
-    def open_page(self, url=None, size=(1000, 600)):
+    def open_page(self, url=None, size=(1000, 600), permissions=()):
         context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
-                                      viewport={"width": size[0], "height": size[1]})
+                                      viewport={"width": size[0], "height": size[1]}, permissions=list(permissions))
         page = context.new_page()
         page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
         page.on("pageerror", lambda e: self.problems.append(str(e)))
@@ -168,6 +168,20 @@ class TerminalTests(PageTestCase):
                              f"stty size in the shell follows the page at {width}x{height}")
             sizes.append((screen["height"], screen["cols"]))
         self.assertNotEqual(sizes[0], sizes[1], "a smaller window gives a smaller terminal")
+
+
+class ClipboardTests(PageTestCase):
+    def test_paste_and_copy_with_ctrl_shift(self):
+        page = self.open_page(permissions=("clipboard-read", "clipboard-write"))
+        self.wait_for_state(page, "connected")
+        page.evaluate("() => navigator.clipboard.writeText('echo pasted-$((6*7))\\r')")
+        page.keyboard.press("Control+Shift+V")
+        self.wait_for_row(page, r"^pasted-42$")
+        page.evaluate("() => window.cloister.terminal.selectAll()")
+        page.keyboard.press("Control+Shift+C")
+        # The clipboard held the pasted command, which has no "pasted-42" in it.
+        copied = page.evaluate("() => navigator.clipboard.readText()")
+        self.assertIn("pasted-42", copied, "the selection reached the clipboard")
 
 
 class ResumeTests(PageTestCase):
