@@ -8,6 +8,8 @@ PYTHON    ?= python3
 APT_DEPS  := libseccomp-dev libcap-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
 # The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv.
 BROWSER_APT_DEPS := chromium
+# ttyd from ../shared/peers, for `cloister-bench compare`: its run-time libraries.
+BENCH_APT_DEPS := libuv1 libjson-c5 libwebsockets-evlib-uv
 VENV      := .build/browser-venv
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -81,8 +83,10 @@ run: release
 	./.build/release/cloister serve $(ARGS)
 
 bench: release
+	$(call apt_install,$(BENCH_APT_DEPS))
 	./.build/release/cloister-bench circuits
 	./.build/release/cloister-bench e2e
+	./.build/release/cloister-bench compare
 
 clean:
 	rm -rf .build

@@ -40,11 +40,16 @@ struct CloisterBench {
                                         window: window).run()
         case "e2e":
             try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
+        case "compare":
+            let peer = args.firstIndex(of: "--peer").flatMap { args.indices.contains($0 + 1) ? args[$0 + 1] : nil }
+                ?? "../shared/peers/ttyd"
+            try PeerComparison(peer: peer, quick: args.contains("--quick")).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
             print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
             print("       cloister-bench e2e [--quick] [--memory]")
+            print("       cloister-bench compare [--quick] [--peer PATH]   (default ../shared/peers/ttyd)")
             exit(2)
         }
     }

@@ -120,8 +120,16 @@ struct EndToEndBenchmark {
 
     struct BenchFailure: Error, CustomStringConvertible { var description: String }
 
+    /// A WebSocket with basic auth on the handshake, as a browser sends it after the page
+    /// (ttyd checks it there; Cloister checks the AuthToken), so both servers get the same
+    /// requests.
+    func connect(port: UInt16) throws -> TerminalClient {
+        try TerminalClient.connect(port: port, timeoutSeconds: 30,
+                                   headers: [("Authorization", "Basic \(TerminalClient.token(userAndPassword))")])
+    }
+
     func attach(port: UInt16) throws -> TerminalClient {
-        let client = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+        let client = try connect(port: port)
         try client.authenticate(token: TerminalClient.token(userAndPassword), columns: 200, rows: 50)
         return client
     }
@@ -163,7 +171,7 @@ struct EndToEndBenchmark {
         try writer.readOutput { $0.contains("go-2") }
         var clients = [writer]
         for _ in 1..<readers {
-            let viewer = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+            let viewer = try connect(port: port)
             try viewer.authenticate(token: TerminalClient.token(userAndPassword), columns: 200, rows: 50,
                                     session: info.session, secret: info.read_secret)
             try viewer.awaitSession()
@@ -248,7 +256,7 @@ struct EndToEndBenchmark {
                 var samples: [Double] = []
                 do {
                     // Each thread sets up its own session; all start typing together.
-                    let client = try TerminalClient.connect(port: port, timeoutSeconds: 30)
+                    let client = try connect(port: port)
                     try client.authenticate(token: token, columns: 200, rows: 50)
                     try client.input("stty raw -echo; echo ok-$((3+4)); exec cat\r")
                     try client.readOutput { $0.contains("ok-7") }
@@ -338,6 +346,14 @@ struct EndToEndBenchmark {
     /// first pages of each allocator size class) are paid before `before` is read: what is
     /// left is what one more session costs.
     func memoryPerSession(_ server: Server, sessions: Int) throws -> (cloister: Double, shell: Double, byRole: [String: Double]) {
+        try memoryPerSession(pid: server.pid, port: server.port, sessions: sessions)
+    }
+
+    /// The same for any server whose process tree starts at `pid`: its processes named
+    /// `serverName` (Cloister's roles, or ttyd) apart from the rest (the shells).
+    func memoryPerSession(pid: pid_t, port: UInt16, sessions: Int, serverName: String = "cloister") throws
+        -> (cloister: Double, shell: Double, byRole: [String: Double]) {
+        let server = (pid: pid, port: port)
         func open() throws -> TerminalClient {
             let client = try attach(port: server.port)
             try client.input("echo idle-$((8*8))\r")
@@ -346,11 +362,11 @@ struct EndToEndBenchmark {
         }
         let warm = try (0..<sessions).map { _ in try open() }
         usleep(200_000)
-        let before = treeRSS(root: server.pid)
+        let before = treeRSS(root: server.pid, serverName: serverName)
         var clients: [TerminalClient] = []
         for _ in 0..<sessions { clients.append(try open()) }
         usleep(200_000)
-        let after = treeRSS(root: server.pid)
+        let after = treeRSS(root: server.pid, serverName: serverName)
         withExtendedLifetime((warm, clients)) {}
         let cloister = Double(after.cloister - before.cloister) / Double(sessions)
         let shell = Double(after.shells - before.shells) / Double(sessions)
@@ -361,7 +377,7 @@ struct EndToEndBenchmark {
 
     /// The supervisor and its descendants, each with its role ("worker", "vault", "nursery",
     /// "supervisor"), or nil for a process that is not Cloister's (a shell).
-    func tree(root: pid_t) -> [(pid: pid_t, role: String?)] {
+    func tree(root: pid_t, serverName: String = "cloister") -> [(pid: pid_t, role: String?)] {
         var parent: [pid_t: pid_t] = [:]
         var name: [pid_t: String] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
@@ -377,7 +393,7 @@ struct EndToEndBenchmark {
             return false
         }
         return parent.keys.filter { $0 == root || isDescendant($0) }.map { pid in
-            guard name[pid] == "cloister" else { return (pid, nil) }
+            guard name[pid] == serverName else { return (pid, nil) }
             // "cloister role worker …" (a sandboxed role), else the supervisor.
             let arguments = ((try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()).split(separator: 0)
             let role = arguments.count > 2 && arguments[1].elementsEqual("role".utf8) ? String(decoding: arguments[2], as: UTF8.self) : "supervisor"
@@ -386,10 +402,10 @@ struct EndToEndBenchmark {
     }
 
     /// Sums VmRSS over the supervisor and its descendants; the shells are the nursery's children.
-    func treeRSS(root: pid_t) -> (cloister: Int, shells: Int, byRole: [String: Int]) {
+    func treeRSS(root: pid_t, serverName: String = "cloister") -> (cloister: Int, shells: Int, byRole: [String: Int]) {
         var cloister = 0, shells = 0
         var byRole: [String: Int] = [:]
-        for (pid, role) in tree(root: root) {
+        for (pid, role) in tree(root: root, serverName: serverName) {
             guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
                   let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
                   let kb = Int(line.split(separator: " ")[1]) else { continue }

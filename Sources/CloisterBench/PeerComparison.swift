@@ -1,0 +1,151 @@
+import Foundation
+import Processes
+import SystemPackage
+import TerminalClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `cloister-bench compare`: Cloister and ttyd side by side in one run, with the same client
+/// and the same shell, the two servers alternating run by run, each row next to the baseline
+/// it cannot beat (the producer read straight from a PTY). The client's own CPU time is
+/// reported, so that it is seen not to be what limits either server.
+struct PeerComparison {
+    var peer: String
+    var quick: Bool
+    let bench = EndToEndBenchmark(quick: false)
+
+    struct Peer {
+        var child: ChildProcess
+        var port: UInt16
+    }
+
+    /// ttyd on loopback, writable, with the benchmark's credential, running /bin/sh.
+    func startPeer() throws -> Peer {
+        // A free port: bound, read back, released; ttyd takes it right after.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")),
+                                  sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
+        let port = UInt16(bigEndian: address.sin_port)
+        close(probe)
+        let log = open("/dev/null", O_WRONLY | O_CLOEXEC)
+        defer { close(log) }
+        let child = try ChildProcess.spawn(peer, arguments: ["-i", "lo", "-p", "\(port)", "-W", "-c", bench.userAndPassword, "-P", "30", "/bin/sh"],
+                                           environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
+        for _ in 0..<200 {
+            if let client = try? bench.attach(port: port) {
+                try? client.input("exit\r")
+                return Peer(child: child, port: port)
+            }
+            usleep(50_000)
+        }
+        kill(child.pid, SIGKILL)
+        _ = try? child.wait()
+        throw EndToEndBenchmark.BenchFailure(description: "\(peer) did not come up on port \(port)")
+    }
+
+    /// The bulk producer: 4 KiB writes of one character, the fastest a PTY carries.
+    func bulkCommand(_ bytes: Int) -> String { "head -c \(bytes) /dev/zero | tr '\\0' Z" }
+
+    /// MB/s of the bulk producer's output through a server, and the client's CPU seconds.
+    func bulkThroughput(port: UInt16, bytes: Int) throws -> (rate: Double, clientCPU: Double) {
+        let client = try bench.attach(port: port)
+        try client.input("stty -echo; echo go-$((1+1))\r")
+        try client.readOutput { $0.contains("go-2") }
+        let cpuBefore = processCPU()
+        let start = now()
+        try client.input("echo start-$((1+2)); \(bulkCommand(bytes)); echo; echo end-$((2+2))\r")
+        let received = try client.readOutput(untilMarker: "end-4")
+        let seconds = now() - start
+        let clientCPU = processCPU() - cpuBefore
+        let zs = received.reduce(0) { $0 + ($1 == UInt8(ascii: "Z") ? 1 : 0) }
+        guard zs == bytes else { throw EndToEndBenchmark.BenchFailure(description: "\(zs) of \(bytes) bytes arrived") }
+        try client.input("exit\r")
+        return (Double(received.count) / seconds / 1e6, clientCPU)
+    }
+
+    /// The same producer read straight from a PTY by this process.
+    func rawBulk(bytes: Int) throws -> Double {
+        let terminal = try PseudoTerminal.open(rows: 50, columns: 200)
+        defer { try? terminal.master.close() }
+        let start = now()
+        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", bulkCommand(bytes)], terminal: terminal.slavePath)
+        var total = 0
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(terminal.master.rawValue, &buffer, buffer.count)
+            if n <= 0 { break }
+            total += n
+        }
+        let seconds = now() - start
+        _ = try child.wait()
+        return Double(total) / seconds / 1e6
+    }
+
+    func processCPU() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+    }
+
+    func run() throws {
+        guard access(peer, X_OK) == 0 else {
+            print("cloister-bench compare: no peer at \(peer) (see ../shared/peers/README.md; --peer PATH); nothing compared")
+            return
+        }
+        let cloister = try bench.startServer()
+        defer {
+            kill(cloister.pid, SIGTERM)
+            _ = try? cloister.child.wait()
+            try? FileManager.default.removeItem(atPath: cloister.directory)
+        }
+        let ttyd = try startPeer()
+        defer {
+            kill(ttyd.child.pid, SIGTERM)
+            _ = try? ttyd.child.wait()
+        }
+        let bytes = quick ? 8 << 20 : 64 << 20
+        let runs = quick ? 1 : 3
+        let keystrokes = quick ? 300 : 2000
+        print("cloister-bench compare: Cloister (\(cloister.workers) workers) and \(peer), loopback, the same client, runs alternating; best of \(runs) for throughput")
+        print("")
+        print("| measure | Cloister | ttyd | ratio (Cloister / ttyd) | baseline |")
+        print("|---|---|---|---|---|")
+
+        var raw = 0.0, ours: [(rate: Double, clientCPU: Double)] = [], theirs: [(rate: Double, clientCPU: Double)] = []
+        for _ in 0..<runs {
+            raw = max(raw, try rawBulk(bytes: bytes))
+            ours.append(try bulkThroughput(port: cloister.port, bytes: bytes))
+            theirs.append(try bulkThroughput(port: ttyd.port, bytes: bytes))
+        }
+        let best = (ours.max { $0.rate < $1.rate }!, theirs.max { $0.rate < $1.rate }!)
+        print("| bulk output, `\(bulkCommand(bytes).replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted) | \(fixed(best.0.rate, 1)) MB/s | \(fixed(best.1.rate, 1)) MB/s | \(fixed(best.0.rate / best.1.rate, 2)) | raw PTY read \(fixed(raw, 1)) MB/s (Cloister \(fixed(best.0.rate / raw, 2)), ttyd \(fixed(best.1.rate / raw, 2))) |")
+
+        for sessions in [1, 32] {
+            var mine: [Double] = [], peers: [Double] = []
+            for _ in 0..<runs {
+                mine += try bench.echoLatency(port: cloister.port, sessions: sessions, keystrokes: keystrokes / runs)
+                peers += try bench.echoLatency(port: ttyd.port, sessions: sessions, keystrokes: keystrokes / runs)
+            }
+            let (m, p) = (percentiles(mine), percentiles(peers))
+            print("| keystroke echo through `cat`, \(sessions) session\(sessions == 1 ? "" : "s") at once, p50 / p99 | \(fixed(m.p50, 0)) / \(fixed(m.p99, 0)) µs | \(fixed(p.p50, 0)) / \(fixed(p.p99, 0)) µs | \(fixed(m.p50 / p.p50, 2)) / \(fixed(m.p99 / p.p99, 2)) | |")
+        }
+
+        var opened = (0.0, 0.0)
+        for _ in 0..<runs {
+            opened.0 = max(opened.0, try bench.sessionsPerSecond(port: cloister.port, seconds: quick ? 1 : 2))
+            opened.1 = max(opened.1, try bench.sessionsPerSecond(port: ttyd.port, seconds: quick ? 1 : 2))
+        }
+        print("| sessions opened per second, one after another | \(fixed(opened.0, 0)) /s | \(fixed(opened.1, 0)) /s | \(fixed(opened.0 / opened.1, 2)) | |")
+
+        let memory = (try bench.memoryPerSession(pid: cloister.pid, port: cloister.port, sessions: 32),
+                      try bench.memoryPerSession(pid: ttyd.child.pid, port: ttyd.port, sessions: 32, serverName: "ttyd"))
+        print("| memory per open session (RSS growth over 32 more, 32 open before; shells excluded) | \(fixed(memory.0.cloister / 1024, 1)) KiB | \(fixed(memory.1.cloister / 1024, 1)) KiB | \(fixed(memory.0.cloister / memory.1.cloister, 2)) | |")
+        print("")
+        print("client CPU per bulk run (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
+    }
+}
