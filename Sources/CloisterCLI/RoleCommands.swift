@@ -81,6 +81,7 @@ struct WorkerCommand: SandboxedCommand {
     @Option(help: "Descriptor of the page's assets (a sealed memory file the supervisor wrote).")
     var assetsFD: Int32?
     @Option(help: "Prefix of every route.") var basePath = ""
+    @Option(help: "Open-file limit inside the sandbox.") var openFiles: UInt64 = 256
     @Option(help: "The preferences message, a JSON object.") var preferences = "{}"
     @Option(help: "Seconds between pings of each WebSocket; 0: none.") var pingInterval: Double = 30
     @Flag(help: "Pass the URL's arg values to a new session's command.") var urlArguments = false
@@ -88,12 +89,12 @@ struct WorkerCommand: SandboxedCommand {
     var steps: [String] = []
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, preferences, pingInterval, urlArguments, authHeader }
+    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, openFiles, preferences, pingInterval, urlArguments, authHeader }
 
     mutating func enterSandbox() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
         if let assetsFD { assets = try AssetLoader.receive(FileDescriptor(rawValue: assetsFD)) }
-        steps = try WorkerRole.enterSandbox(sandbox.sandbox)
+        steps = try WorkerRole.enterSandbox(sandbox.sandbox, openFiles: openFiles)
     }
 
     func run() async throws {
@@ -118,12 +119,13 @@ struct VaultCommand: SandboxedCommand {
     @Flag(help: "A new session's command takes the arguments of the client's URL.") var urlArguments = false
     @Flag(help: "Workers present the user a reverse proxy named, not a credential.") var authHeader = false
     @Flag(help: "Every client only watches.") var readOnly = false
+    @Option(help: "Open-file limit inside the sandbox.") var openFiles: UInt64 = 4096
     @Option(help: "Signal number for a shell whose session is hung up.") var endSignal: Int32 = 1  // SIGHUP
     var steps: [String] = []
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly, endSignal }
+    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly, endSignal, openFiles }
 
-    mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox) }
+    mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox, openFiles: openFiles) }
 
     func run() async throws {
         var settings = try sessions.settings()

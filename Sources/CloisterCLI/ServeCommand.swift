@@ -130,6 +130,13 @@ struct ServeCommand: AsyncParsableCommand {
         let count = workers ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         guard (1...256).contains(count) else { throw ConfigurationError(option: "--workers", problem: "\(count) is not between 1 and 256") }
         guard maxClients >= 1 else { throw ConfigurationError(option: "--max-clients", problem: "must be at least 1") }
+        // The roles' open-file limits follow from it and cannot exceed this process's hard limit.
+        var files = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        let needed = max(Server.workerOpenFiles(maxClients: maxClients), Server.vaultOpenFiles(maxClients: maxClients))
+        guard files.rlim_max == rlim_t.max || UInt64(needed) <= UInt64(files.rlim_max) else {
+            throw ConfigurationError(option: "--max-clients", problem: "\(maxClients) clients need \(needed) open files in the vault; this process may have \(files.rlim_max) (raise the hard limit: ulimit -Hn, or LimitNOFILE= in the unit)")
+        }
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ConfigurationError(option: "--drain-timeout", problem: "must be a number of seconds ≥ 0") }
         // Socket-activated, the inherited sockets replace the default address.
         let addresses = listen.isEmpty ? (activated ? [] : ["127.0.0.1:7681"]) : listen

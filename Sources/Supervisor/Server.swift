@@ -122,6 +122,7 @@ public final class Server: Sendable {
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
             + (c.preferences == "{}" ? [] : ["--preferences", c.preferences]) + ["--ping-interval", "\(c.pingInterval)"]
             + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader.map { ["--auth-header", $0] } ?? [])
+            + ["--open-files", "\(Self.workerOpenFiles(maxClients: c.maxClients))"]
         workerConfiguration.admission = .onceLinked
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)
@@ -129,7 +130,7 @@ public final class Server: Sendable {
         vaultConfiguration.mode = c.mode
         vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
             + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader != nil ? ["--auth-header"] : [])
-            + (c.readOnly ? ["--read-only"] : []) + (c.endSignal == SIGHUP ? [] : ["--end-signal", "\(c.endSignal)"])
+            + (c.readOnly ? ["--read-only"] : []) + ["--open-files", "\(Self.vaultOpenFiles(maxClients: c.maxClients))"] + (c.endSignal == SIGHUP ? [] : ["--end-signal", "\(c.endSignal)"])
         vaultConfiguration.admission = .onceLinked
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)
@@ -151,6 +152,14 @@ public final class Server: Sendable {
             throw .controlSocket(error)
         }
     }
+
+    /// A worker may end up with every client (the others restarting): one socket each, and
+    /// room for its transports, timers and the event loops' own descriptors.
+    public static func workerOpenFiles(maxClients: Int) -> Int { maxClients + 64 }
+
+    /// Two per session's terminal (the master and the reader's copy), sessions outliving their
+    /// clients by the linger (room for half as many again), and room for the rest; at least 4096.
+    public static func vaultOpenFiles(maxClients: Int) -> Int { max(4096, 3 * maxClients + 64) }
 
     /// Clients attached now and attachments started, from the vault.
     public func attachmentCounts() async throws -> (current: UInt32, started: UInt64) {

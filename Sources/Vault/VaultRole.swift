@@ -7,8 +7,10 @@ import Sandbox
 public enum VaultRole {
     /// Before the first `await`, while the process is single-threaded. Every session holds a
     /// PTY master and its duplicate, and every worker a link: more descriptors than a worker.
-    public static func enterSandbox(_ sandbox: RoleSandbox) throws -> [String] {
-        try sandbox.enter(role: Role.vault.rawValue, openFileLimit: 4096)
+    /// `openFiles`: the descriptor limit, which the supervisor derives from --max-clients
+    /// (two per session's terminal, sessions outliving their clients, and room for the rest).
+    public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> [String] {
+        try sandbox.enter(role: Role.vault.rawValue, openFileLimit: openFiles)
     }
 
     public static func run(title: String, sessions: SessionSettings, sandboxSteps: [String]) async throws {

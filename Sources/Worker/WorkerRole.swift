@@ -10,8 +10,10 @@ import WebAssets
 /// vault link the supervisor gives it.
 public enum WorkerRole {
     /// Before the first `await`, while the process is single-threaded.
-    public static func enterSandbox(_ sandbox: RoleSandbox) throws -> [String] {
-        try sandbox.enter(role: Role.worker.rawValue)
+    /// `openFiles`: the descriptor limit, which the supervisor derives from --max-clients
+    /// (one socket per client, and room for the rest).
+    public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> [String] {
+        try sandbox.enter(role: Role.worker.rawValue, openFileLimit: openFiles)
     }
 
     public static func run(settings: WebWorker.Settings, assets: AssetBundle, sandboxSteps: [String]) async throws {

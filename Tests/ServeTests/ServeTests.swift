@@ -372,6 +372,30 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(eventually(10) { (try? server.control("sessions")["sessions"] as? [Any])?.isEmpty == true }, "the session ended")
     }
 
+    /// The roles' open-file limits follow from --max-clients: a worker takes more clients
+    /// than a fixed limit of 256 allowed.
+    func testOpenFileLimitsFollowMaxClients() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--max-clients", "600"])
+        func openFiles(_ pid: Int) -> String? {
+            let limits = (try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8)) ?? ""
+            return limits.split(separator: "\n").first { $0.hasPrefix("Max open files") }?.split(separator: " ", omittingEmptySubsequences: true)[3].description
+        }
+        let worker = try XCTUnwrap(server.workers().first?["pid"] as? Int)
+        let vault = try XCTUnwrap((try server.control("status")["vault"] as? [String: Any])?["pid"] as? Int)
+        XCTAssertEqual(openFiles(worker), "664")
+        XCTAssertEqual(openFiles(vault), "4096")
+        var idle: [Int32] = []
+        defer { for fd in idle { close(fd) } }
+        for _ in 0..<300 {
+            let address = SocketAddress.inet(host: "127.0.0.1", port: server.port)
+            let fd = try address.socket(CInt(SOCK_STREAM.rawValue))
+            try address.connect(fd)
+            idle.append(fd)
+        }
+        XCTAssertTrue(eventually(20) { (try? server.control("status")["connections"] as? Int) == 300 }, "300 connections held by one worker")
+        XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/").status, 401, "and one more is served")
+    }
+
     func testWrongCredentialAndForeignOriginAreRefused() throws {
         let server = try ServedCloister.start(workers: 1)
         let client = try TerminalClient.connect(port: server.port)
@@ -762,6 +786,7 @@ final class ServeTests: XCTestCase {
             (["--policy-dir", "/nonexistent"], "--policy-dir"),
             (["--credential", "nopassword"], "--credential"),
             (["--max-clients", "0"], "--max-clients"),
+            (["--max-clients", "100000000"], "--max-clients: 100000000 clients need"),
             (["--credential-file", "/etc/passwd"], "--credential-file"),
             (["--credential-file", "/nonexistent"], "--credential-file"),
             (["--credential", "a:b", "--credential-file", "/nonexistent"], "--credential-file"),
