@@ -86,6 +86,18 @@ struct PeerComparison {
         return Double(total) / seconds / 1e6
     }
 
+    /// Proportional set size of a server's own processes (shells excluded), in bytes: what the
+    /// service costs in memory, shared pages split between the processes that share them.
+    func servicePSS(root: pid_t, serverName: String) -> Int {
+        bench.tree(root: root, serverName: serverName).reduce(0) { total, process in
+            guard process.role != nil,
+                  let rollup = try? String(contentsOfFile: "/proc/\(process.pid)/smaps_rollup", encoding: .utf8),
+                  let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Pss:") }),
+                  let kb = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else { return total }
+            return total + kb * 1024
+        }
+    }
+
     func processCPU() -> Double {
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
@@ -108,6 +120,11 @@ struct PeerComparison {
             kill(ttyd.child.pid, SIGTERM)
             _ = try? ttyd.child.wait()
         }
+        // Idle, before any session: every process the service runs, shells excluded.
+        usleep(500_000)
+        let idle = (servicePSS(root: cloister.pid, serverName: "cloister"), servicePSS(root: ttyd.child.pid, serverName: "ttyd"))
+        let processes = (bench.tree(root: cloister.pid).filter { $0.role != nil }.count,
+                         bench.tree(root: ttyd.child.pid, serverName: "ttyd").filter { $0.role != nil }.count)
         let bytes = quick ? 8 << 20 : 64 << 20
         let runs = quick ? 1 : 3
         let keystrokes = quick ? 300 : 2000
@@ -145,6 +162,7 @@ struct PeerComparison {
         let memory = (try bench.memoryPerSession(pid: cloister.pid, port: cloister.port, sessions: 32),
                       try bench.memoryPerSession(pid: ttyd.child.pid, port: ttyd.port, sessions: 32, serverName: "ttyd"))
         print("| memory per open session (RSS growth over 32 more, 32 open before; shells excluded) | \(fixed(memory.0.cloister / 1024, 1)) KiB | \(fixed(memory.1.cloister / 1024, 1)) KiB | \(fixed(memory.0.cloister / memory.1.cloister, 2)) | |")
+        print("| the idle service (PSS of its own processes, before any session) | \(fixed(Double(idle.0) / 1e6, 1)) MB in \(processes.0) processes | \(fixed(Double(idle.1) / 1e6, 1)) MB in \(processes.1) | \(fixed(Double(idle.0) / Double(idle.1), 1)) | |")
         print("")
         print("client CPU per bulk run (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
     }
