@@ -2,6 +2,7 @@ import ArgumentParser
 import Circuits
 import Foundation
 import Processes
+import SystemCalls
 import Supervisor
 import SystemPackage
 

@@ -16,16 +16,3 @@ public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
         }
     }
 }
-
-extension FileDescriptor {
-    /// Reads until end of file (blocking), retrying on EINTR.
-    public func readToEnd() throws -> [UInt8] {
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
-            let n = try buffer.withUnsafeMutableBytes { try read(into: $0) }
-            if n == 0 { return received }
-            received += buffer[..<n]
-        }
-    }
-}

@@ -26,7 +26,7 @@ public enum CredentialFile {
         do {
             let file = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
             defer { try? file.close() }
-            bytes = try file.readToEnd()
+            bytes = try file.readToEnd(limit: CredentialFile.maxBytes)
         } catch {
             throw ConfigurationProblem("\(path): \(error)")
         }
@@ -34,8 +34,10 @@ public enum CredentialFile {
     }
 
     /// The credential in a credential file's bytes: its first line, which must be UTF-8.
+    public static let maxBytes = 64 * 1024
+
     public static func parse(_ bytes: [UInt8], path: String) throws(ConfigurationProblem) -> String {
-        guard bytes.count <= 64 * 1024 else { throw ConfigurationProblem("\(path) is larger than 64 KiB") }
+        guard bytes.count <= maxBytes else { throw ConfigurationProblem("\(path) is larger than 64 KiB") }
         guard let text = String(validating: bytes, as: UTF8.self) else { throw ConfigurationProblem("\(path) is not UTF-8 text") }
         return String(text.split(whereSeparator: \.isNewline).first ?? "")
     }

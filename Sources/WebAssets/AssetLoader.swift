@@ -102,20 +102,10 @@ public enum AssetLoader {
             throw AssetError(path: path, problem: "\(SystemCallError(call: "fstat", errno: Errno(rawValue: errno)))")
         }
         guard info.st_mode & S_IFMT == S_IFREG else { throw AssetError(path: path, problem: "not a regular file") }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n: Int
-            do {
-                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
-            } catch {
-                throw AssetError(path: path, problem: "\(SystemCallError(call: "read", errno: error as? Errno ?? .ioError))")
-            }
-            if n == 0 { return bytes }
-            bytes.append(contentsOf: chunk[..<n])
-            guard bytes.count <= AssetBundle.maxBytes else {
-                throw AssetError(path: path, problem: "larger than \(AssetBundle.maxBytes) bytes")
-            }
+        do {
+            return try fd.readToEnd(limit: AssetBundle.maxBytes)
+        } catch {
+            throw AssetError(path: path, problem: "\(error)")
         }
     }
 
@@ -134,14 +124,6 @@ public enum AssetLoader {
     /// Reads a bundle from the descriptor a worker was given, to its end, and closes it.
     public static func receive(_ file: SystemPackage.FileDescriptor) throws -> AssetBundle {
         defer { try? file.close() }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 256 * 1024)
-        while true {
-            let n = try chunk.withUnsafeMutableBytes { try file.read(into: $0, retryOnInterrupt: true) }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[..<n])
-            guard bytes.count <= AssetBundle.maxBytes else { throw AssetBundle.DecodingError(problem: "more than \(AssetBundle.maxBytes) bytes") }
-        }
-        return try AssetBundle(decoding: bytes)
+        return try AssetBundle(decoding: try file.readToEnd(limit: AssetBundle.maxBytes))
     }
 }
