@@ -102,13 +102,10 @@ public final class WebWorker: Sendable {
         let refusal = NIOLoopBoundBox<HandshakeRefusal?>(nil, eventLoop: channel.eventLoop)
         let upgrader = NIOTypedWebSocketServerUpgrader<Upgrade>(
             maxFrameSize: settings.maxFrameBytes, enableAutomaticErrorHandling: true,
-            shouldUpgrade: { channel, head in
-                // HandshakeGate let through only handshakes that pass every check.
-                if let refused = OpeningHandshake.refusal(head, settings: settings) {
-                    refusal.value = refused
-                    return channel.eventLoop.makeSucceededFuture(nil)
-                }
-                return channel.eventLoop.makeSucceededFuture(["Sec-WebSocket-Protocol": "tty"])
+            shouldUpgrade: { channel, _ in
+                // HandshakeGate, before this upgrader, already took the Upgrade field away from
+                // every handshake that fails a check: what arrives here has passed them all.
+                channel.eventLoop.makeSucceededFuture(["Sec-WebSocket-Protocol": "tty"])
             },
             upgradePipelineHandler: { channel, head in
                 deadline.cancel()
