@@ -222,10 +222,16 @@ struct EndToEndBenchmark {
 
     /// The same command on a PTY read directly by this process.
     func rawPTYThroughput(lines: Int) throws -> Double {
+        try rawPTYThroughput("/usr/bin/seq", ["1", "\(lines)"])
+    }
+
+    /// MB/s of a command's output read straight from a PTY master by this process: the
+    /// baseline a server's rate is set against.
+    func rawPTYThroughput(_ executable: String, _ arguments: [String]) throws -> Double {
         let terminal = try PseudoTerminal.open(rows: 50, columns: 200)
         defer { try? terminal.master.close() }
         let start = now()
-        let child = try ChildProcess.spawn("/usr/bin/seq", arguments: ["1", "\(lines)"], terminal: terminal.slavePath)
+        let child = try ChildProcess.spawn(executable, arguments: arguments, terminal: terminal.slavePath)
         var total = 0
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {

@@ -70,20 +70,7 @@ struct PeerComparison {
 
     /// The same producer read straight from a PTY by this process.
     func rawBulk(bytes: Int) throws -> Double {
-        let terminal = try PseudoTerminal.open(rows: 50, columns: 200)
-        defer { try? terminal.master.close() }
-        let start = now()
-        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", bulkCommand(bytes)], terminal: terminal.slavePath)
-        var total = 0
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(terminal.master.rawValue, &buffer, buffer.count)
-            if n <= 0 { break }
-            total += n
-        }
-        let seconds = now() - start
-        _ = try child.wait()
-        return Double(total) / seconds / 1e6
+        try bench.rawPTYThroughput("/bin/sh", ["-c", bulkCommand(bytes)])
     }
 
     /// Proportional set size of a server's own processes (shells excluded), in bytes: what the
