@@ -144,7 +144,7 @@ let package = Package(
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
-                "Supervisor", "Sandbox", "Circuits", "Processes", "TestSupport", "RoleProtocol", "Vault",
+                "Supervisor", "Sandbox", "Circuits", "Processes", "TestSupport", "RoleProtocol", "Vault", "WebAssets",
                 logging,
                 system,
             ]),

@@ -110,7 +110,7 @@ public enum RoleLauncher {
 
         /// A read-only open file description of its own: one passed to several processes
         /// would share its offset, and a role must not be able to write what others read.
-        func reopened() throws(SystemCallError) -> FileDescriptor {
+        public func reopened() throws(SystemCallError) -> FileDescriptor {
             let path = "/proc/self/fd/\(descriptor.rawValue)"
             do {
                 return try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])

@@ -185,6 +185,12 @@ final class ServeTests: XCTestCase {
         XCTAssertTrue(text.contains("[vt220:\(directory)]"), text)
     }
 
+    /// One session is listed, with no client attached.
+    private func onlySessionHasNoClient(_ server: ServedCloister) -> Bool {
+        let sessions = (try? server.control("sessions")["sessions"] as? [[String: Any]]) ?? []
+        return sessions.count == 1 && (sessions[0]["clients"] as? [Any])?.isEmpty == true
+    }
+
     /// ttyd's -P against the real server: a client that stops answering pings is closed with
     /// 1001 and detached from its session, which lingers for it.
     func testAClientThatDoesNotAnswerPingsIsClosedAndDetached() throws {
@@ -193,10 +199,7 @@ final class ServeTests: XCTestCase {
         try client.authenticate(token: Self.token)
         _ = try client.awaitSession()
         // Not reading: the pings go unanswered.
-        XCTAssertTrue(eventually(10) {
-            let sessions = (try? server.control("sessions")["sessions"] as? [[String: Any]]) ?? []
-            return sessions.count == 1 && (sessions[0]["clients"] as? [Any])?.isEmpty == true
-        }, "detached, the session kept")
+        XCTAssertTrue(eventually(10) { onlySessionHasNoClient(server) }, "detached, the session kept")
         XCTAssertEqual(try client.awaitClose().code, 1001)
     }
 
@@ -207,10 +210,7 @@ final class ServeTests: XCTestCase {
         let client = try TerminalClient.connect(port: server.port)
         try client.authenticate(token: Self.token)
         _ = try client.awaitSession()
-        XCTAssertTrue(eventually(15) {
-            let sessions = (try? server.control("sessions")["sessions"] as? [[String: Any]]) ?? []
-            return sessions.count == 1 && (sessions[0]["clients"] as? [Any])?.isEmpty == true
-        }, "detached although it never read")
+        XCTAssertTrue(eventually(15) { onlySessionHasNoClient(server) }, "detached although it never read")
         withExtendedLifetime(client) {}
     }
 
@@ -394,6 +394,25 @@ final class ServeTests: XCTestCase {
         }
         XCTAssertTrue(eventually(20) { (try? server.control("status")["connections"] as? Int) == 300 }, "300 connections held by one worker")
         XCTAssertEqual(try TerminalClient.get(port: server.port, path: "/").status, 401, "and one more is served")
+    }
+
+    /// The page's assets reach the workers as a memory file the supervisor keeps: a running
+    /// worker holds no descriptor of it (it read it and closed it before its sandbox), and
+    /// serves every asset only with the credential.
+    func testWorkersKeepNoAssetsFileAndAssetsNeedTheCredential() throws {
+        let server = try ServedCloister.start(workers: 2)
+        func assetFiles(_ pid: Int) -> Int {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+            return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)"))?.contains("cloister-assets") == true }.count
+        }
+        let workers = try server.workers().compactMap { $0["pid"] as? Int }
+        XCTAssertEqual(workers.count, 2)
+        for pid in workers { XCTAssertEqual(assetFiles(pid), 0, "worker \(pid)") }
+        XCTAssertEqual(assetFiles(Int(server.child.pid)), 1, "the supervisor keeps one, for workers started later")
+        for path in ["/xterm.js", "/cloister.js", "/xterm.css", "/index.html"] {
+            XCTAssertEqual(try TerminalClient.get(port: server.port, path: path).status, 401, path)
+            XCTAssertEqual(try TerminalClient.get(port: server.port, path: path, headers: ["Authorization": "Basic \(Self.token)"]).status, 200, path)
+        }
     }
 
     func testWrongCredentialAndForeignOriginAreRefused() throws {
