@@ -231,7 +231,8 @@ final class SessionTests: XCTestCase {
             return clients.filter { $0["mode"] as? String == "viewer" }.compactMap { $0["client"] as? Int }
         }
         let viewer = try XCTUnwrap(try viewers().first)
-        XCTAssertEqual(try ctl(server, ["kick", info.session, "\(viewer)"]).0, .exited(0))
+        let (kick, said) = try ctl(server, ["kick", info.session, "\(viewer)"])
+        XCTAssertEqual(kick, .exited(0), "ctl kick said: \(said)")
         // Nothing is read from the stuck client before the vault has let it go.
         XCTAssertTrue(eventually(10) { (try? viewers().isEmpty) ?? false }, "the kicked viewer is still attached\n\(server.output.suffix(3000))")
         try writer.input("echo after-$((6+6))\r")
