@@ -92,20 +92,14 @@ final class Session: Sendable {
     }
 
     init(shell: Int32, master: SystemPackage.FileDescriptor, ringBytes: Int) {
-        id = Self.token(bytes: 12)
-        writeSecret = Self.token(bytes: 18)
-        readSecret = Self.token(bytes: 18)
+        id = SessionToken.random(bytes: 12)
+        writeSecret = SessionToken.random(bytes: 18)
+        readSecret = SessionToken.random(bytes: 18)
         self.shell = shell
         (inputs, input) = AsyncStream.makeStream(of: [UInt8].self)
         state = Mutex(State(master: master, ring: OutputRing(capacity: ringBytes)))
     }
 
-    /// Random bytes from getrandom(2), as URL-safe text (it rides in URL fragments).
-    static func token(bytes count: Int) -> String {
-        var generator = SystemRandomNumberGenerator()
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-        return String(decoding: (0..<(count * 4 / 3)).map { _ in alphabet[Int(generator.next() % 64)] }, as: UTF8.self)
-    }
 
     // MARK: The shell's side
 
@@ -335,5 +329,20 @@ final class KickSwitch: Sendable {
             return false
         }
         if now { action() }
+    }
+}
+
+/// Session ids and secrets.
+public enum SessionToken {
+    /// Random bytes from getrandom(2), as URL-safe text (it rides in URL fragments).
+    public static func random(bytes count: Int) -> String {
+        var generator = SystemRandomNumberGenerator()
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        var characters = (0..<(count * 4 / 3)).map { _ in alphabet[Int(generator.next() % 64)] }
+        // Never a leading "-": an id is typed on command lines (`cloister ctl kick ID`,
+        // `cloister attach --session ID`), where it would read as an option. 62 letters and
+        // digits for the first character cost under a tenth of a bit.
+        characters[0] = alphabet[Int(generator.next() % 62)]
+        return String(decoding: characters, as: UTF8.self)
     }
 }

@@ -244,7 +244,7 @@ public final class Vault: Sendable {
         return (session, writes)
     }
 
-    private static let unknownSecret = Session.token(bytes: 18)
+    private static let unknownSecret = SessionToken.random(bytes: 18)
 
     /// A started shell: its nursery conversation (which reports the exit) and its PTY master.
     private struct Shell {
