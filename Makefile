@@ -40,23 +40,32 @@ browser-deps: deps
 build: deps
 	$(SWIFT) build
 
-release: deps
-	$(SWIFT) build -c release
+# The one build that is installed, tested (CLOISTER_EXECUTABLE below), benchmarked and that
+# `policy learn` runs: the Swift runtime linked in, so it runs without the toolchain.
+RELEASE_FLAGS := -c release --static-swift-stdlib
+RELEASE_BIN   := .build/release/cloister
 
+release: deps
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+# The tests spawn the release build (the one installed); the in-process ones run from the
+# debug build of the test bundle.
 test: browser-deps
+	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
 	$(SWIFT) build --build-tests
-	timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
-	timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
+	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
+	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
 
 # Only the browser tests (the page in headless Chromium against the real server).
 browser-test: browser-deps
-	$(SWIFT) build
-	timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
+	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
+	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
 
 # 50 sessions resuming through a minute of workers killed every 2 s (a short run is in make test).
 chaos: deps
+	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
 	$(SWIFT) build --build-tests
-	CLOISTER_CHAOS_SESSIONS=50 CLOISTER_CHAOS_SECONDS=60 timeout 600 $(SWIFT) test --skip-build --disable-swift-testing --filter ChaosTests
+	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) CLOISTER_CHAOS_SESSIONS=50 CLOISTER_CHAOS_SECONDS=60 timeout 600 $(SWIFT) test --skip-build --disable-swift-testing --filter ChaosTests
 
 # Each libFuzzer target for FUZZ_SECONDS (default 60), from the seeds in Fuzz/Corpus (copied,
 # so a run adds nothing to the repository); fails on any crash, leak or hang (10 s per input).
@@ -80,7 +89,7 @@ fuzz: deps
 # Serves the login shell on 127.0.0.1:7681 and prints a one-time credential; Ctrl-C drains
 # and stops. Extra options: make run ARGS="--listen 127.0.0.1:8080 --workers 4".
 run: release
-	./.build/release/cloister serve $(ARGS)
+	./$(RELEASE_BIN) serve $(ARGS)
 
 bench: release
 	$(call apt_install,$(BENCH_APT_DEPS))

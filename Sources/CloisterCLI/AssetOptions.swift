@@ -3,6 +3,10 @@ import FoundationEssentials
 import SystemPackage
 import WebAssets
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where the page's files come from: given to `cloister serve` (and `policy learn`), read
 /// once there and handed to the workers.
 struct AssetOptions: ParsableArguments {

@@ -1,7 +1,11 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Supervisor
 import TerminalClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `cloister attach URL`: this terminal as a session's terminal (see `InteractiveAttach`).
 struct AttachCommand: ParsableCommand {

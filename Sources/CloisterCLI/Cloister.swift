@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 import Supervisor
 import NIOCore
 import NIOPosix
@@ -42,7 +42,7 @@ enum Main {
         } catch {
             // Usage errors exit with 2 (as getopt-style tools do), help and version with 0.
             if Cloister.exitCode(for: error) == .validationFailure {
-                FileHandle.standardError.write(Data("cloister: \(Cloister.message(for: error))\n".utf8))
+                printToStandardError("cloister: \(Cloister.message(for: error))\n")
                 exit(2)
             }
             Cloister.exit(withError: error)

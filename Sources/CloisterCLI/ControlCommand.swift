@@ -1,10 +1,14 @@
 import ArgumentParser
 import Circuits
-import Foundation
+import FoundationEssentials
 import Processes
 import SystemCalls
 import Supervisor
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `cloister ctl`: asks a running supervisor over its control socket.
 struct ControlCommand: ParsableCommand {
@@ -70,12 +74,24 @@ struct ControlCommand: ParsableCommand {
         }
     }
 
+    /// `value` rounded to `digits` decimals, as printf's %.Nf writes it.
+    static func fixedPoint(_ value: Double, digits: Int) -> String {
+        guard value.isFinite else { return "\(value)" }
+        var scale = 1.0
+        for _ in 0..<digits { scale *= 10 }
+        let scaled = (abs(value) * scale).rounded()
+        let whole = Int(scaled / scale), fraction = String(Int(scaled) % Int(scale))
+        let sign = value < 0 && scaled != 0 ? "-" : ""
+        guard digits > 0 else { return sign + String(whole) }
+        return sign + String(whole) + "." + String(repeating: "0", count: digits - fraction.count) + fraction
+    }
+
     /// Prints `rows` under `header`, each column as wide as its widest cell.
     static func table(_ header: [String], _ rows: [[String]]) {
         let widths = header.indices.map { i in ([header] + rows).map { $0[i].count }.max() ?? 0 }
         for row in [header] + rows {
-            print(row.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
-                .trimmingCharacters(in: .whitespaces))
+            let padded = row.enumerated().map { $1 + String(repeating: " ", count: widths[$0] - $1.count) }
+            print(String(padded.joined(separator: "  ").reversed().drop(while: { $0 == " " }).reversed()))
         }
     }
 
@@ -143,8 +159,8 @@ struct ControlCommand: ParsableCommand {
             let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "CONNS", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
             let rows = w.workers.map { r -> [String] in
                 [String(r.id), r.pid.map(String.init) ?? "-", r.state,
-                 r.uptimeSeconds.map { String(format: "%.1fs", $0) } ?? "-", String(r.restarts), String(r.connections),
-                 r.lastHeartbeatMilliseconds.map { String(format: "%.2fms", $0) } ?? "-", String(r.violations),
+                 r.uptimeSeconds.map { fixedPoint($0, digits: 1) + "s" } ?? "-", String(r.restarts), String(r.connections),
+                 r.lastHeartbeatMilliseconds.map { fixedPoint($0, digits: 2) + "ms" } ?? "-", String(r.violations),
                  r.seccomp.map(String.init) ?? "-", r.noNewPrivileges.map { $0 ? "1" : "0" } ?? "-", r.capEff ?? "-",
                  r.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-"]
             }

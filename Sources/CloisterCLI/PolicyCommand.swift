@@ -1,6 +1,6 @@
 import ArgumentParser
 import Circuits
-import Foundation
+import FoundationEssentials
 import Processes
 import Sandbox
 import Supervisor
@@ -10,6 +10,10 @@ import Logging
 import Supervisor
 import SystemCalls
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct PolicyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,7 +37,7 @@ struct PolicyCommand: AsyncParsableCommand {
                     print(warnings.isEmpty ? "  ok" : "  ok, with \(warnings.count) warning(s)")
                 } catch {
                     failed = true
-                    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                    printToStandardError("error: \(error)\n")
                 }
             }
             if failed { throw ExitCode(1) }
@@ -121,7 +125,7 @@ struct PolicyCommand: AsyncParsableCommand {
                         arguments[r, default: [:]].merge(monitor.arguments) { $0.union($1) }
                     }
                 }
-                FileHandle.standardError.write(Data("learn: round \(round) of \(rounds) done\n".utf8))
+                printToStandardError("learn: round \(round) of \(rounds) done\n")
             }
             for r in roles {
                 let merged = bases[r]!.merging(learned: syscalls[r] ?? [], arguments: arguments[r] ?? [:], role: r)
@@ -131,7 +135,7 @@ struct PolicyCommand: AsyncParsableCommand {
                 let out = self.out ?? "\(outDir)/\(r).json"
                 try Self.write(merged.policy.json(), to: out)
                 for name in merged.added { print("\(r): \(name)") }
-                FileHandle.standardError.write(Data("learn: \(r): \(merged.added.count) new, profile written to \(out)\n".utf8))
+                printToStandardError("learn: \(r): \(merged.added.count) new, profile written to \(out)\n")
             }
         }
 

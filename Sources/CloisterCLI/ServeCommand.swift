@@ -1,6 +1,6 @@
 import ArgumentParser
 import Circuits
-import Foundation
+import FoundationEssentials
 import Logging
 import Processes
 import RoleProtocol
@@ -90,16 +90,17 @@ struct ServeCommand: AsyncParsableCommand {
     /// ttyd's rule for -t: KEY=VALUE pairs into one JSON object, each VALUE parsed as JSON
     /// where it is JSON (numbers, true, objects…) and sent as a string otherwise.
     static func preferences(_ options: [String]) throws(ConfigurationError) -> String {
-        var object: [String: Any] = [:]
+        var object: [String: JSONValue] = [:]
         for option in options {
             guard let equals = option.firstIndex(of: "="), equals != option.startIndex else {
                 throw ConfigurationError(option: "--client-option", problem: "\"\(option)\" is not KEY=VALUE")
             }
             let key = String(option[..<equals]), text = String(option[option.index(after: equals)...])
-            object[key] = (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) ?? text
+            object[key] = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))) ?? .string(text)
         }
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]),
-              let json = String(data: data, encoding: .utf8) else {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(object), let json = String(data: data, encoding: .utf8) else {
             throw ConfigurationError(option: "--client-option", problem: "cannot be written as JSON")
         }
         guard json.utf8.count <= 16 * 1024 else {
@@ -230,8 +231,8 @@ struct ServeCommand: AsyncParsableCommand {
         }
         c.pingInterval = pingInterval
         if let cwd {
-            var isDirectory: ObjCBool = false
-            guard cwd.hasPrefix("/"), FileManager.default.fileExists(atPath: cwd, isDirectory: &isDirectory), isDirectory.boolValue else {
+            var info = stat()
+            guard cwd.hasPrefix("/"), stat(cwd, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
                 throw ConfigurationError(option: "--cwd", problem: "\"\(cwd)\" is not an absolute path to a directory")
             }
             c.workingDirectory = cwd
@@ -307,7 +308,7 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ConfigurationError(option: "--control-socket", problem: "\(error)")
             }
         } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            printToStandardError("\(error)\n")
             throw ExitCode(2)
         }
         let server: Server
@@ -319,7 +320,7 @@ struct ServeCommand: AsyncParsableCommand {
             case .listen: option = "--listen"
             case .controlSocket: option = "--control-socket"
             }
-            FileHandle.standardError.write(Data("\(ConfigurationError(option: option, problem: "\(error)"))\n".utf8))
+            printToStandardError("\(ConfigurationError(option: option, problem: "\(error)"))\n")
             throw ExitCode(2)
         }
         // On reload everything is checked as at start (the profiles too); a one-time

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc
@@ -167,7 +167,7 @@ struct TtydCommand: AsyncParsableCommand {
         do {
             (arguments, differences) = try translated()
         } catch {
-            FileHandle.standardError.write(Data("cloister ttyd: \(error)\n".utf8))
+            printToStandardError("cloister ttyd: \(error)\n")
             throw ExitCode(2)
         }
         for difference in differences { print("cloister ttyd: differs from ttyd: \(difference)") }

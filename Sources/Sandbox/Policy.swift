@@ -1,5 +1,9 @@
 import CSeccomp
-import Foundation
+import FoundationEssentials
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A seccomp profile in the OCI runtime-spec format (the one Docker, Podman and Kubernetes
 /// use): `defaultAction`, `defaultErrnoRet`, `architectures`, and `syscalls[]` with `names`,
@@ -190,7 +194,7 @@ extension Policy {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: file))
         } catch {
-            throw PolicyError(file: file, path: "$", message: "cannot read: \((error as NSError).localizedDescription)")
+            throw PolicyError(file: file, path: "$", message: "cannot read: \(error)")
         }
         return try parse(data, source: file)
     }

@@ -1,4 +1,8 @@
-import Foundation
+import FoundationEssentials
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension Policy {
     /// The policy as OCI runtime-spec JSON, in a stable layout for review and diffs.

@@ -3,7 +3,7 @@ import CShim
 #if canImport(Glibc)
 import Glibc
 #endif
-import Foundation
+import FoundationEssentials
 
 /// The sandbox state of a process as the kernel reports it in /proc/PID/task/*/status: what
 /// tests, `cloister ctl workers` and operators read to trust that a role is confined.
@@ -37,7 +37,8 @@ public struct SandboxStatus: Sendable, Equatable {
             var fields: [String: String] = [:]
             for line in status.split(separator: "\n") {
                 guard let colon = line.firstIndex(of: ":") else { continue }
-                fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                // A value is one word after tabs, or words separated by spaces.
+                fields[String(line[..<colon])] = line[line.index(after: colon)...].split(whereSeparator: \.isWhitespace).joined(separator: " ")
             }
             func caps(_ key: String) -> UInt64 { fields[key].flatMap { UInt64($0, radix: 16) } ?? .max }
             return Thread(tid: tid, name: fields["Name"] ?? "?", seccomp: fields["Seccomp"].flatMap { Int($0) } ?? -1,

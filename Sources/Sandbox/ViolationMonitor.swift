@@ -1,10 +1,14 @@
 import CSeccomp
 import CShim
-import Foundation
+import FoundationEssentials
 import Logging
 import Synchronization
 import SystemCalls
 import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Watches a sandboxed process from outside it, through its seccomp notification listener.
 ///
@@ -144,7 +148,7 @@ public final class ViolationMonitor: Sendable {
     private static func threadGroup(of tid: pid_t) -> pid_t? {
         guard let status = try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8) else { return nil }
         for line in status.split(separator: "\n") where line.hasPrefix("Tgid:") {
-            return pid_t(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
+            return pid_t(line.dropFirst(5).filter { !$0.isWhitespace })
         }
         return nil
     }

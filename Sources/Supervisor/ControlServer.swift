@@ -1,5 +1,5 @@
 import Circuits
-import Foundation
+import FoundationEssentials
 import Logging
 import Processes
 import RoleProtocol
@@ -205,7 +205,13 @@ public final class ControlServer: Sendable {
             lastHeartbeatMilliseconds: w.lastHeartbeat.map { seconds($0) * 1000 }, violations: w.violations,
             connections: w.connections,
             sandboxConfined: sandbox?.isConfined, seccomp: main?.seccomp, noNewPrivileges: main?.noNewPrivileges,
-            capEff: main.map { String(format: "%016llx", $0.effective) })
+            capEff: main.map { hex16($0.effective) })
+    }
+
+    /// As /proc prints capability sets: 16 lower-case hex digits.
+    private static func hex16(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
     }
 
     private static func seconds(_ d: Duration) -> Double {
@@ -237,8 +243,8 @@ public enum ControlRequest: Equatable, Sendable {
     }
 
     public static func parse(_ bytes: [UInt8]) -> Result<ControlRequest, Problem> {
-        let line = String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespaces)
-        let words = line.split(separator: " ").map(String.init)
+        let words = String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        let line = words.joined(separator: " ")
         // A session id the vault never issues: said here, and never sent to the vault.
         if ["kick", "hangup"].contains(words.first), words.count >= 2, words[1].utf8.count > LinkLimits.sessionField {
             return .failure(Problem(description: "\"\(words[1].prefix(16))…\" is not a session id (at most \(LinkLimits.sessionField) bytes)"))

@@ -1,5 +1,7 @@
 import CShim
-import Foundation
+import FoundationEssentials
+import Synchronization
+import SystemCalls
 
 #if canImport(Glibc)
 import Glibc
@@ -43,7 +45,7 @@ public enum InteractiveAttach {
         client.onReconnect = { attempt in notice("connection lost; resuming (attempt \(attempt))") }
 
         let signalSet = signals
-        Thread {
+        _ = try? Threads.start("attach-signals", detached: true) {
             var set = signalSet
             while true {
                 var signal: Int32 = 0
@@ -56,8 +58,8 @@ public enum InteractiveAttach {
                 terminal?.restore()
                 _exit(128 + signal)
             }
-        }.start()
-        Thread {
+        }
+        _ = try? Threads.start("attach-input", detached: true) {
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
                 let n = read(0, &buffer, buffer.count)
@@ -65,7 +67,7 @@ public enum InteractiveAttach {
                 guard n > 0 else { return }
                 try? client.input(bytes: Array(buffer[..<n]))
             }
-        }.start()
+        }
 
         while true {
             do {
@@ -110,7 +112,7 @@ public enum InteractiveAttach {
 final class RawTerminal: @unchecked Sendable {
     private let fd: Int32
     private var saved = termios()
-    private let lock = NSLock()
+    private let lock = Mutex(())
     private var restored = false
 
     /// Nil when `fd` is not a terminal (input from a pipe stays as it is).
@@ -123,7 +125,7 @@ final class RawTerminal: @unchecked Sendable {
     }
 
     func restore() {
-        lock.withLock {
+        lock.withLock { _ in
             guard !restored else { return }
             restored = true
             _ = tcsetattr(fd, TCSANOW, &saved)

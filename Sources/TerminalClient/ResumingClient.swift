@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -16,12 +17,12 @@ public final class ResumingClient: @unchecked Sendable {
     /// The connection in use; replaced on a resume. Reads happen on one thread; sends (input,
     /// resizes) may come from others and go through `sending`.
     private var client: TerminalClient {
-        get { lock.withLock { connection } }
-        set { lock.withLock { connection = newValue } }
+        get { lock.withLock { _ in connection } }
+        set { lock.withLock { _ in connection = newValue } }
     }
     private var connection: TerminalClient
-    private let lock = NSLock()
-    private let sending = NSLock()
+    private let lock = Mutex(())
+    private let sending = Mutex(())
     public private(set) var info: TerminalClient.SessionMessage
     /// Connections lost and resumed so far.
     public private(set) var resumes = 0
@@ -46,12 +47,12 @@ public final class ResumingClient: @unchecked Sendable {
     /// Input typed while a connection is being replaced is lost with it.
     public func input(bytes: [UInt8]) throws {
         let client = self.client
-        try sending.withLock { try client.input(bytes: bytes) }
+        try sending.withLock { _ in try client.input(bytes: bytes) }
     }
 
     public func resize(columns: Int, rows: Int) throws {
         let client = self.client
-        try sending.withLock { try client.resize(columns: columns, rows: rows) }
+        try sending.withLock { _ in try client.resize(columns: columns, rows: rows) }
     }
 
     /// The next output as it comes, resuming as needed; `Closed` with code 1000 when the

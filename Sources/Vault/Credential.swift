@@ -1,5 +1,9 @@
 import FoundationEssentials
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The configured credential, as ttyd's clients present it: base64 of "user:password".
 /// Only the vault holds it; workers forward what clients send and learn only yes or no.
 public struct Credential: Sendable {

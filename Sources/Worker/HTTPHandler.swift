@@ -120,7 +120,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     static func matches(_ headers: HTTPHeaders, etag: String) -> Bool {
         for value in headers["if-none-match"] {
             for candidate in value.split(separator: ",") {
-                var tag = candidate.trimmingCharacters(in: " ")
+                var tag = candidate.trimmingOptionalWhitespace()
                 if tag == "*" { return true }
                 if tag.hasPrefix("W/") { tag.removeFirst(2) }
                 if tag == etag { return true }
@@ -134,7 +134,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var gzip: Bool?, any: Bool?
         for value in headers["accept-encoding"] {
             for item in value.split(separator: ",") {
-                let parts = item.split(separator: ";").map { $0.trimmingCharacters(in: " ").lowercased() }
+                let parts = item.split(separator: ";").map { $0.trimmingOptionalWhitespace().lowercased() }
                 guard let coding = parts.first else { continue }
                 let weight = parts.dropFirst().first { $0.hasPrefix("q=") }.flatMap { Double($0.dropFirst(2)) } ?? 1
                 if coding == "gzip" || coding == "x-gzip" { gzip = weight > 0 }
@@ -149,7 +149,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let value = headers.first(name: "authorization") else { return "" }
         let parts = value.split(separator: " ", maxSplits: 1)
         guard parts.count == 2, parts[0].lowercased() == "basic" else { return "" }
-        return parts[1].trimmingCharacters(in: " ")
+        return parts[1].trimmingOptionalWhitespace()
     }
 
     static func jsonEscaped(_ text: String) -> String {
@@ -183,12 +183,6 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !keepAlive {
             done.whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
         }
-    }
-}
-
-private extension Substring {
-    func trimmingCharacters(in set: Character) -> String {
-        String(drop { $0 == set }.reversed().drop { $0 == set }.reversed())
     }
 }
 

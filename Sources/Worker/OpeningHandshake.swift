@@ -53,7 +53,7 @@ enum OpeningHandshake {
         guard versions.count == 1 else {
             return refuse(.badRequest, "Sec-WebSocket-Version is required, once", ["Sec-WebSocket-Version": version])
         }
-        guard versions[0].trimmingCharacters(in: .whitespaces) == version else {
+        guard versions[0].trimmingOptionalWhitespace() == version else {
             return refuse(.upgradeRequired, "unsupported WebSocket version", ["Sec-WebSocket-Version": version])
         }
         // 7: Origin, when the client is a browser (ttyd's --check-origin).
@@ -65,13 +65,13 @@ enum OpeningHandshake {
 
     /// The comma-separated tokens of every field named `name`, lowercased.
     static func tokens(_ headers: HTTPHeaders, _ name: String) -> [String] {
-        headers[name].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        headers[name].flatMap { $0.split(separator: ",") }.map { $0.trimmingOptionalWhitespace().lowercased() }
     }
 
     /// Base64 (with padding) of exactly 16 bytes: 22 characters of the alphabet, the last
     /// carrying no stray bits, then "==".
     static func isNonce(_ value: String) -> Bool {
-        let text = Array(value.trimmingCharacters(in: .whitespaces).utf8)
+        let text = Array(value.trimmingOptionalWhitespace().utf8)
         guard text.count == 24, text[22] == UInt8(ascii: "="), text[23] == UInt8(ascii: "=") else { return false }
         func sextet(_ c: UInt8) -> UInt8? {
             switch c {

@@ -1,6 +1,10 @@
 import FoundationEssentials
 import RoleProtocol
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// ttyd 1.7's terminal protocol, as the worker reads it from clients: one command byte,
 /// then the payload. Pure functions of the bytes; the session (`TerminalSession`) does the I/O.
 enum TtydProtocol {

@@ -16,6 +16,12 @@ USER, PASSWORD = "tester", "browser-pass"
 
 
 def executable():
+    # make test sets CLOISTER_EXECUTABLE to the release build, the one make install installs.
+    given = os.environ.get("CLOISTER_EXECUTABLE")
+    if given:
+        if not (os.path.isabs(given) and os.access(given, os.X_OK)):
+            raise RuntimeError("CLOISTER_EXECUTABLE=%s is not an absolute path to an executable" % given)
+        return given
     for build in ("debug", "release"):
         path = os.path.join(ROOT, ".build", build, "cloister")
         if os.access(path, os.X_OK):

@@ -727,7 +727,7 @@ final class ServeTests: XCTestCase {
             let pids = Set((try? server.workers().compactMap { $0["pid"] as? Int }) ?? [])
             return pids.count == 2 && pids.isDisjoint(with: before)
         }, server.output)
-        XCTAssertEqual(try server.workers().map { $0["restarts"] as? Int }, [0, 0])
+        XCTAssertEqual(try server.workers().map { $0["restarts"] as? Int }, [0, 0], server.output)
         XCTAssertTrue(server.output.contains("worker renewed"), server.output)
         let fresh = try TerminalClient.connect(port: server.port)
         try fresh.authenticate(token: TerminalClient.token("tester:rotated-pass"))

@@ -86,8 +86,15 @@ public func readAll(_ fd: FileDescriptor, within seconds: Double) throws -> [UIn
     }
 }
 
-/// The `cloister` executable built next to the test bundle.
+/// The `cloister` executable the tests spawn: `CLOISTER_EXECUTABLE` when set (`make test` sets
+/// the release build, the one `make install` installs), otherwise the one built next to the
+/// test bundle.
 public let cloisterExecutable: String = {
+    if let path = ProcessInfo.processInfo.environment["CLOISTER_EXECUTABLE"], !path.isEmpty {
+        precondition(path.hasPrefix("/") && FileManager.default.isExecutableFile(atPath: path),
+                     "CLOISTER_EXECUTABLE=\(path) is not an absolute path to an executable")
+        return path
+    }
     var dir = ChildProcess.currentExecutable
     while !dir.isEmpty, !FileManager.default.isExecutableFile(atPath: dir + "/cloister") {
         dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.startIndex)])
