@@ -11,10 +11,11 @@ public enum UnixSocket {
     /// A listening socket; `accept` returns connected sockets ready for `Transport.start`.
     public final class Listener: Sendable {
         public let descriptor: FileDescriptor
-        public let path: String
+        /// The socket file this process created; nil for an adopted socket.
+        public let path: String?
         public let kind: SocketKind
 
-        init(descriptor: FileDescriptor, path: String, kind: SocketKind) {
+        init(descriptor: FileDescriptor, path: String?, kind: SocketKind) {
             self.descriptor = descriptor
             self.path = path
             self.kind = kind
@@ -22,7 +23,7 @@ public enum UnixSocket {
 
         /// Waits for the next connection (accept4 with SOCK_CLOEXEC), retrying on EINTR.
         public func accept() throws(SystemCallError) -> FileDescriptor {
-            FileDescriptor(rawValue: try valueOrErrno("accept4", detail: path) { cloister_accept_cloexec(descriptor.rawValue) })
+            FileDescriptor(rawValue: try valueOrErrno("accept4", detail: path ?? "inherited socket") { cloister_accept_cloexec(descriptor.rawValue) })
         }
 
         /// The peer's pid, uid and gid (SO_PEERCRED) of an accepted connection.
@@ -32,10 +33,34 @@ public enum UnixSocket {
             return (pid, uid, gid)
         }
 
-        /// Stops listening and removes the socket file.
+        /// Takes over a listening AF_UNIX socket of `kind` this process inherited (systemd
+        /// socket activation), after checking that it is one, and makes it close-on-exec.
+        /// Its file belongs to whoever created it: `close` leaves it.
+        public static func adopt(_ fd: Int32, kind: SocketKind) throws(SystemCallError) -> Listener {
+            let name = "inherited descriptor \(fd)"
+            func option(_ key: Int32, _ call: String) throws(SystemCallError) -> Int32 {
+                var value: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                _ = try valueOrErrno(call, detail: name) { getsockopt(fd, SOL_SOCKET, key, &value, &length) }
+                return value
+            }
+            guard try option(SO_DOMAIN, "getsockopt(SO_DOMAIN)") == AF_UNIX else {
+                throw SystemCallError(call: "getsockopt(SO_DOMAIN)", errno: .invalidArgument, detail: "\(name) is not a unix socket")
+            }
+            guard try option(SO_TYPE, "getsockopt(SO_TYPE)") == kind.socketType else {
+                throw SystemCallError(call: "getsockopt(SO_TYPE)", errno: .invalidArgument, detail: "\(name) is not a \(kind.rawValue) socket")
+            }
+            guard try option(SO_ACCEPTCONN, "getsockopt(SO_ACCEPTCONN)") == 1 else {
+                throw SystemCallError(call: "getsockopt(SO_ACCEPTCONN)", errno: .invalidArgument, detail: "\(name) is not listening")
+            }
+            _ = try valueOrErrno("fcntl(F_SETFD)", detail: name) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
+            return Listener(descriptor: FileDescriptor(rawValue: fd), path: nil, kind: kind)
+        }
+
+        /// Stops listening and removes the socket file (one this process created).
         public func close() {
             try? descriptor.close()
-            unlink(path)
+            if let path { unlink(path) }
         }
     }
 

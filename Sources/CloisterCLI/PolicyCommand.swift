@@ -2,6 +2,7 @@ import ArgumentParser
 import Circuits
 import FoundationEssentials
 import Processes
+import RoleProtocol
 import Sandbox
 import Supervisor
 import TerminalClient
@@ -154,7 +155,8 @@ struct PolicyCommand: AsyncParsableCommand {
             logger.logLevel = .critical  // every recorded syscall would be a line
             let password = ServeCommand.randomPassword()
             var c = Server.Configuration(workerPolicy: basePath("worker"), vaultPolicy: basePath("vault"),
-                                         command: ["/bin/sh"], login: false)
+                                         nursery: .spawn(NurseryShells(user: nil, group: nil, login: false, terminalType: "xterm-256color",
+                                                                       workingDirectory: nil, command: ["/bin/sh"])))
             c.listen = ["127.0.0.1:0"]
             c.workers = 2
             c.credential = Credential(userAndPassword: "learn:\(password)").token

@@ -155,7 +155,7 @@ struct NurseryCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        try await NurseryRole.run(user: user, group: group, login: login, terminalType: terminalType, workingDirectory: cwd,
-                                  command: command)
+        try await NurseryRole.run(NurseryShells(user: user, group: group, login: login, terminalType: terminalType,
+                                                workingDirectory: cwd, command: command))
     }
 }

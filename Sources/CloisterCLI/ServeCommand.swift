@@ -2,6 +2,7 @@ import ArgumentParser
 import Circuits
 import FoundationEssentials
 import Logging
+import Nursery
 import Processes
 import RoleProtocol
 import Sandbox
@@ -53,25 +54,23 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Every client only watches: nobody's input reaches a shell (ttyd's default without -W).") var readOnly = false
     @Flag(help: "Take one client at a time (others get 1013) and stop when it leaves (ttyd's -o).") var once = false
     @Flag(help: "Stop when the last client leaves, once one has come (ttyd's -q).") var exitNoClients = false
-    @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
-    @Option(help: "Directory the shells start in (ttyd's -w). Default: the shells' user's home.") var cwd: String?
     @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
     var basePath: String?
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
     @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
-    @Option(help: "User the shells run as (only when started as root).") var user: String?
-    @Option(help: "Group the shells run as (only when started as root).") var group: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
     @OptionGroup var sessions: SessionOptions
     @OptionGroup var assetOptions: AssetOptions
-    @Argument(parsing: .postTerminator, help: "Command to run in each terminal (default: the login shell).")
-    var command: [String] = []
+    @Option(help: "The nursery service's socket (`cloister nursery`): shells come from it instead of a nursery this process starts; whom they run as and what they run is set there.")
+    var nurserySocket: String?
+    @OptionGroup var shell: ShellOptions
 
     struct ConfigurationError: Error, CustomStringConvertible {
         var option: String
         var problem: String
-        var description: String { "cloister serve: \(option): \(problem)" }
+        var command = "serve"
+        var description: String { "cloister \(command): \(option): \(problem)" }
     }
 
     static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
@@ -123,11 +122,18 @@ struct ServeCommand: AsyncParsableCommand {
             }
             paths[role] = path
         }
-        if geteuid() != 0 && (user != nil || group != nil) {
-            throw ConfigurationError(option: user != nil ? "--user" : "--group", problem: "only applies when started as root")
+        let shells: NurseryShells?
+        if let nurserySocket {
+            guard nurserySocket.hasPrefix("/") else {
+                throw ConfigurationError(option: "--nursery-socket", problem: "\"\(nurserySocket)\" is not an absolute path")
+            }
+            if let given = shell.given {
+                throw ConfigurationError(option: given, problem: "the nursery service at --nursery-socket starts the shells: give it to `cloister nursery` there")
+            }
+            shells = nil
+        } else {
+            shells = try shell.shells(for: "serve")
         }
-        if let user, getpwnam(user) == nil { throw ConfigurationError(option: "--user", problem: "no user \"\(user)\"") }
-        if let group, getgrnam(group) == nil { throw ConfigurationError(option: "--group", problem: "no group \"\(group)\"") }
         let count = workers ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         guard (1...256).contains(count) else { throw ConfigurationError(option: "--workers", problem: "\(count) is not between 1 and 256") }
         guard maxClients >= 1 else { throw ConfigurationError(option: "--max-clients", problem: "must be at least 1") }
@@ -202,8 +208,8 @@ struct ServeCommand: AsyncParsableCommand {
             token = Credential(userAndPassword: "cloister:\(password)").token
             credentialLine = "cloister:\(password)"
         }
-        let (shellCommand, login) = try resolvedCommand()
-        var c = Server.Configuration(workerPolicy: paths["worker"]!, vaultPolicy: paths["vault"]!, command: shellCommand, login: login)
+        var c = Server.Configuration(workerPolicy: paths["worker"]!, vaultPolicy: paths["vault"]!,
+                                     nursery: shells.map { .spawn($0) } ?? .service(socket: nurserySocket!))
         c.listen = addresses
         c.socketAccess = access
         c.workers = count
@@ -211,11 +217,6 @@ struct ServeCommand: AsyncParsableCommand {
         c.checkOrigin = checkOrigin
         c.authHeader = authHeader
         c.preferences = try Self.preferences(clientOptions)
-        guard (1...64).contains(terminalType.count),
-              terminalType.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-+._".contains($0)) }) else {
-            throw ConfigurationError(option: "--terminal-type", problem: "\"\(terminalType)\" is not a terminal type (letters, digits, - + . _)")
-        }
-        c.terminalType = terminalType
         if once && exitNoClients {
             throw ConfigurationError(option: "--exit-no-clients", problem: "give either --once or --exit-no-clients")
         }
@@ -230,13 +231,6 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--ping-interval", problem: "\(pingInterval) is not 0 or between 0.1 and 86400 seconds")
         }
         c.pingInterval = pingInterval
-        if let cwd {
-            var info = stat()
-            guard cwd.hasPrefix("/"), stat(cwd, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-                throw ConfigurationError(option: "--cwd", problem: "\"\(cwd)\" is not an absolute path to a directory")
-            }
-            c.workingDirectory = cwd
-        }
         do {
             c.basePath = try BasePath(basePath ?? "").prefix
         } catch {
@@ -244,8 +238,6 @@ struct ServeCommand: AsyncParsableCommand {
         }
         c.maxClients = maxClients
         c.controlSocket = controlSocket
-        c.user = user
-        c.group = group
         c.mode = policyMode
         do {
             _ = try sessions.settings()
@@ -262,23 +254,6 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
         }
         return (c, credentialLine)
-    }
-
-    /// The command as an absolute path (found on PATH now, so a typo fails here), or the
-    /// shells' user's login shell.
-    func resolvedCommand() throws(ConfigurationError) -> ([String], login: Bool) {
-        guard let name = command.first else {
-            let who = user.flatMap { getpwnam($0) } ?? getpwuid(geteuid())
-            let shell = who.map { String(cString: $0.pointee.pw_shell) }.flatMap { $0.isEmpty ? nil : $0 } ?? "/bin/sh"
-            return ([shell], true)
-        }
-        let candidates = name.contains("/") ? [name]
-            : (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").map { "\($0)/\(name)" }
-        guard let found = candidates.first(where: { access($0, X_OK) == 0 }) else {
-            throw ConfigurationError(option: "command", problem: "\"\(name)\" is not an executable file (or not on PATH)")
-        }
-        let absolute = found.hasPrefix("/") ? found : FileManager.default.currentDirectoryPath + "/" + found
-        return ([absolute] + command.dropFirst(), false)
     }
 
     static func randomPassword() -> String {

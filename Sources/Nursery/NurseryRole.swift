@@ -1,46 +1,105 @@
 import CShim
 import Circuits
+import Logging
+import Processes
 import RoleProtocol
 import Sandbox
 import SystemCalls
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The nursery process: starts shells for the vault (its transport at `Link.inheritedTransport`).
-/// Not sandboxed by seccomp, since it must exec; it takes the shells' identity before it reads
-/// anything, reads only the vault's fixed-layout requests and dies with its parent.
+/// The nursery process: starts shells for the vault. Not sandboxed by seccomp, since it must
+/// exec; it takes the shells' identity before it reads anything and reads only the vault's
+/// fixed-layout requests.
+///
+/// It runs in one of two ways. Spawned by the supervisor (`run`), one per vault, linked at
+/// `Link.inheritedTransport`, dying with its parent. Or as a service of its own (`serve`), in
+/// a unit apart from the internet-facing one, taking vault links on a unix socket from the
+/// one user allowed to connect (`SO_PEERCRED`).
 public enum NurseryRole {
-    /// `user`/`group`: whom the shells run as, when started as root (otherwise whoever this
-    /// process is). `command[0]` is an absolute path.
-    /// `workingDirectory`: where the shells start (default: the account's home).
-    public static func run(user: String?, group: String?, login: Bool, terminalType: String, workingDirectory: String?,
-                           command: [String]) async throws {
-        let account = try becomeShellsAccount(user: user, group: group)
+    /// Spawned by the supervisor: serves the one vault linked at `Link.inheritedTransport`.
+    public static func run(_ shells: NurseryShells) async throws {
+        let (nursery, log) = try prepare(shells)
         // After the identity change, which clears the parent-death signal.
         guard cloister_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0) == 0 else {
             throw SandboxError(step: "nursery", lastError("prctl(PR_SET_PDEATHSIG)"))
         }
+        let vault = try await Link.vaultNursery.start(socket: Link.inheritedTransport, side: .acceptor)
+        log.info("nursery ready", metadata: ["command": "\(shells.command)"])
+        await nursery.serve(vault: vault)
+    }
+
+    /// As a service: takes vault links on `listener` (made before the identity change, so a
+    /// socket file can be created where only root may), each from a process running as
+    /// `allowedUID`, and serves each until its vault goes. Returns only if accepting fails.
+    public static func serve(_ shells: NurseryShells, listener: UnixSocket.Listener, allowedUID: uid_t) async throws {
+        let (nursery, log) = try prepare(shells)
+        let where_ = listener.path ?? "an inherited socket"
+        log.info("nursery service ready", metadata: ["socket": "\(where_)", "allowed_uid": "\(allowedUID)",
+                                                      "command": "\(shells.command)"])
+        await withTaskGroup(of: Void.self) { links in
+            while true {
+                let connection: FileDescriptor
+                do {
+                    connection = try await onOwnThread { try listener.accept() }
+                } catch {
+                    log.error("nursery service stopped accepting", metadata: ["error": "\(error)"])
+                    return
+                }
+                let peer: (pid: pid_t, uid: uid_t, gid: gid_t)
+                do {
+                    peer = try UnixSocket.Listener.peerCredentials(connection)
+                } catch {
+                    log.warning("vault link refused", metadata: ["error": "\(error)"])
+                    try? connection.close()
+                    continue
+                }
+                guard peer.uid == allowedUID else {
+                    log.warning("vault link refused: the peer runs as another user",
+                                metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)", "allowed_uid": "\(allowedUID)"])
+                    try? connection.close()
+                    continue
+                }
+                links.addTask {
+                    var linkLog = log
+                    linkLog[metadataKey: "peer_pid"] = "\(peer.pid)"
+                    let vault: RoleTransport
+                    do {
+                        vault = try await Link.vaultNursery.start(socket: connection, side: .acceptor)
+                    } catch {
+                        linkLog.warning("vault link failed", metadata: ["error": "\(error)"])
+                        return
+                    }
+                    linkLog.info("vault linked")
+                    await nursery.serve(vault: vault)
+                    linkLog.info("vault link closed")
+                }
+            }
+        }
+    }
+
+    /// Takes the shells' identity and directory and makes the nursery that starts them.
+    static func prepare(_ shells: NurseryShells) throws -> (Nursery, Logger) {
+        let account = try becomeShellsAccount(user: shells.user, group: shells.group)
         RoleLog.bootstrap()
         var log = RoleLog.logger(.nursery)
         log[metadataKey: "user"] = "\(account.name)"
         // The shells inherit this directory.
-        if let workingDirectory {
-            guard chdir(workingDirectory) == 0 else {
-                throw SandboxError(step: "nursery", lastError("chdir(\(workingDirectory)) as \(account.name)"))
+        if let directory = shells.workingDirectory {
+            guard chdir(directory) == 0 else {
+                throw SandboxError(step: "nursery", lastError("chdir(\(directory)) as \(account.name)"))
             }
         } else if chdir(account.home) != 0 {
             _ = chdir("/")
         }
-        // The supervisor passes the nursery nothing but its LANG.
+        // Whoever started the nursery passes it nothing but its LANG.
         let inherited = getenv("LANG").map { ["LANG": String(cString: $0)] } ?? [:]
         let environment = Nursery.shellEnvironment(user: account.name, home: account.home, shell: account.shell,
-                                                   inherited: inherited, terminalType: terminalType)
-        let nursery = Nursery(command: command, environment: environment, login: login, logger: log)
-        let vault = try await Link.vaultNursery.start(socket: Link.inheritedTransport, side: .acceptor)
-        log.info("nursery ready", metadata: ["command": "\(command)"])
-        await nursery.serve(vault: vault)
+                                                   inherited: inherited, terminalType: shells.terminalType)
+        return (Nursery(command: shells.command, environment: environment, login: shells.login, logger: log), log)
     }
 
     /// Switches to `user` (with `group`, or the user's own, and the user's supplementary

@@ -103,6 +103,7 @@ public final class ControlServer: Sendable {
     init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, refusals: CapacityRefusals?,
          logger: Logger) throws(SystemCallError) {
         listener = try UnixSocket.listen(path: path, kind: .stream)
+        self.path = path
         self.pool = pool
         self.refusals = refusals
         self.vault = vault
@@ -111,14 +112,14 @@ public final class ControlServer: Sendable {
         Task.detached { [self] in _ = try? await onOwnThread { self.serve() } }
     }
 
-    public var path: String { listener.path }
+    public let path: String
 
     /// Stops serving and removes the socket file. The serving thread closes the listening
     /// descriptor itself on its way out, so the number is never reused under its `accept`.
     public func close() {
         stopped.withLock { $0 = true }
         shutdown(listener.descriptor.rawValue, Int32(SHUT_RDWR))
-        unlink(listener.path)
+        unlink(path)
     }
 
     private func serve() {

@@ -14,21 +14,23 @@ final class LinkBroker: Sendable {
     private struct State {
         var credential: [UInt8]?
         var vault: RolePool.Instance?
-        var nursery: NurseryProcess?
+        var nursery: (any NurseryLink)?
         var workers: [Int: RolePool.Instance] = [:]
         var stopping = false
     }
 
     private let workers: RolePool
     private let vault: RolePool
-    private let nursery: NurseryProcess.Configuration
+    private let nursery: NurserySource
+    private let executable: String
     private let logger: Logger
     private let state: Mutex<State>
 
-    init(workers: RolePool, vault: RolePool, nursery: NurseryProcess.Configuration, credential: [UInt8]?, logger: Logger) {
+    init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, credential: [UInt8]?, logger: Logger) {
         self.workers = workers
         self.vault = vault
         self.nursery = nursery
+        self.executable = executable
         self.logger = logger
         state = Mutex(State(credential: credential))
         (inputs, submit) = AsyncStream.makeStream(of: Input.self)
@@ -99,7 +101,7 @@ final class LinkBroker: Sendable {
         case (.vault, .started(let instance)):
             await vaultStarted(instance)
         case (.vault, .ended(let instance)):
-            let ending = state.withLock { s -> NurseryProcess? in
+            let ending = state.withLock { s -> (any NurseryLink)? in
                 guard s.vault === instance else { return nil }
                 s.vault = nil
                 defer { s.nursery = nil }
@@ -139,17 +141,7 @@ final class LinkBroker: Sendable {
         var log = logger
         log[metadataKey: "vault"] = "\(instance.slot)"
         do {
-            let (nursery, vaultEnd) = try NurseryProcess.start(self.nursery) { [log] termination in
-                // It exits by itself (status 0) when its vault's link closes: the vault is
-                // ending anyway. Anything else takes the vault down with it.
-                if termination == .exited(0) {
-                    log.info("nursery ended with its vault")
-                } else {
-                    log.error("nursery ended; restarting the vault with it",
-                              metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
-                }
-                instance.transport.close()
-            }
+            let (nursery, vaultEnd) = try startNursery(for: instance, log: log)
             defer { try? vaultEnd.close() }
             // Recorded first, so that the vault's end stops this nursery whatever fails below.
             let credential = state.withLock { s in
@@ -170,6 +162,32 @@ final class LinkBroker: Sendable {
             vault.linked(instance)
         } catch {
             vault.fail(instance, reason: "\(error)")
+        }
+    }
+
+    /// A nursery for `instance`: spawned, or a new connection to the nursery service. If it
+    /// ends first, the vault is closed, and its pool starts both again.
+    private func startNursery(for instance: RolePool.Instance, log: Logger) throws -> (any NurseryLink, vaultEnd: FileDescriptor) {
+        switch nursery {
+        case .spawn(let shells):
+            return try NurseryProcess.start(.init(executable: executable, shells: shells)) { termination in
+                // It exits by itself (status 0) when its vault's link closes: the vault is
+                // ending anyway. Anything else takes the vault down with it.
+                if termination == .exited(0) {
+                    log.info("nursery ended with its vault")
+                } else {
+                    log.error("nursery ended; restarting the vault with it",
+                              metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+                }
+                instance.transport.close()
+            }
+        case .service(let socket):
+            let (connection, vaultEnd) = try NurseryServiceConnection.connect(socket) {
+                log.error("the nursery service closed the vault's link; restarting the vault", metadata: ["socket": "\(socket)"])
+                instance.transport.close()
+            }
+            log.info("vault linked to the nursery service", metadata: ["socket": "\(socket)"])
+            return (connection, vaultEnd)
         }
     }
 

@@ -11,17 +11,10 @@ import Glibc
 /// The nursery, as the supervisor runs it: one per vault, spawned when the vault starts,
 /// linked to it, watched, and stopped when the vault ends. It lives in a process group of its
 /// own, takes the shells' identity itself, and dies with the supervisor (parent-death signal).
-final class NurseryProcess: Sendable {
+final class NurseryProcess: NurseryLink {
     struct Configuration: Sendable {
         var executable: String
-        /// Whom the shells run as, when started as root.
-        var user: String?
-        var group: String?
-        var command: [String]
-        var login: Bool
-        var terminalType = "xterm-256color"
-        /// Where the shells start; nil: the user's home.
-        var workingDirectory: String?
+        var shells: NurseryShells
     }
 
     let child: ChildProcess
@@ -35,14 +28,8 @@ final class NurseryProcess: Sendable {
                       ended: @escaping @Sendable (ChildProcess.Termination?) -> Void) throws -> (NurseryProcess, vaultEnd: FileDescriptor) {
         let (vaultEnd, nurseryEnd) = try SocketCalls.socketPair(.seqpacket)
         defer { try? nurseryEnd.close() }
-        var arguments = ["role", Role.nursery.rawValue]
-        if let user = c.user { arguments += ["--user", user] }
-        if let group = c.group { arguments += ["--group", group] }
-        if c.login { arguments.append("--login") }
-        arguments += ["--terminal-type", c.terminalType]
-        if let directory = c.workingDirectory { arguments += ["--cwd", directory] }
         do {
-            let child = try ChildProcess.spawn(c.executable, arguments: arguments + ["--"] + c.command,
+            let child = try ChildProcess.spawn(c.executable, arguments: ["role", Role.nursery.rawValue] + c.shells.arguments,
                                                descriptors: [nurseryEnd], environment: environment(),
                                                ownProcessGroup: true)
             return (NurseryProcess(child: child, ended: ended), vaultEnd)

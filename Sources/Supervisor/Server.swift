@@ -42,19 +42,12 @@ public final class Server: Sendable {
         public var exitWhen: ExitWhen?
         /// Seconds between the workers' pings of each WebSocket (ttyd's -P); 0: none.
         public var pingInterval: Double = 30
-        /// TERM for the shells (ttyd's -T), and the directory they start in (ttyd's -w; nil:
-        /// the user's home).
-        public var terminalType = "xterm-256color"
-        public var workingDirectory: String?
         public var maxClients = 1024
         public var controlSocket: String?
         public var workerPolicy: String
         public var vaultPolicy: String
-        /// Whom the shells run as, when started as root.
-        public var user: String?
-        public var group: String?
-        public var command: [String]
-        public var login: Bool
+        /// Where the shells come from.
+        public var nursery: NurserySource
         public var executable = ChildProcess.currentExecutable
         public var mode: EnforcementMode = .report
         /// The vault's session options, as its command line takes them.
@@ -64,11 +57,10 @@ public final class Server: Sendable {
         /// Adjusts each pool's configuration (tests: shorter heartbeats and backoff).
         public var tuning: (@Sendable (inout RolePool.Configuration) -> Void)?
 
-        public init(workerPolicy: String, vaultPolicy: String, command: [String], login: Bool) {
+        public init(workerPolicy: String, vaultPolicy: String, nursery: NurserySource) {
             self.workerPolicy = workerPolicy
             self.vaultPolicy = vaultPolicy
-            self.command = command
-            self.login = login
+            self.nursery = nursery
         }
     }
 
@@ -137,11 +129,10 @@ public final class Server: Sendable {
         vault = RolePool(configuration: vaultConfiguration, logger: logger)
         broker = LinkBroker(
             workers: workers, vault: vault,
-            nursery: .init(executable: c.executable, user: c.user, group: c.group, command: c.command, login: c.login,
-                           terminalType: c.terminalType, workingDirectory: c.workingDirectory),
+            nursery: c.nursery, executable: c.executable,
             credential: c.credential, logger: logger)
         let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
-        let sessions = SessionControl(broker: broker, command: c.command.joined(separator: " "))
+        let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription)
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
                 try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions,

@@ -831,6 +831,9 @@ final class ServeTests: XCTestCase {
             (["--index", "/tmp"], "--index: /tmp: not a regular file"),
             (["--xterm-lib", "/tmp"], "--xterm-lib: /tmp/public/Terminal.js: missing"),
             (["--xterm-addons", "/nonexistent"], "--xterm-addons: /nonexistent/fit/fit.js: open"),
+            (["--nursery-socket", "relative.sock"], "--nursery-socket: \"relative.sock\" is not an absolute path"),
+            (["--nursery-socket", "/run/n.sock", "--cwd", "/"], "--cwd: the nursery service at --nursery-socket starts the shells"),
+            (["--nursery-socket", "/run/n.sock", "--", "/bin/sh"], "a command: the nursery service"),
         ]
         let control = NSTemporaryDirectory() + "cloister-unused-\(getpid()).sock"
         for (arguments, option) in cases {

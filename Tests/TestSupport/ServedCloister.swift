@@ -77,7 +77,10 @@ public final class ServedCloister {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    public struct Failure: Error, CustomStringConvertible { public var description: String }
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+        public init(description: String) { self.description = description }
+    }
 
     /// Everything the supervisor and its roles wrote so far.
     public var output: String { (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? "" }

@@ -39,6 +39,16 @@ public func eventually(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
     return condition()
 }
 
+/// Polls `make` for up to `seconds` until it gives a value (pausing 50 ms between tries).
+public func eventuallyValue<T>(_ seconds: Double, _ make: () -> T?) -> T? {
+    let deadline = Double(DispatchTime.now().uptimeNanoseconds) / 1e9 + seconds
+    while Double(DispatchTime.now().uptimeNanoseconds) / 1e9 < deadline {
+        if let value = make() { return value }
+        usleep(50_000)
+    }
+    return make()
+}
+
 /// Runs `body`, failing instead of hanging when it takes longer than `seconds` (a lost
 /// wakeup shows up as a failure, not as a stuck test run).
 public func withDeadline<T: Sendable>(_ seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
