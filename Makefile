@@ -17,7 +17,7 @@ FUZZ_TARGETS := FuzzLinkMessages FuzzCircuitFrames FuzzWorker FuzzControlRequest
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := .build-fuzz
 
-.PHONY: deps browser-deps build release test browser-test chaos fuzz run bench clean
+.PHONY: deps browser-deps build release test browser-test chaos fuzz run bench install install-files uninstall clean
 
 # Installs the Debian packages named in $(1) that are missing.
 define apt_install
@@ -96,6 +96,39 @@ bench: release
 	./.build/release/cloister-bench circuits
 	./.build/release/cloister-bench e2e
 	./.build/release/cloister-bench compare
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: builds the release binary, then installs it
+# with the profiles, the page, the systemd units (their paths rewritten for PREFIX) and the
+# docs. The units are not enabled: see deploy/README.md. install-files installs what is built.
+PREFIX  ?= /usr/local
+BINDIR  := $(PREFIX)/bin
+DATADIR := $(PREFIX)/share/cloister
+DOCDIR  := $(PREFIX)/share/doc/cloister
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITS   := cloister.service cloister.socket cloister-nursery.service cloister-nursery.socket \
+           cloister-metrics.service cloister-metrics.timer
+WEB     := index.html cloister.js cloister.css
+DOCS    := README.md ARCHITECTURE.md PERFORMANCE.md
+
+install: release install-files
+
+install-files:
+	@[ -x $(RELEASE_BIN) ] || { echo "install: $(RELEASE_BIN) is not built: run make install (or make release first)"; exit 1; }
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web \
+		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/deploy
+	install -m 0755 -s $(RELEASE_BIN) $(DESTDIR)$(BINDIR)/cloister
+	install -m 0644 policies/worker.json policies/vault.json $(DESTDIR)$(DATADIR)/policies/
+	install -m 0644 $(addprefix web/,$(WEB)) $(DESTDIR)$(DATADIR)/web/
+	for u in $(UNITS); do sed 's|/usr/local|$(PREFIX)|g' deploy/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 0644 deploy/README.md deploy/nginx-cloister.conf $(DESTDIR)$(DOCDIR)/deploy/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/cloister
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/policies/,worker.json vault.json) $(addprefix $(DESTDIR)$(DATADIR)/web/,$(WEB))
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS)) $(addprefix $(DESTDIR)$(DOCDIR)/deploy/,README.md nginx-cloister.conf)
+	-rmdir $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)/deploy $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf .build

@@ -215,6 +215,12 @@ int cloister_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
     return 0;
 }
 
+int cloister_peer_groups(int sock, gid_t *groups, int max) {
+    socklen_t length = (socklen_t)(sizeof(gid_t) * (size_t)max);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &length) != 0) return -1;
+    return (int)(length / sizeof(gid_t));
+}
+
 struct build_id_search {
     unsigned char *out;
     size_t cap;

@@ -57,6 +57,13 @@ public enum UnixSocket {
             return Listener(descriptor: FileDescriptor(rawValue: fd), path: nil, kind: kind)
         }
 
+        /// The peer's supplementary groups (SO_PEERGROUPS) of an accepted connection.
+        public static func peerGroups(_ connection: FileDescriptor) throws(SystemCallError) -> [gid_t] {
+            var groups = [gid_t](repeating: 0, count: 256)
+            let count = try valueOrErrno("getsockopt(SO_PEERGROUPS)") { cloister_peer_groups(connection.rawValue, &groups, 256) }
+            return Array(groups[..<Int(count)])
+        }
+
         /// Stops listening and removes the socket file (one this process created).
         public func close() {
             try? descriptor.close()

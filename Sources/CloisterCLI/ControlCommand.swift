@@ -14,7 +14,7 @@ import Glibc
 struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
-        subcommands: [Status.self, Workers.self, Sessions.self, Kick.self, HangUp.self])
+        subcommands: [Status.self, Workers.self, Sessions.self, Metrics.self, Kick.self, HangUp.self])
 
     /// Root's supervisor (the systemd unit) uses /run/cloister; anyone else's, a directory
     /// of their own: $XDG_RUNTIME_DIR/cloister, else /tmp/cloister-UID.

@@ -57,6 +57,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Serve every route under this prefix, e.g. /terminal (ttyd's --base-path), behind a reverse proxy's sub-path.")
     var basePath: String?
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
+    @Option(help: "A group whose members may use the control socket without being root (the socket is then mode 0660 in that group).")
+    var controlGroup: String?
     @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
@@ -238,6 +240,15 @@ struct ServeCommand: AsyncParsableCommand {
         }
         c.maxClients = maxClients
         c.controlSocket = controlSocket
+        if let controlGroup {
+            guard let group = getgrnam(controlGroup) else {
+                throw ConfigurationError(option: "--control-group", problem: "no group \"\(controlGroup)\"")
+            }
+            guard group.pointee.gr_gid != 0 else {
+                throw ConfigurationError(option: "--control-group", problem: "\"\(controlGroup)\" is the root group: name a group for the operators")
+            }
+            c.controlGroup = group.pointee.gr_gid
+        }
         c.mode = policyMode
         do {
             _ = try sessions.settings()

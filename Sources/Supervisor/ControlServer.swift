@@ -12,8 +12,10 @@ import SystemPackage
 import Glibc
 #endif
 
-/// The control socket: a unix stream socket, mode 0600, that answers one request per
-/// connection. Only a peer with this process's uid, or root, is served (SO_PEERCRED).
+/// The control socket: a unix stream socket that answers one request per connection. Only a
+/// peer with this process's uid, or root, is served (SO_PEERCRED); with an admin group, the
+/// socket is mode 0660 in that group and a peer with it as primary or supplementary group
+/// (SO_PEERGROUPS) is served too. Otherwise the socket is mode 0600.
 ///
 /// Protocol (version 1): the client sends one line (`status`, `workers`, `sessions`,
 /// `kick SESSION [CLIENT]` or `hangup SESSION`) and reads one JSON document until the server
@@ -49,6 +51,9 @@ public final class ControlServer: Sendable {
         public var seccomp: Int?
         public var noNewPrivileges: Bool?
         public var capEff: String?
+        /// What the role counted, from its last heartbeat reply (a worker's: `WorkerCounter`
+        /// names); nil before the first.
+        public var counters: [String: UInt64]?
     }
 
     public struct Workers: Codable, Sendable {
@@ -96,13 +101,25 @@ public final class ControlServer: Sendable {
     private let stopped = Mutex(false)
 
     /// A control socket for `pool` (and `vault`) alone, answering no session requests.
-    public convenience init(path: String, pool: RolePool, vault: RolePool? = nil, logger: Logger) throws(SystemCallError) {
-        try self.init(path: path, pool: pool, vault: vault, sessions: nil, refusals: nil, logger: logger)
+    public convenience init(path: String, pool: RolePool, vault: RolePool? = nil, adminGroup: gid_t? = nil,
+                            logger: Logger) throws(SystemCallError) {
+        try self.init(path: path, pool: pool, vault: vault, sessions: nil, refusals: nil, adminGroup: adminGroup, logger: logger)
     }
 
     init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, refusals: CapacityRefusals?,
-         logger: Logger) throws(SystemCallError) {
-        listener = try UnixSocket.listen(path: path, kind: .stream)
+         adminGroup: gid_t?, logger: Logger) throws(SystemCallError) {
+        if let adminGroup {
+            listener = try UnixSocket.listen(path: path, kind: .stream, permissions: [.ownerRead, .ownerWrite, .groupRead, .groupWrite])
+            // The group first, then the mode bind's umask narrowed: never wider than meant.
+            guard chown(path, uid_t.max, adminGroup) == 0, chmod(path, 0o660) == 0 else {
+                let error = lastError("chown/chmod", detail: "\(path) to group \(adminGroup), mode 0660")
+                listener.close()
+                throw error
+            }
+        } else {
+            listener = try UnixSocket.listen(path: path, kind: .stream)
+        }
+        self.adminGroup = adminGroup
         self.path = path
         self.pool = pool
         self.refusals = refusals
@@ -113,6 +130,7 @@ public final class ControlServer: Sendable {
     }
 
     public let path: String
+    private let adminGroup: gid_t?
 
     /// Stops serving and removes the socket file. The serving thread closes the listening
     /// descriptor itself on its way out, so the number is never reused under its `accept`.
@@ -142,9 +160,10 @@ public final class ControlServer: Sendable {
         while request.count < 64, read(connection.rawValue, &byte, 1) == 1, byte != UInt8(ascii: "\n") {
             request.append(byte)
         }
-        guard peer.uid == getuid() || peer.uid == 0 else {
+        guard peer.uid == getuid() || peer.uid == 0 || isAdmin(connection, gid: peer.gid) else {
             logger.warning("control connection refused", metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"])
-            reply(connection, error: "permission denied: uid \(peer.uid) is neither \(getuid()) nor root")
+            let group = adminGroup.map { " nor in group \($0)" } ?? ""
+            reply(connection, error: "permission denied: uid \(peer.uid) is neither \(getuid()) nor root\(group)")
             return
         }
         let parsed: ControlRequest
@@ -181,6 +200,13 @@ public final class ControlServer: Sendable {
         }
     }
 
+    /// Whether the peer has the admin group, as its primary group or a supplementary one.
+    private func isAdmin(_ connection: FileDescriptor, gid: gid_t) -> Bool {
+        guard let adminGroup else { return false }
+        if gid == adminGroup { return true }
+        return (try? UnixSocket.Listener.peerGroups(connection))?.contains(adminGroup) ?? false
+    }
+
     private struct NoSessions: Error, CustomStringConvertible {
         var description: String { "this server keeps no sessions" }
     }
@@ -206,7 +232,8 @@ public final class ControlServer: Sendable {
             lastHeartbeatMilliseconds: w.lastHeartbeat.map { seconds($0) * 1000 }, violations: w.violations,
             connections: w.connections,
             sandboxConfined: sandbox?.isConfined, seccomp: main?.seccomp, noNewPrivileges: main?.noNewPrivileges,
-            capEff: main.map { hex16($0.effective) })
+            capEff: main.map { hex16($0.effective) },
+            counters: w.counters.isEmpty ? nil : Dictionary(uniqueKeysWithValues: zip(WorkerCounter.allCases.map { "\($0)" }, w.counters)))
     }
 
     /// As /proc prints capability sets: 16 lower-case hex digits.

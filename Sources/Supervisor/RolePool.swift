@@ -72,6 +72,8 @@ public final class RolePool: Sendable {
         public var startedAt: ContinuousClock.Instant?
         public var lastHeartbeat: Duration?
         public var violations: Int
+        /// The instance's counters from its last heartbeat reply (a worker's: `WorkerCounter`).
+        public var counters: [UInt64] = []
         /// Clients handed to this slot's instance that it has not reported gone yet.
         public var connections = 0
     }
@@ -346,6 +348,7 @@ public final class RolePool: Sendable {
         update(slot) {
             $0.pid = launched.child.pid
             $0.startedAt = .now
+            $0.counters = []
         }
         return Instance(slot: slot, launched)
     }
@@ -361,17 +364,17 @@ public final class RolePool: Sendable {
             if shared.withLock({ $0.renewing.contains(slot) && $0.slots[slot].connections == 0 }) { return true }
             sequence += 1
             let sent = ContinuousClock.now
-            let answered: Bool = await withTaskGroup(of: Bool.self) { group in
+            let answered: [UInt64]? = await withTaskGroup(of: [UInt64]?.self) { group in
                 group.addTask { [sequence] in await ControlCircuit.heartbeat(control, sequence: sequence) }
                 group.addTask {
                     try? await Task.sleep(for: self.configuration.heartbeatDeadline)
-                    return false
+                    return nil
                 }
-                let first = await group.next() ?? false
+                let first = await group.next() ?? nil
                 group.cancelAll()
                 return first
             }
-            guard answered else {
+            guard let counters = answered else {
                 if stopping || Task.isCancelled { return false }
                 if instance.transport.failure == nil {
                     logger.error("\(configuration.role) missed its heartbeat deadline; killing it",
@@ -380,7 +383,10 @@ public final class RolePool: Sendable {
                 return false
             }
             let roundTrip = ContinuousClock.now - sent
-            update(slot) { $0.lastHeartbeat = roundTrip }
+            update(slot) {
+                $0.lastHeartbeat = roundTrip
+                $0.counters = counters
+            }
             try? await Task.sleep(for: configuration.heartbeatInterval)
         }
         return false

@@ -44,6 +44,8 @@ public final class Server: Sendable {
         public var pingInterval: Double = 30
         public var maxClients = 1024
         public var controlSocket: String?
+        /// A group whose members may use the control socket too (mode 0660 in that group).
+        public var controlGroup: gid_t?
         public var workerPolicy: String
         public var vaultPolicy: String
         /// Where the shells come from.
@@ -136,7 +138,7 @@ public final class Server: Sendable {
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
                 try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions,
-                                  refusals: refusals, logger: logger)
+                                  refusals: refusals, adminGroup: c.controlGroup, logger: logger)
             }
         } catch {
             for listener in bound { try? listener.descriptor.close() }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import RoleProtocol
 import WebAssets
 
 /// Plain HTTP: the page and its assets (from memory), ttyd's `/token`, and refusals, including the refused opening
@@ -15,12 +16,15 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let assets: AssetBundle
     private let refusal: HandshakeRefusal?
     private var head: HTTPRequestHead?
+    private let counters: RoleCounters
 
-    init(service: any TerminalService, settings: WebWorker.Settings, assets: AssetBundle, refusal: HandshakeRefusal?) {
+    init(service: any TerminalService, settings: WebWorker.Settings, assets: AssetBundle, refusal: HandshakeRefusal?,
+         counters: RoleCounters) {
         self.service = service
         self.settings = settings
         self.assets = assets
         self.refusal = refusal
+        self.counters = counters
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -166,6 +170,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// `extra` replaces the defaults it names. A 304 carries no body and no length.
     private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus,
                          type: String, body: [UInt8], extra: [String: String] = [:], close: Bool = false, withoutBody: Bool = false) {
+        if status.code >= 400 { counters.add(1, to: WorkerCounter.refusal(status: Int(status.code))) }
         let keepAlive = request.isKeepAlive && !close
         var headers: HTTPHeaders = [
             "Content-Type": type, "Cache-Control": "no-store",
@@ -196,9 +201,11 @@ final class HTTPErrorHandler: ChannelInboundHandler, RemovableChannelHandler {
     static let name = "cloister.http-errors"
 
     private let refusal: NIOLoopBoundBox<HandshakeRefusal?>
+    private let counters: RoleCounters
 
-    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>) {
+    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, counters: RoleCounters) {
         self.refusal = refusal
+        self.counters = counters
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -215,6 +222,7 @@ final class HTTPErrorHandler: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         let status: HTTPResponseStatus = parserError == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest
+        counters.add(1, to: WorkerCounter.refusal(status: Int(status.code)))
         let head = HTTPResponseHead(version: .http1_1, status: status,
                                     headers: ["Content-Length": "0", "Connection": "close"])
         context.write(wrapOutboundOut(.head(head)), promise: nil)

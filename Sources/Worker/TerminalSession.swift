@@ -19,6 +19,7 @@ struct TerminalSession {
     /// header named (ttyd's --auth-header). Nil: the AuthToken.
     let token: [UInt8]?
     let logger: Logger
+    var counters: RoleCounters?
 
     func run(_ session: NIOAsyncChannel<ClientMessage, WebSocketFrame>) async {
         try? await session.executeThenClose { inbound, outbound in
@@ -66,6 +67,7 @@ struct TerminalSession {
                 while let message = try? await attachment.receive() {
                     switch message {
                     case .output(let bytes):
+                        counters?.add(bytes.count, to: .bytesToClients)
                         guard (try? await outbound.write(Self.binary(TtydProtocol.output, bytes))) != nil else { return }
                     case .resynced(let offset, let skipped):
                         info.offset = offset

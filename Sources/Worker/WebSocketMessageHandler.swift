@@ -1,5 +1,6 @@
 import NIOCore
 import NIOWebSocket
+import RoleProtocol
 
 /// A complete client message, after RFC 6455's rules were enforced.
 public enum ClientMessage: Sendable, Equatable {
@@ -32,8 +33,11 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
     private var unansweredPing: UInt64?
     private var pingsSent: UInt64 = 0
 
-    init(pingInterval: TimeAmount? = nil) {
+    private let counters: RoleCounters?
+
+    init(pingInterval: TimeAmount? = nil, counters: RoleCounters? = nil) {
         self.pingInterval = pingInterval
+        self.counters = counters
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -84,8 +88,10 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
             guard String(validating: bytes, as: UTF8.self) != nil else {
                 return close(context, .dataInconsistentWithMessage, "text message is not UTF-8")
             }
+            counters?.add(bytes.count, to: .bytesFromClients)
             context.fireChannelRead(wrapInboundOut(.text(bytes)))
         case .binary:
+            counters?.add(frame.length, to: .bytesFromClients)
             context.fireChannelRead(wrapInboundOut(.binary(Array(buffer: frame.unmaskedData))))
         case .pong:
             // Only the answer to the last ping counts; an unsolicited pong is allowed and ignored.

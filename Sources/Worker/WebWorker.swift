@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import RoleProtocol
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
@@ -50,6 +51,8 @@ public final class WebWorker: Sendable {
     let service: any TerminalService
     let assets: AssetBundle
     let logger: Logger
+    /// What the heartbeat replies carry to the supervisor (`WorkerCounter`).
+    public let counters = RoleCounters(count: WorkerCounter.allCases.count)
 
     public init(settings: Settings, service: any TerminalService, assets: AssetBundle, logger: Logger) {
         self.settings = settings
@@ -83,7 +86,7 @@ public final class WebWorker: Sendable {
         // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
         let token = settings.authHeader.map { _ in Array((user ?? "").utf8) }
         await TerminalSession(service: service, preferences: settings.preferences, arguments: arguments, token: token,
-                              logger: logger).run(session)
+                              logger: logger, counters: counters).run(session)
     }
 
     /// The whole pipeline, on the channel's event loop: HTTP/1.1 with the typed WebSocket
@@ -91,7 +94,7 @@ public final class WebWorker: Sendable {
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
     func configure(_ channel: Channel) throws -> EventLoopFuture<Upgrade> {
-        let settings = self.settings
+        let (settings, counters) = (self.settings, self.counters)
         let deadline = channel.eventLoop.scheduleTask(in: settings.handshakeTimeout) {
             channel.close(promise: nil)
         }
@@ -118,7 +121,7 @@ public final class WebWorker: Sendable {
                     try sync.addHandler(NIOWebSocketFrameAggregator(
                         minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: settings.maxFragments,
                         maxAccumulatedFrameSize: settings.maxMessageBytes))
-                    try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval))
+                    try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval, counters: counters))
                     let user = settings.authHeader.flatMap { head.headers.first(name: $0) }
                     return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel), uri: head.uri, user: user)
                 }
@@ -132,7 +135,7 @@ public final class WebWorker: Sendable {
             upgradeConfiguration: .init(upgraders: [upgrader], notUpgradingCompletionHandler: { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        HTTPHandler(service: service, settings: settings, assets: assets, refusal: refusal.value))
+                        HTTPHandler(service: service, settings: settings, assets: assets, refusal: refusal.value, counters: counters))
                     return .http
                 }
             }))
@@ -143,7 +146,7 @@ public final class WebWorker: Sendable {
         let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
         try sync.addHandler(HandshakeGate(refusal: refusal, settings: settings), name: HandshakeGate.name,
                             position: .before(upgradeHandler))
-        try sync.addHandler(HTTPErrorHandler(refusal: refusal), name: HTTPErrorHandler.name)
+        try sync.addHandler(HTTPErrorHandler(refusal: refusal, counters: counters), name: HTTPErrorHandler.name)
         return upgrade
     }
 }

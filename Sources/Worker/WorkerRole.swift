@@ -23,7 +23,7 @@ public enum WorkerRole {
         let vault = VaultLink()
         let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log)
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
-        try await ControlCircuit.serve(supervisor) { group in
+        try await ControlCircuit.serve(supervisor, counters: worker.counters) { group in
             while let circuit = try? await supervisor.accept() {
                 group.addTask { await fromSupervisor(circuit, worker: worker, vault: vault, log: log) }
             }

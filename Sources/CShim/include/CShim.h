@@ -69,6 +69,9 @@ int cloister_accept_cloexec(int sock);
 
 /// SO_PEERCRED of a connected unix socket (struct ucred is GNU-only).
 int cloister_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+/// The peer's supplementary groups (SO_PEERGROUPS, Linux 4.13), at most `max` of them;
+/// returns how many, or -1 with errno (ERANGE when there are more than `max`).
+int cloister_peer_groups(int sock, gid_t *groups, int max);
 
 /// A new pseudo-terminal: the master (close-on-exec, not a controlling terminal of this
 /// process) in `*master`, the slave's path in `name`, with the window size set. posix_openpt,
