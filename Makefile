@@ -6,8 +6,12 @@ PYTHON    ?= python3
 # Building and serving: libseccomp, libcap, zlib (gzip of the page's assets), xterm.js
 # (node-xterm's modules, libjs-xterm's fit addon), tmux for the terminal tests.
 APT_DEPS  := libseccomp-dev libcap-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
-# The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv.
-BROWSER_APT_DEPS := chromium
+# The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv; nginx
+# and openssl for the TLS reverse-proxy test.
+BROWSER_APT_DEPS := chromium nginx-light openssl
+# The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
+# systemd as PID 1), readelf, unshare and setpriv.
+DEPLOY_APT_DEPS := systemd python3-seccomp binutils util-linux
 # ttyd from ../shared/peers, for `cloister-bench compare`: its run-time libraries.
 BENCH_APT_DEPS := libuv1 libjson-c5 libwebsockets-evlib-uv
 VENV      := .build/browser-venv
@@ -33,7 +37,7 @@ deps:
 	$(call apt_install,$(APT_DEPS))
 
 browser-deps: deps
-	$(call apt_install,$(BROWSER_APT_DEPS))
+	$(call apt_install,$(BROWSER_APT_DEPS) $(DEPLOY_APT_DEPS))
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
 	@$(VENV)/bin/python -c 'import playwright' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright
 
