@@ -215,6 +215,24 @@ int cloister_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
     return 0;
 }
 
+/* The runtime calls the hook as hook(job, original) with Swift's calling convention, which for
+ * two pointers on x86-64 and arm64 passes them where C does. */
+typedef void (*cloister_enqueue_hook_t)(void *job, void *original);
+extern cloister_enqueue_hook_t swift_task_enqueueGlobal_hook;
+static void (*cloister_enqueue)(void *job);
+
+static void cloister_enqueue_global(void *job, void *original) {
+    (void)original;
+    cloister_enqueue(job);
+}
+
+int cloister_install_global_executor(void (*enqueue)(void *job)) {
+    if (swift_task_enqueueGlobal_hook != NULL) return -1;
+    cloister_enqueue = enqueue;
+    __atomic_store_n(&swift_task_enqueueGlobal_hook, cloister_enqueue_global, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
 int cloister_peer_groups(int sock, gid_t *groups, int max) {
     socklen_t length = (socklen_t)(sizeof(gid_t) * (size_t)max);
     if (getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &length) != 0) return -1;

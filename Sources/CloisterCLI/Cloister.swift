@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShim
 import FoundationEssentials
 import Supervisor
 import NIOCore
@@ -26,10 +27,12 @@ protocol SandboxedCommand: AsyncParsableCommand {
 /// thread. Only then does the async part run.
 ///
 /// Swift concurrency then runs on SwiftNIO's event-loop threads, not on libdispatch's pool:
-/// on Linux, libdispatch's pool monitor reads /proc/<tid>/stat of its threads every second
-/// while work is queued, and crashes the process when that open fails, which it always does
-/// in a sandbox. With NIO as the global executor no pool thread ever registers. (Delayed jobs,
-/// `Task.sleep`, still go through libdispatch: sandboxed roles do not sleep.)
+/// on Linux, libdispatch's pool monitor reads /proc/<tid>/stat of its threads while work is
+/// queued, and crashes the process (SIGILL) when that open fails, which it always does in a
+/// sandbox. With NIO as the global executor no pool thread ever registers. (Delayed jobs,
+/// `Task.sleep`, still go through libdispatch: sandboxed roles do not sleep.) The hook is
+/// set through CShim rather than NIO's dlsym-based installer, which cannot find it in the
+/// statically linked build.
 @main
 enum Main {
     static func main() {
@@ -68,7 +71,11 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
-        NIOSingletons.unsafeTryInstallSingletonPosixEventLoopGroupAsConcurrencyGlobalExecutor()
+        // Every job goes to one of NIO's event loops; a job started on a loop stays on it.
+        guard cloister_install_global_executor(enqueueOnEventLoop) == 0 else {
+            printToStandardError("cloister: Swift concurrency's global executor was already replaced\n")
+            exit(70)
+        }
         nonisolated(unsafe) var running = asyncCommand
         // Detached: `main` is main-actor isolated, and nothing drains the main queue.
         Task.detached {
@@ -82,4 +89,10 @@ enum Main {
         // The task ends the process; the main thread only waits.
         while true { pause() }
     }
+}
+
+/// Swift concurrency's global executor once `Main` installs it. Not in `Main`, whose members
+/// are main-actor isolated: a closure from there checks that it runs on the main thread.
+private func enqueueOnEventLoop(_ job: UnsafeMutableRawPointer?) {
+    MultiThreadedEventLoopGroup.singleton.any().enqueue(ExecutorJob(unsafeBitCast(job, to: UnownedJob.self)))
 }

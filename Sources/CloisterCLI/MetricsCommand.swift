@@ -44,10 +44,12 @@ extension ControlCommand {
                                sessions: [ControlServer.SessionReport]?) -> String {
             let registry = PrometheusCollectorRegistry()
             func gauge(_ name: String, _ help: String, _ value: Double, _ labels: [(String, String)] = []) {
-                registry.makeGauge(name: name, labels: labels, help: help).set(value)
+                // The whole name is given: no unit suffix is added to it.
+                registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels).set(value)
             }
             func counter(_ name: String, _ help: String, _ value: UInt64, _ labels: [(String, String)] = []) {
-                registry.makeCounter(name: name, labels: labels, help: help).increment(by: Int64(clamping: value))
+                registry.makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+                    .increment(by: Int64(clamping: value))
             }
             gauge("cloister_up", "1 when the supervisor answered on its control socket.", 1)
             gauge("cloister_degraded", "1 when a pool exceeded its restart intensity and stopped restarting.", status.degraded ? 1 : 0)

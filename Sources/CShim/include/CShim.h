@@ -93,4 +93,11 @@ size_t cloister_build_id(unsigned char *out, size_t cap);
 /// Returns the descriptor, or -1 with errno and the failing call's name in `*failed`.
 int cloister_sealed_memfd(const char *name, const void *data, size_t len, const char **failed);
 
+/// Makes Swift concurrency's global executor `enqueue` (called with each job) instead of
+/// libdispatch's pool, through the runtime's swift_task_enqueueGlobal_hook. Referenced here,
+/// at link time, because a runtime linked in statically keeps the hook out of the dynamic
+/// symbol table (--exclude-libs), where dlsym would look. Returns 0, or -1 when a hook was
+/// already installed.
+int cloister_install_global_executor(void (*enqueue)(void *job));
+
 #endif
