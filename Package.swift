@@ -35,6 +35,8 @@ let package = Package(
         .systemLibrary(
             name: "CCap", pkgConfig: "libcap",
             providers: [.apt(["libcap-dev"])]),
+        // libxcrypt's crypt_rn: the vault checks a users file's hashes (yescrypt, SHA-512…).
+        .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .target(
             name: "Circuits",
             dependencies: [
@@ -66,7 +68,7 @@ let package = Package(
         .target(
             name: "Vault",
             dependencies: [
-                "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
+                "CCrypt", "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
             ] + nio),
         .target(
             name: "Nursery",
@@ -164,7 +166,7 @@ if ProcessInfo.processInfo.environment["CLOISTER_FUZZ"] != nil {
         ("FuzzWorker", ["Worker", "WebAssets", "RoleProtocol", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
         ("FuzzControlRequest", ["Supervisor"]),
         ("FuzzPolicy", ["Sandbox"]),
-        ("FuzzCredentialFile", ["Supervisor"]),
+        ("FuzzCredentialFile", ["Supervisor", "RoleProtocol"]),
     ]
     for (name, dependencies) in fuzzTargets {
         package.targets.append(.executableTarget(name: name, dependencies: dependencies, path: "Fuzz/\(name)"))

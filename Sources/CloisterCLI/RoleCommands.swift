@@ -2,10 +2,15 @@ import ArgumentParser
 import Nursery
 import RoleProtocol
 import Sandbox
+import SystemCalls
 import SystemPackage
 import Vault
 import WebAssets
 import Worker
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `cloister role …`: the processes Cloister starts of itself. Each command parses its
 /// options and hands over to the role's own module.
@@ -14,7 +19,7 @@ struct RoleCommand: AsyncParsableCommand {
         commandName: "role",
         abstract: "Run an internal role (started by cloister itself).",
         shouldDisplay: false,
-        subcommands: [WorkerCommand.self, VaultCommand.self, NurseryCommand.self, SandboxProbeCommand.self,
+        subcommands: [WorkerCommand.self, VaultCommand.self, NurseryCommand.self, LoginCommand.self, SandboxProbeCommand.self,
                       CircuitsPeerCommand.self])
 }
 
@@ -146,6 +151,8 @@ struct NurseryCommand: AsyncParsableCommand {
     @Flag(help: "Start the command as a login shell (argv[0] \"-name\").") var login = false
     @Option(help: "TERM for the shells.") var terminalType = "xterm-256color"
     @Option(help: "Directory the shells start in (default: the user's home).") var cwd: String?
+    @Flag(help: "Each shell as the account of its web user.") var accountPerUser = false
+    @Option(help: "The group those accounts must be in.") var accountGroup: String?
     @Argument(parsing: .postTerminator, help: "The command, an absolute path first.") var command: [String]
 
     func validate() throws {
@@ -155,7 +162,45 @@ struct NurseryCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        try await NurseryRole.run(NurseryShells(user: user, group: group, login: login, terminalType: terminalType,
-                                                workingDirectory: cwd, command: command))
+        var shells = NurseryShells(user: user, group: group, login: login, terminalType: terminalType,
+                                   workingDirectory: cwd, command: command)
+        shells.accountPerUser = accountPerUser
+        shells.accountGroup = accountGroup
+        try await NurseryRole.run(shells)
+    }
+}
+
+/// `cloister role login`: what the nursery spawns, on a session's terminal, when each web user
+/// has an account (`--account-per-user`): takes the account (its groups, then its group, then
+/// its user) and execs the shell, which keeps the terminal. The nursery has already checked
+/// the account; this refuses root once more, since a mistake here would be a root shell.
+struct LoginCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "login", shouldDisplay: false)
+
+    @Option(help: "The account.") var user: String
+    @Option(help: "Directory the shell starts in (default: the account's home).") var cwd: String?
+    @Flag(help: "Start the command as a login shell (argv[0] \"-name\").") var login = false
+    @Argument(parsing: .postTerminator, help: "The command, an absolute path first.") var command: [String]
+
+    func validate() throws {
+        guard let executable = command.first, executable.hasPrefix("/") else {
+            throw ValidationError("the command must start with an absolute path")
+        }
+    }
+
+    func run() throws {
+        let account = try Identity.account(user: user)
+        guard account.uid != 0 else { throw ValidationError("\(user) is root: no shell as root for a web user") }
+        try Identity.become(account, groups: .ofUser)
+        if chdir(cwd ?? account.home) != 0 {
+            // A missing home is no reason to refuse a shell; a missing --cwd is.
+            if let cwd { throw SandboxError(step: "login", lastError("chdir(\(cwd)) as \(user)")) }
+            _ = chdir("/")
+        }
+        let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
+        let argv = [login ? "-\(name)" : name] + command.dropFirst()
+        let pointers = argv.map { strdup($0) } + [nil]
+        execv(command[0], pointers)
+        throw SandboxError(step: "login", lastError("execv(\(command[0]))"))
     }
 }

@@ -36,6 +36,8 @@ struct ServeCommand: AsyncParsableCommand {
     var credential: String?
     @Option(help: "A file holding USER:PASSWORD (one line, not readable by group or others), instead of --credential.")
     var credentialFile: String?
+    @Option(help: "A file of web users, USER:HASH per line with crypt(3) hashes (mkpasswd, openssl passwd -6), not readable by group or others, instead of one credential.")
+    var usersFile: String?
     @Option(help: "Leave authentication to a reverse proxy that names the user in this header (ttyd's -H); only safe when clients can reach Cloister through that proxy alone.")
     var authHeader: String?
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
@@ -178,6 +180,9 @@ struct ServeCommand: AsyncParsableCommand {
         }
         var token: [UInt8]?
         var credentialLine: String?
+        if usersFile != nil && (credential != nil || credentialFile != nil || authHeader != nil) {
+            throw ConfigurationError(option: "--users-file", problem: "give one of --users-file, --credential, --credential-file and --auth-header")
+        }
         if let authHeader {
             guard credential == nil && credentialFile == nil else {
                 throw ConfigurationError(option: "--auth-header", problem: "the proxy authenticates: give no --credential or --credential-file")
@@ -203,8 +208,8 @@ struct ServeCommand: AsyncParsableCommand {
                 throw ConfigurationError(option: option, problem: "expected USER:PASSWORD, both non-empty")
             }
             token = Credential(userAndPassword: credential).token
-        } else if authHeader != nil {
-            token = nil  // no credential: the vault takes the proxy's header instead
+        } else if authHeader != nil || usersFile != nil {
+            token = nil  // no credential: the vault takes the proxy's header or the users' passwords
         } else {
             let password = Self.randomPassword()
             token = Credential(userAndPassword: "cloister:\(password)").token
@@ -216,6 +221,16 @@ struct ServeCommand: AsyncParsableCommand {
         c.socketAccess = access
         c.workers = count
         c.credential = token
+        if let usersFile {
+            do {
+                c.users = try UsersFile.read(usersFile)
+            } catch {
+                throw ConfigurationError(option: "--users-file", problem: "\(error)")
+            }
+        }
+        if let shells, shells.accountPerUser, usersFile == nil && authHeader == nil {
+            throw ConfigurationError(option: "--account-per-user", problem: "needs web users to map: give --users-file or --auth-header")
+        }
         c.checkOrigin = checkOrigin
         c.authHeader = authHeader
         c.preferences = try Self.preferences(clientOptions)
@@ -316,7 +331,7 @@ struct ServeCommand: AsyncParsableCommand {
         await SupervisorRole.run(server, credentialLine: credentialLine, drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                                  logger: log) {
             let fresh = try options.configuration(activated: true).0
-            return oneTime ? configuration.credential : fresh.credential
+            return oneTime ? configuration.authentication : fresh.authentication
         }
     }
 }

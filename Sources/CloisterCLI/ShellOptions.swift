@@ -13,6 +13,10 @@ struct ShellOptions: ParsableArguments {
     @Option(help: "Group the shells run as (only when started as root).") var group: String?
     @Option(help: "TERM for the shells (ttyd's -T).") var terminalType = "xterm-256color"
     @Option(help: "Directory the shells start in (ttyd's -w). Default: the shells' user's home.") var cwd: String?
+    @Flag(help: "Run each session's shell as the Unix account named like its web user (--users-file or --auth-header); only as root, only accounts in --account-group, never root.")
+    var accountPerUser = false
+    @Option(help: "With --account-per-user: the group an account must be in (primary or supplementary) to get a shell.")
+    var accountGroup: String?
     @Argument(parsing: .postTerminator, help: "Command to run in each terminal (default: the login shell).")
     var command: [String] = []
 
@@ -22,6 +26,8 @@ struct ShellOptions: ParsableArguments {
         if group != nil { return "--group" }
         if terminalType != "xterm-256color" { return "--terminal-type" }
         if cwd != nil { return "--cwd" }
+        if accountPerUser { return "--account-per-user" }
+        if accountGroup != nil { return "--account-group" }
         if !command.isEmpty { return "a command" }
         return nil
     }
@@ -47,9 +53,21 @@ struct ShellOptions: ParsableArguments {
                 throw fail("--cwd", "\"\(cwd)\" is not an absolute path to a directory")
             }
         }
+        if accountPerUser {
+            guard geteuid() == 0 else { throw fail("--account-per-user", "needs root, to start each shell as its own account") }
+            if user != nil || group != nil { throw fail(user != nil ? "--user" : "--group", "does not apply with --account-per-user") }
+            guard let accountGroup else { throw fail("--account-per-user", "give --account-group: the accounts allowed a shell") }
+            guard let entry = getgrnam(accountGroup) else { throw fail("--account-group", "no group \"\(accountGroup)\"") }
+            guard entry.pointee.gr_gid != 0 else { throw fail("--account-group", "\"\(accountGroup)\" is the root group") }
+        } else if accountGroup != nil {
+            throw fail("--account-group", "only applies with --account-per-user")
+        }
         let (resolved, login) = try resolvedCommand(fail)
-        return NurseryShells(user: user, group: group, login: login, terminalType: terminalType,
-                                  workingDirectory: cwd, command: resolved)
+        var shells = NurseryShells(user: user, group: group, login: login, terminalType: terminalType,
+                                   workingDirectory: cwd, command: resolved)
+        shells.accountPerUser = accountPerUser
+        shells.accountGroup = accountGroup
+        return shells
     }
 
     /// The command as an absolute path (found on PATH now), or the shells' user's login shell.

@@ -2,6 +2,7 @@ import Circuits
 import Logging
 import Processes
 import RoleProtocol
+import Sandbox
 import SystemPackage
 
 #if canImport(Glibc)
@@ -18,14 +19,58 @@ public final class Nursery: Sendable {
     public let environment: [String: String]
     private let login: Bool
     private let logger: Logger
+    private let accounts: Accounts?
+
+    /// Shells as the accounts of their web users (`--account-per-user`).
+    public struct Accounts: Sendable {
+        /// The group an account must have to get a shell.
+        public var group: gid_t
+        public var groupName: String
+        public var inherited: [String: String]
+        public var terminalType: String
+        public var workingDirectory: String?
+
+        public init(group: gid_t, groupName: String, inherited: [String: String], terminalType: String, workingDirectory: String?) {
+            (self.group, self.groupName, self.inherited, self.terminalType, self.workingDirectory) =
+                (group, groupName, inherited, terminalType, workingDirectory)
+        }
+    }
 
     /// `command[0]` is the executable's absolute path; a login shell (`login: true`) gets
     /// "-name" as its argv[0], as login(1) does it.
-    public init(command: [String], environment: [String: String], login: Bool, logger: Logger) {
+    public init(command: [String], environment: [String: String], login: Bool, logger: Logger, accounts: Accounts? = nil) {
         self.command = command
         self.environment = environment
         self.login = login
         self.logger = logger
+        self.accounts = accounts
+    }
+
+    /// What to spawn for `user` when each web user has an account: `cloister role login`,
+    /// which takes the account and execs the shell; or why not.
+    private func perUser(_ user: String?, _ accounts: Accounts) -> Result<(executable: String, arguments: [String], environment: [String: String]), Refusal> {
+        guard let user, !user.isEmpty else { return .failure(Refusal("no web user names an account")) }
+        guard let entry = getpwnam(user) else { return .failure(Refusal("no account \"\(user)\"")) }
+        let account = Identity.Account(entry.pointee)
+        guard account.uid != 0 else { return .failure(Refusal("\"\(user)\" is root: no shell as root for a web user")) }
+        guard Identity.isMember(account, of: accounts.group) else {
+            return .failure(Refusal("account \"\(user)\" is not in group \(accounts.groupName)"))
+        }
+        var environment = Self.shellEnvironment(user: account.name, home: account.home, shell: account.shell,
+                                                inherited: accounts.inherited, terminalType: accounts.terminalType)
+        environment["TTYD_USER"] = user
+        environment["CLOISTER_USER"] = user
+        // The default command is each account's own login shell.
+        let command = login ? [account.shell.isEmpty ? "/bin/sh" : account.shell] : self.command
+        var arguments = ["role", "login", "--user", account.name]
+        if login { arguments.append("--login") }
+        if let directory = accounts.workingDirectory { arguments += ["--cwd", directory] }
+        return .success((ChildProcess.currentExecutable, arguments + ["--"] + command, environment))
+    }
+
+    struct Refusal: Error, CustomStringConvertible {
+        var description: String
+        init(_ description: String) { self.description = description }
     }
 
     /// The environment a shell starts with: only what identifies the user and the terminal.
@@ -69,21 +114,38 @@ public final class Nursery: Sendable {
             return
         }
         // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
-        let arguments = Array(command.dropFirst()) + extra.map { String(decoding: $0, as: UTF8.self) }
-        var environment = self.environment
-        if let user {
-            // The web user the reverse proxy named, under ttyd's name for it and Cloister's.
-            let name = String(decoding: user, as: UTF8.self)
-            environment["TTYD_USER"] = name
-            environment["CLOISTER_USER"] = name
+        let extraArguments = extra.map { String(decoding: $0, as: UTF8.self) }
+        let webUser = user.map { String(decoding: $0, as: UTF8.self) }
+        let executable: String, arguments: [String], environment: [String: String], argumentZero: String
+        if let accounts {
+            switch perUser(webUser, accounts) {
+            case .success(let spawn):
+                (executable, arguments, environment) = (spawn.executable, spawn.arguments + extraArguments, spawn.environment)
+                argumentZero = "cloister"
+            case .failure(let refusal):
+                logger.warning("shell refused for this web user", metadata: ["web_user": "\(webUser ?? "")", "reason": "\(refusal)"])
+                try? await circuit.send(NurseryToVault.failed(reason: refusal.description), end: true)
+                return
+            }
+        } else {
+            executable = command[0]
+            arguments = Array(command.dropFirst()) + extraArguments
+            var shellEnvironment = self.environment
+            if let webUser {
+                // The web user the reverse proxy named, under ttyd's name for it and Cloister's.
+                shellEnvironment["TTYD_USER"] = webUser
+                shellEnvironment["CLOISTER_USER"] = webUser
+            }
+            environment = shellEnvironment
+            let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
+            argumentZero = login ? "-\(name)" : name
         }
         let child: ChildProcess
         do {
             let terminal = try PseudoTerminal.open(rows: rows, columns: columns)
             defer { try? terminal.master.close() }
-            let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
-            child = try ChildProcess.spawn(command[0], arguments: arguments, environment: environment,
-                                           terminal: terminal.slavePath, argumentZero: login ? "-\(name)" : name)
+            child = try ChildProcess.spawn(executable, arguments: arguments, environment: environment,
+                                           terminal: terminal.slavePath, argumentZero: argumentZero)
             try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master])
         } catch {
             logger.error("shell not started", metadata: ["error": "\(error)"])

@@ -83,6 +83,7 @@ public enum NurseryRole {
 
     /// Takes the shells' identity and directory and makes the nursery that starts them.
     static func prepare(_ shells: NurseryShells) throws -> (Nursery, Logger) {
+        if shells.accountPerUser { return try preparePerUser(shells) }
         let account = try becomeShellsAccount(user: shells.user, group: shells.group)
         RoleLog.bootstrap()
         var log = RoleLog.logger(.nursery)
@@ -100,6 +101,26 @@ public enum NurseryRole {
         let environment = Nursery.shellEnvironment(user: account.name, home: account.home, shell: account.shell,
                                                    inherited: inherited, terminalType: shells.terminalType)
         return (Nursery(command: shells.command, environment: environment, login: shells.login, logger: log), log)
+    }
+
+    /// With an account per web user the nursery stays root: each shell takes its account
+    /// through `cloister role login` (posix_spawn cannot change ids).
+    static func preparePerUser(_ shells: NurseryShells) throws -> (Nursery, Logger) {
+        RoleLog.bootstrap()
+        var log = RoleLog.logger(.nursery)
+        log[metadataKey: "accounts"] = "per web user"
+        guard geteuid() == 0 else {
+            throw SandboxError(step: "nursery", call: "geteuid", errno: .permissionDenied, detail: "--account-per-user needs root")
+        }
+        guard let name = shells.accountGroup, let group = getgrnam(name), group.pointee.gr_gid != 0 else {
+            throw SandboxError(step: "nursery", call: "getgrnam", errno: .invalidArgument,
+                               detail: "--account-group \(shells.accountGroup ?? "(none)") is not a group other than root's")
+        }
+        _ = chdir("/")
+        let inherited = getenv("LANG").map { ["LANG": String(cString: $0)] } ?? [:]
+        let accounts = Nursery.Accounts(group: group.pointee.gr_gid, groupName: name, inherited: inherited,
+                                        terminalType: shells.terminalType, workingDirectory: shells.workingDirectory)
+        return (Nursery(command: shells.command, environment: [:], login: shells.login, logger: log, accounts: accounts), log)
     }
 
     /// Switches to `user` (with `group`, or the user's own, and the user's supplementary

@@ -10,6 +10,12 @@ public struct NurseryShells: Sendable, Equatable {
     public var workingDirectory: String?
     /// `command[0]` is an absolute path.
     public var command: [String]
+    /// Each shell runs as the Unix account named like the session's web user (from a users
+    /// file or a proxy's header), which must be in `accountGroup` and not root. The nursery
+    /// then stays root and `user`/`group` do not apply; with `login`, each account's own
+    /// login shell starts.
+    public var accountPerUser = false
+    public var accountGroup: String?
 
     public init(user: String?, group: String?, login: Bool, terminalType: String, workingDirectory: String?,
                 command: [String]) {
@@ -29,6 +35,8 @@ public struct NurseryShells: Sendable, Equatable {
         if login { arguments.append("--login") }
         arguments += ["--terminal-type", terminalType]
         if let workingDirectory { arguments += ["--cwd", workingDirectory] }
+        if accountPerUser { arguments.append("--account-per-user") }
+        if let accountGroup { arguments += ["--account-group", accountGroup] }
         return arguments + ["--"] + command
     }
 }

@@ -5,6 +5,9 @@
 public enum SupervisorToVault: LinkMessage {
     /// The credential clients must present (ttyd's AuthToken form), or nil to let everyone in.
     case configure(credential: [UInt8]?)
+    /// Instead of one credential: web users whose passwords are checked against their hashes
+    /// (`WebUsers`); replaces any credential, as `.configure` replaces any users.
+    case configureUsers(WebUsers)
     /// With the vault's end of its transport to the nursery (`Link.vaultNursery`).
     case nurseryLink
     /// With the vault's end of a transport to worker `worker` (`Link.workerVault`).
@@ -20,7 +23,7 @@ public enum SupervisorToVault: LinkMessage {
 
     enum Kind: UInt8 {
         case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57, listSessions = 0x6c, kick = 0x6b, hangUp = 0x68
-        case attachmentCount = 0x61
+        case attachmentCount = 0x61, configureUsers = 0x55
     }
 
     public var encoded: [UInt8] {
@@ -28,6 +31,10 @@ public enum SupervisorToVault: LinkMessage {
         case .configure(let credential):
             var w = FieldWriter(kind: Kind.configure.rawValue)
             w.rest([credential == nil ? 0 : 1] + (credential ?? []))
+            return w.bytes
+        case .configureUsers(let users):
+            var w = FieldWriter(kind: Kind.configureUsers.rawValue)
+            w.long(users.encoded)
             return w.bytes
         case .nurseryLink: return [Kind.nurseryLink.rawValue]
         case .attachmentCount: return [Kind.attachmentCount.rawValue]
@@ -50,7 +57,7 @@ public enum SupervisorToVault: LinkMessage {
 
     public var descriptorCount: Int {
         switch self {
-        case .configure, .listSessions, .kick, .hangUp, .attachmentCount: return 0
+        case .configure, .configureUsers, .listSessions, .kick, .hangUp, .attachmentCount: return 0
         case .nurseryLink, .workerLink: return 1
         }
     }
@@ -66,6 +73,11 @@ public enum SupervisorToVault: LinkMessage {
             case 1: self = .configure(credential: try r.rest(limit: LinkLimits.token))
             default: throw r.malformed
             }
+        case .configureUsers:
+            try Self.expect(0, descriptors, kind: kind)
+            let bytes = try r.long(limit: WebUsers.maxBytes)
+            guard let users = try? WebUsers.parse(bytes) else { throw r.malformed }
+            self = .configureUsers(users)
         case .nurseryLink:
             try Self.expect(1, descriptors, kind: kind)
             self = .nurseryLink

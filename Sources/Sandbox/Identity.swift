@@ -41,6 +41,15 @@ public enum Identity {
         return account
     }
 
+    /// Whether `account` has group `gid`, as its primary group or a supplementary one.
+    public static func isMember(_ account: Account, of gid: gid_t) -> Bool {
+        if account.gid == gid { return true }
+        var count: Int32 = 256
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        guard getgrouplist(account.name, account.gid, &groups, &count) >= 0 else { return false }
+        return groups.prefix(Int(count)).contains(gid)
+    }
+
     /// Whom this process runs as now.
     public static func current() throws(SandboxError) -> Account {
         guard let entry = getpwuid(geteuid()) else { throw Sandbox.fail("identity", "getpwuid", "uid \(geteuid())") }
@@ -70,7 +79,7 @@ public enum Identity {
 }
 
 extension Identity.Account {
-    init(_ entry: passwd) {
+    public init(_ entry: passwd) {
         name = String(cString: entry.pw_name)
         uid = entry.pw_uid
         gid = entry.pw_gid

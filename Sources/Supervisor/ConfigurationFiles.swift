@@ -1,4 +1,5 @@
 import Processes
+import RoleProtocol
 import SystemCalls
 import SystemPackage
 
@@ -40,6 +41,32 @@ public enum CredentialFile {
         guard bytes.count <= maxBytes else { throw ConfigurationProblem("\(path) is larger than 64 KiB") }
         guard let text = String(validating: bytes, as: UTF8.self) else { throw ConfigurationProblem("\(path) is not UTF-8 text") }
         return String(text.split(whereSeparator: \.isNewline).first ?? "")
+    }
+}
+
+/// A users file (`--users-file`): `USER:HASH` lines (`WebUsers`), in a file only its owner
+/// may read or write, as a credential file.
+public enum UsersFile {
+    public static func read(_ path: String) throws(ConfigurationProblem) -> WebUsers {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw ConfigurationProblem("\(lastError("stat", detail: path))") }
+        guard info.st_mode & S_IFMT == S_IFREG else { throw ConfigurationProblem("\(path) is not a regular file") }
+        guard info.st_mode & 0o077 == 0 else {
+            throw ConfigurationProblem("\(path) is readable or writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
+        }
+        let bytes: [UInt8]
+        do {
+            let file = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
+            defer { try? file.close() }
+            bytes = try file.readToEnd(limit: WebUsers.maxBytes + 1)
+        } catch {
+            throw ConfigurationProblem("\(path): \(error)")
+        }
+        do {
+            return try WebUsers.parse(bytes)
+        } catch {
+            throw ConfigurationProblem("\(path): \(error)")
+        }
     }
 }
 

@@ -12,7 +12,7 @@ import SystemPackage
 /// again.
 final class LinkBroker: Sendable {
     private struct State {
-        var credential: [UInt8]?
+        var authentication: VaultAuthentication
         var vault: RolePool.Instance?
         var nursery: (any NurseryLink)?
         var workers: [Int: RolePool.Instance] = [:]
@@ -26,19 +26,19 @@ final class LinkBroker: Sendable {
     private let logger: Logger
     private let state: Mutex<State>
 
-    init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, credential: [UInt8]?, logger: Logger) {
+    init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, authentication: VaultAuthentication, logger: Logger) {
         self.workers = workers
         self.vault = vault
         self.nursery = nursery
         self.executable = executable
         self.logger = logger
-        state = Mutex(State(credential: credential))
+        state = Mutex(State(authentication: authentication))
         (inputs, submit) = AsyncStream.makeStream(of: Input.self)
     }
 
     private enum Input: Sendable {
         case pool(Role, RolePool.Event)
-        case credential([UInt8]?, delivered: CheckedContinuation<Void, Never>)
+        case authentication(VaultAuthentication, delivered: CheckedContinuation<Void, Never>)
     }
 
     private let inputs: AsyncStream<Input>
@@ -57,8 +57,8 @@ final class LinkBroker: Sendable {
                 for await input in self.inputs {
                     switch input {
                     case .pool(let role, let event): await self.handle(role, event)
-                    case .credential(let credential, let delivered):
-                        await self.deliver(credential)
+                    case .authentication(let authentication, let delivered):
+                        await self.deliver(authentication)
                         delivered.resume()
                     }
                 }
@@ -77,20 +77,20 @@ final class LinkBroker: Sendable {
 
     /// A new credential for every check from now on (open sessions stay). Returns once the
     /// running vault has it; a vault that starts later is configured with it.
-    func configure(credential: [UInt8]?) async {
+    func configure(_ authentication: VaultAuthentication) async {
         await withCheckedContinuation { delivered in
-            if case .terminated = submit.yield(.credential(credential, delivered: delivered)) { delivered.resume() }
+            if case .terminated = submit.yield(.authentication(authentication, delivered: delivered)) { delivered.resume() }
         }
     }
 
-    private func deliver(_ credential: [UInt8]?) async {
+    private func deliver(_ authentication: VaultAuthentication) async {
         let current = state.withLock { s in
-            s.credential = credential
+            s.authentication = authentication
             return s.vault
         }
         guard let current else { return }
         do {
-            try await current.transport.open().tell(SupervisorToVault.configure(credential: credential))
+            try await current.transport.open().tell(authentication.message)
         } catch {
             logger.error("new credential not delivered to the vault", metadata: ["error": "\(error)"])
         }
@@ -144,12 +144,12 @@ final class LinkBroker: Sendable {
             let (nursery, vaultEnd) = try startNursery(for: instance, log: log)
             defer { try? vaultEnd.close() }
             // Recorded first, so that the vault's end stops this nursery whatever fails below.
-            let credential = state.withLock { s in
+            let authentication = state.withLock { s in
                 s.vault = instance
                 s.nursery = nursery
-                return s.credential
+                return s.authentication
             }
-            try await instance.transport.open().tell(SupervisorToVault.configure(credential: credential))
+            try await instance.transport.open().tell(authentication.message)
             try await instance.transport.open().tell(SupervisorToVault.nurseryLink, descriptors: [vaultEnd])
             let running = state.withLock { $0.workers.values.sorted { $0.slot < $1.slot } }
             for worker in running {

@@ -23,6 +23,9 @@ public final class Server: Sendable {
         /// ttyd's AuthToken form of the credential (base64 of "user:password"); nil lets
         /// everyone in.
         public var credential: [UInt8]?
+        /// Instead of `credential`: web users checked by their passwords' crypt(3) hashes.
+        public var users: WebUsers?
+        public var authentication: VaultAuthentication { users.map { .users($0) } ?? .credential(credential) }
         public var checkOrigin = true
         /// The prefix every route is under ("" or "/segment…", checked by the caller); the
         /// workers serve it, the supervisor only shows it.
@@ -132,7 +135,7 @@ public final class Server: Sendable {
         broker = LinkBroker(
             workers: workers, vault: vault,
             nursery: c.nursery, executable: c.executable,
-            credential: c.credential, logger: logger)
+            authentication: c.authentication, logger: logger)
         let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
         let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription)
         do {
@@ -163,8 +166,8 @@ public final class Server: Sendable {
     /// and each worker is replaced, as soon as it has no client, by one started under the
     /// profile as it is now. The vault keeps its sessions; a new vault profile applies when
     /// the vault is next started.
-    public func reload(credential: [UInt8]?) async {
-        await broker.configure(credential: credential)
+    public func reload(_ authentication: VaultAuthentication) async {
+        await broker.configure(authentication)
         workers.renew()
         logger.info("reloaded: credential replaced, workers renewed as their clients leave")
     }

@@ -15,7 +15,7 @@ public enum SupervisorRole {
 
     /// `reloadedCredential` is called on SIGHUP; what it throws is logged and changes nothing.
     public static func run(_ server: Server, credentialLine: String?, drainTimeout: Duration, logger log: Logger,
-                           reloadedCredential: @escaping @Sendable () throws -> [UInt8]?) async {
+                           reloadedCredential: @escaping @Sendable () throws -> VaultAuthentication) async {
         // Signals are taken from now on, also while the roles are coming up: a supervisor
         // whose roles crash-loop must still stop when told to.
         let signals = Signals.stream()
@@ -80,11 +80,11 @@ public enum SupervisorRole {
 
     /// Re-reads what may change while serving: the credential and the profiles. A problem is
     /// logged and changes nothing.
-    static func reload(_ server: Server, _ reloadedCredential: () throws -> [UInt8]?, log: Logger) async {
+    static func reload(_ server: Server, _ reloadedCredential: () throws -> VaultAuthentication, log: Logger) async {
         SystemdNotify.send("RELOADING=1")
         defer { SystemdNotify.send("READY=1") }
         do {
-            await server.reload(credential: try reloadedCredential())
+            await server.reload(try reloadedCredential())
         } catch {
             log.error("reload refused; nothing changed", metadata: ["problem": "\(error)"])
         }

@@ -27,6 +27,8 @@ import Glibc
 public final class Vault: Sendable {
     private struct State {
         var credential: Credential?
+        /// Instead of `credential`: web users checked by their passwords' hashes.
+        var users: PasswordCheck?
         var nursery: RoleTransport?
         var sessions: [String: Session] = [:]
         /// Attached clients, counted from admission (before a new session's shell starts).
@@ -72,7 +74,17 @@ public final class Vault: Sendable {
         }
         switch received.message {
         case .configure(let token):
-            state.withLock { $0.credential = token.map(Credential.init(token:)) }
+            state.withLock {
+                $0.credential = token.map(Credential.init(token:))
+                $0.users = nil
+            }
+            try? await circuit.send([], end: true)
+        case .configureUsers(let users):
+            state.withLock {
+                $0.users = PasswordCheck(users: users)
+                $0.credential = nil
+            }
+            logger.info("web users configured", metadata: ["users": "\(users.hashes.count)"])
             try? await circuit.send([], end: true)
         case .nurseryLink:
             // The decoder checked that the link came with its descriptor.
@@ -143,12 +155,24 @@ public final class Vault: Sendable {
     /// one is answered at once; an empty one (nothing presented yet, as a browser's first
     /// request) is no guess and not delayed.
     private func authorized(_ token: [UInt8]) async -> Bool {
+        await authorizedUser(token) != nil
+    }
+
+    /// As `authorized`, with the web user it names: the proxy's header's name, or the users
+    /// file's user; "" when there is one credential or none.
+    private func authorizedUser(_ token: [UInt8]) async -> String? {
         // The proxy in front authenticated the user and named them; no credential exists.
-        if settings.authHeader { return Self.isUserName(token) }
-        guard let credential = state.withLock({ $0.credential }) else { return true }
-        if credential.matches(token) { return true }
+        if settings.authHeader { return Self.isUserName(token) ? String(decoding: token, as: UTF8.self) : nil }
+        let (credential, users) = state.withLock { ($0.credential, $0.users) }
+        if let users {
+            // A hash takes tens of milliseconds: off the event loops.
+            if let user = try? await onOwnThread({ users.user(for: token) }) { return user }
+        } else {
+            guard let credential else { return "" }
+            if credential.matches(token) { return "" }
+        }
         if !token.isEmpty { await throttle.wait() }
-        return false
+        return nil
     }
 
     /// A name a proxy's header may give: 1 to `LinkLimits.userName` bytes of UTF-8 without
@@ -172,7 +196,7 @@ public final class Vault: Sendable {
             let ok = await authorized(token)
             try? await circuit.send(ok ? VaultToWorker.accepted(title: title) : .refused(.badCredential), end: true)
         case .attach(let request):
-            guard await authorized(request.token) else {
+            guard let webUser = await authorizedUser(request.token) else {
                 logger.warning("attachment refused: bad credential")
                 try? await circuit.send(VaultToWorker.refused(.badCredential), end: true)
                 return
@@ -209,7 +233,7 @@ public final class Vault: Sendable {
             } else {
                 do {
                     session = try await startSession(columns: request.columns, rows: request.rows, arguments: request.arguments,
-                                                     user: settings.authHeader ? request.token : nil, logger: logger)
+                                                     user: webUser.isEmpty ? nil : Array(webUser.utf8), logger: logger)
                 } catch {
                     logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
                     try? await circuit.send(VaultToWorker.refused(.noTerminal), end: true)

@@ -9,6 +9,8 @@ final class LinkMessageTests: XCTestCase {
         .configure(credential: nil), .configure(credential: []), .configure(credential: Array("dTpw".utf8)),
         .nurseryLink, .workerLink(worker: 7), .listSessions, .kick(session: "abc", client: nil), .kick(session: "abc", client: 3),
         .hangUp(session: "abc"), .attachmentCount,
+        .configureUsers(WebUsers(hashes: ["alice": "$6$abc$MtSdWSZbhct2oe.SOqOUM2M/GA/uj5.vyVtJgRHgKi9uqXuWuJqOYE7H/YlsYGVg",
+                                          "bob": "$y$j9T$Fq2nVuFvFvFvFvFvFvFvF.$abcdefghijklmnopqrstuvw"])),
     ]
     static let vaultToSupervisor: [VaultToSupervisor] = [
         .sessions([]), .done(found: true), .done(found: false), .attachments(current: 0, started: 0),
@@ -136,6 +138,9 @@ final class LinkMessageTests: XCTestCase {
                       .descriptorCount(kind: "client", expected: 1, received: 0))
         assertRefused(SupervisorToWorker.self, SupervisorToWorker.vaultLink(worker: 1).encoded, descriptors: 2,
                       .descriptorCount(kind: "vaultLink", expected: 1, received: 2))
+        // Users whose hashes are plain text are refused by the vault's decoder too.
+        assertRefused(SupervisorToVault.self, [0x55, 0x00, 0x0b] + Array("alice:hello".utf8), descriptors: 0,
+                      .malformed(kind: "configureUsers", length: 14))
         assertRefused(SupervisorToVault.self, SupervisorToVault.configure(credential: nil).encoded, descriptors: 1,
                       .descriptorCount(kind: "configure", expected: 0, received: 1))
         assertRefused(SupervisorToVault.self, SupervisorToVault.nurseryLink.encoded, descriptors: 0,
