@@ -25,20 +25,6 @@ public enum NurserySource: Sendable, Equatable {
     }
 }
 
-/// Whom the vault lets in: holders of one credential (ttyd's AuthToken form; nil: everyone),
-/// or the web users of a users file.
-public enum VaultAuthentication: Sendable, Equatable {
-    case credential([UInt8]?)
-    case users(WebUsers)
-
-    var message: SupervisorToVault {
-        switch self {
-        case .credential(let token): return .configure(credential: token)
-        case .users(let users): return .configureUsers(users)
-        }
-    }
-}
-
 /// A vault's nursery as the supervisor holds it: ended by `stop`, and reported through the
 /// `ended` callback it was made with if it goes first.
 protocol NurseryLink: Sendable {
