@@ -109,7 +109,7 @@ let package = Package(
         .testTarget(
             name: "ServeTests",
             dependencies: [
-                "TestSupport", "TerminalClient", "Processes", "SystemCalls",
+                "TestSupport", "TerminalClient", "Processes", "SystemCalls", "Circuits",
                 system,
             ]),
         .target(

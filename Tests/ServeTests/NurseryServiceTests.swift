@@ -1,3 +1,4 @@
+import Circuits
 import Foundation
 import Processes
 import SystemPackage
@@ -121,6 +122,42 @@ final class NurseryServiceTests: XCTestCase {
         }
         XCTAssertTrue(eventually(20) { nursery.output.contains("vault link refused: the peer runs as another user") }, nursery.output)
         XCTAssertTrue(nursery.output.contains("peer_uid=0"), nursery.output)
+    }
+
+    /// As cloister-nursery.socket starts it: the listening SOCK_SEQPACKET socket at descriptor
+    /// 3 (LISTEN_PID, LISTEN_FDS=1), no --listen. A stream socket there is refused.
+    func testSocketActivation() throws {
+        let directory = try temporaryDirectory()
+        let path = directory + "/activated.sock"
+        let listener = try UnixSocket.listen(path: path, kind: .seqpacket)
+        let output = directory + "/nursery.log"
+        let log = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(log) }
+        let nursery = try ChildProcess.spawn("/bin/sh", arguments: ["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" nursery -- /bin/sh", cloisterExecutable],
+                                             descriptors: [listener.descriptor], output: FileDescriptor(rawValue: log))
+        try listener.descriptor.close()
+        defer {
+            try? nursery.signal(SIGKILL)
+            _ = try? nursery.wait()
+        }
+        var text: String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+        XCTAssertTrue(eventually(20) { text.contains("nursery service ready") }, text)
+        XCTAssertTrue(text.contains("inherited socket"), text)
+        let server = try ServedCloister.start(workers: 1, extra: ["--nursery-socket", path], command: [])
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: TerminalClient.token(ServedCloister.userAndPassword))
+        XCTAssertEqual(parentPID(of: try shellPID(client)), nursery.pid, text)
+
+        let stream = try UnixSocket.listen(path: directory + "/stream.sock", kind: .stream)
+        defer { stream.close() }
+        let pipe = try makePipe()
+        let refused = try ChildProcess.spawn("/bin/sh", arguments: ["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" nursery -- /bin/sh", cloisterExecutable],
+                                             descriptors: [stream.descriptor], output: pipe.write)
+        try pipe.write.close()
+        let why = String(decoding: try readAll(pipe.read), as: UTF8.self)
+        try pipe.read.close()
+        XCTAssertEqual(try refused.wait(), .exited(2), why)
+        XCTAssertTrue(why.contains("LISTEN_FDS") && why.contains("is not a seqpacket socket"), why)
     }
 
     func testBadOptionsExitWithStatusTwoAndOneLine() throws {
