@@ -71,6 +71,13 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
+        if command is WorkerCommand {
+            // One event loop per worker: a task resumed by a circuit's reader thread then runs
+            // on the loop that owns its client's channel, instead of on another loop that must
+            // hand the write over (one more wake-up per message). The pool gives the
+            // parallelism (a worker per core by default).
+            NIOSingletons.groupLoopCountSuggestion = 1
+        }
         // Every job goes to one of NIO's event loops; a job started on a loop stays on it.
         guard cloister_install_global_executor(enqueueOnEventLoop) == 0 else {
             printToStandardError("cloister: Swift concurrency's global executor was already replaced\n")
