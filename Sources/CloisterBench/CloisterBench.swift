@@ -39,7 +39,20 @@ struct CloisterBench {
                                         skipRaw: args.contains("--no-raw"), skipCircuits: args.contains("--no-circuits"),
                                         window: window).run()
         case "e2e":
-            try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
+            if let index = args.firstIndex(of: "--sessions") {
+                guard args.indices.contains(index + 1), let count = Int(args[index + 1]), count > 0 else {
+                    print("--sessions needs a number of sessions")
+                    exit(2)
+                }
+                do {
+                    try ManySessionsBenchmark(sessions: count).run()
+                } catch {
+                    print("cloister-bench e2e --sessions \(count): \(error)")
+                    exit(1)
+                }
+            } else {
+                try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
+            }
         case "compare":
             let peer = args.firstIndex(of: "--peer").flatMap { args.indices.contains($0 + 1) ? args[$0 + 1] : nil }
                 ?? "../shared/peers/ttyd"
@@ -48,7 +61,7 @@ struct CloisterBench {
             try await Sink.run(Array(args.dropFirst()))
         default:
             print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
-            print("       cloister-bench e2e [--quick] [--memory]")
+            print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N   (N concurrent shells; see PERFORMANCE.md)")
             print("       cloister-bench compare [--quick] [--peer PATH]   (default ../shared/peers/ttyd)")
             exit(2)
         }

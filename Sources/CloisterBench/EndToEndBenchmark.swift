@@ -87,7 +87,7 @@ struct EndToEndBenchmark {
         var workers: Int
     }
 
-    func startServer() throws -> Server {
+    func startServer(maxClients: Int = 4096) throws -> Server {
         let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
         let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -96,7 +96,7 @@ struct EndToEndBenchmark {
         let workers = 2
         let child = try ChildProcess.spawn(executable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--credential", userAndPassword,
-            "--control-socket", directory + "/control.sock", "--max-clients", "4096",
+            "--control-socket", directory + "/control.sock", "--max-clients", "\(maxClients)",
             // As ttyd: a session ends with its client, so the sessions-per-second loop leaves
             // no shells lingering behind it.
             "--session-linger", "0", "--", "/bin/sh",

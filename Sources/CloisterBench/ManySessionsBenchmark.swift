@@ -1,0 +1,128 @@
+import Foundation
+import Processes
+import TerminalClient
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `cloister-bench e2e --sessions N`: N concurrent sessions, each with a real shell. Opens
+/// them one after another, checks that every shell answers, measures the server's memory
+/// (and the shells' apart), times one more client from connecting to its shell's answer with
+/// all N open, then closes them all and waits for every shell to be gone. Bounded in time
+/// (`deadline` seconds for the whole run); it needs kernel.pty.max above N, and an open-file
+/// hard limit it raises itself when run as root.
+struct ManySessionsBenchmark {
+    var sessions: Int
+    var deadline: Double = 1200
+    let e2e = EndToEndBenchmark(quick: false)
+
+    struct Failure: Error, CustomStringConvertible { var description: String }
+
+    func run() throws {
+        let start = now()
+        func remaining() throws {
+            if now() - start > deadline { throw Failure(description: "over the \(Int(deadline)) s bound") }
+        }
+        try checkKernelLimits()
+        let server = try e2e.startServer(maxClients: sessions + 16)
+        defer {
+            kill(server.pid, SIGTERM)
+            _ = try? server.child.wait()
+            try? FileManager.default.removeItem(atPath: server.directory)
+        }
+        print("cloister-bench e2e --sessions \(sessions): \(server.workers) workers, loopback, one client process")
+        let idle = e2e.treeRSS(root: server.pid)
+
+        var clients: [TerminalClient] = []
+        clients.reserveCapacity(sessions)
+        let opening = now()
+        for i in 0..<sessions {
+            do {
+                clients.append(try e2e.attach(port: server.port))
+            } catch {
+                throw Failure(description: "session \(i + 1) of \(sessions) not opened: \(error); the server said: \(tail(server))")
+            }
+            if i % 1000 == 999 { try remaining() }
+        }
+        let opened = now() - opening
+        // Every shell answers (a shell that died would not).
+        let checking = now()
+        for (i, client) in clients.enumerated() {
+            let marker = "live-\(i)-\(i % 7)"
+            try client.input("echo live-\(i)-$((\(i) % 7))\r")
+            _ = try client.readOutput { $0.contains(marker) }
+            if i % 1000 == 999 { try remaining() }
+        }
+        let checked = now() - checking
+        usleep(500_000)
+        let loaded = e2e.treeRSS(root: server.pid)
+        let shells = e2e.tree(root: server.pid).filter { $0.role == nil }.count
+
+        // One more client, with all of them open: from connecting to its shell's answer.
+        let asking = now()
+        let extra = try e2e.attach(port: server.port)
+        try extra.input("echo one-more-$((6*7))\r")
+        _ = try extra.readOutput { $0.contains("one-more-42") }
+        let oneMore = now() - asking
+
+        let closing = now()
+        for client in clients + [extra] { try? client.closeNormally() }
+        clients.removeAll()
+        withExtendedLifetime(extra) {}
+        var left = shells
+        while now() - closing < 300 {
+            left = e2e.tree(root: server.pid).filter { $0.role == nil }.count
+            if left == 0 { break }
+            usleep(200_000)
+        }
+        let closed = now() - closing
+
+        let perSession = Double(loaded.cloister - idle.cloister) / Double(sessions)
+        let shellEach = Double(loaded.shells - idle.shells) / Double(sessions)
+        print("")
+        print("| measure | value |")
+        print("|---|---|")
+        print("| sessions open at once, each with a live shell (`echo` answered) | \(sessions) (\(shells) shells counted) |")
+        print("| time to open them, one after another | \(fixed(opened, 1)) s (\(Int(Double(sessions) / opened)) /s) |")
+        print("| time to check every shell | \(fixed(checked, 1)) s |")
+        print("| Cloister's processes, idle / with all open | \(fixed(Double(idle.cloister) / 1_048_576, 1)) / \(fixed(Double(loaded.cloister) / 1_048_576, 1)) MiB RSS (\(fixed(perSession / 1024, 1)) KiB per session) |")
+        print("| the shells | \(fixed(Double(loaded.shells) / 1_048_576, 1)) MiB RSS (\(fixed(shellEach / 1024, 1)) KiB each) |")
+        print("| one more client, from connecting to its shell's answer | \(fixed(oneMore * 1000, 1)) ms |")
+        print("| closing them all, until every shell is gone | \(fixed(closed, 1)) s (\(left) left) |")
+        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
+        let violations = log.components(separatedBy: "sandbox violation").count - 1
+        let restarts = log.components(separatedBy: "worker ended").count - 1 + log.components(separatedBy: "vault ended").count - 1
+        print("")
+        print("sandbox violations during the run: \(violations); roles restarted: \(restarts); whole run \(fixed(now() - start, 1)) s")
+        if left > 0 { throw Failure(description: "\(left) shells still running 300 s after their clients closed") }
+    }
+
+    /// A PTY per session and a descriptor per client here and in the server: said before
+    /// starting, with the setting that would fix it, rather than found half-way.
+    func checkKernelLimits() throws {
+        let ptyMax = Int(((try? String(contentsOfFile: "/proc/sys/kernel/pty/max", encoding: .utf8)) ?? "0")
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        guard ptyMax >= sessions + 1100 else {
+            throw Failure(description: "kernel.pty.max is \(ptyMax): \(sessions) sessions need more (a container's own /dev/pts keeps 1024 of it back); "
+                          + "raise it for the run: sysctl -w kernel.pty.max=\(sessions + 2048)")
+        }
+        // The client's sockets here, and the vault's in the server, which inherits this hard
+        // limit and refuses to start under what --max-clients needs (3 per client, and 64).
+        let needed = rlim_t(max(sessions + 1024, 3 * (sessions + 16) + 64))
+        var files = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        if files.rlim_max < needed { files.rlim_max = needed }
+        files.rlim_cur = files.rlim_max
+        guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 else {
+            let hard = files.rlim_max == needed ? { () -> rlim_t in var l = rlimit(); getrlimit(Int32(RLIMIT_NOFILE.rawValue), &l); return l.rlim_max }() : files.rlim_max
+            throw Failure(description: "\(sessions) sessions need \(needed) open files (the vault holds about 3 per session), above the hard limit "
+                          + "\(hard), which setrlimit could not raise (errno \(errno): it takes CAP_SYS_RESOURCE); at most \((Int(hard) - 64) / 3 - 16) sessions here")
+        }
+    }
+
+    func tail(_ server: EndToEndBenchmark.Server) -> String {
+        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
+        return String(log.suffix(1500))
+    }
+}
