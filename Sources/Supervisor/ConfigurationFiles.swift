@@ -13,25 +13,31 @@ public struct ConfigurationProblem: Error, Sendable, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// The credential file: its first line, USER:PASSWORD. Only its owner may read it: a
-/// credential on the command line would be visible to every user in /proc.
-public enum CredentialFile {
-    public static func read(_ path: String) throws(ConfigurationProblem) -> String {
+/// A file holding secrets: a regular file that only its owner may read or write, read whole
+/// up to `limit` bytes (one more tells the caller it is too large).
+enum OwnerOnlyFile {
+    static func read(_ path: String, limit: Int) throws(ConfigurationProblem) -> [UInt8] {
         var info = stat()
         guard stat(path, &info) == 0 else { throw ConfigurationProblem("\(lastError("stat", detail: path))") }
         guard info.st_mode & S_IFMT == S_IFREG else { throw ConfigurationProblem("\(path) is not a regular file") }
         guard info.st_mode & 0o077 == 0 else {
             throw ConfigurationProblem("\(path) is readable or writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
         }
-        let bytes: [UInt8]
         do {
             let file = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
             defer { try? file.close() }
-            bytes = try file.readToEnd(limit: CredentialFile.maxBytes)
+            return try file.readToEnd(limit: limit)
         } catch {
             throw ConfigurationProblem("\(path): \(error)")
         }
-        return try parse(bytes, path: path)
+    }
+}
+
+/// The credential file: its first line, USER:PASSWORD. Only its owner may read it: a
+/// credential on the command line would be visible to every user in /proc.
+public enum CredentialFile {
+    public static func read(_ path: String) throws(ConfigurationProblem) -> String {
+        try parse(try OwnerOnlyFile.read(path, limit: maxBytes), path: path)
     }
 
     /// The credential in a credential file's bytes: its first line, which must be UTF-8.
@@ -48,20 +54,7 @@ public enum CredentialFile {
 /// may read or write, as a credential file.
 public enum UsersFile {
     public static func read(_ path: String) throws(ConfigurationProblem) -> WebUsers {
-        var info = stat()
-        guard stat(path, &info) == 0 else { throw ConfigurationProblem("\(lastError("stat", detail: path))") }
-        guard info.st_mode & S_IFMT == S_IFREG else { throw ConfigurationProblem("\(path) is not a regular file") }
-        guard info.st_mode & 0o077 == 0 else {
-            throw ConfigurationProblem("\(path) is readable or writable by group or others (mode \(String(info.st_mode & 0o777, radix: 8)))")
-        }
-        let bytes: [UInt8]
-        do {
-            let file = try FileDescriptor.open(path, .readOnly, options: .closeOnExec)
-            defer { try? file.close() }
-            bytes = try file.readToEnd(limit: WebUsers.maxBytes + 1)
-        } catch {
-            throw ConfigurationProblem("\(path): \(error)")
-        }
+        let bytes = try OwnerOnlyFile.read(path, limit: WebUsers.maxBytes + 1)
         do {
             return try WebUsers.parse(bytes)
         } catch {
