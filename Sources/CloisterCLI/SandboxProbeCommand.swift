@@ -73,6 +73,10 @@ struct SandboxProbeCommand: SandboxedCommand {
             // The raw result, not a thrown error: the probe reports what the call returned.
             return try SocketAddress.inet(host: "127.0.0.1", port: port).withSockaddr { p, length in Int(connect(5, p, length)) }
         case "ptrace": return sys(nr("ptrace"), 16 /* PTRACE_ATTACH */, Int(getppid()))
+        // Signals to another process: the vault and the other workers run as the same user.
+        case "kill": return sys(nr("kill"), Int(getppid()), 0)
+        case "tgkill": return sys(nr("tgkill"), Int(getppid()), Int(getppid()), 0)
+        case "pidfd-open": return sys(nr("pidfd_open"), Int(getppid()), 0)
         case "io-uring": return sys(425 /* io_uring_setup */, 1)
         case "tiocsti":
             var c: CChar = 0x78

@@ -69,7 +69,7 @@ final class SandboxProcessTests: XCTestCase {
     func testForbiddenActionsAreKilled() throws {
         for policy in Self.rolePolicies {
             for attempt in ["exec", "fork", "vfork", "clone-process", "clone-newuser", "socket-inet", "socket-unix", "socketpair",
-                            "ptrace", "io-uring", "tiocsti", "mount", "unshare", "bpf", "keyctl", "userfaultfd",
+                            "ptrace", "kill", "tgkill", "pidfd-open", "io-uring", "tiocsti", "mount", "unshare", "bpf", "keyctl", "userfaultfd",
                             "perf-event-open", "personality", "process-vm-readv", "x32", "i386"] {
                 let outcome = try probe(attempt, policy: policy)
                 XCTAssertEqual(outcome.termination, .signaled(SIGSYS), "\(policy) \(attempt): \(outcome.output)")
