@@ -2,7 +2,6 @@ import ArgumentParser
 import Circuits
 import FoundationEssentials
 import Logging
-import Nursery
 import Processes
 import RoleProtocol
 import Sandbox
