@@ -30,7 +30,7 @@ protocol SandboxedCommand: AsyncParsableCommand {
 /// on Linux, libdispatch's pool monitor reads /proc/<tid>/stat of its threads while work is
 /// queued, and crashes the process (SIGILL) when that open fails, which it always does in a
 /// sandbox. With NIO as the global executor no pool thread ever registers. (Delayed jobs,
-/// `Task.sleep`, still go through libdispatch: sandboxed roles do not sleep.) The hook is
+/// `Task.sleep`, still go through libdispatch: Cloister's roles sleep with `Wait`.) The hook is
 /// set through CShim rather than NIO's dlsym-based installer, which cannot find it in the
 /// statically linked build.
 @main

@@ -1,8 +1,9 @@
 import NIOCore
 import NIOPosix
 
-/// Timers for sandboxed roles: `Task.sleep` goes through libdispatch, whose Linux pool
-/// monitor cannot run in a sandbox; NIO's event loop schedules the wake-up instead.
+/// Timers on NIO's event loops, where Swift concurrency runs (`Main`): `Task.sleep` goes
+/// through libdispatch, whose Linux pool monitor cannot run in a sandbox and which would
+/// otherwise keep a pool of threads in the supervisor only for its timers.
 public enum Wait {
     public static func sleep(for duration: Duration) async {
         let loop = MultiThreadedEventLoopGroup.singleton.next()

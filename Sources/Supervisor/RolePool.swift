@@ -305,7 +305,7 @@ public final class RolePool: Sendable {
             failuresInARow = ContinuousClock.now - started > configuration.backoffCap ? 1 : failuresInARow + 1
             recordRestart(slot, logger: log)
             let delay = min(configuration.backoffCap, configuration.backoffBase * (1 << min(failuresInARow - 1, 20)))
-            try? await Task.sleep(for: delay)
+            await Wait.sleep(for: delay)
         }
         update(slot) {
             $0.state = .stopped
@@ -367,7 +367,7 @@ public final class RolePool: Sendable {
             let answered: [UInt64]? = await withTaskGroup(of: [UInt64]?.self) { group in
                 group.addTask { [sequence] in await ControlCircuit.heartbeat(control, sequence: sequence) }
                 group.addTask {
-                    try? await Task.sleep(for: self.configuration.heartbeatDeadline)
+                    await Wait.sleep(for: self.configuration.heartbeatDeadline)
                     return nil
                 }
                 let first = await group.next() ?? nil
@@ -387,7 +387,7 @@ public final class RolePool: Sendable {
                 $0.lastHeartbeat = roundTrip
                 $0.counters = counters
             }
-            try? await Task.sleep(for: configuration.heartbeatInterval)
+            await Wait.sleep(for: configuration.heartbeatInterval)
         }
         return false
     }

@@ -189,7 +189,8 @@ public final class Server: Sendable {
                 ready = true
                 break
             }
-            do { try await Task.sleep(for: .milliseconds(20)) } catch { return false }
+            await Wait.sleep(for: .milliseconds(20))
+            if Task.isCancelled { return false }
         }
         if !ready {
             logger.critical("roles not running after \(readiness); accepting anyway")
@@ -209,7 +210,7 @@ public final class Server: Sendable {
         control?.close()
         let deadline = ContinuousClock.now + timeout
         while workers.openConnections > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
+            await Wait.sleep(for: .milliseconds(50))
         }
         logger.info("draining done", metadata: ["open_connections": "\(workers.openConnections)"])
         broker.beginStopping()

@@ -1,5 +1,6 @@
 import Logging
 import Processes
+import RoleProtocol
 
 #if canImport(Glibc)
 import Glibc
@@ -50,7 +51,7 @@ public enum SupervisorRole {
     /// client that comes and goes between two readings is not missed.
     static func watchClients(_ server: Server, _ exitWhen: Server.ExitWhen, log: Logger) async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(200))
+            await Wait.sleep(for: .milliseconds(200))
             guard let (current, started) = try? await server.attachmentCounts(), started > 0, current == 0 else { continue }
             log.notice("the last client left: stopping", metadata: ["option": "\(exitWhen.rawValue)"])
             kill(getpid(), SIGTERM)
