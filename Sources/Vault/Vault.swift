@@ -305,6 +305,8 @@ public final class Vault: Sendable {
             let channelFD = try valueOrErrno("dup") { dup(shell.master.rawValue) }
             do {
                 channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                    // An idle shell's terminal reads a prompt; bulk output grows the reads to 64 KiB.
+                    .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
                     .takingOwnershipOfDescriptor(inputOutput: channelFD) { channel in
                         channel.eventLoop.makeCompletedFuture {
                             try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)

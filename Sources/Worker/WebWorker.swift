@@ -67,6 +67,8 @@ public final class WebWorker: Sendable {
         let channel: Channel
         do {
             (channel, upgrade) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                // Keystrokes and small frames are the rule; a busy client's reads grow to 64 KiB.
+                .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
                 .withConnectedSocket(socket.rawValue) { channel in
                     channel.eventLoop.makeCompletedFuture { (channel, try self.configure(channel)) }
                 }
