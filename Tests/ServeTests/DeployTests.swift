@@ -1,6 +1,5 @@
 import Foundation
 import Processes
-import SystemCalls
 import SystemPackage
 import TerminalClient
 import TestSupport
@@ -155,21 +154,11 @@ final class DeployTests: XCTestCase {
         let also = errnoAnswered.sorted().flatMap { ["--also", $0] }
         let share = destdir + "/usr/local/share/cloister"
         // The notification socket systemd would read (Type=notify).
-        let notifyPath = root + "/notify"
-        let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { close(notify) }
-        try SocketAddress.unix(path: notifyPath).bind(notify)
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
-        setsockopt(notify, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        func notification() -> String {
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            let n = recv(notify, &buffer, buffer.count, 0)
-            return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : "(nothing: errno \(errno))"
-        }
+        let notify = try NotifySocket(path: root + "/notify")
         let script = """
             mount -t tmpfs -o size=1m,mode=0755 tmpfs "$0" || exit 97
             [ -z "$(ls -A "$0")" ] || exit 98
-            exec env -i PATH=/usr/bin:/bin LISTEN_PID=$$ LISTEN_FDS=1 NOTIFY_SOCKET=\(notifyPath) "$@"
+            exec env -i PATH=/usr/bin:/bin LISTEN_PID=$$ LISTEN_FDS=1 NOTIFY_SOCKET=\(notify.path) "$@"
             """
         let log = open(root + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { close(log) }
@@ -186,7 +175,7 @@ final class DeployTests: XCTestCase {
             try? server.signal(SIGKILL)
             _ = try? server.wait()
         }
-        let ready = notification()
+        let ready = notify.next()
         XCTAssertTrue(ready.hasPrefix("READY=1") && ready.contains("127.0.0.1:\(port)"), "\(ready): \(output)")
         let client = try TerminalClient.connect(port: port)
         try client.authenticate(token: TerminalClient.token(ServedCloister.userAndPassword))
@@ -220,7 +209,7 @@ final class DeployTests: XCTestCase {
         _ = try client.awaitClose()
         XCTAssertFalse(output.contains("sandbox violation"), output)
         try server.signal(SIGTERM)
-        XCTAssertEqual(notification(), "STOPPING=1")
+        XCTAssertEqual(notify.next(), "STOPPING=1")
         XCTAssertEqual(try server.wait(), .exited(0), output)
         XCTAssertFalse(output.contains("Bad system call"), output)
     }

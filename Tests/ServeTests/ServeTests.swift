@@ -662,26 +662,16 @@ final class ServeTests: XCTestCase {
         let (listener, port) = loopbackListener()
         defer { close(listener) }
         // The notification socket systemd would read.
-        let notifyPath = directory + "/notify"
-        let notify = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { close(notify) }
-        XCTAssertNoThrow(try SocketAddress.unix(path: notifyPath).bind(notify))
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
-        setsockopt(notify, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        func notification() -> String {
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            let n = recv(notify, &buffer, buffer.count, 0)
-            return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : "(nothing: errno \(errno))"
-        }
+        let notify = try NotifySocket(path: directory + "/notify")
 
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { close(log) }
         let command = "LISTEN_PID=$$ LISTEN_FDS=1 NOTIFY_SOCKET=\"$1\" exec \"$0\" serve --workers 1 --drain-timeout 1 --control-socket \"$2\" " +
             "--credential \(ServedCloister.userAndPassword) --policy-dir \"$3\" -- /bin/sh"
-        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", command, cloisterExecutable, notifyPath,
+        let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", command, cloisterExecutable, notify.path,
                                                                   directory + "/control.sock", packageRoot + "/policies"],
                                            descriptors: [FileDescriptor(rawValue: listener)], output: FileDescriptor(rawValue: log))
-        let ready = notification()
+        let ready = notify.next()
         XCTAssertTrue(ready.hasPrefix("READY=1"), ready)
         XCTAssertTrue(ready.contains("127.0.0.1:\(port)"), ready)
         let client = try TerminalClient.connect(port: port)
@@ -691,7 +681,7 @@ final class ServeTests: XCTestCase {
         let output = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
         XCTAssertFalse(output.contains("127.0.0.1:7681"), "the default address is not bound when activated: \(output)")
         try child.signal(SIGTERM)
-        XCTAssertEqual(notification(), "STOPPING=1")
+        XCTAssertEqual(notify.next(), "STOPPING=1")
         XCTAssertEqual(try child.wait(), .exited(0))
     }
 

@@ -177,3 +177,33 @@ public func loopbackListener(backlog: Int32 = 16) -> (fd: Int32, port: UInt16) {
         preconditionFailure("no loopback listener: \(error)")
     }
 }
+
+/// The datagram socket systemd reads a `Type=notify` service's `READY=1`/`STOPPING=1` from,
+/// bound at `path` (give it to the service as NOTIFY_SOCKET).
+public final class NotifySocket {
+    public let path: String
+    private let fd: Int32
+
+    public init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw lastError("socket", detail: path) }
+        do {
+            try SocketAddress.unix(path: path).bind(fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    /// The next notification, waiting up to 60 s.
+    public func next() -> String {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        return n > 0 ? String(decoding: buffer[..<n], as: UTF8.self) : "(nothing: errno \(errno))"
+    }
+}
