@@ -124,6 +124,44 @@ final class NurseryServiceTests: XCTestCase {
         XCTAssertTrue(nursery.output.contains("peer_uid=0"), nursery.output)
     }
 
+    /// The server trusts a nursery socket only from root or its own user: one made by a
+    /// process of another user is refused before the vault is given it, and the log says whose.
+    func testTheServerRefusesANurserySocketOfAnotherUser() throws {
+        try XCTSkipUnless(geteuid() == 0, "a nursery of another user needs root")
+        let directory = try temporaryDirectory()
+        XCTAssertEqual(chmod(directory, 0o711), 0)
+        let own = directory + "/nobody"
+        XCTAssertEqual(mkdir(own, 0o700), 0)
+        XCTAssertEqual(chown(own, 65534, 65534), 0)
+        let socket = own + "/nursery.sock"
+        let nurseryLog = directory + "/nursery.log"
+        let log = open(nurseryLog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        defer { close(log) }
+        let nursery = try ChildProcess.spawn("/usr/bin/setpriv", arguments: [
+            "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", cloisterExecutable, "nursery", "--listen", socket, "--allow-user", "nobody", "--", "/bin/sh",
+        ], output: FileDescriptor(rawValue: log))
+        defer {
+            try? nursery.signal(SIGKILL)
+            _ = try? nursery.wait()
+        }
+        var nurseryText: String { (try? String(contentsOfFile: nurseryLog, encoding: .utf8)) ?? "" }
+        XCTAssertTrue(eventually(20) { nurseryText.contains("nursery service ready") }, nurseryText)
+        let serverLog = directory + "/server.log"
+        let output = open(serverLog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { close(output) }
+        let server = try ChildProcess.spawn(cloisterExecutable, arguments: [
+            "serve", "--listen", "127.0.0.1:0", "--workers", "1", "--control-socket", directory + "/control.sock",
+            "--policy-dir", packageRoot + "/policies", "--web-dir", packageRoot + "/web", "--nursery-socket", socket,
+        ], output: FileDescriptor(rawValue: output))
+        defer {
+            try? server.signal(SIGKILL)
+            _ = try? server.wait()
+        }
+        var serverText: String { (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? "" }
+        XCTAssertTrue(eventually(20) { serverText.contains("belongs to uid 65534, neither root nor 0") }, serverText)
+        XCTAssertFalse(nurseryText.contains("vault linked"), nurseryText)
+    }
+
     /// As cloister-nursery.socket starts it: the listening SOCK_SEQPACKET socket at descriptor
     /// 3 (LISTEN_PID, LISTEN_FDS=1), no --listen. A stream socket there is refused.
     func testSocketActivation() throws {
