@@ -18,9 +18,15 @@ final class PasswordCheck: Sendable {
 
     init(users: WebUsers) { self.users = users }
 
-    /// The user the token names, if its password matches that user's hash.
+    /// The user of a token that passed before: no hash needed.
+    func remembered(_ token: [UInt8]) -> String? {
+        passed.withLock { $0[token] }
+    }
+
+    /// The user the token names, if its password matches that user's hash. Slow: run it off
+    /// the event loops.
     func user(for token: [UInt8]) -> String? {
-        if let user = passed.withLock({ $0[token] }) { return user }
+        if let user = remembered(token) { return user }
         guard let decoded = Data(base64Encoded: Data(token)), let text = String(validating: Array(decoded), as: UTF8.self),
               let colon = text.firstIndex(of: ":") else { return nil }
         let name = String(text[..<colon]), password = String(text[text.index(after: colon)...])

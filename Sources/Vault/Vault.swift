@@ -165,6 +165,7 @@ public final class Vault: Sendable {
         if settings.authHeader { return Self.isUserName(token) ? String(decoding: token, as: UTF8.self) : nil }
         let (credential, users) = state.withLock { ($0.credential, $0.users) }
         if let users {
+            if let user = users.remembered(token) { return user }
             // A hash takes tens of milliseconds: off the event loops.
             if let user = try? await onOwnThread({ users.user(for: token) }) { return user }
         } else {
