@@ -42,7 +42,7 @@ let package = Package(
             dependencies: [
                 "CShim", "SystemCalls",
                 system,
-            ],
+            ] + nio,
             swiftSettings: [
                 // Every mutable class property here is guarded by a lock; the run-time
                 // exclusivity check costs several percent of the per-message path in the

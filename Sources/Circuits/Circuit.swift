@@ -46,9 +46,9 @@ import SystemPackage
 /// that stops reading stalls its own circuit and nothing else.
 public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: Sendable {
     let core: TransportCore
-    let conversation: Conversation
+    let conversation: QueuedConversation
 
-    init(core: TransportCore, conversation: Conversation) {
+    init(core: TransportCore, conversation: QueuedConversation) {
         self.core = core
         self.conversation = conversation
     }

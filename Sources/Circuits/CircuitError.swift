@@ -21,6 +21,8 @@ public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {
     case truncatedControlData(receivedDescriptors: Int)
     /// A seqpacket frame whose header length disagrees with the packet size.
     case lengthMismatch(declared: Int, actual: Int)
+    /// A stream that ended in the middle of a frame: `received` bytes of it had arrived.
+    case truncatedStream(received: Int)
     /// A frame flag bit this build does not know.
     case unknownFlags(UInt8)
     /// A message on an id in the reserved band that the handshake did not agree on.
@@ -82,6 +84,8 @@ public enum CircuitError: Error, Sendable, Equatable, CustomStringConvertible {
             return "ancillary data truncated (MSG_CTRUNC); closed the \(received) descriptor(s) that arrived"
         case let .lengthMismatch(declared, actual):
             return "frame declares \(declared) payload bytes, packet holds \(actual)"
+        case let .truncatedStream(received):
+            return "the stream ended in the middle of a frame (\(received) bytes of it arrived)"
         case let .unknownFlags(flags):
             return "unknown frame flags 0x\(String(flags, radix: 16))"
         case let .unagreedReservedCircuit(id):

@@ -1,27 +1,34 @@
-/// Per-conversation state. Touched only with the transport's state locked.
-final class Conversation: @unchecked Sendable {
+/// Per-conversation state of the life cycle and flow control, whichever driver moves its
+/// frames. Touched only by its transport's owner: under the lock of a threaded transport
+/// (`TransportCore`), on the event loop of a channel transport (`ChannelTransport`). Each
+/// driver subclasses it with what its consumers need.
+public class Conversation: @unchecked Sendable {
     let id: UInt64
     let reserved: Bool
     /// The id's flow-control counters (shared by every conversation on the id).
     let credit: Credit
-    var queue = FIFO<Message>()
-    var waiter: Continuation<Void, Error>?
     /// This side is sending (or has sent) its end; no more sends.
     var ending = false
     /// This side's end frame is on the wire.
     var sentEnd = false
     /// The reader saw the peer's end frame.
     var peerEnded = false
-    /// The consumer has taken the peer's end message.
-    var consumedEnd = false
     /// The handle was dropped before the conversation finished: incoming data is discarded.
     var abandoned = false
 
-    init(id: UInt64, reserved: Bool, credit: Credit) {
+    required init(id: UInt64, reserved: Bool, credit: Credit) {
         self.id = id
         self.reserved = reserved
         self.credit = credit
     }
+}
+
+/// A conversation of a threaded transport: what arrived waits in `queue` for a task.
+final class QueuedConversation: Conversation, @unchecked Sendable {
+    var queue = FIFO<Message>()
+    var waiter: Continuation<Void, Error>?
+    /// The consumer has taken the peer's end message.
+    var consumedEnd = false
 }
 
 /// Cumulative flow-control counters of one circuit id, kept across conversations so that a
@@ -52,18 +59,17 @@ final class Credit: @unchecked Sendable {
 /// opens conversations only on ids of its own parity; an id is routed to a conversation until
 /// both ends have ended it, and is reused by its owner only once its own end is on the wire
 /// and the peer's has arrived.
-struct ConversationTable {
+struct ConversationTable<C: Conversation> {
     let side: TransportSide
     let maxCircuits: UInt64
     /// The window this side grants per circuit.
     let window: UInt64
     /// The window the peer grants, once its handshake has arrived.
     private(set) var peerWindow: UInt64?
-    private(set) var conversations: [UInt64: Conversation] = [:]
+    private(set) var conversations: [UInt64: C] = [:]
     private(set) var credits: [UInt64: Credit] = [:]
     /// Conversations the peer started that `accept` has not returned yet.
-    private(set) var incoming = FIFO<Conversation>()
-    var acceptWaiter: Continuation<Void, Error>?
+    private(set) var incoming = FIFO<C>()
     private var idleOwnIds = FIFO<UInt64>()
     private var nextFreshId: UInt64
 
@@ -77,7 +83,7 @@ struct ConversationTable {
             // The peer's window is not known yet; `peerHandshake` sets the limit.
             let credit = Credit(limit: 0, granted: window)
             credits[id] = credit
-            conversations[id] = Conversation(id: id, reserved: true, credit: credit)
+            conversations[id] = C(id: id, reserved: true, credit: credit)
         }
     }
 
@@ -96,7 +102,7 @@ struct ConversationTable {
     }
 
     /// The reserved conversation on `id`, if the handshake agreed on it.
-    func reserved(_ id: UInt64) -> Conversation? {
+    func reserved(_ id: UInt64) -> C? {
         guard let c = conversations[id], c.reserved else { return nil }
         return c
     }
@@ -104,7 +110,7 @@ struct ConversationTable {
     // MARK: Opening and accepting
 
     /// Starts a conversation on an idle id of this side's parity.
-    mutating func open() throws(CircuitError) -> Conversation {
+    mutating func open() throws(CircuitError) -> C {
         let id: UInt64
         if let reused = idleOwnIds.pop() {
             id = reused
@@ -115,12 +121,12 @@ struct ConversationTable {
         } else {
             throw .noIdleCircuit
         }
-        let conversation = Conversation(id: id, reserved: false, credit: credit(id))
+        let conversation = C(id: id, reserved: false, credit: credit(id))
         conversations[id] = conversation
         return conversation
     }
 
-    mutating func nextIncoming() -> Conversation? { incoming.pop() }
+    mutating func nextIncoming() -> C? { incoming.pop() }
     var hasIncoming: Bool { !incoming.isEmpty }
 
     // MARK: Routing what arrives
@@ -133,23 +139,33 @@ struct ConversationTable {
         return credit.senders
     }
 
-    /// Queues a data frame on its conversation, starting one when the peer opens an id.
-    /// Returns a waiting consumer (or acceptor) to wake, and a credit grant to send when the
-    /// conversation was abandoned (its data is dropped here, descriptors closed).
-    mutating func route(_ frame: Frame) throws(CircuitError) -> (wake: Continuation<Void, Error>?, grant: UInt64?) {
-        let h = frame.header
+    /// Where a data frame goes.
+    struct Routed {
+        var conversation: C
+        /// The frame started the conversation (the peer opened the id): it is in `incoming`.
+        var started: Bool
+        /// What the frame costs in credit.
+        var cost: Int
+        /// The conversation was abandoned: the payload is to be dropped (descriptors closed).
+        var discard: Bool { conversation.abandoned }
+        /// Credit to grant the peer for a dropped payload.
+        var grant: UInt64?
+    }
+
+    /// Accounts a data frame to its conversation, starting one when the peer opens an id, and
+    /// applies its end. The caller delivers the payload unless the routing says to discard it.
+    mutating func route(_ h: FrameHeader) throws(CircuitError) -> Routed {
         let cost = TransportConfiguration<UInt64>.cost(payload: h.length, descriptors: h.descriptorCount, end: h.end)
-        var wake: Continuation<Void, Error>?
-        let conversation: Conversation
+        var started = false
+        let conversation: C
         if let existing = conversations[h.circuit] {
             conversation = existing
         } else {
             guard !side.owns(h.circuit) else { throw .messageOnIdleCircuit(id: h.circuit) }
-            conversation = Conversation(id: h.circuit, reserved: false, credit: credit(h.circuit))
+            conversation = C(id: h.circuit, reserved: false, credit: credit(h.circuit))
             conversations[h.circuit] = conversation
             incoming.push(conversation)
-            wake = acceptWaiter
-            acceptWaiter = nil
+            started = true
         }
         let credit = conversation.credit
         credit.received += UInt64(cost)
@@ -163,17 +179,8 @@ struct ConversationTable {
             if conversation.ending { unroute(conversation) }
             if conversation.sentEnd { recycle(conversation) }
         }
-        if conversation.abandoned {
-            return (wake, consume(cost, conversation.credit))
-        }
-        conversation.queue.push(Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: h.end, cost: cost))
-        // A conversation this frame started has no consumer waiting yet, so at most one of
-        // the two is set.
-        if let waiter = conversation.waiter {
-            conversation.waiter = nil
-            wake = waiter
-        }
-        return (wake, nil)
+        let grant = conversation.abandoned ? consume(cost, credit) : nil
+        return Routed(conversation: conversation, started: started, cost: cost, grant: grant)
     }
 
     // MARK: Ending
@@ -182,7 +189,7 @@ struct ConversationTable {
     /// ended, and this side has committed to its end (it may still be writing it). Any later
     /// frame on the id starts a new conversation, which the peer can only do after our end
     /// arrived. The handle keeps the messages it has not read yet.
-    private mutating func unroute(_ conversation: Conversation) {
+    private mutating func unroute(_ conversation: C) {
         guard conversations[conversation.id] === conversation else { return }
         conversations[conversation.id] = nil
     }
@@ -190,18 +197,18 @@ struct ConversationTable {
     /// Makes an id of ours available to `open()` again, once our end frame is on the wire and
     /// the peer's has arrived: a new first message can then never overtake our end. Called
     /// exactly once per conversation, by whichever of the two events comes second.
-    private mutating func recycle(_ conversation: Conversation) {
+    private mutating func recycle(_ conversation: C) {
         if side.owns(conversation.id) { idleOwnIds.push(conversation.id) }
     }
 
     /// This side commits to its end (before writing it).
-    mutating func beginEnding(_ conversation: Conversation) {
+    mutating func beginEnding(_ conversation: C) {
         conversation.ending = true
         if conversation.peerEnded { unroute(conversation) }
     }
 
     /// This side's end frame has been written.
-    mutating func endWritten(_ conversation: Conversation) {
+    mutating func endWritten(_ conversation: C) {
         conversation.sentEnd = true
         if conversation.peerEnded { recycle(conversation) }
     }
@@ -217,9 +224,28 @@ struct ConversationTable {
         return credit.granted
     }
 
-    // MARK: Failing
+    /// Every conversation the table still routes to, and those not accepted yet.
+    var live: [C] { Array(conversations.values) + incoming.peekAll() }
+}
 
-    /// Takes every queued message out, for the caller to drop outside the lock.
+/// The threaded transport's side: messages queue on their conversation for a task to take.
+extension ConversationTable where C == QueuedConversation {
+    /// Queues a data frame on its conversation (`route`). Returns a waiting consumer to wake,
+    /// and a credit grant to send when the conversation was abandoned (its data is dropped
+    /// here, descriptors closed).
+    mutating func route(_ frame: Frame) throws(CircuitError) -> (wake: Continuation<Void, Error>?, grant: UInt64?) {
+        let routed = try route(frame.header)
+        if routed.discard { return (nil, routed.grant) }
+        let conversation = routed.conversation
+        conversation.queue.push(Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: frame.header.end,
+                                        cost: routed.cost))
+        guard let waiter = conversation.waiter else { return (nil, nil) }
+        conversation.waiter = nil
+        return (waiter, nil)
+    }
+
+    /// Takes every queued message out, for the caller to drop outside the lock; conversations
+    /// not accepted yet are forgotten.
     mutating func dropQueued() -> [Message] {
         var dropped: [Message] = []
         for conversation in conversations.values { dropped += conversation.queue.removeAll() }
@@ -227,10 +253,9 @@ struct ConversationTable {
         return dropped
     }
 
-    /// Every task waiting on a conversation, for `accept`, or for credit.
+    /// Every task waiting on a conversation or for credit.
     mutating func takeWaiters() -> [Continuation<Void, Error>] {
         var waiters: [Continuation<Void, Error>] = []
-        if let w = acceptWaiter { waiters.append(w); acceptWaiter = nil }
         for conversation in conversations.values {
             if let w = conversation.waiter { waiters.append(w); conversation.waiter = nil }
         }

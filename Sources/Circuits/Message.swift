@@ -30,6 +30,9 @@ struct FIFO<Element> {
         return items[head]
     }
 
+    /// Everything queued, oldest first, left in place.
+    func peekAll() -> [Element] { items[head...].compactMap { $0 } }
+
     mutating func removeAll() -> [Element] {
         defer { items.removeAll(); head = 0 }
         return items[head...].compactMap { $0 }

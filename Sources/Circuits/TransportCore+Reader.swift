@@ -143,6 +143,10 @@ extension TransportCore {
                 case .data:
                     let (wake, grant) = try s.table.route(frame)
                     if let wake { wakes.append(wake) }
+                    if s.table.hasIncoming, let acceptor = s.acceptWaiter {
+                        s.acceptWaiter = nil
+                        wakes.append(acceptor)
+                    }
                     if let grant { grants.append((h.circuit, grant)) }
                 }
             }

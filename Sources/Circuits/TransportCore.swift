@@ -21,6 +21,16 @@ final class TransportCore: Sendable {
         var window: UInt64
         var handshake: Handshake
         var limits: FrameLimits { FrameLimits(idBytes: idBytes, maxCircuits: maxCircuits, maxPayload: handshake.maxPayload, maxDescriptors: handshake.maxDescriptors) }
+
+        init<Id>(_ c: TransportConfiguration<Id>) {
+            idBytes = Id.bitWidth / 8
+            handshake = Handshake(intent: c.intent, build: c.build, side: c.side, idBytes: idBytes,
+                                  maxCircuits: c.maxCircuits, reservedBand: UInt64(c.reservedBand),
+                                  reserved: Dictionary(uniqueKeysWithValues: c.reserved.map { (UInt64($0.key), $0.value) }),
+                                  window: UInt64(c.window), maxPayload: c.maxPayload,
+                                  maxDescriptors: c.maxDescriptorsPerMessage)
+            (maxCircuits, band, reserved, side, window) = (c.maxCircuits, UInt64(c.reservedBand), handshake.reserved, c.side, UInt64(c.window))
+        }
     }
 
     struct State {
@@ -28,7 +38,9 @@ final class TransportCore: Sendable {
         var peer: Handshake?
         var handshakeWaiter: Continuation<Void, Error>?
         var closeWaiters: [Continuation<CircuitError, Never>] = []
-        var table: ConversationTable
+        var table: ConversationTable<QueuedConversation>
+        /// The task in `accept`, waiting for the peer to start a conversation.
+        var acceptWaiter: Continuation<Void, Error>?
         var readerThread: pthread_t?
         /// A `close` took `readerThread` to join it: the reader closes the socket itself.
         var readerTaken = false
@@ -44,16 +56,10 @@ final class TransportCore: Sendable {
     private let lingerMilliseconds: Int
 
     init<Id>(socket: FileDescriptor, configuration c: TransportConfiguration<Id>) {
-        let idBytes = Id.bitWidth / 8
-        let handshake = Handshake(intent: c.intent, build: c.build, side: c.side, idBytes: idBytes,
-                                  maxCircuits: c.maxCircuits, reservedBand: UInt64(c.reservedBand),
-                                  reserved: Dictionary(uniqueKeysWithValues: c.reserved.map { (UInt64($0.key), $0.value) }),
-                                  window: UInt64(c.window), maxPayload: c.maxPayload,
-                                  maxDescriptors: c.maxDescriptorsPerMessage)
-        layout = Layout(idBytes: idBytes, maxCircuits: c.maxCircuits, band: UInt64(c.reservedBand),
-                        reserved: handshake.reserved, side: c.side, window: UInt64(c.window), handshake: handshake)
+        layout = Layout(c)
+        let handshake = layout.handshake
         self.socket = socket
-        writer = FrameWriter(fd: socket, idBytes: idBytes)
+        writer = FrameWriter(fd: socket, idBytes: layout.idBytes)
         handshakeTimeout = c.handshakeTimeoutMilliseconds
         lingerMilliseconds = c.closeLingerMilliseconds
         state = Mutex(State(table: ConversationTable(side: c.side, maxCircuits: c.maxCircuits, window: UInt64(c.window),
@@ -99,6 +105,7 @@ final class TransportCore: Sendable {
             let cause = s.failure!
             if let w = s.handshakeWaiter { waiters.append(w); s.handshakeWaiter = nil }
             if cause != .peerClosed { dropped = s.table.dropQueued() }
+            if let w = s.acceptWaiter { waiters.append(w); s.acceptWaiter = nil }
             waiters += s.table.takeWaiters()
             closeWaiters = s.closeWaiters
             s.closeWaiters = []
@@ -167,16 +174,16 @@ final class TransportCore: Sendable {
 
     // MARK: Conversations
 
-    func open() throws(CircuitError) -> Conversation {
-        try state.withLock { (s) throws(CircuitError) -> Conversation in
+    func open() throws(CircuitError) -> QueuedConversation {
+        try state.withLock { (s) throws(CircuitError) -> QueuedConversation in
             if let failure = s.failure { throw failure }
             return try s.table.open()
         }
     }
 
-    func accept() async throws -> Conversation {
+    func accept() async throws -> QueuedConversation {
         while true {
-            let next: Conversation? = try state.withLock { s in
+            let next: QueuedConversation? = try state.withLock { s in
                 if let c = s.table.nextIncoming() { return c }
                 if let failure = s.failure { throw failure }
                 return nil
@@ -185,16 +192,16 @@ final class TransportCore: Sendable {
             try await suspend { (s, c) throws(CircuitError) in
                 // A conversation may have arrived since the check above.
                 if s.table.hasIncoming { c.resume(); return }
-                if s.table.acceptWaiter != nil { throw .concurrentAccept }
-                s.table.acceptWaiter = c
+                if s.acceptWaiter != nil { throw .concurrentAccept }
+                s.acceptWaiter = c
             } cancel: { s in
-                defer { s.table.acceptWaiter = nil }
-                return s.table.acceptWaiter.map { [$0] } ?? []
+                defer { s.acceptWaiter = nil }
+                return s.acceptWaiter.map { [$0] } ?? []
             }
         }
     }
 
-    func reserved(_ id: UInt64) throws(CircuitError) -> Conversation {
+    func reserved(_ id: UInt64) throws(CircuitError) -> QueuedConversation {
         guard let c = state.withLock({ $0.table.reserved(id) }) else { throw .notReserved(id: id) }
         return c
     }
@@ -220,7 +227,7 @@ final class TransportCore: Sendable {
 
     /// Waits for credit for a message of `length` bytes and `descriptors` descriptors on the
     /// conversation, and takes it. Must be followed by `write`.
-    func acquire(_ conversation: Conversation, length: Int, descriptors: Int, end: Bool) async throws {
+    func acquire(_ conversation: QueuedConversation, length: Int, descriptors: Int, end: Bool) async throws {
         while !(try reserve(conversation, length: length, descriptors: descriptors, end: end)) {
             let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
             do {
@@ -246,7 +253,7 @@ final class TransportCore: Sendable {
 
     /// Takes the credit for a message if the window has room; false when the sender must
     /// wait. Synchronous, so the common case costs no suspension point.
-    func reserve(_ conversation: Conversation, length: Int, descriptors: Int, end: Bool) throws(CircuitError) -> Bool {
+    func reserve(_ conversation: QueuedConversation, length: Int, descriptors: Int, end: Bool) throws(CircuitError) -> Bool {
         let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
         let id = conversation.id
         return try state.withLock { (s) throws(CircuitError) -> Bool in
@@ -267,7 +274,7 @@ final class TransportCore: Sendable {
     }
 
     /// Sends a message whose credit `acquire` took.
-    func write(_ conversation: Conversation, payload: [UInt8], descriptors: [FileDescriptor], end: Bool) async throws(CircuitError) {
+    func write(_ conversation: QueuedConversation, payload: [UInt8], descriptors: [FileDescriptor], end: Bool) async throws(CircuitError) {
         do {
             try await writer.send(circuit: conversation.id, end: end, payload: payload, descriptors: descriptors)
         } catch {
@@ -284,18 +291,18 @@ final class TransportCore: Sendable {
     }
 
     /// The next message.
-    func receive(_ conversation: Conversation) async throws -> Message {
+    func receive(_ conversation: QueuedConversation) async throws -> Message {
         try await take(upTo: 1, from: conversation)[0]
     }
 
     /// Every message queued on the conversation, waiting for at least one; the end message, if
     /// any, is last. One lock, one credit update and one wake-up for the whole batch.
-    func receiveAvailable(_ conversation: Conversation) async throws -> [Message] {
+    func receiveAvailable(_ conversation: QueuedConversation) async throws -> [Message] {
         try await take(upTo: .max, from: conversation)
     }
 
     /// Up to `limit` queued messages (never past the peer's end), waiting for at least one.
-    private func take(upTo limit: Int, from conversation: Conversation) async throws -> [Message] {
+    private func take(upTo limit: Int, from conversation: QueuedConversation) async throws -> [Message] {
         while true {
             let taken: ([Message], UInt64?)? = try state.withLock { (s) throws(CircuitError) in
                 if !conversation.queue.isEmpty {
@@ -335,7 +342,7 @@ final class TransportCore: Sendable {
 
     /// The handle of an unfinished conversation went away: discard what it would have read,
     /// return the credit, and end this side so the circuit can become idle.
-    func abandon(_ conversation: Conversation) {
+    func abandon(_ conversation: QueuedConversation) {
         guard !conversation.reserved else { return }
         var dropped: [Message] = []
         let (grant, needsEnd): (UInt64?, Bool) = state.withLock { s in

@@ -4,8 +4,8 @@ import XCTest
 /// The transport's routing and flow-control state on its own: ids, conversations, ends,
 /// credit. No socket, no thread.
 final class ConversationTableTests: XCTestCase {
-    private func table(_ side: TransportSide = .opener, maxCircuits: UInt64 = 1024, window: UInt64 = 1000) -> ConversationTable {
-        var t = ConversationTable(side: side, maxCircuits: maxCircuits, window: window, reservedBand: 2, reserved: [0])
+    private func table(_ side: TransportSide = .opener, maxCircuits: UInt64 = 1024, window: UInt64 = 1000) -> ConversationTable<QueuedConversation> {
+        var t = ConversationTable<QueuedConversation>(side: side, maxCircuits: maxCircuits, window: window, reservedBand: 2, reserved: [0])
         t.peerHandshake(window: 500)
         return t
     }
