@@ -51,7 +51,7 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
         }
         let layout = TransportCore.Layout(configuration)
         let ready = loop.makePromise(of: ChannelTransport.self)
-        NIOPipeBootstrap(group: loop)
+        ClientBootstrap(group: loop)
             // Keystrokes are the rule; bulk output grows the reads to 256 KiB.
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 4096, maximum: 256 * 1024))
             .channelInitializer { channel in
@@ -63,7 +63,7 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
                     transport.ready = ready
                 }
             }
-            .takingOwnershipOfDescriptor(inputOutput: socket.rawValue)
+            .withConnectedSocket(socket.rawValue)
             .whenFailure { error in
                 try? socket.close()  // not taken over: still ours
                 ready.fail(error)

@@ -74,6 +74,13 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
         try await core.write(conversation, payload: payload, descriptors: descriptors, end: end)
     }
 
+    /// Leaves the conversation at once, as dropping the handle does: what arrived unread and
+    /// what still comes is discarded, and this side's end is sent if it was not. Never waits,
+    /// so it may be called from any thread (a callback, a NIO future).
+    public func abandon() {
+        if !conversation.reserved { core.abandon(conversation) }
+    }
+
     /// The next message. After the peer's end message has been returned, throws
     /// `.conversationEnded`.
     public func receive() async throws -> Message {

@@ -71,11 +71,11 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
-        if command is WorkerCommand {
-            // One event loop per worker: a task resumed by a circuit's reader thread then runs
-            // on the loop that owns its client's channel, instead of on another loop that must
-            // hand the write over (one more wake-up per message). The pool gives the
-            // parallelism (a worker per core by default).
+        if command is WorkerCommand || command is VaultCommand {
+            // One event loop each: a worker serves its clients and its vault link there, the
+            // vault its terminals and worker links, so a message goes from the socket it came
+            // on to the one it leaves by on one thread. Workers give the parallelism (one per
+            // core by default).
             NIOSingletons.groupLoopCountSuggestion = 1
         }
         // Every job goes to one of NIO's event loops; a job started on a loop stays on it.

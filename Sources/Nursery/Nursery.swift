@@ -3,6 +3,7 @@ import Logging
 import Processes
 import RoleProtocol
 import Sandbox
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -84,21 +85,38 @@ public final class Nursery: Sendable {
         return env
     }
 
+    /// Serves one vault link: each conversation the vault opens is one request (a spawn or a
+    /// signal), answered in turn; each shell's end is reported, once it has been reaped, on a
+    /// conversation of the nursery's own. Nothing is kept per shell but its pid.
     public func serve(vault: RoleTransport) async {
+        let shells = LiveShells()
+        let (exits, report) = AsyncStream.makeStream(of: (pid: pid_t, exit: Exit).self)
         await withTaskGroup(of: Void.self) { group in
-            while let circuit = try? await vault.accept() {
-                group.addTask { await self.shell(circuit) }
+            group.addTask {
+                for await ended in exits {
+                    // The vault's end is not waited for: dropping the handle discards it.
+                    guard let conversation = try? vault.open() else { continue }
+                    try? await conversation.send(NurseryToVault.exited(pid: ended.pid, ended.exit), end: true)
+                }
             }
+            while let circuit = try? await vault.accept() {
+                await request(circuit, shells: shells, report: report)
+            }
+            report.finish()
             group.cancelAll()
         }
     }
 
-    private enum Ended: Sendable {
-        case reaped(ChildProcess.Termination?)
-        case vaultDone
+    /// The shells this link started and the reaper has not reported yet: the only ones the
+    /// vault may have signalled.
+    private final class LiveShells: Sendable {
+        private let pids = Mutex<Set<pid_t>>([])
+        func insert(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
+        func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
+        func contains(_ pid: pid_t) -> Bool { pids.withLock { $0.contains(pid) } }
     }
 
-    private func shell(_ circuit: RoleCircuit) async {
+    private func request(_ circuit: RoleCircuit, shells: LiveShells, report: AsyncStream<(pid: pid_t, exit: Exit)>.Continuation) async {
         let request: VaultToNursery
         do {
             guard let received = try await circuit.receive(VaultToNursery.self) else { return }
@@ -108,11 +126,23 @@ public final class Nursery: Sendable {
             try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
-        guard case .spawn(let columns, let rows, let extra, let user) = request else {
-            logger.error("refused a request from the vault: no shell to signal yet")
-            try? await circuit.send(NurseryToVault.failed(reason: "the first request must be spawn"), end: true)
-            return
+        switch request {
+        case .spawn(let columns, let rows, let extra, let user):
+            await spawn(columns: columns, rows: rows, extra: extra, user: user, on: circuit, shells: shells, report: report)
+        case .signal(let pid, let signal):
+            // The shell leads its own process group (a session of its own).
+            if shells.contains(pid) {
+                let sent = kill(-pid, signal) == 0
+                logger.info("shell signalled: its session ended", metadata: ["shell": "\(pid)", "signal": "\(signal)", "sent": "\(sent)"])
+            } else {
+                logger.warning("refused to signal a process that is no shell of this vault's", metadata: ["pid": "\(pid)", "signal": "\(signal)"])
+            }
+            try? await circuit.send([], end: true)
         }
+    }
+
+    private func spawn(columns: UInt16, rows: UInt16, extra: [[UInt8]], user: [UInt8]?, on circuit: RoleCircuit, shells: LiveShells,
+                       report: AsyncStream<(pid: pid_t, exit: Exit)>.Continuation) async {
         // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
         let extraArguments = extra.map { String(decoding: $0, as: UTF8.self) }
         let webUser = user.map { String(decoding: $0, as: UTF8.self) }
@@ -140,13 +170,16 @@ public final class Nursery: Sendable {
             let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
             argumentZero = login ? "-\(name)" : name
         }
-        let child: ChildProcess
+        let terminal: PseudoTerminal, child: ChildProcess
         do {
-            let terminal = try PseudoTerminal.open(rows: rows, columns: columns)
-            defer { try? terminal.master.close() }
-            child = try ChildProcess.spawn(executable, arguments: arguments, environment: environment,
-                                           terminal: terminal.slavePath, argumentZero: argumentZero)
-            try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master])
+            terminal = try PseudoTerminal.open(rows: rows, columns: columns)
+            do {
+                child = try ChildProcess.spawn(executable, arguments: arguments, environment: environment,
+                                               terminal: terminal.slavePath, argumentZero: argumentZero)
+            } catch {
+                try? terminal.master.close()
+                throw error
+            }
         } catch {
             logger.error("shell not started", metadata: ["error": "\(error)"])
             try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
@@ -154,34 +187,27 @@ public final class Nursery: Sendable {
         }
         var log = logger
         log[metadataKey: "shell"] = "\(child.pid)"
-        log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
         let shellLog = log
-        let termination = await withTaskGroup(of: Ended.self) { group in
-            group.addTask { .reaped(await Reaper.shared.termination(of: child)) }
-            group.addTask {
-                // The vault's word that the session ended, for a signal other than SIGHUP.
-                while let next = try? await circuit.receive(VaultToNursery.self), case .signal(let signal) = next.message {
-                    // The shell leads its own process group (a session of its own).
-                    let sent = kill(-child.pid, signal) == 0
-                    shellLog.info("shell signalled: its session ended", metadata: ["signal": "\(signal)", "sent": "\(sent)"])
-                }
-                return .vaultDone
+        shells.insert(child.pid)
+        Reaper.shared.watch(child) { termination in
+            shells.remove(child.pid)
+            let exit: Exit
+            switch termination {
+            case .exited(let code): exit = .status(code)
+            case .signaled(let signal): exit = .signal(signal)
+            case nil: exit = .signal(0)
             }
-            for await ended in group {
-                if case .reaped(let termination) = ended {
-                    group.cancelAll()
-                    return termination
-                }
-            }
-            return nil
+            shellLog.info("shell reaped", metadata: ["exit": "\(exit)"])
+            report.yield((child.pid, exit))
         }
-        let exit: Exit
-        switch termination {
-        case .exited(let code): exit = .status(code)
-        case .signaled(let signal): exit = .signal(signal)
-        case nil: exit = .signal(0)
+        // The vault's copy is the only one left: once it is closed, the terminal hangs up.
+        defer { try? terminal.master.close() }
+        do {
+            try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master], end: true)
+        } catch {
+            log.error("shell started, but the vault did not take its terminal", metadata: ["error": "\(error)"])
+            return
         }
-        log.info("shell reaped", metadata: ["exit": "\(exit)"])
-        try? await circuit.send(NurseryToVault.exited(exit), end: true)
+        log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
     }
 }

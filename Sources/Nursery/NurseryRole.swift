@@ -40,7 +40,7 @@ public enum NurseryRole {
         let where_ = listener.path ?? "an inherited socket"
         log.info("nursery service ready", metadata: ["socket": "\(where_)", "allowed_uid": "\(allowedUID)",
                                                       "command": "\(shells.command)"])
-        await withTaskGroup(of: Void.self) { links in
+        await withDiscardingTaskGroup { links in
             while true {
                 let connection: FileDescriptor
                 do {

@@ -11,10 +11,13 @@ import Glibc
 public final class Reaper: @unchecked Sendable {
     public static let shared = Reaper()
 
+    /// What is done with a child's end: called on the reaper's thread, so it must not block.
+    public typealias Report = @Sendable (ChildProcess.Termination?) -> Void
+
     /// Guarded by `lock`.
     private struct State {
-        /// Awaited children and who awaits them.
-        var waiting: [pid_t: CheckedContinuation<ChildProcess.Termination?, Never>] = [:]
+        /// Awaited children and what to do with their ends.
+        var waiting: [pid_t: Report] = [:]
         /// Children reaped before anyone awaited them.
         var ended: [pid_t: ChildProcess.Termination] = [:]
         var threadStarted = false
@@ -29,16 +32,22 @@ public final class Reaper: @unchecked Sendable {
     /// children left to wait for (someone else reaped it).
     public func termination(of child: ChildProcess) async -> ChildProcess.Termination? {
         await withCheckedContinuation { continuation in
-            let (ended, startThread) = lock.withLock { () -> (ChildProcess.Termination?, Bool) in
-                if let ended = state.ended.removeValue(forKey: child.pid) { return (ended, false) }
-                state.waiting[child.pid] = continuation
-                lock.broadcast()
-                defer { state.threadStarted = true }
-                return (nil, !state.threadStarted)
-            }
-            if let ended { return continuation.resume(returning: ended) }
-            if startThread { startReaping() }
+            watch(child) { continuation.resume(returning: $0) }
         }
+    }
+
+    /// Calls `report` with how `child` ended once it has (at once if it already had): a
+    /// process with a child per session keeps no task per child.
+    public func watch(_ child: ChildProcess, then report: @escaping Report) {
+        let (ended, startThread) = lock.withLock { () -> (ChildProcess.Termination?, Bool) in
+            if let ended = state.ended.removeValue(forKey: child.pid) { return (ended, false) }
+            state.waiting[child.pid] = report
+            lock.broadcast()
+            defer { state.threadStarted = true }
+            return (nil, !state.threadStarted)
+        }
+        if let ended { return report(ended) }
+        if startThread { startReaping() }
     }
 
     private func startReaping() {
@@ -46,14 +55,14 @@ public final class Reaper: @unchecked Sendable {
             try Threads.start("reaper", detached: true) { self.reap() }
         } catch {
             // Without its thread nothing would ever be reported: say "unknown" to everyone.
-            let waiting = lock.withLock { () -> [CheckedContinuation<ChildProcess.Termination?, Never>] in
+            let waiting = lock.withLock { () -> [Report] in
                 defer {
                     state.waiting = [:]
                     state.threadStarted = false
                 }
                 return Array(state.waiting.values)
             }
-            for continuation in waiting { continuation.resume(returning: nil) }
+            for report in waiting { report(nil) }
         }
     }
 
@@ -69,22 +78,22 @@ public final class Reaper: @unchecked Sendable {
             if pid < 0 {
                 if errno == EINTR { continue }
                 // ECHILD: the awaited children were reaped elsewhere; their ends are unknown.
-                let waiting = lock.withLock { () -> [CheckedContinuation<ChildProcess.Termination?, Never>] in
+                let waiting = lock.withLock { () -> [Report] in
                     defer { state.waiting = [:] }
                     return Array(state.waiting.values)
                 }
-                for continuation in waiting { continuation.resume(returning: nil) }
+                for report in waiting { report(nil) }
                 continue
             }
             let termination = ChildProcess.Termination(status: status)
-            let continuation = lock.withLock { () -> CheckedContinuation<ChildProcess.Termination?, Never>? in
-                guard let continuation = state.waiting.removeValue(forKey: pid) else {
+            let report = lock.withLock { () -> Report? in
+                guard let report = state.waiting.removeValue(forKey: pid) else {
                     state.ended[pid] = termination
                     return nil
                 }
-                return continuation
+                return report
             }
-            continuation?.resume(returning: termination)
+            report?(termination)
         }
     }
 }

@@ -10,12 +10,13 @@ public enum ControlCircuit {
     // MARK: The role's side
 
     /// Says ready, then answers heartbeats while `body` serves the role's work; returns
-    /// when `body` does (the heartbeat task is cancelled with it).
+    /// when `body` does (the heartbeat task is cancelled with it). Tasks `body` adds to the
+    /// group are forgotten as they finish, so a role that adds one per request keeps none.
     public static func serve(_ transport: RoleTransport, counters: RoleCounters? = nil,
-                             _ body: @Sendable (inout TaskGroup<Void>) async -> Void) async throws {
+                             _ body: @Sendable (inout DiscardingTaskGroup) async -> Void) async throws {
         let control = try transport.reserved(Link.control)
         try await control.send(ready)
-        await withTaskGroup(of: Void.self) { group in
+        await withDiscardingTaskGroup { group in
             group.addTask {
                 while let ping = try? await control.receive() {
                     var reply = ping.payload

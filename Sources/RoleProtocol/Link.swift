@@ -1,4 +1,5 @@
 import Circuits
+import NIOCore
 import SystemPackage
 
 /// The transports between roles, one protocol each. Every link shares one layout: ids 0 and
@@ -22,21 +23,41 @@ public enum Link: String, Sendable, CaseIterable {
 
     public static let control: UInt16 = 0
 
+    /// The worker–vault link is on every keystroke's path and never carries a descriptor:
+    /// a stream socket both ends serve on their event loop (`ChannelTransport`). The others
+    /// pass descriptors (client sockets, terminals, link sockets) on SOCK_SEQPACKET
+    /// (`Transport`).
+    public var isOnEventLoop: Bool { self == .workerVault }
+
+    /// The kind of socket pair this link runs on.
+    public var socketKind: SocketKind { isOnEventLoop ? .stream : .seqpacket }
+
     public func configuration(side: TransportSide, build: String = BuildID.current) -> TransportConfiguration<UInt16> {
-        TransportConfiguration(intent: intent, side: side, reservedBand: 2, reserved: [Self.control: "control"], build: build)
+        TransportConfiguration(intent: intent, side: side, reservedBand: 2, reserved: [Self.control: "control"],
+                               maxDescriptorsPerMessage: isOnEventLoop ? 0 : 4, build: build)
     }
 
     /// Starts this link's transport on `socket` (taking ownership of it).
-    public func start(socket: FileDescriptor, side: TransportSide, build: String = BuildID.current) async throws -> RoleTransport {
-        try await RoleTransport.start(socket: socket, configuration: configuration(side: side, build: build))
+    public func start(socket: SystemPackage.FileDescriptor, side: TransportSide, build: String = BuildID.current) async throws -> RoleTransport {
+        precondition(!isOnEventLoop, "\(self) runs on an event loop")
+        return try await RoleTransport.start(socket: socket, configuration: configuration(side: side, build: build))
+    }
+
+    /// Starts this link's transport on `socket` (taking ownership of it), served by `loop`.
+    public func start(socket: SystemPackage.FileDescriptor, side: TransportSide, on loop: EventLoop,
+                      build: String = BuildID.current) -> EventLoopFuture<RoleChannelTransport> {
+        precondition(isOnEventLoop, "\(self) runs on a thread of its own")
+        return RoleChannelTransport.start(socket: socket, configuration: configuration(side: side, build: build), on: loop)
     }
 }
 
 /// Every link uses 16-bit circuit ids.
 public typealias RoleTransport = Transport<UInt16>
 public typealias RoleCircuit = Circuit<UInt16>
+public typealias RoleChannelTransport = ChannelTransport<UInt16>
+public typealias RoleChannelCircuit = ChannelCircuit<UInt16>
 
 extension Link {
     /// Where a spawned role finds its transport to the process that spawned it.
-    public static let inheritedTransport = FileDescriptor(rawValue: 3)
+    public static let inheritedTransport = SystemPackage.FileDescriptor(rawValue: 3)
 }

@@ -1,12 +1,14 @@
-/// Vault → nursery: one circuit per shell, opened by the vault.
+/// Vault → nursery, each the first and only message of a conversation the vault opens.
 public enum VaultToNursery: LinkMessage {
     /// Start the command on a new PTY of this size, with `arguments` appended (ttyd's
     /// --url-arg; the vault passes them only when the operator allowed them), and `user`,
     /// the web user a reverse proxy named (ttyd's --auth-header), in its environment.
+    /// Answered by `NurseryToVault.spawned` or `.failed`.
     case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [], user: [UInt8]? = nil)
-    /// After `.spawn`, on the same circuit: the session ended; send this signal to the
-    /// shell's process group (ttyd's --signal). SIGHUP comes from the terminal itself.
-    case signal(Int32)
+    /// A session ended: send `signal` to the process group of the shell `pid` (ttyd's
+    /// --signal; SIGHUP comes from the terminal itself). The nursery signals only shells it
+    /// started and has not reaped. Answered by the conversation's end.
+    case signal(pid: Int32, signal: Int32)
 
     enum Kind: UInt8 { case spawn = 0x53, signal = 0x6b }
 
@@ -20,8 +22,11 @@ public enum VaultToNursery: LinkMessage {
             if !arguments.isEmpty { w.commandArguments(arguments) }
             if let user { w.short(user) }
             return w.bytes
-        case .signal(let signal):
-            return [Kind.signal.rawValue, UInt8(clamping: signal)]
+        case .signal(let pid, let signal):
+            var w = FieldWriter(kind: Kind.signal.rawValue)
+            w.u32(UInt32(bitPattern: pid))
+            w.rest([UInt8(clamping: signal)])
+            return w.bytes
         }
     }
 
@@ -45,20 +50,22 @@ public enum VaultToNursery: LinkMessage {
             }
             self = .spawn(columns: columns, rows: rows, arguments: arguments, user: user)
         case .signal:
+            let pid = Int32(bitPattern: try r.u32())
             let signal = Int32(try r.u8())
-            guard (1...64).contains(signal) else { throw r.malformed }
-            self = .signal(signal)
+            guard pid > 1, (1...64).contains(signal) else { throw r.malformed }
+            self = .signal(pid: pid, signal: signal)
         }
         try r.done()
     }
 }
 
-/// Nursery → vault, on the shell's circuit: `.spawned` (with the PTY master) or `.failed`,
-/// then `.exited` once the shell has been reaped (the nursery's end of the conversation).
+/// Nursery → vault: the answer to a spawn (`.spawned` with the PTY master, or `.failed`),
+/// each ending its conversation; and, on a conversation of the nursery's own, `.exited` once
+/// a shell has been reaped.
 public enum NurseryToVault: LinkMessage {
     case spawned(pid: Int32)
     case failed(reason: String)
-    case exited(Exit)
+    case exited(pid: Int32, Exit)
 
     enum Kind: UInt8 { case spawned = 0x50, failed = 0x46, exited = 0x78 }
 
@@ -72,7 +79,10 @@ public enum NurseryToVault: LinkMessage {
             var w = FieldWriter(kind: Kind.failed.rawValue)
             w.text(reason)
             return w.bytes
-        case .exited(let exit): return Self.encode(exit, kind: Kind.exited.rawValue)
+        case .exited(let pid, let exit):
+            var w = FieldWriter(kind: Kind.exited.rawValue)
+            w.u32(UInt32(bitPattern: pid))
+            return w.bytes + Self.encode(exit, kind: Kind.exited.rawValue).dropFirst()
         }
     }
 
@@ -93,7 +103,8 @@ public enum NurseryToVault: LinkMessage {
             self = .failed(reason: try r.text())
         case .exited:
             try Self.expect(0, descriptors, kind: kind)
-            self = .exited(try Self.decodeExit(&r))
+            let pid = Int32(bitPattern: try r.u32())
+            self = .exited(pid: pid, try Self.decodeExit(&r))
         }
         try r.done()
     }

@@ -59,6 +59,10 @@ public enum WorkerToVault: LinkMessage {
 
     enum Kind: UInt8 { case check = 0x43, attach = 0x41, input = 0x69, resize = 0x72, pause = 0x70, resume = 0x71 }
 
+    /// The first byte of an `.input` message, for the vault's path that writes the rest to
+    /// the terminal as it arrived.
+    public static var inputKind: UInt8 { Kind.input.rawValue }
+
     public var encoded: [UInt8] {
         switch self {
         case .check(let token):
@@ -150,7 +154,12 @@ public enum VaultToWorker: LinkMessage {
         case busy = 6
     }
 
-    enum Kind: UInt8 { case accepted = 0x59, attached = 0x54, refused = 0x44, output = 0x6f, resynced = 0x52, exited = 0x78 }
+    /// Output's kind byte is ttyd's output type ("0"): an output message is, byte for byte,
+    /// the message the worker sends its client, so output passes through without a copy.
+    enum Kind: UInt8 { case accepted = 0x59, attached = 0x54, refused = 0x44, output = 0x30, resynced = 0x52, exited = 0x78 }
+
+    /// The first byte of an `.output` message (see `Kind`).
+    public static var outputKind: UInt8 { Kind.output.rawValue }
 
     public var encoded: [UInt8] {
         switch self {
@@ -177,13 +186,6 @@ public enum VaultToWorker: LinkMessage {
         case .output(let bytes): return [Kind.output.rawValue] + bytes
         case .exited(let exit): return Self.encode(exit, kind: Kind.exited.rawValue)
         }
-    }
-
-    /// Output is the bulk of all traffic: encoded straight from the buffer it was read into.
-    public static func encodeOutput(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
-        var out = [UInt8](repeating: Kind.output.rawValue, count: bytes.count + 1)
-        out.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[1...]).copyMemory(from: bytes) }
-        return out
     }
 
     public var descriptorCount: Int { 0 }

@@ -243,7 +243,7 @@ final class LinkBroker: Sendable {
 
     /// One socketpair: one end to the vault, the other to the worker.
     private func link(_ worker: RolePool.Instance, to vault: RolePool.Instance) async throws {
-        let (vaultEnd, workerEnd) = try SocketCalls.socketPair(.seqpacket)
+        let (vaultEnd, workerEnd) = try SocketCalls.socketPair(Link.workerVault.socketKind)
         defer {
             try? vaultEnd.close()
             try? workerEnd.close()

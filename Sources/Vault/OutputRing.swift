@@ -1,65 +1,111 @@
+import NIOCore
+
 /// The most recent part of a session's output: one byte stream numbered from 0, of which the
 /// last `capacity` bytes (at least) are kept. Memory is taken as output arrives, chunk by
-/// chunk, never reserved up front; the oldest chunks are dropped when more than `capacity`
-/// would be held. Every attached client is a cursor (an offset) into the stream and reads
-/// from here, so nothing is copied per client until it is sent.
+/// chunk as the terminal was read, never reserved up front; the oldest chunks are dropped
+/// when more than `capacity` would be held. Every attached client is a cursor (an offset)
+/// into the stream and reads from here; a chunk is shared by every client it is sent to.
 struct OutputRing {
     let capacity: Int
-    private var chunks: [[UInt8]] = []
+    private var chunks = Deque()
     /// Where `chunks` start in the stream (the oldest byte held).
     private(set) var start: UInt64 = 0
     /// The offset of the next byte the shell will write.
     private(set) var end: UInt64 = 0
-    private var held = 0
-    /// Index of the first chunk still held (chunks before it were dropped; compacted lazily).
-    private var first = 0
+    private(set) var heldBytes = 0
 
     init(capacity: Int) {
         precondition(capacity > 0)
         self.capacity = capacity
     }
 
-    var heldBytes: Int { held }
+    /// A read of a few bytes into a large buffer (a prompt, an echo) is kept in a buffer of
+    /// its own size: the ring would otherwise hold the whole read buffer for it.
+    private static func compacted(_ bytes: ByteBuffer) -> ByteBuffer {
+        guard bytes.capacity > 2 * bytes.readableBytes + 256 else { return bytes }
+        var copy = ByteBufferAllocator().buffer(capacity: bytes.readableBytes)
+        copy.writeImmutableBuffer(bytes)
+        return copy
+    }
 
     /// Adds output. Whole chunks are dropped from the front while the rest still covers the
     /// capacity, but never one that ends after `keep` (a writer's cursor: writers are not
     /// skipped, they hold the shell back instead).
-    mutating func append(_ bytes: [UInt8], keep: UInt64? = nil) {
-        guard !bytes.isEmpty else { return }
-        chunks.append(bytes)
-        held += bytes.count
-        end += UInt64(bytes.count)
-        while first < chunks.count - 1, held - chunks[first].count >= capacity,
-              keep.map({ start + UInt64(chunks[first].count) <= $0 }) ?? true {
-            held -= chunks[first].count
-            start += UInt64(chunks[first].count)
-            chunks[first] = []
-            first += 1
-        }
-        if first > 64 && first * 2 > chunks.count {
-            chunks.removeFirst(first)
-            first = 0
+    mutating func append(_ bytes: ByteBuffer, keep: UInt64? = nil) {
+        guard bytes.readableBytes > 0 else { return }
+        chunks.append(Self.compacted(bytes), at: end)
+        heldBytes += bytes.readableBytes
+        end += UInt64(bytes.readableBytes)
+        while chunks.count > 1, let oldest = chunks.first, heldBytes - oldest.readableBytes >= capacity,
+              keep.map({ start + UInt64(oldest.readableBytes) <= $0 }) ?? true {
+            heldBytes -= oldest.readableBytes
+            start += UInt64(oldest.readableBytes)
+            chunks.removeFirst()
         }
     }
 
     /// What a cursor at `offset` reads next: up to `limit` bytes, starting at `offset` or, if
     /// the ring no longer holds it, at the oldest byte held (`skipped` says how many were
-    /// lost). Nil when there is nothing new.
-    func read(from offset: UInt64, limit: Int) -> (offset: UInt64, bytes: [UInt8], skipped: UInt64)? {
+    /// lost). Nil when there is nothing new. A cursor that is caught up gets each chunk as it
+    /// was read, without a copy; one that is behind gets small chunks joined into one buffer.
+    func read(from offset: UInt64, limit: Int) -> (offset: UInt64, bytes: ByteBuffer, skipped: UInt64)? {
         let from = max(offset, start)
         guard from < end else { return nil }
-        var bytes: [UInt8] = []
-        var position = start
-        for chunk in chunks[first...] {
-            let chunkEnd = position + UInt64(chunk.count)
-            if chunkEnd > from {
-                let lower = Int(from > position ? from - position : 0)
-                let take = min(chunk.count - lower, limit - bytes.count)
-                if bytes.isEmpty && lower == 0 && take == chunk.count { bytes = chunk } else { bytes += chunk[lower..<lower + take] }
-                if bytes.count >= limit { break }
-            }
-            position = chunkEnd
+        var index = chunks.index(holding: from)
+        let lower = Int(from - chunks.offset(index))
+        var first = chunks[index].getSlice(at: chunks[index].readerIndex + lower, length: min(chunks[index].readableBytes - lower, limit))!
+        index += 1
+        guard index < chunks.count, first.readableBytes < limit else { return (from, first, from - offset) }
+        var joined = ByteBufferAllocator().buffer(capacity: min(limit, Int(end - from)))
+        joined.writeBuffer(&first)
+        while index < chunks.count, joined.readableBytes < limit {
+            let chunk = chunks[index]
+            joined.writeImmutableBuffer(chunk.getSlice(at: chunk.readerIndex, length: min(chunk.readableBytes, limit - joined.readableBytes))!)
+            index += 1
         }
-        return (from, bytes, from - offset)
+        return (from, joined, from - offset)
+    }
+}
+
+/// The ring's chunks with the stream offset each starts at: appended at the back, dropped
+/// from the front, found by offset in logarithmic time (a client that catches up reads from
+/// anywhere in a ring of many small chunks).
+private struct Deque {
+    private var items: [ByteBuffer] = []
+    private var offsets: [UInt64] = []
+    private var head = 0
+
+    var count: Int { items.count - head }
+    var first: ByteBuffer? { head < items.count ? items[head] : nil }
+    subscript(index: Int) -> ByteBuffer { items[head + index] }
+    func offset(_ index: Int) -> UInt64 { offsets[head + index] }
+
+    /// The index of the chunk that holds stream offset `position` (which the ring holds).
+    func index(holding position: UInt64) -> Int {
+        var (low, high) = (head, items.count - 1)
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if offsets[middle] <= position { low = middle } else { high = middle - 1 }
+        }
+        return low - head
+    }
+
+    mutating func append(_ item: ByteBuffer, at offset: UInt64) {
+        items.append(item)
+        offsets.append(offset)
+    }
+
+    mutating func removeFirst() {
+        items[head] = ByteBuffer()
+        head += 1
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            offsets.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head > 64 && head * 2 > items.count {
+            items.removeFirst(head)
+            offsets.removeFirst(head)
+            head = 0
+        }
     }
 }

@@ -1,8 +1,7 @@
+import Logging
 import NIOCore
 import Processes
 import RoleProtocol
-import Synchronization
-import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -45,290 +44,225 @@ public struct SessionSettings: Sendable {
 /// re-synchronised or disconnected. A writer is the shell's terminal: like a real one, one
 /// that does not read holds the shell back (the PTY is not read further than the ring holds
 /// beyond it), and so does its PAUSE.
-final class Session: Sendable {
+///
+/// Everything here belongs to the vault's event loop.
+final class Session: @unchecked Sendable {
     let id: String
     let writeSecret: String
     let readSecret: String
     let shell: Int32
     let created = ContinuousClock.now
-    /// The writer's PAUSE stops reading the PTY, so the shell blocks as on a stopped terminal.
-    let gate = PauseGate()
-    private let input: AsyncStream<[UInt8]>.Continuation
-    let inputs: AsyncStream<[UInt8]>
-    private let state: Mutex<State>
+    let settings: SessionSettings
+    let loop: EventLoop
+    private(set) var ring: OutputRing
+    private var terminal: Terminal?
+    private let logger: Logger
+    /// Told when the session is over, to forget it.
+    private let ended: (Session) -> Void
+    /// Sends the operator's end signal through the nursery; calls back once it was sent.
+    private let signal: (Int32, @escaping @Sendable () -> Void) -> Void
 
-    struct State {
-        /// The vault's own copy of the PTY master, for resizes; nil once closed, so a resize
-        /// never reaches whatever reused its number.
-        var master: SystemPackage.FileDescriptor?
-        var ring: OutputRing
-        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
-        var nextWaiter = 0
-        var exit: Exit?
-        var finished = false
-        /// The session is being hung up: nothing holds the PTY reader any more.
-        var hungUp = false
-        /// Increases on every attach and detach, so a linger timer can tell it is stale.
-        var epoch = 0
-        var ignored = 0
-        var slowConsumerEvents = 0
-        /// The attached clients; the ring never drops what the slowest writer has not read.
-        var clients: [Int: Client] = [:]
-        var nextClient = 0
-        /// The PTY reader, waiting for the slowest writer to catch up.
-        var reader: CheckedContinuation<Void, Never>?
+    /// The attached clients, by number; the ring never drops what the slowest writer has not
+    /// been sent.
+    private(set) var clients: [Int: Attachment] = [:]
+    private var nextClient = 0
+    /// Increases on every attach and detach, so a linger timer can tell it is stale.
+    private var epoch = 0
+    private var linger: Scheduled<Void>?
+    /// The shell's status from the nursery, and how long the session waits for it once the
+    /// terminal has closed.
+    private var exit: Exit?
+    private var exitWait: Scheduled<Void>?
+    private var terminalClosed = false
+    /// Every attachment gets the last of the output and then the status.
+    private(set) var isFinished = false
+    /// The session is being hung up (linger ran out, or the operator's hangup).
+    private(set) var isHungUp = false
+    /// A writer's PAUSE: the PTY is not read until its RESUME.
+    private var paused = false
+    /// Writers' input waits for the terminal to take what it has.
+    private var inputBlocked = false
+    private(set) var ignored = 0
+    private(set) var slowConsumerEvents = 0
 
-        var slowestWriter: UInt64? { clients.values.lazy.filter(\.writer).map(\.cursor).min() }
-        var writersCaughtUp: Bool { slowestWriter.map { ring.end - $0 < UInt64(ring.capacity) } ?? true }
-    }
-
-    /// One attached client, as the operator sees it.
-    struct Client {
-        var worker: UInt32
-        var writer: Bool
-        var cursor: UInt64
-        /// Ends the client's attachment (the operator's kick).
-        var kick: @Sendable () -> Void
-    }
-
-    init(shell: Int32, master: SystemPackage.FileDescriptor, ringBytes: Int) {
+    init(shell: Int32, settings: SessionSettings, on loop: EventLoop, logger: Logger, ended: @escaping (Session) -> Void,
+         signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void) {
+        self.loop = loop
         id = SessionToken.random(bytes: 12)
         writeSecret = SessionToken.random(bytes: 18)
         readSecret = SessionToken.random(bytes: 18)
         self.shell = shell
-        (inputs, input) = AsyncStream.makeStream(of: [UInt8].self)
-        state = Mutex(State(master: master, ring: OutputRing(capacity: ringBytes)))
+        self.settings = settings
+        ring = OutputRing(capacity: settings.ringBytes)
+        var log = logger
+        log[metadataKey: "session"] = "\(id)"
+        log[metadataKey: "shell"] = "\(shell)"
+        self.logger = log
+        self.ended = ended
+        self.signal = signal
     }
 
+    /// The terminal is open: the session runs from here.
+    func started(on terminal: Terminal) {
+        self.terminal = terminal
+        terminal.onInputDrained = { [unowned self] in
+            inputBlocked = false
+            for client in clients.values where client.writer { client.circuit.isDeliveryPaused = false }
+        }
+    }
 
     // MARK: The shell's side
 
-    /// Output the shell wrote: kept, and every waiting client woken.
-    func append(_ bytes: [UInt8]) {
-        let woken = state.withLock { s in
-            s.ring.append(bytes, keep: s.slowestWriter)
-            defer { s.waiters = [:] }
-            return Array(s.waiters.values)
-        }
-        for w in woken { w.resume() }
+    /// Output the shell wrote: kept, and sent to every client that is caught up.
+    func output(_ bytes: ByteBuffer) {
+        ring.append(bytes, keep: slowestWriter)
+        for client in Array(clients.values) { client.pump() }
+        updateReading()
     }
 
-    /// Before reading the PTY further: waits while a writer has a whole ring to read.
-    func waitForWriters() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.writersCaughtUp || s.finished || s.hungUp { return true }
-                s.reader = c
-                return false
-            }
-            if now { c.resume() }
-        }
+    private var slowestWriter: UInt64? { clients.values.lazy.filter(\.writer).map(\.cursor).min() }
+
+    /// The PTY is read while no writer has paused it and every writer has less than a whole
+    /// ring still to read.
+    private func updateReading() {
+        let caughtUp = slowestWriter.map { ring.end - $0 < UInt64(ring.capacity) } ?? true
+        terminal?.reading = isHungUp || (!paused && caughtUp)
     }
 
-    /// Wakes the PTY reader if it waits and writers have caught up (lock held).
-    private static func releaseReader(_ s: inout State) -> CheckedContinuation<Void, Never>? {
-        guard let reader = s.reader, s.writersCaughtUp || s.finished else { return nil }
-        s.reader = nil
-        return reader
+    /// The terminal closed: the shell and its jobs are gone, or the session was hung up. Its
+    /// status is waited for a little (a shell that ignores SIGHUP may outlive its terminal).
+    func terminalDidClose() {
+        terminal = nil
+        terminalClosed = true
+        guard exit == nil else { return finish() }
+        exitWait = loop.scheduleTask(in: .seconds(2)) { [self] in finish() }
     }
+
+    /// The nursery reaped the shell.
+    func shellExited(_ exit: Exit) {
+        self.exit = exit
+        if terminalClosed { finish() }
+    }
+
+    private func finish() {
+        guard !isFinished else { return }
+        isFinished = true
+        exitWait?.cancel()
+        linger?.cancel()
+        ended(self)
+        logger.info("session ended", metadata: ["shell_exit": "\(exit.map { "\($0)" } ?? "unknown")"])
+        for client in Array(clients.values) { client.pump() }
+    }
+
+    /// The status clients are told once they have the last of the output.
+    var exitStatus: Exit? { exit }
 
     /// Input for the shell, from a writer.
-    func write(_ bytes: [UInt8]) { input.yield(bytes) }
+    func input(_ bytes: ByteBuffer) {
+        guard let terminal, !terminal.write(bytes), !inputBlocked else { return }
+        // Writers' messages wait on their circuits (within their credit) until it is taken.
+        inputBlocked = true
+        for client in clients.values where client.writer { client.circuit.isDeliveryPaused = true }
+    }
+
+    /// TIOCSWINSZ: the terminal's foreground process group gets SIGWINCH.
+    func resize(rows: UInt16, columns: UInt16) { terminal?.resize(rows: rows, columns: columns) }
 
     /// A writer's PAUSE: the PTY is not read until `resume` (never once hung up).
     func pause() {
-        state.withLock { s in if !s.hungUp { gate.pause() } }
+        paused = true
+        updateReading()
     }
 
-    func resume() { gate.resume() }
-
-    /// TIOCSWINSZ: the terminal's foreground process group gets SIGWINCH.
-    func resize(rows: UInt16, columns: UInt16) {
-        state.withLock { s in
-            if let master = s.master { try? PseudoTerminal.resize(master, rows: rows, columns: columns) }
-        }
+    func resume() {
+        paused = false
+        updateReading()
     }
 
-    /// Closes the vault's copy of the master; when the I/O channel has closed its own, this
-    /// is the last, and the shell's session gets SIGHUP.
-    func closeMaster() {
-        state.withLock { s in
-            try? s.master?.close()
-            s.master = nil
+    /// Ends the session from the vault's side: the operator's signal first, if it is not the
+    /// SIGHUP the terminal sends, then the terminal is closed.
+    func hangUp(_ why: String) {
+        guard !isHungUp, !isFinished else { return }
+        isHungUp = true
+        logger.info("session hung up: \(why)")
+        updateReading()
+        guard settings.endSignal != SIGHUP else {
+            terminal?.close()
+            return
         }
-    }
-
-    /// Whether the session was hung up (its linger ran out, or the operator's hangup), not
-    /// ended by its shell.
-    var isHungUp: Bool { state.withLock { $0.hungUp } }
-
-    /// Stops feeding the shell, so the session's I/O ends and the terminal is hung up; a
-    /// writer's pause no longer holds the PTY reader.
-    func hangUp() {
-        input.finish()
-        gate.resume()
-        let reader = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            s.hungUp = true
-            defer { s.reader = nil }
-            return s.reader
-        }
-        reader?.resume()
-    }
-
-    /// The shell was reaped (or its status could not be had): clients get it after the last
-    /// of the output.
-    func finish(_ exit: Exit?) {
-        let (woken, reader) = state.withLock { s in
-            s.exit = exit
-            s.finished = true
-            defer { s.waiters = [:] }
-            return (Array(s.waiters.values), Self.releaseReader(&s))
-        }
-        for w in woken { w.resume() }
-        reader?.resume()
-        input.finish()
+        signal(settings.endSignal) { [self] in loop.execute { self.terminal?.close() } }
     }
 
     // MARK: Clients
 
-
-    enum Next {
-        case output(offset: UInt64, bytes: [UInt8], skipped: UInt64)
-        /// Everything was read and the session is over.
-        case finished(Exit?)
-    }
-
-    /// The output after `offset`, waiting for some; `.finished` once the session is over and
-    /// everything up to its end has been read.
-    func next(after offset: UInt64, limit: Int) async -> Next {
-        while true {
-            let ready: Next? = state.withLock { s in
-                if let chunk = s.ring.read(from: offset, limit: limit) {
-                    return .output(offset: chunk.offset, bytes: chunk.bytes, skipped: chunk.skipped)
-                }
-                return s.finished ? .finished(s.exit) : nil
-            }
-            if let ready { return ready }
-            if Task.isCancelled { return .finished(nil) }
-            let id = state.withLock { s -> Int in
-                defer { s.nextWaiter += 1 }
-                return s.nextWaiter
-            }
-            await withTaskCancellationHandler {
-                await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let now = state.withLock { s -> Bool in
-                        if s.ring.end > offset || s.finished { return true }
-                        s.waiters[id] = c
-                        return false
-                    }
-                    if now { c.resume() }
-                }
-            } onCancel: {
-                state.withLock { $0.waiters.removeValue(forKey: id) }?.resume()
-            }
-        }
-    }
-
     /// A client attaches, wanting output from `offset`: it starts there if the ring holds it
     /// (clamped to what exists), at the oldest byte held otherwise or without an offset.
-    /// Returns its number (for `advance` and `detached`), where it starts and what it missed.
-    func attached(writer: Bool, worker: UInt32, from offset: UInt64?,
-                  kick: @escaping @Sendable () -> Void) -> (client: Int, offset: UInt64, skipped: UInt64) {
-        state.withLock { s in
-            let start: UInt64, skipped: UInt64
-            if let offset, offset >= s.ring.start {
-                (start, skipped) = (min(offset, s.ring.end), 0)
-            } else {
-                (start, skipped) = (s.ring.start, offset.map { s.ring.start - $0 } ?? 0)
-            }
-            s.epoch += 1
-            defer { s.nextClient += 1 }
-            s.clients[s.nextClient] = Client(worker: worker, writer: writer, cursor: start, kick: kick)
-            return (s.nextClient, start, skipped)
+    /// Returns its number, where it starts and what it missed.
+    func attach(from offset: UInt64?) -> (client: Int, offset: UInt64, skipped: UInt64) {
+        let start: UInt64, skipped: UInt64
+        if let offset, offset >= ring.start {
+            (start, skipped) = (min(offset, ring.end), 0)
+        } else {
+            (start, skipped) = (ring.start, offset.map { ring.start - $0 } ?? 0)
+        }
+        epoch += 1
+        linger?.cancel()
+        linger = nil
+        defer { nextClient += 1 }
+        return (nextClient, start, skipped)
+    }
+
+    /// The attachment `attach` numbered is ready to be sent output.
+    func add(_ client: Attachment) {
+        clients[client.number] = client
+        if client.writer && inputBlocked { client.circuit.isDeliveryPaused = true }
+        updateReading()
+        client.pump()
+    }
+
+    /// A client's attachment ended. The last one out starts the linger.
+    func detach(_ client: Attachment) {
+        guard clients.removeValue(forKey: client.number) != nil else { return }
+        epoch += 1
+        if client.writer { updateReading() }
+        guard clients.isEmpty, !isFinished, !isHungUp else { return }
+        let since = epoch
+        linger = loop.scheduleTask(in: TimeAmount(settings.linger)) { [self] in
+            guard epoch == since, !isFinished else { return }
+            hangUp("nobody attached within the linger (\(settings.linger))")
         }
     }
 
-    /// A client has read up to `offset`.
-    func advance(_ client: Int, to offset: UInt64) {
-        let reader = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            guard let writer = s.clients[client]?.writer else { return nil }
-            s.clients[client]!.cursor = offset
-            return writer ? Self.releaseReader(&s) : nil
-        }
-        reader?.resume()
+    /// A client has been sent output up to its cursor.
+    func advanced(_ client: Attachment) {
+        if client.writer { updateReading() }
     }
 
     /// Ends one client's attachment, or every client's; false when there is no such client.
-    func kick(_ client: Int?) -> Bool {
-        let kicks = state.withLock { s in
-            s.clients.filter { client == nil || $0.key == client }.map(\.value.kick)
-        }
-        for kick in kicks { kick() }
-        return !kicks.isEmpty || client == nil
+    func kick(_ number: Int?) -> Bool {
+        let kicked = clients.values.filter { number == nil || $0.number == number }
+        for client in kicked { client.end(.kicked, last: .refused(.kicked)) }
+        return !kicked.isEmpty || number == nil
     }
+
+    func countIgnored() { ignored += 1 }
+    func countSlowConsumer() { slowConsumerEvents += 1 }
 
     /// What `cloister ctl sessions` shows. No secret.
     func summary() -> SessionSummary {
-        state.withLock { s in
-            SessionSummary(
-                id: id, shell: shell, ageSeconds: UInt32(clamping: (ContinuousClock.now - created).components.seconds),
-                bytesOut: s.ring.end, ringHeld: UInt32(clamping: s.ring.heldBytes), ringCapacity: UInt32(clamping: s.ring.capacity),
-                slowConsumerEvents: UInt32(clamping: s.slowConsumerEvents), ignored: UInt32(clamping: s.ignored),
-                clients: s.clients.sorted { $0.key < $1.key }.map { key, client in
-                    SessionSummary.Client(client: UInt32(clamping: key), worker: client.worker, writer: client.writer,
-                                          lag: s.ring.end - client.cursor)
-                })
-        }
+        SessionSummary(
+            id: id, shell: shell, ageSeconds: UInt32(clamping: (ContinuousClock.now - created).components.seconds),
+            bytesOut: ring.end, ringHeld: UInt32(clamping: ring.heldBytes), ringCapacity: UInt32(clamping: ring.capacity),
+            slowConsumerEvents: UInt32(clamping: slowConsumerEvents), ignored: UInt32(clamping: ignored),
+            clients: clients.sorted { $0.key < $1.key }.map { key, client in
+                SessionSummary.Client(client: UInt32(clamping: key), worker: client.worker, writer: client.writer,
+                                      lag: ring.end - client.cursor)
+            })
     }
-
-    /// Returns the epoch to linger from when this was the last client, nil otherwise.
-    func detached(_ client: Int) -> Int? {
-        let (epoch, reader) = state.withLock { s -> (Int?, CheckedContinuation<Void, Never>?) in
-            s.clients[client] = nil
-            s.epoch += 1
-            return (s.clients.isEmpty && !s.finished ? s.epoch : nil, Self.releaseReader(&s))
-        }
-        reader?.resume()
-        return epoch
-    }
-
-    /// Still nobody attached since `epoch`.
-    func idle(since epoch: Int) -> Bool { state.withLock { $0.epoch == epoch } }
-
-    func countIgnored() { state.withLock { $0.ignored += 1 } }
-    func countSlowConsumer() { state.withLock { $0.slowConsumerEvents += 1 } }
-
-    var isFinished: Bool { state.withLock { $0.finished } }
 
     func info(title: String, writer: Bool, offset: UInt64, skipped: UInt64) -> SessionInfo {
         SessionInfo(title: title, session: id, secret: writer ? writeSecret : nil, readSecret: readSecret,
                     offset: offset, skipped: skipped)
-    }
-}
-
-/// The operator's kick for one attachment: pulled once; whatever is armed runs then (or at
-/// once, if armed after the pull).
-final class KickSwitch: Sendable {
-    private let state = Mutex<(pulled: Bool, action: (@Sendable () -> Void)?)>((false, nil))
-
-    var pulled: Bool { state.withLock { $0.pulled } }
-
-    func pull() {
-        let action = state.withLock { s -> (@Sendable () -> Void)? in
-            s.pulled = true
-            defer { s.action = nil }
-            return s.action
-        }
-        action?()
-    }
-
-    func arm(_ action: @escaping @Sendable () -> Void) {
-        let now = state.withLock { s -> Bool in
-            if s.pulled { return true }
-            s.action = action
-            return false
-        }
-        if now { action() }
     }
 }
 

@@ -5,10 +5,10 @@ import Sandbox
 /// The vault process, sandboxed under its own profile: it gets its configuration, the
 /// nursery link and the worker links from the supervisor, and owns every terminal.
 public enum VaultRole {
-    /// Before the first `await`, while the process is single-threaded. Every session holds a
-    /// PTY master and its duplicate, and every worker a link: more descriptors than a worker.
-    /// `openFiles`: the descriptor limit, which the supervisor derives from --max-clients
-    /// (two per session's terminal, sessions outliving their clients, and room for the rest).
+    /// Before the first `await`, while the process is single-threaded. Every session holds its
+    /// PTY master, and every worker a link. `openFiles`: the descriptor limit, which the
+    /// supervisor derives from --max-clients (a terminal per session, sessions outliving their
+    /// clients, and room for the rest).
     public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> [String] {
         try sandbox.enter(role: Role.vault.rawValue, openFileLimit: openFiles)
     }
@@ -19,9 +19,6 @@ public enum VaultRole {
         log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
         let vault = Vault(logger: log, title: title, settings: sessions)
         let supervisor = try await Link.supervisorVault.start(socket: Link.inheritedTransport, side: .acceptor)
-        try await ControlCircuit.serve(supervisor) { group in
-            group.addTask { await vault.serve(supervisor: supervisor) }
-            await group.next()
-        }
+        try await ControlCircuit.serve(supervisor) { _ in await vault.serve(supervisor: supervisor) }
     }
 }

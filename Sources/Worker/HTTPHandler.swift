@@ -82,11 +82,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                             then: @escaping (HTTPHandler, ChannelHandlerContext) -> Void) {
         // The vault decides either way: on the credential, or on the name the proxy's header gives.
         let token = settings.authHeader.map { head.headers.first(name: $0) ?? "" } ?? Self.basicToken(head.headers)
-        let promise = context.eventLoop.makePromise(of: Bool.self)
-        let service = self.service
-        promise.completeWithTask { await service.check(token: Array(token.utf8)) }
         let bound = NIOLoopBound((self, context, then), eventLoop: context.eventLoop)
-        promise.futureResult.whenSuccess { allowed in
+        service.check(token: Array(token.utf8), on: context.eventLoop).whenSuccess { allowed in
             let (handler, context, then) = bound.value
             guard allowed else {
                 if handler.settings.authHeader != nil {

@@ -1,67 +1,80 @@
 import Circuits
+import NIOCore
 import RoleProtocol
-import Synchronization
+import SystemPackage
 
-/// What the worker asks of the vault. The worker decides nothing itself: it forwards what a
-/// client presented and relays an attachment's messages. A protocol, so that the worker's
-/// protocol handling is tested without a vault (`WorkerTests`).
+/// One conversation with the vault, as the worker uses it on its client's event loop: a
+/// circuit of the vault link (`ChannelCircuit`), or a fake in `WorkerTests`. Messages come to
+/// `onMessage` as they are read; `send` says at once whether the vault has granted room.
+public protocol VaultConversation: AnyObject {
+    /// Sends one message; false when the vault has not granted room for it yet
+    /// (`onWritable` follows).
+    func send(_ bytes: [UInt8], end: Bool) throws(CircuitError) -> Bool
+    /// This side's end.
+    func end()
+    /// Leaves the conversation: what still comes is dropped, this side's end is sent.
+    func abandon()
+    /// While true, the vault's messages wait (unacknowledged, so the vault stops within its
+    /// window) instead of reaching `onMessage`.
+    var isDeliveryPaused: Bool { get set }
+    var onMessage: ((ByteBuffer, _ isEnd: Bool) -> Void)? { get set }
+    var onWritable: (() -> Void)? { get set }
+    var onFailure: ((CircuitError) -> Void)? { get set }
+}
+
+extension ChannelCircuit: VaultConversation {}
+
+/// What the worker asks of the vault, always on the event loop of the client it asks for.
+/// The worker decides nothing itself: it forwards what a client presented and relays an
+/// attachment's messages.
 public protocol TerminalService: Sendable {
-    /// Whether `token` is the credential (HTTP basic auth on the page and `/token`).
-    func check(token: [UInt8]) async -> Bool
-    /// Starts an attachment conversation; nil when there is no vault to ask.
-    func attachment() -> (any Attachment)?
+    /// A new conversation with the vault on `loop`; nil when there is no vault to ask.
+    func conversation(on loop: EventLoop) -> (any VaultConversation)?
 }
 
-/// One attachment conversation with the vault (see `WorkerToVault`).
-public protocol Attachment: Sendable {
-    func send(_ message: WorkerToVault) async throws
-    /// The vault's next message; nil once it ended the conversation.
-    func receive() async throws -> VaultToWorker?
-    /// Ends this side: the client has gone.
-    func end() async
-}
-
-/// The real service: the vault link the supervisor gives the worker, replaced when the vault
-/// is.
-public final class VaultLink: TerminalService {
-    private let link = Mutex<RoleTransport?>(nil)
-
-    public init() {}
-
-    /// A new link replaces the old one (the vault was restarted).
-    public func replace(with transport: RoleTransport) {
-        let old = link.withLock { current in
-            defer { current = transport }
-            return current
+extension TerminalService {
+    /// Whether `token` is the credential (HTTP basic auth on the page and `/token`). Without a
+    /// vault, nobody is let in.
+    public func check(token: [UInt8], on loop: EventLoop) -> EventLoopFuture<Bool> {
+        guard let conversation = conversation(on: loop) else { return loop.makeSucceededFuture(false) }
+        let answer = loop.makePromise(of: Bool.self)
+        conversation.onMessage = { payload, isEnd in
+            let reply = try? VaultToWorker(decoding: Array(buffer: payload), descriptors: 0)
+            if case .accepted? = reply { answer.succeed(true) } else { answer.succeed(false) }
+            if !isEnd { conversation.abandon() }
         }
-        old?.close()
-    }
-
-    private var transport: RoleTransport? {
-        link.withLock { current in
-            if current?.failure != nil { current = nil }
-            return current
+        conversation.onFailure = { _ in answer.succeed(false) }
+        // A new conversation has a whole window of credit.
+        guard (try? conversation.send(WorkerToVault.check(token: token).encoded, end: true)) == true else {
+            conversation.abandon()
+            return loop.makeSucceededFuture(false)
         }
-    }
-
-    /// Without a vault, nobody is let in.
-    public func check(token: [UInt8]) async -> Bool {
-        guard let circuit = try? transport?.open() else { return false }
-        guard (try? await circuit.send(WorkerToVault.check(token: token), end: true)) != nil,
-              let reply = try? await circuit.receive(VaultToWorker.self) else { return false }
-        if case .accepted = reply.message { return true }
-        return false
-    }
-
-    public func attachment() -> (any Attachment)? {
-        (try? transport?.open()).map(CircuitAttachment.init)
+        return answer.futureResult
     }
 }
 
-struct CircuitAttachment: Attachment {
-    let circuit: RoleCircuit
+/// The real service: the vault link the supervisor gives the worker, on the worker's one
+/// event loop, replaced when the vault is.
+public final class VaultLink: TerminalService, @unchecked Sendable {
+    public let loop: EventLoop
+    /// On `loop`.
+    private var transport: RoleChannelTransport?
 
-    func send(_ message: WorkerToVault) async throws { try await circuit.send(message) }
-    func receive() async throws -> VaultToWorker? { try await circuit.receive(VaultToWorker.self)?.message }
-    func end() async { try? await circuit.send([], end: true) }
+    public init(loop: EventLoop) { self.loop = loop }
+
+    /// A new link replaces the old one (the vault was restarted). Takes ownership of `socket`.
+    public func replace(with socket: SystemPackage.FileDescriptor) async throws {
+        let fresh = try await Link.workerVault.start(socket: socket, side: .opener, on: loop).get()
+        loop.execute { [self] in
+            transport?.close()
+            transport = fresh
+        }
+    }
+
+    public func conversation(on loop: EventLoop) -> (any VaultConversation)? {
+        loop.assertInEventLoop()
+        precondition(loop === self.loop, "the vault link belongs to the worker's one event loop")
+        guard let transport, transport.failure == nil else { return nil }
+        return try? transport.open()
+    }
 }

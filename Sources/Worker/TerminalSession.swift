@@ -3,12 +3,30 @@ import NIOCore
 import NIOWebSocket
 import RoleProtocol
 
-/// One ttyd session on an upgraded WebSocket: authenticate through the vault, attach, then
-/// relay both ways until the shell exits (close 1000 with its status) or the client goes (the
-/// attachment ends, the shell gets SIGHUP).
-struct TerminalSession {
+/// One ttyd session on an upgraded WebSocket, at the end of its pipeline: authenticate
+/// through the vault, attach, then relay both ways until the shell exits (close 1000 with its
+/// status) or the client goes (the attachment ends; the session lingers in the vault).
+///
+/// Both directions are paced by the slower side. Output the vault sends is written to the
+/// client as it arrives, and while the client's socket is full the attachment's delivery is
+/// paused, so the vault's credit runs out and it holds (or drops, for a viewer) the rest.
+/// Commands the vault has no room for yet wait here, with reading from the client stopped.
+final class TerminalSession: ChannelInboundHandler {
+    typealias InboundIn = ClientMessage
+    typealias OutboundOut = WebSocketFrame
+
     enum Close: UInt16 {
         case normal = 1000, policy = 1008, internalError = 1011, tryAgainLater = 1013
+    }
+
+    private enum State {
+        /// Waiting for ttyd's JSON hello.
+        case hello
+        /// The vault was asked to attach; commands wait for its answer.
+        case attaching
+        case attached(SessionInfo)
+        /// A close is under way; nothing more is relayed.
+        case closing
     }
 
     let service: any TerminalService
@@ -19,99 +37,184 @@ struct TerminalSession {
     /// header named (ttyd's --auth-header). Nil: the AuthToken.
     let token: [UInt8]?
     let logger: Logger
-    var counters: RoleCounters?
+    let counters: RoleCounters?
 
-    func run(_ session: NIOAsyncChannel<ClientMessage, WebSocketFrame>) async {
-        try? await session.executeThenClose { inbound, outbound in
-            var messages = inbound.makeAsyncIterator()
-            guard let first = try await messages.next() else { return }
-            guard let hello = TtydProtocol.hello(first.bytes) else {
-                return await Self.close(outbound, .policy, "the first message must be ttyd's JSON")
-            }
-            guard var request = TtydProtocol.attachRequest(hello) else {
-                return await Self.close(outbound, .policy, "a session needs its id and a secret")
-            }
-            guard let arguments else {
-                return await Self.close(outbound, .policy,
-                                        "at most \(LinkLimits.urlArguments) URL arguments of at most \(LinkLimits.urlArgument) bytes")
-            }
-            if let token { request.token = token }
-            // Arguments start a new session's command; joining one, they have no use.
-            if request.session == nil { request.arguments = arguments }
-            guard let attachment = service.attachment() else {
-                return await Self.close(outbound, .internalError, "no terminal service")
-            }
-            try await attachment.send(.attach(request))
-            let info: SessionInfo
-            switch try await attachment.receive() {
-            case .attached(let attached):
-                info = attached
-                try await outbound.write(Self.binary(TtydProtocol.title, Array(info.title.utf8)))
-                try await outbound.write(Self.binary(TtydProtocol.preferences, preferences))
-                try await outbound.write(Self.binary(TtydProtocol.sessionMessage(info)))
-            case .refused(let refusal):
-                logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])
-                switch refusal {
-                case .badCredential: return await Self.close(outbound, .policy, "authentication failed")
-                case .busy: return await Self.close(outbound, .tryAgainLater, "the server takes no more clients now")
-                default: return await Self.close(outbound, .policy, "no terminal")
-                }
-            case .accepted, .output, .resynced, .exited, nil:
-                return await Self.close(outbound, .internalError, "no terminal")
-            }
-            // Shell to client in a task of its own; client to shell here, until the client
-            // goes or the shell's exit closes the connection.
-            let channel = session.channel
-            let output = Task {
-                var info = info  // its offset moves with each re-synchronisation
-                while let message = try? await attachment.receive() {
-                    switch message {
-                    case .output(let bytes):
-                        counters?.add(bytes.count, to: .bytesToClients)
-                        guard (try? await outbound.write(Self.binary(TtydProtocol.output, bytes))) != nil else { return }
-                    case .resynced(let offset, let skipped):
-                        info.offset = offset
-                        info.skipped = skipped
-                        guard (try? await outbound.write(Self.binary(TtydProtocol.sessionMessage(info, resynced: true)))) != nil
-                        else { return }
-                    case .exited(let exit):
-                        return await Self.closeAfterFlush(channel, .normal, "\(exit)")
-                    case .refused(let refusal):
-                        if refusal == .kicked {
-                            return await Self.closeAfterFlush(channel, .normal, "disconnected by the operator")
-                        }
-                        // Too slow for the session, by the operator's policy: it may resume.
-                        return await Self.closeAfterFlush(channel, .tryAgainLater, "fell behind the session")
-                    case .accepted, .attached:
-                        break  // answers to the first message only
-                    }
-                }
-                channel.close(promise: nil)
-            }
-            while let message = try? await messages.next() {
-                guard let command = TtydProtocol.command(message.bytes) else { continue }
-                guard (try? await attachment.send(command)) != nil else { break }
-            }
-            await attachment.end()
-            output.cancel()
-            await output.value
+    private var state = State.hello
+    private var vault: (any VaultConversation)?
+    private var context: ChannelHandlerContext?
+    /// Commands the vault has not granted room for yet, oldest first.
+    private var waiting: [WorkerToVault] = []
+
+    init(service: any TerminalService, preferences: [UInt8], arguments: [[UInt8]]?, token: [UInt8]?, logger: Logger,
+         counters: RoleCounters?) {
+        (self.service, self.preferences, self.arguments, self.token, self.logger, self.counters) =
+            (service, preferences, arguments, token, logger, counters)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { leave() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        leave()
+        context.fireChannelInactive()
+    }
+
+    /// The client has gone: the vault is told, and what it still sends is dropped.
+    private func leave() {
+        state = .closing
+        waiting = []
+        vault?.abandon()
+        vault = nil
+        context = nil
+    }
+
+    // MARK: The client's side
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data).bytes
+        switch state {
+        case .hello:
+            hello(bytes, context)
+        case .attaching:
+            // Reading stopped when the attach went out; what was read already waits with the rest.
+            if let command = TtydProtocol.command(bytes) { waiting.append(command) }
+        case .attached:
+            guard let command = TtydProtocol.command(bytes) else { return }
+            waiting.append(command)
+            sendWaiting()
+        case .closing:
+            break
         }
     }
 
-    static func close(_ outbound: NIOAsyncChannelOutboundWriter<WebSocketFrame>, _ code: Close, _ reason: String) async {
-        try? await outbound.write(closeFrame(code, reason))
+    private func hello(_ bytes: [UInt8], _ context: ChannelHandlerContext) {
+        guard let hello = TtydProtocol.hello(bytes) else {
+            return close(.policy, "the first message must be ttyd's JSON")
+        }
+        guard var request = TtydProtocol.attachRequest(hello) else {
+            return close(.policy, "a session needs its id and a secret")
+        }
+        guard let arguments else {
+            return close(.policy, "at most \(LinkLimits.urlArguments) URL arguments of at most \(LinkLimits.urlArgument) bytes")
+        }
+        if let token { request.token = token }
+        // Arguments start a new session's command; joining one, they have no use.
+        if request.session == nil { request.arguments = arguments }
+        guard let vault = service.conversation(on: context.eventLoop) else {
+            return close(.internalError, "no terminal service")
+        }
+        self.vault = vault
+        vault.onMessage = { [unowned self] payload, isEnd in fromVault(payload, isEnd: isEnd) }
+        vault.onWritable = { [unowned self] in sendWaiting() }
+        vault.onFailure = { [unowned self] _ in vaultLeft() }
+        // A new conversation has a whole window of credit.
+        guard (try? vault.send(WorkerToVault.attach(request).encoded, end: false)) == true else {
+            return close(.internalError, "no terminal")
+        }
+        state = .attaching
+        setReading(false)
     }
+
+    /// Sends the commands that waited, as far as the vault's credit goes; reading from the
+    /// client stops while any wait.
+    private func sendWaiting() {
+        guard case .attached = state, let vault else { return }
+        while let command = waiting.first {
+            guard (try? vault.send(command.encoded, end: false)) == true else { return setReading(false) }
+            waiting.removeFirst()
+        }
+        setReading(true)
+    }
+
+    private var reading = true
+
+    private func setReading(_ on: Bool) {
+        guard on != reading, let context else { return }
+        reading = on
+        try? context.channel.syncOptions?.setOption(.autoRead, value: on)
+    }
+
+    // MARK: The vault's side
+
+    private func fromVault(_ payload: ByteBuffer, isEnd: Bool) {
+        guard let context else { return }
+        if case .attached = state, payload.getInteger(at: payload.readerIndex, as: UInt8.self) == VaultToWorker.outputKind {
+            // An output message is ttyd's output message already.
+            counters?.add(payload.readableBytes - 1, to: .bytesToClients)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: payload)), promise: nil)
+            if !context.channel.isWritable { vault?.isDeliveryPaused = true }
+            if isEnd { vaultLeft() }
+            return
+        }
+        guard payload.readableBytes > 0 else {
+            if isEnd { vaultLeft() }
+            return
+        }
+        switch try? VaultToWorker(decoding: Array(buffer: payload), descriptors: 0) {
+        case .attached(let info):
+            guard case .attaching = state else { return }
+            state = .attached(info)
+            context.write(wrapOutboundOut(Self.binary(TtydProtocol.title, Array(info.title.utf8))), promise: nil)
+            context.write(wrapOutboundOut(Self.binary(TtydProtocol.preferences, preferences)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(Self.binary(TtydProtocol.sessionMessage(info))), promise: nil)
+            sendWaiting()
+        case .refused(let refusal):
+            logger.warning("attachment refused", metadata: ["refusal": "\(refusal)"])
+            switch (state, refusal) {
+            case (.attaching, .badCredential): close(.policy, "authentication failed")
+            case (.attaching, .busy): close(.tryAgainLater, "the server takes no more clients now")
+            case (.attaching, _): close(.policy, "no terminal")
+            case (_, .kicked): close(.normal, "disconnected by the operator")
+            // Too slow for the session, by the operator's policy: it may resume.
+            case (_, _): close(.tryAgainLater, "fell behind the session")
+            }
+        case .resynced(let offset, let skipped):
+            guard case .attached(var info) = state else { return }
+            // Its offset moves with each re-synchronisation.
+            (info.offset, info.skipped) = (offset, skipped)
+            state = .attached(info)
+            context.writeAndFlush(wrapOutboundOut(Self.binary(TtydProtocol.sessionMessage(info, resynced: true))), promise: nil)
+        case .exited(let exit):
+            close(.normal, "\(exit)")
+        case .accepted, .output, nil:
+            // Answers to a check, output before the attach was answered, or not a message.
+            guard case .attaching = state else { break }
+            close(.internalError, "no terminal")
+        }
+        if isEnd { vaultLeft() }
+    }
+
+    /// The vault ended the attachment, or its link went, without a word for the client.
+    private func vaultLeft() {
+        vault = nil
+        if case .closing = state { return }
+        state = .closing
+        context?.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { vault?.isDeliveryPaused = false }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: Closing
 
     /// Closes the connection once the close frame has reached the socket: closing at once
     /// would drop it with whatever output a client that reads slowly has not taken yet. A
     /// client that takes nothing more within the grace is cut off all the same.
-    static func closeAfterFlush(_ channel: any Channel, _ code: Close, _ reason: String) async {
+    private func close(_ code: Close, _ reason: String) {
+        guard let context else { return }
+        if case .closing = state { return }
+        state = .closing
+        waiting = []
+        vault?.end()
+        let channel = context.channel
         let cutOff = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
-        // The frame follows this task's earlier writes: each was handed to the channel
-        // before the next one began.
-        try? await channel.writeAndFlush(closeFrame(code, reason))
-        cutOff.cancel()
-        channel.close(promise: nil)
+        context.writeAndFlush(wrapOutboundOut(Self.closeFrame(code, reason))).whenComplete { _ in
+            cutOff.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     static func closeFrame(_ code: Close, _ reason: String) -> WebSocketFrame {

@@ -39,14 +39,6 @@ public final class WebWorker: Sendable {
         public init() {}
     }
 
-    /// What the opening handshake became: a ttyd session, or plain HTTP (which `HTTPHandler`
-    /// answers in the pipeline).
-    public enum Upgrade: Sendable {
-        /// With the opening handshake's URI, where ttyd's --url-arg arguments are.
-        case terminal(NIOAsyncChannel<ClientMessage, WebSocketFrame>, uri: String, user: String?)
-        case http
-    }
-
     let settings: Settings
     let service: any TerminalService
     let assets: AssetBundle
@@ -61,42 +53,32 @@ public final class WebWorker: Sendable {
         self.logger = logger
     }
 
-    /// Serves one client socket until the connection closes. Takes ownership of `socket`.
-    public func serve(client socket: SystemPackage.FileDescriptor) async {
-        let upgrade: EventLoopFuture<Upgrade>
-        let channel: Channel
+    /// Serves one client socket on `loop` (taking ownership of it); `closed` is called once
+    /// the connection has closed. Returns once the socket is adopted.
+    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, closed: @escaping @Sendable () -> Void) async {
         do {
-            (channel, upgrade) = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            let channel = try await ClientBootstrap(group: loop)
                 // Keystrokes and small frames are the rule; a busy client's reads grow to 64 KiB.
                 .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
-                .withConnectedSocket(socket.rawValue) { channel in
-                    channel.eventLoop.makeCompletedFuture { (channel, try self.configure(channel)) }
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { _ = try self.configure(channel) }
                 }
+                .withConnectedSocket(socket.rawValue)
+                .get()
+            channel.closeFuture.whenComplete { _ in closed() }
         } catch {
             logger.error("client socket not adopted", metadata: ["error": "\(error)"])
             try? socket.close()
-            return
+            closed()
         }
-        await handle(upgrade)
-        try? await channel.closeFuture.get()
-    }
-
-    /// Runs the session an upgrade started; returns at once for plain HTTP.
-    func handle(_ upgrade: EventLoopFuture<Upgrade>) async {
-        guard case .terminal(let session, let uri, let user)? = try? await upgrade.get() else { return }
-        let arguments = settings.urlArguments ? TtydProtocol.urlArguments(uri) : []
-        // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
-        let token = settings.authHeader.map { _ in Array((user ?? "").utf8) }
-        await TerminalSession(service: service, preferences: settings.preferences, arguments: arguments, token: token,
-                              logger: logger, counters: counters).run(session)
     }
 
     /// The whole pipeline, on the channel's event loop: HTTP/1.1 with the typed WebSocket
     /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
-    func configure(_ channel: Channel) throws -> EventLoopFuture<Upgrade> {
-        let (settings, counters) = (self.settings, self.counters)
+    func configure(_ channel: Channel) throws -> EventLoopFuture<Void> {
+        let (settings, counters, service, logger) = (self.settings, self.counters, self.service, self.logger)
         let deadline = channel.eventLoop.scheduleTask(in: settings.handshakeTimeout) {
             channel.close(promise: nil)
         }
@@ -105,7 +87,7 @@ public final class WebWorker: Sendable {
         channel.closeFuture.whenComplete { _ in deadline.cancel() }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
         let refusal = NIOLoopBoundBox<HandshakeRefusal?>(nil, eventLoop: channel.eventLoop)
-        let upgrader = NIOTypedWebSocketServerUpgrader<Upgrade>(
+        let upgrader = NIOTypedWebSocketServerUpgrader<Void>(
             maxFrameSize: settings.maxFrameBytes, enableAutomaticErrorHandling: true,
             shouldUpgrade: { channel, _ in
                 // HandshakeGate, before this upgrader, already took the Upgrade field away from
@@ -124,28 +106,30 @@ public final class WebWorker: Sendable {
                         minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: settings.maxFragments,
                         maxAccumulatedFrameSize: settings.maxMessageBytes))
                     try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval, counters: counters))
-                    let user = settings.authHeader.flatMap { head.headers.first(name: $0) }
-                    return .terminal(try NIOAsyncChannel(wrappingChannelSynchronously: channel), uri: head.uri, user: user)
+                    // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
+                    let token = settings.authHeader.map { Array((head.headers.first(name: $0) ?? "").utf8) }
+                    try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences,
+                                                        arguments: settings.urlArguments ? TtydProtocol.urlArguments(head.uri) : [],
+                                                        token: token, logger: logger, counters: counters))
                 }
             })
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = settings.maxHeaderBytes
         limits.maxHeaderFieldSize = settings.maxHeaderBytes
         limits.maxHeaderFieldCount = 100
-        let (service, assets) = (self.service, self.assets)
+        let assets = self.assets
         var configuration = NIOUpgradableHTTPServerPipelineConfiguration(
             upgradeConfiguration: .init(upgraders: [upgrader], notUpgradingCompletionHandler: { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         HTTPHandler(service: service, settings: settings, assets: assets, refusal: refusal.value, counters: counters))
-                    return .http
                 }
             }))
         configuration.enableErrorHandling = false
         configuration.decoderConfiguration = limits
         let sync = channel.pipeline.syncOperations
         let upgrade = try sync.configureUpgradableHTTPServerPipeline(configuration: configuration)
-        let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<Upgrade>.self)
+        let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<Void>.self)
         try sync.addHandler(HandshakeGate(refusal: refusal, settings: settings), name: HandshakeGate.name,
                             position: .before(upgradeHandler))
         try sync.addHandler(HTTPErrorHandler(refusal: refusal, counters: counters), name: HTTPErrorHandler.name)

@@ -1,5 +1,6 @@
 import Circuits
 import Logging
+import NIOPosix
 import RoleProtocol
 import Sandbox
 import SystemPackage
@@ -20,7 +21,8 @@ public enum WorkerRole {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.worker)
         log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))", "assets": "\(assets.assets.count)"])
-        let vault = VaultLink()
+        // One event loop serves every client and the vault link (`Main` makes it the only one).
+        let vault = VaultLink(loop: MultiThreadedEventLoopGroup.singleton.next())
         let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log)
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
         try await ControlCircuit.serve(supervisor, counters: worker.counters) { group in
@@ -33,31 +35,29 @@ public enum WorkerRole {
     /// One supervisor conversation. Ended when done with: for a client, once the client has
     /// gone, which is how the supervisor counts connections.
     static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, log: Logger) async {
-        await handle(circuit, worker: worker, vault: vault, log: log)
-        try? await circuit.send([], end: true)
-    }
-
-    private static func handle(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, log: Logger) async {
         let received: Received<SupervisorToWorker>
         do {
             guard let first = try await circuit.receive(SupervisorToWorker.self) else { return }
             received = first
         } catch {
             log.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
+            try? await circuit.send([], end: true)
             return
         }
         // The decoder checked that each kind came with its one descriptor.
         guard let socket = received.descriptors?.take(0) else { return }
         switch received.message {
         case .client:
-            await worker.serve(client: socket)
+            // No task waits for the connection: its close ends the conversation.
+            await worker.serve(client: socket, on: vault.loop) { circuit.abandon() }
         case .vaultLink:
             do {
-                vault.replace(with: try await Link.workerVault.start(socket: socket, side: .opener))
+                try await vault.replace(with: socket)
                 log.info("vault linked")
             } catch {
                 log.error("vault link failed", metadata: ["error": "\(error)"])
             }
+            try? await circuit.send([], end: true)
         }
     }
 }

@@ -40,10 +40,10 @@ final class LinkMessageTests: XCTestCase {
         .spawn(columns: 80, rows: 24), .spawn(columns: 0, rows: .max),
         .spawn(columns: 80, rows: 24, arguments: Array(repeating: Array("a b".utf8), count: LinkLimits.urlArguments)),
         .spawn(columns: 80, rows: 24, user: Array("alice".utf8)), .spawn(columns: 1, rows: 2, arguments: [[0x61]], user: [0x62]),
-        .signal(15), .signal(1), .signal(64),
+        .signal(pid: 4242, signal: 15), .signal(pid: 2, signal: 1), .signal(pid: .max, signal: 64),
     ]
     static let nurseryToVault: [NurseryToVault] = [
-        .spawned(pid: 4242), .failed(reason: "posix_spawn: ENOENT"), .exited(.status(7)), .exited(.signal(1)),
+        .spawned(pid: 4242), .failed(reason: "posix_spawn: ENOENT"), .exited(pid: 4242, .status(7)), .exited(pid: 1, .signal(1)),
     ]
 
     private func assertRoundTrips<M: LinkMessage>(_ messages: [M], file: StaticString = #filePath, line: UInt = #line) {
@@ -60,8 +60,10 @@ final class LinkMessageTests: XCTestCase {
         assertRoundTrips(Self.vaultToWorker)
         assertRoundTrips(Self.vaultToNursery)
         assertRoundTrips(Self.nurseryToVault)
-        XCTAssertEqual(VaultToWorker.output(Array("hi".utf8)).encoded,
-                       Array("hi".utf8).withUnsafeBytes { VaultToWorker.encodeOutput($0) }, "the bulk encoder agrees")
+        // An output message is ttyd's output message, byte for byte: the worker passes it on.
+        XCTAssertEqual(VaultToWorker.output(Array("hi".utf8)).encoded, Array("0hi".utf8))
+        XCTAssertEqual(VaultToWorker.outputKind, UInt8(ascii: "0"))
+        XCTAssertEqual(WorkerToVault.input(Array("hi".utf8)).encoded.first, WorkerToVault.inputKind)
     }
 
     private func assertRefused<M: LinkMessage>(_ type: M.Type, _ payload: [UInt8], descriptors: Int = 0,
@@ -115,6 +117,11 @@ final class LinkMessageTests: XCTestCase {
         assertRefused(SupervisorToVault.self, [0x4b, 2], .malformed(kind: "configure", length: 2))
         assertRefused(SupervisorToVault.self, [0x4b, 0, 1], .malformed(kind: "configure", length: 3))
         assertRefused(NurseryToVault.self, [0x50, 0, 0], descriptors: 1, .malformed(kind: "spawned", length: 3))
+        // A signal for init, for every process (pid -1 is 0xffffffff), or out of range.
+        assertRefused(VaultToNursery.self, [0x6b, 0, 0, 0, 1, 15], .malformed(kind: "signal", length: 6))
+        assertRefused(VaultToNursery.self, [0x6b, 0xff, 0xff, 0xff, 0xff, 15], .malformed(kind: "signal", length: 6))
+        assertRefused(VaultToNursery.self, [0x6b, 0, 0, 0x10, 0, 65], .malformed(kind: "signal", length: 6))
+        assertRefused(VaultToNursery.self, [0x6b, 0, 0, 0x10, 0, 0], .malformed(kind: "signal", length: 6))
     }
 
     func testOversizedFields() {
@@ -151,7 +158,7 @@ final class LinkMessageTests: XCTestCase {
                       .descriptorCount(kind: "output", expected: 0, received: 3))
         assertRefused(NurseryToVault.self, NurseryToVault.spawned(pid: 1).encoded, descriptors: 0,
                       .descriptorCount(kind: "spawned", expected: 1, received: 0))
-        assertRefused(NurseryToVault.self, NurseryToVault.exited(.status(0)).encoded, descriptors: 1,
+        assertRefused(NurseryToVault.self, NurseryToVault.exited(pid: 7, .status(0)).encoded, descriptors: 1,
                       .descriptorCount(kind: "exited", expected: 0, received: 1))
     }
 

@@ -255,18 +255,20 @@ final class SessionTests: XCTestCase {
 
     /// A viewer that stops reading while the shell prints 50 MB: the writer and the other
     /// viewer get every byte, and the slow one is re-synchronised (the default policy). The
-    /// ring (16 MiB here) is what a reading viewer may fall behind the writer by, scheduling
-    /// jitter included, before it too counts as slow.
+    /// ring (32 MiB here) is what a reading viewer may fall behind the writer by, scheduling
+    /// jitter included, before it too counts as slow: with 16 MiB, the reading viewer (on two
+    /// cores shared with the server and the writer's reader) fell that far behind in one run
+    /// of three.
     func testASlowViewerIsResynchronisedAndSlowsNobody() throws {
-        let server = try ServedCloister.start(workers: 2, extra: ["--session-ring", "16777216"])
+        let server = try ServedCloister.start(workers: 2, extra: ["--session-ring", "33554432"])
         let (writer, info, fast) = try writerAndViewer(server)
         let slow = try join(server, session: info.session, secret: info.read_secret)
         try slow.awaitSession()
         let total = 50_000_000
-        // 50 chunks of a megabyte with short pauses: a producer the readers here can follow
-        // (they parse frames in a debug build), while the viewer that does not read falls
-        // further behind than the ring. Z is octal 132: the echoed command line holds no Z.
-        try writer.input("for i in $(seq 50); do head -c 1000000 /dev/zero | tr '\\0' '\\132'; sleep 0.02; done; echo; echo done-$((4+5))\r")
+        // 50 chunks of a megabyte with pauses: a producer the readers here can follow (they
+        // parse frames in a debug build), while the viewer that does not read falls further
+        // behind than the ring. Z is octal 132: the echoed command line holds no Z.
+        try writer.input("for i in $(seq 50); do head -c 1000000 /dev/zero | tr '\\0' '\\132'; sleep 0.05; done; echo; echo done-$((4+5))\r")
         let counts = Mutex<[String]>([])
         let readers = [writer, fast].map(Handed.init).map { handed in
             Thread {

@@ -1,5 +1,7 @@
 import Circuits
 import Foundation
+import NIOCore
+import NIOPosix
 import Processes
 import RoleProtocol
 import Sandbox
@@ -21,10 +23,11 @@ final class VaultTests: XCTestCase {
 
     final class Started: Sendable {
         let launched: RoleLauncher.Launched
-        let link: RoleTransport
+        let link: RoleChannelTransport
+        let loop: MultiThreadedEventLoopGroup
         let violations: Violations
-        init(launched: RoleLauncher.Launched, link: RoleTransport, violations: Violations) {
-            (self.launched, self.link, self.violations) = (launched, link, violations)
+        init(launched: RoleLauncher.Launched, link: RoleChannelTransport, loop: MultiThreadedEventLoopGroup, violations: Violations) {
+            (self.launched, self.link, self.loop, self.violations) = (launched, link, loop, violations)
         }
     }
 
@@ -40,28 +43,38 @@ final class VaultTests: XCTestCase {
         ) { event in violations.names.withLock { $0.append(event.syscall) } }
         // As the supervisor: the credential, then a link whose other end is ours.
         try await launched.transport.open().tell(SupervisorToVault.configure(credential: Credential(userAndPassword: Self.secret).token))
-        let (vaultEnd, workerEnd) = try SocketCalls.socketPair(.seqpacket)
+        let (vaultEnd, workerEnd) = try SocketCalls.socketPair(Link.workerVault.socketKind)
         try await launched.transport.open().tell(SupervisorToVault.workerLink(worker: 0), descriptors: [vaultEnd])
         try vaultEnd.close()
-        let link = try await Link.workerVault.start(socket: workerEnd, side: .opener, build: cloisterBuildID)
-        return Started(launched: launched, link: link, violations: violations)
+        let loop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let link = try await Link.workerVault.start(socket: workerEnd, side: .opener, on: loop.next(), build: cloisterBuildID).get()
+        return Started(launched: launched, link: link, loop: loop, violations: violations)
     }
 
-    /// One conversation as a worker would start it; the vault's first answer.
-    private static func ask(_ link: RoleTransport, _ payload: [UInt8]) async throws -> VaultToWorker? {
-        let circuit = try link.open()
-        try await circuit.send(payload)
-        let reply = try await circuit.receive(VaultToWorker.self)
-        try? await circuit.send([], end: true)
-        return reply?.message
+    /// One conversation as a worker would start it; the vault's first answer (nil: it ended
+    /// the conversation without one).
+    private static func ask(_ link: RoleChannelTransport, _ payload: [UInt8]) async throws -> VaultToWorker? {
+        let answered = link.eventLoop.makePromise(of: [UInt8].self)
+        try await link.eventLoop.submit {
+            let circuit = try link.open()
+            circuit.onMessage = { reply, _ in
+                answered.succeed(Array(buffer: reply))
+                circuit.abandon()
+            }
+            circuit.onFailure = { answered.fail($0) }
+            XCTAssertTrue(try circuit.send(payload))
+        }.get()
+        let reply = try await answered.futureResult.get()
+        return reply.isEmpty ? nil : try VaultToWorker(decoding: reply, descriptors: 0)
     }
 
-    private static func ask(_ link: RoleTransport, _ message: WorkerToVault) async throws -> VaultToWorker? {
+    private static func ask(_ link: RoleChannelTransport, _ message: WorkerToVault) async throws -> VaultToWorker? {
         try await ask(link, message.encoded)
     }
 
     private func stop(_ started: Started) async throws {
-        started.link.close()
+        try await started.link.eventLoop.submit { started.link.close() }.get()
+        try await started.loop.shutdownGracefully()
         started.launched.transport.close()
         _ = try await onOwnThread { try started.launched.child.wait() }
         started.launched.monitor.waitUntilDone()

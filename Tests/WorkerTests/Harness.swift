@@ -1,3 +1,4 @@
+import Circuits
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -8,11 +9,12 @@ import WebAssets
 import XCTest
 @testable import Worker
 
-/// A vault the test controls: it accepts one credential and records what attachments send.
+/// A vault the test controls: it accepts one credential and records what conversations
+/// send. Conversations run on the loop of the client that opens them, as the real link's do.
 final class FakeVault: TerminalService {
     static let token = Array("dXNlcjpwYXNz".utf8)  // base64("user:pass")
 
-    let attachments = Mutex<[FakeAttachment]>([])
+    let conversations = Mutex<[FakeConversation]>([])
     let reply: @Sendable (WorkerToVault) -> VaultToWorker
 
     init(reply: @escaping @Sendable (WorkerToVault) -> VaultToWorker = FakeVault.acceptRightToken) {
@@ -20,56 +22,91 @@ final class FakeVault: TerminalService {
     }
 
     static func acceptRightToken(_ first: WorkerToVault) -> VaultToWorker {
-        if case .attach(let request) = first, request.token == FakeVault.token {
+        switch first {
+        case .attach(let request) where request.token == FakeVault.token:
             return .attached(SessionInfo(title: "fake-title", session: "sid", secret: request.readonly ? nil : "wsecret",
                                          readSecret: "rsecret", offset: 0, skipped: 0))
+        case .check(let token) where token == FakeVault.token:
+            return .accepted(title: "fake-title")
+        default:
+            return .refused(.badCredential)
         }
-        return .refused(.badCredential)
     }
 
-    func check(token: [UInt8]) async -> Bool { token == Self.token }
-
-    func attachment() -> (any Attachment)? {
-        let attachment = FakeAttachment(reply: reply)
-        attachments.withLock { $0.append(attachment) }
-        return attachment
+    func conversation(on loop: EventLoop) -> (any VaultConversation)? {
+        let conversation = FakeConversation(loop: loop, reply: reply)
+        conversations.withLock { $0.append(conversation) }
+        return conversation
     }
 
-    var last: FakeAttachment? { attachments.withLock { $0.last } }
+    /// The conversations that asked to attach.
+    var attachments: [FakeConversation] {
+        conversations.withLock { $0.filter { if case .attach? = $0.sent.withLock({ $0.first }) { true } else { false } } }
+    }
+
+    var last: FakeConversation? { attachments.last }
 }
 
-/// An attachment whose messages from the worker are recorded, and to which the test sends
-/// the vault's side.
-final class FakeAttachment: Attachment {
+/// A conversation whose messages from the worker are recorded (the first answered with the
+/// vault's `reply`), and to which the test sends the vault's side. Its callbacks run on the
+/// client's loop.
+final class FakeConversation: VaultConversation, @unchecked Sendable {
+    let loop: EventLoop
     let sent = Mutex<[WorkerToVault]>([])
     let ended = Mutex(false)
-    private let replies: AsyncStream<VaultToWorker>
-    private let vault: AsyncStream<VaultToWorker>.Continuation
     private let reply: @Sendable (WorkerToVault) -> VaultToWorker
+    /// On `loop`: what the test said while delivery was paused.
+    private var held: [(ByteBuffer, Bool)] = []
 
-    init(reply: @escaping @Sendable (WorkerToVault) -> VaultToWorker) {
-        self.reply = reply
-        (replies, vault) = AsyncStream.makeStream()
+    var onMessage: ((ByteBuffer, Bool) -> Void)?
+    var onWritable: (() -> Void)?
+    var onFailure: ((CircuitError) -> Void)?
+    var isDeliveryPaused = false {
+        didSet { if !isDeliveryPaused { deliverHeld() } }
     }
 
-    func send(_ message: WorkerToVault) async throws {
+    init(loop: EventLoop, reply: @escaping @Sendable (WorkerToVault) -> VaultToWorker) {
+        self.loop = loop
+        self.reply = reply
+    }
+
+    func send(_ bytes: [UInt8], end: Bool) throws(CircuitError) -> Bool {
+        guard let message = try? WorkerToVault(decoding: bytes, descriptors: 0) else { return true }
         let first = sent.withLock { s in
             s.append(message)
             return s.count == 1
         }
-        if first { vault.yield(reply(message)) }
+        if end { ended.withLock { $0 = true } }
+        if first { say(reply(message), end: end) }
+        return true
     }
 
-    func receive() async throws -> VaultToWorker? {
-        var iterator = replies.makeAsyncIterator()
-        return await iterator.next()
+    func end() { ended.withLock { $0 = true } }
+
+    func abandon() {
+        ended.withLock { $0 = true }
+        onMessage = nil
+        onWritable = nil
+        onFailure = nil
     }
 
-    func end() async { ended.withLock { $0 = true } }
+    /// What the vault says next (output, exit), on the client's loop.
+    func say(_ message: VaultToWorker, end: Bool = false) {
+        loop.execute { [self] in
+            held.append((ByteBuffer(bytes: message.encoded), end))
+            deliverHeld()
+        }
+    }
 
-    /// What the vault says next (output, exit).
-    func say(_ message: VaultToWorker) { vault.yield(message) }
-    func hangUp() { vault.finish() }
+    /// The vault's link goes away.
+    func hangUp() { loop.execute { [self] in onFailure?(.peerClosed) } }
+
+    private func deliverHeld() {
+        while !isDeliveryPaused, let onMessage, !held.isEmpty {
+            let (payload, end) = held.removeFirst()
+            onMessage(payload, end)
+        }
+    }
 }
 
 /// One worker pipeline on an in-memory channel: bytes in as a client would send them,
@@ -77,7 +114,6 @@ final class FakeAttachment: Attachment {
 final class WorkerUnderTest {
     let channel = NIOAsyncTestingChannel()
     let vault: FakeVault
-    let session: Task<Void, Never>
     private var received: [UInt8] = []
 
     /// The assets `cloister serve` would load from this checkout and Debian's xterm.js.
@@ -91,8 +127,7 @@ final class WorkerUnderTest {
         logger.logLevel = .critical
         let worker = WebWorker(settings: settings, service: vault, assets: try assets ?? Self.assets.get(), logger: logger)
         let channel = self.channel
-        let upgrade = try await channel.eventLoop.submit { try worker.configure(channel) }.get()
-        session = Task { await worker.handle(upgrade) }
+        _ = try await channel.eventLoop.submit { try worker.configure(channel) }.get()
     }
 
     func send(_ text: String) async throws { try await send(Array(text.utf8)) }
@@ -134,7 +169,6 @@ final class WorkerUnderTest {
 
     func finish() async {
         _ = try? await channel.finish()
-        session.cancel()
     }
 }
 

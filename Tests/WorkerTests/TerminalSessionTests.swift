@@ -67,7 +67,7 @@ final class TerminalSessionTests: XCTestCase {
         try await w.send(Frames.text("hello"))
         let notJSON = try await w.output { Frames.closeCode($0) != nil }
         XCTAssertEqual(Frames.closeCode(notJSON), 1008)
-        XCTAssertEqual(w.vault.attachments.withLock { $0.count }, 0, "nothing was asked of the vault")
+        XCTAssertEqual(w.vault.conversations.withLock { $0.count }, 0, "nothing was asked of the vault")
         await w.finish()
     }
 

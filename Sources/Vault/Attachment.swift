@@ -1,0 +1,145 @@
+import Logging
+import NIOCore
+import RoleProtocol
+
+/// One client on a session: the circuit the worker opened for it, its cursor into the
+/// session's output, and whether it may write. Output goes from the ring as the circuit's
+/// credit allows (the worker grants it as its client takes it); the client's commands come
+/// the other way (a viewer's are ignored and counted), until the shell exits, the client
+/// leaves, the operator kicks it, or (by the operator's policy) it falls behind what the ring
+/// holds.
+///
+/// Everything here belongs to the vault's event loop.
+final class Attachment: @unchecked Sendable {
+    enum Ending: String { case shellExited = "shell exited", clientLeft = "client left", tooSlow = "too slow", kicked = "kicked" }
+
+    /// Largest output message: what a caught-up client gets is one terminal read, at most this.
+    static var outputLimit: Int { 64 * 1024 }
+
+    let number: Int
+    let circuit: RoleChannelCircuit
+    let session: Session
+    let writer: Bool
+    let worker: UInt32
+    /// The offset of the next output byte this client is sent.
+    private(set) var cursor: UInt64
+    private let logger: Logger
+    private(set) var ending: Ending?
+    /// The vault counts attachments from admission to here.
+    private let ended: () -> Void
+
+    init(number: Int, circuit: RoleChannelCircuit, session: Session, writer: Bool, worker: UInt32, cursor: UInt64,
+         logger: Logger, ended: @escaping () -> Void) {
+        (self.number, self.circuit, self.session, self.writer, self.worker, self.cursor) = (number, circuit, session, writer, worker, cursor)
+        var log = logger
+        log[metadataKey: "session"] = "\(session.id)"
+        log[metadataKey: "mode"] = "\(writer ? "writer" : "viewer")"
+        log[metadataKey: "client"] = "\(number)"
+        self.logger = log
+        self.ended = ended
+    }
+
+    /// Tells the client where it is attached, then sends it output from its cursor on.
+    func start(_ info: SessionInfo, openAttachments: Int) {
+        circuit.onMessage = { [self] payload, isEnd in received(payload, isEnd: isEnd) }
+        circuit.onWritable = { [self] in pump() }
+        circuit.onFailure = { [self] _ in end(.clientLeft, last: nil) }
+        logger.info("attachment started", metadata: ["offset": "\(info.offset)", "skipped": "\(info.skipped)",
+                                                     "open_attachments": "\(openAttachments)"])
+        // A new conversation has a whole window of credit.
+        guard (try? circuit.send(VaultToWorker.attached(info).encoded)) == true else { return end(.clientLeft, last: nil) }
+        // What the worker sent while the session was being found or started (the client may
+        // even have left already).
+        circuit.isDeliveryPaused = false
+        guard ending == nil else { return }
+        session.add(self)
+    }
+
+    // MARK: The client's commands
+
+    private func received(_ payload: ByteBuffer, isEnd: Bool) {
+        guard ending == nil else { return }
+        if payload.readableBytes > 0 { command(payload) }
+        if isEnd { end(.clientLeft, last: nil) }
+    }
+
+    private func command(_ payload: ByteBuffer) {
+        // Input, the bulk of what clients send, goes to the terminal as it arrived.
+        if payload.getInteger(at: payload.readerIndex, as: UInt8.self) == WorkerToVault.inputKind {
+            guard writer else { return session.countIgnored() }
+            return session.input(payload.getSlice(at: payload.readerIndex + 1, length: payload.readableBytes - 1)!)
+        }
+        switch try? WorkerToVault(decoding: Array(buffer: payload), descriptors: 0) {
+        case .resize(let columns, let rows) where writer: session.resize(rows: rows, columns: columns)
+        case .pause where writer: session.pause()
+        case .resume where writer: session.resume()
+        case .input, .resize, .pause, .resume: session.countIgnored()
+        case .attach, .check, nil:
+            // A worker that sends what does not belong on an attachment ends it.
+            logger.warning("attachment ended: a message that does not belong on it")
+            end(.clientLeft, last: nil)
+        }
+    }
+
+    // MARK: Output
+
+    /// Sends what the ring has beyond the cursor, as far as credit goes; the status once the
+    /// session is over and everything was sent.
+    func pump() {
+        while ending == nil {
+            guard let next = session.ring.read(from: cursor, limit: Self.outputLimit) else {
+                if session.isFinished { end(.shellExited, last: session.exitStatus.map { .exited($0) }) }
+                return
+            }
+            if next.skipped > 0 {
+                session.countSlowConsumer()
+                guard session.settings.slowConsumer == .resync else { return end(.tooSlow, last: .refused(.tooSlow)) }
+                guard send(VaultToWorker.resynced(offset: next.offset, skipped: next.skipped).encoded) else { return }
+                cursor = next.offset
+                continue
+            }
+            guard (try? circuit.send(next.bytes, kind: VaultToWorker.outputKind)) == true else { return }
+            cursor = next.offset + UInt64(next.bytes.readableBytes)
+            session.advanced(self)
+        }
+    }
+
+    /// False when there is no credit (`onWritable` follows) or the link has failed
+    /// (`onFailure` follows).
+    private func send(_ bytes: [UInt8]) -> Bool { (try? circuit.send(bytes)) == true }
+
+    // MARK: Ending
+
+    /// Ends the attachment for `ending`, with the client told `last` if there is a word for
+    /// it. Whatever the worker still sends on the circuit, until its own end, is dropped.
+    func end(_ ending: Ending, last: VaultToWorker?) {
+        guard self.ending == nil else { return }
+        self.ending = ending
+        logger.info("attachment ended", metadata: ["ending": "\(ending.rawValue)"])
+        session.detach(self)
+        ended()
+        circuit.onMessage = { _, _ in }
+        circuit.onWritable = nil
+        circuit.isDeliveryPaused = false
+        guard let last else { return circuit.end() }
+        sendLast(last)
+    }
+
+    /// The attachment's last word (why it ended). A client that stopped reading (the one an
+    /// operator kicks or the policy drops) has left the circuit without credit, so the word
+    /// waits a little, then the circuit is abandoned and the worker closes the connection
+    /// without it.
+    private func sendLast(_ message: VaultToWorker) {
+        let circuit = self.circuit
+        do {
+            if try circuit.send(message.encoded, end: true) { return }
+        } catch {
+            return  // the link is gone
+        }
+        let giveUp = session.loop.scheduleTask(in: .seconds(5)) { circuit.abandon() }
+        circuit.onWritable = {
+            giveUp.cancel()
+            _ = try? circuit.send(message.encoded, end: true)
+        }
+    }
+}
