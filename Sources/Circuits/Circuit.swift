@@ -81,6 +81,14 @@ public final class Circuit<Id: FixedWidthInteger & UnsignedInteger & Sendable>: 
         if !conversation.reserved { core.abandon(conversation) }
     }
 
+    /// Runs `action` once the peer has ended the conversation (or the transport stopped),
+    /// reading nothing meanwhile: what the peer sends until then is dropped. No task waits:
+    /// the action runs on the transport's reader thread, so it must not block. The handle
+    /// is kept until then.
+    public func whenPeerEnds(_ action: @escaping @Sendable () -> Void) {
+        core.whenPeerEnds(conversation) { withExtendedLifetime(self) { action() } }
+    }
+
     /// The next message. After the peer's end message has been returned, throws
     /// `.conversationEnded`.
     public func receive() async throws -> Message {

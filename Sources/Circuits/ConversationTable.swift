@@ -29,6 +29,9 @@ final class QueuedConversation: Conversation, @unchecked Sendable {
     var waiter: Continuation<Void, Error>?
     /// The consumer has taken the peer's end message.
     var consumedEnd = false
+    /// Set by `Circuit.whenPeerEnds`: nothing is read, and this runs once the peer's end
+    /// arrives (or the transport fails).
+    var peerEndAction: (@Sendable () -> Void)?
 }
 
 /// Cumulative flow-control counters of one circuit id, kept across conversations so that a
@@ -231,17 +234,26 @@ struct ConversationTable<C: Conversation> {
 /// The threaded transport's side: messages queue on their conversation for a task to take.
 extension ConversationTable where C == QueuedConversation {
     /// Queues a data frame on its conversation (`route`). Returns a waiting consumer to wake,
-    /// and a credit grant to send when the conversation was abandoned (its data is dropped
-    /// here, descriptors closed).
-    mutating func route(_ frame: Frame) throws(CircuitError) -> (wake: Continuation<Void, Error>?, grant: UInt64?) {
+    /// a credit grant to send when the conversation's data is dropped here (it was abandoned,
+    /// or nobody reads it: descriptors closed), and the action `whenPeerEnds` left for the
+    /// peer's end, once that has come.
+    mutating func route(_ frame: Frame) throws(CircuitError)
+        -> (wake: Continuation<Void, Error>?, grant: UInt64?, ended: (@Sendable () -> Void)?) {
         let routed = try route(frame.header)
-        if routed.discard { return (nil, routed.grant) }
+        if routed.discard { return (nil, routed.grant, nil) }
         let conversation = routed.conversation
+        if let action = conversation.peerEndAction {
+            let grant = consume(routed.cost, conversation.credit)
+            guard frame.header.end else { return (nil, grant, nil) }
+            conversation.consumedEnd = true
+            conversation.peerEndAction = nil
+            return (nil, grant, action)
+        }
         conversation.queue.push(Message(payload: frame.payload, descriptors: frame.descriptors, isEnd: frame.header.end,
                                         cost: routed.cost))
-        guard let waiter = conversation.waiter else { return (nil, nil) }
+        guard let waiter = conversation.waiter else { return (nil, nil, nil) }
         conversation.waiter = nil
-        return (waiter, nil)
+        return (waiter, nil, nil)
     }
 
     /// Takes every queued message out, for the caller to drop outside the lock; conversations
@@ -251,6 +263,16 @@ extension ConversationTable where C == QueuedConversation {
         for conversation in conversations.values { dropped += conversation.queue.removeAll() }
         for incoming in incoming.removeAll() { dropped += incoming.queue.removeAll() }
         return dropped
+    }
+
+    /// Every action waiting for a peer's end (`whenPeerEnds`), for a transport that failed.
+    mutating func takeEndActions() -> [@Sendable () -> Void] {
+        var actions: [@Sendable () -> Void] = []
+        for conversation in live {
+            if let action = conversation.peerEndAction { actions.append(action) }
+            conversation.peerEndAction = nil
+        }
+        return actions
     }
 
     /// Every task waiting on a conversation or for credit.

@@ -127,6 +127,7 @@ extension TransportCore {
         }
         var senders: [Continuation<Void, Error>] = []
         var grants: [(UInt64, UInt64)] = []
+        var endActions: [@Sendable () -> Void] = []
         try state.withLock { (s) throws(CircuitError) in
             for frame in frames {
                 let h = frame.header
@@ -141,8 +142,9 @@ extension TransportCore {
                     let limit = frame.payload.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                     senders += s.table.raiseLimit(limit, on: h.circuit)
                 case .data:
-                    let (wake, grant) = try s.table.route(frame)
+                    let (wake, grant, ended) = try s.table.route(frame)
                     if let wake { wakes.append(wake) }
+                    if let ended { endActions.append(ended) }
                     if s.table.hasIncoming, let acceptor = s.acceptWaiter {
                         s.acceptWaiter = nil
                         wakes.append(acceptor)
@@ -152,6 +154,7 @@ extension TransportCore {
             }
         }
         for sender in senders { sender.resume() }
+        for action in endActions { action() }
         // Submitting never waits for the peer, so the reader cannot block here (two readers
         // blocked on each other's full buffers would deadlock).
         // A grant for an abandoned conversation that cannot be written (the peer is gone)

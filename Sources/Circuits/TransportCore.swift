@@ -100,6 +100,7 @@ final class TransportCore: Sendable {
         var dropped: [Message] = []
         var waiters: [Continuation<Void, Error>] = []
         var closeWaiters: [Continuation<CircuitError, Never>] = []
+        var endActions: [@Sendable () -> Void] = []
         let cause: CircuitError = state.withLock { s in
             if s.failure == nil { s.failure = error }
             let cause = s.failure!
@@ -107,12 +108,14 @@ final class TransportCore: Sendable {
             if cause != .peerClosed { dropped = s.table.dropQueued() }
             if let w = s.acceptWaiter { waiters.append(w); s.acceptWaiter = nil }
             waiters += s.table.takeWaiters()
+            endActions = s.table.takeEndActions()
             closeWaiters = s.closeWaiters
             s.closeWaiters = []
             return cause
         }
         for w in waiters { w.resume(throwing: cause) }
         for w in closeWaiters { w.resume(returning: cause) }
+        for action in endActions { action() }
         dropped.removeAll()  // closes their descriptors
     }
 
@@ -338,6 +341,24 @@ final class TransportCore: Sendable {
                 return conversation.waiter.map { [$0] } ?? []
             }
         }
+    }
+
+    /// Runs `action` once the peer's end arrives, reading nothing until then (what comes is
+    /// dropped, its credit returned): a conversation that only waits for its end keeps no
+    /// task. At once if the end already came or the transport has stopped.
+    func whenPeerEnds(_ conversation: QueuedConversation, _ action: @escaping @Sendable () -> Void) {
+        var dropped: [Message] = []
+        let (now, grant): (Bool, UInt64?) = state.withLock { s in
+            if s.failure != nil || conversation.peerEnded { return (true, nil) }
+            dropped = conversation.queue.removeAll()
+            var grant: UInt64?
+            for m in dropped { grant = s.table.consume(m.cost, conversation.credit) ?? grant }
+            conversation.peerEndAction = action
+            return (false, grant)
+        }
+        dropped.removeAll()
+        if let grant { try? sendGrant(grant, on: conversation.id) }
+        if now { action() }
     }
 
     /// The handle of an unfinished conversation went away: discard what it would have read,

@@ -185,29 +185,28 @@ public final class Nursery: Sendable {
             try? await circuit.send(NurseryToVault.failed(reason: "\(error)"), end: true)
             return
         }
-        var log = logger
-        log[metadataKey: "shell"] = "\(child.pid)"
-        let shellLog = log
-        shells.insert(child.pid)
-        Reaper.shared.watch(child) { termination in
-            shells.remove(child.pid)
+        let pid = child.pid
+        shells.insert(pid)
+        // Kept until the shell is reaped: nothing but the pid and what every shell shares.
+        Reaper.shared.watch(child) { [logger] termination in
+            shells.remove(pid)
             let exit: Exit
             switch termination {
             case .exited(let code): exit = .status(code)
             case .signaled(let signal): exit = .signal(signal)
             case nil: exit = .signal(0)
             }
-            shellLog.info("shell reaped", metadata: ["exit": "\(exit)"])
-            report.yield((child.pid, exit))
+            logger.info("shell reaped", metadata: ["shell": "\(pid)", "exit": "\(exit)"])
+            report.yield((pid, exit))
         }
         // The vault's copy is the only one left: once it is closed, the terminal hangs up.
         defer { try? terminal.master.close() }
         do {
             try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master], end: true)
         } catch {
-            log.error("shell started, but the vault did not take its terminal", metadata: ["error": "\(error)"])
+            logger.error("shell started, but the vault did not take its terminal", metadata: ["shell": "\(pid)", "error": "\(error)"])
             return
         }
-        log.info("shell started", metadata: ["columns": "\(columns)", "rows": "\(rows)"])
+        logger.info("shell started", metadata: ["shell": "\(pid)", "columns": "\(columns)", "rows": "\(rows)"])
     }
 }

@@ -212,16 +212,14 @@ public final class RolePool: Sendable {
             let circuit: RoleCircuit
             do {
                 circuit = try instance.transport.open()
-                try await circuit.send(SupervisorToWorker.client, descriptors: [client])
+                try await circuit.send(SupervisorToWorker.client, descriptors: [client], end: true)
             } catch {
                 release(instance)
                 lastError = error
                 continue
             }
-            Task {
-                while let message = try? await circuit.receive(), !message.isEnd {}
-                self.release(instance)
-            }
+            // The worker ends the conversation once the client has gone (or the worker has).
+            circuit.whenPeerEnds { self.release(instance) }
             return
         }
     }

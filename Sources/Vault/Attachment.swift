@@ -23,7 +23,9 @@ final class Attachment: @unchecked Sendable {
     let worker: UInt32
     /// The offset of the next output byte this client is sent.
     private(set) var cursor: UInt64
+    /// The worker link's logger; each line adds `metadata`.
     private let logger: Logger
+    private var metadata: Logger.Metadata { ["session": "\(session.id)", "mode": "\(writer ? "writer" : "viewer")", "client": "\(number)"] }
     private(set) var ending: Ending?
     /// The vault counts attachments from admission to here.
     private let ended: () -> Void
@@ -31,11 +33,7 @@ final class Attachment: @unchecked Sendable {
     init(number: Int, circuit: RoleChannelCircuit, session: Session, writer: Bool, worker: UInt32, cursor: UInt64,
          logger: Logger, ended: @escaping () -> Void) {
         (self.number, self.circuit, self.session, self.writer, self.worker, self.cursor) = (number, circuit, session, writer, worker, cursor)
-        var log = logger
-        log[metadataKey: "session"] = "\(session.id)"
-        log[metadataKey: "mode"] = "\(writer ? "writer" : "viewer")"
-        log[metadataKey: "client"] = "\(number)"
-        self.logger = log
+        self.logger = logger
         self.ended = ended
     }
 
@@ -44,8 +42,8 @@ final class Attachment: @unchecked Sendable {
         circuit.onMessage = { [self] payload, isEnd in received(payload, isEnd: isEnd) }
         circuit.onWritable = { [self] in pump() }
         circuit.onFailure = { [self] _ in end(.clientLeft, last: nil) }
-        logger.info("attachment started", metadata: ["offset": "\(info.offset)", "skipped": "\(info.skipped)",
-                                                     "open_attachments": "\(openAttachments)"])
+        logger.info("attachment started", metadata: metadata.merging(["offset": "\(info.offset)", "skipped": "\(info.skipped)",
+                                                                      "open_attachments": "\(openAttachments)"]) { $1 })
         // A new conversation has a whole window of credit.
         guard (try? circuit.send(VaultToWorker.attached(info).encoded)) == true else { return end(.clientLeft, last: nil) }
         // What the worker sent while the session was being found or started (the client may
@@ -76,7 +74,7 @@ final class Attachment: @unchecked Sendable {
         case .input, .resize, .pause, .resume: session.countIgnored()
         case .attach, .check, nil:
             // A worker that sends what does not belong on an attachment ends it.
-            logger.warning("attachment ended: a message that does not belong on it")
+            logger.warning("attachment ended: a message that does not belong on it", metadata: metadata)
             end(.clientLeft, last: nil)
         }
     }
@@ -115,7 +113,7 @@ final class Attachment: @unchecked Sendable {
     func end(_ ending: Ending, last: VaultToWorker?) {
         guard self.ending == nil else { return }
         self.ending = ending
-        logger.info("attachment ended", metadata: ["ending": "\(ending.rawValue)"])
+        logger.info("attachment ended", metadata: metadata.merging(["ending": "\(ending.rawValue)"]) { $1 })
         session.detach(self)
         ended()
         circuit.onMessage = { _, _ in }

@@ -56,7 +56,10 @@ final class Session: @unchecked Sendable {
     let loop: EventLoop
     private(set) var ring: OutputRing
     private var terminal: Terminal?
+    /// The vault's logger; each line adds `metadata` (kept per line, not per session: a
+    /// logger with metadata of its own costs a dictionary per session).
     private let logger: Logger
+    var metadata: Logger.Metadata { ["session": "\(id)", "shell": "\(shell)"] }
     /// Told when the session is over, to forget it.
     private let ended: (Session) -> Void
     /// Sends the operator's end signal through the nursery; calls back once it was sent.
@@ -94,10 +97,7 @@ final class Session: @unchecked Sendable {
         self.shell = shell
         self.settings = settings
         ring = OutputRing(capacity: settings.ringBytes)
-        var log = logger
-        log[metadataKey: "session"] = "\(id)"
-        log[metadataKey: "shell"] = "\(shell)"
-        self.logger = log
+        self.logger = logger
         self.ended = ended
         self.signal = signal
     }
@@ -150,7 +150,7 @@ final class Session: @unchecked Sendable {
         exitWait?.cancel()
         linger?.cancel()
         ended(self)
-        logger.info("session ended", metadata: ["shell_exit": "\(exit.map { "\($0)" } ?? "unknown")"])
+        logger.info("session ended", metadata: metadata.merging(["shell_exit": "\(exit.map { "\($0)" } ?? "unknown")"]) { $1 })
         for client in Array(clients.values) { client.pump() }
     }
 
@@ -184,7 +184,7 @@ final class Session: @unchecked Sendable {
     func hangUp(_ why: String) {
         guard !isHungUp, !isFinished else { return }
         isHungUp = true
-        logger.info("session hung up: \(why)")
+        logger.info("session hung up: \(why)", metadata: metadata)
         updateReading()
         guard settings.endSignal != SIGHUP else {
             terminal?.close()

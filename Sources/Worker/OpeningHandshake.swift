@@ -116,9 +116,23 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     /// raw bytes before this handler is removed. It is passed on untouched.
     private var upgrading = false
 
+    /// The opening handshake's deadline: the connection is closed unless it upgrades first.
+    /// The gate leaves the pipeline at the upgrade, and takes the timer with it.
+    private var deadline: Scheduled<Void>?
+
     init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, settings: WebWorker.Settings) {
         self.refusal = refusal
         self.settings = settings
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        deadline = context.eventLoop.scheduleTask(in: settings.handshakeTimeout) { channel.close(promise: nil) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -28,40 +28,39 @@ final class WebSocketMessageHandler: ChannelInboundHandler {
     typealias OutboundOut = WebSocketFrame
 
     private var closing = false
-    private let pingInterval: TimeAmount?
-    private var pinger: RepeatedTask?
+    /// The worker's pings, on this connection's loop; nil: never pinged.
+    private let clock: PingClock?
+    private var context: ChannelHandlerContext?
     private var unansweredPing: UInt64?
     private var pingsSent: UInt64 = 0
 
     private let counters: RoleCounters?
 
-    init(pingInterval: TimeAmount? = nil, counters: RoleCounters? = nil) {
-        self.pingInterval = pingInterval
+    init(clock: PingClock? = nil, counters: RoleCounters? = nil) {
+        self.clock = clock
         self.counters = counters
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        guard let interval = pingInterval else { return }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        pinger = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
-            let (handler, context) = bound.value
-            handler.ping(context)
-        }
+        self.context = context
+        clock?.join(self)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
-        pinger?.cancel()
-        pinger = nil
-    }
+    func handlerRemoved(context: ChannelHandlerContext) { leaveClock() }
 
     func channelInactive(context: ChannelHandlerContext) {
-        pinger?.cancel()
-        pinger = nil
+        leaveClock()
         context.fireChannelInactive()
     }
 
-    private func ping(_ context: ChannelHandlerContext) {
-        guard !closing else { return }
+    private func leaveClock() {
+        clock?.leave(self)
+        context = nil
+    }
+
+    /// The clock's tick: a ping, or the close of a connection that did not answer the last.
+    func tick() {
+        guard let context, !closing else { return }
         if unansweredPing != nil {
             // A client that does not answer may not be reading either: its close frame could
             // wait behind unread output forever, so the connection is closed without waiting.

@@ -4,6 +4,7 @@ import RoleProtocol
 import NIOHTTP1
 import NIOPosix
 import NIOWebSocket
+import Synchronization
 import SystemPackage
 import WebAssets
 
@@ -45,6 +46,17 @@ public final class WebWorker: Sendable {
     let logger: Logger
     /// What the heartbeat replies carry to the supervisor (`WorkerCounter`).
     public let counters = RoleCounters(count: WorkerCounter.allCases.count)
+    /// The ping clock of each event loop clients are served on (the worker's one loop).
+    private let pingClocks = Mutex<[ObjectIdentifier: PingClock]>([:])
+
+    private func pingClock(interval: TimeAmount, on loop: EventLoop) -> PingClock {
+        pingClocks.withLock { clocks in
+            if let clock = clocks[ObjectIdentifier(loop)] { return clock }
+            let clock = PingClock(interval: interval, eventLoop: loop)
+            clocks[ObjectIdentifier(loop)] = clock
+            return clock
+        }
+    }
 
     public init(settings: Settings, service: any TerminalService, assets: AssetBundle, logger: Logger) {
         self.settings = settings
@@ -79,12 +91,7 @@ public final class WebWorker: Sendable {
     /// the message bounds, and a deadline for the opening handshake.
     func configure(_ channel: Channel) throws -> EventLoopFuture<Void> {
         let (settings, counters, service, logger) = (self.settings, self.counters, self.service, self.logger)
-        let deadline = channel.eventLoop.scheduleTask(in: settings.handshakeTimeout) {
-            channel.close(promise: nil)
-        }
-        // A connection that ends first (plain HTTP, a refusal) lets go of the timer, and the
-        // timer of the channel, at once rather than when it fires.
-        channel.closeFuture.whenComplete { _ in deadline.cancel() }
+        let clock = settings.pingInterval.map { pingClock(interval: $0, on: channel.eventLoop) }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
         let refusal = NIOLoopBoundBox<HandshakeRefusal?>(nil, eventLoop: channel.eventLoop)
         let upgrader = NIOTypedWebSocketServerUpgrader<Void>(
@@ -95,7 +102,6 @@ public final class WebWorker: Sendable {
                 channel.eventLoop.makeSucceededFuture(["Sec-WebSocket-Protocol": "tty"])
             },
             upgradePipelineHandler: { channel, head in
-                deadline.cancel()
                 // HTTP errors are over: what is left is WebSocket's to report.
                 channel.pipeline.removeHandler(name: HTTPErrorHandler.name, promise: nil)
                 channel.pipeline.removeHandler(name: HandshakeGate.name, promise: nil)
@@ -105,7 +111,7 @@ public final class WebWorker: Sendable {
                     try sync.addHandler(NIOWebSocketFrameAggregator(
                         minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: settings.maxFragments,
                         maxAccumulatedFrameSize: settings.maxMessageBytes))
-                    try sync.addHandler(WebSocketMessageHandler(pingInterval: settings.pingInterval, counters: counters))
+                    try sync.addHandler(WebSocketMessageHandler(clock: clock, counters: counters))
                     // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
                     let token = settings.authHeader.map { Array((head.headers.first(name: $0) ?? "").utf8) }
                     try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences,

@@ -270,6 +270,42 @@ final class TransportTests: XCTestCase {
         XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 })
     }
 
+    /// A conversation that only waits for the peer's end keeps no task: the action runs when
+    /// the end comes, what the peer sends before it is dropped with its credit returned, and
+    /// the transport failing runs it too.
+    func testWhenPeerEndsRunsOnTheEndOrTheFailure() async throws {
+        let (a, b) = try await transportPair(opener: configuration(.opener, window: 8192, maxPayload: 1024, maxDescriptors: 0),
+                                             acceptor: configuration(.acceptor, window: 8192, maxPayload: 1024, maxDescriptors: 0))
+        let ran = Recorder()
+        let waiting = try a.open()
+        try await waiting.send([1], end: true)
+        waiting.whenPeerEnds { ran.add("ended") }
+        let served = try await b.accept()
+        let first = try await served.receive()
+        XCTAssertTrue(first.isEnd)
+        // More than the window in all: only dropped messages return credit for the rest.
+        for _ in 0..<16 { try await served.send([UInt8](repeating: 7, count: 1000)) }
+        XCTAssertEqual(ran.all, [])
+        try await served.send([], end: true)
+        XCTAssertTrue(eventually { ran.all == ["ended"] }, "\(ran.all)")
+        XCTAssertTrue(eventually { a.busyCircuits == 0 && b.busyCircuits == 0 }, "both ends are done with it")
+
+        let afterTheEnd = try a.open()
+        try await afterTheEnd.send([2], end: true)
+        let second = try await b.accept()
+        _ = try await second.receive()
+        try await second.send([], end: true)
+        XCTAssertTrue(eventually { afterTheEnd.conversation.peerEnded })
+        afterTheEnd.whenPeerEnds { ran.add("already ended") }
+        XCTAssertEqual(ran.all, ["ended", "already ended"], "an end that came already runs it at once")
+
+        let unanswered = try a.open()
+        try await unanswered.send([3], end: true)
+        unanswered.whenPeerEnds { ran.add("failed") }
+        b.close()
+        XCTAssertTrue(eventually { ran.all.last == "failed" }, "\(ran.all)")
+    }
+
     func testCloseWakesWaitersAndLaterCallsFail() async throws {
         let (a, b) = try await transportPair()
         let c = try a.open()
