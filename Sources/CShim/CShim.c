@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <linux/landlock.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <string.h>
 #include <stdlib.h>
@@ -341,4 +342,8 @@ int cloister_sealed_memfd(const char *name, const void *data, size_t len, const 
         return -1;
     }
     return fd;
+}
+
+ssize_t cloister_getrandom(void *buffer, size_t length) {
+    return getrandom(buffer, length, 0);
 }

@@ -174,8 +174,9 @@ public final class Nursery: Sendable {
         do {
             terminal = try PseudoTerminal.open(rows: rows, columns: columns)
             do {
+                // A shell sets no parent-death signal: it need not come from the spawner thread.
                 child = try ChildProcess.spawn(executable, arguments: arguments, environment: environment,
-                                               terminal: terminal.slavePath, argumentZero: argumentZero)
+                                               terminal: terminal.slavePath, argumentZero: argumentZero, byThisThread: true)
             } catch {
                 try? terminal.master.close()
                 throw error

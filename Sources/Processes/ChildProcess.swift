@@ -37,7 +37,11 @@ public final class ChildProcess: Sendable {
     /// becomes descriptor 3 + i in the child; stdin, stdout and stderr are inherited, every
     /// other descriptor of this process is close-on-exec and does not cross. The signal mask
     /// and dispositions are reset, and the environment is exactly `environment`. Every child
-    /// is spawned from one long-lived thread (see `SpawnerThread`).
+    /// is spawned from one long-lived thread (see `SpawnerThread`), unless `byThisThread`: a
+    /// child that sets no parent-death signal (a shell) may be spawned by the caller, which
+    /// saves two hand-overs between threads per spawn. (The second one cost the most: the
+    /// caller was woken half a millisecond after the spawn had returned, behind the new
+    /// shell's start on the CPU.)
     ///
     /// With `output`, the child's stdout and stderr both go there.
     ///
@@ -52,7 +56,11 @@ public final class ChildProcess: Sendable {
     public static func spawn(_ executable: String, arguments: [String], descriptors: [FileDescriptor] = [],
                              environment: [String: String] = [:], terminal: String? = nil,
                              argumentZero: String? = nil, output: FileDescriptor? = nil,
-                             ownProcessGroup: Bool = false) throws(SystemCallError) -> ChildProcess {
+                             ownProcessGroup: Bool = false, byThisThread: Bool = false) throws(SystemCallError) -> ChildProcess {
+        if byThisThread {
+            return try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment,
+                                 terminal: terminal, argumentZero: argumentZero, output: output, ownProcessGroup: ownProcessGroup)
+        }
         let result: Result<ChildProcess, SystemCallError> = SpawnerThread.shared.run {
             Result { () throws(SystemCallError) in
                 try spawnHere(executable, arguments: arguments, descriptors: descriptors, environment: environment,

@@ -55,11 +55,14 @@ public enum RoleLauncher {
                 try? logWriter.close()
             }
             do {
+                // Nothing of this process's environment crosses but a fixed time zone: the
+                // role cannot read /etc/localtime, which glibc would otherwise try (and fail)
+                // to open for every log line's timestamp. Its lines are in UTC either way.
                 child = try ChildProcess.spawn(executable,
                                                arguments: ["role", role.rawValue, "--policy", policy, "--mode", mode.rawValue,
                                                            "--listener-fd", "4", "--user", user, "--group", group] + arguments,
-                                               descriptors: [roleTransport, roleHandoff] + extra, output: logWriter,
-                                               ownProcessGroup: true)
+                                               descriptors: [roleTransport, roleHandoff] + extra, environment: ["TZ": "UTC0"],
+                                               output: logWriter, ownProcessGroup: true)
             } catch {
                 try? logReader.close()
                 throw error

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import Processes
 import RoleProtocol
+import SystemCalls
 
 #if canImport(Glibc)
 import Glibc
@@ -268,15 +269,20 @@ final class Session: @unchecked Sendable {
 
 /// Session ids and secrets.
 public enum SessionToken {
-    /// Random bytes from getrandom(2), as URL-safe text (it rides in URL fragments).
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+
+    /// `count` random bytes' worth of URL-safe text (it rides in URL fragments): six bits of
+    /// getrandom(2) per character, drawn in one call.
     public static func random(bytes count: Int) -> String {
-        var generator = SystemRandomNumberGenerator()
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-        var characters = (0..<(count * 4 / 3)).map { _ in alphabet[Int(generator.next() % 64)] }
+        let length = count * 4 / 3
+        // One byte per character, and spares for the first (see below).
+        guard let random = try? randomBytes(length + 8) else { fatalError("getrandom failed: no secret can be made") }
+        var characters = random.prefix(length).map { alphabet[Int($0 & 63)] }
         // Never a leading "-": an id is typed on command lines (`cloister ctl kick ID`,
-        // `cloister attach --session ID`), where it would read as an option. 62 letters and
-        // digits for the first character cost under a tenth of a bit.
-        characters[0] = alphabet[Int(generator.next() % 62)]
+        // `cloister attach --session ID`), where it would read as an option. The first of the
+        // spare bytes below 248 (62 * 4) picks one of the 62 letters and digits, unbiased;
+        // the rare draw with none falls back to "A", under a tenth of a bit lost.
+        characters[0] = random.dropFirst(length).first { $0 < 248 }.map { alphabet[Int($0 % 62)] } ?? alphabet[0]
         return String(decoding: characters, as: UTF8.self)
     }
 }

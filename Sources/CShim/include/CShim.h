@@ -52,6 +52,10 @@ int cloister_getresuid(uid_t *r, uid_t *e, uid_t *s);
 int cloister_getresgid(gid_t *r, gid_t *e, gid_t *s);
 pid_t cloister_gettid(void);
 
+/// getrandom(2) (in <sys/random.h>, which the Glibc overlay leaves out): up to `length`
+/// random bytes into `buffer`. Returns the count, or -1 with errno.
+ssize_t cloister_getrandom(void *buffer, size_t length);
+
 /// syscall(2) with six arguments (variadic in C): for raw calls with no libc wrapper.
 long cloister_syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6);
 
