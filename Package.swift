@@ -103,7 +103,7 @@ let package = Package(
         .executableTarget(
             name: "CloisterBench",
             dependencies: [
-                "Circuits", "CShim", "Processes", "TerminalClient",
+                "Circuits", "CShim", "Processes", "Supervisor", "TerminalClient",
                 system,
             ]),
         .testTarget(

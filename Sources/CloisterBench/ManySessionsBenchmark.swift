@@ -1,5 +1,6 @@
 import Foundation
 import Processes
+import Supervisor
 import TerminalClient
 
 #if canImport(Glibc)
@@ -108,16 +109,18 @@ struct ManySessionsBenchmark {
                           + "raise it for the run: sysctl -w kernel.pty.max=\(sessions + 2048)")
         }
         // The client's sockets here, and the vault's in the server, which inherits this hard
-        // limit and refuses to start under what --max-clients needs (3 per client, and 64).
-        let needed = rlim_t(max(sessions + 1024, 3 * (sessions + 16) + 64))
+        // limit and refuses to start under what --max-clients needs.
+        let vault = Server.vaultOpenFiles(maxClients: sessions + 16)
+        let needed = rlim_t(max(sessions + 1024, vault))
         var files = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
         if files.rlim_max < needed { files.rlim_max = needed }
         files.rlim_cur = files.rlim_max
         guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 else {
             let hard = files.rlim_max == needed ? { () -> rlim_t in var l = rlimit(); getrlimit(Int32(RLIMIT_NOFILE.rawValue), &l); return l.rlim_max }() : files.rlim_max
-            throw Failure(description: "\(sessions) sessions need \(needed) open files (the vault holds about 3 per session), above the hard limit "
-                          + "\(hard), which setrlimit could not raise (errno \(errno): it takes CAP_SYS_RESOURCE); at most \((Int(hard) - 64) / 3 - 16) sessions here")
+            throw Failure(description: "\(sessions) sessions need \(needed) open files (the vault holds one per session and room for "
+                          + "lingering ones), above the hard limit \(hard), which setrlimit could not raise (errno \(errno): it takes "
+                          + "CAP_SYS_RESOURCE); at most \((Int(hard) - 64) * 2 / 3 - 16) sessions here")
         }
     }
 

@@ -153,9 +153,9 @@ public final class Server: Sendable {
     /// room for its transports, timers and the event loops' own descriptors.
     public static func workerOpenFiles(maxClients: Int) -> Int { maxClients + 64 }
 
-    /// Two per session's terminal (the master and the reader's copy), sessions outliving their
-    /// clients by the linger (room for half as many again), and room for the rest; at least 4096.
-    public static func vaultOpenFiles(maxClients: Int) -> Int { max(4096, 3 * maxClients + 64) }
+    /// One per session's terminal (its PTY master), sessions outliving their clients by the
+    /// linger (room for half as many again), and room for the rest; at least 4096.
+    public static func vaultOpenFiles(maxClients: Int) -> Int { max(4096, maxClients * 3 / 2 + 64) }
 
     /// Clients attached now and attachments started, from the vault.
     public func attachmentCounts() async throws -> (current: UInt32, started: UInt64) {

@@ -45,12 +45,12 @@ final class Attachment: @unchecked Sendable {
         logger.info("attachment started", metadata: metadata.merging(["offset": "\(info.offset)", "skipped": "\(info.skipped)",
                                                                       "open_attachments": "\(openAttachments)"]) { $1 })
         // A new conversation has a whole window of credit.
-        guard (try? circuit.send(VaultToWorker.attached(info).encoded)) == true else { return end(.clientLeft, last: nil) }
-        // What the worker sent while the session was being found or started (the client may
-        // even have left already).
-        circuit.isDeliveryPaused = false
-        guard ending == nil else { return }
+        let sent = (try? circuit.send(VaultToWorker.attached(info).encoded)) == true
+        // Added before what the worker sent meanwhile is read, the client's end among it: a
+        // client that already left (or a link that failed) ends its attachment like any
+        // other, and the session lingers.
         session.add(self)
+        if !sent { end(.clientLeft, last: nil) }
     }
 
     // MARK: The client's commands

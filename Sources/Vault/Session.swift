@@ -213,19 +213,25 @@ final class Session: @unchecked Sendable {
         return (nextClient, start, skipped)
     }
 
-    /// The attachment `attach` numbered is ready to be sent output.
+    /// The attachment `attach` numbered is ready to be sent output and to take commands
+    /// (what waited on its circuit is read now, unless it writes and input is blocked).
     func add(_ client: Attachment) {
         clients[client.number] = client
-        if client.writer && inputBlocked { client.circuit.isDeliveryPaused = true }
         updateReading()
+        client.circuit.isDeliveryPaused = client.writer && inputBlocked
         client.pump()
     }
+
 
     /// A client's attachment ended. The last one out starts the linger.
     func detach(_ client: Attachment) {
         guard clients.removeValue(forKey: client.number) != nil else { return }
         epoch += 1
         if client.writer { updateReading() }
+        startLingerIfIdle()
+    }
+
+    private func startLingerIfIdle() {
         guard clients.isEmpty, !isFinished, !isHungUp else { return }
         let since = epoch
         linger = loop.scheduleTask(in: TimeAmount(settings.linger)) { [self] in

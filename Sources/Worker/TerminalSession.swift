@@ -60,8 +60,17 @@ final class TerminalSession: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
-    /// The client has gone: the vault is told, and what it still sends is dropped.
+    /// The client has gone: what it sent before it went still goes to its shell (as far as
+    /// the vault has room; behind the attach, if that is still unanswered, since the vault
+    /// reads an attachment in order), then the vault is told, and what it still sends is
+    /// dropped.
     private func leave() {
+        switch state {
+        case .attaching, .attached:
+            for command in waiting { guard (try? vault?.send(command.encoded, end: false)) == true else { break } }
+        case .hello, .closing:
+            break
+        }
         state = .closing
         waiting = []
         vault?.abandon()

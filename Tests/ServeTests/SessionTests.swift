@@ -151,6 +151,28 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(try late.awaitClose().code, 1008, "a session that ended cannot be joined")
     }
 
+    /// Clients that type and go at once, before their session is even up: what they typed
+    /// reaches the shell (which has the linger to run it), and the session without a client
+    /// is hung up after the linger like any other. The client's end could come before its
+    /// attachment had started, and such a session was left with a shell and nobody to hang
+    /// it up.
+    func testAClientThatLeavesAtOnceStillReachesItsShellAndItsSessionEnds() throws {
+        let server = try ServedCloister.start(workers: 1, extra: ["--session-linger", "2"])
+        let markers = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-typed-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: markers, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: markers) }
+        for i in 0..<20 {
+            let client = try TerminalClient.connect(port: server.port)
+            try client.authenticate(token: Self.token)
+            try client.input(": > \(markers)/\(i)\r")
+            // Gone without reading a byte: the socket closes when the client goes.
+        }
+        XCTAssertTrue(eventually(20) { (try? FileManager.default.contentsOfDirectory(atPath: markers).count) == 20 },
+                      "what each client typed ran: \((try? FileManager.default.contentsOfDirectory(atPath: markers)) ?? [])")
+        XCTAssertTrue(eventually(20) { (try? self.listedSessions(server).count) == 0 },
+                      "every session was hung up: \((try? self.listedSessions(server)) ?? [])\n\(server.output.suffix(3000))")
+    }
+
     /// `cloister ctl ARGS --socket …`: exit status and output.
     private func ctl(_ server: ServedCloister, _ arguments: [String]) throws -> (ChildProcess.Termination, String) {
         let pipe = try makePipe()
