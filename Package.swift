@@ -44,9 +44,10 @@ let package = Package(
                 system,
             ] + nio,
             swiftSettings: [
-                // Every mutable class property here is guarded by a lock; the run-time
-                // exclusivity check costs several percent of the per-message path in the
-                // circuits benchmark. Debug builds (the tests) keep the check.
+                // Every mutable class property here is guarded by a lock or confined to one
+                // event loop; the run-time exclusivity check costs several percent of the
+                // per-message path in the circuits benchmark. Debug builds (the tests) keep
+                // the check.
                 .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
             ]),
         .target(
@@ -103,7 +104,8 @@ let package = Package(
         .executableTarget(
             name: "CloisterBench",
             dependencies: [
-                "Circuits", "CShim", "Processes", "Supervisor", "TerminalClient",
+                "Circuits", "CShim", "Nursery", "Processes", "RoleProtocol", "Supervisor", "TerminalClient", "Vault", "WebAssets", "Worker",
+                logging,
                 system,
             ]),
         .testTarget(

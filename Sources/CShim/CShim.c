@@ -4,6 +4,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <link.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
 #include <linux/landlock.h>
@@ -346,4 +347,8 @@ int cloister_sealed_memfd(const char *name, const void *data, size_t len, const 
 
 ssize_t cloister_getrandom(void *buffer, size_t length) {
     return getrandom(buffer, length, 0);
+}
+
+int cloister_single_malloc_arena(void) {
+    return mallopt(M_ARENA_MAX, 1);
 }

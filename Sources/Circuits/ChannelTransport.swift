@@ -58,7 +58,7 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
                 channel.eventLoop.makeCompletedFuture {
                     let transport = ChannelTransport(channel: channel, layout: layout, configuration: configuration)
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(ByteToMessageHandler(StreamFrameDecoder(limits: layout.limits)))
+                    try sync.addHandler(ByteToMessageHandler(StreamFrameDecoder(limits: layout.limits, transport: transport)))
                     try sync.addHandler(TransportHandler(transport: transport))
                     transport.ready = ready
                 }
@@ -281,9 +281,11 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
     }
 }
 
-/// The channel's end of a `ChannelTransport`: frames in, failures out.
+/// The channel's end of a `ChannelTransport`: it starts the handshake, learns of failures,
+/// and keeps the transport alive for as long as the channel (the frames themselves go from
+/// `StreamFrameDecoder` to the transport).
 final class TransportHandler<Id: FixedWidthInteger & UnsignedInteger & Sendable>: ChannelInboundHandler {
-    typealias InboundIn = StreamFrame
+    typealias InboundIn = Never
 
     let transport: ChannelTransport<Id>
 
@@ -292,14 +294,6 @@ final class TransportHandler<Id: FixedWidthInteger & UnsignedInteger & Sendable>
     func channelActive(context: ChannelHandlerContext) {
         transport.begin()
         context.fireChannelActive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        do {
-            try transport.received(unwrapInboundIn(data))
-        } catch {
-            transport.fail(error)
-        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

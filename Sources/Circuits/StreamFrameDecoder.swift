@@ -10,10 +10,15 @@ struct StreamFrame {
 /// says how long its payload is, so a frame is complete once that many bytes followed it.
 /// Every header is checked against the receiver's limits before its payload is waited for,
 /// and a stream carries no descriptors, so a header that declares any is refused.
-struct StreamFrameDecoder: ByteToMessageDecoder {
-    typealias InboundOut = StreamFrame
+///
+/// Each frame goes straight to its transport rather than down the pipeline: a frame is
+/// larger than what NIO carries between handlers without a heap allocation of its own.
+struct StreamFrameDecoder<Id: FixedWidthInteger & UnsignedInteger & Sendable>: ByteToMessageDecoder {
+    typealias InboundOut = Never
 
     let limits: FrameLimits
+    /// The frame's reader: owned by the pipeline (through `TransportHandler`), which holds this.
+    unowned let transport: ChannelTransport<Id>
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         let size = limits.headerSize
@@ -28,7 +33,7 @@ struct StreamFrameDecoder: ByteToMessageDecoder {
         guard buffer.readableBytes >= size + header.length else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: size)
         let payload = buffer.readSlice(length: header.length)!
-        context.fireChannelRead(wrapInboundOut(StreamFrame(header: header, payload: payload)))
+        try transport.received(StreamFrame(header: header, payload: payload))
         return .continue
     }
 

@@ -56,13 +56,35 @@ struct CloisterBench {
         case "compare":
             let peer = args.firstIndex(of: "--peer").flatMap { args.indices.contains($0 + 1) ? args[$0 + 1] : nil }
                 ?? "../shared/peers/ttyd"
-            try PeerComparison(peer: peer, quick: args.contains("--quick")).run()
+            let runs = args.firstIndex(of: "--runs").flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil }
+            if args.contains("--runs") && (runs ?? 0) < 1 {
+                print("--runs needs a number of runs, at least 1")
+                exit(2)
+            }
+            var only = Set(PeerComparison.Row.allCases)
+            if let index = args.firstIndex(of: "--only") {
+                let names = args.indices.contains(index + 1) ? args[index + 1].split(separator: ",").map(String.init) : []
+                let rows = names.compactMap(PeerComparison.Row.init(rawValue:))
+                guard !rows.isEmpty, rows.count == names.count else {
+                    print("--only takes rows separated by commas: \(PeerComparison.Row.allCases.map(\.rawValue).joined(separator: ","))")
+                    exit(2)
+                }
+                only = Set(rows)
+            }
+            try PeerComparison(peer: peer, quick: args.contains("--quick")).run(runs: runs, only: only)
+        case "hotpath":
+            func option(_ name: String, _ fallback: Int) -> Int {
+                args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil } ?? fallback
+            }
+            try await HotPathBenchmark(keystrokes: option("--keystrokes", 2000), outputBytes: option("--output", 0)).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
             print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
             print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N   (N concurrent shells; see PERFORMANCE.md)")
-            print("       cloister-bench compare [--quick] [--peer PATH]   (default ../shared/peers/ttyd)")
+            print("       cloister-bench compare [--quick] [--peer PATH] [--runs N] [--only idle,memory,bulk,echo,sessions]")
+            print("       cloister-bench hotpath [--keystrokes N] [--output BYTES]   (in one process, for an instruction counter)")
+            print("                                 (the peer defaults to ../shared/peers/ttyd)")
             exit(2)
         }
     }

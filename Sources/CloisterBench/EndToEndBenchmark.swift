@@ -427,10 +427,10 @@ struct EndToEndBenchmark {
 
     /// CPU seconds (user and system) used so far by Cloister's processes, by role ("shell"
     /// for the rest). A role that exited meanwhile is not counted: the runs restart none.
-    func treeCPU(root: pid_t) -> [String: Double] {
+    func treeCPU(root: pid_t, serverName: String = "cloister") -> [String: Double] {
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         var cpu: [String: Double] = [:]
-        for (pid, role) in tree(root: root) {
+        for (pid, role) in tree(root: root, serverName: serverName) {
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
                   let close = stat.lastIndex(of: ")") else { continue }
             // After "pid (comm) ": state is field 3; utime and stime are fields 14 and 15.

@@ -51,21 +51,28 @@ struct PeerComparison {
     /// The bulk producer: 4 KiB writes of one character, the fastest a PTY carries.
     func bulkCommand(_ bytes: Int) -> String { "head -c \(bytes) /dev/zero | tr '\\0' Z" }
 
-    /// MB/s of the bulk producer's output through a server, and the client's CPU seconds.
-    func bulkThroughput(port: UInt16, bytes: Int) throws -> (rate: Double, clientCPU: Double) {
+    /// MB/s of the bulk producer's output through a server, the client's CPU seconds, and the
+    /// server's CPU milliseconds per MB by role (`serverName`'s processes; "shell" for the rest).
+    func bulkThroughput(port: UInt16, bytes: Int, server: pid_t, serverName: String) throws
+        -> (rate: Double, clientCPU: Double, serverCPU: [String: Double]) {
         let client = try bench.attach(port: port)
         try client.input("stty -echo; echo go-$((1+1))\r")
         try client.readOutput { $0.contains("go-2") }
         let cpuBefore = processCPU()
+        let serverBefore = bench.treeCPU(root: server, serverName: serverName)
         let start = now()
         try client.input("echo start-$((1+2)); \(bulkCommand(bytes)); echo; echo end-$((2+2))\r")
         let received = try client.readOutput(untilMarker: "end-4")
         let seconds = now() - start
         let clientCPU = processCPU() - cpuBefore
+        let serverAfter = bench.treeCPU(root: server, serverName: serverName)
         let zs = received.reduce(0) { $0 + ($1 == UInt8(ascii: "Z") ? 1 : 0) }
         guard zs == bytes else { throw EndToEndBenchmark.BenchFailure(description: "\(zs) of \(bytes) bytes arrived") }
         try client.input("exit\r")
-        return (Double(received.count) / seconds / 1e6, clientCPU)
+        let megabytes = Double(received.count) / 1e6
+        var serverCPU: [String: Double] = [:]
+        for (role, seconds) in serverAfter { serverCPU[role] = (seconds - (serverBefore[role] ?? 0)) * 1000 / megabytes }
+        return (megabytes / seconds, clientCPU, serverCPU)
     }
 
     /// The same producer read straight from a PTY by this process.
@@ -91,7 +98,10 @@ struct PeerComparison {
         return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
     }
 
-    func run() throws {
+    /// The rows `--only` may name.
+    enum Row: String, CaseIterable { case idle, memory, bulk, echo, sessions }
+
+    func run(runs: Int? = nil, only: Set<Row> = Set(Row.allCases)) throws {
         guard access(peer, X_OK) == 0 else {
             print("cloister-bench compare: no peer at \(peer) (see ../shared/peers/README.md; --peer PATH); nothing compared")
             return
@@ -107,50 +117,82 @@ struct PeerComparison {
             kill(ttyd.child.pid, SIGTERM)
             _ = try? ttyd.child.wait()
         }
-        // Idle, before any session: every process the service runs, shells excluded.
-        usleep(500_000)
-        let idle = (servicePSS(root: cloister.pid, serverName: "cloister"), servicePSS(root: ttyd.child.pid, serverName: "ttyd"))
-        let processes = (bench.tree(root: cloister.pid).filter { $0.role != nil }.count,
-                         bench.tree(root: ttyd.child.pid, serverName: "ttyd").filter { $0.role != nil }.count)
         let bytes = quick ? 8 << 20 : 64 << 20
-        let runs = quick ? 1 : 3
+        let runs = runs ?? (quick ? 1 : 5)
         let keystrokes = quick ? 300 : 2000
-        print("cloister-bench compare: Cloister (\(cloister.workers) workers) and \(peer), loopback, the same client, runs alternating; best of \(runs) for throughput")
+        print("cloister-bench compare: Cloister (\(cloister.workers) workers) and \(peer), loopback, the same client, runs alternating; "
+              + "medians of \(runs) runs, (lowest-highest)")
         print("")
         print("| measure | Cloister | ttyd | ratio (Cloister / ttyd) | baseline |")
         print("|---|---|---|---|---|")
 
-        var raw = 0.0, ours: [(rate: Double, clientCPU: Double)] = [], theirs: [(rate: Double, clientCPU: Double)] = []
-        for _ in 0..<runs {
-            raw = max(raw, try rawBulk(bytes: bytes))
-            ours.append(try bulkThroughput(port: cloister.port, bytes: bytes))
-            theirs.append(try bulkThroughput(port: ttyd.port, bytes: bytes))
+        // Both servers as they start, before anything else has run: every process the service
+        // runs (shells excluded), then the cost of more sessions on top of as many open.
+        if only.contains(.idle) {
+            usleep(500_000)
+            let idle = (servicePSS(root: cloister.pid, serverName: "cloister"), servicePSS(root: ttyd.child.pid, serverName: "ttyd"))
+            let processes = (bench.tree(root: cloister.pid).filter { $0.role != nil }.count,
+                             bench.tree(root: ttyd.child.pid, serverName: "ttyd").filter { $0.role != nil }.count)
+            print("| the idle service (PSS of its own processes, before any session) | \(fixed(Double(idle.0) / 1e6, 1)) MB in \(processes.0) processes | \(fixed(Double(idle.1) / 1e6, 1)) MB in \(processes.1) | \(fixed(Double(idle.0) / Double(idle.1), 1)) | |")
         }
-        let best = (ours.max { $0.rate < $1.rate }!, theirs.max { $0.rate < $1.rate }!)
-        print("| bulk output, `\(bulkCommand(bytes).replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted) | \(fixed(best.0.rate, 1)) MB/s | \(fixed(best.1.rate, 1)) MB/s | \(fixed(best.0.rate / best.1.rate, 2)) | raw PTY read \(fixed(raw, 1)) MB/s (Cloister \(fixed(best.0.rate / raw, 2)), ttyd \(fixed(best.1.rate / raw, 2))) |")
+        if only.contains(.memory) {
+            let sessions = quick ? 16 : 64
+            let memory = (try bench.memoryPerSession(pid: cloister.pid, port: cloister.port, sessions: sessions),
+                          try bench.memoryPerSession(pid: ttyd.child.pid, port: ttyd.port, sessions: sessions, serverName: "ttyd"))
+            print("| memory per open session (RSS growth over \(sessions) more, \(sessions) open before, on a fresh server; shells excluded) | \(fixed(memory.0.cloister / 1024, 1)) KiB | \(fixed(memory.1.cloister / 1024, 1)) KiB | \(fixed(memory.0.cloister / memory.1.cloister, 2)) | |")
+        }
 
-        for sessions in [1, 32] {
-            var mine: [Double] = [], peers: [Double] = []
+        typealias Run = (rate: Double, clientCPU: Double, serverCPU: [String: Double])
+        var ours: [Run] = [], theirs: [Run] = []
+        if only.contains(.bulk) {
+            var raw: [Double] = []
             for _ in 0..<runs {
-                mine += try bench.echoLatency(port: cloister.port, sessions: sessions, keystrokes: keystrokes / runs)
-                peers += try bench.echoLatency(port: ttyd.port, sessions: sessions, keystrokes: keystrokes / runs)
+                raw.append(try rawBulk(bytes: bytes))
+                ours.append(try bulkThroughput(port: cloister.port, bytes: bytes, server: cloister.pid, serverName: "cloister"))
+                theirs.append(try bulkThroughput(port: ttyd.port, bytes: bytes, server: ttyd.child.pid, serverName: "ttyd"))
             }
-            let (m, p) = (percentiles(mine), percentiles(peers))
-            print("| keystroke echo through `cat`, \(sessions) session\(sessions == 1 ? "" : "s") at once, p50 / p99 | \(fixed(m.p50, 0)) / \(fixed(m.p99, 0)) µs | \(fixed(p.p50, 0)) / \(fixed(p.p99, 0)) µs | \(fixed(m.p50 / p.p50, 2)) / \(fixed(m.p99 / p.p99, 2)) | |")
+            let (mine, peers) = (ours.map(\.rate), theirs.map(\.rate))
+            let ratios = zip(mine, peers).map { $0 / $1 }, ofRaw = (zip(mine, raw).map { $0 / $1 }, zip(peers, raw).map { $0 / $1 })
+            print("| bulk output, `\(bulkCommand(bytes).replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted) | \(spread(mine, 1)) MB/s | \(spread(peers, 1)) MB/s | \(spread(ratios, 2)) | raw PTY read \(spread(raw, 1)) MB/s (Cloister \(spread(ofRaw.0, 2)), ttyd \(spread(ofRaw.1, 2)) of it, run by run) |")
         }
 
-        var opened = (0.0, 0.0)
-        for _ in 0..<runs {
-            opened.0 = max(opened.0, try bench.sessionsPerSecond(port: cloister.port, seconds: quick ? 1 : 2))
-            opened.1 = max(opened.1, try bench.sessionsPerSecond(port: ttyd.port, seconds: quick ? 1 : 2))
+        if only.contains(.echo) {
+            for sessions in [1, 32] {
+                var mine: [Double] = [], peers: [Double] = []
+                for _ in 0..<runs {
+                    mine += try bench.echoLatency(port: cloister.port, sessions: sessions, keystrokes: keystrokes / runs)
+                    peers += try bench.echoLatency(port: ttyd.port, sessions: sessions, keystrokes: keystrokes / runs)
+                }
+                let (m, p) = (percentiles(mine), percentiles(peers))
+                print("| keystroke echo through `cat`, \(sessions) session\(sessions == 1 ? "" : "s") at once, p50 / p99 | \(fixed(m.p50, 0)) / \(fixed(m.p99, 0)) µs | \(fixed(p.p50, 0)) / \(fixed(p.p99, 0)) µs | \(fixed(m.p50 / p.p50, 2)) / \(fixed(m.p99 / p.p99, 2)) | |")
+            }
         }
-        print("| sessions opened per second, one after another | \(fixed(opened.0, 0)) /s | \(fixed(opened.1, 0)) /s | \(fixed(opened.0 / opened.1, 2)) | |")
 
-        let memory = (try bench.memoryPerSession(pid: cloister.pid, port: cloister.port, sessions: 32),
-                      try bench.memoryPerSession(pid: ttyd.child.pid, port: ttyd.port, sessions: 32, serverName: "ttyd"))
-        print("| memory per open session (RSS growth over 32 more, 32 open before; shells excluded) | \(fixed(memory.0.cloister / 1024, 1)) KiB | \(fixed(memory.1.cloister / 1024, 1)) KiB | \(fixed(memory.0.cloister / memory.1.cloister, 2)) | |")
-        print("| the idle service (PSS of its own processes, before any session) | \(fixed(Double(idle.0) / 1e6, 1)) MB in \(processes.0) processes | \(fixed(Double(idle.1) / 1e6, 1)) MB in \(processes.1) | \(fixed(Double(idle.0) / Double(idle.1), 1)) | |")
-        print("")
-        print("client CPU per bulk run (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
+        if only.contains(.sessions) {
+            var opened: ([Double], [Double]) = ([], [])
+            for _ in 0..<runs {
+                opened.0.append(try bench.sessionsPerSecond(port: cloister.port, seconds: quick ? 1 : 2))
+                opened.1.append(try bench.sessionsPerSecond(port: ttyd.port, seconds: quick ? 1 : 2))
+            }
+            print("| sessions opened per second, one after another | \(spread(opened.0, 0)) /s | \(spread(opened.1, 0)) /s | \(spread(zip(opened.0, opened.1).map { $0 / $1 }, 2)) | |")
+        }
+
+        if only.contains(.bulk) {
+            print("")
+            print("client CPU per bulk run (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
+            func cpu(_ runs: [Run]) -> String {
+                Set(runs.flatMap(\.serverCPU.keys)).sorted().map { role in "\(role) \(spread(runs.map { $0.serverCPU[role] ?? 0 }, 1))" }
+                    .joined(separator: ", ")
+            }
+            print("server CPU per MB of bulk output (ms, 10 ms ticks): Cloister \(cpu(ours)); ttyd \(cpu(theirs))")
+        }
+    }
+
+    /// The median, and the lowest and highest, as "median (low-high)".
+    func spread(_ values: [Double], _ digits: Int) -> String {
+        let sorted = values.sorted()
+        guard let low = sorted.first, let high = sorted.last else { return "-" }
+        let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        return sorted.count == 1 ? fixed(median, digits) : "\(fixed(median, digits)) (\(fixed(low, digits))-\(fixed(high, digits)))"
     }
 }

@@ -31,8 +31,11 @@ final class Terminal: @unchecked Sendable {
     static func open(master: SystemPackage.FileDescriptor, on loop: EventLoop, output: @escaping @Sendable (ByteBuffer) -> Void,
                      closed: @escaping @Sendable () -> Void) -> EventLoopFuture<Terminal> {
         NIOPipeBootstrap(group: loop)
-            // An idle shell's terminal reads a prompt; bulk output grows the reads to 64 KiB.
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
+            // An idle shell's terminal reads a prompt; bulk output grows the reads to 4 KiB,
+            // the most one read of a PTY master returns (the line discipline's buffer).
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 4096))
+            // So a busy terminal is read for 64 KiB per wake-up, in reads of at most 4 KiB.
+            .channelOption(.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(TerminalReader(output: output, closed: closed))

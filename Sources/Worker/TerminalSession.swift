@@ -151,7 +151,8 @@ final class TerminalSession: ChannelInboundHandler {
         if case .attached = state, payload.getInteger(at: payload.readerIndex, as: UInt8.self) == VaultToWorker.outputKind {
             // An output message is ttyd's output message already.
             counters?.add(payload.readableBytes - 1, to: .bytesToClients)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: payload)), promise: nil)
+            context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: payload)), promise: nil)
+            flushSoon(context)
             if !context.channel.isWritable { vault?.isDeliveryPaused = true }
             if isEnd { vaultLeft() }
             return
@@ -192,6 +193,21 @@ final class TerminalSession: ChannelInboundHandler {
             close(.internalError, "no terminal")
         }
         if isEnd { vaultLeft() }
+    }
+
+    private var flushScheduled = false
+
+    /// Output is flushed once per turn of the event loop: what one read of the vault link
+    /// brings (many messages, in bulk) leaves in one system call, and a lone message as soon.
+    private func flushSoon(_ context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let session = bound.value
+            session.flushScheduled = false
+            session.context?.flush()
+        }
     }
 
     /// The vault ended the attachment, or its link went, without a word for the client.

@@ -56,6 +56,10 @@ pid_t cloister_gettid(void);
 /// random bytes into `buffer`. Returns the count, or -1 with errno.
 ssize_t cloister_getrandom(void *buffer, size_t length);
 
+/// mallopt(M_ARENA_MAX, 1) (in <malloc.h>, which the Glibc overlay leaves out): every thread
+/// allocates from the one arena. Returns mallopt's result (1 on success).
+int cloister_single_malloc_arena(void);
+
 /// syscall(2) with six arguments (variadic in C): for raw calls with no libc wrapper.
 long cloister_syscall6(long number, long a1, long a2, long a3, long a4, long a5, long a6);
 
