@@ -76,14 +76,14 @@ struct CloisterBench {
             func option(_ name: String, _ fallback: Int) -> Int {
                 args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil } ?? fallback
             }
-            try await HotPathBenchmark(keystrokes: option("--keystrokes", 2000), outputBytes: option("--output", 0)).run()
+            try await HotPathBenchmark(keystrokes: option("--keystrokes", 2000), outputBytes: option("--output", 0), sessions: option("--sessions", 0)).run()
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
             print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
             print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N   (N concurrent shells; see PERFORMANCE.md)")
             print("       cloister-bench compare [--quick] [--peer PATH] [--runs N] [--only idle,memory,bulk,echo,sessions]")
-            print("       cloister-bench hotpath [--keystrokes N] [--output BYTES]   (in one process, for an instruction counter)")
+            print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
             print("                                 (the peer defaults to ../shared/peers/ttyd)")
             exit(2)
         }

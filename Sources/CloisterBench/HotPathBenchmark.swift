@@ -13,10 +13,12 @@ import Vault
 import WebAssets
 import Worker
 
-/// `cloister-bench hotpath [--keystrokes N] [--output BYTES]`: the worker's and the vault's
-/// code for one session, in this one process and unsandboxed, so that an instruction counter
-/// can say what they cost: N keystrokes echoed by `cat`, then BYTES of bulk output. Time on
-/// this shared machine moves by tens of percent between runs; instruction counts do not.
+/// `cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]`: the worker's and
+/// the vault's code, in this one process and unsandboxed, so that an instruction counter can
+/// say what they cost: N keystrokes echoed by `cat`, then BYTES of bulk output, then S more
+/// sessions opened one after another (each answers an `echo`, then its client leaves and,
+/// with no linger, the session ends). Time on this shared machine moves by tens of percent
+/// between runs; instruction counts do not.
 ///
 ///     cp .build/release/cloister-bench /tmp/bench && strip /tmp/bench   # valgrind cannot read the DWARF
 ///     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg /tmp/bench hotpath --keystrokes 2000
@@ -28,6 +30,7 @@ import Worker
 struct HotPathBenchmark {
     var keystrokes: Int
     var outputBytes: Int
+    var sessions: Int
 
     struct Failure: Error, CustomStringConvertible { var description: String }
 
@@ -47,7 +50,9 @@ struct HotPathBenchmark {
         }
 
         // The vault, given its credential, its nursery and one worker link, as by the supervisor.
-        let vault = Vault(logger: logger)
+        var settings = SessionSettings()
+        settings.linger = .zero
+        let vault = Vault(logger: logger, settings: settings)
         let (supervisorEnd, vaultEnd) = try SocketCalls.socketPair(Link.supervisorVault.socketKind)
         Task {
             guard let link = try? await Link.supervisorVault.start(socket: vaultEnd, side: .acceptor) else { return }
@@ -99,8 +104,16 @@ struct HotPathBenchmark {
                 guard zs == outputBytes else { throw Failure(description: "\(zs) of \(outputBytes) bytes arrived") }
             }
         }
+        for _ in 0..<sessions {
+            let next = try await connect(port: port, credential: credential, listener: listener, worker: worker, loop: loop)
+            try await onOwnThread {
+                try next.client.authenticate(token: TerminalClient.token(credential))
+                try next.client.input("echo up-$((5+5))\r")
+                try next.client.readOutput { $0.contains("up-10") }
+            }
+        }
         withExtendedLifetime((terminal, supervisor)) {}
-        print("cloister-bench hotpath: \(keystrokes) keystrokes echoed, \(outputBytes) bytes of output, in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        print("cloister-bench hotpath: \(keystrokes) keystrokes echoed, \(outputBytes) bytes of output, \(sessions) sessions, in \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
     }
 
     /// A client connected to `listener`, its socket accepted here and handed to `worker`.

@@ -65,7 +65,7 @@ enum OpeningHandshake {
 
     /// The comma-separated tokens of every field named `name`, lowercased.
     static func tokens(_ headers: HTTPHeaders, _ name: String) -> [String] {
-        headers[name].flatMap { $0.split(separator: ",") }.map { $0.trimmingOptionalWhitespace().lowercased() }
+        headers[name].flatMap { $0.lowercasedListItems() }
     }
 
     /// Base64 (with padding) of exactly 16 bytes: 22 characters of the alphabet, the last

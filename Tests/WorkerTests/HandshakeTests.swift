@@ -116,6 +116,22 @@ final class HandshakeTests: XCTestCase {
         XCTAssertFalse(OpeningHandshake.isNonce("AAAAAAAAAAAAAAAAAAAAA-=="))
     }
 
+    /// Optional whitespace and list items are HTTP's octets: spaces and tabs only, commas as
+    /// separators, ASCII letters folded; anything else (UTF-8 included) is kept as sent.
+    func testFieldValuesAreTrimmedAndSplitAsOctets() {
+        XCTAssertEqual(" \t13\t ".trimmingOptionalWhitespace(), "13")
+        XCTAssertEqual("13".trimmingOptionalWhitespace(), "13")
+        XCTAssertEqual(" \t ".trimmingOptionalWhitespace(), "")
+        XCTAssertEqual("".trimmingOptionalWhitespace(), "")
+        XCTAssertEqual(" a b ".trimmingOptionalWhitespace(), "a b", "whitespace inside stays")
+        XCTAssertEqual("\u{a0}é ü\n ".trimmingOptionalWhitespace(), "\u{a0}é ü\n", "only spaces and tabs are OWS")
+        XCTAssertEqual(" keep-alive, Upgrade ,,\t ,WebSocket".lowercasedListItems(), ["keep-alive", "upgrade", "websocket"])
+        XCTAssertEqual("TTY, Ä".lowercasedListItems(), ["tty", "Ä"], "only ASCII letters are folded")
+        XCTAssertEqual(" , ".lowercasedListItems(), [])
+        let tokens = OpeningHandshake.tokens(["Connection": "keep-alive, Upgrade", "connection": " close "], "connection")
+        XCTAssertEqual(tokens, ["keep-alive", "upgrade", "close"], "every field of that name, in order")
+    }
+
     /// Found by FuzzWorker: frames sent in the same packet as the handshake reached the gate
     /// as raw bytes after the upgrade and trapped the worker. They are the session's now.
     func testFramesInTheSamePacketAsTheHandshake() async throws {
