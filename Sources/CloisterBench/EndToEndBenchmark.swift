@@ -318,6 +318,13 @@ struct EndToEndBenchmark {
     // MARK: Sessions per second
 
     func sessionsPerSecond(port: UInt16, seconds: Double) throws -> Double {
+        let (opened, elapsed) = try openSessions(port: port, seconds: seconds)
+        return Double(opened) / elapsed
+    }
+
+    /// Sessions opened one after another for `seconds`, each closed once its shell answered:
+    /// how many, and how long it took.
+    func openSessions(port: UInt16, seconds: Double) throws -> (count: Int, seconds: Double) {
         let start = now()
         var opened = 0
         while now() - start < seconds {
@@ -326,7 +333,7 @@ struct EndToEndBenchmark {
             try client.readOutput { $0.contains("up-10") }
             opened += 1
         }
-        return Double(opened) / (now() - start)
+        return (opened, now() - start)
     }
 
     func rawSpawnsPerSecond(seconds: Double) throws -> Double {
@@ -382,7 +389,8 @@ struct EndToEndBenchmark {
     }
 
     /// The supervisor and its descendants, each with its role ("worker", "vault", "nursery",
-    /// "supervisor"), or nil for a process that is not Cloister's (a shell).
+    /// "supervisor"; a peer's processes: its name), or nil for a process that is not the
+    /// server's (a shell).
     func tree(root: pid_t, serverName: String = "cloister") -> [(pid: pid_t, role: String?)] {
         var parent: [pid_t: pid_t] = [:]
         var name: [pid_t: String] = [:]
@@ -400,9 +408,11 @@ struct EndToEndBenchmark {
         }
         return parent.keys.filter { $0 == root || isDescendant($0) }.map { pid in
             guard name[pid] == serverName else { return (pid, nil) }
-            // "cloister role worker …" (a sandboxed role), else the supervisor.
+            // "cloister role worker …" (a sandboxed role), else the supervisor; a peer's own
+            // processes go by its name.
             let arguments = ((try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()).split(separator: 0)
-            let role = arguments.count > 2 && arguments[1].elementsEqual("role".utf8) ? String(decoding: arguments[2], as: UTF8.self) : "supervisor"
+            let isRole = serverName == "cloister" && arguments.count > 2 && arguments[1].elementsEqual("role".utf8)
+            let role = isRole ? String(decoding: arguments[2], as: UTF8.self) : serverName == "cloister" ? "supervisor" : serverName
             return (pid, role)
         }
     }

@@ -156,12 +156,40 @@ struct PeerComparison {
             print("| bulk output, `\(bulkCommand(bytes).replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted) | \(spread(mine, 1)) MB/s | \(spread(peers, 1)) MB/s | \(spread(ratios, 2)) | raw PTY read \(spread(raw, 1)) MB/s (Cloister \(spread(ofRaw.0, 2)), ttyd \(spread(ofRaw.1, 2)) of it, run by run) |")
         }
 
+        // Server CPU (every process but the shells), per unit of work, by role: summed over
+        // the runs, so that 10 ms ticks average out.
+        var perUnit: [(what: String, unit: String, ours: [String: Double], theirs: [String: Double])] = []
+        func measured<T>(_ server: pid_t, _ name: String, _ work: () throws -> T) rethrows -> (T, [String: Double]) {
+            let before = bench.treeCPU(root: server, serverName: name)
+            let result = try work()
+            var used: [String: Double] = [:]
+            for (role, seconds) in bench.treeCPU(root: server, serverName: name) where role != "shell" {
+                used[role] = seconds - (before[role] ?? 0)
+            }
+            return (result, used)
+        }
+        func per(_ cpu: [String: Double], _ count: Int, _ scale: Double) -> [String: Double] {
+            cpu.mapValues { $0 * scale / Double(max(count, 1)) }
+        }
+
         if only.contains(.echo) {
             for sessions in [1, 32] {
                 var mine: [Double] = [], peers: [Double] = []
+                var cpu: ([String: Double], [String: Double]) = ([:], [:])
                 for _ in 0..<runs {
-                    mine += try bench.echoLatency(port: cloister.port, sessions: sessions, keystrokes: keystrokes / runs)
-                    peers += try bench.echoLatency(port: ttyd.port, sessions: sessions, keystrokes: keystrokes / runs)
+                    let (m, c) = try measured(cloister.pid, "cloister") {
+                        try bench.echoLatency(port: cloister.port, sessions: sessions, keystrokes: keystrokes / runs)
+                    }
+                    let (p, t) = try measured(ttyd.child.pid, "ttyd") {
+                        try bench.echoLatency(port: ttyd.port, sessions: sessions, keystrokes: keystrokes / runs)
+                    }
+                    mine += m
+                    peers += p
+                    cpu.0.merge(c, uniquingKeysWith: +)
+                    cpu.1.merge(t, uniquingKeysWith: +)
+                }
+                if sessions == 1 {
+                    perUnit.append(("keystroke echoed (1 session, connecting included)", "µs", per(cpu.0, mine.count, 1e6), per(cpu.1, peers.count, 1e6)))
                 }
                 let (m, p) = (percentiles(mine), percentiles(peers))
                 print("| keystroke echo through `cat`, \(sessions) session\(sessions == 1 ? "" : "s") at once, p50 / p99 | \(fixed(m.p50, 0)) / \(fixed(m.p99, 0)) µs | \(fixed(p.p50, 0)) / \(fixed(p.p99, 0)) µs | \(fixed(m.p50 / p.p50, 2)) / \(fixed(m.p99 / p.p99, 2)) | |")
@@ -170,11 +198,27 @@ struct PeerComparison {
 
         if only.contains(.sessions) {
             var opened: ([Double], [Double]) = ([], [])
+            var counts = (0, 0)
+            var cpu: ([String: Double], [String: Double]) = ([:], [:])
             for _ in 0..<runs {
-                opened.0.append(try bench.sessionsPerSecond(port: cloister.port, seconds: quick ? 1 : 2))
-                opened.1.append(try bench.sessionsPerSecond(port: ttyd.port, seconds: quick ? 1 : 2))
+                let (m, c) = try measured(cloister.pid, "cloister") { try bench.openSessions(port: cloister.port, seconds: quick ? 1 : 2) }
+                let (p, t) = try measured(ttyd.child.pid, "ttyd") { try bench.openSessions(port: ttyd.port, seconds: quick ? 1 : 2) }
+                opened.0.append(Double(m.count) / m.seconds)
+                opened.1.append(Double(p.count) / p.seconds)
+                counts.0 += m.count
+                counts.1 += p.count
+                cpu.0.merge(c, uniquingKeysWith: +)
+                cpu.1.merge(t, uniquingKeysWith: +)
             }
             print("| sessions opened per second, one after another | \(spread(opened.0, 0)) /s | \(spread(opened.1, 0)) /s | \(spread(zip(opened.0, opened.1).map { $0 / $1 }, 2)) | |")
+            perUnit.append(("session opened", "ms", per(cpu.0, counts.0, 1e3), per(cpu.1, counts.1, 1e3)))
+        }
+        if !perUnit.isEmpty { print("") }
+        for entry in perUnit {
+            func line(_ cpu: [String: Double]) -> String {
+                cpu.keys.sorted().map { "\($0) \(fixed(cpu[$0]!, 1))" }.joined(separator: ", ") + " (all \(fixed(cpu.values.reduce(0, +), 1)))"
+            }
+            print("server CPU per \(entry.what) (\(entry.unit), 10 ms ticks summed over the runs): Cloister \(line(entry.ours)); ttyd \(line(entry.theirs))")
         }
 
         if only.contains(.bulk) {
