@@ -20,7 +20,11 @@ struct EndToEndBenchmark {
     let userAndPassword = "bench:bench-pass"
 
     func run() throws {
-        let server = try startServer()
+        // A ring larger than all of `seq`'s output: the broadcast rows check that every viewer
+        // got every line, and a viewer that fell a whole ring behind (eight clients reading
+        // and checking on two cores can) would be re-synchronised past the lines it missed,
+        // as the slow-consumer policy says.
+        let server = try startServer(ringBytes: 8 << 20)
         defer {
             kill(server.pid, SIGTERM)
             _ = try? server.child.wait()
@@ -87,7 +91,7 @@ struct EndToEndBenchmark {
         var workers: Int
     }
 
-    func startServer(maxClients: Int = 4096) throws -> Server {
+    func startServer(maxClients: Int = 4096, ringBytes: Int? = nil) throws -> Server {
         let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
         let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -99,8 +103,8 @@ struct EndToEndBenchmark {
             "--control-socket", directory + "/control.sock", "--max-clients", "\(maxClients)",
             // As ttyd: a session ends with its client, so the sessions-per-second loop leaves
             // no shells lingering behind it.
-            "--session-linger", "0", "--", "/bin/sh",
-        ], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
+            "--session-linger", "0",
+        ] + (ringBytes.map { ["--session-ring", "\($0)"] } ?? []) + ["--", "/bin/sh"], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
         for _ in 0..<600 {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
             if let range = text.range(of: "listening on http://127.0.0.1:"), let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
@@ -185,17 +189,24 @@ struct EndToEndBenchmark {
         let start = now()
         try writer.input("echo start-$((1+2)); seq 1 \(lines); echo end-$((2+2))\r")
         let handed = clients.map(Handed.init)
-        for client in handed {
+        for (index, client) in handed.enumerated() {
             done.enter()
             Thread.detachNewThread {
                 defer { done.leave() }
                 do {
+                    let sessionMessages = client.client.sessionMessages
                     let bytes = try client.client.readOutput(untilMarker: "end-4")
                     finished.withLock { $0.append(now()) }
                     let text = String(decoding: bytes, as: UTF8.self)
                     guard let begin = text.range(of: "start-3") else { throw BenchFailure(description: "no start marker") }
                     let numbers = text[begin.upperBound...].split(whereSeparator: \.isNewline).compactMap { Int($0) }
-                    guard numbers == Array(1...lines) else { throw BenchFailure(description: "a client did not get every line in order") }
+                    guard numbers == Array(1...lines) else {
+                        let first = zip(numbers, 1...lines).first { $0 != $1 }
+                        let resynced = client.client.sessionMessages > sessionMessages
+                        throw BenchFailure(description: "client \(index) (\(index == 0 ? "the writer" : "a viewer")) did not get every line in order: "
+                                           + "\(numbers.count) of \(lines) lines, the first wrong one \(first.map { "\($0.0) where \($0.1) was due" } ?? "none")"
+                                           + (resynced ? ", after a re-synchronisation (it fell a ring behind)" : ""))
+                    }
                 } catch {
                     failures.withLock { $0.append("\(error)") }
                 }
