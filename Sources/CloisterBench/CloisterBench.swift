@@ -18,6 +18,10 @@ import Glibc
 struct CloisterBench {
     static func main() async throws {
         let args = Array(CommandLine.arguments.dropFirst())
+        if let subcommand = args.first, let accepted = options[subcommand], let problem = unaccepted(Array(args.dropFirst()), accepted) {
+            print("cloister-bench \(subcommand): \(problem)")
+            usage()
+        }
         switch args.first {
         case "circuits":
             func option(_ name: String) -> Int? {
@@ -80,13 +84,50 @@ struct CloisterBench {
         case "sink":
             try await Sink.run(Array(args.dropFirst()))
         default:
-            print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
-            print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N   (N concurrent shells; see PERFORMANCE.md)")
-            print("       cloister-bench compare [--quick] [--peer PATH] [--runs N] [--only idle,memory,bulk,echo,sessions]")
-            print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
-            print("                                 (the peer defaults to ../shared/peers/ttyd)")
-            exit(2)
+            usage()
         }
+    }
+
+    /// Each subcommand's options, and whether an option takes a value: anything else on the
+    /// command line is refused rather than ignored, so a mistyped option never runs a
+    /// benchmark other than the one asked for.
+    static let options: [String: [String: Bool]] = [
+        "circuits": ["--quick": false, "--payload": true, "--fds": true, "--circuits": true, "--window": true, "--no-raw": false, "--no-circuits": false],
+        "e2e": ["--quick": false, "--memory": false, "--sessions": true],
+        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true],
+        "hotpath": ["--keystrokes": true, "--output": true, "--sessions": true],
+    ]
+
+    /// What is wrong with `arguments` for a subcommand accepting `accepted`, if anything: an
+    /// unknown option, an option without its value, or a value that is not a whole number
+    /// where the option counts something (every valued option but `--peer` and `--only`).
+    static func unaccepted(_ arguments: [String], _ accepted: [String: Bool]) -> String? {
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            guard let takesValue = accepted[argument] else {
+                return "unknown option '\(argument)' (accepted: \(accepted.keys.sorted().joined(separator: " ")))"
+            }
+            if takesValue {
+                guard index + 1 < arguments.count else { return "\(argument) needs a value" }
+                let value = arguments[index + 1]
+                if !["--peer", "--only"].contains(argument), Int(value).map({ $0 >= 0 }) != true {
+                    return "\(argument) takes a whole number, not '\(value)'"
+                }
+                index += 1
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    static func usage() -> Never {
+        print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
+        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N   (N concurrent shells; see PERFORMANCE.md)")
+        print("       cloister-bench compare [--quick] [--peer PATH] [--runs N] [--only idle,memory,bulk,echo,sessions]")
+        print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
+        print("                                 (the peer defaults to ../shared/peers/ttyd)")
+        exit(2)
     }
 }
 
