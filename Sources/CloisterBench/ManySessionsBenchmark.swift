@@ -27,11 +27,7 @@ struct ManySessionsBenchmark {
         }
         try checkKernelLimits()
         let server = try e2e.startServer(maxClients: sessions + 16)
-        defer {
-            kill(server.pid, SIGTERM)
-            _ = try? server.child.wait()
-            try? FileManager.default.removeItem(atPath: server.directory)
-        }
+        defer { e2e.stop(server) }
         print("cloister-bench e2e --sessions \(sessions): \(server.workers) workers, loopback, one client process")
         let idle = e2e.treeRSS(root: server.pid)
 
@@ -91,7 +87,7 @@ struct ManySessionsBenchmark {
         print("| the shells | \(fixed(Double(loaded.shells) / 1_048_576, 1)) MiB RSS (\(fixed(shellEach / 1024, 1)) KiB each) |")
         print("| one more client, from connecting to its shell's answer | \(fixed(oneMore * 1000, 1)) ms |")
         print("| closing them all, until every shell is gone | \(fixed(closed, 1)) s (\(left) left) |")
-        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
+        let log = e2e.log(server)
         let violations = log.components(separatedBy: "sandbox violation").count - 1
         let restarts = log.components(separatedBy: "worker ended").count - 1 + log.components(separatedBy: "vault ended").count - 1
         print("")
@@ -125,7 +121,7 @@ struct ManySessionsBenchmark {
     }
 
     func tail(_ server: EndToEndBenchmark.Server) -> String {
-        let log = (try? String(contentsOfFile: server.directory + "/output", encoding: .utf8)) ?? ""
+        let log = e2e.log(server)
         return String(log.suffix(1500))
     }
 }

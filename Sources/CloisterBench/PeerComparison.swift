@@ -107,11 +107,7 @@ struct PeerComparison {
             return
         }
         let cloister = try bench.startServer()
-        defer {
-            kill(cloister.pid, SIGTERM)
-            _ = try? cloister.child.wait()
-            try? FileManager.default.removeItem(atPath: cloister.directory)
-        }
+        defer { bench.stop(cloister) }
         let ttyd = try startPeer()
         defer {
             kill(ttyd.child.pid, SIGTERM)
