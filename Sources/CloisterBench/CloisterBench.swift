@@ -16,8 +16,19 @@ import Glibc
 /// the baseline and the measured path move the same payloads between the same two processes.
 @main
 struct CloisterBench {
-    static func main() async throws {
+    static func main() async {
         let args = Array(CommandLine.arguments.dropFirst())
+        do {
+            try await run(args)
+        } catch {
+            // A failed check (bytes lost, a server that did not come up) is the answer of the
+            // run, not a crash: one line, and a status scripts can test.
+            print("cloister-bench \(args.first ?? ""): \(error)")
+            exit(1)
+        }
+    }
+
+    static func run(_ args: [String]) async throws {
         if let subcommand = args.first, let accepted = options[subcommand], let problem = unaccepted(Array(args.dropFirst()), accepted) {
             print("cloister-bench \(subcommand): \(problem)")
             usage()
@@ -48,12 +59,7 @@ struct CloisterBench {
                     print("--sessions needs a number of sessions")
                     exit(2)
                 }
-                do {
-                    try ManySessionsBenchmark(sessions: count).run()
-                } catch {
-                    print("cloister-bench e2e --sessions \(count): \(error)")
-                    exit(1)
-                }
+                try ManySessionsBenchmark(sessions: count).run()
             } else {
                 try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
             }

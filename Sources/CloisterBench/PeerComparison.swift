@@ -48,12 +48,67 @@ struct PeerComparison {
         throw EndToEndBenchmark.BenchFailure(description: "\(peer) did not come up on port \(port)")
     }
 
-    /// The bulk producer: 4 KiB writes of one character, the fastest a PTY carries.
-    func bulkCommand(_ bytes: Int) -> String { "head -c \(bytes) /dev/zero | tr '\\0' Z" }
+    /// A bulk producer: a shell command, and how to tell that a client got all of its output.
+    struct Producer {
+        var command: String
+        /// What is wrong with the bytes a client read between the markers, or nil.
+        var check: (ArraySlice<UInt8>) -> String?
+    }
 
-    /// MB/s of the bulk producer's output through a server, the client's CPU seconds, and the
+    /// 4 KiB writes of one character, the fastest a PTY carries.
+    func zeros(_ bytes: Int) -> Producer {
+        Producer(command: "head -c \(bytes) /dev/zero | tr '\\0' Z") { output in
+            let zs = output.reduce(0) { $0 + ($1 == UInt8(ascii: "Z") ? 1 : 0) }
+            return zs == bytes ? nil : "\(zs) of \(bytes) bytes arrived"
+        }
+    }
+
+    /// `cat` of a file of mixed terminal output: lines of words up to about 160 characters, some
+    /// indented, some coloured with SGR sequences, some with 2-, 3- and 4-byte UTF-8. The
+    /// client must get it byte for byte as the terminal sends it (each "\n" as "\r\n").
+    func mixedText(_ bytes: Int, in directory: String) throws -> Producer {
+        let words = ["the", "vault", "worker", "session", "ring", "circuit", "nursery", "terminal", "42", "0x7f3a",
+                     "error:", "warning", "/usr/lib/x86_64-linux-gnu", "café", "naïve", "→", "✓", "日本語", "🙂", "Ünïcödé"]
+        let colours = ["\u{1B}[1;31m", "\u{1B}[32m", "\u{1B}[38;5;208m", "\u{1B}[4;36m"]
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        func next(_ bound: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(bound))
+        }
+        var file: [UInt8] = []
+        file.reserveCapacity(bytes + 200)
+        while file.count < bytes {
+            var line = String(repeating: " ", count: next(4) == 0 ? 4 * next(4) : 0)
+            var columns = line.count
+            let width = next(161)
+            while columns < width {
+                var word = words[next(words.count)]
+                if next(10) == 0 { word = colours[next(colours.count)] + word + "\u{1B}[0m" }
+                line += (columns == line.count && line.allSatisfy { $0 == " " } ? "" : " ") + word
+                columns += word.count + 1
+            }
+            file += Array(line.utf8) + [UInt8(ascii: "\n")]
+        }
+        let path = directory + "/mixed.txt"
+        guard FileManager.default.createFile(atPath: path, contents: Data(file), attributes: [.posixPermissions: 0o600]) else {
+            throw EndToEndBenchmark.BenchFailure(description: "cannot write \(path)")
+        }
+        var expected: [UInt8] = []
+        expected.reserveCapacity(file.count * 21 / 20)
+        for byte in file {
+            if byte == UInt8(ascii: "\n") { expected.append(UInt8(ascii: "\r")) }
+            expected.append(byte)
+        }
+        return Producer(command: "cat \(path)") { output in
+            if output.elementsEqual(expected) { return nil }
+            let first = zip(output.indices, expected.indices).first { output[$0.0] != expected[$0.1] }.map { $0.1 }
+            return "\(output.count) bytes arrived where \(expected.count) were due, the first difference at byte \(first ?? min(output.count, expected.count))"
+        }
+    }
+
+    /// MB/s of a producer's output through a server, the client's CPU seconds, and the
     /// server's CPU milliseconds per MB by role (`serverName`'s processes; "shell" for the rest).
-    func bulkThroughput(port: UInt16, bytes: Int, server: pid_t, serverName: String) throws
+    func bulkThroughput(port: UInt16, producer: Producer, server: pid_t, serverName: String) throws
         -> (rate: Double, clientCPU: Double, serverCPU: [String: Double]) {
         let client = try bench.attach(port: port)
         try client.input("stty -echo; echo go-$((1+1))\r")
@@ -61,23 +116,22 @@ struct PeerComparison {
         let cpuBefore = processCPU()
         let serverBefore = bench.treeCPU(root: server, serverName: serverName)
         let start = now()
-        try client.input("echo start-$((1+2)); \(bulkCommand(bytes)); echo; echo end-$((2+2))\r")
+        try client.input("echo start-$((1+2)); \(producer.command); echo; echo end-$((2+2))\r")
         let received = try client.readOutput(untilMarker: "end-4")
         let seconds = now() - start
         let clientCPU = processCPU() - cpuBefore
         let serverAfter = bench.treeCPU(root: server, serverName: serverName)
-        let zs = received.reduce(0) { $0 + ($1 == UInt8(ascii: "Z") ? 1 : 0) }
-        guard zs == bytes else { throw EndToEndBenchmark.BenchFailure(description: "\(zs) of \(bytes) bytes arrived") }
+        let begin = Array("start-3\r\n".utf8), end = Array("\r\nend-4".utf8)
+        guard let from = received.firstRange(of: begin)?.upperBound, let to = received.lastRange(of: end)?.lowerBound, from <= to else {
+            throw EndToEndBenchmark.BenchFailure(description: "\(serverName): the output's markers did not arrive")
+        }
+        // `end` starts with the bare `echo`'s line end.
+        if let problem = producer.check(received[from..<to]) { throw EndToEndBenchmark.BenchFailure(description: "\(serverName): \(problem)") }
         try client.input("exit\r")
         let megabytes = Double(received.count) / 1e6
         var serverCPU: [String: Double] = [:]
         for (role, seconds) in serverAfter { serverCPU[role] = (seconds - (serverBefore[role] ?? 0)) * 1000 / megabytes }
         return (megabytes / seconds, clientCPU, serverCPU)
-    }
-
-    /// The same producer read straight from a PTY by this process.
-    func rawBulk(bytes: Int) throws -> Double {
-        try bench.rawPTYThroughput("/bin/sh", ["-c", bulkCommand(bytes)])
     }
 
     /// Proportional set size of a server's own processes (shells excluded), in bytes: what the
@@ -139,17 +193,23 @@ struct PeerComparison {
         }
 
         typealias Run = (rate: Double, clientCPU: Double, serverCPU: [String: Double])
-        var ours: [Run] = [], theirs: [Run] = []
+        var bulk: [(name: String, ours: [Run], theirs: [Run])] = []
         if only.contains(.bulk) {
-            var raw: [Double] = []
-            for _ in 0..<runs {
-                raw.append(try rawBulk(bytes: bytes))
-                ours.append(try bulkThroughput(port: cloister.port, bytes: bytes, server: cloister.pid, serverName: "cloister"))
-                theirs.append(try bulkThroughput(port: ttyd.port, bytes: bytes, server: ttyd.child.pid, serverName: "ttyd"))
+            let producers = [("zeros", zeros(bytes)), ("mixed text", try mixedText(bytes / 2, in: cloister.directory))]
+            for (name, producer) in producers {
+                var raw: [Double] = [], ours: [Run] = [], theirs: [Run] = []
+                for _ in 0..<runs {
+                    raw.append(try bench.rawPTYThroughput("/bin/sh", ["-c", producer.command]))
+                    ours.append(try bulkThroughput(port: cloister.port, producer: producer, server: cloister.pid, serverName: "cloister"))
+                    theirs.append(try bulkThroughput(port: ttyd.port, producer: producer, server: ttyd.child.pid, serverName: "ttyd"))
+                }
+                let (mine, peers) = (ours.map(\.rate), theirs.map(\.rate))
+                let ratios = zip(mine, peers).map { $0 / $1 }, ofRaw = (zip(mine, raw).map { $0 / $1 }, zip(peers, raw).map { $0 / $1 })
+                let what = name == "zeros" ? "`\(producer.command.replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted)"
+                    : "`cat` of \(bytes >> 21) MiB of mixed text (colours, UTF-8, lines of up to about 160 characters; byte for byte)"
+                print("| bulk output, \(what) | \(spread(mine, 1)) MB/s | \(spread(peers, 1)) MB/s | \(spread(ratios, 2)) | raw PTY read \(spread(raw, 1)) MB/s (Cloister \(spread(ofRaw.0, 2)), ttyd \(spread(ofRaw.1, 2)) of it, run by run) |")
+                bulk.append((name, ours, theirs))
             }
-            let (mine, peers) = (ours.map(\.rate), theirs.map(\.rate))
-            let ratios = zip(mine, peers).map { $0 / $1 }, ofRaw = (zip(mine, raw).map { $0 / $1 }, zip(peers, raw).map { $0 / $1 })
-            print("| bulk output, `\(bulkCommand(bytes).replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted) | \(spread(mine, 1)) MB/s | \(spread(peers, 1)) MB/s | \(spread(ratios, 2)) | raw PTY read \(spread(raw, 1)) MB/s (Cloister \(spread(ofRaw.0, 2)), ttyd \(spread(ofRaw.1, 2)) of it, run by run) |")
         }
 
         // Server CPU (every process but the shells), per unit of work, by role: summed over
@@ -217,14 +277,14 @@ struct PeerComparison {
             print("server CPU per \(entry.what) (\(entry.unit), 10 ms ticks summed over the runs): Cloister \(line(entry.ours)); ttyd \(line(entry.theirs))")
         }
 
-        if only.contains(.bulk) {
+        for (name, ours, theirs) in bulk {
             print("")
-            print("client CPU per bulk run (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
+            print("client CPU per bulk run of \(name) (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
             func cpu(_ runs: [Run]) -> String {
                 Set(runs.flatMap(\.serverCPU.keys)).sorted().map { role in "\(role) \(spread(runs.map { $0.serverCPU[role] ?? 0 }, 1))" }
                     .joined(separator: ", ")
             }
-            print("server CPU per MB of bulk output (ms, 10 ms ticks): Cloister \(cpu(ours)); ttyd \(cpu(theirs))")
+            print("server CPU per MB of \(name) (ms, 10 ms ticks): Cloister \(cpu(ours)); ttyd \(cpu(theirs))")
         }
     }
 
