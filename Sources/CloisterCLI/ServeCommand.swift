@@ -113,8 +113,9 @@ struct ServeCommand: AsyncParsableCommand {
 
     /// Everything checked before anything starts.
     func configuration(activated: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
-        let policies = policyDir ?? Self.defaultPolicyDirectories.first { FileManager.default.fileExists(atPath: "\($0)/worker.json") }
-            ?? Self.defaultPolicyDirectories[0]
+        guard let policies = policyDir ?? Self.defaultPolicyDirectories.first(where: { FileManager.default.fileExists(atPath: "\($0)/worker.json") }) else {
+            throw ConfigurationError(option: "--policy-dir", problem: "not given, and no worker.json in \(Self.defaultPolicyDirectories.joined(separator: " or ")) (relative to \(FileManager.default.currentDirectoryPath))")
+        }
         var paths: [String: String] = [:]
         for role in ["worker", "vault"] {
             let path = "\(policies)/\(role).json"

@@ -1,5 +1,6 @@
 import CSeccomp
 import FoundationEssentials
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -190,13 +191,23 @@ public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 extension Policy {
     /// Reads, decodes and validates a policy file.
     public static func load(file: String) throws(PolicyError) -> Policy {
-        let data: Data
+        var bytes: [UInt8] = []
+        var call = "open"
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: file))
+            let descriptor = try FileDescriptor.open(file, .readOnly, options: .closeOnExec)
+            defer { try? descriptor.close() }
+            call = "read"
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = try chunk.withUnsafeMutableBytes { try descriptor.read(into: $0) }
+                if count == 0 { break }
+                bytes += chunk[..<count]
+            }
         } catch {
-            throw PolicyError(file: file, path: "$", message: "cannot read: \(error)")
+            let errno = (error as? Errno).map { " (errno \($0.rawValue))" } ?? ""
+            throw PolicyError(file: file, path: "$", message: "cannot read: \(call): \(error)\(errno)")
         }
-        return try parse(data, source: file)
+        return try parse(Data(bytes), source: file)
     }
 
     /// Decodes and validates policy JSON.

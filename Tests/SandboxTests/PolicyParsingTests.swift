@@ -87,7 +87,7 @@ final class PolicyParsingTests: XCTestCase {
         XCTAssertThrowsError(try Policy.load(file: "/nonexistent/policy.json")) {
             let e = $0 as? PolicyError
             XCTAssertEqual(e?.file, "/nonexistent/policy.json")
-            XCTAssertTrue(e?.message.hasPrefix("cannot read") ?? false)
+            XCTAssertEqual(e?.message, "cannot read: open: No such file or directory (errno 2)")
         }
     }
 
