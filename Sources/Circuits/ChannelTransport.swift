@@ -137,19 +137,10 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
         if let failure { throw failure }
         guard let peer else { throw .closed }
         let length = payload.readableBytes + (kind == nil ? 0 : 1)
-        let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: 0, end: end)
-        if circuit.ending { throw .conversationEnded(id: circuit.id) }
-        if end && circuit.reserved { throw .endOnReservedCircuit(id: circuit.id) }
-        if length > peer.maxPayload || UInt64(cost) > peer.window {
-            throw .messageTooLarge(length: length, descriptors: 0, peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
-        }
-        let credit = circuit.credit
-        guard credit.sent + UInt64(cost) <= credit.limit else {
+        guard try table.reserve(circuit, length: length, descriptors: 0, end: end, peer: peer) else {
             circuit.wantsCredit = true
             return false
         }
-        credit.sent += UInt64(cost)
-        if end { table.beginEnding(circuit) }
         writeFrame(.data, circuit: circuit.id, end: end, kind: kind, payload: payload)
         // Frames leave in the order they were written, so nothing sent later can overtake it.
         if end {

@@ -218,6 +218,25 @@ struct ConversationTable<C: Conversation> {
 
     // MARK: Credit
 
+    /// Takes the credit for a message on `conversation` if its window has room (false when
+    /// the sender must wait), after checking what no message may break: a conversation this
+    /// side ended, an end on a reserved circuit, more than `peer` accepts. A message that
+    /// ends the conversation commits this side to its end.
+    mutating func reserve(_ conversation: C, length: Int, descriptors: Int, end: Bool, peer: Handshake) throws(CircuitError) -> Bool {
+        let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
+        if conversation.ending { throw .conversationEnded(id: conversation.id) }
+        if end && conversation.reserved { throw .endOnReservedCircuit(id: conversation.id) }
+        if length > peer.maxPayload || descriptors > peer.maxDescriptors || UInt64(cost) > peer.window {
+            throw .messageTooLarge(length: length, descriptors: descriptors,
+                                   peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
+        }
+        let credit = conversation.credit
+        guard credit.sent + UInt64(cost) <= credit.limit else { return false }
+        credit.sent += UInt64(cost)
+        if end { beginEnding(conversation) }
+        return true
+    }
+
     /// Accounts a consumed message; returns a new limit to grant when half a window has been
     /// consumed since the last grant.
     func consume(_ cost: Int, _ credit: Credit) -> UInt64? {

@@ -257,22 +257,9 @@ final class TransportCore: Sendable {
     /// Takes the credit for a message if the window has room; false when the sender must
     /// wait. Synchronous, so the common case costs no suspension point.
     func reserve(_ conversation: QueuedConversation, length: Int, descriptors: Int, end: Bool) throws(CircuitError) -> Bool {
-        let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
-        let id = conversation.id
-        return try state.withLock { (s) throws(CircuitError) -> Bool in
+        try state.withLock { (s) throws(CircuitError) -> Bool in
             if let failure = s.failure { throw failure }
-            let peer = s.peer!
-            if conversation.ending { throw .conversationEnded(id: id) }
-            if end && conversation.reserved { throw .endOnReservedCircuit(id: id) }
-            if length > peer.maxPayload || descriptors > peer.maxDescriptors || UInt64(cost) > peer.window {
-                throw .messageTooLarge(length: length, descriptors: descriptors,
-                                       peerLimit: peer.maxPayload, peerDescriptorLimit: peer.maxDescriptors)
-            }
-            let credit = conversation.credit
-            guard credit.sent + UInt64(cost) <= credit.limit else { return false }
-            credit.sent += UInt64(cost)
-            if end { s.table.beginEnding(conversation) }
-            return true
+            return try s.table.reserve(conversation, length: length, descriptors: descriptors, end: end, peer: s.peer!)
         }
     }
 
