@@ -7,7 +7,8 @@ import NIOCore
 /// into the stream and reads from here; a chunk is shared by every client it is sent to.
 struct OutputRing {
     let capacity: Int
-    private var chunks = Deque()
+    /// The chunks held, oldest first, each with the stream offset it starts at.
+    private var chunks = CircularBuffer<(offset: UInt64, bytes: ByteBuffer)>()
     /// Where `chunks` start in the stream (the oldest byte held).
     private(set) var start: UInt64 = 0
     /// The offset of the next byte the shell will write.
@@ -33,15 +34,31 @@ struct OutputRing {
     /// skipped, they hold the shell back instead).
     mutating func append(_ bytes: ByteBuffer, keep: UInt64? = nil) {
         guard bytes.readableBytes > 0 else { return }
-        chunks.append(Self.compacted(bytes), at: end)
+        chunks.append((end, Self.compacted(bytes)))
         heldBytes += bytes.readableBytes
         end += UInt64(bytes.readableBytes)
-        while chunks.count > 1, let oldest = chunks.first, heldBytes - oldest.readableBytes >= capacity,
+        while chunks.count > 1, let oldest = chunks.first?.bytes, heldBytes - oldest.readableBytes >= capacity,
               keep.map({ start + UInt64(oldest.readableBytes) <= $0 }) ?? true {
             heldBytes -= oldest.readableBytes
             start += UInt64(oldest.readableBytes)
             chunks.removeFirst()
         }
+    }
+
+    /// The position in `chunks` of the chunk holding stream offset `position` (which the ring
+    /// holds), found in logarithmic time: a client that catches up reads from anywhere in a
+    /// ring of many small chunks.
+    private func chunk(holding position: UInt64) -> Int {
+        var (low, high) = (0, chunks.count - 1)
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if self[middle].offset <= position { low = middle } else { high = middle - 1 }
+        }
+        return low
+    }
+
+    private subscript(position: Int) -> (offset: UInt64, bytes: ByteBuffer) {
+        chunks[chunks.index(chunks.startIndex, offsetBy: position)]
     }
 
     /// What a cursor at `offset` reads next: up to `limit` bytes, starting at `offset` or, if
@@ -51,61 +68,19 @@ struct OutputRing {
     func read(from offset: UInt64, limit: Int) -> (offset: UInt64, bytes: ByteBuffer, skipped: UInt64)? {
         let from = max(offset, start)
         guard from < end else { return nil }
-        var index = chunks.index(holding: from)
-        let lower = Int(from - chunks.offset(index))
-        var first = chunks[index].getSlice(at: chunks[index].readerIndex + lower, length: min(chunks[index].readableBytes - lower, limit))!
-        index += 1
-        guard index < chunks.count, first.readableBytes < limit else { return (from, first, from - offset) }
+        var position = chunk(holding: from)
+        let (chunkStart, bytes) = self[position]
+        let lower = Int(from - chunkStart)
+        var first = bytes.getSlice(at: bytes.readerIndex + lower, length: min(bytes.readableBytes - lower, limit))!
+        position += 1
+        guard position < chunks.count, first.readableBytes < limit else { return (from, first, from - offset) }
         var joined = ByteBufferAllocator().buffer(capacity: min(limit, Int(end - from)))
         joined.writeBuffer(&first)
-        while index < chunks.count, joined.readableBytes < limit {
-            let chunk = chunks[index]
+        while position < chunks.count, joined.readableBytes < limit {
+            let chunk = self[position].bytes
             joined.writeImmutableBuffer(chunk.getSlice(at: chunk.readerIndex, length: min(chunk.readableBytes, limit - joined.readableBytes))!)
-            index += 1
+            position += 1
         }
         return (from, joined, from - offset)
-    }
-}
-
-/// The ring's chunks with the stream offset each starts at: appended at the back, dropped
-/// from the front, found by offset in logarithmic time (a client that catches up reads from
-/// anywhere in a ring of many small chunks).
-private struct Deque {
-    private var items: [ByteBuffer] = []
-    private var offsets: [UInt64] = []
-    private var head = 0
-
-    var count: Int { items.count - head }
-    var first: ByteBuffer? { head < items.count ? items[head] : nil }
-    subscript(index: Int) -> ByteBuffer { items[head + index] }
-    func offset(_ index: Int) -> UInt64 { offsets[head + index] }
-
-    /// The index of the chunk that holds stream offset `position` (which the ring holds).
-    func index(holding position: UInt64) -> Int {
-        var (low, high) = (head, items.count - 1)
-        while low < high {
-            let middle = (low + high + 1) / 2
-            if offsets[middle] <= position { low = middle } else { high = middle - 1 }
-        }
-        return low - head
-    }
-
-    mutating func append(_ item: ByteBuffer, at offset: UInt64) {
-        items.append(item)
-        offsets.append(offset)
-    }
-
-    mutating func removeFirst() {
-        items[head] = ByteBuffer()
-        head += 1
-        if head == items.count {
-            items.removeAll(keepingCapacity: true)
-            offsets.removeAll(keepingCapacity: true)
-            head = 0
-        } else if head > 64 && head * 2 > items.count {
-            items.removeFirst(head)
-            offsets.removeFirst(head)
-            head = 0
-        }
     }
 }

@@ -70,8 +70,7 @@ final class Session: @unchecked Sendable {
     /// been sent.
     private(set) var clients: [Int: Attachment] = [:]
     private var nextClient = 0
-    /// Increases on every attach and detach, so a linger timer can tell it is stale.
-    private var epoch = 0
+    /// Runs while nobody is attached; an attach cancels it.
     private var linger: Scheduled<Void>?
     /// The shell's status from the nursery, and how long the session waits for it once the
     /// terminal has closed.
@@ -206,7 +205,6 @@ final class Session: @unchecked Sendable {
         } else {
             (start, skipped) = (ring.start, offset.map { ring.start - $0 } ?? 0)
         }
-        epoch += 1
         linger?.cancel()
         linger = nil
         defer { nextClient += 1 }
@@ -222,20 +220,19 @@ final class Session: @unchecked Sendable {
         client.pump()
     }
 
-
     /// A client's attachment ended. The last one out starts the linger.
     func detach(_ client: Attachment) {
         guard clients.removeValue(forKey: client.number) != nil else { return }
-        epoch += 1
         if client.writer { updateReading() }
         startLingerIfIdle()
     }
 
     private func startLingerIfIdle() {
         guard clients.isEmpty, !isFinished, !isHungUp else { return }
-        let since = epoch
+        // Cancelling on the loop the task runs on keeps it from running, and the loop is ours.
+        linger?.cancel()
         linger = loop.scheduleTask(in: TimeAmount(settings.linger)) { [self] in
-            guard epoch == since, !isFinished else { return }
+            linger = nil
             hangUp("nobody attached within the linger (\(settings.linger))")
         }
     }
