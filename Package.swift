@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "ServeTests",
             dependencies: [
-                "TestSupport", "TerminalClient", "Processes", "SystemCalls", "Circuits",
+                "TestSupport", "TerminalClient", "Processes", "SystemCalls", "Circuits", "RoleProtocol",
                 system,
             ]),
         .target(

@@ -1,6 +1,7 @@
 import Circuits
 import Foundation
 import Processes
+import RoleProtocol
 import SystemPackage
 import TerminalClient
 import TestSupport
@@ -101,6 +102,54 @@ final class NurseryServiceTests: XCTestCase {
         }, server.output)
         try client.input("exit\r")
         _ = try client.awaitClose()
+    }
+
+    /// The nursery is the one process without a seccomp filter, and it runs as root: a vault
+    /// (here this test, speaking the vault's side of the link to a real `cloister nursery`)
+    /// may have it signal the shells it started for that vault, and no other process: not one
+    /// of its own, and not another vault's shell.
+    func testTheNurserySignalsOnlyTheShellsItStartedForThatVault() async throws {
+        let directory = try temporaryDirectory()
+        let nursery = try NurseryService(directory: directory, command: ["/bin/sleep", "300"])
+        let bystander = try ChildProcess.spawn("/bin/sleep", arguments: ["300"], ownProcessGroup: true)
+        defer {
+            try? bystander.signal(SIGKILL)
+            _ = try? bystander.wait()
+        }
+        func vault() async throws -> RoleTransport {
+            let socket = try UnixSocket.connect(path: nursery.socket, kind: Link.vaultNursery.socketKind)
+            return try await Link.vaultNursery.start(socket: socket, side: .opener, build: cloisterBuildID)
+        }
+        let first = try await vault(), second = try await vault()
+        defer {
+            first.close()
+            second.close()
+        }
+        // A shell for the first vault, its terminal kept open so that only a signal ends it.
+        let asking = try first.open()
+        try await asking.send(VaultToNursery.spawn(columns: 80, rows: 24), end: true)
+        let received = try await asking.receive(NurseryToVault.self)
+        let reply = try XCTUnwrap(received)
+        guard case .spawned(let shell) = reply.message else { return XCTFail("no shell: \(reply.message)") }
+        let master = try XCTUnwrap(reply.descriptors?.take(0))
+        defer { try? master.close() }
+
+        for (link, pid) in [(first, bystander.pid), (second, shell)] {
+            try await link.open().tell(VaultToNursery.signal(pid: pid, signal: SIGTERM))
+        }
+        XCTAssertEqual(nursery.output.components(separatedBy: "refused to signal a process that is no shell of this vault's").count - 1, 2,
+                       nursery.output)
+        usleep(200_000)
+        XCTAssertEqual(waitpid(bystander.pid, nil, WNOHANG), 0, "the bystander was signalled")
+        XCTAssertEqual(kill(shell, 0), 0, "another vault's request ended the shell")
+
+        // Its own vault's request does reach it, and the shell's end is reported to that vault.
+        try await first.open().tell(VaultToNursery.signal(pid: shell, signal: SIGTERM))
+        let report = try await first.accept()
+        let exited = try await report.receive(NurseryToVault.self)
+        guard case .exited(let pid, let exit)? = exited?.message else { return XCTFail("no exit report: \(String(describing: exited?.message))") }
+        XCTAssertEqual(pid, shell)
+        XCTAssertEqual(exit, .signal(SIGTERM))
     }
 
     /// A process of another user is refused by the service, which says why.
