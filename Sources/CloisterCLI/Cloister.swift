@@ -76,14 +76,12 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
-        if command is WorkerCommand || command is VaultCommand {
+        if command is WorkerCommand || command is VaultCommand || command is NurseryCommand || command is NurseryServiceCommand {
             // One event loop each: a worker serves its clients and its vault link there, the
             // vault its terminals and worker links, so a message goes from the socket it came
-            // on to the one it leaves by on one thread. Workers give the parallelism (one per
-            // core by default).
-            NIOSingletons.groupLoopCountSuggestion = 1
-        } else if command is NurseryCommand || command is NurseryServiceCommand {
-            // The nursery answers one request at a time; a second loop would only idle.
+            // on to the one it leaves by on one thread; workers give the parallelism (one per
+            // core by default). The nursery answers one request at a time, so a second loop
+            // would only idle.
             NIOSingletons.groupLoopCountSuggestion = 1
         }
         // Every job goes to one of NIO's event loops; a job started on a loop stays on it.
