@@ -6,9 +6,7 @@ extension StringProtocol {
     func trimmingOptionalWhitespace() -> String {
         func isOWS(_ byte: UInt8) -> Bool { byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
         let bytes = utf8
-        guard var last = bytes.firstIndex(where: { !isOWS($0) }) else { return "" }
-        let first = last
-        for index in bytes[first...].indices where !isOWS(bytes[index]) { last = index }
+        guard let first = bytes.firstIndex(where: { !isOWS($0) }), let last = bytes.lastIndex(where: { !isOWS($0) }) else { return "" }
         return String(decoding: bytes[first...last], as: UTF8.self)
     }
 
