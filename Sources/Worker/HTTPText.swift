@@ -1,4 +1,4 @@
-extension StringProtocol {
+extension StringProtocol where UTF8View: BidirectionalCollection {
     /// Without the optional whitespace HTTP allows around field values and list items
     /// (RFC 9110 §5.6.3: spaces and horizontal tabs). HTTP defines it on octets, and so does
     /// this: over the UTF-8 bytes (no byte of a multi-byte character is a space or a tab),
