@@ -221,7 +221,10 @@ struct ConversationTable<C: Conversation> {
     /// Takes the credit for a message on `conversation` if its window has room (false when
     /// the sender must wait), after checking what no message may break: a conversation this
     /// side ended, an end on a reserved circuit, more than `peer` accepts. A message that
-    /// ends the conversation commits this side to its end.
+    /// ends the conversation commits this side to its end. Inlined: called from a driver
+    /// generic over its id type, a call would look up this table's type metadata at run time
+    /// on every message.
+    @inline(__always)
     mutating func reserve(_ conversation: C, length: Int, descriptors: Int, end: Bool, peer: Handshake) throws(CircuitError) -> Bool {
         let cost = TransportConfiguration<UInt64>.cost(payload: length, descriptors: descriptors, end: end)
         if conversation.ending { throw .conversationEnded(id: conversation.id) }

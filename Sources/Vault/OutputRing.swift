@@ -7,8 +7,14 @@ import NIOCore
 /// into the stream and reads from here; a chunk is shared by every client it is sent to.
 struct OutputRing {
     let capacity: Int
-    /// The chunks held, oldest first, each with the stream offset it starts at.
-    private var chunks = CircularBuffer<(offset: UInt64, bytes: ByteBuffer)>()
+    /// A chunk held: the bytes of one terminal read and the stream offset they start at.
+    private struct Chunk {
+        var offset: UInt64
+        var bytes: ByteBuffer
+    }
+
+    /// The chunks held, oldest first.
+    private var chunks = CircularBuffer<Chunk>()
     /// Where `chunks` start in the stream (the oldest byte held).
     private(set) var start: UInt64 = 0
     /// The offset of the next byte the shell will write.
@@ -34,7 +40,7 @@ struct OutputRing {
     /// skipped, they hold the shell back instead).
     mutating func append(_ bytes: ByteBuffer, keep: UInt64? = nil) {
         guard bytes.readableBytes > 0 else { return }
-        chunks.append((end, Self.compacted(bytes)))
+        chunks.append(Chunk(offset: end, bytes: Self.compacted(bytes)))
         heldBytes += bytes.readableBytes
         end += UInt64(bytes.readableBytes)
         while chunks.count > 1, let oldest = chunks.first?.bytes, heldBytes - oldest.readableBytes >= capacity,
@@ -57,7 +63,7 @@ struct OutputRing {
         return low
     }
 
-    private subscript(position: Int) -> (offset: UInt64, bytes: ByteBuffer) {
+    private subscript(position: Int) -> Chunk {
         chunks[chunks.index(chunks.startIndex, offsetBy: position)]
     }
 
@@ -69,8 +75,8 @@ struct OutputRing {
         let from = max(offset, start)
         guard from < end else { return nil }
         var position = chunk(holding: from)
-        let (chunkStart, bytes) = self[position]
-        let lower = Int(from - chunkStart)
+        let bytes = self[position].bytes
+        let lower = Int(from - self[position].offset)
         var first = bytes.getSlice(at: bytes.readerIndex + lower, length: min(bytes.readableBytes - lower, limit))!
         position += 1
         guard position < chunks.count, first.readableBytes < limit else { return (from, first, from - offset) }
