@@ -30,16 +30,20 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
     private let lingerMilliseconds: Int
 
     /// A conversation the peer started. Set its `onMessage` here (or later): its first
-    /// message is handed over once there is one. A transport without this abandons them.
+    /// message is handed over once there is one. A transport without this abandons them, so a
+    /// side that serves conversations gives it to `start`, which sets it before anything is
+    /// read: the peer may open one as soon as the handshakes have crossed.
     public var onConversation: ((ChannelCircuit<Id>) -> Void)?
     /// The transport stopped (the peer closed it, it broke the protocol, or `close` was
     /// called); every unfinished conversation's `onFailure` has been called before.
     public var onClose: ((CircuitError) -> Void)?
 
     /// Takes ownership of `socket` (a connected unix stream socket; closed on every path),
-    /// exchanges handshakes on `loop` and succeeds once the peer's has been checked.
+    /// exchanges handshakes on `loop` and succeeds once the peer's has been checked; the
+    /// conversations the peer starts go to `onConversation` from the first.
     public static func start(socket: SystemPackage.FileDescriptor, configuration: TransportConfiguration<Id>,
-                             on loop: EventLoop) -> EventLoopFuture<ChannelTransport> {
+                             on loop: EventLoop,
+                             onConversation: (@Sendable (ChannelCircuit<Id>) -> Void)? = nil) -> EventLoopFuture<ChannelTransport> {
         do {
             try configuration.validate()
             guard configuration.maxDescriptorsPerMessage == 0 else {
@@ -57,6 +61,7 @@ public final class ChannelTransport<Id: FixedWidthInteger & UnsignedInteger & Se
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let transport = ChannelTransport(channel: channel, layout: layout, configuration: configuration)
+                    transport.onConversation = onConversation
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(ByteToMessageHandler(StreamFrameDecoder(limits: layout.limits, transport: transport)))
                     try sync.addHandler(TransportHandler(transport: transport))

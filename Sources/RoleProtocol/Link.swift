@@ -43,11 +43,14 @@ public enum Link: String, Sendable, CaseIterable {
         return try await RoleTransport.start(socket: socket, configuration: configuration(side: side, build: build))
     }
 
-    /// Starts this link's transport on `socket` (taking ownership of it), served by `loop`.
+    /// Starts this link's transport on `socket` (taking ownership of it), served by `loop`;
+    /// the conversations the peer starts go to `onConversation` from the first.
     public func start(socket: SystemPackage.FileDescriptor, side: TransportSide, on loop: EventLoop,
-                      build: String = BuildID.current) -> EventLoopFuture<RoleChannelTransport> {
+                      build: String = BuildID.current,
+                      onConversation: (@Sendable (RoleChannelCircuit) -> Void)? = nil) -> EventLoopFuture<RoleChannelTransport> {
         precondition(isOnEventLoop, "\(self) runs on a thread of its own")
-        return RoleChannelTransport.start(socket: socket, configuration: configuration(side: side, build: build), on: loop)
+        return RoleChannelTransport.start(socket: socket, configuration: configuration(side: side, build: build), on: loop,
+                                          onConversation: onConversation)
     }
 }
 

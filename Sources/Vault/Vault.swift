@@ -152,9 +152,12 @@ public final class Vault: Sendable {
             var log = logger
             log[metadataKey: "worker"] = "\(worker)"
             do {
-                let link = try await Link.workerVault.start(socket: received.descriptors!.take(0)!, side: .acceptor, on: loop).get()
-                try await loop.submit { [self, log] in
-                    link.onConversation = { [self] circuit in conversation(circuit, worker: worker, logger: log) }
+                // Conversations are served from the first: the worker may open one as soon as
+                // the handshakes have crossed.
+                let link = try await Link.workerVault.start(socket: received.descriptors!.take(0)!, side: .acceptor, on: loop) {
+                    [self, log] circuit in conversation(circuit, worker: worker, logger: log)
+                }.get()
+                try await loop.submit { [log] in
                     link.onClose = { reason in log.info("worker link closed", metadata: ["reason": "\(reason)"]) }
                 }.get()
                 log.info("worker linked")

@@ -66,6 +66,28 @@ final class ChannelTransportTests: XCTestCase {
         XCTAssertTrue(eventually { openDescriptorCount() == before }, "descriptors left open")
     }
 
+    /// A peer may open a conversation the moment the handshakes have crossed, before whoever
+    /// started the other end has had the transport back: given to `start`, `onConversation`
+    /// is there for it. (Set afterwards, the conversation would have been abandoned.)
+    func testAConversationOpenedAtTheHandshakeReachesTheHandlerGivenToStart() throws {
+        let (a, b) = try SocketCalls.socketPair(.stream)
+        let heard = Recorder()
+        let right = ChannelTransport.start(socket: b, configuration: streamConfiguration(.acceptor), on: loop) { circuit in
+            circuit.onMessage = { payload, isEnd in heard.add("\(String(buffer: payload))\(isEnd ? "." : "")") }
+        }
+        // On the loop, as the opener's handshake completes: nothing else can run in between.
+        let left = ChannelTransport.start(socket: a, configuration: streamConfiguration(.opener), on: loop).flatMapThrowing { transport in
+            XCTAssertTrue(try transport.open().send(Array("first".utf8), end: true))
+            return transport
+        }
+        let (opener, acceptor) = (try left.wait(), try right.wait())
+        XCTAssertTrue(eventually { heard.all == ["first."] }, "\(heard.all)")
+        try onLoop {
+            opener.close()
+            acceptor.close()
+        }
+    }
+
     func testAPausedConsumerStallsOnlyItsOwnCircuit() throws {
         // Room for a few 1 KiB messages per circuit.
         let (a, b) = try pair(opener: streamConfiguration(.opener, window: 8 * 1024, maxPayload: 1024),
