@@ -69,7 +69,7 @@ let package = Package(
         .target(
             name: "Vault",
             dependencies: [
-                "CCrypt", "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
+                "CCrypt", "CShim", "Circuits", "Processes", "RoleProtocol", "Sandbox", "SystemCalls", logging, system,
             ] + nio),
         .target(
             name: "Nursery",

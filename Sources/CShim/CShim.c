@@ -19,6 +19,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <termios.h>
+#include <sys/epoll.h>
 
 ssize_t cloister_sendmsg_fds(int sock, const struct iovec *iov, int iovcnt,
                              const int *fds, unsigned nfds, int flags) {
@@ -343,6 +344,69 @@ int cloister_sealed_memfd(const char *name, const void *data, size_t len, const 
         return -1;
     }
     return fd;
+}
+
+int cloister_kept_memfd(const char *name, size_t size, void **mapping, const char **failed) {
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        *failed = "memfd_create";
+        return -1;
+    }
+    const char *step = NULL;
+    if (ftruncate(fd, (off_t)size) != 0) step = "ftruncate";
+    else if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) step = "fcntl(F_ADD_SEALS)";
+    else {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) step = "mmap";
+        else *mapping = p;
+    }
+    if (step) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        *failed = step;
+        return -1;
+    }
+    return fd;
+}
+
+int cloister_pidfd_open(int pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int cloister_pidfd_send_signal(int pidfd, int signal) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0);
+}
+
+int cloister_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int cloister_bytes_readable(int fd) {
+    int count = 0;
+    if (ioctl(fd, TIOCINQ, &count) != 0) return -1;
+    return count;
+}
+
+int cloister_epoll_set(int epfd, int fd, unsigned long long key, int add) {
+    struct epoll_event event = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = key };
+    return epoll_ctl(epfd, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &event);
+}
+
+int cloister_epoll_remove(int epfd, int fd) {
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+int cloister_epoll_create(void) {
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int cloister_epoll_wait_keys(int epfd, unsigned long long *keys, int max, int timeout) {
+    struct epoll_event events[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, events, max, timeout);
+    for (int i = 0; i < n; i++) keys[i] = events[i].data.u64;
+    return n;
 }
 
 ssize_t cloister_getrandom(void *buffer, size_t length) {

@@ -71,6 +71,10 @@ struct ControlCommand: ParsableCommand {
             if let v = s.vault {
                 print("vault pid \(v.pid.map(String.init) ?? "-"): \(v.state), \(v.restarts) restarts, confined: \(v.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-")")
             }
+            if let k = s.keeping {
+                print("vault generation \(k.vaultGeneration): \(k.sessionsKept) sessions kept, \(k.sessionsAdopted) adopted from an earlier vault"
+                      + (k.sessionsSetAside > 0 ? ", \(k.sessionsSetAside) SET ASIDE (a vault died adopting them)" : ""))
+            }
         }
     }
 
@@ -97,16 +101,16 @@ struct ControlCommand: ParsableCommand {
 
     struct Sessions: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Each session: id, command, shell, age, clients (worker, mode, lag), bytes out, ring, slow-consumer events.")
+            abstract: "Each session: id, command, shell, age, clients (worker, mode, lag), bytes out, ring, slow-consumer events, adoptions (vaults that took it over).")
         @OptionGroup var options: Options
 
         func run() throws {
             guard let s = try ControlCommand.fetch("sessions", options, as: ControlServer.Sessions.self) else { return }
-            let header = ["SESSION", "COMMAND", "SHELL", "AGE", "CLIENTS", "BYTES-OUT", "RING", "SLOW", "IGNORED"]
+            let header = ["SESSION", "COMMAND", "SHELL", "AGE", "CLIENTS", "BYTES-OUT", "RING", "SLOW", "IGNORED", "ADOPTED"]
             let rows = s.sessions.map { r -> [String] in
                 let clients = r.clients.isEmpty ? "-" : r.clients.map { "\($0.client):w\($0.worker):\($0.mode):lag=\($0.lagBytes)" }.joined(separator: ",")
                 return [r.id, r.command, String(r.shellPid), "\(r.ageSeconds)s", clients, String(r.bytesOut),
-                        "\(r.ringBytes)/\(r.ringCapacity)", String(r.slowConsumerEvents), String(r.ignoredInputs)]
+                        "\(r.ringBytes)/\(r.ringCapacity)", String(r.slowConsumerEvents), String(r.ignoredInputs), String(r.adoptions)]
             }
             ControlCommand.table(header, rows)
         }

@@ -55,6 +55,12 @@ extension ControlCommand {
             gauge("cloister_degraded", "1 when a pool exceeded its restart intensity and stopped restarting.", status.degraded ? 1 : 0)
             gauge("cloister_connections", "Client connections open across the workers.", Double(status.connections))
             counter("cloister_capacity_refusals_total", "Clients answered 503 for being over --max-clients.", UInt64(status.refusedAtCapacity))
+            if let k = status.keeping {
+                gauge("cloister_vault_generation", "Vaults started since the service started (the running one's generation).", Double(k.vaultGeneration))
+                gauge("cloister_sessions_kept", "Sessions whose terminal and ring the supervisor keeps for the next vault.", Double(k.sessionsKept))
+                counter("cloister_sessions_adopted_total", "Sessions a new vault took over from one that ended.", k.sessionsAdopted)
+                counter("cloister_sessions_set_aside_total", "Kept sessions given up because a vault died twice adopting them.", k.sessionsSetAside)
+            }
             var roles: [(String, ControlServer.WorkerReport)] = workers.map { ("worker", $0) }
             if let vault = status.vault { roles.append(("vault", vault)) }
             for (role, r) in roles {

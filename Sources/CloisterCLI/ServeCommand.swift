@@ -148,6 +148,15 @@ struct ServeCommand: AsyncParsableCommand {
         guard files.rlim_max == rlim_t.max || UInt64(needed) <= UInt64(files.rlim_max) else {
             throw ConfigurationError(option: "--max-clients", problem: "\(maxClients) clients need \(needed) open files in the vault; this process may have \(files.rlim_max) (raise the hard limit: ulimit -Hn, or LimitNOFILE= in the unit)")
         }
+        // The supervisor keeps two descriptors per session for the vault after this one
+        // (SessionKeeper) besides its own: it takes what the vault may have, within the hard limit.
+        let kept = rlim_t(needed + 256)
+        if files.rlim_cur < kept {
+            files.rlim_cur = files.rlim_max == rlim_t.max ? kept : min(kept, files.rlim_max)
+            guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 else {
+                throw ConfigurationError(option: "--max-clients", problem: "setrlimit(RLIMIT_NOFILE, \(files.rlim_cur)): errno \(errno)")
+            }
+        }
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ConfigurationError(option: "--drain-timeout", problem: "must be a number of seconds ≥ 0") }
         // Socket-activated, the inherited sockets replace the default address.
         let addresses = listen.isEmpty ? (activated ? [] : ["127.0.0.1:7681"]) : listen

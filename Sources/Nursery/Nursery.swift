@@ -1,3 +1,4 @@
+import CShim
 import Circuits
 import Logging
 import Processes
@@ -85,38 +86,101 @@ public final class Nursery: Sendable {
         return env
     }
 
-    /// Serves one vault link: each conversation the vault opens is one request (a spawn or a
-    /// signal), answered in turn; each shell's end is reported, once it has been reaped, on a
-    /// conversation of the nursery's own. Nothing is kept per shell but its pid.
-    public func serve(vault: RoleTransport) async {
-        let shells = LiveShells()
-        let (exits, report) = AsyncStream.makeStream(of: (pid: pid_t, exit: Exit).self)
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await ended in exits {
-                    // The vault's end is not waited for: dropping the handle discards it.
-                    guard let conversation = try? vault.open() else { continue }
-                    try? await conversation.send(NurseryToVault.exited(pid: ended.pid, ended.exit), end: true)
+    /// The shells one supervisor's vaults started, and where their ends are reported: one
+    /// household outlives the vaults a spawned nursery serves one after another (each new
+    /// vault may signal the shells it adopted, and hears of their ends); the nursery service
+    /// makes one per connection, so no vault reaches another's shells.
+    public final class Household: Sendable {
+        private struct State {
+            var shells: Set<pid_t> = []
+            /// Shells an earlier nursery started, which the supervisor reaps: signalled
+            /// through these, which stay valid whatever happens to the pid.
+            var pidfds: [pid_t: FileDescriptor] = [:]
+            var vault: RoleTransport?
+            /// Ends reaped while no vault was linked, for the next one.
+            var unreported: [(pid: pid_t, exit: Exit)] = []
+        }
+
+        private let state = Mutex(State())
+        /// Ends kept for a vault to come, at most.
+        static let unreportedLimit = 4096
+
+        public init() {}
+
+        func insert(_ pid: pid_t) { _ = state.withLock { $0.shells.insert(pid) } }
+        func contains(_ pid: pid_t) -> Bool { state.withLock { $0.shells.contains(pid) } }
+
+        /// A shell an earlier nursery started, now the supervisor's child.
+        func adopt(_ pid: pid_t, pidfd: FileDescriptor) {
+            let replaced = state.withLock { s in
+                s.shells.insert(pid)
+                defer { s.pidfds[pid] = pidfd }
+                return s.pidfds[pid]
+            }
+            try? replaced?.close()
+        }
+
+        /// Sends `signal` to the shell's process group (it leads a session of its own). An
+        /// adopted shell is first checked through its pidfd: its pid is not ours to trust once
+        /// the supervisor has reaped it. False when the shell is not this household's.
+        func signal(_ pid: pid_t, _ signal: Int32) -> Bool {
+            state.withLock { s in
+                guard s.shells.contains(pid) else { return false }
+                if let pidfd = s.pidfds[pid], cloister_pidfd_send_signal(pidfd.rawValue, 0) != 0 { return false }
+                return kill(-pid, signal) == 0
+            }
+        }
+
+        /// A shell was reaped: its vault is told, or the next one.
+        func ended(_ pid: pid_t, _ exit: Exit) {
+            let (vault, pidfd) = state.withLock { s -> (RoleTransport?, FileDescriptor?) in
+                s.shells.remove(pid)
+                let pidfd = s.pidfds.removeValue(forKey: pid)
+                guard let vault = s.vault else {
+                    if s.unreported.count < Self.unreportedLimit { s.unreported.append((pid, exit)) }
+                    return (nil, pidfd)
                 }
+                return (vault, pidfd)
             }
-            while let circuit = try? await vault.accept() {
-                await request(circuit, shells: shells, report: report)
+            try? pidfd?.close()
+            if let vault { Self.report(pid, exit, to: vault) }
+        }
+
+        /// `vault` is the one linked from now on; it is told of the ends it missed.
+        func link(_ vault: RoleTransport) {
+            let missed = state.withLock { s in
+                s.vault = vault
+                defer { s.unreported = [] }
+                return s.unreported
             }
-            report.finish()
-            group.cancelAll()
+            for (pid, exit) in missed { Self.report(pid, exit, to: vault) }
+        }
+
+        func unlink(_ vault: RoleTransport) {
+            state.withLock { s in if s.vault === vault { s.vault = nil } }
+        }
+
+        private static func report(_ pid: pid_t, _ exit: Exit, to vault: RoleTransport) {
+            // The vault's end is not waited for: dropping the handle discards it.
+            Task {
+                guard let conversation = try? vault.open() else { return }
+                try? await conversation.send(NurseryToVault.exited(pid: pid, exit), end: true)
+            }
         }
     }
 
-    /// The shells this link started and the reaper has not reported yet: the only ones the
-    /// vault may have signalled.
-    private final class LiveShells: Sendable {
-        private let pids = Mutex<Set<pid_t>>([])
-        func insert(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
-        func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
-        func contains(_ pid: pid_t) -> Bool { pids.withLock { $0.contains(pid) } }
+    /// Serves one vault link: each conversation the vault opens is one request (a spawn or a
+    /// signal), answered in turn; each shell's end is reported, once it has been reaped, on a
+    /// conversation of the nursery's own. Nothing is kept per shell but its pid.
+    public func serve(vault: RoleTransport, household: Household = Household()) async {
+        household.link(vault)
+        while let circuit = try? await vault.accept() {
+            await request(circuit, shells: household)
+        }
+        household.unlink(vault)
     }
 
-    private func request(_ circuit: RoleCircuit, shells: LiveShells, report: AsyncStream<(pid: pid_t, exit: Exit)>.Continuation) async {
+    private func request(_ circuit: RoleCircuit, shells: Household) async {
         let request: VaultToNursery
         do {
             guard let received = try await circuit.receive(VaultToNursery.self) else { return }
@@ -128,11 +192,10 @@ public final class Nursery: Sendable {
         }
         switch request {
         case .spawn(let columns, let rows, let extra, let user):
-            await spawn(columns: columns, rows: rows, extra: extra, user: user, on: circuit, shells: shells, report: report)
+            await spawn(columns: columns, rows: rows, extra: extra, user: user, on: circuit, shells: shells)
         case .signal(let pid, let signal):
-            // The shell leads its own process group (a session of its own).
             if shells.contains(pid) {
-                let sent = kill(-pid, signal) == 0
+                let sent = shells.signal(pid, signal)
                 logger.info("shell signalled: its session ended", metadata: ["shell": "\(pid)", "signal": "\(signal)", "sent": "\(sent)"])
             } else {
                 logger.warning("refused to signal a process that is no shell of this vault's", metadata: ["pid": "\(pid)", "signal": "\(signal)"])
@@ -141,8 +204,7 @@ public final class Nursery: Sendable {
         }
     }
 
-    private func spawn(columns: UInt16, rows: UInt16, extra: [[UInt8]], user: [UInt8]?, on circuit: RoleCircuit, shells: LiveShells,
-                       report: AsyncStream<(pid: pid_t, exit: Exit)>.Continuation) async {
+    private func spawn(columns: UInt16, rows: UInt16, extra: [[UInt8]], user: [UInt8]?, on circuit: RoleCircuit, shells: Household) async {
         // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
         let extraArguments = extra.map { String(decoding: $0, as: UTF8.self) }
         let webUser = user.map { String(decoding: $0, as: UTF8.self) }
@@ -190,7 +252,6 @@ public final class Nursery: Sendable {
         shells.insert(pid)
         // Kept until the shell is reaped: nothing but the pid and what every shell shares.
         Reaper.shared.watch(child) { [logger] termination in
-            shells.remove(pid)
             let exit: Exit
             switch termination {
             case .exited(let code): exit = .status(code)
@@ -198,7 +259,7 @@ public final class Nursery: Sendable {
             case nil: exit = .signal(0)
             }
             logger.info("shell reaped", metadata: ["shell": "\(pid)", "exit": "\(exit)"])
-            report.yield((pid, exit))
+            shells.ended(pid, exit)
         }
         // The vault's copy is the only one left: once it is closed, the terminal hangs up.
         defer { try? terminal.master.close() }

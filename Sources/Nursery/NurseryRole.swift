@@ -20,16 +20,57 @@ import Glibc
 /// a unit apart from the internet-facing one, taking vault links on a unix socket from the
 /// one user allowed to connect (`SO_PEERCRED`).
 public enum NurseryRole {
-    /// Spawned by the supervisor: serves the one vault linked at `Link.inheritedTransport`.
+    /// Spawned by the supervisor: linked to it at `Link.inheritedTransport`, serves each vault
+    /// the supervisor links it to, one household of shells for them all, until the supervisor
+    /// goes.
     public static func run(_ shells: NurseryShells) async throws {
         let (nursery, log) = try prepare(shells)
         // After the identity change, which clears the parent-death signal.
         guard cloister_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0) == 0 else {
             throw SandboxError(step: "nursery", lastError("prctl(PR_SET_PDEATHSIG)"))
         }
-        let vault = try await Link.vaultNursery.start(socket: Link.inheritedTransport, side: .acceptor)
+        let supervisor = try await Link.supervisorNursery.start(socket: Link.inheritedTransport, side: .acceptor)
         log.info("nursery ready", metadata: ["command": "\(shells.command)"])
-        await nursery.serve(vault: vault)
+        let household = Nursery.Household()
+        await withDiscardingTaskGroup { links in
+            while let circuit = try? await supervisor.accept() {
+                let received: Received<SupervisorToNursery>?
+                do {
+                    received = try await circuit.receive(SupervisorToNursery.self)
+                } catch {
+                    log.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
+                    received = nil
+                }
+                try? await circuit.send([], end: true)
+                guard let received else { continue }
+                switch received.message {
+                case .adoptShell(let pid):
+                    // The decoder checked that the pidfd came with it.
+                    household.adopt(pid, pidfd: received.descriptors!.take(0)!)
+                    log.info("shell adopted from an earlier nursery", metadata: ["shell": "\(pid)"])
+                    continue
+                case .shellEnded(let pid, let exit):
+                    log.info("adopted shell ended", metadata: ["shell": "\(pid)", "exit": "\(exit)"])
+                    household.ended(pid, exit)
+                    continue
+                case .vaultLink:
+                    break
+                }
+                // The decoder checked that the link came with its descriptor.
+                guard let socket = received.descriptors?.take(0) else { continue }
+                links.addTask {
+                    do {
+                        let vault = try await Link.vaultNursery.start(socket: socket, side: .acceptor)
+                        log.info("vault linked")
+                        await nursery.serve(vault: vault, household: household)
+                        log.info("vault link closed")
+                    } catch {
+                        log.warning("vault link failed", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+            links.cancelAll()
+        }
     }
 
     /// As a service: takes vault links on `listener` (made before the identity change, so a

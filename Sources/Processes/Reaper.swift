@@ -24,6 +24,8 @@ public final class Reaper: @unchecked Sendable {
     }
 
     private let lock = ConditionLock()
+    /// Ends of children nobody awaited yet, remembered at most.
+    static let unclaimedLimit = 1024
     private var state = State()
 
     init() {}
@@ -38,10 +40,14 @@ public final class Reaper: @unchecked Sendable {
 
     /// Calls `report` with how `child` ended once it has (at once if it already had): a
     /// process with a child per session keeps no task per child.
-    public func watch(_ child: ChildProcess, then report: @escaping Report) {
+    public func watch(_ child: ChildProcess, then report: @escaping Report) { watch(pid: child.pid, then: report) }
+
+    /// As `watch(_:then:)`, for a child this process did not start: one a subreaper inherits
+    /// when its parent dies.
+    public func watch(pid: pid_t, then report: @escaping Report) {
         let (ended, startThread) = lock.withLock { () -> (ChildProcess.Termination?, Bool) in
-            if let ended = state.ended.removeValue(forKey: child.pid) { return (ended, false) }
-            state.waiting[child.pid] = report
+            if let ended = state.ended.removeValue(forKey: pid) { return (ended, false) }
+            state.waiting[pid] = report
             lock.broadcast()
             defer { state.threadStarted = true }
             return (nil, !state.threadStarted)
@@ -88,6 +94,9 @@ public final class Reaper: @unchecked Sendable {
             let termination = ChildProcess.Termination(status: status)
             let report = lock.withLock { () -> Report? in
                 guard let report = state.waiting.removeValue(forKey: pid) else {
+                    // A subreaper also reaps orphans nobody will ask about (a shell's
+                    // background jobs): only the latest few are remembered.
+                    if state.ended.count >= Self.unclaimedLimit, let any = state.ended.keys.first { state.ended[any] = nil }
                     state.ended[pid] = termination
                     return nil
                 }

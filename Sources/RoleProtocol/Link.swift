@@ -12,11 +12,13 @@ import SystemPackage
 /// | supervisorVault | supervisor | `SupervisorToVault` | the conversation's end |
 /// | workerVault | worker | `WorkerToVault` | `VaultToWorker` |
 /// | vaultNursery | vault | `VaultToNursery` | `NurseryToVault` |
+/// | supervisorNursery | supervisor | `SupervisorToNursery` | the conversation's end |
 public enum Link: String, Sendable, CaseIterable {
     case supervisorWorker = "cloister.supervisor-worker/1"
     case supervisorVault = "cloister.supervisor-vault/1"
     case workerVault = "cloister.worker-vault/1"
     case vaultNursery = "cloister.vault-nursery/1"
+    case supervisorNursery = "cloister.supervisor-nursery/1"
 
     /// The intent both ends name in the handshake.
     public var intent: String { rawValue }

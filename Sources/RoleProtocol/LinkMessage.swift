@@ -41,6 +41,8 @@ public enum LinkLimits {
     public static let text = 1024
     /// A session's id and each of its secrets.
     public static let sessionField = 64
+    /// A client's name for its input stream (`AttachRequest.inputStream`).
+    public static let inputStream = 31
     /// Arguments from a client's URL (ttyd's --url-arg): how many, and the bytes of each.
     public static let urlArguments = 16, urlArgument = 255
     /// A web user's name, as a reverse proxy's header gives it (ttyd's --auth-header).

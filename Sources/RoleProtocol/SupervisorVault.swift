@@ -20,10 +20,14 @@ public enum SupervisorToVault: LinkMessage {
     case hangUp(session: String)
     /// How many clients are attached now, and how many ever were (`--once`, `--exit-no-clients`).
     case attachmentCount
+    /// A session a vault before this one kept (`VaultToSupervisor.keep`), with its PTY master
+    /// and its kept ring: the vault takes it over. Sent after `.nurseryLink`, before any
+    /// `.workerLink`.
+    case adopt(session: String, shell: Int32)
 
     enum Kind: UInt8 {
         case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57, listSessions = 0x6c, kick = 0x6b, hangUp = 0x68
-        case attachmentCount = 0x61, configureUsers = 0x55
+        case attachmentCount = 0x61, configureUsers = 0x55, adopt = 0x64
     }
 
     public var encoded: [UInt8] {
@@ -52,6 +56,11 @@ public enum SupervisorToVault: LinkMessage {
             var w = FieldWriter(kind: Kind.hangUp.rawValue)
             w.short(Array(session.utf8.prefix(LinkLimits.sessionField)))
             return w.bytes
+        case .adopt(let session, let shell):
+            var w = FieldWriter(kind: Kind.adopt.rawValue)
+            w.short(Array(session.utf8.prefix(LinkLimits.sessionField)))
+            w.u32(UInt32(bitPattern: shell))
+            return w.bytes
         }
     }
 
@@ -59,6 +68,7 @@ public enum SupervisorToVault: LinkMessage {
         switch self {
         case .configure, .configureUsers, .listSessions, .kick, .hangUp, .attachmentCount: return 0
         case .nurseryLink, .workerLink: return 1
+        case .adopt: return 2
         }
     }
 
@@ -97,6 +107,9 @@ public enum SupervisorToVault: LinkMessage {
         case .attachmentCount:
             try Self.expect(0, descriptors, kind: kind)
             self = .attachmentCount
+        case .adopt:
+            try Self.expect(2, descriptors, kind: kind)
+            self = .adopt(session: try r.shortText(limit: LinkLimits.sessionField), shell: Int32(bitPattern: try r.u32()))
         }
         try r.done()
     }
@@ -124,17 +137,26 @@ public struct SessionSummary: Sendable, Equatable {
     public var ringCapacity: UInt32
     public var slowConsumerEvents: UInt32
     public var ignored: UInt32
+    /// How many vaults took the session over from one that ended.
+    public var adoptions: UInt32
     public var clients: [Client]
 
     public init(id: String, shell: Int32, ageSeconds: UInt32, bytesOut: UInt64, ringHeld: UInt32, ringCapacity: UInt32,
-                slowConsumerEvents: UInt32, ignored: UInt32, clients: [Client]) {
+                slowConsumerEvents: UInt32, ignored: UInt32, adoptions: UInt32 = 0, clients: [Client]) {
         (self.id, self.shell, self.ageSeconds, self.bytesOut, self.ringHeld, self.ringCapacity) = (id, shell, ageSeconds, bytesOut, ringHeld, ringCapacity)
-        (self.slowConsumerEvents, self.ignored, self.clients) = (slowConsumerEvents, ignored, clients)
+        (self.slowConsumerEvents, self.ignored, self.adoptions, self.clients) = (slowConsumerEvents, ignored, adoptions, clients)
     }
 }
 
-/// Vault → supervisor: the answers to the session requests.
+/// Vault → supervisor: the answers to the session requests, and, each on a conversation the
+/// vault opens, what the supervisor keeps for the vault after it (answered by the end).
 public enum VaultToSupervisor: LinkMessage {
+    /// With a new session's PTY master and kept ring, which the supervisor holds (never reads
+    /// or maps) until `.release`, and gives to the next vault as `.adopt` if this one ends.
+    case keep(session: String, shell: Int32)
+    /// The session is over: the supervisor closes its copies (sent before the vault closes
+    /// its own to hang the terminal up).
+    case release(session: String)
     /// A page of sessions; more pages may follow until the vault ends the conversation.
     case sessions([SessionSummary])
     /// Whether the session (and client) named existed.
@@ -145,7 +167,7 @@ public enum VaultToSupervisor: LinkMessage {
     /// Sessions per page, so that a page stays well within a message.
     public static let pageSize = 200
 
-    enum Kind: UInt8 { case sessions = 0x73, done = 0x64, attachments = 0x41 }
+    enum Kind: UInt8 { case sessions = 0x73, done = 0x64, attachments = 0x41, keep = 0x4b, release = 0x52 }
 
     public var encoded: [UInt8] {
         switch self {
@@ -161,6 +183,7 @@ public enum VaultToSupervisor: LinkMessage {
                 w.u32(s.ringCapacity)
                 w.u32(s.slowConsumerEvents)
                 w.u32(s.ignored)
+                w.u32(s.adoptions)
                 w.u16(UInt16(min(s.clients.count, Int(UInt16.max))))
                 for c in s.clients.prefix(Int(UInt16.max)) {
                     w.u32(c.client)
@@ -176,16 +199,32 @@ public enum VaultToSupervisor: LinkMessage {
             w.u32(current)
             w.u64(started)
             return w.bytes
+        case .keep(let session, let shell):
+            var w = FieldWriter(kind: Kind.keep.rawValue)
+            w.short(Array(session.utf8.prefix(LinkLimits.sessionField)))
+            w.u32(UInt32(bitPattern: shell))
+            return w.bytes
+        case .release(let session):
+            var w = FieldWriter(kind: Kind.release.rawValue)
+            w.short(Array(session.utf8.prefix(LinkLimits.sessionField)))
+            return w.bytes
         }
     }
 
-    public var descriptorCount: Int { 0 }
+    public var descriptorCount: Int {
+        if case .keep = self { return 2 }
+        return 0
+    }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         var r = try FieldReader<Kind>(payload, of: "VaultToSupervisor")
         let kind = r.kind
-        try Self.expect(0, descriptors, kind: kind)
+        try Self.expect(kind == .keep ? 2 : 0, descriptors, kind: kind)
         switch kind {
+        case .keep:
+            self = .keep(session: try r.shortText(limit: LinkLimits.sessionField), shell: Int32(bitPattern: try r.u32()))
+        case .release:
+            self = .release(session: try r.shortText(limit: LinkLimits.sessionField))
         case .sessions:
             let count = Int(try r.u16())
             guard count <= Self.pageSize else { throw r.malformed }
@@ -194,7 +233,7 @@ public enum VaultToSupervisor: LinkMessage {
                 let id = try r.shortText(limit: LinkLimits.sessionField)
                 let shell = Int32(bitPattern: try r.u32())
                 let age = try r.u32(), bytes = try r.u64(), held = try r.u32(), capacity = try r.u32()
-                let slow = try r.u32(), ignored = try r.u32()
+                let slow = try r.u32(), ignored = try r.u32(), adoptions = try r.u32()
                 var clients: [SessionSummary.Client] = []
                 for _ in 0..<Int(try r.u16()) {
                     let client = try r.u32(), worker = try r.u32()
@@ -203,7 +242,8 @@ public enum VaultToSupervisor: LinkMessage {
                     clients.append(.init(client: client, worker: worker, writer: writer == 1, lag: try r.u64()))
                 }
                 list.append(SessionSummary(id: id, shell: shell, ageSeconds: age, bytesOut: bytes, ringHeld: held,
-                                           ringCapacity: capacity, slowConsumerEvents: slow, ignored: ignored, clients: clients))
+                                           ringCapacity: capacity, slowConsumerEvents: slow, ignored: ignored, adoptions: adoptions,
+                                           clients: clients))
             }
             self = .sessions(list)
         case .done:

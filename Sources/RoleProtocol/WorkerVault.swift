@@ -13,17 +13,22 @@ public struct AttachRequest: Sendable, Equatable {
     /// For a new session: arguments appended to the command (ttyd's --url-arg), at most
     /// `LinkLimits.urlArguments` of at most `LinkLimits.urlArgument` bytes, none with a NUL.
     public var arguments: [[UInt8]]
+    /// The client's name for its input stream (at most `LinkLimits.inputStream` bytes): a
+    /// writer that names one is told how much of that stream reached the terminal, so that
+    /// it sends the rest again after a lost connection.
+    public var inputStream: [UInt8]?
 
     public init(columns: UInt16, rows: UInt16, token: [UInt8], session: (id: [UInt8], secret: [UInt8])? = nil,
-                offset: UInt64? = nil, readonly: Bool = false, arguments: [[UInt8]] = []) {
+                offset: UInt64? = nil, readonly: Bool = false, arguments: [[UInt8]] = [], inputStream: [UInt8]? = nil) {
         (self.columns, self.rows, self.token, self.session, self.offset, self.readonly) = (columns, rows, token, session, offset, readonly)
         self.arguments = arguments
+        self.inputStream = inputStream
     }
 
     public static func == (a: AttachRequest, b: AttachRequest) -> Bool {
         a.columns == b.columns && a.rows == b.rows && a.token == b.token && a.session?.id == b.session?.id
             && a.session?.secret == b.session?.secret && a.offset == b.offset && a.readonly == b.readonly
-            && a.arguments == b.arguments
+            && a.arguments == b.arguments && a.inputStream == b.inputStream
     }
 }
 
@@ -38,9 +43,14 @@ public struct SessionInfo: Sendable, Equatable {
     public var offset: UInt64
     /// Bytes the client asked for that the ring no longer held.
     public var skipped: UInt64
+    /// For a writer that named its input stream: how many bytes of it the terminal has taken
+    /// (or will, from what the vault holds); the client sends what follows again.
+    public var inputOffset: UInt64?
 
-    public init(title: String, session: String, secret: String?, readSecret: String, offset: UInt64, skipped: UInt64) {
+    public init(title: String, session: String, secret: String?, readSecret: String, offset: UInt64, skipped: UInt64,
+                inputOffset: UInt64? = nil) {
         (self.title, self.session, self.secret, self.readSecret, self.offset, self.skipped) = (title, session, secret, readSecret, offset, skipped)
+        self.inputOffset = inputOffset
     }
 }
 
@@ -72,7 +82,7 @@ public enum WorkerToVault: LinkMessage {
             w.u16(request.columns)
             w.u16(request.rows)
             let flags: UInt8 = (request.readonly ? 1 : 0) | (request.session != nil ? 2 : 0) | (request.offset != nil ? 4 : 0)
-                | (request.arguments.isEmpty ? 0 : 8)
+                | (request.arguments.isEmpty ? 0 : 8) | (request.inputStream != nil ? 16 : 0)
             w.rest([flags])
             if let offset = request.offset { w.u64(offset) }
             if let session = request.session {
@@ -80,6 +90,7 @@ public enum WorkerToVault: LinkMessage {
                 w.short(session.secret)
             }
             if !request.arguments.isEmpty { w.commandArguments(request.arguments) }
+            if let stream = request.inputStream { w.short(stream) }
             w.rest(request.token)
             return w.bytes
         case .input(let bytes): return [Kind.input.rawValue] + bytes
@@ -104,7 +115,7 @@ public enum WorkerToVault: LinkMessage {
         case .attach:
             let columns = try r.u16(), rows = try r.u16()
             let flags = try r.u8()
-            guard flags & ~15 == 0 else { throw r.malformed }
+            guard flags & ~31 == 0 else { throw r.malformed }
             let offset = flags & 4 != 0 ? try r.u64() : nil
             var session: (id: [UInt8], secret: [UInt8])?
             if flags & 2 != 0 {
@@ -112,8 +123,10 @@ public enum WorkerToVault: LinkMessage {
                 session = (id, try r.short(limit: LinkLimits.sessionField))
             }
             let arguments = flags & 8 != 0 ? try r.commandArguments() : []
+            let stream = flags & 16 != 0 ? try r.short(limit: LinkLimits.inputStream) : nil
             self = .attach(AttachRequest(columns: columns, rows: rows, token: try r.rest(limit: LinkLimits.token),
-                                         session: session, offset: offset, readonly: flags & 1 != 0, arguments: arguments))
+                                         session: session, offset: offset, readonly: flags & 1 != 0, arguments: arguments,
+                                         inputStream: stream))
         case .input: self = .input(try r.rest())
         case .resize:
             let columns = try r.u16(), rows = try r.u16()
@@ -171,6 +184,7 @@ public enum VaultToWorker: LinkMessage {
             var w = FieldWriter(kind: Kind.attached.rawValue)
             w.u64(info.offset)
             w.u64(info.skipped)
+            w.u64(info.inputOffset ?? .max)
             w.short(Array(info.session.utf8))
             w.short(Array(info.readSecret.utf8))
             w.rest([info.secret == nil ? 0 : 1])
@@ -197,7 +211,7 @@ public enum VaultToWorker: LinkMessage {
         switch kind {
         case .accepted: self = .accepted(title: try r.text())
         case .attached:
-            let offset = try r.u64(), skipped = try r.u64()
+            let offset = try r.u64(), skipped = try r.u64(), inputOffset = try r.u64()
             func text(_ bytes: [UInt8]) throws(LinkMessageError) -> String {
                 guard let s = String(validating: bytes, as: UTF8.self) else { throw r.malformed }
                 return s
@@ -208,7 +222,7 @@ public enum VaultToWorker: LinkMessage {
             guard hasSecret <= 1 else { throw r.malformed }
             let secret = hasSecret == 1 ? try text(try r.short(limit: LinkLimits.sessionField)) : nil
             self = .attached(SessionInfo(title: try r.text(), session: session, secret: secret, readSecret: readSecret,
-                                         offset: offset, skipped: skipped))
+                                         offset: offset, skipped: skipped, inputOffset: inputOffset == .max ? nil : inputOffset))
         case .resynced:
             let offset = try r.u64()
             self = .resynced(offset: offset, skipped: try r.u64())

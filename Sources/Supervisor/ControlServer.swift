@@ -33,6 +33,15 @@ public final class ControlServer: Sendable {
         /// Clients answered 503 for being over --max-clients.
         public var refusedAtCapacity: Int
         public var vault: WorkerReport?
+        public var keeping: Keeping?
+    }
+
+    /// Sessions that outlive the vault (`SessionKeeper`).
+    public struct Keeping: Codable, Sendable {
+        public var vaultGeneration: Int
+        public var sessionsKept: Int
+        public var sessionsAdopted: UInt64
+        public var sessionsSetAside: UInt64
     }
 
     public struct WorkerReport: Codable, Sendable {
@@ -80,6 +89,8 @@ public final class ControlServer: Sendable {
         public var ringCapacity: UInt32
         public var slowConsumerEvents: UInt32
         public var ignoredInputs: UInt32
+        /// Vaults that took the session over from one that ended.
+        public var adoptions: UInt32
     }
 
     public struct Sessions: Codable, Sendable {
@@ -179,7 +190,7 @@ public final class ControlServer: Sendable {
                                      degraded: pool.isDegraded || vault?.isDegraded == true,
                                      connections: workers.reduce(0) { $0 + $1.connections },
                                      refusedAtCapacity: refusals?.count ?? 0,
-                                     vault: vault?.slots.first.map(Self.report)))
+                                     vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping))
         case .workers:
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))
         case .sessions, .kick, .hangUp:
@@ -220,7 +231,7 @@ public final class ControlServer: Sendable {
         SessionReport(id: s.id, command: command, shellPid: s.shell, ageSeconds: s.ageSeconds,
                       clients: s.clients.map { .init(client: $0.client, worker: $0.worker, mode: $0.writer ? "writer" : "viewer", lagBytes: $0.lag) },
                       bytesOut: s.bytesOut, ringBytes: s.ringHeld, ringCapacity: s.ringCapacity,
-                      slowConsumerEvents: s.slowConsumerEvents, ignoredInputs: s.ignored)
+                      slowConsumerEvents: s.slowConsumerEvents, ignoredInputs: s.ignored, adoptions: s.adoptions)
     }
 
     static func report(_ w: RolePool.SlotStatus) -> WorkerReport {

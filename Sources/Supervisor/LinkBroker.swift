@@ -6,18 +6,28 @@ import Synchronization
 import SystemPackage
 
 /// Keeps the roles connected: consumes both pools' events, gives each vault its
-/// configuration and a nursery, links every worker to the vault that runs (one socketpair
-/// each), relinks them all when the vault is replaced, and admits each instance once its links
-/// are in place. If a vault's nursery dies, the vault is closed too, and its pool starts both
-/// again.
+/// configuration, a link to the nursery and the sessions the vault before it kept
+/// (`SessionKeeper`), links every worker to the vault that runs (one socketpair each),
+/// relinks them all when the vault is replaced, and admits each instance once its links are
+/// in place. A spawned nursery serves every vault in turn, so a vault's restart keeps the
+/// shells; if the nursery dies, the vault is restarted with a new one (its sessions are
+/// adopted).
 final class LinkBroker: Sendable {
     private struct State {
         var authentication: VaultAuthentication
         var vault: RolePool.Instance?
-        var nursery: (any NurseryLink)?
+        /// Spawned once, linked to every vault.
+        var spawnedNursery: NurseryProcess?
+        /// The nursery service's connection for the running vault.
+        var serviceConnection: NurseryServiceConnection?
         var workers: [Int: RolePool.Instance] = [:]
         var stopping = false
+        /// Vaults started so far (the running one's generation).
+        var vaultGeneration = 0
     }
+
+    let keeper: SessionKeeper
+    let orphans: OrphanShells
 
     private let workers: RolePool
     private let vault: RolePool
@@ -26,7 +36,10 @@ final class LinkBroker: Sendable {
     private let logger: Logger
     private let state: Mutex<State>
 
-    init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, authentication: VaultAuthentication, logger: Logger) {
+    init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, authentication: VaultAuthentication,
+         keptSessions: Int, logger: Logger) {
+        keeper = SessionKeeper(limit: keptSessions, logger: logger)
+        orphans = OrphanShells(logger: logger)
         self.workers = workers
         self.vault = vault
         self.nursery = nursery
@@ -66,8 +79,18 @@ final class LinkBroker: Sendable {
             for _ in 0..<2 { await forwarders.next() }
             submit.finish()
         }
-        await state.withLock { s in defer { s.nursery = nil }; return s.nursery }?.stop()
+        let (spawned, connection) = state.withLock { s in
+            defer { (s.spawnedNursery, s.serviceConnection) = (nil, nil) }
+            return (s.spawnedNursery, s.serviceConnection)
+        }
+        await spawned?.stop()
+        await connection?.stop()
+        keeper.closeAll()
+        orphans.closeAll()
     }
+
+    /// The running vault's generation (1 for the first vault), and whether one runs.
+    var vaultGeneration: Int { state.withLock { $0.vaultGeneration } }
 
     /// From now on nothing is relinked and a nursery's end is expected: the pools are about
     /// to stop their instances.
@@ -101,13 +124,18 @@ final class LinkBroker: Sendable {
         case (.vault, .started(let instance)):
             await vaultStarted(instance)
         case (.vault, .ended(let instance)):
-            let ending = state.withLock { s -> (any NurseryLink)? in
-                guard s.vault === instance else { return nil }
+            let ending = state.withLock { s -> (current: Bool, connection: NurseryServiceConnection?) in
+                guard s.vault === instance else { return (false, nil) }
                 s.vault = nil
-                defer { s.nursery = nil }
-                return s.nursery
+                defer { s.serviceConnection = nil }
+                return (true, s.serviceConnection)
             }
-            await ending?.stop()
+            if ending.current {
+                var log = logger
+                log[metadataKey: "vault"] = "\(instance.slot)"
+                keeper.vaultEnded(log: log)
+            }
+            await ending.connection?.stop()
         case (.worker, .started(let instance)):
             await workerStarted(instance)
         case (.worker, .ended(let instance)):
@@ -136,21 +164,30 @@ final class LinkBroker: Sendable {
         workers.linked(worker)
     }
 
-    /// Gives the vault its credential and a nursery, links every worker to it, then admits it.
+    /// Gives the vault its credential, a nursery and the kept sessions, links every worker to
+    /// it, then admits it.
     private func vaultStarted(_ instance: RolePool.Instance) async {
         var log = logger
         log[metadataKey: "vault"] = "\(instance.slot)"
+        // Recorded first, so that the vault's end is seen whatever fails below.
+        let (authentication, generation) = state.withLock { s in
+            s.vault = instance
+            s.vaultGeneration += 1
+            return (s.authentication, s.vaultGeneration)
+        }
+        // What the vault keeps for its successor, from its first session on.
+        Task { await keeper.serve(instance) }
         do {
-            let (nursery, vaultEnd) = try startNursery(for: instance, log: log)
+            let vaultEnd = try await nurseryLink(for: instance, log: log)
             defer { try? vaultEnd.close() }
-            // Recorded first, so that the vault's end stops this nursery whatever fails below.
-            let authentication = state.withLock { s in
-                s.vault = instance
-                s.nursery = nursery
-                return s.authentication
-            }
             try await instance.transport.open().tell(authentication.message)
             try await instance.transport.open().tell(SupervisorToVault.nurseryLink, descriptors: [vaultEnd])
+            let kept = keeper.count
+            if kept > 0 {
+                try await keeper.handOver(to: instance, log: log)
+                log.info("sessions handed to the new vault", metadata: ["kept": "\(kept)", "vault_generation": "\(generation)",
+                                                                       "sessions_adopted": "\(keeper.adoptions.adopted)"])
+            }
             let running = state.withLock { $0.workers.values.sorted { $0.slot < $1.slot } }
             for worker in running {
                 do {
@@ -165,29 +202,39 @@ final class LinkBroker: Sendable {
         }
     }
 
-    /// A nursery for `instance`: spawned, or a new connection to the nursery service. If it
-    /// ends first, the vault is closed, and its pool starts both again.
-    private func startNursery(for instance: RolePool.Instance, log: Logger) throws -> (any NurseryLink, vaultEnd: FileDescriptor) {
+    /// The vault's end of a link to the nursery: the spawned nursery (started with the first
+    /// vault, or again if it died), or a new connection to the nursery service. If the
+    /// nursery ends, the vault is restarted, and its sessions adopted by the next.
+    private func nurseryLink(for instance: RolePool.Instance, log: Logger) async throws -> FileDescriptor {
         switch nursery {
         case .spawn(let shells):
-            return try NurseryProcess.start(.init(executable: executable, shells: shells)) { termination in
-                // It exits by itself (status 0) when its vault's link closes: the vault is
-                // ending anyway. Anything else takes the vault down with it.
-                if termination == .exited(0) {
-                    log.info("nursery ended with its vault")
-                } else {
-                    log.error("nursery ended; restarting the vault with it",
+            let running = state.withLock { s in s.spawnedNursery?.isRunning == true ? s.spawnedNursery : nil }
+            let nursery: NurseryProcess
+            if let running {
+                nursery = running
+            } else {
+                nursery = try await NurseryProcess.start(.init(executable: executable, shells: shells)) { [self] termination in
+                    log.error("nursery ended; its shells are taken over and the vault restarted with a new one",
                               metadata: ["termination": "\(termination.map { "\($0)" } ?? "unknown")"])
+                    orphans.takeOver(keeper.shells)
+                    state.withLock { $0.vault }?.transport.close()
                 }
-                instance.transport.close()
+                await orphans.handOver(to: nursery.transport)
+                let previous = state.withLock { s in
+                    defer { s.spawnedNursery = nursery }
+                    return s.spawnedNursery
+                }
+                await previous?.stop()
             }
+            return try await nursery.link()
         case .service(let socket):
             let (connection, vaultEnd) = try NurseryServiceConnection.connect(socket) {
                 log.error("the nursery service closed the vault's link; restarting the vault", metadata: ["socket": "\(socket)"])
                 instance.transport.close()
             }
+            state.withLock { $0.serviceConnection = connection }
             log.info("vault linked to the nursery service", metadata: ["socket": "\(socket)"])
-            return (connection, vaultEnd)
+            return vaultEnd
         }
     }
 

@@ -8,9 +8,10 @@ import SystemPackage
 import Glibc
 #endif
 
-/// The nursery, as the supervisor runs it: one per vault, spawned when the vault starts,
-/// linked to it, watched, and stopped when the vault ends. It lives in a process group of its
-/// own, takes the shells' identity itself, and dies with the supervisor (parent-death signal).
+/// The nursery, as the supervisor runs it: spawned with the first vault, linked to each vault
+/// after it (`link`), so that its shells outlive a vault's restart; watched, and stopped with
+/// the service. It lives in a process group of its own, takes the shells' identity itself,
+/// and dies with the supervisor (parent-death signal).
 final class NurseryProcess: NurseryLink {
     struct Configuration: Sendable {
         var executable: String
@@ -18,32 +19,63 @@ final class NurseryProcess: NurseryLink {
     }
 
     let child: ChildProcess
+    /// The supervisor's link to it (`SupervisorToNursery`).
+    let transport: RoleTransport
     private final class Flag: Sendable { let raised = Atomic<Bool>(false) }
     private let stopping = Flag()
+    /// Raised once the process has been reaped, before `ended` is called.
+    private let exited = Flag()
     private let watcher: Task<Void, Never>
 
-    /// Spawns the nursery and returns it with the vault's end of their link. `ended` runs
-    /// once if the nursery ends before `stop`.
-    static func start(_ c: Configuration,
-                      ended: @escaping @Sendable (ChildProcess.Termination?) -> Void) throws -> (NurseryProcess, vaultEnd: FileDescriptor) {
+    /// Spawns the nursery, linked to the supervisor. `ended` runs once if the nursery ends
+    /// before `stop`.
+    static func start(_ c: Configuration, ended: @escaping @Sendable (ChildProcess.Termination?) -> Void) async throws -> NurseryProcess {
+        let (supervisorEnd, nurseryEnd) = try SocketCalls.socketPair(.seqpacket)
+        let child: ChildProcess
+        do {
+            defer { try? nurseryEnd.close() }
+            child = try ChildProcess.spawn(c.executable, arguments: ["role", Role.nursery.rawValue] + c.shells.arguments,
+                                           descriptors: [nurseryEnd], environment: environment(),
+                                           ownProcessGroup: true)
+        } catch {
+            try? supervisorEnd.close()
+            throw error
+        }
+        do {
+            let transport = try await Link.supervisorNursery.start(socket: supervisorEnd, side: .opener)
+            return NurseryProcess(child: child, transport: transport, ended: ended)
+        } catch {
+            try? child.signal(SIGKILL)
+            _ = await Reaper.shared.termination(of: child)
+            throw error
+        }
+    }
+
+    /// A new link between the nursery and a vault: the vault's end.
+    func link() async throws -> FileDescriptor {
         let (vaultEnd, nurseryEnd) = try SocketCalls.socketPair(.seqpacket)
         defer { try? nurseryEnd.close() }
         do {
-            let child = try ChildProcess.spawn(c.executable, arguments: ["role", Role.nursery.rawValue] + c.shells.arguments,
-                                               descriptors: [nurseryEnd], environment: environment(),
-                                               ownProcessGroup: true)
-            return (NurseryProcess(child: child, ended: ended), vaultEnd)
+            try await transport.open().tell(SupervisorToNursery.vaultLink, descriptors: [nurseryEnd])
+            return vaultEnd
         } catch {
             try? vaultEnd.close()
             throw error
         }
     }
 
-    private init(child: ChildProcess, ended: @escaping @Sendable (ChildProcess.Termination?) -> Void) {
+    var isRunning: Bool {
+        transport.failure == nil && !stopping.raised.load(ordering: .acquiring) && !exited.raised.load(ordering: .acquiring)
+    }
+
+    private init(child: ChildProcess, transport: RoleTransport, ended: @escaping @Sendable (ChildProcess.Termination?) -> Void) {
         self.child = child
-        let stopping = self.stopping
+        self.transport = transport
+        let (stopping, exited) = (self.stopping, self.exited)
         watcher = Task {
-            let termination = try? await onOwnThread { try child.wait() }
+            let termination = await Reaper.shared.termination(of: child)
+            exited.raised.store(true, ordering: .releasing)
+            transport.close()
             if !stopping.raised.load(ordering: .acquiring) { ended(termination) }
         }
     }
@@ -51,6 +83,7 @@ final class NurseryProcess: NurseryLink {
     /// Kills and reaps the nursery; its end is then not reported.
     func stop() async {
         stopping.raised.store(true, ordering: .releasing)
+        transport.close()
         try? child.signal(SIGKILL)
         await watcher.value
     }

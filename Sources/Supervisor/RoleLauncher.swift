@@ -94,7 +94,7 @@ public enum RoleLauncher {
         } catch {
             if socketOwned { try? transportSocket.close() }
             try? child.signal(SIGKILL)
-            _ = try? await onOwnThread { try child.wait() }
+            _ = await Reaper.shared.termination(of: child)
             await output.value
             throw error
         }

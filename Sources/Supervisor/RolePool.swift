@@ -277,7 +277,7 @@ public final class RolePool: Sendable {
                 _ = shared.withLock { $0.running.removeValue(forKey: slot) }
                 instance.stop()
                 publish.yield(.ended(instance))
-                let termination = try? await onOwnThread { try instance.child.wait() }
+                let termination = await Reaper.shared.termination(of: instance.child)
                 instance.monitor.waitUntilDone()
                 // Its output pipe is closed too before the slot moves on (or shutdown returns).
                 await instance.output.value

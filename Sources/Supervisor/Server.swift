@@ -135,7 +135,7 @@ public final class Server: Sendable {
         broker = LinkBroker(
             workers: workers, vault: vault,
             nursery: c.nursery, executable: c.executable,
-            authentication: c.authentication, logger: logger)
+            authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), logger: logger)
         let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
         let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription)
         do {
@@ -153,9 +153,12 @@ public final class Server: Sendable {
     /// room for its transports, timers and the event loops' own descriptors.
     public static func workerOpenFiles(maxClients: Int) -> Int { maxClients + 64 }
 
-    /// One per session's terminal (its PTY master), sessions outliving their clients by the
-    /// linger (room for half as many again), and room for the rest; at least 4096.
-    public static func vaultOpenFiles(maxClients: Int) -> Int { max(4096, maxClients * 3 / 2 + 64) }
+    /// Sessions the vault may have: one per client, and half as many again outliving their
+    /// clients by the linger.
+    public static func sessions(maxClients: Int) -> Int { max(2016, maxClients * 3 / 2) }
+
+    /// Two per session (its PTY master and its kept ring) and room for the rest.
+    public static func vaultOpenFiles(maxClients: Int) -> Int { 2 * sessions(maxClients: maxClients) + 64 }
 
     /// Clients attached now and attachments started, from the vault.
     public func attachmentCounts() async throws -> (current: UInt32, started: UInt64) {

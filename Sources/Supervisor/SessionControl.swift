@@ -11,6 +11,14 @@ struct SessionControl: Sendable {
 
     func list() throws -> [SessionSummary] { try blocking { try await broker.sessions() } }
 
+    /// What outlives the vault: its generation (vaults started), the sessions kept for the
+    /// next one, those a new vault adopted, and those set aside as poisoned.
+    var keeping: ControlServer.Keeping {
+        let (adopted, setAside) = broker.keeper.adoptions
+        return .init(vaultGeneration: broker.vaultGeneration, sessionsKept: broker.keeper.count, sessionsAdopted: adopted,
+                     sessionsSetAside: setAside)
+    }
+
     func kick(_ session: String, client: UInt32?) throws -> Bool {
         try blocking { try await broker.sessionRequest(.kick(session: session, client: client)) }
     }

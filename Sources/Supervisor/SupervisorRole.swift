@@ -1,3 +1,4 @@
+import CShim
 import Logging
 import Processes
 import RoleProtocol
@@ -17,6 +18,11 @@ public enum SupervisorRole {
     /// `reloadedCredential` is called on SIGHUP; what it throws is logged and changes nothing.
     public static func run(_ server: Server, credentialLine: String?, drainTimeout: Duration, logger log: Logger,
                            reloadedCredential: @escaping @Sendable () throws -> VaultAuthentication) async {
+        // A nursery that dies leaves its shells to the supervisor instead of init, which
+        // reaps them and reports their ends (`OrphanShells`).
+        if cloister_set_child_subreaper() != 0 {
+            log.warning("shells will not outlive their nursery", metadata: ["error": "prctl(PR_SET_CHILD_SUBREAPER): errno \(errno)"])
+        }
         // Signals are taken from now on, also while the roles are coming up: a supervisor
         // whose roles crash-loop must still stop when told to.
         let signals = Signals.stream()

@@ -5,9 +5,12 @@ import Synchronization
 import Glibc
 #endif
 
-/// A client that keeps its session: when the connection drops (the worker died, the network
-/// broke), it reconnects with backoff and resumes at the offset of the next byte it had not
-/// received, so the output it reads has nothing lost and nothing doubled.
+/// A client that keeps its session: when the connection drops (a worker or the vault died,
+/// the network broke), it reconnects with backoff and resumes at the offset of the next byte
+/// it had not received, so the output it reads has nothing lost and nothing doubled. Its
+/// input is a stream of its own (`input` in the hello): it keeps what it typed until the
+/// server's `input_offset` on a resume says the terminal has it, and sends the rest again,
+/// so typed input is neither lost nor doubled either.
 public final class ResumingClient: @unchecked Sendable {
     public let port: UInt16
     public let host: String
@@ -22,7 +25,18 @@ public final class ResumingClient: @unchecked Sendable {
     }
     private var connection: TerminalClient
     private let lock = Mutex(())
-    private let sending = Mutex(())
+    /// Input not yet confirmed by a resume, from stream offset `base` on; guarded by it.
+    private let sending = Mutex(InputLog())
+    /// This client's input stream.
+    public let inputStream = TerminalClient.randomName()
+
+    struct InputLog {
+        var base: UInt64 = 0
+        var bytes: [UInt8] = []
+        /// Input kept for a resume, at most; older input is let go (and if the terminal had
+        /// not taken it, it is lost, as the resume then says).
+        static let limit = 1 << 20
+    }
     public private(set) var info: TerminalClient.SessionMessage
     /// Connections lost and resumed so far.
     public private(set) var resumes = 0
@@ -37,22 +51,31 @@ public final class ResumingClient: @unchecked Sendable {
         self.token = token
         self.timeoutSeconds = timeoutSeconds
         let first = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds)
-        try first.authenticate(token: token, columns: columns, rows: rows, session: session, secret: secret, readonly: readonly)
+        try first.authenticate(token: token, columns: columns, rows: rows, session: session, secret: secret, readonly: readonly,
+                               input: inputStream)
         info = try first.awaitSession()
         connection = first
     }
 
     public func input(_ text: String) throws { try input(bytes: Array(text.utf8)) }
 
-    /// Input typed while a connection is being replaced is lost with it.
+    /// Sends input, keeping it until a resume confirms it: input that cannot be sent now (the
+    /// connection is being replaced) goes with the resume. Never fails for a lost connection.
     public func input(bytes: [UInt8]) throws {
-        let client = self.client
-        try sending.withLock { _ in try client.input(bytes: bytes) }
+        sending.withLock { log in
+            log.bytes += bytes
+            if log.bytes.count > InputLog.limit {
+                let dropped = log.bytes.count - InputLog.limit
+                log.bytes.removeFirst(dropped)
+                log.base += UInt64(dropped)
+            }
+            // A failed send is the reader's to notice: it resumes, and this goes again then.
+            try? client.input(bytes: bytes)
+        }
     }
 
     public func resize(columns: Int, rows: Int) throws {
-        let client = self.client
-        try sending.withLock { _ in try client.resize(columns: columns, rows: rows) }
+        sending.withLock { _ in _ = try? client.resize(columns: columns, rows: rows) }
     }
 
     /// The next output as it comes, resuming as needed; `Closed` with code 1000 when the
@@ -102,9 +125,18 @@ public final class ResumingClient: @unchecked Sendable {
             do {
                 let next = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds)
                 try next.authenticate(token: token, session: info.session, secret: secret, offset: offset,
-                                      readonly: info.secret == nil)
+                                      readonly: info.secret == nil, input: inputStream)
                 let resumed = try next.awaitSession()
-                client = next
+                try sending.withLock { log in
+                    // What the terminal has is let go; the rest is sent again, before any new input.
+                    if let taken = resumed.input_offset {
+                        let confirmed = Int(min(max(taken, log.base), log.base + UInt64(log.bytes.count)) - log.base)
+                        log.bytes.removeFirst(confirmed)
+                        log.base += UInt64(confirmed)
+                        if !log.bytes.isEmpty { try next.input(bytes: log.bytes) }
+                    }
+                    client = next
+                }
                 info.offset = resumed.offset
                 info.skipped = resumed.skipped
                 resumes += 1

@@ -247,15 +247,25 @@ public final class TerminalClient {
         public var read_secret: String
         public var offset: UInt64
         public var skipped: UInt64
+        /// How much of the input stream named in the hello reached the terminal.
+        public var input_offset: UInt64?
         public var lagged: Bool?
+    }
+
+    /// A random name of 22 URL-safe characters (128 bits): a client's input stream.
+    public static func randomName() -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+        let bytes = (try? randomBytes(22)) ?? (0..<22).map { _ in UInt8.random(in: 0...255) }
+        return String(decoding: bytes.map { alphabet[Int($0 & 63)] }, as: UTF8.self)
     }
 
     // MARK: ttyd
 
     /// ttyd's first message; with `session`, Cloister's additions to join one.
     public func authenticate(token: String, columns: Int = 80, rows: Int = 24, session: String? = nil,
-                             secret: String? = nil, offset: UInt64? = nil, readonly: Bool = false) throws {
+                             secret: String? = nil, offset: UInt64? = nil, readonly: Bool = false, input: String? = nil) throws {
         var json = "{\"AuthToken\":\"\(token)\",\"columns\":\(columns),\"rows\":\(rows)"
+        if let input { json += ",\"input\":\"\(input)\"" }
         if let session { json += ",\"session\":\"\(session)\"" }
         if let secret { json += ",\"secret\":\"\(secret)\"" }
         if let offset { json += ",\"offset\":\(offset)" }

@@ -21,6 +21,8 @@ final class Attachment: @unchecked Sendable {
     let session: Session
     let writer: Bool
     let worker: UInt32
+    /// The writer's input stream in the session's kept ring, if it named one.
+    let inputStream: Int?
     /// The offset of the next output byte this client is sent.
     private(set) var cursor: UInt64
     /// The worker link's logger; each line adds `metadata`.
@@ -31,8 +33,9 @@ final class Attachment: @unchecked Sendable {
     private let ended: () -> Void
 
     init(number: Int, circuit: RoleChannelCircuit, session: Session, writer: Bool, worker: UInt32, cursor: UInt64,
-         logger: Logger, ended: @escaping () -> Void) {
+         inputStream: Int?, logger: Logger, ended: @escaping () -> Void) {
         (self.number, self.circuit, self.session, self.writer, self.worker, self.cursor) = (number, circuit, session, writer, worker, cursor)
+        self.inputStream = inputStream
         self.logger = logger
         self.ended = ended
     }
@@ -65,7 +68,7 @@ final class Attachment: @unchecked Sendable {
         // Input, the bulk of what clients send, goes to the terminal as it arrived.
         if payload.getInteger(at: payload.readerIndex, as: UInt8.self) == WorkerToVault.inputKind {
             guard writer else { return session.countIgnored() }
-            return session.input(payload.getSlice(at: payload.readerIndex + 1, length: payload.readableBytes - 1)!)
+            return session.input(payload.getSlice(at: payload.readerIndex + 1, length: payload.readableBytes - 1)!, stream: inputStream)
         }
         switch try? WorkerToVault(decoding: Array(buffer: payload), descriptors: 0) {
         case .resize(let columns, let rows) where writer: session.resize(rows: rows, columns: columns)

@@ -52,10 +52,12 @@ final class Session: @unchecked Sendable {
     let writeSecret: String
     let readSecret: String
     let shell: Int32
-    let created = ContinuousClock.now
+    /// Seconds since the epoch: the session may be older than this vault.
+    let created: UInt64
     let settings: SessionSettings
     let loop: EventLoop
-    private(set) var ring: OutputRing
+    /// The output and the session's identity, in the memory file the supervisor keeps.
+    let ring: KeptRing
     private var terminal: Terminal?
     /// The vault's logger; each line adds `metadata` (kept per line, not per session: a
     /// logger with metadata of its own costs a dictionary per session).
@@ -65,6 +67,10 @@ final class Session: @unchecked Sendable {
     private let ended: (Session) -> Void
     /// Sends the operator's end signal through the nursery; calls back once it was sent.
     private let signal: (Int32, @escaping @Sendable () -> Void) -> Void
+    /// Has the supervisor close its copies of the terminal and the ring; calls back once it
+    /// has (only then does closing the vault's copy hang the terminal up).
+    private let release: (Session, @escaping @Sendable () -> Void) -> Void
+    private var released = false
 
     /// The attached clients, by number; the ring never drops what the slowest writer has not
     /// been sent.
@@ -83,23 +89,39 @@ final class Session: @unchecked Sendable {
     private(set) var isHungUp = false
     /// A writer's PAUSE: the PTY is not read until its RESUME.
     private var paused = false
+    /// Adopted from a vault that died: the cursor of the writer it had, held for the writer
+    /// to come back (`adoptedHoldGrace`), as its terminal would have held the shell.
+    private var adoptedHold: UInt64?
+    static let adoptedHoldGrace: TimeAmount = .seconds(10)
     /// Writers' input waits for the terminal to take what it has.
     private var inputBlocked = false
     private(set) var ignored = 0
     private(set) var slowConsumerEvents = 0
 
-    init(shell: Int32, settings: SessionSettings, on loop: EventLoop, logger: Logger, ended: @escaping (Session) -> Void,
-         signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void) {
+    /// A new session around a new shell, with a new id and secrets.
+    convenience init(shell: Int32, settings: SessionSettings, on loop: EventLoop, logger: Logger, ended: @escaping (Session) -> Void,
+                     signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void,
+                     release: @escaping (Session, @escaping @Sendable () -> Void) -> Void) throws(SystemCallError) {
+        let identity = KeptRing.Identity(id: SessionToken.random(bytes: 12), writeSecret: SessionToken.random(bytes: 18),
+                                         readSecret: SessionToken.random(bytes: 18), shell: shell, created: UInt64(time(nil)))
+        let ring = try KeptRing.create(capacity: settings.ringBytes, identity: identity)
+        self.init(ring: ring, settings: settings, on: loop, logger: logger, ended: ended, signal: signal, release: release)
+    }
+
+    /// A session around `ring`, new or kept by a vault before this one.
+    init(ring: KeptRing, settings: SessionSettings, on loop: EventLoop, logger: Logger, ended: @escaping (Session) -> Void,
+         signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void,
+         release: @escaping (Session, @escaping @Sendable () -> Void) -> Void) {
         self.loop = loop
-        id = SessionToken.random(bytes: 12)
-        writeSecret = SessionToken.random(bytes: 18)
-        readSecret = SessionToken.random(bytes: 18)
-        self.shell = shell
+        let identity = ring.identity
+        (id, writeSecret, readSecret, shell, created) = (identity.id, identity.writeSecret, identity.readSecret, identity.shell, identity.created)
+        self.ring = ring
         self.settings = settings
-        ring = OutputRing(capacity: settings.ringBytes)
         self.logger = logger
         self.ended = ended
         self.signal = signal
+        self.release = release
+        adoptedHold = ring.adoptions > 0 ? ring.writerHold : nil
     }
 
     /// The terminal is open: the session runs from here.
@@ -109,23 +131,49 @@ final class Session: @unchecked Sendable {
             inputBlocked = false
             for client in clients.values where client.writer { client.circuit.isDeliveryPaused = false }
         }
+        terminal.onInputTaken = { [ring] stream, count in ring.inputWritten(stream, count: count) }
+        if adoptedHold != nil {
+            loop.scheduleTask(in: Self.adoptedHoldGrace) { [self] in
+                adoptedHold = nil
+                updateReading()
+            }
+        }
+        updateReading()
+        startLingerIfIdle()
     }
 
     // MARK: The shell's side
 
-    /// Output the shell wrote: kept, and sent to every client that is caught up.
-    func output(_ bytes: ByteBuffer) {
-        ring.append(bytes, keep: slowestWriter)
+    /// The shell wrote: its output is read into the ring (up to 64 KiB a wake-up, in reads of
+    /// at most 4 KiB), and sent to every client that is caught up.
+    func terminalReadable() {
+        guard let terminal else { return }
+        var outcome = KeptRing.TerminalRead.wouldBlock
+        reads: for _ in 0..<16 {
+            outcome = ring.read(terminal: terminal.fd, keep: isHungUp ? nil : slowestWriter)
+            guard case .read = outcome else { break reads }
+        }
         for client in Array(clients.values) { client.pump() }
+        if case .closed = outcome {
+            terminal.close()
+            return
+        }
         updateReading()
+        terminal.rearm()
     }
 
-    private var slowestWriter: UInt64? { clients.values.lazy.filter(\.writer).map(\.cursor).min() }
+    private var slowestWriter: UInt64? {
+        let writers = clients.values.lazy.filter(\.writer).map(\.cursor).min()
+        guard let adoptedHold else { return writers }
+        return min(writers ?? adoptedHold, adoptedHold)
+    }
 
     /// The PTY is read while no writer has paused it and every writer has less than a whole
-    /// ring still to read.
+    /// ring still to read. The slowest writer's cursor is kept with the ring.
     private func updateReading() {
-        let caughtUp = slowestWriter.map { ring.end - $0 < UInt64(ring.capacity) } ?? true
+        let slowest = slowestWriter
+        ring.writerHold = slowest
+        let caughtUp = slowest.map { ring.end - $0 < UInt64(ring.capacity) } ?? true
         terminal?.reading = isHungUp || (!paused && caughtUp)
     }
 
@@ -147,6 +195,7 @@ final class Session: @unchecked Sendable {
     private func finish() {
         guard !isFinished else { return }
         isFinished = true
+        releaseKept {}
         exitWait?.cancel()
         linger?.cancel()
         ended(self)
@@ -157,9 +206,9 @@ final class Session: @unchecked Sendable {
     /// The status clients are told once they have the last of the output.
     var exitStatus: Exit? { exit }
 
-    /// Input for the shell, from a writer.
-    func input(_ bytes: ByteBuffer) {
-        guard let terminal, !terminal.write(bytes), !inputBlocked else { return }
+    /// Input for the shell, from a writer, counted against its input stream if it named one.
+    func input(_ bytes: ByteBuffer, stream: Int?) {
+        guard let terminal, !terminal.write(bytes, stream: stream), !inputBlocked else { return }
         // Writers' messages wait on their circuits (within their credit) until it is taken.
         inputBlocked = true
         for client in clients.values where client.writer { client.circuit.isDeliveryPaused = true }
@@ -186,11 +235,23 @@ final class Session: @unchecked Sendable {
         isHungUp = true
         logger.info("session hung up: \(why)", metadata: metadata)
         updateReading()
-        guard settings.endSignal != SIGHUP else {
-            terminal?.close()
-            return
+        // The supervisor's copy of the terminal would keep it open.
+        releaseKept { [self] in
+            loop.execute { [self] in
+                guard settings.endSignal != SIGHUP else {
+                    terminal?.close()
+                    return
+                }
+                signal(settings.endSignal) { [self] in loop.execute { self.terminal?.close() } }
+            }
         }
-        signal(settings.endSignal) { [self] in loop.execute { self.terminal?.close() } }
+    }
+
+    /// The supervisor lets go of the session's terminal and ring, once.
+    private func releaseKept(then done: @escaping @Sendable () -> Void) {
+        guard !released else { return done() }
+        released = true
+        release(self, done)
     }
 
     // MARK: Clients
@@ -215,6 +276,7 @@ final class Session: @unchecked Sendable {
     /// (what waited on its circuit is read now, unless it writes and input is blocked).
     func add(_ client: Attachment) {
         clients[client.number] = client
+        if client.writer { adoptedHold = nil }
         updateReading()
         client.circuit.isDeliveryPaused = client.writer && inputBlocked
         client.pump()
@@ -255,18 +317,27 @@ final class Session: @unchecked Sendable {
     /// What `cloister ctl sessions` shows. No secret.
     func summary() -> SessionSummary {
         SessionSummary(
-            id: id, shell: shell, ageSeconds: UInt32(clamping: (ContinuousClock.now - created).components.seconds),
+            id: id, shell: shell, ageSeconds: UInt32(clamping: max(0, Int64(time(nil)) - Int64(created))),
             bytesOut: ring.end, ringHeld: UInt32(clamping: ring.heldBytes), ringCapacity: UInt32(clamping: ring.capacity),
             slowConsumerEvents: UInt32(clamping: slowConsumerEvents), ignored: UInt32(clamping: ignored),
+            adoptions: ring.adoptions,
             clients: clients.sorted { $0.key < $1.key }.map { key, client in
                 SessionSummary.Client(client: UInt32(clamping: key), worker: client.worker, writer: client.writer,
                                       lag: ring.end - client.cursor)
             })
     }
 
-    func info(title: String, writer: Bool, offset: UInt64, skipped: UInt64) -> SessionInfo {
+    func info(title: String, writer: Bool, offset: UInt64, skipped: UInt64, inputStream: Int?) -> SessionInfo {
         SessionInfo(title: title, session: id, secret: writer ? writeSecret : nil, readSecret: readSecret,
-                    offset: offset, skipped: skipped)
+                    offset: offset, skipped: skipped, inputOffset: inputStream.map(inputOffset))
+    }
+
+    /// The slot of a writer's input stream in the kept ring.
+    func inputSlot(for name: [UInt8]) -> Int { ring.inputSlot(for: name) }
+
+    /// How much of the stream in `slot` the terminal took, or will take from what waits here.
+    private func inputOffset(_ slot: Int) -> UInt64 {
+        ring.inputCount(slot) + UInt64(terminal?.pendingBytes(of: slot) ?? 0)
     }
 }
 

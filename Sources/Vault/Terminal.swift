@@ -1,5 +1,4 @@
 import NIOCore
-import NIOPosix
 import Processes
 import SystemCalls
 import SystemPackage
@@ -8,86 +7,107 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A session's PTY master as the vault uses it, with one descriptor: an NIO channel reads it
-/// on the vault's event loop (NIO would duplicate a descriptor it also writes, and a vault
-/// with ten thousand sessions has no descriptor to spare), and the vault writes input and
-/// sets the window size on that same descriptor, which is valid for as long as the channel
-/// is open: both happen on the loop that closes it. Closing the channel closes the master,
-/// and the shell's session is hung up.
+/// A session's PTY master as the vault uses it, with one descriptor: the session reads the
+/// shell's output from it into its kept ring when the poller reports it readable, and the
+/// vault writes input and sets the window size on the same descriptor. The supervisor keeps a
+/// copy (see `KeptRing`), so closing it here ends nothing by itself: the session hands its
+/// copy back first when it hangs up.
 ///
 /// Everything here belongs to the vault's event loop.
 final class Terminal: @unchecked Sendable {
-    let channel: Channel
-    private let fd: CInt
-    /// Input the terminal did not take yet (its input queue is full), oldest first.
-    private var pending: [ByteBuffer] = []
+    let fd: CInt
+    private let loop: EventLoop
+    private let poller: TerminalPoller
+    private var key: UInt64 = 0
+    private var armed = true
+    private(set) var isOpen = true
+    /// Input the terminal did not take yet (its input queue is full), oldest first, with the
+    /// writer's input stream it belongs to.
+    private var pending: [(bytes: ByteBuffer, stream: Int?)] = []
+    /// Bytes of an input stream the terminal took (`write`'s `stream`).
+    var onInputTaken: ((_ stream: Int, _ count: Int) -> Void)?
     private var retry: Scheduled<Void>?
     private var retryDelay: TimeAmount = .milliseconds(1)
     /// Input that waited has all been written.
     var onInputDrained: (() -> Void)?
+    /// The terminal has output (read it, then `rearm` to hear of more).
+    private let onOutput: () -> Void
+    private var closed: (() -> Void)?
 
-    /// Reads `master` on `loop`, handing every read to `output` and the close to `closed`.
-    /// Takes ownership of `master` (closed on every path).
-    static func open(master: SystemPackage.FileDescriptor, on loop: EventLoop, output: @escaping @Sendable (ByteBuffer) -> Void,
-                     closed: @escaping @Sendable () -> Void) -> EventLoopFuture<Terminal> {
-        NIOPipeBootstrap(group: loop)
-            // An idle shell's terminal reads a prompt; bulk output grows the reads to 4 KiB,
-            // the most one read of a PTY master returns (the line discipline's buffer).
-            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 4096))
-            // So a busy terminal is read for 64 KiB per wake-up, in reads of at most 4 KiB.
-            .channelOption(.maxMessagesPerRead, value: 16)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(TerminalReader(output: output, closed: closed))
-                }
-            }
-            .takingOwnershipOfDescriptor(input: master.rawValue)
-            .map { Terminal(channel: $0, fd: master.rawValue) }
-            .flatMapErrorThrowing { error in
-                try? master.close()  // not taken over: still ours
-                throw error
-            }
+    /// Watches `master` with `poller`, telling `readable` when the shell has written and
+    /// `closed` once the terminal is closed. Takes ownership of `master` (closed on every path).
+    static func open(master: SystemPackage.FileDescriptor, poller: TerminalPoller, readable: @escaping () -> Void,
+                     closed: @escaping () -> Void) throws(SystemCallError) -> Terminal {
+        let terminal = Terminal(fd: master.rawValue, poller: poller, readable: readable, closed: closed)
+        do throws(SystemCallError) {
+            _ = try valueOrErrno("fcntl(F_SETFL, O_NONBLOCK)") { fcntl(master.rawValue, F_SETFL, fcntl(master.rawValue, F_GETFL) | O_NONBLOCK) }
+            terminal.key = try poller.register(terminal, fd: master.rawValue)
+        } catch {
+            terminal.isOpen = false
+            try? master.close()
+            throw error
+        }
+        return terminal
     }
 
-    private init(channel: Channel, fd: CInt) {
-        self.channel = channel
+    private init(fd: CInt, poller: TerminalPoller, readable: @escaping () -> Void, closed: @escaping () -> Void) {
         self.fd = fd
+        self.poller = poller
+        loop = poller.loop
+        onOutput = readable
+        self.closed = closed
     }
 
-    private var isOpen: Bool { channel.isActive }
+    /// From the poller: the one-shot registration fired.
+    func readable() {
+        armed = false
+        guard isOpen else { return }
+        onOutput()
+    }
 
     /// Whether the shell's output is read (a writer's pause, or writers that have not caught
     /// up, stop it: the shell then blocks on its output as on a stopped terminal).
     var reading: Bool = true {
-        didSet {
-            guard reading != oldValue, isOpen else { return }
-            try? channel.syncOptions?.setOption(.autoRead, value: reading)
-        }
+        didSet { if reading { rearm() } }
     }
 
-    /// Writes input in order. False when some of it waits for the terminal to take it;
+    /// Asks to hear of output again, if the session reads.
+    func rearm() {
+        guard reading, !armed, isOpen else { return }
+        armed = true
+        poller.arm(fd, key: key)
+    }
+
+    /// Writes input in order, reporting what the terminal takes of `stream` to
+    /// `onInputTaken`. False when some of it waits for the terminal to take it;
     /// `onInputDrained` follows once it all has.
     @discardableResult
-    func write(_ bytes: ByteBuffer) -> Bool {
+    func write(_ bytes: ByteBuffer, stream: Int? = nil) -> Bool {
         guard isOpen else { return true }
         if pending.isEmpty {
             var rest = bytes
-            writeSome(&rest)
+            writeSome(&rest, stream: stream)
             if rest.readableBytes == 0 { return true }
-            pending.append(rest)
+            pending.append((rest, stream))
             scheduleRetry()
         } else {
-            pending.append(bytes)
+            pending.append((bytes, stream))
         }
         return false
     }
 
+    /// Bytes of `stream` waiting here for the terminal.
+    func pendingBytes(of stream: Int) -> Int {
+        pending.reduce(0) { $0 + ($1.stream == stream ? $1.bytes.readableBytes : 0) }
+    }
+
     /// Writes what it can without blocking; leaves the rest in `bytes`.
-    private func writeSome(_ bytes: inout ByteBuffer) {
+    private func writeSome(_ bytes: inout ByteBuffer, stream: Int?) {
         while bytes.readableBytes > 0 {
             let written = bytes.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             if written > 0 {
                 bytes.moveReaderIndex(forwardBy: written)
+                if let stream { onInputTaken?(stream, written) }
             } else if written < 0 && errno == EINTR {
                 continue
             } else {
@@ -98,15 +118,15 @@ final class Terminal: @unchecked Sendable {
         }
     }
 
-    /// The channel reads but does not write, so nothing reports when the terminal can take
+    /// Nothing watches the terminal for room, so nothing reports when the terminal can take
     /// input again: it is tried again soon, then less and less often.
     private func scheduleRetry() {
-        retry = channel.eventLoop.scheduleTask(in: retryDelay) { [self] in
+        retry = loop.scheduleTask(in: retryDelay) { [self] in
             retry = nil
             guard isOpen else { return }
             while var first = pending.first {
-                writeSome(&first)
-                if first.readableBytes > 0 {
+                writeSome(&first.bytes, stream: first.stream)
+                if first.bytes.readableBytes > 0 {
                     pending[0] = first
                     retryDelay = min(retryDelay * 2, .milliseconds(50))
                     return scheduleRetry()
@@ -124,42 +144,21 @@ final class Terminal: @unchecked Sendable {
         try? PseudoTerminal.resize(SystemPackage.FileDescriptor(rawValue: fd), rows: rows, columns: columns)
     }
 
-    /// Closes the master: the shell's session gets SIGHUP.
+    /// Closes this copy of the master (the shell's session gets SIGHUP once no copy is left);
+    /// `closed` follows on the loop.
     func close() {
+        guard isOpen else { return }
+        isOpen = false
         retry?.cancel()
         retry = nil
         pending = []
         onInputDrained = nil
-        channel.close(promise: nil)
-    }
-}
-
-/// The terminal's reading side: every read to the session, and the end (the shell and all
-/// its jobs are gone: EIO; or the vault closed it).
-private final class TerminalReader: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-
-    private var output: ((ByteBuffer) -> Void)?
-    private var closed: (() -> Void)?
-
-    init(output: @escaping @Sendable (ByteBuffer) -> Void, closed: @escaping @Sendable () -> Void) {
-        self.output = output
-        self.closed = closed
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        output?(unwrapInboundIn(data))
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // EIO once the last process on the terminal closed it; NIO closes the channel.
-        context.close(promise: nil)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        let closed = self.closed
-        output = nil
-        self.closed = nil
-        closed?()
+        poller.remove(fd, key: key)
+        Glibc.close(fd)
+        loop.execute { [self] in
+            let closed = self.closed
+            self.closed = nil
+            closed?()
+        }
     }
 }

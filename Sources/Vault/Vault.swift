@@ -34,6 +34,8 @@ public final class Vault: Sendable {
         /// Instead of `credential`: web users checked by their passwords' hashes.
         var users: PasswordCheck?
         var nursery: RoleTransport?
+        /// Keeps each session's terminal and ring for the vault after this one.
+        var supervisor: RoleTransport?
     }
 
     /// Attached clients, counted from admission (before a new session's shell starts).
@@ -58,6 +60,8 @@ public final class Vault: Sendable {
         var byShell: [Int32: Session] = [:]
         /// Exits the nursery reported before the vault had made the session around the shell.
         var earlyExits: [Int32: Exit] = [:]
+        /// Made on first use, on the loop.
+        var poller: TerminalPoller?
     }
 
     public init(logger: Logger, title: String = "cloister", settings: SessionSettings = .init(),
@@ -71,6 +75,7 @@ public final class Vault: Sendable {
     /// Serves the supervisor's conversations (configuration and links) until its transport
     /// closes; worker links are served on the vault's loop for as long as they last.
     public func serve(supervisor: RoleTransport) async {
+        configuration.withLock { $0.supervisor = supervisor }
         await withDiscardingTaskGroup { group in
             while let circuit = try? await supervisor.accept() {
                 group.addTask { await self.fromSupervisor(circuit) }
@@ -144,6 +149,11 @@ public final class Vault: Sendable {
             }.get()) ?? false
             logger.info("hang-up", metadata: ["session": "\(id)", "found": "\(found)"])
             try? await circuit.send(VaultToSupervisor.done(found: found), end: true)
+            return
+        case .adopt(let id, let shell):
+            // The decoder checked that both descriptors came with it.
+            let adopted = await adopt(id: id, shell: shell, master: received.descriptors!.take(0)!, ring: received.descriptors!.take(1)!)
+            try? await circuit.send(VaultToSupervisor.done(found: adopted), end: true)
             return
         case .workerLink(let worker):
             // Answered first: the supervisor hands the worker its end only then, and the
@@ -254,10 +264,11 @@ public final class Vault: Sendable {
         let mayWrite = writer && !settings.readOnly
         loop.execute { [self] in
             let start = session.attach(from: request.offset)
+            let stream = mayWrite ? request.inputStream.flatMap { $0.isEmpty ? nil : session.inputSlot(for: $0) } : nil
             let attachment = Attachment(number: start.client, circuit: circuit, session: session, writer: mayWrite, worker: worker,
-                                        cursor: start.offset, logger: logger, ended: release)
+                                        cursor: start.offset, inputStream: stream, logger: logger, ended: release)
             let open = counts.withLock { $0.attachments }
-            attachment.start(session.info(title: title, writer: mayWrite, offset: start.offset, skipped: start.skipped),
+            attachment.start(session.info(title: title, writer: mayWrite, offset: start.offset, skipped: start.skipped, inputStream: stream),
                              openAttachments: open)
         }
     }
@@ -336,34 +347,109 @@ public final class Vault: Sendable {
     }
 
     /// Starts a shell and the session around it; the session runs on the loop until the
-    /// shell exits or the session is hung up.
+    /// shell exits or the session is hung up. It is kept by the supervisor before anyone
+    /// learns of it, so a vault that dies from then on leaves it to the next.
     private func startSession(columns: UInt16, rows: UInt16, arguments: [[UInt8]], user: [UInt8]?, logger: Logger) async throws -> Session {
         let shell = try await spawnShell(columns: columns, rows: rows, arguments: arguments, user: user)
-        return try await loop.flatSubmit { [self] () -> EventLoopFuture<Session> in
-            let session = Session(shell: shell.pid, settings: settings, on: loop, logger: logger,
-                                  ended: { [sessions] in
-                                      sessions.byID[$0.id] = nil
-                                      sessions.byShell[$0.shell] = nil
-                                  },
-                                  signal: { [self] signal, sent in
-                                      Task {
-                                          await self.signal(shell.pid, signal)
-                                          sent()
-                                      }
-                                  })
-            return Terminal.open(master: shell.master, on: loop, output: { session.output($0) },
-                                 closed: { session.terminalDidClose() })
-                .map { [self] terminal in
-                    session.started(on: terminal)
-                    guard !session.isFinished else { return session }
-                    sessions.byID[session.id] = session
-                    sessions.byShell[session.shell] = session
-                    if let exit = sessions.earlyExits.removeValue(forKey: session.shell) { session.shellExited(exit) }
-                    logger.info("session started", metadata: ["session": "\(session.id)", "shell": "\(shell.pid)", "columns": "\(columns)",
-                                                              "rows": "\(rows)", "open_sessions": "\(sessions.byID.count)"])
-                    return session
+        let session: Session
+        do {
+            session = try await loop.submit { [self] in
+                try Session(shell: shell.pid, settings: settings, on: loop, logger: logger, ended: forget, signal: signalShell(shell.pid),
+                            release: releaseKept)
+            }.get()
+            try await keep(session, master: shell.master)
+        } catch {
+            try? shell.master.close()
+            throw error
+        }
+        try await loop.submit { [self] in try run(session, master: shell.master) }.get()
+        logger.info("session started", metadata: ["session": "\(session.id)", "shell": "\(shell.pid)", "columns": "\(columns)",
+                                                  "rows": "\(rows)"])
+        return session
+    }
+
+    private var forget: (Session) -> Void {
+        { [sessions] in
+            sessions.byID[$0.id] = nil
+            sessions.byShell[$0.shell] = nil
+        }
+    }
+
+    private func signalShell(_ pid: Int32) -> (Int32, @escaping @Sendable () -> Void) -> Void {
+        { [self] signal, sent in
+            Task {
+                await self.signal(pid, signal)
+                sent()
+            }
+        }
+    }
+
+    /// Hands the supervisor a copy of the session's terminal and ring.
+    private func keep(_ session: Session, master: SystemPackage.FileDescriptor) async throws {
+        guard let supervisor = configuration.withLock({ $0.supervisor }) else { return }
+        try await supervisor.open().tell(VaultToSupervisor.keep(session: session.id, shell: session.shell),
+                                         descriptors: [master, session.ring.descriptor])
+    }
+
+    private var releaseKept: (Session, @escaping @Sendable () -> Void) -> Void {
+        { [self] session, done in
+            Task { [id = session.id] in
+                if let supervisor = configuration.withLock({ $0.supervisor }) {
+                    try? await supervisor.open().tell(VaultToSupervisor.release(session: id))
                 }
-        }.get()
+                done()
+            }
+        }
+    }
+
+    /// Reads the session's terminal from now on; on the loop. Takes ownership of `master`.
+    private func run(_ session: Session, master: SystemPackage.FileDescriptor) throws {
+        let poller: TerminalPoller
+        if let existing = sessions.poller {
+            poller = existing
+        } else {
+            poller = try TerminalPoller(loop: loop)
+            sessions.poller = poller
+        }
+        let terminal = try Terminal.open(master: master, poller: poller, readable: { session.terminalReadable() },
+                                         closed: { session.terminalDidClose() })
+        sessions.byID[session.id] = session
+        sessions.byShell[session.shell] = session
+        session.started(on: terminal)
+        if let exit = sessions.earlyExits.removeValue(forKey: session.shell) { session.shellExited(exit) }
+    }
+
+    /// Takes over a session a vault before this one kept: its ring must be in this build's
+    /// format and name the session and shell the supervisor kept it under.
+    private func adopt(id: String, shell: Int32, master: SystemPackage.FileDescriptor, ring descriptor: SystemPackage.FileDescriptor) async -> Bool {
+        let ring: KeptRing
+        do {
+            ring = try KeptRing.adopt(descriptor)
+        } catch {
+            try? master.close()
+            logger.error("session not adopted", metadata: ["session": "\(id)", "shell": "\(shell)", "error": "\(error)"])
+            return false
+        }
+        guard ring.identity.id == id, ring.identity.shell == shell else {
+            try? master.close()
+            logger.error("session not adopted: its ring names another session",
+                         metadata: ["session": "\(id)", "shell": "\(shell)", "ring_session": "\(ring.identity.id)",
+                                    "ring_shell": "\(ring.identity.shell)"])
+            return false
+        }
+        do {
+            try await loop.submit { [self] in
+                let session = Session(ring: ring, settings: settings, on: loop, logger: logger, ended: forget, signal: signalShell(shell),
+                                      release: releaseKept)
+                try run(session, master: master)
+                logger.info("session adopted", metadata: ["session": "\(id)", "shell": "\(shell)", "offset": "\(ring.end)",
+                                                          "adoptions": "\(ring.adoptions)"])
+            }.get()
+            return true
+        } catch {
+            logger.error("session not adopted", metadata: ["session": "\(id)", "shell": "\(shell)", "error": "\(error)"])
+            return false
+        }
     }
 
     /// The nursery's reports of reaped shells, each on a conversation of its own.

@@ -181,8 +181,8 @@ final class TerminalSession: ChannelInboundHandler {
             }
         case .resynced(let offset, let skipped):
             guard case .attached(var info) = state else { return }
-            // Its offset moves with each re-synchronisation.
-            (info.offset, info.skipped) = (offset, skipped)
+            // Its offset moves with each re-synchronisation; the input offset was for the attach.
+            (info.offset, info.skipped, info.inputOffset) = (offset, skipped, nil)
             state = .attached(info)
             context.writeAndFlush(wrapOutboundOut(Self.binary(TtydProtocol.sessionMessage(info, resynced: true))), promise: nil)
         case .exited(let exit):

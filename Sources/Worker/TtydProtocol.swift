@@ -25,6 +25,9 @@ enum TtydProtocol {
         var secret: String?
         var offset: UInt64?
         var readonly: Bool?
+        /// The client's name for its input stream: it is told how much of it reached the
+        /// terminal (`input_offset`) and sends the rest again after a lost connection.
+        var input: String?
     }
 
     /// The vault's attach request for a hello, or nil when the hello names a session without
@@ -33,6 +36,10 @@ enum TtydProtocol {
         var request = AttachRequest(columns: bounded(hello.columns, default: 80), rows: bounded(hello.rows, default: 24),
                                     token: Array((hello.AuthToken ?? "").utf8), offset: hello.offset,
                                     readonly: hello.readonly ?? false)
+        if let input = hello.input {
+            guard (1...LinkLimits.inputStream).contains(input.utf8.count) else { return nil }
+            request.inputStream = Array(input.utf8)
+        }
         switch (hello.session, hello.secret) {
         case (nil, nil): break
         case let (id?, secret?):
@@ -52,10 +59,11 @@ enum TtydProtocol {
             var read_secret: String
             var offset: UInt64
             var skipped: UInt64
+            var input_offset: UInt64?
             var lagged: Bool?
         }
         let message = Message(session: info.session, secret: info.secret, read_secret: info.readSecret, offset: info.offset,
-                              skipped: info.skipped, lagged: resynced ? true : nil)
+                              skipped: info.skipped, input_offset: info.inputOffset, lagged: resynced ? true : nil)
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         return [session] + ((try? encoder.encode(message)).map(Array.init) ?? [])

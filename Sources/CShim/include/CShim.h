@@ -101,6 +101,35 @@ size_t cloister_build_id(unsigned char *out, size_t cap);
 /// Returns the descriptor, or -1 with errno and the failing call's name in `*failed`.
 int cloister_sealed_memfd(const char *name, const void *data, size_t len, const char **failed);
 
+/// A memfd of `size` bytes (sparse: pages are taken as they are written) whose size is sealed
+/// (no grow, no shrink, no further seals), close-on-exec, mapped shared and writable at
+/// `*mapping`: a session's kept state, which a process that holds the descriptor cannot
+/// truncate under the vault's mapping. Returns the descriptor, or -1 with errno and the
+/// failing call's name in `*failed`.
+int cloister_kept_memfd(const char *name, size_t size, void **mapping, const char **failed);
+
+/// pidfd_open(2) and pidfd_send_signal(2), through syscall(2), which is variadic. Return a
+/// descriptor / 0, or -1 with errno.
+int cloister_pidfd_open(int pid);
+int cloister_pidfd_send_signal(int pidfd, int signal);
+/// PR_SET_CHILD_SUBREAPER: orphaned descendants become this process's children.
+int cloister_set_child_subreaper(void);
+
+/// Bytes waiting to be read on a terminal (TIOCINQ; ioctl is variadic). Returns the count, or
+/// -1 with errno.
+int cloister_bytes_readable(int fd);
+
+/// epoll with a 64-bit key per descriptor (struct epoll_event is packed on x86_64, which
+/// Swift's importer does not lay out reliably). `oneshot` registrations are re-armed with
+/// `cloister_epoll_set` (EPOLL_CTL_MOD), or added when `add` is set. Return 0, or -1 with errno.
+int cloister_epoll_set(int epfd, int fd, unsigned long long key, int add);
+int cloister_epoll_remove(int epfd, int fd);
+/// A close-on-exec epoll instance, or -1 with errno.
+int cloister_epoll_create(void);
+/// Waits for at most `max` ready descriptors and writes their keys; returns how many, or -1
+/// with errno.
+int cloister_epoll_wait_keys(int epfd, unsigned long long *keys, int max, int timeout);
+
 /// Makes Swift concurrency's global executor `enqueue` (called with each job) instead of
 /// libdispatch's pool, through the runtime's swift_task_enqueueGlobal_hook. Referenced here,
 /// at link time, because a runtime linked in statically keeps the hook out of the dynamic
