@@ -370,6 +370,13 @@ int cloister_kept_memfd(const char *name, size_t size, void **mapping, const cha
     return fd;
 }
 
+char cloister_build_label_field[64] = "CLOISTER_BUILD_LABEL=";
+
+const char *cloister_build_label(void) {
+    cloister_build_label_field[63] = 0;
+    return cloister_build_label_field + 21;
+}
+
 int cloister_pidfd_open(int pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }

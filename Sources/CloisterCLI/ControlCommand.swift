@@ -14,7 +14,7 @@ import Glibc
 struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
-        subcommands: [Status.self, Workers.self, Sessions.self, Metrics.self, Kick.self, HangUp.self])
+        subcommands: [Status.self, Workers.self, Sessions.self, Metrics.self, Kick.self, HangUp.self, Upgrade.self])
 
     /// Root's supervisor (the systemd unit) uses /run/cloister; anyone else's, a directory
     /// of their own: $XDG_RUNTIME_DIR/cloister, else /tmp/cloister-UID.
@@ -71,6 +71,9 @@ struct ControlCommand: ParsableCommand {
             if let v = s.vault {
                 print("vault pid \(v.pid.map(String.init) ?? "-"): \(v.state), \(v.restarts) restarts, confined: \(v.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-")")
             }
+            if let build = s.build {
+                print("build \(build)" + (s.upgradedFrom.map { ", upgraded from \($0)" } ?? ""))
+            }
             if let k = s.keeping {
                 print("vault generation \(k.vaultGeneration): \(k.sessionsKept) sessions kept, \(k.sessionsAdopted) adopted from an earlier vault"
                       + (k.sessionsSetAside > 0 ? ", \(k.sessionsSetAside) SET ASIDE (a vault died adopting them)" : ""))
@@ -113,6 +116,40 @@ struct ControlCommand: ParsableCommand {
                         "\(r.ringBytes)/\(r.ringCapacity)", String(r.slowConsumerEvents), String(r.ignoredInputs), String(r.adoptions)]
             }
             ControlCommand.table(header, rows)
+        }
+    }
+
+    struct Upgrade: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Replace the running binary of every role, the supervisor's included, with the one now at the path it was started from; no shell ends.",
+            discussion: """
+            The server asks the new binary which state formats it adopts and refuses one that does not adopt its own \
+            (the server then serves on, and this says why). Otherwise it stops its roles, keeps the sessions and the \
+            shells, and execs the new binary in its own process; clients resume by themselves. This waits until the \
+            server answers with the new build.
+            """)
+        @OptionGroup var options: Options
+        @Option(help: "Seconds to wait for the server to answer with the new build.") var timeout: Double = 60
+
+        func run() throws {
+            let reply = try ControlCommand.ask("upgrade", socket: options.socket)
+            let decoder = JSONDecoder()
+            decoder.keyDecodingStrategy = .convertFromSnakeCase
+            let upgrading = try decoder.decode(ControlServer.Upgrading.self, from: reply)
+            print("upgrading to \(upgrading.to)")
+            let deadline = Date().addingTimeInterval(timeout)
+            var last = "no answer"
+            while Date() < deadline {
+                usleep(200_000)
+                guard let data = try? ControlCommand.ask("status", socket: options.socket),
+                      let status = try? decoder.decode(ControlServer.Status.self, from: data) else { continue }
+                last = status.build ?? "no build"
+                if status.build == upgrading.to, status.vault?.state == "running" {
+                    print("upgraded: \(status.upgradedFrom ?? "?") -> \(upgrading.to); \(status.keeping?.sessionsKept ?? 0) sessions kept")
+                    return
+                }
+            }
+            throw ValidationError("the server did not answer with \(upgrading.to) within \(Int(timeout)) s (last: \(last))")
         }
     }
 

@@ -1,7 +1,9 @@
 import ArgumentParser
+import FoundationEssentials
 import Nursery
 import RoleProtocol
 import Sandbox
+import Supervisor
 import SystemCalls
 import SystemPackage
 import Vault
@@ -20,7 +22,19 @@ struct RoleCommand: AsyncParsableCommand {
         abstract: "Run an internal role (started by cloister itself).",
         shouldDisplay: false,
         subcommands: [WorkerCommand.self, VaultCommand.self, NurseryCommand.self, LoginCommand.self, SandboxProbeCommand.self,
-                      CircuitsPeerCommand.self])
+                      CircuitsPeerCommand.self, UpgradeCheckCommand.self])
+}
+
+/// What a running server asks a binary before it upgrades to it: the state formats it adopts.
+struct UpgradeCheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "upgrade-check", abstract: "Print the state formats this binary adopts, as JSON (cloister ctl upgrade asks).")
+
+    func run() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        print(String(decoding: try encoder.encode(Server.UpgradeCheck(build: Version.description)), as: UTF8.self))
+    }
 }
 
 extension EnforcementMode: ExpressibleByArgument {}

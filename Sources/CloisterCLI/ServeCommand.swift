@@ -303,15 +303,22 @@ struct ServeCommand: AsyncParsableCommand {
         let log = RoleLog.logger(.supervisor)
         let configuration: Server.Configuration
         let credentialLine: String?
-        let inherited: [Listener]
+        let handover: Handover
         do {
-            // First, so that the inherited sockets are close-on-exec before any role starts.
+            // First, so that the inherited descriptors are close-on-exec before any role starts.
             do {
-                inherited = try Listener.inherited()
+                handover = try Handover.inherited()
             } catch {
                 throw ConfigurationError(option: "LISTEN_FDS", problem: "\(error)")
             }
-            (configuration, credentialLine) = try self.configuration(activated: !inherited.isEmpty)
+            var (parsed, line) = try self.configuration(activated: !handover.listeners.isEmpty)
+            parsed.build = Version.description
+            // After an upgrade the one-time credential is the one the clients already have.
+            if let credential = handover.credential, parsed.credential != nil {
+                parsed.credential = credential
+                line = nil
+            }
+            (configuration, credentialLine) = (parsed, line)
             do {
                 try ControlDirectory.prepare(forSocket: configuration.controlSocket!)
             } catch {
@@ -323,7 +330,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let server: Server
         do {
-            server = try Server(configuration: configuration, inherited: inherited, logger: log)
+            server = try Server(configuration: configuration, handover: handover, logger: log)
         } catch {
             let option: String
             switch error {
@@ -333,6 +340,13 @@ struct ServeCommand: AsyncParsableCommand {
             printToStandardError("\(ConfigurationError(option: option, problem: "\(error)"))\n")
             throw ExitCode(2)
         }
+        if let from = handover.upgradedFrom {
+            log.notice("upgraded", metadata: ["from": "\(from)", "to": "\(configuration.build)", "sessions": "\(handover.sessions.count)",
+                                              "shells_taken_over": "\(handover.orphans.count)"])
+        } else if !handover.sessions.isEmpty {
+            log.notice("sessions handed over by systemd's fd store", metadata: ["sessions": "\(handover.sessions.count)"])
+        }
+        for problem in handover.ignored { log.warning("handed over in part: closed", metadata: ["problem": "\(problem)"]) }
         // On reload everything is checked as at start (the profiles too); a one-time
         // credential stays what it was, a given one is read again.
         let oneTime = credential == nil && credentialFile == nil

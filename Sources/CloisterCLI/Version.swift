@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShim
 import Circuits
 
 struct Version: ParsableCommand {
@@ -9,6 +10,12 @@ struct Version: ParsableCommand {
     var buildID = false
 
     func run() {
-        print(buildID ? BuildID.current : "cloister \(Self.version) (build \(BuildID.current))")
+        print(buildID ? BuildID.current : "cloister \(Self.description)")
+    }
+
+    /// The version, the packager's label if the binary has one, and the build id.
+    static var description: String {
+        let label = String(cString: cloister_build_label())
+        return "\(version)\(label.isEmpty ? "" : " \(label)") (build \(BuildID.current))"
     }
 }

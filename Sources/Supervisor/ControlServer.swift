@@ -18,7 +18,7 @@ import Glibc
 /// (SO_PEERGROUPS) is served too. Otherwise the socket is mode 0600.
 ///
 /// Protocol (version 1): the client sends one line (`status`, `workers`, `sessions`,
-/// `kick SESSION [CLIENT]` or `hangup SESSION`) and reads one JSON document until the server
+/// `upgrade`, `kick SESSION [CLIENT]` or `hangup SESSION`) and reads one JSON document until the server
 /// closes. Errors are `{"version": 1, "error": "…"}`.
 public final class ControlServer: Sendable {
     public static let protocolVersion = 1
@@ -34,6 +34,9 @@ public final class ControlServer: Sendable {
         public var refusedAtCapacity: Int
         public var vault: WorkerReport?
         public var keeping: Keeping?
+        /// The running binary's version, label and build id; the one it replaced by upgrade.
+        public var build: String?
+        public var upgradedFrom: String?
     }
 
     /// Sessions that outlive the vault (`SessionKeeper`).
@@ -93,6 +96,13 @@ public final class ControlServer: Sendable {
         public var adoptions: UInt32
     }
 
+    public struct Upgrading: Codable, Sendable {
+        public var version: Int
+        public var upgrading: Bool
+        /// The new binary's build.
+        public var to: String
+    }
+
     public struct Sessions: Codable, Sendable {
         public var version: Int
         public var sessions: [SessionReport]
@@ -109,6 +119,8 @@ public final class ControlServer: Sendable {
     private let sessions: SessionControl?
     private let refusals: CapacityRefusals?
     private let logger: Logger
+    /// Checks the binary an upgrade would start (`Server.checkUpgrade`): its build, or why not.
+    let upgradeCheck = Mutex<(@Sendable () async throws -> String)?>(nil)
     private let stopped = Mutex(false)
 
     /// A control socket for `pool` (and `vault`) alone, answering no session requests.
@@ -190,9 +202,22 @@ public final class ControlServer: Sendable {
                                      degraded: pool.isDegraded || vault?.isDegraded == true,
                                      connections: workers.reduce(0) { $0 + $1.connections },
                                      refusedAtCapacity: refusals?.count ?? 0,
-                                     vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping))
+                                     vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping,
+                                     build: sessions?.build, upgradedFrom: sessions?.upgradedFrom))
         case .workers:
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))
+        case .upgrade:
+            guard let check = upgradeCheck.withLock({ $0 }) else { return reply(connection, error: "this server cannot be upgraded") }
+            do {
+                let build = try SessionControl.blocking(timeout: 15) { try await check() }
+                reply(connection, Upgrading(version: Self.protocolVersion, upgrading: true, to: build))
+                logger.notice("upgrade requested", metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)", "to": "\(build)"])
+                // The supervisor's signal loop upgrades, as on SIGUSR2 (which checks again).
+                kill(getpid(), SIGUSR2)
+            } catch {
+                logger.error("upgrade refused", metadata: ["error": "\(error)"])
+                reply(connection, error: "upgrade refused: \(error)")
+            }
         case .sessions, .kick, .hangUp:
             do {
                 switch parsed {
@@ -273,7 +298,7 @@ public final class ControlServer: Sendable {
 
 /// One control request: a line of at most 64 bytes from a local peer.
 public enum ControlRequest: Equatable, Sendable {
-    case status, workers, sessions
+    case status, workers, sessions, upgrade
     case kick(session: String, client: UInt32?)
     case hangUp(session: String)
 
@@ -292,13 +317,14 @@ public enum ControlRequest: Equatable, Sendable {
         case ("status", 1): return .success(.status)
         case ("workers", 1): return .success(.workers)
         case ("sessions", 1): return .success(.sessions)
+        case ("upgrade", 1): return .success(.upgrade)
         case ("kick", 2): return .success(.kick(session: words[1], client: nil))
         case ("kick", 3):
             guard let client = UInt32(words[2]) else { return .failure(Problem(description: "\"\(words[2].prefix(16))\" is not a client number")) }
             return .success(.kick(session: words[1], client: client))
         case ("hangup", 2): return .success(.hangUp(session: words[1]))
         default:
-            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, kick SESSION [CLIENT] or hangup SESSION)"))
+            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, upgrade, kick SESSION [CLIENT] or hangup SESSION)"))
         }
     }
 }

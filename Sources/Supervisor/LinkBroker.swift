@@ -22,6 +22,8 @@ final class LinkBroker: Sendable {
         var serviceConnection: NurseryServiceConnection?
         var workers: [Int: RolePool.Instance] = [:]
         var stopping = false
+        /// The server hands its state to a new binary: kept sessions stay open at the end.
+        var handingOver = false
         /// Vaults started so far (the running one's generation).
         var vaultGeneration = 0
     }
@@ -36,16 +38,21 @@ final class LinkBroker: Sendable {
     private let logger: Logger
     private let state: Mutex<State>
 
+    /// `handover`: the sessions and shells an earlier server kept, for the first vault.
     init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, authentication: VaultAuthentication,
-         keptSessions: Int, logger: Logger) {
+         keptSessions: Int, handover: Handover = Handover(), logger: Logger) {
         keeper = SessionKeeper(limit: keptSessions, logger: logger)
+        keeper.preload(handover.sessions)
         orphans = OrphanShells(logger: logger)
+        orphans.preload(handover.orphans)
         self.workers = workers
         self.vault = vault
         self.nursery = nursery
         self.executable = executable
         self.logger = logger
-        state = Mutex(State(authentication: authentication))
+        var initial = State(authentication: authentication)
+        initial.vaultGeneration = handover.vaultGeneration
+        state = Mutex(initial)
         (inputs, submit) = AsyncStream.makeStream(of: Input.self)
     }
 
@@ -79,14 +86,28 @@ final class LinkBroker: Sendable {
             for _ in 0..<2 { await forwarders.next() }
             submit.finish()
         }
-        let (spawned, connection) = state.withLock { s in
+        let (spawned, connection, handingOver) = state.withLock { s in
             defer { (s.spawnedNursery, s.serviceConnection) = (nil, nil) }
-            return (s.spawnedNursery, s.serviceConnection)
+            return (s.spawnedNursery, s.serviceConnection, s.handingOver)
         }
         await spawned?.stop()
         await connection?.stop()
+        if handingOver {
+            // The nursery is gone and its shells are this process's: the next binary reaps them.
+            if spawned != nil { orphans.takeOver(keeper.shells) }
+            return
+        }
         keeper.closeAll()
         orphans.closeAll()
+    }
+
+    /// From now on the pools are stopping for an upgrade: the kept sessions and the shells
+    /// stay, for the binary this process is about to become.
+    func beginHandover() {
+        state.withLock { s in
+            s.stopping = true
+            s.handingOver = true
+        }
     }
 
     /// The running vault's generation (1 for the first vault), and whether one runs.

@@ -77,6 +77,22 @@ final class OrphanShells: Sendable {
         }
     }
 
+    /// Shells a server before this one took over (`Handover`): still this process's
+    /// children (an upgrade keeps the process), or already reaped.
+    func preload(_ handed: [(pid: pid_t, exit: Exit?)]) {
+        for (pid, exit) in handed {
+            if let exit {
+                state.withLock { $0.orphans[pid] = Orphan(pidfd: nil, exit: exit) }
+            } else {
+                takeOver([pid])
+            }
+        }
+    }
+
+    /// The shells not yet reported to a nursery, with their ends if reaped, for the binary
+    /// that takes over (`Handover`).
+    var all: [(pid: pid_t, exit: Exit?)] { state.withLock { $0.orphans.map { ($0.key, $0.value.exit) } } }
+
     /// `nursery` is the one running from now on: it is given every live orphan and told of
     /// every end it has not heard of. Before it is linked to a vault.
     func handOver(to nursery: RoleTransport) async {

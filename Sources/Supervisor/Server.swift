@@ -61,6 +61,8 @@ public final class Server: Sendable {
         public var assets: FileDescriptor?
         /// Adjusts each pool's configuration (tests: shorter heartbeats and backoff).
         public var tuning: (@Sendable (inout RolePool.Configuration) -> Void)?
+        /// This binary's version, label and build id, as `ctl status` shows them.
+        public var build = ""
 
         public init(workerPolicy: String, vaultPolicy: String, nursery: NurserySource) {
             self.workerPolicy = workerPolicy
@@ -82,11 +84,13 @@ public final class Server: Sendable {
     public let vault: RolePool
     /// Clients answered 503 for being over `maxClients`.
     public let capacityRefusals = CapacityRefusals()
-    private let broker: LinkBroker
-    private let brokering = Mutex<Task<Void, Never>?>(nil)
-    private let logger: Logger
-    private let accepting = Atomic<Bool>(true)
-    private let control: ControlServer?
+    let broker: LinkBroker
+    /// The build this server replaced by `ctl upgrade`, if it did.
+    public let upgradedFrom: String?
+    let brokering = Mutex<Task<Void, Never>?>(nil)
+    let logger: Logger
+    let accepting = Atomic<Bool>(true)
+    let control: ControlServer?
 
     /// What kept the server from binding its sockets.
     public enum SetupError: Error, CustomStringConvertible {
@@ -101,14 +105,16 @@ public final class Server: Sendable {
 
     /// Binds every listening and control socket; nothing runs until `start`. Throws (having
     /// closed what it opened) if any cannot be bound.
-    /// `inherited` are listening sockets taken over from systemd; they are served along
-    /// with those `configuration.listen` names.
-    public init(configuration c: Configuration, inherited: [Listener] = [], logger: Logger) throws(SetupError) {
+    /// `handover` is what an earlier server or systemd passed: its listening sockets are
+    /// served along with those `configuration.listen` names (after an upgrade, instead of
+    /// them: they are the same sockets), its kept sessions and shells go to the first vault.
+    public init(configuration c: Configuration, handover: Handover = Handover(), logger: Logger) throws(SetupError) {
         configuration = c
         self.logger = logger
-        var bound: [Listener] = inherited
+        var bound: [Listener] = handover.listeners
+        upgradedFrom = handover.upgradedFrom
         do {
-            for address in c.listen { bound.append(try Listener(address, access: c.socketAccess)) }
+            for address in c.listen where handover.upgradedFrom == nil { bound.append(try Listener(address, access: c.socketAccess)) }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
             throw .listen(error)
@@ -135,9 +141,11 @@ public final class Server: Sendable {
         broker = LinkBroker(
             workers: workers, vault: vault,
             nursery: c.nursery, executable: c.executable,
-            authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), logger: logger)
+            authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), handover: handover,
+            logger: logger)
         let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
-        let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription)
+        let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription, build: c.build,
+                                      upgradedFrom: handover.upgradedFrom)
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
                 try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions,
@@ -147,6 +155,7 @@ public final class Server: Sendable {
             for listener in bound { try? listener.descriptor.close() }
             throw .controlSocket(error)
         }
+        control?.upgradeCheck.withLock { $0 = { [unowned self] () async throws -> String in try await checkUpgrade() } }
     }
 
     /// A worker may end up with every client (the others restarting): one socket each, and

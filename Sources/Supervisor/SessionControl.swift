@@ -8,6 +8,9 @@ struct SessionControl: Sendable {
     let broker: LinkBroker
     /// The command every session runs, for the listing.
     let command: String
+    /// The running binary (`Server.Configuration.build`), and the one an upgrade replaced.
+    let build: String
+    let upgradedFrom: String?
 
     func list() throws -> [SessionSummary] { try blocking { try await broker.sessions() } }
 
@@ -33,6 +36,11 @@ struct SessionControl: Sendable {
 
     /// Runs `body` and waits for it on this (dedicated, blocking) thread, at most 5 s.
     private func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+        try Self.blocking(timeout: 5, body)
+    }
+
+    /// Runs `body` from a thread that is not Swift concurrency's, waiting at most `timeout` seconds.
+    static func blocking<T: Sendable>(timeout: Int, _ body: @escaping @Sendable () async throws -> T) throws -> T {
         let done = DispatchSemaphore(value: 0)
         let result = Mutex<Result<T, Error>?>(nil)
         let task = Task {
@@ -40,7 +48,7 @@ struct SessionControl: Sendable {
             result.withLock { $0 = outcome }
             done.signal()
         }
-        guard done.wait(timeout: .now() + 5) == .success else {
+        guard done.wait(timeout: .now() + .seconds(timeout)) == .success else {
             task.cancel()
             throw TimedOut()
         }

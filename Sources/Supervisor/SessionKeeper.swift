@@ -46,6 +46,18 @@ final class SessionKeeper: Sendable {
     /// Sessions adopted by a vault after the one that kept them, and sessions set aside.
     var adoptions: (adopted: UInt64, setAside: UInt64) { state.withLock { ($0.adopted, $0.setAside) } }
 
+    /// Sessions a server before this one kept (`Handover`), for the first vault.
+    func preload(_ sessions: [Handover.KeptSession]) {
+        state.withLock { s in
+            for session in sessions { s.kept[session.id] = Kept(shell: session.shell, master: session.master, ring: session.ring) }
+        }
+    }
+
+    /// Every session kept, for the binary that takes over (`Handover`).
+    var all: [Handover.KeptSession] {
+        state.withLock { s in s.kept.map { Handover.KeptSession(id: $0.key, shell: $0.value.shell, master: $0.value.master, ring: $0.value.ring) } }
+    }
+
     /// Serves the conversations `vault` opens (keep, release) until its transport closes.
     func serve(_ vault: RolePool.Instance) async {
         await withDiscardingTaskGroup { group in

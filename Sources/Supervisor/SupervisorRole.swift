@@ -38,6 +38,15 @@ public enum SupervisorRole {
                     await reload(server, reloadedCredential, log: log)
                     continue
                 }
+                if signal == SIGUSR2 {
+                    // Returns only if refused before anything was stopped.
+                    do {
+                        try await server.upgrade()
+                    } catch {
+                        log.error("upgrade refused; serving on", metadata: ["error": "\(error)"])
+                    }
+                    continue
+                }
                 stop = signal
                 break
             }
@@ -100,7 +109,7 @@ public enum SupervisorRole {
 
 /// SIGTERM, SIGINT and SIGHUP are blocked in every thread (see `Main`) and taken here.
 enum Signals {
-    static let handled = [SIGTERM, SIGINT, SIGHUP]
+    static let handled = [SIGTERM, SIGINT, SIGHUP, SIGUSR2]
 
     static func block() {
         var set = sigset_t()

@@ -1,5 +1,6 @@
 import CShim
 import NIOCore
+import RoleProtocol
 import SystemCalls
 import SystemPackage
 
@@ -30,7 +31,7 @@ import Glibc
 /// Everything here belongs to the vault's event loop.
 final class KeptRing: @unchecked Sendable {
     /// The layout's version: a vault adopts only the format it writes.
-    static let format: UInt32 = 1
+    static let format = StateFormats.keptRing
     static let magic: UInt64 = 0x5254_5349_4f4c_4301  // "\u{1}CLOISTR", little-endian
     static let headerSize = 1024
     /// The most one read of a PTY master returns (the line discipline's buffer).

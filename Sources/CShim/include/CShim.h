@@ -115,6 +115,11 @@ int cloister_pidfd_send_signal(int pidfd, int signal);
 /// PR_SET_CHILD_SUBREAPER: orphaned descendants become this process's children.
 int cloister_set_child_subreaper(void);
 
+/// A label a packager may write into the binary after the marker `CLOISTER_BUILD_LABEL=`
+/// (a field of 42 bytes, NUL-padded), shown by `cloister version` and `ctl status`; empty
+/// unless set. The field is writable data, so the compiler cannot fold it away.
+const char *cloister_build_label(void);
+
 /// Bytes waiting to be read on a terminal (TIOCINQ; ioctl is variadic). Returns the count, or
 /// -1 with errno.
 int cloister_bytes_readable(int fd);
