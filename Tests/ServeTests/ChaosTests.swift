@@ -51,6 +51,42 @@ final class ChaosTests: XCTestCase {
     /// must be the one that started.
     private func run(sessions count: Int, seconds: Int, roles: [String], lines wanted: Int? = nil, killEvery: Double = 2) throws {
         let server = try ServedCloister.start(workers: 2, extra: ["--max-clients", "\(4 * count + 16)"])
+        var kills: [String: Int] = [:]
+        try Self.stream(server, sessions: count, seconds: seconds, lines: wanted) {
+            let end = Date().addingTimeInterval(Double(seconds))
+            var turn = 0
+            while Date() < end {
+                usleep(UInt32(killEvery * 1_000_000))
+                let role = roles[turn % roles.count]
+                turn += 1
+                // A role being restarted has no process for a moment: wait for it, briefly.
+                var victims: [pid_t] = []
+                for _ in 0..<100 {
+                    victims = try Self.pids(of: role, in: server)
+                    if !victims.isEmpty { break }
+                    usleep(20_000)
+                }
+                if let victim = victims.randomElement(), kill(victim, SIGKILL) == 0 { kills[role, default: 0] += 1 }
+            }
+        }
+        XCTAssertGreaterThan(kills.values.reduce(0, +), 0, "no role was killed")
+        if kills["vault"] != nil || kills["nursery"] != nil {
+            let status = try server.control("status")
+            let keeping = try XCTUnwrap(status["keeping"] as? [String: Any], "\(status)")
+            XCTAssertGreaterThanOrEqual(keeping["vault_generation"] as? Int ?? 0, 2, "\(keeping)")
+            XCTAssertGreaterThanOrEqual(keeping["sessions_adopted"] as? Int ?? 0, count, "\(keeping)")
+            XCTAssertEqual(keeping["sessions_set_aside"] as? Int, 0, "\(keeping)")
+            let sessions = try XCTUnwrap(try server.control("sessions")["sessions"] as? [[String: Any]])
+            XCTAssertEqual(sessions.count, count)
+            XCTAssertTrue(sessions.allSatisfy { ($0["adoptions"] as? Int ?? 0) >= 1 }, "\(sessions)")
+        }
+        print("chaos: \(count) sessions, \(seconds) s, killed \(kills)")
+    }
+
+    /// The workload `run` describes, with `disturb` in place of the kills: it runs while the
+    /// sessions stream and their clients type, and returns when the disturbance is over.
+    static func stream(_ server: ServedCloister, sessions count: Int, seconds: Int, lines wanted: Int? = nil,
+                       disturb: () throws -> Void) throws {
         let token = TerminalClient.token(ServedCloister.userAndPassword)
         let lines = wanted ?? 100 * (seconds + 2)
         // A pause every `batch` lines, 50 pauses of 0.1 s at least: the stream outlasts the kills.
@@ -76,21 +112,11 @@ final class ChaosTests: XCTestCase {
         let typing = Typing(clients)
         let typist = Thread { typing.run() }
         typist.start()
-        var kills: [String: Int] = [:]
-        let end = Date().addingTimeInterval(Double(seconds))
-        var turn = 0
-        while Date() < end {
-            usleep(UInt32(killEvery * 1_000_000))
-            let role = roles[turn % roles.count]
-            turn += 1
-            // A role being restarted has no process for a moment: wait for it, briefly.
-            var victims: [pid_t] = []
-            for _ in 0..<100 {
-                victims = try Self.pids(of: role, in: server)
-                if !victims.isEmpty { break }
-                usleep(20_000)
-            }
-            if let victim = victims.randomElement(), kill(victim, SIGKILL) == 0 { kills[role, default: 0] += 1 }
+        do {
+            try disturb()
+        } catch {
+            typing.stop()
+            throw error
         }
         typing.stop()
         while !typing.isStopped { usleep(10_000) }
@@ -125,22 +151,10 @@ final class ChaosTests: XCTestCase {
             XCTAssertEqual(pids.count, 2, "session \(i)")
             XCTAssertEqual(Set(pids).count, 1, "session \(i): the same shell from start to end")
         }
-        XCTAssertGreaterThan(kills.values.reduce(0, +), 0, "no role was killed")
         XCTAssertGreaterThan(resumes, 0, "some client had to resume")
         XCTAssertTrue(eventually(30) { (try? server.workers().filter { $0["state"] as? String == "running" }.count) == 2 },
                       "the pool is back to full size")
-        if kills["vault"] != nil || kills["nursery"] != nil {
-            let status = try server.control("status")
-            let keeping = try XCTUnwrap(status["keeping"] as? [String: Any], "\(status)")
-            XCTAssertGreaterThanOrEqual(keeping["vault_generation"] as? Int ?? 0, 2, "\(keeping)")
-            XCTAssertGreaterThanOrEqual(keeping["sessions_adopted"] as? Int ?? 0, count, "\(keeping)")
-            XCTAssertEqual(keeping["sessions_set_aside"] as? Int, 0, "\(keeping)")
-            let sessions = try XCTUnwrap(try server.control("sessions")["sessions"] as? [[String: Any]])
-            XCTAssertEqual(sessions.count, count)
-            XCTAssertTrue(sessions.allSatisfy { ($0["adoptions"] as? Int ?? 0) >= 1 }, "\(sessions)")
-        }
-        print("chaos: \(count) sessions, \(seconds) s, killed \(kills), \(resumes) resumes, \(lines) lines and "
-              + "\(typing.typed.reduce(0, +)) typed commands in all")
+        print("stream: \(count) sessions, \(resumes) resumes, \(lines) lines and \(typing.typed.reduce(0, +)) typed commands in all")
     }
 
     /// Types a numbered command into each client in turn, one every 300 ms per client.

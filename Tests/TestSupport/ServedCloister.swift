@@ -22,7 +22,7 @@ public final class ServedCloister {
     /// job does, so a test can signal the group as a terminal's Ctrl-C does.
     public static func start(workers: Int = 2, extra: [String] = [], command: [String] = ["/bin/sh"],
                              credentialInFile: Bool = false, ownProcessGroup: Bool = false,
-                             credential withCredential: Bool = true) throws -> ServedCloister {
+                             credential withCredential: Bool = true, executable: String = cloisterExecutable) throws -> ServedCloister {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-\(getpid())-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -39,7 +39,7 @@ public final class ServedCloister {
             credential = ["--credential-file", file]
         }
         if !withCredential { credential = [] }
-        let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
+        let child = try ChildProcess.spawn(executable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--control-socket", control,
             "--policy-dir", packageRoot + "/policies", "--web-dir", packageRoot + "/web", "--drain-timeout", "2",
         ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log), ownProcessGroup: ownProcessGroup)
