@@ -1,7 +1,9 @@
 // Cloister's page: xterm.js on ttyd's protocol (/token, then /ws with subprotocol "tty"),
 // plus Cloister's sessions: the page counts the output bytes it has been given, so after a
 // dropped connection it resumes its session at exactly that offset and the screen goes on
-// where it was.
+// where it was. Its input is a stream of its own too: what was typed is kept until a resume
+// says how much of it reached the terminal (input_offset), and the rest is sent again, so a
+// keystroke typed as a connection drops is neither lost nor doubled.
 (function () {
   "use strict";
 
@@ -27,6 +29,12 @@
   const session = joinedSession();
   let decoder = new TextDecoder();
   let socket = null;
+  // Input is sent only while attached: what is typed before the server says how much it has
+  // goes with the resume.
+  let isAttached = false;
+  const input = { stream: randomName(), base: 0, pending: new Uint8Array(0) };
+  // Input kept for a resume, at most.
+  const inputLimit = 1 << 20;
   let attempts = 0;
   let ended = false;
 
@@ -52,8 +60,31 @@
     stateLabel.textContent = text;
   }
 
+  function randomName() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, function (b) { return b.toString(16).padStart(2, "0"); }).join("").slice(0, 31);
+  }
+
   function send(type, text) {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(type + text));
+    if (type === Input) return typed(encoder.encode(text));
+    if (isAttached && socket && socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(type + text));
+  }
+
+  function typed(bytes) {
+    const kept = new Uint8Array(input.pending.length + bytes.length);
+    kept.set(input.pending);
+    kept.set(bytes, input.pending.length);
+    const over = Math.max(0, kept.length - inputLimit);
+    input.pending = kept.subarray(over);
+    input.base += over;
+    if (isAttached && socket && socket.readyState === WebSocket.OPEN) sendInput(bytes);
+  }
+
+  function sendInput(bytes) {
+    const message = new Uint8Array(bytes.length + 1);
+    message[0] = Input.charCodeAt(0);
+    message.set(bytes, 1);
+    socket.send(message);
   }
 
   function connect() {
@@ -78,7 +109,7 @@
     ws.binaryType = "arraybuffer";
     socket = ws;
     ws.onopen = function () {
-      const hello = { AuthToken: token, columns: term.cols, rows: term.rows };
+      const hello = { AuthToken: token, columns: term.cols, rows: term.rows, input: input.stream };
       if (session.id) {
         hello.session = session.id;
         hello.secret = session.secret;
@@ -109,6 +140,7 @@
     ws.onclose = function (event) {
       if (socket !== ws) return;
       socket = null;
+      isAttached = false;
       closed(event);
     };
   }
@@ -130,6 +162,14 @@
     }
     session.offset = info.offset;
     attempts = 0;
+    isAttached = true;
+    if (typeof info.input_offset === "number" && !info.lagged) {
+      // What the terminal has is let go; the rest goes again, before anything typed later.
+      const taken = Math.min(Math.max(info.input_offset - input.base, 0), input.pending.length);
+      input.pending = input.pending.subarray(taken);
+      input.base += taken;
+      if (input.pending.length > 0 && !session.readonly) sendInput(input.pending);
+    }
     try {
       sessionStorage.setItem(storageKey, JSON.stringify({ id: session.id, secret: session.secret,
         readSecret: session.readSecret, readonly: session.readonly }));

@@ -205,6 +205,25 @@ class ResumeTests(PageTestCase):
         rows = self.screen(page)["rows"]
         self.assertEqual(sum(1 for row in rows if row == f"before-{shell}"), 1, "no output was replayed twice")
 
+    def test_the_page_keeps_its_shell_and_keystrokes_when_the_vault_is_killed(self):
+        page = self.open_page()
+        self.wait_for_state(page, "connected")
+        self.run_in_shell(page, "stty -echo; echo before-$$")
+        shell = self.wait_for_row(page, r"^before-(\d+)$").group(1)
+        vault = self.server.control("status")["vault"]["pid"]
+        os.kill(vault, signal.SIGKILL)
+        # Typed while the vault is gone: kept by the page, sent again once it is back.
+        self.run_in_shell(page, "echo typed-$((40+2))-$$")
+        self.wait_for_state(page, "connected", timeout=30)
+        self.assertNotEqual(self.server.control("status")["vault"]["pid"], vault, "a new vault serves")
+        self.wait_for_row(page, rf"^typed-42-{shell}$")
+        self.run_in_shell(page, "echo after-$$")
+        self.assertEqual(self.wait_for_row(page, r"^after-(\d+)$").group(1), shell, "the same shell")
+        rows = self.screen(page)["rows"]
+        self.assertEqual(sum(1 for row in rows if row == f"typed-42-{shell}"), 1, "the keystrokes ran once: " + "\n".join(rows))
+        self.assertEqual(sum(1 for row in rows if row == f"before-{shell}"), 1, "no output was replayed twice")
+        self.assertEqual(self.problems, [])
+
     def test_a_read_only_link_shows_output_and_cannot_type(self):
         writer = self.open_page()
         self.wait_for_state(writer, "connected")
