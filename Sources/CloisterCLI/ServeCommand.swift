@@ -62,6 +62,8 @@ struct ServeCommand: AsyncParsableCommand {
     var controlGroup: String?
     @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
+    @Flag(help: "Hand every session's terminal and ring to systemd's fd store (the unit sets FileDescriptorStoreMax=), so that a restart of the service keeps them.")
+    var fdStore = false
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
     @OptionGroup var sessions: SessionOptions
     @OptionGroup var assetOptions: AssetOptions
@@ -156,6 +158,9 @@ struct ServeCommand: AsyncParsableCommand {
             guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 else {
                 throw ConfigurationError(option: "--max-clients", problem: "setrlimit(RLIMIT_NOFILE, \(files.rlim_cur)): errno \(errno)")
             }
+        }
+        guard !fdStore || getenv("NOTIFY_SOCKET") != nil else {
+            throw ConfigurationError(option: "--fd-store", problem: "NOTIFY_SOCKET is not set: the fd store is systemd's, for a unit with Type=notify and FileDescriptorStoreMax=")
         }
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ConfigurationError(option: "--drain-timeout", problem: "must be a number of seconds ≥ 0") }
         // Socket-activated, the inherited sockets replace the default address.
@@ -263,6 +268,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--base-path", problem: "\(error)")
         }
         c.maxClients = maxClients
+        c.fdStore = fdStore
         c.controlSocket = controlSocket
         if let controlGroup {
             guard let group = getgrnam(controlGroup) else {

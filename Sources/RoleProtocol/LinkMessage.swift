@@ -53,11 +53,15 @@ public enum LinkLimits {
 public enum Exit: Equatable, Sendable, CustomStringConvertible {
     case status(Int32)
     case signal(Int32)
+    /// The shell is gone (its terminal closed) and nobody who reaped it could say how: it was
+    /// started by a nursery of a service that has since been restarted.
+    case unknown
 
     public var description: String {
         switch self {
         case .status(let code): return "exit status \(code)"
         case .signal(let signal): return "signal \(signal)"
+        case .unknown: return "ended, status unknown"
         }
     }
 }

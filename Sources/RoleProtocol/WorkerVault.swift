@@ -242,6 +242,7 @@ extension LinkMessage {
         switch exit {
         case .status(let code): w.rest([0]); w.u32(UInt32(bitPattern: code))
         case .signal(let signal): w.rest([1]); w.u32(UInt32(bitPattern: signal))
+        case .unknown: w.rest([2]); w.u32(0)
         }
         return w.bytes
     }
@@ -252,6 +253,7 @@ extension LinkMessage {
         switch how {
         case 0: return .status(value)
         case 1: return .signal(value)
+        case 2 where value == 0: return .unknown
         default: throw r.malformed
         }
     }

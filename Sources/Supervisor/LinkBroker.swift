@@ -40,8 +40,8 @@ final class LinkBroker: Sendable {
 
     /// `handover`: the sessions and shells an earlier server kept, for the first vault.
     init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, authentication: VaultAuthentication,
-         keptSessions: Int, handover: Handover = Handover(), logger: Logger) {
-        keeper = SessionKeeper(limit: keptSessions, logger: logger)
+         keptSessions: Int, fdStore: Bool = false, handover: Handover = Handover(), logger: Logger) {
+        keeper = SessionKeeper(limit: keptSessions, fdStore: fdStore, logger: logger)
         keeper.preload(handover.sessions)
         orphans = OrphanShells(logger: logger)
         orphans.preload(handover.orphans)

@@ -14,6 +14,15 @@ public final class Listener: Sendable {
     public let address: String
     /// The socket file of a unix listener, removed when it is closed.
     public let path: String?
+    /// Written to by `stop` to wake `accept`: shutting the socket down instead would end its
+    /// listening for good, and a socket systemd owns (or an upgrade hands on) must outlive
+    /// this process's use of it.
+    private let wakeup: (read: Int32, write: Int32) = {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { return (-1, -1) }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        return (ends[0], ends[1])
+    }()
 
     public static let unixPrefix = "unix:"
 
@@ -79,6 +88,8 @@ public final class Listener: Sendable {
             close(fd)
             throw error
         }
+        // Non-blocking: a connection reset between poll and accept must not block the loop.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         descriptor = FileDescriptor(rawValue: fd)
         address = Self.boundAddress(fd) ?? text
     }
@@ -98,6 +109,8 @@ public final class Listener: Sendable {
             throw SystemCallError(call: "getsockopt(SO_TYPE)", errno: .invalidArgument, detail: "\(name) is not a stream socket")
         }
         _ = try valueOrErrno("fcntl(F_SETFD)", detail: name) { fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        // Non-blocking: a connection reset between poll and accept must not block the loop.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         descriptor = FileDescriptor(rawValue: fd)
         address = Self.boundAddress(fd) ?? name
         path = nil
@@ -187,21 +200,35 @@ public final class Listener: Sendable {
         return adopted
     }
 
-    /// Blocks until a client arrives. The socket is close-on-exec.
+    deinit {
+        close(wakeup.read)
+        close(wakeup.write)
+    }
+
+    /// Blocks until a client arrives. The socket is close-on-exec. After `stop`, fails with
+    /// EINVAL, as accept(2) on a socket that does not listen.
     public func accept() throws(SystemCallError) -> FileDescriptor {
         while true {
+            var ready = [pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0),
+                         pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0)]
+            _ = try valueOrErrno("poll", detail: address) { poll(&ready, nfds_t(wakeup.read >= 0 ? 2 : 1), -1) }
+            if ready[1].revents != 0 { throw SystemCallError(call: "accept4", errno: .invalidArgument, detail: "\(address): stopped") }
+            guard ready[0].revents != 0 else { continue }
             do {
                 return FileDescriptor(rawValue: try valueOrErrno("accept4", detail: address) { cloister_accept_cloexec(descriptor.rawValue) })
-            } catch where error.errno == .connectionAbort {
-                continue  // a connection reset before it was accepted is the client's business
+            } catch where error.errno == .connectionAbort || error.errno == .wouldBlock {
+                continue  // reset before it was accepted (the client's business), or taken by another accept
             }
         }
     }
 
-    /// Wakes a blocked `accept` (which then fails with EINVAL) and closes nothing yet; a
-    /// unix listener's socket file is removed, so no client finds a server that has gone.
+    /// Wakes a blocked `accept` (which then fails with EINVAL) and closes nothing; the socket
+    /// itself is left as it is (what connects meanwhile waits in its backlog for whoever
+    /// listens next). A unix listener's socket file is removed, so no client finds a server
+    /// that has gone.
     public func stop() {
-        shutdown(descriptor.rawValue, Int32(SHUT_RDWR))
+        var byte: UInt8 = 1
+        _ = write(wakeup.write, &byte, 1)
         if let path { unlink(path) }
     }
 }

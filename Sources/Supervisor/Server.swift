@@ -63,6 +63,8 @@ public final class Server: Sendable {
         public var tuning: (@Sendable (inout RolePool.Configuration) -> Void)?
         /// This binary's version, label and build id, as `ctl status` shows them.
         public var build = ""
+        /// Hand each kept session to systemd's fd store too (`--fd-store`).
+        public var fdStore = false
 
         public init(workerPolicy: String, vaultPolicy: String, nursery: NurserySource) {
             self.workerPolicy = workerPolicy
@@ -141,7 +143,7 @@ public final class Server: Sendable {
         broker = LinkBroker(
             workers: workers, vault: vault,
             nursery: c.nursery, executable: c.executable,
-            authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), handover: handover,
+            authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), fdStore: c.fdStore, handover: handover,
             logger: logger)
         let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
         let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription, build: c.build,

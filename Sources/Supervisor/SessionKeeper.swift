@@ -35,9 +35,32 @@ final class SessionKeeper: Sendable {
     private let state = Mutex(State())
     private let logger: Logger
 
-    init(limit: Int, logger: Logger) {
+    /// Also hands each kept session to systemd's fd store (`serve --fd-store`), so that a
+    /// restart of the service keeps it.
+    let fdStore: Bool
+
+    init(limit: Int, fdStore: Bool = false, logger: Logger) {
         self.limit = limit
+        self.fdStore = fdStore
         self.logger = logger
+    }
+
+    private func store(_ id: String, _ kept: Kept) {
+        guard fdStore else { return }
+        for (part, fd) in [("master", kept.master), ("ring", kept.ring)] {
+            let name = Handover.sessionName(id, shell: kept.shell, part)
+            if !SystemdNotify.send("FDSTORE=1\nFDNAME=\(name)", descriptors: [fd]) {
+                logger.error("the service manager's fd store did not take a session; a restart of the service ends it",
+                             metadata: ["session": "\(id)", "fd_name": "\(name)"])
+            }
+        }
+    }
+
+    private func unstore(_ id: String, _ kept: Kept) {
+        guard fdStore else { return }
+        for part in ["master", "ring"] {
+            SystemdNotify.send("FDSTOREREMOVE=1\nFDNAME=\(Handover.sessionName(id, shell: kept.shell, part))")
+        }
     }
 
     var count: Int { state.withLock { $0.kept.count } }
@@ -90,8 +113,10 @@ final class SessionKeeper: Sendable {
                 try? refused.master.close()
                 try? refused.ring.close()
             }
+            if let kept = state.withLock({ $0.kept[session] }), kept.master == master { store(session, kept) }
         case .release(let session):
             if let kept = state.withLock({ $0.kept.removeValue(forKey: session) }) {
+                unstore(session, kept)
                 try? kept.master.close()
                 try? kept.ring.close()
             }
@@ -133,6 +158,7 @@ final class SessionKeeper: Sendable {
             }
             if !adopted {
                 log.error("the vault refused a kept session; its terminal is closed", metadata: ["session": "\(id)", "shell": "\(kept.shell)"])
+                unstore(id, kept)
                 try? kept.master.close()
                 try? kept.ring.close()
             }
@@ -154,12 +180,14 @@ final class SessionKeeper: Sendable {
         if let (id, kept) = aside {
             log.critical("a kept session was set aside: the vault died twice adopting it; its terminal is closed",
                          metadata: ["session": "\(id)", "shell": "\(kept.shell)"])
+            unstore(id, kept)
             try? kept.master.close()
             try? kept.ring.close()
         }
     }
 
-    /// Closes everything kept (the service stops: the terminals hang up).
+    /// Closes everything kept: the service stops, and the terminals hang up unless the fd
+    /// store holds them for the next start.
     func closeAll() {
         let all = state.withLock { s in
             defer { s.kept = [:] }

@@ -93,6 +93,7 @@ extension Server {
             case nil: return "\(pid)"
             case .status(let code)?: return "\(pid)=s\(code)"
             case .signal(let signal)?: return "\(pid)=k\(signal)"
+            case .unknown?: return "\(pid)=k0"
             }
         }
         var environment = ProcessInfo.processInfo.environment

@@ -183,7 +183,11 @@ final class Session: @unchecked Sendable {
         terminal = nil
         terminalClosed = true
         guard exit == nil else { return finish() }
-        exitWait = loop.scheduleTask(in: .seconds(2)) { [self] in finish() }
+        exitWait = loop.scheduleTask(in: .seconds(2)) { [self] in
+            // No nursery reaped it (one of a service since restarted started it).
+            if exit == nil { exit = .unknown }
+            finish()
+        }
     }
 
     /// The nursery reaped the shell.

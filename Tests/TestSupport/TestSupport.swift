@@ -200,6 +200,18 @@ public final class NotifySocket {
 
     deinit { close(fd) }
 
+    /// The next notification with the descriptors that came with it (as an fd store takes
+    /// them), waiting up to 60 s.
+    public func receive() -> (String, [FileDescriptor]) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let received = buffer.withUnsafeMutableBytes { bytes -> DescriptorPassing.Received? in
+            var iov = iovec(iov_base: bytes.baseAddress, iov_len: bytes.count)
+            return withUnsafeMutablePointer(to: &iov) { try? DescriptorPassing.receive(fd, UnsafeMutableBufferPointer(start: $0, count: 1), maxDescriptors: 8) }
+        }
+        guard let received, received.count > 0 else { return ("(nothing: errno \(errno))", []) }
+        return (String(decoding: buffer[..<received.count], as: UTF8.self), received.descriptors.map { FileDescriptor(rawValue: $0) })
+    }
+
     /// The next notification, waiting up to 60 s.
     public func next() -> String {
         var buffer = [UInt8](repeating: 0, count: 4096)
