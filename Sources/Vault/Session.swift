@@ -139,7 +139,9 @@ final class Session: @unchecked Sendable {
             }
         }
         updateReading()
-        startLingerIfIdle()
+        // An adopted session may have nobody coming back; a new one has its first client on
+        // the way (a linger of 0 would end it before that client is added).
+        if ring.adoptions > 0 { startLingerIfIdle() }
     }
 
     // MARK: The shell's side

@@ -475,6 +475,14 @@ final class ServeTests: XCTestCase {
     /// With no linger, a session ends when its last client leaves.
     func testClientLeavingHangsUpTheShell() throws {
         let server = try ServedCloister.start(workers: 1, extra: ["--session-linger", "0"])
+        // A new session is not hung up before its first client is attached (the hang-up
+        // takes a moment to reach the shell: the client waits before it types).
+        for i in 0..<3 {
+            let early = try attached(server)
+            usleep(300_000)
+            try early.input("echo early-\(i)-$((40+2))\r")
+            try early.readOutput { $0.contains("early-\(i)-42") }
+        }
         var client: TerminalClient? = try attached(server)
         try client!.input("echo pid=$$.\r")
         let text = try client!.readOutput { $0.range(of: #"pid=\d+\."#, options: .regularExpression) != nil }
