@@ -21,7 +21,7 @@ FUZZ_TARGETS := FuzzLinkMessages FuzzCircuitFrames FuzzWorker FuzzControlRequest
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := .build-fuzz
 
-.PHONY: deps browser-deps build release test browser-test chaos fuzz run bench install install-files uninstall clean
+.PHONY: deps browser-deps build release test browser-test chaos fuzz fuzz-replay run bench install install-files uninstall clean
 
 # Installs the Debian packages named in $(1) that are missing.
 define apt_install
@@ -57,8 +57,18 @@ release: deps
 test: browser-deps
 	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
 	$(SWIFT) build --build-tests
+	@$(MAKE) --no-print-directory fuzz-replay
 	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
 	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
+
+# Every fuzz target, as the ordinary debug build has it (FuzzReplay), run on each seed of its
+# corpus: a target that no longer builds fails `swift build` above, one that crashes on a
+# seed fails here, naming it.
+fuzz-replay:
+	@for t in $(FUZZ_TARGETS); do \
+		[ -x .build/debug/$$t ] || { echo "fuzz-replay: .build/debug/$$t is not built (swift build --build-tests builds it)"; exit 1; }; \
+		SWIFT_BACKTRACE=enable=no timeout 120 .build/debug/$$t Fuzz/Corpus/$$t || { echo "fuzz-replay: $$t failed on its corpus (Fuzz/Corpus/$$t)"; exit 1; }; \
+	done
 
 # Only the browser tests (the page in headless Chromium against the real server).
 browser-test: browser-deps
@@ -76,9 +86,12 @@ chaos: deps
 # Inputs that fail are left in $(FUZZ_BUILD)/findings/TARGET/. Swift's own backtracer is off
 # there: it reads the stack in a way AddressSanitizer reports, hiding the real failure.
 fuzz: deps
-	@for t in $(FUZZ_TARGETS); do \
+	@mkdir -p $(FUZZ_BUILD); for t in $(FUZZ_TARGETS); do \
+		echo "== building $$t"; \
 		CLOISTER_FUZZ=1 $(SWIFT) build --scratch-path $(FUZZ_BUILD) --sanitize=fuzzer --sanitize=address \
-			-Xswiftc -sanitize=fuzzer,address --product $$t 2>&1 | grep -v 'ld.gold: warning: Cannot export local symbol' || exit 1; \
+			-Xswiftc -sanitize=fuzzer,address --product $$t > $(FUZZ_BUILD)/$$t.build.log 2>&1 \
+			|| { grep -v 'ld.gold: warning: Cannot export local symbol' $(FUZZ_BUILD)/$$t.build.log | tail -40; \
+			     echo "fuzz: $$t does not build (log in $(FUZZ_BUILD)/$$t.build.log)"; exit 1; }; \
 	done
 	@rm -rf $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/findings; mkdir -p $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/findings; failed=""; \
 	for t in $(FUZZ_TARGETS); do \

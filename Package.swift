@@ -158,20 +158,23 @@ let package = Package(
     swiftLanguageModes: [.v6]
 )
 
-// libFuzzer targets, only when building for `make fuzz` (CLOISTER_FUZZ=1, with
-// --sanitize=fuzzer --sanitize=address): libFuzzer supplies their `main`, so an ordinary
-// build could not link them.
-if ProcessInfo.processInfo.environment["CLOISTER_FUZZ"] != nil {
-    let fuzzTargets: [(String, [Target.Dependency])] = [
-        ("FuzzLinkMessages", ["RoleProtocol"]),
-        ("FuzzCircuitFrames", ["Circuits"]),
-        ("FuzzWorker", ["Worker", "WebAssets", "RoleProtocol", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
-        ("FuzzControlRequest", ["Supervisor"]),
-        ("FuzzPolicy", ["Sandbox"]),
-        ("FuzzCredentialFile", ["Supervisor", "RoleProtocol"]),
-    ]
-    for (name, dependencies) in fuzzTargets {
-        package.targets.append(.executableTarget(name: name, dependencies: dependencies, path: "Fuzz/\(name)"))
-    }
+// libFuzzer targets. For `make fuzz` (CLOISTER_FUZZ=1, with --sanitize=fuzzer
+// --sanitize=address) libFuzzer supplies their `main`; in every other build they replay the
+// files they are given (FuzzReplay), which `make test` does with each corpus, so a target that
+// stops building or crashes on a seed fails the ordinary build and tests.
+let libFuzzer = ProcessInfo.processInfo.environment["CLOISTER_FUZZ"] != nil
+let fuzzTargets: [(String, [Target.Dependency])] = [
+    ("FuzzLinkMessages", ["RoleProtocol"]),
+    ("FuzzCircuitFrames", ["Circuits"]),
+    ("FuzzWorker", ["Worker", "WebAssets", "RoleProtocol", "Circuits", .product(name: "NIOEmbedded", package: "swift-nio")] + nio),
+    ("FuzzControlRequest", ["Supervisor"]),
+    ("FuzzPolicy", ["Sandbox"]),
+    ("FuzzCredentialFile", ["Supervisor", "RoleProtocol"]),
+]
+package.targets.append(.target(name: "FuzzReplay", path: "Fuzz/FuzzReplay"))
+for (name, dependencies) in fuzzTargets {
+    package.targets.append(.executableTarget(
+        name: name, dependencies: dependencies + (libFuzzer ? [] : ["FuzzReplay"]), path: "Fuzz/\(name)",
+        swiftSettings: libFuzzer ? [.define("LIBFUZZER")] : []))
 }
 

@@ -4,6 +4,9 @@ import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
+#if !LIBFUZZER
+import FuzzReplay
+#endif
 #endif
 
 /// The circuits' receiving side on packets a compromised peer could send: each input is one
@@ -61,3 +64,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     precondition(lowestFreeDescriptor() == lowestFree, "a received descriptor was neither handed out nor closed")
     return 0
 }
+
+#if !LIBFUZZER
+replay(fuzz)
+#endif
+

@@ -1,4 +1,7 @@
 import Supervisor
+#if !LIBFUZZER
+import FuzzReplay
+#endif
 
 /// The control socket's request parser on a line a local peer could send: no trap, and what
 /// parses names a request the server knows.
@@ -8,8 +11,13 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     if case .success(let request) = ControlRequest.parse(bytes) {
         switch request {
         case .kick(let session, _), .hangUp(let session): precondition(!session.isEmpty && !session.contains(" "))
-        case .status, .workers, .sessions: break
+        case .status, .workers, .sessions, .upgrade: break
         }
     }
     return 0
 }
+
+#if !LIBFUZZER
+replay(fuzz)
+#endif
+

@@ -1,5 +1,8 @@
 import RoleProtocol
 import Supervisor
+#if !LIBFUZZER
+import FuzzReplay
+#endif
 
 /// The credential file's and the users file's readers on any bytes a file could hold: a
 /// credential's first line, or users whose names and hashes are what the vault and useradd
@@ -19,3 +22,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     }
     return 0
 }
+
+#if !LIBFUZZER
+replay(fuzz)
+#endif
+

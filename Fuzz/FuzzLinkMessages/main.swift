@@ -1,4 +1,7 @@
 import RoleProtocol
+#if !LIBFUZZER
+import FuzzReplay
+#endif
 
 /// Every role link's decoder, on bytes a compromised peer could send: the first byte picks
 /// the message type and the descriptor count; whatever decodes must encode to bytes that
@@ -27,3 +30,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     }
     return 0
 }
+
+#if !LIBFUZZER
+replay(fuzz)
+#endif
+

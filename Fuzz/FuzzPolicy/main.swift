@@ -1,5 +1,8 @@
 import Foundation
 import Sandbox
+#if !LIBFUZZER
+import FuzzReplay
+#endif
 
 /// The policy reader on any bytes an operator's file could hold: parsed or refused with an
 /// error; what parses, compiles with libseccomp or is refused.
@@ -10,3 +13,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     _ = try? SeccompProgram(policy)
     return 0
 }
+
+#if !LIBFUZZER
+replay(fuzz)
+#endif
+

@@ -1,3 +1,4 @@
+import Circuits
 import Dispatch
 import Logging
 import NIOCore
@@ -6,29 +7,74 @@ import RoleProtocol
 import Synchronization
 import WebAssets
 @testable import Worker
+#if !LIBFUZZER
+import FuzzReplay
+#endif
 
 /// The worker's whole pipeline (HTTP/1.1, the opening handshake, WebSocket frames, ttyd's
 /// messages) on bytes a client could send, through an in-memory channel, with a vault that
-/// accepts one credential and relays nothing. The first byte picks where the input is cut
-/// into two writes; bit 7 of it sends the rest to ttyd's message parsers instead.
-struct Vault: TerminalService {
-    func check(token: [UInt8]) async -> Bool { token == Array("dTpw".utf8) }
-    func attachment() -> (any Attachment)? { SilentAttachment() }
+/// accepts one credential, answers an attachment with a session, some output and the shell's
+/// exit. The first byte picks where the input is cut into two writes; bit 7 of it sends the
+/// rest to ttyd's message parsers and the opening handshake's checks instead.
+final class Vault: TerminalService {
+    static let token = Array("dTpw".utf8)  // base64("u:p")
+
+    func conversation(on loop: EventLoop) -> (any VaultConversation)? { Conversation(loop: loop) }
 }
 
-/// Attaches every client to a session, then ends the conversation as a vault whose shell
-/// exited would.
-final class SilentAttachment: Attachment {
-    let answered = Mutex(false)
-    func send(_ message: WorkerToVault) async throws {}
-    func receive() async throws -> VaultToWorker? {
-        let first = answered.withLock { answered in
-            defer { answered = true }
-            return !answered
-        }
-        return first ? .attached(SessionInfo(title: "t", session: "s", secret: "w", readSecret: "r", offset: 0, skipped: 0)) : nil
+/// Answers the worker's first message as the vault would; later messages are taken and dropped.
+final class Conversation: VaultConversation, @unchecked Sendable {
+    let loop: EventLoop
+    var onMessage: ((ByteBuffer, Bool) -> Void)?
+    var onWritable: (() -> Void)?
+    var onFailure: ((CircuitError) -> Void)?
+    var isDeliveryPaused = false {
+        didSet { if !isDeliveryPaused { deliver() } }
     }
-    func end() async {}
+    private var answered = false
+    private var held: [(ByteBuffer, Bool)] = []
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    func send(_ bytes: [UInt8], end: Bool) throws(CircuitError) -> Bool {
+        guard !answered, let message = try? WorkerToVault(decoding: bytes, descriptors: 0) else { return true }
+        answered = true
+        switch message {
+        case .check(let token):
+            say(token == Vault.token ? .accepted(title: "t") : .refused(.badCredential), end: true)
+        case .attach(let request) where request.token == Vault.token:
+            say(.attached(SessionInfo(title: "t", session: "s", secret: request.readonly ? nil : "w", readSecret: "r",
+                                      offset: request.offset ?? 0, skipped: 0, inputOffset: request.inputStream.map { _ in 0 })))
+            say(.output(Array("output \u{1b}[1mbold\u{1b}[0m é\r\n".utf8)))
+            say(.resynced(offset: 64, skipped: 32))
+            say(.exited(.status(0)), end: true)
+        default:
+            say(.refused(.badCredential), end: true)
+        }
+        return true
+    }
+
+    func end() {}
+
+    func abandon() {
+        onMessage = nil
+        onWritable = nil
+        onFailure = nil
+    }
+
+    private func say(_ message: VaultToWorker, end: Bool = false) {
+        loop.execute { [self] in
+            held.append((ByteBuffer(bytes: message.encoded), end))
+            deliver()
+        }
+    }
+
+    private func deliver() {
+        while !isDeliveryPaused, let onMessage, !held.isEmpty {
+            let (payload, end) = held.removeFirst()
+            onMessage(payload, end)
+        }
+    }
 }
 
 let assets: AssetBundle = {
@@ -52,16 +98,14 @@ let worker: WebWorker = {
 
 func pipeline(_ input: [UInt8], cut: Int) async {
     let channel = NIOAsyncTestingChannel()
-    guard let upgrade = try? await channel.eventLoop.submit({ try worker.configure(channel) }).get() else { return }
-    let session = Task { await worker.handle(upgrade) }
+    guard (try? await channel.eventLoop.submit({ try worker.configure(channel) }).get()) != nil else { return }
     for part in [input[..<cut], input[cut...]] where !part.isEmpty {
         try? await channel.writeInbound(ByteBuffer(bytes: part))
         await channel.testingEventLoop.run()
     }
+    await channel.testingEventLoop.run()
     while (try? await channel.readOutbound(as: ByteBuffer.self)) != nil {}
     _ = try? await channel.finish()
-    session.cancel()
-    await session.value
 }
 
 func parsers(_ input: [UInt8]) {
@@ -89,3 +133,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     done.wait()
     return 0
 }
+
+#if !LIBFUZZER
+replay(fuzz)
+#endif
+
