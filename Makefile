@@ -88,8 +88,8 @@ chaos: deps
 fuzz: deps
 	@mkdir -p $(FUZZ_BUILD); for t in $(FUZZ_TARGETS); do \
 		echo "== building $$t"; \
-		CLOISTER_FUZZ=1 $(SWIFT) build --scratch-path $(FUZZ_BUILD) --sanitize=fuzzer --sanitize=address \
-			-Xswiftc -sanitize=fuzzer,address --product $$t > $(FUZZ_BUILD)/$$t.build.log 2>&1 \
+		$(SWIFT) build --scratch-path $(FUZZ_BUILD) --sanitize=fuzzer --sanitize=address \
+			-Xswiftc -sanitize=fuzzer,address -Xswiftc -DLIBFUZZER --product $$t > $(FUZZ_BUILD)/$$t.build.log 2>&1 \
 			|| { grep -v 'ld.gold: warning: Cannot export local symbol' $(FUZZ_BUILD)/$$t.build.log | tail -40; \
 			     echo "fuzz: $$t does not build (log in $(FUZZ_BUILD)/$$t.build.log)"; exit 1; }; \
 	done

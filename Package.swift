@@ -158,11 +158,10 @@ let package = Package(
     swiftLanguageModes: [.v6]
 )
 
-// libFuzzer targets. For `make fuzz` (CLOISTER_FUZZ=1, with --sanitize=fuzzer
-// --sanitize=address) libFuzzer supplies their `main`; in every other build they replay the
-// files they are given (FuzzReplay), which `make test` does with each corpus, so a target that
-// stops building or crashes on a seed fails the ordinary build and tests.
-let libFuzzer = ProcessInfo.processInfo.environment["CLOISTER_FUZZ"] != nil
+// libFuzzer targets. `make fuzz` builds them with --sanitize=fuzzer --sanitize=address and
+// -DLIBFUZZER, and libFuzzer supplies their `main`; in every other build they replay the files
+// they are given (FuzzReplay), which `make test` does with each corpus, so a target that stops
+// building or crashes on a seed fails the ordinary build and tests.
 let fuzzTargets: [(String, [Target.Dependency])] = [
     ("FuzzLinkMessages", ["RoleProtocol"]),
     ("FuzzCircuitFrames", ["Circuits"]),
@@ -173,8 +172,5 @@ let fuzzTargets: [(String, [Target.Dependency])] = [
 ]
 package.targets.append(.target(name: "FuzzReplay", path: "Fuzz/FuzzReplay"))
 for (name, dependencies) in fuzzTargets {
-    package.targets.append(.executableTarget(
-        name: name, dependencies: dependencies + (libFuzzer ? [] : ["FuzzReplay"]), path: "Fuzz/\(name)",
-        swiftSettings: libFuzzer ? [.define("LIBFUZZER")] : []))
+    package.targets.append(.executableTarget(name: name, dependencies: dependencies + ["FuzzReplay"], path: "Fuzz/\(name)"))
 }
-

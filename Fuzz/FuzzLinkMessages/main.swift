@@ -32,6 +32,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
 }
 
 #if !LIBFUZZER
-replay(fuzz)
+/// The ordinary build's program: this initializer runs at start (script mode) and replays
+/// the files given. A declaration, because even an inactive block must parse as a library.
+let replayed: Void = replay(fuzz)
 #endif
 

@@ -33,10 +33,13 @@ final class Conversation: VaultConversation, @unchecked Sendable {
     }
     private var answered = false
     private var held: [(ByteBuffer, Bool)] = []
+    /// As a real circuit, the closures are dropped once both ends are seen.
+    private var sentEnd = false, receivedEnd = false
 
     init(loop: EventLoop) { self.loop = loop }
 
     func send(_ bytes: [UInt8], end: Bool) throws(CircuitError) -> Bool {
+        if end { ended() }
         guard !answered, let message = try? WorkerToVault(decoding: bytes, descriptors: 0) else { return true }
         answered = true
         switch message {
@@ -54,7 +57,12 @@ final class Conversation: VaultConversation, @unchecked Sendable {
         return true
     }
 
-    func end() {}
+    func end() { ended() }
+
+    private func ended() {
+        sentEnd = true
+        if receivedEnd { abandon() }
+    }
 
     func abandon() {
         onMessage = nil
@@ -73,6 +81,10 @@ final class Conversation: VaultConversation, @unchecked Sendable {
         while !isDeliveryPaused, let onMessage, !held.isEmpty {
             let (payload, end) = held.removeFirst()
             onMessage(payload, end)
+            if end {
+                receivedEnd = true
+                if sentEnd { abandon() }
+            }
         }
     }
 }
@@ -135,6 +147,8 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
 }
 
 #if !LIBFUZZER
-replay(fuzz)
+/// The ordinary build's program: this initializer runs at start (script mode) and replays
+/// the files given. A declaration, because even an inactive block must parse as a library.
+let replayed: Void = replay(fuzz)
 #endif
 
