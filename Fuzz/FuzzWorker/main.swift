@@ -112,7 +112,7 @@ func pipeline(_ input: [UInt8], cut: Int) async {
     let channel = NIOAsyncTestingChannel()
     guard (try? await channel.eventLoop.submit({ try worker.configure(channel) }).get()) != nil else { return }
     for part in [input[..<cut], input[cut...]] where !part.isEmpty {
-        try? await channel.writeInbound(ByteBuffer(bytes: part))
+        _ = try? await channel.writeInbound(ByteBuffer(bytes: part))
         await channel.testingEventLoop.run()
     }
     await channel.testingEventLoop.run()

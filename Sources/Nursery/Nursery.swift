@@ -261,7 +261,8 @@ public final class Nursery: Sendable {
             logger.info("shell reaped", metadata: ["shell": "\(pid)", "exit": "\(exit)"])
             shells.ended(pid, exit)
         }
-        // The vault's copy is the only one left: once it is closed, the terminal hangs up.
+        // The nursery keeps no copy: the vault's (and the supervisor's, which it keeps for
+        // the next vault) decide when the terminal hangs up.
         defer { try? terminal.master.close() }
         do {
             try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master], end: true)

@@ -13,10 +13,11 @@ import Glibc
 
 /// The nursery process: starts shells for the vault. Not sandboxed by seccomp, since it must
 /// exec; it takes the shells' identity before it reads anything and reads only the vault's
-/// fixed-layout requests.
+/// and the supervisor's fixed-layout requests.
 ///
-/// It runs in one of two ways. Spawned by the supervisor (`run`), one per vault, linked at
-/// `Link.inheritedTransport`, dying with its parent. Or as a service of its own (`serve`), in
+/// It runs in one of two ways. Spawned by the supervisor (`run`), linked to it at
+/// `Link.inheritedTransport`, serving each vault the supervisor links it to in turn, dying
+/// with its parent. Or as a service of its own (`serve`), in
 /// a unit apart from the internet-facing one, taking vault links on a unix socket from the
 /// one user allowed to connect (`SO_PEERCRED`).
 public enum NurseryRole {

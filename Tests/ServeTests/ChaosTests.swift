@@ -52,7 +52,7 @@ final class ChaosTests: XCTestCase {
     private func run(sessions count: Int, seconds: Int, roles: [String], lines wanted: Int? = nil, killEvery: Double = 2) throws {
         let server = try ServedCloister.start(workers: 2, extra: ["--max-clients", "\(4 * count + 16)"])
         var kills: [String: Int] = [:]
-        try Self.stream(server, sessions: count, seconds: seconds, lines: wanted) {
+        let clients = try Self.stream(server, sessions: count, seconds: seconds, lines: wanted) {
             let end = Date().addingTimeInterval(Double(seconds))
             var turn = 0
             while Date() < end {
@@ -79,14 +79,22 @@ final class ChaosTests: XCTestCase {
             let sessions = try XCTUnwrap(try server.control("sessions")["sessions"] as? [[String: Any]])
             XCTAssertEqual(sessions.count, count)
             XCTAssertTrue(sessions.allSatisfy { ($0["adoptions"] as? Int ?? 0) >= 1 }, "\(sessions)")
+            // A shell that ends after it all is reaped (by the supervisor, if its nursery was
+            // killed) and its client told how, as any shell's.
+            try clients[0].input("exit 3\r")
+            XCTAssertThrowsError(try clients[0].readOutput(untilMarker: "never", deadline: Date().addingTimeInterval(30))) { error in
+                XCTAssertEqual((error as? TerminalClient.Closed)?.code, 1000, "\(error)")
+                XCTAssertEqual((error as? TerminalClient.Closed)?.reason, "exit status 3", "\(error)")
+            }
         }
         print("chaos: \(count) sessions, \(seconds) s, killed \(kills)")
     }
 
     /// The workload `run` describes, with `disturb` in place of the kills: it runs while the
     /// sessions stream and their clients type, and returns when the disturbance is over.
+    @discardableResult
     static func stream(_ server: ServedCloister, sessions count: Int, seconds: Int, lines wanted: Int? = nil,
-                       disturb: () throws -> Void) throws {
+                       disturb: () throws -> Void) throws -> [ResumingClient] {
         let token = TerminalClient.token(ServedCloister.userAndPassword)
         let lines = wanted ?? 100 * (seconds + 2)
         // A pause every `batch` lines, 50 pauses of 0.1 s at least: the stream outlasts the kills.
@@ -155,6 +163,7 @@ final class ChaosTests: XCTestCase {
         XCTAssertTrue(eventually(30) { (try? server.workers().filter { $0["state"] as? String == "running" }.count) == 2 },
                       "the pool is back to full size")
         print("stream: \(count) sessions, \(resumes) resumes, \(lines) lines and \(typing.typed.reduce(0, +)) typed commands in all")
+        return clients
     }
 
     /// Types a numbered command into each client in turn, one every 300 ms per client.
