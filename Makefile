@@ -49,8 +49,11 @@ build: deps
 RELEASE_FLAGS := -c release --static-swift-stdlib
 RELEASE_BIN   := .build/release/cloister
 
+# The two programs only: the fuzz targets read modules' internals (@testable), which a
+# release build does not export; the debug build of `make test` builds and runs them.
 release: deps
-	$(SWIFT) build $(RELEASE_FLAGS)
+	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
+	$(SWIFT) build $(RELEASE_FLAGS) --product cloister-bench
 
 # The tests spawn the release build (the one installed); the in-process ones run from the
 # debug build of the test bundle.

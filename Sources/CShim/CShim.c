@@ -346,7 +346,7 @@ int cloister_sealed_memfd(const char *name, const void *data, size_t len, const 
     return fd;
 }
 
-int cloister_kept_memfd(const char *name, size_t size, void **mapping, const char **failed) {
+int cloister_sized_memfd(const char *name, size_t size, const char **failed) {
     int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) {
         *failed = "memfd_create";
@@ -355,11 +355,6 @@ int cloister_kept_memfd(const char *name, size_t size, void **mapping, const cha
     const char *step = NULL;
     if (ftruncate(fd, (off_t)size) != 0) step = "ftruncate";
     else if (fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) step = "fcntl(F_ADD_SEALS)";
-    else {
-        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (p == MAP_FAILED) step = "mmap";
-        else *mapping = p;
-    }
     if (step) {
         int saved = errno;
         close(fd);

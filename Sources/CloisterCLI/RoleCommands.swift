@@ -144,7 +144,7 @@ struct VaultCommand: SandboxedCommand {
 
     enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly, endSignal, openFiles }
 
-    mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox, openFiles: openFiles, sessions: try sessions.settings()) }
+    mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox, openFiles: openFiles) }
 
     func run() async throws {
         var settings = try sessions.settings()

@@ -5,6 +5,7 @@ import Processes
 import RoleProtocol
 import Sandbox
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -191,8 +192,8 @@ public final class Nursery: Sendable {
             return
         }
         switch request {
-        case .spawn(let columns, let rows, let extra, let user):
-            await spawn(columns: columns, rows: rows, extra: extra, user: user, on: circuit, shells: shells)
+        case .spawn(let columns, let rows, let extra, let user, let stateBytes):
+            await spawn(columns: columns, rows: rows, extra: extra, user: user, stateBytes: Int(stateBytes), on: circuit, shells: shells)
         case .signal(let pid, let signal):
             if shells.contains(pid) {
                 let sent = shells.signal(pid, signal)
@@ -204,7 +205,8 @@ public final class Nursery: Sendable {
         }
     }
 
-    private func spawn(columns: UInt16, rows: UInt16, extra: [[UInt8]], user: [UInt8]?, on circuit: RoleCircuit, shells: Household) async {
+    private func spawn(columns: UInt16, rows: UInt16, extra: [[UInt8]], user: [UInt8]?, stateBytes: Int, on circuit: RoleCircuit,
+                       shells: Household) async {
         // The decoder bounded them and refused a NUL; each is one argv entry, never a shell's word.
         let extraArguments = extra.map { String(decoding: $0, as: UTF8.self) }
         let webUser = user.map { String(decoding: $0, as: UTF8.self) }
@@ -232,6 +234,21 @@ public final class Nursery: Sendable {
             let name = command[0].split(separator: "/").last.map(String.init) ?? command[0]
             argumentZero = login ? "-\(name)" : name
         }
+        // The session's state file (the vault's ring), made here so that the sandboxed vault
+        // never creates or sizes a file: memory taken as the vault writes it.
+        var state: FileDescriptor?
+        if stateBytes > 0 {
+            var failed: UnsafePointer<CChar>?
+            let fd = cloister_sized_memfd("cloister-session", stateBytes, &failed)
+            guard fd >= 0 else {
+                let error = SystemCallError(call: failed.map { String(cString: $0) } ?? "memfd_create", errno: Errno(rawValue: errno))
+                logger.error("shell not started: no state file for its session", metadata: ["bytes": "\(stateBytes)", "error": "\(error)"])
+                try? await circuit.send(NurseryToVault.failed(reason: "the session's state file: \(error)"), end: true)
+                return
+            }
+            state = FileDescriptor(rawValue: fd)
+        }
+        defer { try? state?.close() }
         let terminal: PseudoTerminal, child: ChildProcess
         do {
             terminal = try PseudoTerminal.open(rows: rows, columns: columns)
@@ -265,7 +282,8 @@ public final class Nursery: Sendable {
         // the next vault) decide when the terminal hangs up.
         defer { try? terminal.master.close() }
         do {
-            try await circuit.send(NurseryToVault.spawned(pid: child.pid), descriptors: [terminal.master], end: true)
+            try await circuit.send(NurseryToVault.spawned(pid: child.pid, withState: state != nil),
+                                   descriptors: [terminal.master] + (state.map { [$0] } ?? []), end: true)
         } catch {
             logger.error("shell started, but the vault did not take its terminal", metadata: ["shell": "\(pid)", "error": "\(error)"])
             return

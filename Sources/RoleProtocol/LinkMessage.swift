@@ -43,6 +43,9 @@ public enum LinkLimits {
     public static let sessionField = 64
     /// A client's name for its input stream (`AttachRequest.inputStream`).
     public static let inputStream = 31
+    /// The largest memory file a vault may ask the nursery for (`VaultToNursery.spawn`): a
+    /// ring of `--session-ring` at its largest (1 GiB) and its header.
+    public static let keptStateBytes = (1 << 30) + (1 << 16)
     /// Arguments from a client's URL (ttyd's --url-arg): how many, and the bytes of each.
     public static let urlArguments = 16, urlArgument = 255
     /// A web user's name, as a reverse proxy's header gives it (ttyd's --auth-header).

@@ -3,8 +3,10 @@ public enum VaultToNursery: LinkMessage {
     /// Start the command on a new PTY of this size, with `arguments` appended (ttyd's
     /// --url-arg; the vault passes them only when the operator allowed them), and `user`,
     /// the web user a reverse proxy named (ttyd's --auth-header), in its environment.
-    /// Answered by `NurseryToVault.spawned` or `.failed`.
-    case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [], user: [UInt8]? = nil)
+    /// With `stateBytes`, also a memory file of that size, its size sealed, for the session's
+    /// kept state (the vault's ring), so that the sandboxed vault never creates or sizes a
+    /// file. Answered by `NurseryToVault.spawned` or `.failed`.
+    case spawn(columns: UInt16, rows: UInt16, arguments: [[UInt8]] = [], user: [UInt8]? = nil, stateBytes: UInt32 = 0)
     /// A session ended: send `signal` to the process group of the shell `pid` (ttyd's
     /// --signal; SIGHUP comes from the terminal itself). The nursery signals only shells it
     /// started and has not reaped. Answered by the conversation's end.
@@ -14,13 +16,14 @@ public enum VaultToNursery: LinkMessage {
 
     public var encoded: [UInt8] {
         switch self {
-        case .spawn(let columns, let rows, let arguments, let user):
+        case .spawn(let columns, let rows, let arguments, let user, let stateBytes):
             var w = FieldWriter(kind: Kind.spawn.rawValue)
             w.u16(columns)
             w.u16(rows)
-            w.rest([(arguments.isEmpty ? 0 : 1) | (user == nil ? 0 : 2)])
+            w.rest([(arguments.isEmpty ? 0 : 1) | (user == nil ? 0 : 2) | (stateBytes == 0 ? 0 : 4)])
             if !arguments.isEmpty { w.commandArguments(arguments) }
             if let user { w.short(user) }
+            if stateBytes != 0 { w.u32(stateBytes) }
             return w.bytes
         case .signal(let pid, let signal):
             var w = FieldWriter(kind: Kind.signal.rawValue)
@@ -40,7 +43,7 @@ public enum VaultToNursery: LinkMessage {
         case .spawn:
             let columns = try r.u16(), rows = try r.u16()
             let flags = try r.u8()
-            guard flags & ~3 == 0 else { throw r.malformed }
+            guard flags & ~7 == 0 else { throw r.malformed }
             let arguments = flags & 1 != 0 ? try r.commandArguments() : []
             var user: [UInt8]?
             if flags & 2 != 0 {
@@ -48,7 +51,9 @@ public enum VaultToNursery: LinkMessage {
                 guard !name.isEmpty, !name.contains(0) else { throw r.malformed }
                 user = name
             }
-            self = .spawn(columns: columns, rows: rows, arguments: arguments, user: user)
+            let stateBytes = flags & 4 != 0 ? try r.u32() : 0
+            guard flags & 4 == 0 || (1...LinkLimits.keptStateBytes).contains(Int(stateBytes)) else { throw r.malformed }
+            self = .spawn(columns: columns, rows: rows, arguments: arguments, user: user, stateBytes: stateBytes)
         case .signal:
             let pid = Int32(bitPattern: try r.u32())
             let signal = Int32(try r.u8())
@@ -59,11 +64,12 @@ public enum VaultToNursery: LinkMessage {
     }
 }
 
-/// Nursery → vault: the answer to a spawn (`.spawned` with the PTY master, or `.failed`),
+/// Nursery → vault: the answer to a spawn (`.spawned` with the PTY master, and the state
+/// file when one was asked for; or `.failed`),
 /// each ending its conversation; and, on a conversation of the nursery's own, `.exited` once
 /// a shell has been reaped.
 public enum NurseryToVault: LinkMessage {
-    case spawned(pid: Int32)
+    case spawned(pid: Int32, withState: Bool = false)
     case failed(reason: String)
     case exited(pid: Int32, Exit)
 
@@ -71,7 +77,7 @@ public enum NurseryToVault: LinkMessage {
 
     public var encoded: [UInt8] {
         switch self {
-        case .spawned(let pid):
+        case .spawned(let pid, _):
             var w = FieldWriter(kind: Kind.spawned.rawValue)
             w.u32(UInt32(bitPattern: pid))
             return w.bytes
@@ -87,7 +93,7 @@ public enum NurseryToVault: LinkMessage {
     }
 
     public var descriptorCount: Int {
-        if case .spawned = self { return 1 }
+        if case .spawned(_, let withState) = self { return withState ? 2 : 1 }
         return 0
     }
 
@@ -96,8 +102,8 @@ public enum NurseryToVault: LinkMessage {
         let kind = r.kind
         switch kind {
         case .spawned:
-            try Self.expect(1, descriptors, kind: kind)
-            self = .spawned(pid: Int32(bitPattern: try r.u32()))
+            if descriptors != 2 { try Self.expect(1, descriptors, kind: kind) }
+            self = .spawned(pid: Int32(bitPattern: try r.u32()), withState: descriptors == 2)
         case .failed:
             try Self.expect(0, descriptors, kind: kind)
             self = .failed(reason: try r.text())

@@ -22,14 +22,14 @@ public struct RoleSandbox: Sendable {
     /// Enters the sandbox (see `Sandbox`), hands the listener over and closes every copy of
     /// it; returns the steps taken, for the role's first log line. Must run before the role's
     /// first `await`, while the process is single-threaded.
-    public func enter(role: String, openFileLimit: UInt64 = 256, fileSizeLimit: UInt64 = 0) throws -> [String] {
+    public func enter(role: String, openFileLimit: UInt64 = 256) throws -> [String] {
         let policy = try Policy.load(file: self.policy)
         if mode != .enforce && listenerFD == nil {
             throw SandboxError(step: "configuration", call: "--listener-fd", errno: .invalidArgument,
                                detail: "--mode \(mode.rawValue) needs --listener-fd: someone must watch the sandbox")
         }
         let outcome = try Sandbox.enter(.init(role: role, policy: policy, mode: mode, user: user, group: group,
-                                              openFileLimit: openFileLimit, fileSizeLimit: fileSizeLimit))
+                                              openFileLimit: openFileLimit))
         if let listener = outcome.listener {
             defer { try? listener.close() }
             guard let listenerFD else {

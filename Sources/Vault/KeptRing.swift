@@ -89,17 +89,27 @@ final class KeptRing: @unchecked Sendable {
     /// The memory file's size for a ring of `capacity`.
     static func fileSize(capacity: Int) -> Int { headerSize + capacity + maxRead }
 
-    /// A new, empty ring for a new session.
-    static func create(capacity: Int, identity: Identity) throws(SystemCallError) -> KeptRing {
+    /// A new, empty ring for a new session, in `descriptor` (taking ownership of it): a memory
+    /// file of `fileSize(capacity:)` bytes, its size sealed, that the nursery made for it.
+    static func create(in descriptor: SystemPackage.FileDescriptor, capacity: Int, identity: Identity) throws(SystemCallError) -> KeptRing {
         precondition(capacity > 0)
         let length = fileSize(capacity: capacity)
-        var mapping: UnsafeMutableRawPointer?
-        var failed: UnsafePointer<CChar>?
-        let fd = cloister_kept_memfd("cloister-session", length, &mapping, &failed)
-        guard fd >= 0, let mapping else {
-            throw SystemCallError(call: failed.map { String(cString: $0) } ?? "memfd_create", errno: Errno(rawValue: errno))
+        var status = stat()
+        guard fstat(descriptor.rawValue, &status) == 0 else {
+            let error = SystemCallError(call: "fstat", errno: Errno(rawValue: errno))
+            try? descriptor.close()
+            throw error
         }
-        let ring = KeptRing(descriptor: SystemPackage.FileDescriptor(rawValue: fd), base: mapping, length: length, capacity: capacity)
+        guard Int(status.st_size) == length else {
+            try? descriptor.close()
+            throw SystemCallError(call: "fstat", errno: .invalidArgument, detail: "the session's state file has \(status.st_size) bytes, not \(length)")
+        }
+        guard let mapping = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor.rawValue, 0), mapping != MAP_FAILED else {
+            let error = SystemCallError(call: "mmap", errno: Errno(rawValue: errno))
+            try? descriptor.close()
+            throw error
+        }
+        let ring = KeptRing(descriptor: descriptor, base: mapping, length: length, capacity: capacity)
         ring[.format, UInt32.self] = format
         ring[.headerSize, UInt32.self] = UInt32(headerSize)
         ring[.capacity, UInt64.self] = UInt64(capacity)

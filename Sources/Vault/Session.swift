@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import Processes
 import RoleProtocol
+import SystemPackage
 import SystemCalls
 
 #if canImport(Glibc)
@@ -98,13 +99,14 @@ final class Session: @unchecked Sendable {
     private(set) var ignored = 0
     private(set) var slowConsumerEvents = 0
 
-    /// A new session around a new shell, with a new id and secrets.
-    convenience init(shell: Int32, settings: SessionSettings, on loop: EventLoop, logger: Logger, ended: @escaping (Session) -> Void,
-                     signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void,
+    /// A new session around a new shell, with a new id and secrets, its ring in `state` (the
+    /// memory file the nursery made with the shell; taken over).
+    convenience init(shell: Int32, state: SystemPackage.FileDescriptor, settings: SessionSettings, on loop: EventLoop, logger: Logger,
+                     ended: @escaping (Session) -> Void, signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void,
                      release: @escaping (Session, @escaping @Sendable () -> Void) -> Void) throws(SystemCallError) {
         let identity = KeptRing.Identity(id: SessionToken.random(bytes: 12), writeSecret: SessionToken.random(bytes: 18),
                                          readSecret: SessionToken.random(bytes: 18), shell: shell, created: UInt64(time(nil)))
-        let ring = try KeptRing.create(capacity: settings.ringBytes, identity: identity)
+        let ring = try KeptRing.create(in: state, capacity: settings.ringBytes, identity: identity)
         self.init(ring: ring, settings: settings, on: loop, logger: logger, ended: ended, signal: signal, release: release)
     }
 

@@ -21,9 +21,25 @@ final class TerminalPoller: @unchecked Sendable {
     private var terminals: [UInt64: Terminal] = [:]
     private var nextKey: UInt64 = 1
 
+    /// The epoll instance, made before the vault enters its sandbox (`prepare`), whose
+    /// profile then needs no epoll_create1.
+    nonisolated(unsafe) private static var prepared: CInt = -1
+
+    /// Makes the epoll instance; called while the vault is single-threaded, before its sandbox.
+    static func prepare() throws(SystemCallError) {
+        prepared = try valueOrErrno("epoll_create1") { cloister_epoll_create() }
+    }
+
+    /// The first poller takes the prepared instance (a vault outside a sandbox, as in the
+    /// benchmark's one-process run, makes its own).
     init(loop: EventLoop) throws(SystemCallError) {
         self.loop = loop
-        epoll = try valueOrErrno("epoll_create1") { cloister_epoll_create() }
+        if Self.prepared >= 0 {
+            epoll = Self.prepared
+            Self.prepared = -1
+        } else {
+            epoll = try valueOrErrno("epoll_create1") { cloister_epoll_create() }
+        }
         let epoll = self.epoll
         do {
             _ = try Threads.start("terminals", detached: true) { [unowned(unsafe) self] in

@@ -329,16 +329,24 @@ public final class Vault: Sendable {
 
     // MARK: Shells
 
+    /// A shell on a new PTY, and the memory file for its session's ring, both made by the
+    /// nursery: the vault never creates or sizes a file itself.
     private func spawnShell(columns: UInt16, rows: UInt16, arguments: [[UInt8]], user: [UInt8]?) async throws
-        -> (pid: Int32, master: SystemPackage.FileDescriptor) {
+        -> (pid: Int32, master: SystemPackage.FileDescriptor, state: SystemPackage.FileDescriptor) {
         guard let nursery = configuration.withLock({ $0.nursery }) else { throw VaultError.noNursery }
         let conversation = try nursery.open()
-        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows, arguments: arguments, user: user), end: true)
+        let stateBytes = UInt32(KeptRing.fileSize(capacity: settings.ringBytes))
+        try await conversation.send(VaultToNursery.spawn(columns: columns, rows: rows, arguments: arguments, user: user,
+                                                         stateBytes: stateBytes), end: true)
         let reply = try await conversation.receive(NurseryToVault.self)
         switch reply?.message {
-        case .spawned(let pid):
-            // The decoder checked that the master came with it.
-            return (pid, reply!.descriptors!.take(0)!)
+        case .spawned(let pid, withState: true):
+            // The decoder checked that both descriptors came with it.
+            return (pid, reply!.descriptors!.take(0)!, reply!.descriptors!.take(1)!)
+        case .spawned(let pid, withState: false):
+            // A nursery that made no ring file: the shell is started, and must not be left.
+            signalShell(pid)(SIGHUP) {}
+            throw VaultError.nursery("the nursery started shell \(pid) without the session's state file")
         case .failed(let reason):
             throw VaultError.nursery(reason)
         case .exited, nil:
@@ -354,8 +362,8 @@ public final class Vault: Sendable {
         let session: Session
         do {
             session = try await loop.submit { [self] in
-                try Session(shell: shell.pid, settings: settings, on: loop, logger: logger, ended: forget, signal: signalShell(shell.pid),
-                            release: releaseKept)
+                try Session(shell: shell.pid, state: shell.state, settings: settings, on: loop, logger: logger, ended: forget,
+                            signal: signalShell(shell.pid), release: releaseKept)
             }.get()
             try await keep(session, master: shell.master)
         } catch {

@@ -8,10 +8,11 @@ public enum VaultRole {
     /// Before the first `await`, while the process is single-threaded. Every session holds its
     /// PTY master, and every worker a link. `openFiles`: the descriptor limit, which the
     /// supervisor derives from --max-clients (a terminal per session, sessions outliving their
-    /// clients, and room for the rest). Files no larger than a session's kept ring.
-    public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64, sessions: SessionSettings) throws -> [String] {
-        try sandbox.enter(role: Role.vault.rawValue, openFileLimit: openFiles,
-                          fileSizeLimit: UInt64(KeptRing.fileSize(capacity: sessions.ringBytes)))
+    /// clients, and room for the rest). The terminal poller's epoll instance is made first, so
+    /// the profile needs no epoll_create1; the sessions' ring files come from the nursery.
+    public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> [String] {
+        try TerminalPoller.prepare()
+        return try sandbox.enter(role: Role.vault.rawValue, openFileLimit: openFiles)
     }
 
     public static func run(title: String, sessions: SessionSettings, sandboxSteps: [String]) async throws {

@@ -130,7 +130,7 @@ final class NurseryServiceTests: XCTestCase {
         try await asking.send(VaultToNursery.spawn(columns: 80, rows: 24), end: true)
         let received = try await asking.receive(NurseryToVault.self)
         let reply = try XCTUnwrap(received)
-        guard case .spawned(let shell) = reply.message else { return XCTFail("no shell: \(reply.message)") }
+        guard case .spawned(let shell, _) = reply.message else { return XCTFail("no shell: \(reply.message)") }
         let master = try XCTUnwrap(reply.descriptors?.take(0))
         defer { try? master.close() }
 

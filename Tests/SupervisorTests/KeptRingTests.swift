@@ -15,7 +15,42 @@ final class KeptRingTests: XCTestCase {
     private let identity = KeptRing.Identity(id: "session-id", writeSecret: "write-secret", readSecret: "read-secret", shell: 4242,
                                              created: 1_700_000_000)
 
-    private func ring(_ capacity: Int) throws -> KeptRing { try KeptRing.create(capacity: capacity, identity: identity) }
+    /// A ring in a memory file made as the nursery makes it.
+    private func ring(_ capacity: Int) throws -> KeptRing {
+        var failed: UnsafePointer<CChar>?
+        let fd = cloister_sized_memfd("test-ring", KeptRing.fileSize(capacity: capacity), &failed)
+        XCTAssertGreaterThanOrEqual(fd, 0, failed.map { String(cString: $0) } ?? "")
+        return try KeptRing.create(in: FileDescriptor(rawValue: fd), capacity: capacity, identity: identity)
+    }
+
+    func testAFileOfAnotherSizeIsRefused() throws {
+        var failed: UnsafePointer<CChar>?
+        let fd = cloister_sized_memfd("test-ring", KeptRing.fileSize(capacity: 100) + 1, &failed)
+        XCTAssertThrowsError(try KeptRing.create(in: FileDescriptor(rawValue: fd), capacity: 100, identity: identity)) { error in
+            XCTAssertTrue("\(error)".contains("not \(KeptRing.fileSize(capacity: 100))"), "\(error)")
+        }
+    }
+
+    /// Writers' input streams: counted per name, kept through an adoption, the least recently
+    /// used one replaced when a ninth arrives.
+    func testInputStreamsAreCountedAndKeptForTheNextVault() throws {
+        let ring = try ring(100)
+        let a = ring.inputSlot(for: Array("client-a".utf8)), b = ring.inputSlot(for: Array("client-b".utf8))
+        XCTAssertNotEqual(a, b)
+        ring.inputWritten(a, count: 5)
+        ring.inputWritten(a, count: 7)
+        ring.inputWritten(b, count: 1)
+        let next = try adopted(ring)
+        XCTAssertEqual(next.inputSlot(for: Array("client-a".utf8)), a)
+        XCTAssertEqual(next.inputCount(a), 12)
+        XCTAssertEqual(next.inputCount(b), 1)
+        // Eight more streams: "client-b", used least recently, is the one replaced.
+        _ = next.inputSlot(for: Array("client-a".utf8))
+        for i in 0..<7 { _ = next.inputSlot(for: Array("other-\(i)".utf8)) }
+        XCTAssertEqual(next.inputCount(next.inputSlot(for: Array("client-a".utf8))), 12, "a used stream is kept")
+        let fresh = next.inputSlot(for: Array("client-b".utf8))
+        XCTAssertEqual(next.inputCount(fresh), 0, "a replaced stream starts again at 0")
+    }
 
     private func text(_ read: (offset: UInt64, bytes: ByteBuffer, skipped: UInt64)?) -> String? { read.map { String(buffer: $0.bytes) } }
 

@@ -102,11 +102,11 @@ size_t cloister_build_id(unsigned char *out, size_t cap);
 int cloister_sealed_memfd(const char *name, const void *data, size_t len, const char **failed);
 
 /// A memfd of `size` bytes (sparse: pages are taken as they are written) whose size is sealed
-/// (no grow, no shrink, no further seals), close-on-exec, mapped shared and writable at
-/// `*mapping`: a session's kept state, which a process that holds the descriptor cannot
-/// truncate under the vault's mapping. Returns the descriptor, or -1 with errno and the
-/// failing call's name in `*failed`.
-int cloister_kept_memfd(const char *name, size_t size, void **mapping, const char **failed);
+/// (no grow, no shrink, no further seals), close-on-exec: a session's kept state, made by the
+/// nursery for the vault, which maps it shared and writable; no holder can truncate it under
+/// that mapping. Returns the descriptor, or -1 with errno and the failing call's name in
+/// `*failed`.
+int cloister_sized_memfd(const char *name, size_t size, const char **failed);
 
 /// pidfd_open(2) and pidfd_send_signal(2), through syscall(2), which is variadic. Return a
 /// descriptor / 0, or -1 with errno.
