@@ -46,7 +46,7 @@ struct PolicyCommand: AsyncParsableCommand {
     }
 
     struct Explain: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show which rule decides a syscall, and the action.")
+        static let configuration = CommandConfiguration(abstract: "Show which rule decides a syscall, and the action, and how many system calls the profile allows.")
         @Argument(help: "Profile.") var file: String
         @Argument(help: "Syscall name.") var syscall: String
         @Argument(help: "Arguments, decimal or 0x-hex (missing ones are 0).") var args: [String] = []
@@ -63,6 +63,8 @@ struct PolicyCommand: AsyncParsableCommand {
             let verdict = policy.explain(syscall, args: values)
             print("\(syscall): \(verdict.action)")
             print("  \(verdict.reason)")
+            // The size of what the profile allows, so a reviewer sees how much is open at all.
+            print("  \(file) allows \(policy.allowedSyscalls.count) system calls (cloister policy check lists the conditions)")
         }
     }
 

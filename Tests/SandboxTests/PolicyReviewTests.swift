@@ -34,14 +34,28 @@ final class PolicyReviewTests: XCTestCase {
         }
     }
 
-    /// The vault may resize a terminal (TIOCSWINSZ) and nothing else by ioctl.
+    /// The vault may resize a terminal (TIOCSWINSZ) and ask how much it has waiting (TIOCINQ),
+    /// and nothing else by ioctl.
     func testVaultIoctls() throws {
         let vault = try Policy.load(file: packageRootPolicies + "/vault.json")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5414]).action, .allow)
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x541b]).action, .allow, "TIOCINQ")
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5421]).action, .killProcess, "FIONBIO")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x540e]).action, .killProcess, "TIOCSCTTY")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5412]).action, .killProcess, "TIOCSTI")
         XCTAssertEqual(vault.explain("execve", args: []).action, .killProcess)
         XCTAssertEqual(try worker.explain("ioctl", args: [5, 0x5414]).action, .killProcess, "the worker has no terminal")
+    }
+
+    /// The vault keeps sessions that outlive it without making a file: the nursery makes each
+    /// ring file, the poller's epoll instance exists before the sandbox. Its allow-list is no
+    /// larger than it was before sessions outlived it.
+    func testTheVaultMakesNoFileAndItsAllowListDidNotGrow() throws {
+        let vault = try Policy.load(file: packageRootPolicies + "/vault.json")
+        for call in ["memfd_create", "ftruncate", "epoll_create1", "open", "openat"] {
+            XCTAssertNotEqual(vault.explain(call, args: []).action, .allow, call)
+        }
+        XCTAssertLessThanOrEqual(vault.allowedSyscalls.count, 45)
     }
 
     /// The reviewed bases say what sets the roles apart, so that a reviewer of `base/` sees
