@@ -252,7 +252,7 @@ public final class TerminalClient {
         public var lagged: Bool?
     }
 
-    /// A random name of 22 URL-safe characters (128 bits): a client's input stream.
+    /// A random name of 22 URL-safe characters (132 bits): a client's input stream.
     public static func randomName() -> String {
         let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
         let bytes = (try? randomBytes(22)) ?? (0..<22).map { _ in UInt8.random(in: 0...255) }
