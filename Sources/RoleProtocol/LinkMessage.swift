@@ -78,6 +78,14 @@ struct FieldWriter {
     mutating func u16(_ v: UInt16) { bytes += [UInt8(v >> 8), UInt8(v & 0xff)] }
     mutating func u32(_ v: UInt32) { u16(UInt16(v >> 16)); u16(UInt16(v & 0xffff)) }
     mutating func u64(_ v: UInt64) { u32(UInt32(v >> 32)); u32(UInt32(v & 0xffff_ffff)) }
+    /// How a shell ended: a byte for how, then the status or signal (read by `decodeExit`).
+    mutating func exit(_ exit: Exit) {
+        switch exit {
+        case .status(let code): bytes.append(0); u32(UInt32(bitPattern: code))
+        case .signal(let signal): bytes.append(1); u32(UInt32(bitPattern: signal))
+        case .unknown: bytes.append(2); u32(0)
+        }
+    }
     /// A field of at most 255 bytes, its length first.
     mutating func short(_ field: [UInt8]) {
         precondition(field.count <= 255)

@@ -25,7 +25,8 @@ public enum SupervisorToNursery: LinkMessage {
         case .shellEnded(let pid, let exit):
             var w = FieldWriter(kind: Kind.shellEnded.rawValue)
             w.u32(UInt32(bitPattern: pid))
-            return w.bytes + Self.encode(exit, kind: Kind.shellEnded.rawValue).dropFirst()
+            w.exit(exit)
+            return w.bytes
         }
     }
 

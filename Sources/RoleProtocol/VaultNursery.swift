@@ -88,7 +88,8 @@ public enum NurseryToVault: LinkMessage {
         case .exited(let pid, let exit):
             var w = FieldWriter(kind: Kind.exited.rawValue)
             w.u32(UInt32(bitPattern: pid))
-            return w.bytes + Self.encode(exit, kind: Kind.exited.rawValue).dropFirst()
+            w.exit(exit)
+            return w.bytes
         }
     }
 

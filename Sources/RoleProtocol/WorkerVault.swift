@@ -239,11 +239,7 @@ public enum VaultToWorker: LinkMessage {
 extension LinkMessage {
     static func encode(_ exit: Exit, kind: UInt8) -> [UInt8] {
         var w = FieldWriter(kind: kind)
-        switch exit {
-        case .status(let code): w.rest([0]); w.u32(UInt32(bitPattern: code))
-        case .signal(let signal): w.rest([1]); w.u32(UInt32(bitPattern: signal))
-        case .unknown: w.rest([2]); w.u32(0)
-        }
+        w.exit(exit)
         return w.bytes
     }
 
