@@ -1,4 +1,5 @@
 import CShim
+import Synchronization
 import SystemCalls
 import SystemPackage
 
@@ -17,6 +18,7 @@ public final class Listener: Sendable {
     /// Written to by `stop` to wake `accept`: shutting the socket down instead would end its
     /// listening for good, and a socket systemd owns (or an upgrade hands on) must outlive
     /// this process's use of it.
+    private let stopped = Atomic<Bool>(false)
     private let wakeup: (read: Int32, write: Int32) = {
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else { return (-1, -1) }
@@ -179,45 +181,27 @@ public final class Listener: Sendable {
         return Int32(storage.ss_family) == AF_INET6 ? "[\(name)]:\(service)" : "\(name):\(service)"
     }
 
-    /// The listening sockets systemd passed (LISTEN_PID is this process, LISTEN_FDS of them
-    /// from descriptor 3), or none. The variables are removed so nothing started later
-    /// mistakes them for its own.
-    public static func inherited() throws(SystemCallError) -> [Listener] {
-        defer {
-            unsetenv("LISTEN_PID")
-            unsetenv("LISTEN_FDS")
-            unsetenv("LISTEN_FDNAMES")
-        }
-        guard let pid = getenv("LISTEN_PID").flatMap({ pid_t(String(cString: $0)) }), pid == getpid(),
-              let count = getenv("LISTEN_FDS").flatMap({ Int32(String(cString: $0)) }), count > 0 else { return [] }
-        var adopted: [Listener] = []
-        do {
-            for fd in 3..<(3 + count) { adopted.append(try Listener(adopting: fd)) }
-        } catch {
-            for listener in adopted { try? listener.descriptor.close() }
-            throw error
-        }
-        return adopted
-    }
-
     deinit {
         close(wakeup.read)
         close(wakeup.write)
     }
 
     /// Blocks until a client arrives. The socket is close-on-exec. After `stop`, fails with
-    /// EINVAL, as accept(2) on a socket that does not listen.
+    /// EINVAL, as accept(2) on a socket that does not listen. A client that waits is taken
+    /// at once; poll(2) is called only when none does.
     public func accept() throws(SystemCallError) -> FileDescriptor {
         while true {
-            var ready = [pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0),
-                         pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0)]
-            _ = try valueOrErrno("poll", detail: address) { poll(&ready, nfds_t(wakeup.read >= 0 ? 2 : 1), -1) }
-            if ready[1].revents != 0 { throw SystemCallError(call: "accept4", errno: .invalidArgument, detail: "\(address): stopped") }
-            guard ready[0].revents != 0 else { continue }
+            guard !stopped.load(ordering: .acquiring) else {
+                throw SystemCallError(call: "accept4", errno: .invalidArgument, detail: "\(address): stopped")
+            }
             do {
                 return FileDescriptor(rawValue: try valueOrErrno("accept4", detail: address) { cloister_accept_cloexec(descriptor.rawValue) })
-            } catch where error.errno == .connectionAbort || error.errno == .wouldBlock {
-                continue  // reset before it was accepted (the client's business), or taken by another accept
+            } catch where error.errno == .connectionAbort {
+                continue  // reset before it was accepted: the client's business
+            } catch where error.errno == .wouldBlock {
+                var ready = [pollfd(fd: descriptor.rawValue, events: Int16(POLLIN), revents: 0),
+                             pollfd(fd: wakeup.read, events: Int16(POLLIN), revents: 0)]
+                _ = try valueOrErrno("poll", detail: address) { poll(&ready, nfds_t(wakeup.read >= 0 ? 2 : 1), -1) }
             }
         }
     }
@@ -227,6 +211,7 @@ public final class Listener: Sendable {
     /// listens next). A unix listener's socket file is removed, so no client finds a server
     /// that has gone.
     public func stop() {
+        stopped.store(true, ordering: .releasing)
         var byte: UInt8 = 1
         _ = write(wakeup.write, &byte, 1)
         if let path { unlink(path) }
