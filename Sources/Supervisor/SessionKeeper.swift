@@ -103,17 +103,22 @@ final class SessionKeeper: Sendable {
         case .keep(let session, let shell):
             // The decoder checked that both descriptors came with it.
             let master = received!.descriptors!.take(0)!, ring = received!.descriptors!.take(1)!
-            let refused = state.withLock { s -> Kept? in
-                let replaced = s.kept[session]
-                guard replaced != nil || s.kept.count < limit else { return Kept(shell: shell, master: master, ring: ring) }
-                s.kept[session] = Kept(shell: shell, master: master, ring: ring)
-                return replaced
+            let kept = Kept(shell: shell, master: master, ring: ring)
+            let (taken, replaced) = state.withLock { s -> (Bool, Kept?) in
+                guard s.kept[session] != nil || s.kept.count < limit else { return (false, nil) }
+                defer { s.kept[session] = kept }
+                return (true, s.kept[session])
             }
-            if let refused {
-                try? refused.master.close()
-                try? refused.ring.close()
+            for dropped in [replaced, taken ? nil : kept].compactMap({ $0 }) {
+                try? dropped.master.close()
+                try? dropped.ring.close()
             }
-            if let kept = state.withLock({ $0.kept[session] }), kept.master == master { store(session, kept) }
+            if taken {
+                store(session, kept)
+            } else {
+                logger.error("a session was not kept: as many are kept as the vault may have; it ends with this vault",
+                             metadata: ["session": "\(session)", "limit": "\(limit)"])
+            }
         case .release(let session):
             if let kept = state.withLock({ $0.kept.removeValue(forKey: session) }) {
                 unstore(session, kept)
