@@ -23,6 +23,23 @@ final class KeptRingTests: XCTestCase {
         return try KeptRing.create(in: FileDescriptor(rawValue: fd), capacity: capacity, identity: identity)
     }
 
+    /// The ring file's size is sealed: no holder (the supervisor, or any process it might
+    /// reach) can truncate it under the vault's mapping, or lift the seals.
+    func testNoHolderCanResizeTheRingFile() throws {
+        let ring = try ring(100)
+        let holder = dup(ring.descriptor.rawValue)
+        defer { close(holder) }
+        XCTAssertEqual(ftruncate(holder, 10), -1)
+        XCTAssertEqual(errno, EPERM, "shrinking")
+        XCTAssertEqual(ftruncate(holder, off_t(KeptRing.fileSize(capacity: 100) + 4096)), -1)
+        XCTAssertEqual(errno, EPERM, "growing")
+        // F_ADD_SEALS (F_LINUX_SPECIFIC_BASE + 9) of F_SEAL_WRITE: not in Glibc's Swift overlay.
+        XCTAssertEqual(fcntl(holder, 1024 + 9, 0x0008), -1)
+        XCTAssertEqual(errno, EPERM, "further seals")
+        ring.append(Array("still here".utf8))
+        XCTAssertEqual(text(ring.read(from: 0, limit: 100)), "still here")
+    }
+
     func testAFileOfAnotherSizeIsRefused() throws {
         var failed: UnsafePointer<CChar>?
         let fd = cloister_sized_memfd("test-ring", KeptRing.fileSize(capacity: 100) + 1, &failed)
