@@ -41,7 +41,7 @@ final class FrameWriter: @unchecked Sendable {
         var writerSleeping = false
         var drainWaiters = 0
         var roomWaiters: [Continuation<Void, Never>] = []
-        var thread: pthread_t?
+        var thread: Threads.Handle?
         var onFailure: (@Sendable (CircuitError) -> Void)?
         /// Frames submitted, and sendmsg calls that sent something.
         var frames = 0
@@ -73,7 +73,7 @@ final class FrameWriter: @unchecked Sendable {
     /// which nobody waits for any more.
     func start(onFailure: @escaping @Sendable (CircuitError) -> Void) throws(CircuitError) {
         lock.withLock { s.onFailure = onFailure }
-        let thread: pthread_t
+        let thread: Threads.Handle
         do { thread = try Threads.start("circuits-writer") { self.runWriter() } } catch { throw .system(error) }
         lock.withLock { s.thread = thread }
     }
@@ -535,7 +535,7 @@ final class FrameWriter: @unchecked Sendable {
         if let fd { SocketCalls.shutdownBoth(fd) }
         release(dropped)
         // Called by the reader thread or by `close`, never by the writer thread itself.
-        if let thread { pthread_join(thread, nil) }
+        thread?.join()
         closeIfDone()
     }
 

@@ -12,7 +12,7 @@ import Glibc
 /// what keeps one stalled circuit from stalling the others.
 extension TransportCore {
     func startReader() throws(CircuitError) {
-        let thread: pthread_t
+        let thread: Threads.Handle
         do { thread = try Threads.start("circuits-reader") { self.runReader() } } catch { throw .system(error) }
         state.withLock { $0.readerThread = thread }
     }

@@ -41,7 +41,7 @@ final class TransportCore: Sendable {
         var table: ConversationTable<QueuedConversation>
         /// The task in `accept`, waiting for the peer to start a conversation.
         var acceptWaiter: Continuation<Void, Error>?
-        var readerThread: pthread_t?
+        var readerThread: Threads.Handle?
         /// A `close` took `readerThread` to join it: the reader closes the socket itself.
         var readerTaken = false
     }
@@ -128,7 +128,7 @@ final class TransportCore: Sendable {
         // Set first so that waiters learn the local close, not the EOF it causes.
         state.withLock { s in if s.failure == nil { s.failure = error } }
         writer.shutdown()
-        enum Step { case join(pthread_t), nothing, cleanUp }
+        enum Step { case join(Threads.Handle), nothing, cleanUp }
         let step: Step = state.withLock { s in
             if let thread = s.readerThread {
                 s.readerThread = nil
@@ -140,10 +140,10 @@ final class TransportCore: Sendable {
         }
         switch step {
         case .join(let thread):
-            if pthread_equal(thread, pthread_self()) != 0 {
-                pthread_detach(thread)
+            if thread.isCurrent {
+                thread.detach()
             } else {
-                pthread_join(thread, nil)
+                thread.join()
             }
             // Kept after the peer's end of file until now.
             var dropped = state.withLock { $0.table.dropQueued() }

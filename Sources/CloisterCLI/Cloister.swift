@@ -18,13 +18,15 @@ struct Cloister: AsyncParsableCommand {
 
 /// A role that must be confined before it does anything else.
 protocol SandboxedCommand: AsyncParsableCommand {
-    /// Runs while the process is still single-threaded, before the async runtime starts.
-    mutating func enterSandbox() throws
+    /// Runs while the process is still single-threaded, before the async runtime starts
+    /// (`Sandbox.confine`); `run` makes the role's threads and then seals the sandbox.
+    mutating func confine() throws
 }
 
 /// The entry point is synchronous on purpose: capabilities, securebits and Landlock apply per
-/// thread, so a sandboxed role must enter its sandbox before Swift concurrency starts any
-/// thread. Only then does the async part run.
+/// thread and are inherited by the threads a thread makes, so a sandboxed role is confined
+/// before Swift concurrency starts any thread. Only then does the async part run, which makes
+/// the role's threads and loads its filter.
 ///
 /// Swift concurrency then runs on SwiftNIO's event-loop threads, not on libdispatch's pool:
 /// on Linux, libdispatch's pool monitor reads /proc/<tid>/stat of its threads while work is
@@ -62,7 +64,7 @@ enum Main {
         }
         if var role = command as? SandboxedCommand {
             do {
-                try role.enterSandbox()
+                try role.confine()
             } catch {
                 Cloister.exit(withError: error)
             }

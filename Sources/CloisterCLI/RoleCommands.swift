@@ -105,15 +105,15 @@ struct WorkerCommand: SandboxedCommand {
     @Option(help: "Seconds between pings of each WebSocket; 0: none.") var pingInterval: Double = 30
     @Flag(help: "Pass the URL's arg values to a new session's command.") var urlArguments = false
     @Option(help: "The header a reverse proxy names the user in, instead of a credential.") var authHeader: String?
-    var steps: [String] = []
+    var confined: ConfinedRole?
     var assets = AssetBundle()
 
     enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, openFiles, preferences, pingInterval, urlArguments, authHeader }
 
-    mutating func enterSandbox() throws {
+    mutating func confine() throws {
         // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
         if let assetsFD { assets = try AssetLoader.receive(FileDescriptor(rawValue: assetsFD)) }
-        steps = try WorkerRole.enterSandbox(sandbox.sandbox, openFiles: openFiles)
+        confined = try WorkerRole.confine(sandbox.sandbox, openFiles: openFiles)
     }
 
     func run() async throws {
@@ -124,7 +124,7 @@ struct WorkerCommand: SandboxedCommand {
         settings.urlArguments = urlArguments
         settings.authHeader = authHeader
         settings.pingInterval = pingInterval > 0 ? .milliseconds(Int64(pingInterval * 1000)) : nil
-        try await WorkerRole.run(settings: settings, assets: assets, sandboxSteps: steps)
+        try await WorkerRole.run(settings: settings, assets: assets, confined: confined!)
     }
 }
 
@@ -140,11 +140,11 @@ struct VaultCommand: SandboxedCommand {
     @Flag(help: "Every client only watches.") var readOnly = false
     @Option(help: "Open-file limit inside the sandbox.") var openFiles: UInt64 = 4096
     @Option(help: "Signal number for a shell whose session is hung up.") var endSignal: Int32 = 1  // SIGHUP
-    var steps: [String] = []
+    var confined: ConfinedRole?
 
     enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly, endSignal, openFiles }
 
-    mutating func enterSandbox() throws { steps = try VaultRole.enterSandbox(sandbox.sandbox, openFiles: openFiles) }
+    mutating func confine() throws { confined = try VaultRole.confine(sandbox.sandbox, openFiles: openFiles) }
 
     func run() async throws {
         var settings = try sessions.settings()
@@ -153,7 +153,7 @@ struct VaultCommand: SandboxedCommand {
         settings.authHeader = authHeader
         settings.readOnly = readOnly
         settings.endSignal = endSignal
-        try await VaultRole.run(title: title, sessions: settings, sandboxSteps: steps)
+        try await VaultRole.run(title: title, sessions: settings, confined: confined!)
     }
 }
 

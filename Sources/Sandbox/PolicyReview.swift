@@ -9,6 +9,7 @@ extension Policy {
         func add(_ names: [String], _ why: String) { for n in names { table[n] = why } }
         add(["execve", "execveat"], "runs a new program")
         add(["fork", "vfork"], "creates a process")
+        add(["clone", "clone3"], "creates a thread or a process (a sandboxed role makes every thread before its filter)")
         add(["open", "openat", "openat2", "creat", "open_by_handle_at", "name_to_handle_at"], "opens files by name")
         add(["socket", "socketpair"], "creates sockets")
         add(["connect", "bind", "listen", "accept", "accept4"], "reaches or offers network endpoints")
@@ -26,8 +27,6 @@ extension Policy {
         return table
     }()
 
-    /// The thread flags a `clone` rule must require (CLONE_VM|FS|FILES|SIGHAND|THREAD).
-    static let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000
     static let tiocsti: UInt64 = 0x5412
 
     public struct Warning: Sendable, Equatable, CustomStringConvertible {
@@ -37,9 +36,8 @@ extension Policy {
     }
 
     /// Allowances that give a sandboxed process more than its fds: every rule that lets a
-    /// forbidden syscall through, `clone` without the thread flags required, `clone3` allowed
-    /// (its flags cannot be inspected), `ioctl` without a request list (TIOCSTI), and a
-    /// default action that lets unlisted syscalls through.
+    /// forbidden syscall through (`clone` among them), `ioctl` without a request list
+    /// (TIOCSTI), and a default action that lets unlisted syscalls through.
     public var warnings: [Warning] {
         var result: [Warning] = []
         if !defaultAction.isKill && defaultAction.errnoRet == nil && defaultAction != .trap {
@@ -49,12 +47,6 @@ extension Policy {
             for name in rule.names {
                 if let why = Policy.forbidden[name] {
                     result.append(Warning(path: rule.path, message: "allows \(name), which \(why)"))
-                }
-                if name == "clone" && !rule.requiresThreadFlags {
-                    result.append(Warning(path: rule.path, message: "allows clone without requiring the thread flags: it can create processes"))
-                }
-                if name == "clone3" {
-                    result.append(Warning(path: rule.path, message: "allows clone3, whose flags seccomp cannot inspect (answer it with ENOSYS)"))
                 }
                 if name == "ioctl" && !rule.conditions.contains(where: { $0.index == 1 && ($0.op == .equal || $0.op == .maskedEqual) && !$0.matches(Policy.tiocsti) }) {
                     result.append(Warning(path: rule.path, message: "allows ioctl without restricting the request, TIOCSTI included"))
@@ -132,12 +124,5 @@ extension Policy {
             }
         }
         return true
-    }
-}
-
-extension Policy.Rule {
-    /// The rule only lets clone through with every thread flag set.
-    var requiresThreadFlags: Bool {
-        conditions.contains { $0.index == 0 && $0.op == .maskedEqual && $0.value & Policy.threadFlags == Policy.threadFlags && $0.valueTwo & Policy.threadFlags == Policy.threadFlags }
     }
 }

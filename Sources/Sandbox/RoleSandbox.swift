@@ -19,18 +19,30 @@ public struct RoleSandbox: Sendable {
         self.listenerFD = listenerFD
     }
 
-    /// Enters the sandbox (see `Sandbox`), hands the listener over and closes every copy of
-    /// it; returns the steps taken, for the role's first log line. Must run before the role's
-    /// first `await`, while the process is single-threaded.
-    public func enter(role: String, openFileLimit: UInt64 = 256) throws -> [String] {
+    /// Steps 1 to 5 of `Sandbox`. Must run before the role's first `await`, while the process
+    /// is single-threaded; the role then makes its threads and calls `seal` on the result.
+    public func confine(role: String, openFileLimit: UInt64 = 256) throws -> ConfinedRole {
         let policy = try Policy.load(file: self.policy)
         if mode != .enforce && listenerFD == nil {
             throw SandboxError(step: "configuration", call: "--listener-fd", errno: .invalidArgument,
                                detail: "--mode \(mode.rawValue) needs --listener-fd: someone must watch the sandbox")
         }
-        let outcome = try Sandbox.enter(.init(role: role, policy: policy, mode: mode, user: user, group: group,
-                                              openFileLimit: openFileLimit))
-        if let listener = outcome.listener {
+        let confined = try Sandbox.confine(.init(role: role, policy: policy, mode: mode, user: user, group: group,
+                                                 openFileLimit: openFileLimit))
+        return ConfinedRole(confined: confined, listenerFD: listenerFD)
+    }
+}
+
+/// A role between `RoleSandbox.confine` and its filter.
+public struct ConfinedRole: Sendable {
+    let confined: Sandbox.Confined
+    let listenerFD: Int32?
+
+    /// Loads the filter once the role has made every thread it will have (keeping `reserve`
+    /// of them for later `Threads.start` calls), hands the listener over and closes every copy
+    /// of it; returns the steps taken, for the role's first log line.
+    public func seal(reserve: Int = 0) throws -> [String] {
+        if let listener = try confined.seal(reserve: reserve) {
             defer { try? listener.close() }
             guard let listenerFD else {
                 throw SandboxError(step: "seccomp", call: "--listener-fd", errno: .invalidArgument,
@@ -40,6 +52,6 @@ public struct RoleSandbox: Sendable {
             defer { try? socket.close() }
             try ListenerHandoff.send(listener, over: socket)
         }
-        return outcome.steps
+        return confined.steps
     }
 }

@@ -7,10 +7,11 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Takes a process from "just exec'd" to "can only touch the descriptors it holds".
+/// Takes a process from "just exec'd" to "can only touch the descriptors it holds", in two
+/// calls with the role's thread-making between them.
 ///
-/// `enter` runs these steps in this order. Each is checked, and a step that cannot be done
-/// throws the failing call and its errno:
+/// `confine` runs steps 1 to 5 in this order, `Confined.seal` step 6. Each is checked, and a
+/// step that cannot be done throws the failing call and its errno:
 ///
 /// 1. **Identity** (only when started as root): lock the securebits (no root privileges on
 ///    exec, no ambient raise, keep-caps off), drop the whole bounding set while CAP_SETPCAP is
@@ -26,15 +27,17 @@ import Glibc
 ///    A role's stderr must therefore be a pipe or a socket (the supervisor's, or journald's);
 ///    writes to a regular file fail with EFBIG.
 /// 5. **Landlock**, where the kernel has it: no filesystem access at all.
-/// 6. **seccomp**: the role's profile, loaded with TSYNC.
+/// 6. **seccomp**: the role's profile, loaded with TSYNC, after the role made every thread it
+///    will have (`Threads.closeCreation`); the profiles kill `clone` and `clone3`.
 ///
 /// Before step 1 the process reads what it will need from the filesystem later (the time
 /// zone, for log timestamps), since after step 5 it can open nothing.
 ///
-/// Capabilities, securebits, the bounding and ambient sets and Landlock are per thread in
-/// Linux; only seccomp can be applied to existing threads. So `enter` requires the process to
-/// be single-threaded (call it before the first `await`) and threads created afterwards
-/// inherit every step.
+/// Capabilities, securebits, the bounding and ambient sets, no_new_privs and Landlock are
+/// per thread in Linux, and a thread inherits them from the thread that creates it; only
+/// seccomp can be applied to threads that already exist. So `confine` requires the process
+/// to be single-threaded (call it before the first `await`), the threads the role makes
+/// afterwards inherit steps 1 to 5, and `seal` filters all of them at once.
 public enum Sandbox {
     public struct Configuration: Sendable {
         public var role: String
@@ -57,41 +60,74 @@ public enum Sandbox {
         }
     }
 
-    /// What `enter` did; `listener` is the seccomp notification descriptor in report and learn
-    /// modes, to hand to the supervising process and then close.
-    public struct Outcome {
-        public var steps: [String] = []
-        public var listener: FileDescriptor?
-    }
-
-    public static func enter(_ c: Configuration) throws(SandboxError) -> Outcome {
-        // Compile first: a bad profile fails before anything changes.
+    /// Steps 1 to 5; the filter is compiled first, so that a bad profile fails before
+    /// anything changes.
+    public static func confine(_ c: Configuration) throws(SandboxError) -> Confined {
         let program = try SeccompProgram(c.policy, mode: c.mode)
         let threads = threadCount()
         guard threads == 1 else {
             throw SandboxError(step: "precondition", call: "/proc/self/task", errno: .invalidArgument,
-                               detail: "\(threads) threads exist; enter the sandbox before any thread starts")
+                               detail: "\(threads) threads exist; confine the process before any thread starts")
         }
-        var outcome = Outcome()
+        // The thread count at the seal is read from this directory, opened before Landlock.
+        let tasks = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        var steps: [String] = []
         // What the role will need from the filesystem is read now: glibc loads the time
         // zone (for log timestamps) on first use, which would be an openat afterwards.
         tzset()
-        try switchIdentity(c, &outcome)
-        try dropCapabilities(&outcome)
-        try setNoNewPrivileges(&outcome)
-        try limitResources(c, &outcome)
-        try restrictFilesystem(c, &outcome)
-        outcome.listener = try program.load()
-        outcome.steps.append("seccomp: \(c.policy.source) loaded (\(c.mode.rawValue), all threads)")
-        return outcome
+        try switchIdentity(c, &steps)
+        try dropCapabilities(&steps)
+        try setNoNewPrivileges(&steps)
+        try limitResources(c, &steps)
+        do {
+            try restrictFilesystem(c, &steps)
+        } catch {
+            if tasks >= 0 { close(tasks) }
+            throw error
+        }
+        return Confined(program: program, steps: steps, tasks: tasks)
+    }
+
+    /// A confined process whose filter is not loaded yet.
+    public final class Confined: @unchecked Sendable {
+        private let program: SeccompProgram
+        public private(set) var steps: [String]
+        private var sealed = false
+        private let tasks: CInt
+
+        init(program: SeccompProgram, steps: [String], tasks: CInt) {
+            self.program = program
+            self.steps = steps
+            self.tasks = tasks
+        }
+
+        /// Step 6: keeps `reserve` threads for later `Threads.start` calls, creates no thread
+        /// after that, and loads the filter on every thread. Returns the notification listener
+        /// in report and learn modes, to hand to the supervising process and then close.
+        public func seal(reserve: Int) throws(SandboxError) -> FileDescriptor? {
+            precondition(!sealed, "a sandbox is sealed once")
+            sealed = true
+            do {
+                try Threads.closeCreation(keeping: reserve)
+            } catch {
+                throw SandboxError(step: "threads", error)
+            }
+            let threads = Sandbox.threadCount(directory: tasks)
+            let listener = try program.load()
+            steps.append("threads: \(threads), \(reserve) of them kept in reserve; clone and clone3 killed from now on")
+            steps.append("seccomp: \(program.policy.source) loaded (\(program.mode.rawValue), all threads)")
+            return listener
+        }
     }
 
     static func fail(_ step: String, _ call: String, _ detail: String = "") -> SandboxError {
         SandboxError(step: step, lastError(call, detail: detail))
     }
 
-    static func threadCount() -> Int {
-        guard let dir = opendir("/proc/self/task") else { return -1 }
+    /// The entries of /proc/self/task; with `directory`, of that open descriptor (closed).
+    static func threadCount(directory: CInt? = nil) -> Int {
+        let opened = directory.map { $0 >= 0 ? fdopendir($0) : nil } ?? opendir("/proc/self/task")
+        guard let dir = opened else { return -1 }
         defer { closedir(dir) }
         var n = 0
         while let entry = readdir(dir) {
@@ -102,9 +138,9 @@ public enum Sandbox {
 
     // MARK: 1. Identity
 
-    private static func switchIdentity(_ c: Configuration, _ outcome: inout Outcome) throws(SandboxError) {
+    private static func switchIdentity(_ c: Configuration, _ steps: inout [String]) throws(SandboxError) {
         guard geteuid() == 0 else {
-            outcome.steps.append("identity: not root (uid \(getuid())), kept")
+            steps.append("identity: not root (uid \(getuid())), kept")
             return
         }
         let account = try Identity.account(user: c.user, group: c.group)
@@ -120,12 +156,12 @@ public enum Sandbox {
         }
         try Identity.become(account, groups: .none)
         let (uid, gid) = (account.uid, account.gid)
-        outcome.steps.append("identity: \(c.user):\(c.group) (\(uid):\(gid)), no supplementary groups, securebits locked, bounding set empty")
+        steps.append("identity: \(c.user):\(c.group) (\(uid):\(gid)), no supplementary groups, securebits locked, bounding set empty")
     }
 
     // MARK: 2. Capabilities
 
-    private static func dropCapabilities(_ outcome: inout Outcome) throws(SandboxError) {
+    private static func dropCapabilities(_ steps: inout [String]) throws(SandboxError) {
         guard let caps = cap_init() else { throw fail("capabilities", "cap_init") }
         defer { cap_free(UnsafeMutableRawPointer(caps)) }
         guard cap_clear(caps) == 0, cap_set_proc(caps) == 0 else { throw fail("capabilities", "cap_set_proc") }
@@ -137,21 +173,21 @@ public enum Sandbox {
         }
         // Without CAP_SETPCAP (not root) the bounding set cannot be changed; with
         // no_new_privs it can never grant anything either.
-        outcome.steps.append("capabilities: effective, permitted, inheritable, ambient empty; bounding \(status.bounding == 0 ? "empty" : "kept (not root)")")
+        steps.append("capabilities: effective, permitted, inheritable, ambient empty; bounding \(status.bounding == 0 ? "empty" : "kept (not root)")")
     }
 
     // MARK: 3. no_new_privs
 
-    private static func setNoNewPrivileges(_ outcome: inout Outcome) throws(SandboxError) {
+    private static func setNoNewPrivileges(_ steps: inout [String]) throws(SandboxError) {
         guard cloister_prctl(CInt(PR_SET_NO_NEW_PRIVS), 1, 0, 0, 0) == 0 else { throw fail("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)") }
         guard cloister_prctl(CInt(PR_SET_DUMPABLE), 0, 0, 0, 0) == 0 else { throw fail("no_new_privs", "prctl(PR_SET_DUMPABLE)") }
         guard cloister_prctl(CInt(PR_SET_PDEATHSIG), UInt(SIGKILL), 0, 0, 0) == 0 else { throw fail("no_new_privs", "prctl(PR_SET_PDEATHSIG)") }
-        outcome.steps.append("no_new_privs: set; not dumpable; SIGKILL on parent death")
+        steps.append("no_new_privs: set; not dumpable; SIGKILL on parent death")
     }
 
     // MARK: 4. rlimits
 
-    private static func limitResources(_ c: Configuration, _ outcome: inout Outcome) throws(SandboxError) {
+    private static func limitResources(_ c: Configuration, _ steps: inout [String]) throws(SandboxError) {
         func limit(_ resource: Int32, _ value: UInt64, _ name: String) throws(SandboxError) {
             var l = rlimit(rlim_cur: rlim_t(value), rlim_max: rlim_t(value))
             guard setrlimit(__rlimit_resource_t(UInt32(resource)), &l) == 0 else { throw fail("rlimits", "setrlimit(\(name))", "\(value)") }
@@ -165,18 +201,18 @@ public enum Sandbox {
         var ignore = sigaction()
         ignore.__sigaction_handler.sa_handler = SIG_IGN
         guard sigaction(SIGXFSZ, &ignore, nil) == 0 else { throw fail("rlimits", "sigaction(SIGXFSZ)") }
-        outcome.steps.append("rlimits: core 0, file size 0 (SIGXFSZ ignored: EFBIG), open files \(c.openFileLimit)")
+        steps.append("rlimits: core 0, file size 0 (SIGXFSZ ignored: EFBIG), open files \(c.openFileLimit)")
     }
 
     // MARK: 5. Landlock
 
-    private static func restrictFilesystem(_ c: Configuration, _ outcome: inout Outcome) throws(SandboxError) {
+    private static func restrictFilesystem(_ c: Configuration, _ steps: inout [String]) throws(SandboxError) {
         guard c.landlock else {
-            outcome.steps.append("landlock: not requested for this role")
+            steps.append("landlock: not requested for this role")
             return
         }
         let abi = cloister_landlock_deny_filesystem()
         guard abi >= 0 else { throw fail("landlock", "landlock_restrict_self") }
-        outcome.steps.append(abi == 0 ? "landlock: not offered by this kernel" : "landlock: no filesystem access (ABI \(abi))")
+        steps.append(abi == 0 ? "landlock: not offered by this kernel" : "landlock: no filesystem access (ABI \(abi))")
     }
 }

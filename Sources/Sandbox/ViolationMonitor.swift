@@ -56,7 +56,7 @@ public final class ViolationMonitor: Sendable {
     private struct State {
         var syscalls: Set<String> = []
         var arguments: [String: Set<UInt64>] = [:]
-        var thread: pthread_t?
+        var thread: Threads.Handle?
     }
     private let state = Mutex(State())
 
@@ -86,8 +86,8 @@ public final class ViolationMonitor: Sendable {
     /// Waits until the sandboxed process has gone (the listener reports hang-up) and the
     /// monitor has answered everything. A monitor ends only with the process it watches.
     public func waitUntilDone() {
-        if let thread = state.withLock({ s -> pthread_t? in defer { s.thread = nil }; return s.thread }) {
-            pthread_join(thread, nil)
+        if let thread = state.withLock({ s -> Threads.Handle? in defer { s.thread = nil }; return s.thread }) {
+            thread.join()
         }
     }
 

@@ -73,26 +73,21 @@ public enum RoleLauncher {
             try? handoff.close()
             throw error
         }
-        // Until Transport.start takes it, the transport socket is ours to close.
-        var socketOwned = true
+        // The handshake comes before the listener: the role makes its link's threads before
+        // it loads its filter (no thread after it), and hands the listener over as it loads it.
+        defer { try? handoff.close() }
         do {
-            let listener: FileDescriptor
-            do {
-                defer { try? handoff.close() }
-                listener = try ListenerHandoff.receive(from: handoff)
-            }
-            let monitor = try ViolationMonitor(listener: listener, role: role.rawValue, mode: mode, handler: onViolation)
-            socketOwned = false
             let transport = try await link(to: role).start(socket: transportSocket, side: .opener, build: build)
             do {
+                let listener = try ListenerHandoff.receive(from: handoff)
+                let monitor = try ViolationMonitor(listener: listener, role: role.rawValue, mode: mode, handler: onViolation)
                 try await ControlCircuit.awaitReady(transport, role: role)
+                return Launched(child: child, transport: transport, monitor: monitor, output: output)
             } catch {
                 transport.close()
                 throw error
             }
-            return Launched(child: child, transport: transport, monitor: monitor, output: output)
         } catch {
-            if socketOwned { try? transportSocket.close() }
             try? child.signal(SIGKILL)
             _ = await Reaper.shared.termination(of: child)
             await output.value

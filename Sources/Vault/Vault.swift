@@ -410,6 +410,14 @@ public final class Vault: Sendable {
         }
     }
 
+    /// Makes the terminal poller (and its thread) now rather than with the first session:
+    /// a sandboxed vault makes every thread before its filter is loaded.
+    public func startPoller() async throws {
+        try await loop.submit { [sessions, loop] in
+            if sessions.poller == nil { sessions.poller = try TerminalPoller(loop: loop) }
+        }.get()
+    }
+
     /// Reads the session's terminal from now on; on the loop. Takes ownership of `master`.
     private func run(_ session: Session, master: SystemPackage.FileDescriptor) throws {
         let poller: TerminalPoller

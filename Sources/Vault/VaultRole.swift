@@ -5,22 +5,32 @@ import Sandbox
 /// The vault process, sandboxed under its own profile: it gets its configuration, the
 /// nursery link and the worker links from the supervisor, and owns every terminal.
 public enum VaultRole {
+    /// The threads the vault keeps for later: a nursery link's reader and writer, twice
+    /// (the link to a nursery that died may still be closing when the next one's starts),
+    /// and two for password hashes (`--users`), which take tens of milliseconds each and
+    /// stay off the event loop.
+    static let threadReserve = 6
+
     /// Before the first `await`, while the process is single-threaded. Every session holds its
     /// PTY master, and every worker a link. `openFiles`: the descriptor limit, which the
     /// supervisor derives from --max-clients (a terminal per session, sessions outliving their
     /// clients, and room for the rest). The terminal poller's epoll instance is made first, so
     /// the profile needs no epoll_create1; the sessions' ring files come from the nursery.
-    public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> [String] {
+    public static func confine(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> ConfinedRole {
         try TerminalPoller.prepare()
-        return try sandbox.enter(role: Role.vault.rawValue, openFileLimit: openFiles)
+        return try sandbox.confine(role: Role.vault.rawValue, openFileLimit: openFiles)
     }
 
-    public static func run(title: String, sessions: SessionSettings, sandboxSteps: [String]) async throws {
+    /// Threads made before the filter: the event loop, the terminal poller, the supervisor
+    /// link's reader and writer, and a reserve (`threadReserve`) for what comes later.
+    public static func run(title: String, sessions: SessionSettings, confined: ConfinedRole) async throws {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.vault)
-        log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))"])
         let vault = Vault(logger: log, title: title, settings: sessions)
+        try await vault.startPoller()
         let supervisor = try await Link.supervisorVault.start(socket: Link.inheritedTransport, side: .acceptor)
+        let steps = try confined.seal(reserve: threadReserve)
+        log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))"])
         try await ControlCircuit.serve(supervisor) { _ in await vault.serve(supervisor: supervisor) }
     }
 }

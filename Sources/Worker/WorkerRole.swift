@@ -6,25 +6,29 @@ import Sandbox
 import SystemPackage
 import WebAssets
 
-/// The worker process: enters its sandbox first, then serves the client sockets the
+/// The worker process: confined first, sealed once its threads exist, then serves the client sockets the
 /// supervisor hands over (HTTP, WebSocket, ttyd's protocol) and reaches terminals through the
 /// vault link the supervisor gives it.
 public enum WorkerRole {
     /// Before the first `await`, while the process is single-threaded.
     /// `openFiles`: the descriptor limit, which the supervisor derives from --max-clients
     /// (one socket per client, and room for the rest).
-    public static func enterSandbox(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> [String] {
-        try sandbox.enter(role: Role.worker.rawValue, openFileLimit: openFiles)
+    public static func confine(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> ConfinedRole {
+        try sandbox.confine(role: Role.worker.rawValue, openFileLimit: openFiles)
     }
 
-    public static func run(settings: WebWorker.Settings, assets: AssetBundle, sandboxSteps: [String]) async throws {
+    /// Every thread the worker has exists before its filter is loaded: the event loop (which
+    /// also runs Swift concurrency, `Main`) and the supervisor link's reader and writer. It
+    /// keeps no reserve: nothing it does later needs a thread.
+    public static func run(settings: WebWorker.Settings, assets: AssetBundle, confined: ConfinedRole) async throws {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.worker)
-        log.info("sandbox entered", metadata: ["steps": "\(sandboxSteps.joined(separator: "; "))", "assets": "\(assets.assets.count)"])
         // One event loop serves every client and the vault link (`Main` makes it the only one).
         let vault = VaultLink(loop: MultiThreadedEventLoopGroup.singleton.next())
-        let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log)
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
+        let steps = try confined.seal(reserve: 0)
+        log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))", "assets": "\(assets.assets.count)"])
+        let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log)
         try await ControlCircuit.serve(supervisor, counters: worker.counters) { group in
             while let circuit = try? await supervisor.accept() {
                 group.addTask { await fromSupervisor(circuit, worker: worker, vault: vault, log: log) }

@@ -80,12 +80,13 @@ final class RolePoolTests: XCTestCase {
         await p.shutdown()
     }
 
-    /// A worker whose profile lacks a syscall it makes: the supervisor's log names the role,
-    /// pid, syscall name, number and arguments, and the worker is killed.
+    /// A worker whose profile lacks a syscall it makes once sealed (its event loop's wait,
+    /// which a heartbeat wakes): the supervisor's log names the role, pid, syscall name,
+    /// number and arguments, and the worker is killed.
     func testViolationIsLoggedBySupervisor() async throws {
         let policy = try Policy.load(file: packageRoot + "/policies/worker.json")
         var stripped = policy
-        for i in stripped.rules.indices { stripped.rules[i].names.removeAll { $0 == "setsockopt" } }
+        for i in stripped.rules.indices { stripped.rules[i].names.removeAll { $0 == "epoll_wait" } }
         stripped.rules.removeAll { $0.names.isEmpty }
         let path = NSTemporaryDirectory() + "cloister-stripped-\(getpid()).json"
         try stripped.json().write(toFile: path, atomically: true, encoding: .utf8)
@@ -99,12 +100,12 @@ final class RolePoolTests: XCTestCase {
         let line = try XCTUnwrap(log.entries.first { $0.message == "sandbox violation" })
         XCTAssertEqual(line.level, .error)
         XCTAssertEqual(line.metadata["role"], "worker")
-        XCTAssertEqual(line.metadata["syscall"], "setsockopt")
-        XCTAssertEqual(line.metadata["syscall_nr"], "54")
+        XCTAssertEqual(line.metadata["syscall"], "epoll_wait")
+        XCTAssertEqual(line.metadata["syscall_nr"], "232")
         XCTAssertEqual(line.metadata["outcome"], "killed")
         XCTAssertEqual(line.metadata["worker"], "0")
         XCTAssertNotNil(line.metadata["pid"])
-        XCTAssertTrue(line.metadata["args"]?.description.contains("0x1, 0x14") ?? false, "SOL_SOCKET, SO_RCVTIMEO: \(String(describing: line.metadata["args"]))")
+        XCTAssertNotNil(line.metadata["args"])
         XCTAssertGreaterThan(p.slots[0].violations, 0)
         XCTAssertTrue(log.entries.contains { $0.message == "worker failed to start" || $0.message == "worker ended" })
     }
