@@ -10,8 +10,8 @@ APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev pkg-config zlib1g-dev node-x
 # and openssl for the TLS reverse-proxy test.
 BROWSER_APT_DEPS := chromium nginx-light openssl
 # The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
-# systemd as PID 1), readelf, unshare and setpriv.
-DEPLOY_APT_DEPS := systemd python3-seccomp binutils util-linux
+# systemd as PID 1), readelf, unshare and setpriv; ss (iproute2) for which process holds a client.
+DEPLOY_APT_DEPS := systemd python3-seccomp binutils util-linux iproute2
 # ttyd from ../shared/peers, for `cloister-bench compare`: its run-time libraries.
 BENCH_APT_DEPS := libuv1 libjson-c5 libwebsockets-evlib-uv
 VENV      := .build/browser-venv

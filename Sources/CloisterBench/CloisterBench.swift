@@ -59,7 +59,7 @@ struct CloisterBench {
                     print("--sessions needs a number of sessions")
                     exit(2)
                 }
-                try ManySessionsBenchmark(sessions: count).run()
+                try ManySessionsBenchmark(sessions: count, perClient: args.contains("--isolation-client")).run()
             } else {
                 try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
             }
@@ -81,7 +81,7 @@ struct CloisterBench {
                 }
                 only = Set(rows)
             }
-            try PeerComparison(peer: peer, quick: args.contains("--quick")).run(runs: runs, only: only)
+            try PeerComparison(peer: peer, quick: args.contains("--quick"), isolationPeer: args.contains("--isolation-client")).run(runs: runs, only: only)
         case "hotpath":
             func option(_ name: String, _ fallback: Int) -> Int {
                 args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil } ?? fallback
@@ -99,8 +99,8 @@ struct CloisterBench {
     /// benchmark other than the one asked for.
     static let options: [String: [String: Bool]] = [
         "circuits": ["--quick": false, "--payload": true, "--fds": true, "--circuits": true, "--window": true, "--no-raw": false, "--no-circuits": false],
-        "e2e": ["--quick": false, "--memory": false, "--sessions": true],
-        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true],
+        "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false],
+        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false],
         "hotpath": ["--keystrokes": true, "--output": true, "--sessions": true],
     ]
 
@@ -129,8 +129,8 @@ struct CloisterBench {
 
     static func usage() -> Never {
         print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
-        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N   (N concurrent shells; see PERFORMANCE.md)")
-        print("       cloister-bench compare [--quick] [--peer PATH] [--runs N] [--only idle,memory,bulk,echo,sessions]")
+        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client]   (N concurrent shells; see PERFORMANCE.md)")
+        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client] [--runs N] [--only idle,memory,bulk,echo,sessions]")
         print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
         print("                                 (the peer defaults to ../shared/peers/ttyd)")
         exit(2)

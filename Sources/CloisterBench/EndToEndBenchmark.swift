@@ -30,7 +30,7 @@ struct EndToEndBenchmark {
             // it missed, as the slow-consumer policy says.
             let server = try startServer(ringBytes: 8 << 20)
             defer { stop(server) }
-            print("cloister-bench e2e: \(server.workers) workers, loopback, best of 3 for throughput; \(keystrokes) keystrokes per session for latency")
+            print("cloister-bench e2e: \(server.description), loopback, best of 3 for throughput; \(keystrokes) keystrokes per session for latency")
             print("")
             print("| measure | cloister | baseline | ratio |")
             print("|---|---|---|---|")
@@ -106,17 +106,23 @@ struct EndToEndBenchmark {
         var port: UInt16
         var directory: String
         var workers: Int
+        /// `--isolation client`: `workers` spares, a worker process per client.
+        var perClient = false
+        var description: String { perClient ? "a worker per client, \(workers) spares" : "\(workers) workers" }
     }
 
-    func startServer(maxClients: Int = 4096, ringBytes: Int? = nil) throws -> Server {
+    /// With `perClient`, `--isolation client` with four spares (as many as a client of the
+    /// benchmark opens at once, plus room), else a pool of two workers.
+    func startServer(maxClients: Int = 4096, ringBytes: Int? = nil, perClient: Bool = false) throws -> Server {
         let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
-        let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())"
+        let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())" + (perClient ? "-client" : "")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { close(log) }
-        let workers = 2
+        let workers = perClient ? 4 : 2
         let child = try ChildProcess.spawn(executable, arguments: [
-            "serve", "--listen", "127.0.0.1:0", "--workers", "\(workers)", "--credential", userAndPassword,
+            "serve", "--listen", "127.0.0.1:0", "--credential", userAndPassword,
+        ] + (perClient ? ["--isolation", "client", "--spare-workers", "\(workers)"] : ["--workers", "\(workers)"]) + [
             "--control-socket", directory + "/control.sock", "--max-clients", "\(maxClients)",
             // As ttyd: a session ends with its client, so the sessions-per-second loop leaves
             // no shells lingering behind it.
@@ -127,7 +133,7 @@ struct EndToEndBenchmark {
             if let range = text.range(of: "listening on http://127.0.0.1:"), let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
                 // The roles start after the address is printed; a session proves they are up.
                 for _ in 0..<300 {
-                    if let client = try? attach(port: port) { try? client.input("exit\r"); return Server(child: child, port: port, directory: directory, workers: workers) }
+                    if let client = try? attach(port: port) { try? client.input("exit\r"); return Server(child: child, port: port, directory: directory, workers: workers, perClient: perClient) }
                     usleep(50_000)
                 }
                 break
@@ -414,6 +420,18 @@ struct EndToEndBenchmark {
         var byRole: [String: Double] = [:]
         for (role, bytes) in after.byRole { byRole[role] = Double(bytes - (before.byRole[role] ?? 0)) / Double(sessions) }
         return (cloister, shell, byRole)
+    }
+
+    /// The PSS of a server's own processes (shells excluded): pages shared among them are
+    /// divided, so a process per client is not counted as many copies of the binary.
+    func servicePSS(root: pid_t, serverName: String = "cloister") -> Int {
+        tree(root: root, serverName: serverName).reduce(0) { total, process in
+            guard process.role != nil,
+                  let rollup = try? String(contentsOfFile: "/proc/\(process.pid)/smaps_rollup", encoding: .utf8),
+                  let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Pss:") }),
+                  let kb = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else { return total }
+            return total + kb * 1024
+        }
     }
 
     /// The supervisor and its descendants, each with its role ("worker", "vault", "nursery",

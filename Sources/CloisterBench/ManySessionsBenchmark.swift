@@ -15,6 +15,7 @@ import Glibc
 /// hard limit it raises itself when run as root.
 struct ManySessionsBenchmark {
     var sessions: Int
+    var perClient = false
     var deadline: Double = 1200
     let e2e = EndToEndBenchmark(quick: false)
 
@@ -26,10 +27,11 @@ struct ManySessionsBenchmark {
             if now() - start > deadline { throw Failure(description: "over the \(Int(deadline)) s bound") }
         }
         try checkKernelLimits()
-        let server = try e2e.startServer(maxClients: sessions + 16)
+        let server = try e2e.startServer(maxClients: sessions + 16, perClient: perClient)
         defer { e2e.stop(server) }
-        print("cloister-bench e2e --sessions \(sessions): \(server.workers) workers, loopback, one client process")
+        print("cloister-bench e2e --sessions \(sessions): \(server.description), loopback, one client process")
         let idle = e2e.treeRSS(root: server.pid)
+        let idlePSS = e2e.servicePSS(root: server.pid)
 
         var clients: [TerminalClient] = []
         clients.reserveCapacity(sessions)
@@ -54,6 +56,8 @@ struct ManySessionsBenchmark {
         let checked = now() - checking
         usleep(500_000)
         let loaded = e2e.treeRSS(root: server.pid)
+        let loadedPSS = e2e.servicePSS(root: server.pid)
+        let processes = e2e.tree(root: server.pid).filter { $0.role != nil }.count
         let shells = e2e.tree(root: server.pid).filter { $0.role == nil }.count
 
         // One more client, with all of them open: from connecting to its shell's answer.
@@ -84,6 +88,9 @@ struct ManySessionsBenchmark {
         print("| time to open them, one after another | \(fixed(opened, 1)) s (\(Int(Double(sessions) / opened)) /s) |")
         print("| time to check every shell | \(fixed(checked, 1)) s |")
         print("| Cloister's processes, idle / with all open | \(fixed(Double(idle.cloister) / 1_048_576, 1)) / \(fixed(Double(loaded.cloister) / 1_048_576, 1)) MiB RSS (\(fixed(perSession / 1024, 1)) KiB per session) |")
+        // RSS counts the pages processes share (the binary, libraries) in each of them; PSS
+        // divides them among the sharers, which is what a process per client costs.
+        print("| Cloister's processes, idle / with all open, PSS | \(fixed(Double(idlePSS) / 1_048_576, 1)) / \(fixed(Double(loadedPSS) / 1_048_576, 1)) MiB in \(processes) processes (\(fixed(Double(loadedPSS - idlePSS) / Double(sessions) / 1024, 1)) KiB per session) |")
         print("| the shells | \(fixed(Double(loaded.shells) / 1_048_576, 1)) MiB RSS (\(fixed(shellEach / 1024, 1)) KiB each) |")
         print("| one more client, from connecting to its shell's answer | \(fixed(oneMore * 1000, 1)) ms |")
         print("| closing them all, until every shell is gone | \(fixed(closed, 1)) s (\(left) left) |")

@@ -11,18 +11,32 @@ import Glibc
 /// and the same shell, the two servers alternating run by run, each row next to the baseline
 /// it cannot beat (the producer read straight from a PTY). The client's own CPU time is
 /// reported, so that it is seen not to be what limits either server.
+///
+/// With `isolationPeer`, the other side is Cloister itself under `--isolation client` (a worker
+/// process per client), so that the cost of that isolation is measured against the pool the
+/// same way.
 struct PeerComparison {
     var peer: String
     var quick: Bool
+    var isolationPeer = false
+    /// How the other side is named in the table, and its processes' name.
+    var peerName: String { isolationPeer ? "per client" : "ttyd" }
+    var peerProcess: String { isolationPeer ? "cloister" : "ttyd" }
     let bench = EndToEndBenchmark(quick: false)
 
     struct Peer {
         var child: ChildProcess
         var port: UInt16
+        var directory: String?
     }
 
-    /// ttyd on loopback, writable, with the benchmark's credential, running /bin/sh.
+    /// ttyd on loopback, writable, with the benchmark's credential, running /bin/sh; or
+    /// Cloister with a worker per client.
     func startPeer() throws -> Peer {
+        if isolationPeer {
+            let server = try bench.startServer(perClient: true)
+            return Peer(child: server.child, port: server.port, directory: server.directory)
+        }
         // A free port: bound, read back, released; ttyd takes it right after.
         let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")),
@@ -134,16 +148,23 @@ struct PeerComparison {
         return (megabytes / seconds, clientCPU, serverCPU)
     }
 
-    /// Proportional set size of a server's own processes (shells excluded), in bytes: what the
-    /// service costs in memory, shared pages split between the processes that share them.
-    func servicePSS(root: pid_t, serverName: String) -> Int {
-        bench.tree(root: root, serverName: serverName).reduce(0) { total, process in
-            guard process.role != nil,
-                  let rollup = try? String(contentsOfFile: "/proc/\(process.pid)/smaps_rollup", encoding: .utf8),
-                  let line = rollup.split(separator: "\n").first(where: { $0.hasPrefix("Pss:") }),
-                  let kb = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) else { return total }
-            return total + kb * 1024
+    /// PSS growth of a Cloister service's own processes per session, over `sessions` more
+    /// with as many open before.
+    func pssPerSession(root: pid_t, port: UInt16, sessions: Int) throws -> Double {
+        func open() throws -> TerminalClient {
+            let client = try bench.attach(port: port)
+            try client.input("echo idle-$((8*8))\r")
+            try client.readOutput { $0.contains("idle-64") }
+            return client
         }
+        let warm = try (0..<sessions).map { _ in try open() }
+        usleep(500_000)
+        let before = bench.servicePSS(root: root, serverName: "cloister")
+        let more = try (0..<sessions).map { _ in try open() }
+        usleep(500_000)
+        let after = bench.servicePSS(root: root, serverName: "cloister")
+        withExtendedLifetime((warm, more)) {}
+        return Double(after - before) / Double(sessions)
     }
 
     func processCPU() -> Double {
@@ -156,7 +177,7 @@ struct PeerComparison {
     enum Row: String, CaseIterable { case idle, memory, bulk, echo, sessions }
 
     func run(runs: Int? = nil, only: Set<Row> = Set(Row.allCases)) throws {
-        guard access(peer, X_OK) == 0 else {
+        guard isolationPeer || access(peer, X_OK) == 0 else {
             print("cloister-bench compare: no peer at \(peer) (see ../shared/peers/README.md; --peer PATH); nothing compared")
             return
         }
@@ -166,30 +187,39 @@ struct PeerComparison {
         defer {
             kill(ttyd.child.pid, SIGTERM)
             _ = try? ttyd.child.wait()
+            if let directory = ttyd.directory { try? FileManager.default.removeItem(atPath: directory) }
         }
         let bytes = quick ? 8 << 20 : 64 << 20
         let runs = runs ?? (quick ? 1 : 5)
         let keystrokes = quick ? 300 : 2000
-        print("cloister-bench compare: Cloister (\(cloister.workers) workers) and \(peer), loopback, the same client, runs alternating; "
+        print("cloister-bench compare: Cloister (\(cloister.description)) and \(isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer), loopback, the same client, runs alternating; "
               + "medians of \(runs) runs, (lowest-highest)")
         print("")
-        print("| measure | Cloister | ttyd | ratio (Cloister / ttyd) | baseline |")
+        print("| measure | Cloister | \(peerName) | ratio (Cloister / \(peerName)) | baseline |")
         print("|---|---|---|---|---|")
 
         // Both servers as they start, before anything else has run: every process the service
         // runs (shells excluded), then the cost of more sessions on top of as many open.
         if only.contains(.idle) {
             usleep(500_000)
-            let idle = (servicePSS(root: cloister.pid, serverName: "cloister"), servicePSS(root: ttyd.child.pid, serverName: "ttyd"))
+            let idle = (bench.servicePSS(root: cloister.pid, serverName: "cloister"), bench.servicePSS(root: ttyd.child.pid, serverName: peerProcess))
             let processes = (bench.tree(root: cloister.pid).filter { $0.role != nil }.count,
-                             bench.tree(root: ttyd.child.pid, serverName: "ttyd").filter { $0.role != nil }.count)
+                             bench.tree(root: ttyd.child.pid, serverName: peerProcess).filter { $0.role != nil }.count)
             print("| the idle service (PSS of its own processes, before any session) | \(fixed(Double(idle.0) / 1e6, 1)) MB in \(processes.0) processes | \(fixed(Double(idle.1) / 1e6, 1)) MB in \(processes.1) | \(fixed(Double(idle.0) / Double(idle.1), 1)) | |")
         }
         if only.contains(.memory) {
             let sessions = quick ? 16 : 64
-            let memory = (try bench.memoryPerSession(pid: cloister.pid, port: cloister.port, sessions: sessions),
-                          try bench.memoryPerSession(pid: ttyd.child.pid, port: ttyd.port, sessions: sessions, serverName: "ttyd"))
-            print("| memory per open session (RSS growth over \(sessions) more, \(sessions) open before, on a fresh server; shells excluded) | \(fixed(memory.0.cloister / 1024, 1)) KiB | \(fixed(memory.1.cloister / 1024, 1)) KiB | \(fixed(memory.0.cloister / memory.1.cloister, 2)) | |")
+            if isolationPeer {
+                // A process per session shares the binary's pages with the others: PSS, not
+                // RSS, says what each one costs.
+                let memory = (try pssPerSession(root: cloister.pid, port: cloister.port, sessions: sessions),
+                              try pssPerSession(root: ttyd.child.pid, port: ttyd.port, sessions: sessions))
+                print("| memory per open session (PSS growth of the service's own processes over \(sessions) more, \(sessions) open before; shells excluded) | \(fixed(memory.0 / 1024, 1)) KiB | \(fixed(memory.1 / 1024, 1)) KiB | \(fixed(memory.0 / memory.1, 2)) | |")
+            } else {
+                let memory = (try bench.memoryPerSession(pid: cloister.pid, port: cloister.port, sessions: sessions),
+                              try bench.memoryPerSession(pid: ttyd.child.pid, port: ttyd.port, sessions: sessions, serverName: peerProcess))
+                print("| memory per open session (RSS growth over \(sessions) more, \(sessions) open before, on a fresh server; shells excluded) | \(fixed(memory.0.cloister / 1024, 1)) KiB | \(fixed(memory.1.cloister / 1024, 1)) KiB | \(fixed(memory.0.cloister / memory.1.cloister, 2)) | |")
+            }
         }
 
         typealias Run = (rate: Double, clientCPU: Double, serverCPU: [String: Double])
@@ -201,13 +231,13 @@ struct PeerComparison {
                 for _ in 0..<runs {
                     raw.append(try bench.rawPTYThroughput("/bin/sh", ["-c", producer.command]))
                     ours.append(try bulkThroughput(port: cloister.port, producer: producer, server: cloister.pid, serverName: "cloister"))
-                    theirs.append(try bulkThroughput(port: ttyd.port, producer: producer, server: ttyd.child.pid, serverName: "ttyd"))
+                    theirs.append(try bulkThroughput(port: ttyd.port, producer: producer, server: ttyd.child.pid, serverName: peerProcess))
                 }
                 let (mine, peers) = (ours.map(\.rate), theirs.map(\.rate))
                 let ratios = zip(mine, peers).map { $0 / $1 }, ofRaw = (zip(mine, raw).map { $0 / $1 }, zip(peers, raw).map { $0 / $1 })
                 let what = name == "zeros" ? "`\(producer.command.replacingOccurrences(of: "|", with: "\\|"))` (\(bytes >> 20) MiB, every byte counted)"
                     : "`cat` of \(bytes >> 21) MiB of mixed text (colours, UTF-8, lines of up to about 160 characters; byte for byte)"
-                print("| bulk output, \(what) | \(spread(mine, 1)) MB/s | \(spread(peers, 1)) MB/s | \(spread(ratios, 2)) | raw PTY read \(spread(raw, 1)) MB/s (Cloister \(spread(ofRaw.0, 2)), ttyd \(spread(ofRaw.1, 2)) of it, run by run) |")
+                print("| bulk output, \(what) | \(spread(mine, 1)) MB/s | \(spread(peers, 1)) MB/s | \(spread(ratios, 2)) | raw PTY read \(spread(raw, 1)) MB/s (Cloister \(spread(ofRaw.0, 2)), \(peerName) \(spread(ofRaw.1, 2)) of it, run by run) |")
                 bulk.append((name, ours, theirs))
             }
         }
@@ -236,7 +266,7 @@ struct PeerComparison {
                     let (m, c) = try measured(cloister.pid, "cloister") {
                         try bench.echoLatency(port: cloister.port, sessions: sessions, keystrokes: keystrokes / runs)
                     }
-                    let (p, t) = try measured(ttyd.child.pid, "ttyd") {
+                    let (p, t) = try measured(ttyd.child.pid, peerProcess) {
                         try bench.echoLatency(port: ttyd.port, sessions: sessions, keystrokes: keystrokes / runs)
                     }
                     mine += m
@@ -258,7 +288,7 @@ struct PeerComparison {
             var cpu: ([String: Double], [String: Double]) = ([:], [:])
             for _ in 0..<runs {
                 let (m, c) = try measured(cloister.pid, "cloister") { try bench.openSessions(port: cloister.port, seconds: quick ? 1 : 2) }
-                let (p, t) = try measured(ttyd.child.pid, "ttyd") { try bench.openSessions(port: ttyd.port, seconds: quick ? 1 : 2) }
+                let (p, t) = try measured(ttyd.child.pid, peerProcess) { try bench.openSessions(port: ttyd.port, seconds: quick ? 1 : 2) }
                 opened.0.append(Double(m.count) / m.seconds)
                 opened.1.append(Double(p.count) / p.seconds)
                 counts.0 += m.count
@@ -274,17 +304,17 @@ struct PeerComparison {
             func line(_ cpu: [String: Double]) -> String {
                 cpu.keys.sorted().map { "\($0) \(fixed(cpu[$0]!, 1))" }.joined(separator: ", ") + " (all \(fixed(cpu.values.reduce(0, +), 1)))"
             }
-            print("server CPU per \(entry.what) (\(entry.unit), 10 ms ticks summed over the runs): Cloister \(line(entry.ours)); ttyd \(line(entry.theirs))")
+            print("server CPU per \(entry.what) (\(entry.unit), 10 ms ticks summed over the runs): Cloister \(line(entry.ours)); \(peerName) \(line(entry.theirs))")
         }
 
         for (name, ours, theirs) in bulk {
             print("")
-            print("client CPU per bulk run of \(name) (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); ttyd \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
+            print("client CPU per bulk run of \(name) (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); \(peerName) \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")
             func cpu(_ runs: [Run]) -> String {
                 Set(runs.flatMap(\.serverCPU.keys)).sorted().map { role in "\(role) \(spread(runs.map { $0.serverCPU[role] ?? 0 }, 1))" }
                     .joined(separator: ", ")
             }
-            print("server CPU per MB of \(name) (ms, 10 ms ticks): Cloister \(cpu(ours)); ttyd \(cpu(theirs))")
+            print("server CPU per MB of \(name) (ms, 10 ms ticks): Cloister \(cpu(ours)); \(peerName) \(cpu(theirs))")
         }
     }
 

@@ -30,7 +30,11 @@ struct ServeCommand: AsyncParsableCommand {
     var listen: [String] = []
     @Option(help: "USER[:GROUP] owning unix listeners' socket files (ttyd's -U; only as root).") var socketOwner: String?
     @Option(help: "Mode of unix listeners' socket files, in octal.") var socketMode = "660"
-    @Option(help: "Number of sandboxed workers (default: the number of online CPUs).") var workers: Int?
+    @Option(help: "Number of sandboxed workers (default: the number of online CPUs); with --isolation client, not allowed (see --spare-workers).") var workers: Int?
+    @Option(help: "pool: each worker serves many clients; client: every connection gets a worker process of its own, which exits when its client leaves.")
+    var isolation: RolePool.Isolation = .pool
+    @Option(help: "With --isolation client: workers kept started and sandboxed, ready for the next connections (1 to 256; default 4).")
+    var spareWorkers: Int?
     @Option(help: "USER:PASSWORD clients must present (ttyd's -c). Default: a one-time credential, printed.")
     var credential: String?
     @Option(help: "A file holding USER:PASSWORD (one line, not readable by group or others), instead of --credential.")
@@ -140,8 +144,21 @@ struct ServeCommand: AsyncParsableCommand {
         } else {
             shells = try shell.shells(for: "serve")
         }
-        let count = workers ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        guard (1...256).contains(count) else { throw ConfigurationError(option: "--workers", problem: "\(count) is not between 1 and 256") }
+        let count: Int
+        switch isolation {
+        case .pool:
+            if spareWorkers != nil {
+                throw ConfigurationError(option: "--spare-workers", problem: "only with --isolation client (a pool has --workers)")
+            }
+            count = workers ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+            guard (1...256).contains(count) else { throw ConfigurationError(option: "--workers", problem: "\(count) is not between 1 and 256") }
+        case .perClient:
+            if workers != nil {
+                throw ConfigurationError(option: "--workers", problem: "not with --isolation client, where each connection has a worker of its own: give --spare-workers")
+            }
+            count = spareWorkers ?? 4
+            guard (1...256).contains(count) else { throw ConfigurationError(option: "--spare-workers", problem: "\(count) is not between 1 and 256") }
+        }
         guard maxClients >= 1 else { throw ConfigurationError(option: "--max-clients", problem: "must be at least 1") }
         // The roles' open-file limits follow from it and cannot exceed this process's hard limit.
         var files = rlimit()
@@ -234,6 +251,7 @@ struct ServeCommand: AsyncParsableCommand {
         c.listen = addresses
         c.socketAccess = access
         c.workers = count
+        c.isolation = isolation
         c.credential = token
         if let usersFile {
             do {
@@ -364,3 +382,4 @@ struct ServeCommand: AsyncParsableCommand {
         }
     }
 }
+extension RolePool.Isolation: ExpressibleByArgument {}

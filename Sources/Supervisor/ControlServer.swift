@@ -57,6 +57,9 @@ public final class ControlServer: Sendable {
         public var violations: Int
         /// Clients handed to the worker and not yet gone.
         public var connections: Int
+        /// With --isolation client: the address of the one client the worker serves; nil for
+        /// a spare and in a pool.
+        public var client: String?
         /// From /proc/PID/task/*/status: every thread confined (seccomp filter, no_new_privs,
         /// no effective capability), and the values of the main thread.
         public var sandboxConfined: Bool?
@@ -266,7 +269,7 @@ public final class ControlServer: Sendable {
             id: w.id, pid: w.pid, state: w.state.rawValue,
             uptimeSeconds: w.startedAt.map { seconds(ContinuousClock.now - $0) }, restarts: w.restarts,
             lastHeartbeatMilliseconds: w.lastHeartbeat.map { seconds($0) * 1000 }, violations: w.violations,
-            connections: w.connections,
+            connections: w.connections, client: w.client,
             sandboxConfined: sandbox?.isConfined, seccomp: main?.seccomp, noNewPrivileges: main?.noNewPrivileges,
             capEff: main.map { hex16($0.effective) },
             counters: w.counters.isEmpty ? nil : Dictionary(uniqueKeysWithValues: zip(WorkerCounter.allCases.map { "\($0)" }, w.counters)))

@@ -161,7 +161,7 @@ final class LinkBroker: Sendable {
             await workerStarted(instance)
         case (.worker, .ended(let instance)):
             state.withLock { s in
-                if s.workers[instance.slot] === instance { s.workers[instance.slot] = nil }
+                if s.workers[instance.id] === instance { s.workers[instance.id] = nil }
             }
         case (_, .linked), (_, .degraded), (.supervisor, _), (.nursery, _):
             break
@@ -170,7 +170,7 @@ final class LinkBroker: Sendable {
 
     private func workerStarted(_ worker: RolePool.Instance) async {
         let current = state.withLock { s in
-            s.workers[worker.slot] = worker
+            s.workers[worker.id] = worker
             return s.stopping ? nil : s.vault
         }
         if let current {
@@ -209,12 +209,12 @@ final class LinkBroker: Sendable {
                 log.info("sessions handed to the new vault", metadata: ["kept": "\(kept)", "vault_generation": "\(generation)",
                                                                        "sessions_adopted": "\(keeper.adoptions.adopted)"])
             }
-            let running = state.withLock { $0.workers.values.sorted { $0.slot < $1.slot } }
+            let running = state.withLock { $0.workers.values.sorted { $0.id < $1.id } }
             for worker in running {
                 do {
                     try await link(worker, to: instance)
                 } catch {
-                    log.error("worker not linked to the new vault", metadata: ["worker": "\(worker.slot)", "error": "\(error)"])
+                    log.error("worker not linked to the new vault", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
                 }
             }
             vault.linked(instance)
@@ -316,7 +316,7 @@ final class LinkBroker: Sendable {
             try? vaultEnd.close()
             try? workerEnd.close()
         }
-        try await vault.transport.open().tell(SupervisorToVault.workerLink(worker: UInt32(worker.slot)), descriptors: [vaultEnd])
-        try await worker.transport.open().tell(SupervisorToWorker.vaultLink(worker: UInt32(worker.slot)), descriptors: [workerEnd])
+        try await vault.transport.open().tell(SupervisorToVault.workerLink(worker: UInt32(worker.id)), descriptors: [vaultEnd])
+        try await worker.transport.open().tell(SupervisorToWorker.vaultLink(worker: UInt32(worker.id)), descriptors: [workerEnd])
     }
 }

@@ -24,6 +24,11 @@ import Glibc
 /// The pool knows nothing of other pools: it publishes what happens to its instances on
 /// `events`, and whoever links instances to other roles (`LinkBroker`) consumes them and
 /// admits each instance (`linked(_:)`) once it may serve.
+///
+/// With `Isolation.perClient` the slots hold spares: `dispatch` takes a running spare out of
+/// its slot for one client (the slot starts the next spare at once, which is no restart), and
+/// the instance serves that client alone until it leaves, when its transport is closed and it
+/// exits. Heartbeats, restart intensity and `ctl workers` cover it as any instance.
 public final class RolePool: Sendable {
     public struct Configuration: Sendable {
         public var role: Role
@@ -48,6 +53,9 @@ public final class RolePool: Sendable {
         public var backoffCap: Duration = .seconds(10)
         public var intensityLimit = 5
         public var intensityWindow: Duration = .seconds(30)
+        public var isolation = Isolation.pool
+        /// Per client: how long a client waits for a spare when every spare is taken.
+        public var spareWait: Duration = .seconds(10)
 
         public init(role: Role, count: Int, executable: String, policy: String) {
             self.role = role
@@ -59,12 +67,17 @@ public final class RolePool: Sendable {
 
     public enum Admission: Sendable { case whenReady, onceLinked }
 
+    /// Whether an instance serves many clients (`count` of them, shared) or one client for
+    /// its whole life (`count` spares kept ready).
+    public enum Isolation: String, Sendable, CaseIterable { case pool, perClient = "client" }
+
     public enum State: String, Sendable {
         case starting, running, restarting, stopped
     }
 
-    /// What `cloister ctl` shows for one slot.
+    /// What `cloister ctl` shows for one slot, or for an instance serving its one client.
     public struct SlotStatus: Sendable {
+        /// The instance's id (the slot's number in a pool; a serial number per client).
         public var id: Int
         public var pid: pid_t?
         public var state: State
@@ -76,27 +89,34 @@ public final class RolePool: Sendable {
         public var counters: [UInt64] = []
         /// Clients handed to this slot's instance that it has not reported gone yet.
         public var connections = 0
+        /// Per client: the address of the client the instance serves; nil for a spare.
+        public var client: String?
     }
 
-    /// One running process of the role, in slot `slot`.
+    /// One running process of the role, started in slot `slot`.
     public final class Instance: Sendable, CustomStringConvertible {
         public let slot: Int
+        /// What links and logs name it by: the slot in a pool, unique per client.
+        public let id: Int
         public let transport: RoleTransport
         public var pid: pid_t { child.pid }
         let child: ChildProcess
         let monitor: ViolationMonitor
         let output: Task<Void, Never>
         let failure = Mutex<String?>(nil)
+        /// Why it left its slot: it ended, or (per client) it was given its client.
+        let leftSlot = LeftSlot()
 
-        init(slot: Int, _ launched: RoleLauncher.Launched) {
+        init(slot: Int, id: Int, _ launched: RoleLauncher.Launched) {
             self.slot = slot
+            self.id = id
             child = launched.child
             transport = launched.transport
             monitor = launched.monitor
             output = launched.output
         }
 
-        public var description: String { "slot \(slot) pid \(pid)" }
+        public var description: String { "id \(id) slot \(slot) pid \(pid)" }
 
         /// Kills the process (idempotent) and closes its transport.
         func stop() {
@@ -124,6 +144,11 @@ public final class RolePool: Sendable {
 
     private struct Shared {
         var slots: [SlotStatus]
+        /// Per client: instances out of their slots, each with its one client, by id.
+        var serving: [Int: (instance: Instance, status: SlotStatus, supervision: Task<Void, Never>?)] = [:]
+        var nextID = 0
+        /// Per client: dispatches waiting for a spare.
+        var spareWaiters: [CheckedContinuation<Void, Never>] = []
         var restartTimes: [ContinuousClock.Instant] = []
         var degraded = false
         var stopping = false
@@ -150,24 +175,31 @@ public final class RolePool: Sendable {
         }))
     }
 
-    public var slots: [SlotStatus] { shared.withLock { $0.slots } }
+    /// Every slot, then (per client) every instance serving its client.
+    public var slots: [SlotStatus] {
+        shared.withLock { s in s.slots + s.serving.values.map(\.status).sorted { $0.id < $1.id } }
+    }
     public var isDegraded: Bool { shared.withLock { $0.degraded } }
 
     /// In learn mode: every monitor of every instance that ran, for the syscalls they saw.
     public var monitors: [ViolationMonitor] { shared.withLock { $0.monitors } }
 
-    public var openConnections: Int { shared.withLock { $0.slots.reduce(0) { $0 + $1.connections } } }
+    public var openConnections: Int {
+        shared.withLock { s in s.slots.reduce(0) { $0 + $1.connections } + s.serving.values.reduce(0) { $0 + $1.status.connections } }
+    }
 
     /// Admits a started instance: from now on it gets clients and counts as running.
     public func linked(_ instance: Instance) {
-        let admitted = shared.withLock { s in
-            guard s.running[instance.slot] === instance, s.slots[instance.slot].state == .starting else { return false }
+        let (admitted, waiters) = shared.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
+            guard s.running[instance.slot] === instance, s.slots[instance.slot].state == .starting else { return (false, []) }
             s.slots[instance.slot].state = .running
-            return true
+            defer { s.spareWaiters = [] }
+            return (true, s.spareWaiters)
         }
+        for waiter in waiters { waiter.resume() }
         guard admitted else { return }
         var log = logger
-        log[metadataKey: "\(configuration.role)"] = "\(instance.slot)"
+        log[metadataKey: "\(configuration.role)"] = "\(instance.id)"
         log[metadataKey: "pid"] = "\(instance.pid)"
         log.info("\(configuration.role) running")
         publish.yield(.linked(instance))
@@ -191,8 +223,9 @@ public final class RolePool: Sendable {
     /// (it died and is not reaped yet) is passed over, and one that fails the hand-over is
     /// replaced by the next. The instance ends the conversation when the client has gone;
     /// until then the client counts against it.
-    public func dispatch(_ client: FileDescriptor) async throws {
+    public func dispatch(_ client: FileDescriptor, peer: String = "") async throws {
         defer { try? client.close() }
+        if configuration.isolation == .perClient { return try await dispatchToOwnInstance(client, peer: peer) }
         var tried: Set<ObjectIdentifier> = []
         var lastError: Error = DispatchError.noInstanceRunning
         while true {
@@ -231,6 +264,75 @@ public final class RolePool: Sendable {
         }
     }
 
+    /// Per client: takes a running spare out of its slot for this client alone (the slot
+    /// starts the next spare), waiting up to `spareWait` when none is free. An instance that
+    /// fails the hand-over is closed, and the next spare tried.
+    private func dispatchToOwnInstance(_ client: FileDescriptor, peer: String) async throws {
+        let deadline = ContinuousClock.now + configuration.spareWait
+        var lastError: Error = DispatchError.noInstanceRunning
+        while true {
+            let chosen: Instance? = shared.withLock { s in
+                let spares = s.running.values.filter { s.slots[$0.slot].state == .running && $0.transport.failure == nil }
+                guard let spare = spares.min(by: { $0.id < $1.id }) else { return nil }
+                s.running[spare.slot] = nil
+                var status = s.slots[spare.slot]
+                status.connections = 1
+                status.client = peer.isEmpty ? "unknown" : peer
+                s.serving[spare.id] = (spare, status, nil)
+                s.slots[spare.slot] = SlotStatus(id: s.slots[spare.slot].id, pid: nil, state: .starting,
+                                                 restarts: s.slots[spare.slot].restarts, startedAt: nil, lastHeartbeat: nil, violations: 0)
+                return spare
+            }
+            guard let instance = chosen else {
+                guard ContinuousClock.now < deadline else { throw lastError }
+                await waitForSpare(until: deadline)
+                continue
+            }
+            // Its slot moves on to the next spare; the supervision goes on with the instance.
+            guard instance.leftSlot.mark(.givenItsClient) else {
+                // It ended meanwhile, and its slot cleans up after it.
+                shared.withLock { _ = $0.serving.removeValue(forKey: instance.id) }
+                continue
+            }
+            do {
+                let circuit = try instance.transport.open()
+                try await circuit.send(SupervisorToWorker.client, descriptors: [client], end: true)
+                // The instance ends the conversation once its client has gone: then it exits.
+                circuit.whenPeerEnds { self.clientLeft(instance) }
+                return
+            } catch {
+                lastError = error
+                clientLeft(instance)
+            }
+        }
+    }
+
+    /// Resumes when a spare is admitted, or at `deadline`.
+    private func waitForSpare(until deadline: ContinuousClock.Instant) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    let waiting = self.shared.withLock { s -> Bool in
+                        guard !s.running.values.contains(where: { s.slots[$0.slot].state == .running }) else { return false }
+                        s.spareWaiters.append(continuation)
+                        return true
+                    }
+                    if !waiting { continuation.resume() }
+                }
+            }
+            group.addTask { await Wait.sleep(for: min(.milliseconds(100), max(.zero, deadline - .now))) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Per client: the client has gone (or was never handed over), so the instance is done:
+    /// closing its transport ends it, and its supervision reaps it.
+    private func clientLeft(_ instance: Instance) {
+        shared.withLock { s in s.serving[instance.id]?.status.connections = 0 }
+        instance.transport.close()
+    }
+
     public func start() {
         let tasks = (0..<configuration.count).map { slot in Task { await self.keepRunning(slot) } }
         shared.withLock { $0.tasks = tasks }
@@ -238,12 +340,22 @@ public final class RolePool: Sendable {
 
     /// Stops every instance and waits until all are reaped; `events` then finishes.
     public func shutdown() async {
-        let tasks: [Task<Void, Never>] = shared.withLock { s in
+        let (tasks, serving, waiters) = shared.withLock { s in
             s.stopping = true
-            return s.tasks
+            defer { s.spareWaiters = [] }
+            return (s.tasks, s.serving.values.map { ($0.instance, $0.supervision) }, s.spareWaiters)
         }
+        for waiter in waiters { waiter.resume() }
         for task in tasks { task.cancel() }
+        for (instance, supervision) in serving {
+            instance.stop()
+            supervision?.cancel()
+        }
         for task in tasks { await task.value }
+        // An instance given its client after the list above was taken is in `serving` too.
+        while let supervision = shared.withLock({ s in s.serving.values.compactMap(\.supervision).first }) {
+            await supervision.value
+        }
         publish.finish()
     }
 
@@ -253,16 +365,28 @@ public final class RolePool: Sendable {
         shared.withLock { change(&$0.slots[slot]) }
     }
 
-    /// One slot: launch, supervise, reap, back off, again, until shutdown.
+    /// The instance's status, in its slot or (per client) among those serving.
+    private func update(_ instance: Instance, _ change: (inout SlotStatus) -> Void) {
+        shared.withLock { s in
+            if s.serving[instance.id] != nil {
+                change(&s.serving[instance.id]!.status)
+            } else if s.running[instance.slot] === instance || s.slots[instance.slot].id == instance.id {
+                change(&s.slots[instance.slot])
+            }
+        }
+    }
+
+    /// One slot: launch, supervise, reap, back off, again, until shutdown. Per client, an
+    /// instance given its client leaves the slot, which launches the next at once.
     private func keepRunning(_ slot: Int) async {
         let role = configuration.role
         var failuresInARow = 0
         while !stopping {
             var log = logger
-            log[metadataKey: "\(role)"] = "\(slot)"
             let started = ContinuousClock.now
             do {
                 let instance = try await launch(slot, logger: log)
+                log[metadataKey: "\(role)"] = "\(instance.id)"
                 log[metadataKey: "pid"] = "\(instance.pid)"
                 shared.withLock {
                     $0.running[slot] = instance
@@ -273,7 +397,20 @@ public final class RolePool: Sendable {
                 }
                 publish.yield(.started(instance))
                 if configuration.admission == .whenReady { linked(instance) }
-                let renewed = await supervise(instance, logger: log)
+                let supervision = Task { [log] in
+                    let renewed = await self.supervise(instance, logger: log)
+                    if !instance.leftSlot.mark(.ended(renewed: renewed)) {
+                        await self.retire(instance, logger: log)
+                    }
+                }
+                let why = await instance.leftSlot.reason()
+                guard case .ended(let renewed) = why else {
+                    // Given its client: its supervision goes on, the slot starts the next spare.
+                    shared.withLock { $0.serving[instance.id]?.supervision = supervision }
+                    if stopping { supervision.cancel() }
+                    failuresInARow = 0
+                    continue
+                }
                 _ = shared.withLock { $0.running.removeValue(forKey: slot) }
                 instance.stop()
                 publish.yield(.ended(instance))
@@ -311,12 +448,49 @@ public final class RolePool: Sendable {
         }
     }
 
+    /// Per client: an instance whose supervision ended after it was given its client. It
+    /// exits once its transport is closed (given a moment, then killed), and is reaped. Any
+    /// other end (killed, crashed, hung) counts as a restart for the intensity limit.
+    private func retire(_ instance: Instance, logger: Logger) async {
+        let clientGone = shared.withLock { $0.serving[instance.id]?.status.connections == 0 }
+        instance.transport.close()
+        publish.yield(.ended(instance))
+        // A child's end is reported once.
+        let reaped = Task { await Reaper.shared.termination(of: instance.child) }
+        let exited = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { _ = await reaped.value; return true }
+            group.addTask { await Wait.sleep(for: .seconds(2)); return false }
+            let first = await group.next() ?? false
+            if !first { try? instance.child.signal(SIGKILL) }
+            group.cancelAll()
+            return first
+        }
+        let termination = await reaped.value
+        instance.monitor.waitUntilDone()
+        await instance.output.value
+        shared.withLock { _ = $0.serving.removeValue(forKey: instance.id) }
+        let how = termination.map { "\($0)" } ?? "unknown"
+        // Exited by itself, once its transport was closed after its client left: done.
+        if clientGone && exited && termination == .exited(0) {
+            logger.debug("\(configuration.role) retired with its client", metadata: ["termination": "\(how)"])
+        } else if !stopping {
+            logger.error("\(configuration.role) ended while serving its client", metadata: ["termination": "\(how)"])
+            countRestart(logger: logger)
+        }
+    }
+
     private func recordRestart(_ slot: Int, logger: Logger) {
-        let now = ContinuousClock.now
-        let becameDegraded: Bool = shared.withLock { s in
+        shared.withLock { s in
             s.slots[slot].restarts += 1
             s.slots[slot].state = .restarting
             s.slots[slot].pid = nil
+        }
+        countRestart(logger: logger)
+    }
+
+    private func countRestart(logger: Logger) {
+        let now = ContinuousClock.now
+        let becameDegraded: Bool = shared.withLock { s in
             s.restartTimes.append(now)
             s.restartTimes.removeAll { now - $0 > configuration.intensityWindow }
             let degraded = s.restartTimes.count > configuration.intensityLimit
@@ -332,23 +506,35 @@ public final class RolePool: Sendable {
     }
 
     private func launch(_ slot: Int, logger: Logger) async throws -> Instance {
-        update(slot) { $0.state = .starting }
+        let id = shared.withLock { s -> Int in
+            let id = configuration.isolation == .pool ? slot : s.nextID
+            s.nextID += 1
+            s.slots[slot].id = id
+            s.slots[slot].state = .starting
+            s.slots[slot].client = nil
+            return id
+        }
+        var log = logger
+        log[metadataKey: "\(configuration.role)"] = "\(id)"
+        let withID = log
         let launched = try await RoleLauncher.start(
             executable: configuration.executable, role: configuration.role, policy: configuration.policy,
             mode: configuration.mode, user: configuration.user, group: configuration.group,
             arguments: configuration.arguments, sharedFile: configuration.sharedFile, build: configuration.build
         ) { [weak self] event in
-            var withPid = logger
+            var withPid = withID
             withPid[metadataKey: "pid"] = "\(event.pid)"
             event.log(to: withPid)
-            self?.update(slot) { $0.violations += 1 }
+            self?.shared.withLock { s in
+                if s.serving[id] != nil { s.serving[id]!.status.violations += 1 } else if s.slots[slot].id == id { s.slots[slot].violations += 1 }
+            }
         }
         update(slot) {
             $0.pid = launched.child.pid
             $0.startedAt = .now
             $0.counters = []
         }
-        return Instance(slot: slot, launched)
+        return Instance(slot: slot, id: id, launched)
     }
 
     /// Heartbeats until the instance dies, misses a deadline (then it is killed), fails to be
@@ -381,12 +567,47 @@ public final class RolePool: Sendable {
                 return false
             }
             let roundTrip = ContinuousClock.now - sent
-            update(slot) {
+            update(instance) {
                 $0.lastHeartbeat = roundTrip
                 $0.counters = counters
             }
             await Wait.sleep(for: configuration.heartbeatInterval)
         }
         return false
+    }
+}
+
+/// Why an instance left its slot, said once: the first of its end and (per client) its
+/// client's arrival wins, and the other learns it lost.
+final class LeftSlot: Sendable {
+    enum Reason: Sendable {
+        case ended(renewed: Bool)
+        case givenItsClient
+    }
+
+    private let state = Mutex<(reason: Reason?, waiter: CheckedContinuation<Reason, Never>?)>((nil, nil))
+
+    /// False if a reason was given before.
+    @discardableResult
+    func mark(_ reason: Reason) -> Bool {
+        let (first, waiter) = state.withLock { s -> (Bool, CheckedContinuation<Reason, Never>?) in
+            guard s.reason == nil else { return (false, nil) }
+            s.reason = reason
+            defer { s.waiter = nil }
+            return (true, s.waiter)
+        }
+        waiter?.resume(returning: reason)
+        return first
+    }
+
+    func reason() async -> Reason {
+        await withCheckedContinuation { continuation in
+            let known = state.withLock { s -> Reason? in
+                if let reason = s.reason { return reason }
+                s.waiter = continuation
+                return nil
+            }
+            if let known { continuation.resume(returning: known) }
+        }
     }
 }

@@ -19,7 +19,9 @@ public final class Server: Sendable {
         public var listen: [String] = ["127.0.0.1:7681"]
         /// Owner, group and mode of unix listeners ("unix:PATH" in `listen`).
         public var socketAccess = Listener.SocketAccess()
+        /// Workers in the pool, or (per client) spares kept ready.
         public var workers = 2
+        public var isolation = RolePool.Isolation.pool
         /// ttyd's AuthToken form of the credential (base64 of "user:password"); nil lets
         /// everyone in.
         public var credential: [UInt8]?
@@ -127,8 +129,9 @@ public final class Server: Sendable {
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
             + (c.preferences == "{}" ? [] : ["--preferences", c.preferences]) + ["--ping-interval", "\(c.pingInterval)"]
             + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader.map { ["--auth-header", $0] } ?? [])
-            + ["--open-files", "\(Self.workerOpenFiles(maxClients: c.maxClients))"]
+            + ["--open-files", "\(Self.workerOpenFiles(maxClients: c.isolation == .pool ? c.maxClients : 1))"]
         workerConfiguration.admission = .onceLinked
+        workerConfiguration.isolation = c.isolation
         workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
         c.tuning?(&workerConfiguration)
         var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
@@ -234,6 +237,31 @@ public final class Server: Sendable {
         for listener in listeners { try? listener.descriptor.close() }
     }
 
+    /// The client's address as `ctl workers` shows it: HOST:PORT, or "unix" for a unix
+    /// listener's client.
+    static func peerName(_ client: FileDescriptor) -> String {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(client.rawValue, $0, &length) }
+        }
+        guard rc == 0 else { return "unknown" }
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: 32)
+        switch Int32(storage.ss_family) {
+        case AF_UNIX: return "unix"
+        case AF_INET, AF_INET6:
+            let ok = withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    getnameinfo($0, length, &host, socklen_t(host.count), &port, socklen_t(port.count), NI_NUMERICHOST | NI_NUMERICSERV)
+                }
+            }
+            guard ok == 0 else { return "unknown" }
+            let h = String(cString: host), p = String(cString: port)
+            return storage.ss_family == sa_family_t(AF_INET6) ? "[\(h)]:\(p)" : "\(h):\(p)"
+        default: return "unknown"
+        }
+    }
+
     /// EMFILE/ENFILE (and ENOBUFS/ENOMEM) back off, from 10 ms doubling to 1 s, and recover
     /// once descriptors are free again; the pending client stays in the backlog meanwhile.
     private func acceptLoop(_ listener: Listener) {
@@ -262,9 +290,10 @@ public final class Server: Sendable {
                 capacityRefusals.refuse(client, logger: logger)
                 continue
             }
+            let peer = configuration.isolation == .perClient ? Self.peerName(client) : ""
             Task {
                 do {
-                    try await self.workers.dispatch(client)
+                    try await self.workers.dispatch(client, peer: peer)
                 } catch {
                     self.logger.error("client not handed to a worker", metadata: ["error": "\(error)"])
                 }

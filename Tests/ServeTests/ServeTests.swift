@@ -601,8 +601,11 @@ final class ServeTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for role in ["worker", "vault"] {
-            // The bases alone lack what the runtime needs (read, futex…): every start is a violation.
-            try FileManager.default.copyItem(atPath: packageRoot + "/policies/base/\(role).json", toPath: directory + "/\(role).json")
+            // Without the event loop's wait, every start is a violation once the role seals.
+            var text = try String(contentsOfFile: packageRoot + "/policies/\(role).json", encoding: .utf8)
+            text = text.replacingOccurrences(of: "\"epoll_wait\", ", with: "")
+            XCTAssertFalse(text.contains("epoll_wait"), role)
+            try text.write(toFile: directory + "/\(role).json", atomically: true, encoding: .utf8)
         }
         let pipe = try makePipe()
         let child = try ChildProcess.spawn(cloisterExecutable, arguments: [
