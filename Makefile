@@ -3,9 +3,9 @@
 
 SWIFT     ?= swift
 PYTHON    ?= python3
-# Building and serving: libseccomp, libcap, libcrypt (users files' hashes), zlib (gzip of the page's assets), xterm.js
+# Building and serving: libseccomp, libcap, libcrypt (users files' hashes), libssl-dev (the keyholder's libcrypto), zlib (gzip of the page's assets), xterm.js
 # (node-xterm's modules, libjs-xterm's fit addon), tmux for the terminal tests.
-APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
+APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
 # The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv; nginx
 # and openssl for the TLS reverse-proxy test.
 BROWSER_APT_DEPS := chromium nginx-light openssl

@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/adam-fowler/compress-nio", from: "1.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // C where Swift cannot reach: cmsg macros, libseccomp's function-like macros,
@@ -35,6 +36,11 @@ let package = Package(
         .systemLibrary(
             name: "CCap", pkgConfig: "libcap",
             providers: [.apt(["libcap-dev"])]),
+        // OpenSSL's libcrypto: the keyholder reads the TLS key and signs with it; nothing else
+        // links it (the workers' TLS is swift-nio-ssl's BoringSSL).
+        .systemLibrary(
+            name: "COpenSSL", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
         // libxcrypt's crypt_rn: the vault checks a users file's hashes (yescrypt, SHA-512…).
         .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .target(
@@ -89,14 +95,18 @@ let package = Package(
                 "Circuits", "RoleProtocol", "Sandbox", "WebAssets", logging, system,
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ] + nio),
+        .target(
+            name: "Keyholder",
+            dependencies: ["COpenSSL", "Circuits", "RoleProtocol", "Sandbox", "SystemCalls", logging, system] + nio),
         .target(
             name: "Processes",
             dependencies: ["CShim", "SystemCalls", system]),
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "RoleProtocol",
+                "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "Keyholder", "RoleProtocol",
                 "TerminalClient", "SystemCalls", "WebAssets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -78,7 +78,8 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
-        if command is WorkerCommand || command is VaultCommand || command is NurseryCommand || command is NurseryServiceCommand {
+        if command is WorkerCommand || command is VaultCommand || command is KeyholderCommand || command is NurseryCommand
+            || command is NurseryServiceCommand {
             // One event loop each: a worker serves its clients and its vault link there, the
             // vault its terminals and worker links, so a message goes from the socket it came
             // on to the one it leaves by on one thread; workers give the parallelism (one per

@@ -193,15 +193,16 @@ struct ControlCommand: ParsableCommand {
 
     struct Workers: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Each worker: pid, state, uptime, restarts, heartbeat, sandbox; with --isolation client, the client it serves (- for a spare).")
+            abstract: "Each worker: pid, state, uptime, restarts, heartbeat, sandbox; with --isolation client, the client it serves (- for a spare); with TLS, the signatures the keyholder made for it.")
         @OptionGroup var options: Options
 
         func run() throws {
             guard let w = try ControlCommand.fetch("workers", options, as: ControlServer.Workers.self) else { return }
-            let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "CONNS", "CLIENT", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
+            let header = ["ID", "PID", "STATE", "UPTIME", "RESTARTS", "CONNS", "CLIENT", "SIGNED", "HEARTBEAT", "VIOLATIONS", "SECCOMP", "NNP", "CAPEFF", "CONFINED"]
             let rows = w.workers.map { r -> [String] in
                 [String(r.id), r.pid.map(String.init) ?? "-", r.state,
                  r.uptimeSeconds.map { fixedPoint($0, digits: 1) + "s" } ?? "-", String(r.restarts), String(r.connections), r.client ?? "-",
+                 r.signatures.map { "\($0)" + (r.signaturesRefused.map { $0 > 0 ? " (\($0) refused)" : "" } ?? "") } ?? "-",
                  r.lastHeartbeatMilliseconds.map { fixedPoint($0, digits: 2) + "ms" } ?? "-", String(r.violations),
                  r.seccomp.map(String.init) ?? "-", r.noNewPrivileges.map { $0 ? "1" : "0" } ?? "-", r.capEff ?? "-",
                  r.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-"]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FoundationEssentials
+import Keyholder
 import Nursery
 import RoleProtocol
 import Sandbox
@@ -22,7 +23,7 @@ struct RoleCommand: AsyncParsableCommand {
         abstract: "Run an internal role (started by cloister itself).",
         shouldDisplay: false,
         subcommands: [WorkerCommand.self, VaultCommand.self, NurseryCommand.self, LoginCommand.self, SandboxProbeCommand.self,
-                      CircuitsPeerCommand.self, UpgradeCheckCommand.self])
+                      CircuitsPeerCommand.self, UpgradeCheckCommand.self, KeyholderCommand.self, KeyholderCheckCommand.self])
 }
 
 /// What a running server asks a binary before it upgrades to it: the state formats it adopts.
@@ -38,6 +39,49 @@ struct UpgradeCheckCommand: ParsableCommand {
 }
 
 extension EnforcementMode: ExpressibleByArgument {}
+
+/// The keyholder: reads the TLS key (before its sandbox, as the key file's owner) and signs
+/// for the workers (`KeyholderRole`).
+struct KeyholderCommand: SandboxedCommand {
+    static let configuration = CommandConfiguration(commandName: Role.keyholder.rawValue, shouldDisplay: false)
+
+    @OptionGroup var sandbox: SandboxOptions
+    @Option(help: "The private key, PEM, readable by its owner alone.") var key: String
+    @Option(help: "The certificate chain, PEM; its first certificate must match the key.") var cert: String
+    @Option(help: "Signatures a second each worker may ask for, on average.") var signaturesPerSecond = 100
+    @Option(help: "Signatures a worker may ask for at once, above the average.") var signatureBurst = 200
+    var confined: ConfinedRole?
+    var signingKey: SigningKey?
+
+    enum CodingKeys: String, CodingKey { case sandbox, key, cert, signaturesPerSecond, signatureBurst }
+
+    mutating func confine() throws {
+        (confined, signingKey) = try KeyholderRole.confine(sandbox.sandbox, keyFile: key, certificateFile: cert)
+    }
+
+    func run() async throws {
+        try await KeyholderRole.run(key: signingKey!, budget: .init(perSecond: signaturesPerSecond, burst: signatureBurst), confined: confined!)
+    }
+}
+
+/// What `cloister serve` runs before it starts a keyholder, and on SIGHUP: reads the pair as
+/// the keyholder would, prints the key's type, and exits; the key never enters the server.
+struct KeyholderCheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keyholder-check", abstract: "Check a TLS certificate and key as the keyholder reads them; print the key's type.")
+
+    @Option(help: "The private key, PEM.") var key: String
+    @Option(help: "The certificate chain, PEM.") var cert: String
+
+    func run() throws {
+        do {
+            print(try SigningKey(keyFile: key, certificateFile: cert).kind.name)
+        } catch {
+            printToStandardError("\(error)\n")
+            throw ExitCode(2)
+        }
+    }
+}
 
 /// How a role process is confined; given by whoever spawns the role.
 struct SandboxOptions: ParsableArguments {

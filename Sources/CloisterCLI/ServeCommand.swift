@@ -1,4 +1,5 @@
 import ArgumentParser
+import CShim
 import Circuits
 import FoundationEssentials
 import Logging
@@ -6,6 +7,7 @@ import Processes
 import RoleProtocol
 import Sandbox
 import Supervisor
+import SystemCalls
 import SystemPackage
 import Vault
 import Worker
@@ -66,6 +68,10 @@ struct ServeCommand: AsyncParsableCommand {
     var controlGroup: String?
     @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
+    @Option(help: "A PEM certificate chain, the server's certificate first: TLS (1.2 and 1.3, HTTP/1.1 by ALPN) on every --listen, or only on those given as tls:ADDRESS. SIGHUP reads it again.")
+    var tlsCert: String?
+    @Option(help: "The certificate's private key, PEM (RSA of 2048 bits or more, ECDSA P-256 or P-384), readable by its owner alone. Only the keyholder role reads it; the workers never hold it.")
+    var tlsKey: String?
     @Flag(help: "Hand every session's terminal and ring to systemd's fd store (the unit sets FileDescriptorStoreMax=), so that a restart of the service keeps them.")
     var fdStore = false
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
@@ -182,7 +188,11 @@ struct ServeCommand: AsyncParsableCommand {
         guard drainTimeout >= 0 && drainTimeout.isFinite else { throw ConfigurationError(option: "--drain-timeout", problem: "must be a number of seconds ≥ 0") }
         // Socket-activated, the inherited sockets replace the default address.
         let addresses = listen.isEmpty ? (activated ? [] : ["127.0.0.1:7681"]) : listen
-        for address in addresses where Listener.parse(address) == nil {
+        let plain = addresses.map { $0.hasPrefix(Server.tlsPrefix) ? String($0.dropFirst(Server.tlsPrefix.count)) : $0 }
+        if let marked = addresses.first(where: { $0.hasPrefix(Server.tlsPrefix) }), tlsCert == nil {
+            throw ConfigurationError(option: "--listen", problem: "\"\(marked)\" asks for TLS: give --tls-cert and --tls-key")
+        }
+        for address in plain where Listener.parse(address) == nil {
             let path = address.hasPrefix(Listener.unixPrefix) ? String(address.dropFirst(Listener.unixPrefix.count)) : nil
             guard let path else {
                 throw ConfigurationError(option: "--listen", problem: "\"\(address)\" is not HOST:PORT, [IPV6]:PORT, :PORT or unix:/PATH")
@@ -298,6 +308,7 @@ struct ServeCommand: AsyncParsableCommand {
             c.controlGroup = group.pointee.gr_gid
         }
         c.mode = policyMode
+        c.tls = try tls(policies: policies)
         do {
             _ = try sessions.settings()
         } catch {
@@ -313,6 +324,53 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
         }
         return (c, credentialLine)
+    }
+
+    /// The TLS pair, checked by the keyholder's own code in a process of its own (so the key
+    /// never enters this one), its chain in a sealed memory file for the workers.
+    func tls(policies: String) throws(ConfigurationError) -> Server.TLS? {
+        switch (tlsCert, tlsKey) {
+        case (nil, nil): return nil
+        case (_, nil): throw ConfigurationError(option: "--tls-key", problem: "--tls-cert needs its key")
+        case (nil, _): throw ConfigurationError(option: "--tls-cert", problem: "--tls-key needs its certificate")
+        case let (cert?, key?):
+            // Absolute, for the keyholders started later (after an upgrade too).
+            func absolute(_ path: String, _ option: String) throws(ConfigurationError) -> String {
+                guard let resolved = realpath(path, nil) else {
+                    throw ConfigurationError(option: option, problem: "\(path): \(String(cString: strerror(errno)))")
+                }
+                defer { free(resolved) }
+                return String(cString: resolved)
+            }
+            let (certFile, keyFile) = (try absolute(cert, "--tls-cert"), try absolute(key, "--tls-key"))
+            let kind: TLSKeyKind
+            do {
+                kind = try KeyholderCheck.run(key: keyFile, certificate: certFile)
+            } catch {
+                throw ConfigurationError(option: "--tls-key", problem: "\(error)")
+            }
+            let policy = "\(policies)/keyholder.json"
+            do {
+                _ = try SeccompProgram(try Policy.load(file: policy))
+            } catch {
+                throw ConfigurationError(option: "--policy-dir", problem: "\(error)")
+            }
+            let chain: FileDescriptor
+            do {
+                let fd = try FileDescriptor.open(certFile, .readOnly, options: .closeOnExec)
+                defer { try? fd.close() }
+                let bytes = try fd.readToEnd(limit: 256 * 1024)
+                var failed: UnsafePointer<CChar>?
+                let sealed = bytes.withUnsafeBytes { cloister_sealed_memfd("cloister-tls-chain", $0.baseAddress, $0.count, &failed) }
+                guard sealed >= 0 else {
+                    throw SystemCallError(call: failed.map { String(cString: $0) } ?? "memfd_create", errno: Errno(rawValue: errno))
+                }
+                chain = FileDescriptor(rawValue: sealed)
+            } catch {
+                throw ConfigurationError(option: "--tls-cert", problem: "\(certFile): \(error)")
+            }
+            return Server.TLS(certificateFile: certFile, keyFile: keyFile, kind: kind, chain: chain, keyholderPolicy: policy)
+        }
     }
 
     static func randomPassword() -> String {
@@ -378,8 +436,29 @@ struct ServeCommand: AsyncParsableCommand {
         await SupervisorRole.run(server, credentialLine: credentialLine, drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                                  logger: log) {
             let fresh = try options.configuration(activated: true).0
-            return oneTime ? configuration.authentication : fresh.authentication
+            return (oneTime ? configuration.authentication : fresh.authentication, fresh.tls)
         }
     }
 }
 extension RolePool.Isolation: ExpressibleByArgument {}
+
+/// `cloister role keyholder-check` in a process of its own: the key's type, or what is wrong
+/// with the pair, naming the file.
+enum KeyholderCheck {
+    struct Failed: Error, CustomStringConvertible { var description: String }
+
+    static func run(key: String, certificate: String) throws -> TLSKeyKind {
+        let pipe = try FileDescriptor.pipe(options: .closeOnExec)
+        let child = try ChildProcess.spawn(ChildProcess.currentExecutable, arguments: ["role", "keyholder-check", "--key", key, "--cert", certificate],
+                                           output: pipe.writeEnd)
+        try? pipe.writeEnd.close()
+        let printed = String(decoding: (try? pipe.readEnd.readToEnd(limit: 4096)) ?? [], as: UTF8.self)
+        let output = String(String(printed.reversed().drop(while: \.isWhitespace)).reversed())
+        try? pipe.readEnd.close()
+        let termination = try child.wait()
+        guard termination == .exited(0), let kind = TLSKeyKind(name: output) else {
+            throw Failed(description: output.isEmpty ? "the check ended \(termination)" : output)
+        }
+        return kind
+    }
+}

@@ -13,12 +13,16 @@ import SystemPackage
 /// | workerVault | worker | `WorkerToVault` | `VaultToWorker` |
 /// | vaultNursery | vault | `VaultToNursery` | `NurseryToVault` |
 /// | supervisorNursery | supervisor | `SupervisorToNursery` | the conversation's end |
+/// | supervisorKeyholder | supervisor | `SupervisorToKeyholder` | `KeyholderToSupervisor`, the end |
+/// | workerKeyholder | worker | `WorkerToKeyholder` | `KeyholderToWorker` |
 public enum Link: String, Sendable, CaseIterable {
     case supervisorWorker = "cloister.supervisor-worker/1"
     case supervisorVault = "cloister.supervisor-vault/1"
     case workerVault = "cloister.worker-vault/1"
     case vaultNursery = "cloister.vault-nursery/1"
     case supervisorNursery = "cloister.supervisor-nursery/1"
+    case supervisorKeyholder = "cloister.supervisor-keyholder/1"
+    case workerKeyholder = "cloister.worker-keyholder/1"
 
     /// The intent both ends name in the handshake.
     public var intent: String { rawValue }
@@ -26,10 +30,10 @@ public enum Link: String, Sendable, CaseIterable {
     public static let control: UInt16 = 0
 
     /// The worker–vault link is on every keystroke's path and never carries a descriptor:
-    /// a stream socket both ends serve on their event loop (`ChannelTransport`). The others
-    /// pass descriptors (client sockets, terminals, link sockets) on SOCK_SEQPACKET
-    /// (`Transport`).
-    public var isOnEventLoop: Bool { self == .workerVault }
+    /// a stream socket both ends serve on their event loop (`ChannelTransport`); so is the
+    /// worker–keyholder link, on a TLS handshake's path. The others pass descriptors (client
+    /// sockets, terminals, link sockets) on SOCK_SEQPACKET (`Transport`).
+    public var isOnEventLoop: Bool { self == .workerVault || self == .workerKeyholder }
 
     /// The kind of socket pair this link runs on.
     public var socketKind: SocketKind { isOnEventLoop ? .stream : .seqpacket }

@@ -50,6 +50,13 @@ public enum LinkLimits {
     public static let urlArguments = 16, urlArgument = 255
     /// A web user's name, as a reverse proxy's header gives it (ttyd's --auth-header).
     public static let userName = 255
+    /// What a worker asks the keyholder to sign: a TLS 1.3 CertificateVerify input is 130
+    /// bytes and a TLS 1.2 ServerKeyExchange's about 170.
+    public static let signedData = 512
+    /// A signature: an RSA key of 8192 bits makes one of 1024 bytes.
+    public static let signature = 1024
+    /// Workers in one `KeyholderToSupervisor.counts`.
+    public static let countedWorkers = 4096
 }
 
 /// How a shell ended, as wait(2) tells it.

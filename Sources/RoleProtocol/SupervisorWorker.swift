@@ -6,28 +6,45 @@ public enum SupervisorToWorker: LinkMessage {
     case client
     /// With the worker's end of its transport to the vault (`Link.workerVault`).
     case vaultLink(worker: UInt32)
+    /// With an accepted client socket whose connection is TLS (a listener marked so).
+    case tlsClient
+    /// With the worker's end of its transport to the keyholder (`Link.workerKeyholder`) and a
+    /// sealed memory file holding the certificate chain (PEM) the keyholder's key belongs to,
+    /// whose type is `keyKind` (`SigningKey.Kind`): the worker serves TLS with both from now on.
+    case keyholderLink(worker: UInt32, keyKind: UInt8)
 
-    enum Kind: UInt8 { case client = 0x63, vaultLink = 0x4c }
+    enum Kind: UInt8 { case client = 0x63, vaultLink = 0x4c, tlsClient = 0x74, keyholderLink = 0x6b }
 
     public var encoded: [UInt8] {
         switch self {
         case .client: return [Kind.client.rawValue]
+        case .tlsClient: return [Kind.tlsClient.rawValue]
         case .vaultLink(let worker):
             var w = FieldWriter(kind: Kind.vaultLink.rawValue)
             w.u32(worker)
             return w.bytes
+        case .keyholderLink(let worker, let keyKind):
+            var w = FieldWriter(kind: Kind.keyholderLink.rawValue)
+            w.u32(worker)
+            w.rest([keyKind])
+            return w.bytes
         }
     }
 
-    public var descriptorCount: Int { 1 }
+    public var descriptorCount: Int {
+        if case .keyholderLink = self { return 2 }
+        return 1
+    }
 
     public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
         var r = try FieldReader<Kind>(payload, of: "SupervisorToWorker")
         let kind = r.kind
-        try Self.expect(1, descriptors, kind: kind)
+        try Self.expect(kind == .keyholderLink ? 2 : 1, descriptors, kind: kind)
         switch kind {
         case .client: self = .client
+        case .tlsClient: self = .tlsClient
         case .vaultLink: self = .vaultLink(worker: try r.u32())
+        case .keyholderLink: self = .keyholderLink(worker: try r.u32(), keyKind: try r.u8())
         }
         try r.done()
     }

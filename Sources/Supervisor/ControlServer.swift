@@ -60,6 +60,10 @@ public final class ControlServer: Sendable {
         /// With --isolation client: the address of the one client the worker serves; nil for
         /// a spare and in a pool.
         public var client: String?
+        /// With TLS: the signatures the keyholder made for this worker's handshakes, and those
+        /// it refused (over the worker's rate, or not a signing request).
+        public var signatures: UInt64?
+        public var signaturesRefused: UInt64?
         /// From /proc/PID/task/*/status: every thread confined (seccomp filter, no_new_privs,
         /// no effective capability), and the values of the main thread.
         public var sandboxConfined: Bool?
@@ -208,7 +212,12 @@ public final class ControlServer: Sendable {
                                      vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping,
                                      build: sessions?.build, upgradedFrom: sessions?.upgradedFrom))
         case .workers:
-            reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map(Self.report)))
+            let signed = sessions?.signatures() ?? [:]
+            reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map { slot in
+                var report = Self.report(slot)
+                if let counts = signed[slot.id] { (report.signatures, report.signaturesRefused) = (counts.signed, counts.refused) }
+                return report
+            }))
         case .upgrade:
             guard let check = upgradeCheck.withLock({ $0 }) else { return reply(connection, error: "this server cannot be upgraded") }
             do {

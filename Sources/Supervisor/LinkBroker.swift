@@ -21,6 +21,10 @@ final class LinkBroker: Sendable {
         /// The nursery service's connection for the running vault.
         var serviceConnection: NurseryServiceConnection?
         var workers: [Int: RolePool.Instance] = [:]
+        /// With TLS: the running keyholder, and the chain (a sealed memory file) and key type
+        /// each worker gets with its link to it.
+        var keyholder: RolePool.Instance?
+        var chain: (file: FileDescriptor, kind: TLSKeyKind)?
         var stopping = false
         /// The server hands its state to a new binary: kept sessions stay open at the end.
         var handingOver = false
@@ -33,13 +37,15 @@ final class LinkBroker: Sendable {
 
     private let workers: RolePool
     private let vault: RolePool
+    private let keyholder: RolePool?
     private let nursery: NurserySource
     private let executable: String
     private let logger: Logger
     private let state: Mutex<State>
 
     /// `handover`: the sessions and shells an earlier server kept, for the first vault.
-    init(workers: RolePool, vault: RolePool, nursery: NurserySource, executable: String, authentication: VaultAuthentication,
+    init(workers: RolePool, vault: RolePool, keyholder: RolePool? = nil, tls: (FileDescriptor, TLSKeyKind)? = nil,
+         nursery: NurserySource, executable: String, authentication: VaultAuthentication,
          keptSessions: Int, fdStore: Bool = false, handover: Handover = Handover(), logger: Logger) {
         keeper = SessionKeeper(limit: keptSessions, fdStore: fdStore, logger: logger)
         keeper.preload(handover.sessions)
@@ -47,11 +53,13 @@ final class LinkBroker: Sendable {
         orphans.preload(handover.orphans)
         self.workers = workers
         self.vault = vault
+        self.keyholder = keyholder
         self.nursery = nursery
         self.executable = executable
         self.logger = logger
         var initial = State(authentication: authentication)
         initial.vaultGeneration = handover.vaultGeneration
+        initial.chain = tls.map { (file: $0.0, kind: $0.1) }
         state = Mutex(initial)
         (inputs, submit) = AsyncStream.makeStream(of: Input.self)
     }
@@ -68,7 +76,8 @@ final class LinkBroker: Sendable {
     /// nursery.
     func run() async {
         await withTaskGroup(of: Void.self) { forwarders in
-            for pool in [workers, vault] {
+            let pools = [workers, vault] + (keyholder.map { [$0] } ?? [])
+            for pool in pools {
                 forwarders.addTask {
                     for await event in pool.events { self.submit.yield(.pool(pool.configuration.role, event)) }
                 }
@@ -83,7 +92,7 @@ final class LinkBroker: Sendable {
                     }
                 }
             }
-            for _ in 0..<2 { await forwarders.next() }
+            for _ in 0..<pools.count { await forwarders.next() }
             submit.finish()
         }
         let (spawned, connection, handingOver) = state.withLock { s in
@@ -163,15 +172,76 @@ final class LinkBroker: Sendable {
             state.withLock { s in
                 if s.workers[instance.id] === instance { s.workers[instance.id] = nil }
             }
+        case (.keyholder, .started(let instance)):
+            let running = state.withLock { s in
+                s.keyholder = instance
+                return s.workers.values.sorted { $0.id < $1.id }
+            }
+            for worker in running {
+                do {
+                    try await linkKeyholder(worker, to: instance)
+                } catch {
+                    logger.error("worker not linked to the new keyholder", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
+                }
+            }
+        case (.keyholder, .ended(let instance)):
+            state.withLock { s in
+                if s.keyholder === instance { s.keyholder = nil }
+            }
         case (_, .linked), (_, .degraded), (.supervisor, _), (.nursery, _):
             break
         }
     }
 
+    /// A new chain (SIGHUP): the workers get it with their links to the next keyholder.
+    func replaceChain(_ file: FileDescriptor, kind: TLSKeyKind) {
+        let previous = state.withLock { s in
+            defer { s.chain = (file, kind) }
+            return s.chain?.file
+        }
+        try? previous?.close()
+    }
+
+    /// One stream socketpair: one end to the keyholder, the other to the worker with a
+    /// read-only descriptor of its own of the chain's memory file.
+    private func linkKeyholder(_ worker: RolePool.Instance, to keyholder: RolePool.Instance) async throws {
+        guard let chain = state.withLock({ $0.chain }) else { return }
+        let file = try RoleLauncher.SharedFile(descriptor: chain.file, option: "").reopened()
+        defer { try? file.close() }
+        let (keyholderEnd, workerEnd) = try SocketCalls.socketPair(Link.workerKeyholder.socketKind)
+        defer {
+            try? keyholderEnd.close()
+            try? workerEnd.close()
+        }
+        try await keyholder.transport.open().tell(SupervisorToKeyholder.workerLink(worker: UInt32(worker.id)), descriptors: [keyholderEnd])
+        try await worker.transport.open().tell(SupervisorToWorker.keyholderLink(worker: UInt32(worker.id), keyKind: chain.kind.rawValue),
+                                               descriptors: [workerEnd, file])
+    }
+
+    /// Signatures made and refused per worker, from the keyholder.
+    func signatureCounts() async throws -> [KeyholderToSupervisor.Count] {
+        guard let keyholder = state.withLock({ $0.keyholder }) else { return [] }
+        let circuit = try keyholder.transport.open()
+        try await circuit.send(SupervisorToKeyholder.counts, end: true)
+        guard case .counts(let counts)? = try await circuit.receive(KeyholderToSupervisor.self)?.message else {
+            throw SessionRequestError.unexpectedReply
+        }
+        return counts
+    }
+
     private func workerStarted(_ worker: RolePool.Instance) async {
-        let current = state.withLock { s in
+        let (current, keyholder) = state.withLock { s in
             s.workers[worker.id] = worker
-            return s.stopping ? nil : s.vault
+            return s.stopping ? (nil, nil) : (s.vault, s.keyholder)
+        }
+        if let keyholder {
+            do {
+                try await linkKeyholder(worker, to: keyholder)
+            } catch where keyholder.transport.failure != nil {
+                // That keyholder is going; its successor links every worker.
+            } catch {
+                return workers.fail(worker, reason: "keyholder link: \(error)")
+            }
         }
         if let current {
             do {

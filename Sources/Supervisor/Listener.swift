@@ -28,6 +28,14 @@ public final class Listener: Sendable {
 
     public static let unixPrefix = "unix:"
 
+    /// Whether a `--listen` address names the address a listener was bound as (a port of 0
+    /// names every port).
+    static func sameAddress(_ given: String, _ bound: String) -> Bool {
+        if given == bound { return true }
+        guard given.hasSuffix(":0"), let colon = bound.lastIndex(of: ":") else { return false }
+        return String(given.dropLast(2)) == String(bound[..<colon])
+    }
+
     /// Who may connect to a unix listener: its file's owner, group and mode.
     public struct SocketAccess: Sendable {
         public var owner: uid_t?

@@ -123,6 +123,7 @@ public enum RoleLauncher {
         switch role {
         case .worker: return .supervisorWorker
         case .vault: return .supervisorVault
+        case .keyholder: return .supervisorKeyholder
         case .supervisor, .nursery: preconditionFailure("the supervisor does not launch a \(role) as a sandboxed role")
         }
     }

@@ -223,9 +223,10 @@ public final class RolePool: Sendable {
     /// (it died and is not reaped yet) is passed over, and one that fails the hand-over is
     /// replaced by the next. The instance ends the conversation when the client has gone;
     /// until then the client counts against it.
-    public func dispatch(_ client: FileDescriptor, peer: String = "") async throws {
+    public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false) async throws {
         defer { try? client.close() }
-        if configuration.isolation == .perClient { return try await dispatchToOwnInstance(client, peer: peer) }
+        let message: SupervisorToWorker = tls ? .tlsClient : .client
+        if configuration.isolation == .perClient { return try await dispatchToOwnInstance(client, peer: peer, message: message) }
         var tried: Set<ObjectIdentifier> = []
         var lastError: Error = DispatchError.noInstanceRunning
         while true {
@@ -245,7 +246,7 @@ public final class RolePool: Sendable {
             let circuit: RoleCircuit
             do {
                 circuit = try instance.transport.open()
-                try await circuit.send(SupervisorToWorker.client, descriptors: [client], end: true)
+                try await circuit.send(message, descriptors: [client], end: true)
             } catch {
                 release(instance)
                 lastError = error
@@ -267,7 +268,7 @@ public final class RolePool: Sendable {
     /// Per client: takes a running spare out of its slot for this client alone (the slot
     /// starts the next spare), waiting up to `spareWait` when none is free. An instance that
     /// fails the hand-over is closed, and the next spare tried.
-    private func dispatchToOwnInstance(_ client: FileDescriptor, peer: String) async throws {
+    private func dispatchToOwnInstance(_ client: FileDescriptor, peer: String, message: SupervisorToWorker) async throws {
         let deadline = ContinuousClock.now + configuration.spareWait
         var lastError: Error = DispatchError.noInstanceRunning
         while true {
@@ -296,7 +297,7 @@ public final class RolePool: Sendable {
             }
             do {
                 let circuit = try instance.transport.open()
-                try await circuit.send(SupervisorToWorker.client, descriptors: [client], end: true)
+                try await circuit.send(message, descriptors: [client], end: true)
                 // The instance ends the conversation once its client has gone: then it exits.
                 circuit.whenPeerEnds { self.clientLeft(instance) }
                 return

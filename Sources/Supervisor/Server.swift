@@ -67,6 +67,9 @@ public final class Server: Sendable {
         public var build = ""
         /// Hand each kept session to systemd's fd store too (`--fd-store`).
         public var fdStore = false
+        /// TLS on the listeners `listen` marks with "tls:" (all of them when none is marked):
+        /// the keyholder holds the key, the workers the chain.
+        public var tls: TLS?
 
         public init(workerPolicy: String, vaultPolicy: String, nursery: NurserySource) {
             self.workerPolicy = workerPolicy
@@ -74,6 +77,24 @@ public final class Server: Sendable {
             self.nursery = nursery
         }
     }
+
+    /// The TLS pair, as checked by `cloister role keyholder-check`.
+    public struct TLS: Sendable {
+        public var certificateFile: String
+        public var keyFile: String
+        public var kind: TLSKeyKind
+        /// The chain as the workers get it: a sealed memory file of the certificate file.
+        public var chain: FileDescriptor
+        public var keyholderPolicy: String
+
+        public init(certificateFile: String, keyFile: String, kind: TLSKeyKind, chain: FileDescriptor, keyholderPolicy: String) {
+            (self.certificateFile, self.keyFile, self.kind, self.chain) = (certificateFile, keyFile, kind, chain)
+            self.keyholderPolicy = keyholderPolicy
+        }
+    }
+
+    /// The prefix of a `--listen` address whose clients speak TLS.
+    public static let tlsPrefix = "tls:"
 
     public enum ExitWhen: String, Sendable {
         /// One client at a time; stop when it leaves (`--once`).
@@ -86,6 +107,10 @@ public final class Server: Sendable {
     public let listeners: [Listener]
     public let workers: RolePool
     public let vault: RolePool
+    /// With TLS: the keyholder, a pool of one.
+    public let keyholder: RolePool?
+    /// Per listener, whether its clients speak TLS.
+    let tlsListeners: [Bool]
     /// Clients answered 503 for being over `maxClients`.
     public let capacityRefusals = CapacityRefusals()
     let broker: LinkBroker
@@ -117,13 +142,22 @@ public final class Server: Sendable {
         self.logger = logger
         var bound: [Listener] = handover.listeners
         upgradedFrom = handover.upgradedFrom
+        let marked = c.listen.filter { $0.hasPrefix(Self.tlsPrefix) }.map { String($0.dropFirst(Self.tlsPrefix.count)) }
         do {
-            for address in c.listen where handover.upgradedFrom == nil { bound.append(try Listener(address, access: c.socketAccess)) }
+            for address in c.listen where handover.upgradedFrom == nil {
+                bound.append(try Listener(address.hasPrefix(Self.tlsPrefix) ? String(address.dropFirst(Self.tlsPrefix.count)) : address,
+                                          access: c.socketAccess))
+            }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
             throw .listen(error)
         }
         listeners = bound
+        // By address, so that a listener handed over (systemd's, an upgrade's) is marked too.
+        tlsListeners = bound.map { listener in
+            guard c.tls != nil else { return false }
+            return marked.isEmpty || marked.contains { Listener.sameAddress($0, listener.address) }
+        }
         var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
@@ -143,8 +177,15 @@ public final class Server: Sendable {
         c.tuning?(&vaultConfiguration)
         workers = RolePool(configuration: workerConfiguration, logger: logger)
         vault = RolePool(configuration: vaultConfiguration, logger: logger)
+        keyholder = c.tls.map { tls in
+            var keyholderConfiguration = RolePool.Configuration(role: .keyholder, count: 1, executable: c.executable, policy: tls.keyholderPolicy)
+            keyholderConfiguration.mode = c.mode
+            keyholderConfiguration.arguments = ["--key", tls.keyFile, "--cert", tls.certificateFile]
+            c.tuning?(&keyholderConfiguration)
+            return RolePool(configuration: keyholderConfiguration, logger: logger)
+        }
         broker = LinkBroker(
-            workers: workers, vault: vault,
+            workers: workers, vault: vault, keyholder: keyholder, tls: c.tls.map { ($0.chain, $0.kind) },
             nursery: c.nursery, executable: c.executable,
             authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), fdStore: c.fdStore, handover: handover,
             logger: logger)
@@ -183,8 +224,14 @@ public final class Server: Sendable {
     /// and each worker is replaced, as soon as it has no client, by one started under the
     /// profile as it is now. The vault keeps its sessions; a new vault profile applies when
     /// the vault is next started.
-    public func reload(_ authentication: VaultAuthentication) async {
+    public func reload(_ authentication: VaultAuthentication, tls: TLS? = nil) async {
         await broker.configure(authentication)
+        if let tls, let keyholder {
+            // The next keyholder reads the new key; each worker gets the chain with its link.
+            broker.replaceChain(tls.chain, kind: tls.kind)
+            keyholder.renew()
+            logger.info("reloaded: TLS certificate and key replaced", metadata: ["certificate": "\(tls.certificateFile)", "key_type": "\(tls.kind)"])
+        }
         workers.renew()
         logger.info("reloaded: credential replaced, workers renewed as their clients leave")
     }
@@ -198,6 +245,7 @@ public final class Server: Sendable {
         let broker = self.broker
         brokering.withLock { $0 = Task { await broker.run() } }
         vault.start()
+        keyholder?.start()
         workers.start()
         let deadline = ContinuousClock.now + readiness
         var ready = false
@@ -212,9 +260,9 @@ public final class Server: Sendable {
         if !ready {
             logger.critical("roles not running after \(readiness); accepting anyway")
         }
-        for listener in listeners {
-            Task.detached { _ = try? await onOwnThread { self.acceptLoop(listener) } }
-            logger.info("listening", metadata: ["address": "\(listener.address)"])
+        for (listener, tls) in zip(listeners, tlsListeners) {
+            Task.detached { _ = try? await onOwnThread { self.acceptLoop(listener, tls: tls) } }
+            logger.info("listening", metadata: ["address": "\(listener.address)", "tls": "\(tls)"])
         }
         return true
     }
@@ -232,6 +280,7 @@ public final class Server: Sendable {
         logger.info("draining done", metadata: ["open_connections": "\(workers.openConnections)"])
         broker.beginStopping()
         await workers.shutdown()
+        await keyholder?.shutdown()
         await vault.shutdown()
         await brokering.withLock { $0 }?.value
         for listener in listeners { try? listener.descriptor.close() }
@@ -264,7 +313,7 @@ public final class Server: Sendable {
 
     /// EMFILE/ENFILE (and ENOBUFS/ENOMEM) back off, from 10 ms doubling to 1 s, and recover
     /// once descriptors are free again; the pending client stays in the backlog meanwhile.
-    private func acceptLoop(_ listener: Listener) {
+    private func acceptLoop(_ listener: Listener, tls: Bool) {
         var backoffMilliseconds: UInt32 = 0
         while accepting.load(ordering: .acquiring) {
             let client: FileDescriptor
@@ -293,7 +342,7 @@ public final class Server: Sendable {
             let peer = configuration.isolation == .perClient ? Self.peerName(client) : ""
             Task {
                 do {
-                    try await self.workers.dispatch(client, peer: peer)
+                    try await self.workers.dispatch(client, peer: peer, tls: tls)
                 } catch {
                     self.logger.error("client not handed to a worker", metadata: ["error": "\(error)"])
                 }

@@ -26,6 +26,12 @@ struct SessionControl: Sendable {
         try blocking { try await broker.sessionRequest(.kick(session: session, client: client)) }
     }
 
+    /// Per worker id: signatures the keyholder made and refused for it (nothing without TLS).
+    func signatures() -> [Int: (signed: UInt64, refused: UInt64)] {
+        let counts = (try? blocking { try await broker.signatureCounts() }) ?? []
+        return Dictionary(counts.map { (Int($0.worker), (signed: $0.signed, refused: $0.refused)) }, uniquingKeysWith: { a, _ in a })
+    }
+
     func hangUp(_ session: String) throws -> Bool {
         try blocking { try await broker.sessionRequest(.hangUp(session: session)) }
     }

@@ -17,7 +17,7 @@ public enum SupervisorRole {
 
     /// `reloadedCredential` is called on SIGHUP; what it throws is logged and changes nothing.
     public static func run(_ server: Server, credentialLine: String?, drainTimeout: Duration, logger log: Logger,
-                           reloadedCredential: @escaping @Sendable () throws -> VaultAuthentication) async {
+                           reloadedCredential: @escaping @Sendable () throws -> (VaultAuthentication, Server.TLS?)) async {
         // A nursery that dies leaves its shells to the supervisor instead of init, which
         // reaps them and reports their ends (`OrphanShells`).
         if cloister_set_child_subreaper() != 0 {
@@ -96,11 +96,12 @@ public enum SupervisorRole {
 
     /// Re-reads what may change while serving: the credential and the profiles. A problem is
     /// logged and changes nothing.
-    static func reload(_ server: Server, _ reloadedCredential: () throws -> VaultAuthentication, log: Logger) async {
+    static func reload(_ server: Server, _ reloadedCredential: () throws -> (VaultAuthentication, Server.TLS?), log: Logger) async {
         SystemdNotify.send("RELOADING=1")
         defer { SystemdNotify.send("READY=1") }
         do {
-            await server.reload(try reloadedCredential())
+            let (authentication, tls) = try reloadedCredential()
+            await server.reload(authentication, tls: tls)
         } catch {
             log.error("reload refused; nothing changed", metadata: ["problem": "\(error)"])
         }

@@ -3,6 +3,7 @@ import NIOCore
 import RoleProtocol
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 import Synchronization
 import SystemPackage
@@ -44,6 +45,8 @@ public final class WebWorker: Sendable {
     let service: any TerminalService
     let assets: AssetBundle
     let logger: Logger
+    /// TLS for the clients of listeners marked so: nil when the server has none.
+    let tls: WorkerTLS?
     /// What the heartbeat replies carry to the supervisor (`WorkerCounter`).
     public let counters = RoleCounters(count: WorkerCounter.allCases.count)
     /// The ping clock of each event loop clients are served on (the worker's one loop).
@@ -58,22 +61,33 @@ public final class WebWorker: Sendable {
         }
     }
 
-    public init(settings: Settings, service: any TerminalService, assets: AssetBundle, logger: Logger) {
+    public init(settings: Settings, service: any TerminalService, assets: AssetBundle, logger: Logger, tls: WorkerTLS? = nil) {
+        self.tls = tls
         self.settings = settings
         self.service = service
         self.assets = assets
         self.logger = logger
     }
 
-    /// Serves one client socket on `loop` (taking ownership of it); `closed` is called once
-    /// the connection has closed. Returns once the socket is adopted.
-    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, closed: @escaping @Sendable () -> Void) async {
+    /// Serves one client socket on `loop` (taking ownership of it), behind TLS if `tls`;
+    /// `closed` is called once the connection has closed. Returns once the socket is adopted.
+    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false,
+                      closed: @escaping @Sendable () -> Void) async {
         do {
             let channel = try await ClientBootstrap(group: loop)
                 // Keystrokes and small frames are the rule; a busy client's reads grow to 64 KiB.
                 .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536))
                 .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { _ = try self.configure(channel) }
+                    channel.eventLoop.makeCompletedFuture {
+                        if tls {
+                            guard let context = self.tls?.current else {
+                                throw TLSSetupError(description: "a TLS client, and no keyholder linked yet")
+                            }
+                            try channel.pipeline.syncOperations.addHandler(ALPNGate())
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                        }
+                        _ = try self.configure(channel)
+                    }
                 }
                 .withConnectedSocket(socket.rawValue)
                 .get()

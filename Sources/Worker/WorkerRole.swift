@@ -28,17 +28,18 @@ public enum WorkerRole {
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
         let steps = try confined.seal(reserve: 0)
         log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))", "assets": "\(assets.assets.count)"])
-        let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log)
+        let tls = WorkerTLS(loop: vault.loop)
+        let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log, tls: tls)
         try await ControlCircuit.serve(supervisor, counters: worker.counters) { group in
             while let circuit = try? await supervisor.accept() {
-                group.addTask { await fromSupervisor(circuit, worker: worker, vault: vault, log: log) }
+                group.addTask { await fromSupervisor(circuit, worker: worker, vault: vault, tls: tls, log: log) }
             }
         }
     }
 
     /// One supervisor conversation. Ended when done with: for a client, once the client has
     /// gone, which is how the supervisor counts connections.
-    static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, log: Logger) async {
+    static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, tls: WorkerTLS, log: Logger) async {
         let received: Received<SupervisorToWorker>
         do {
             guard let first = try await circuit.receive(SupervisorToWorker.self) else { return }
@@ -51,9 +52,20 @@ public enum WorkerRole {
         // The decoder checked that each kind came with its one descriptor.
         guard let socket = received.descriptors?.take(0) else { return }
         switch received.message {
-        case .client:
+        case .client, .tlsClient:
             // No task waits for the connection: its close ends the conversation.
-            await worker.serve(client: socket, on: vault.loop) { circuit.abandon() }
+            await worker.serve(client: socket, on: vault.loop, tls: received.message == .tlsClient) { circuit.abandon() }
+        case .keyholderLink(_, let keyKind):
+            do {
+                guard let kind = TLSKeyKind(rawValue: keyKind) else {
+                    throw TLSSetupError(description: "key type \(keyKind) is not one Cloister knows")
+                }
+                try await tls.replace(link: socket, chain: received.descriptors!.take(1)!, kind: kind)
+                log.info("keyholder linked", metadata: ["key": "\(kind)"])
+            } catch {
+                log.error("keyholder link failed", metadata: ["error": "\(error)"])
+            }
+            try? await circuit.send([], end: true)
         case .vaultLink:
             do {
                 try await vault.replace(with: socket)
