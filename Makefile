@@ -39,7 +39,7 @@ deps:
 browser-deps: deps
 	$(call apt_install,$(BROWSER_APT_DEPS) $(DEPLOY_APT_DEPS))
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/python -c 'import playwright' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright
+	@$(VENV)/bin/python -c 'import playwright, websockets' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright websockets
 
 build: deps
 	$(SWIFT) build

@@ -26,6 +26,10 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     case 4: check(VaultToWorker.self, payload, descriptors: descriptors)
     case 5: check(VaultToNursery.self, payload, descriptors: descriptors)
     case 6: check(NurseryToVault.self, payload, descriptors: descriptors)
+    case 7: check(WorkerToKeyholder.self, payload, descriptors: descriptors)
+    case 8: check(KeyholderToWorker.self, payload, descriptors: descriptors)
+    case 9: check(SupervisorToKeyholder.self, payload, descriptors: descriptors)
+    case 10: check(KeyholderToSupervisor.self, payload, descriptors: descriptors)
     default: break
     }
     return 0

@@ -15,9 +15,9 @@ struct TtydCommand: AsyncParsableCommand {
         commandName: "ttyd",
         abstract: "Run with ttyd 1.7.7's command line (the same options), as the equivalent cloister serve.",
         discussion: """
-        Differences from ttyd are printed at start, one line each. TLS (-S -C -K -A) is refused \
-        until Cloister has it: terminate TLS in a reverse proxy. Cloister's --control-socket \
-        is accepted as well.
+        Differences from ttyd are printed at start, one line each. -S -C -K serve TLS with the key \
+        in Cloister's keyholder; client certificates (-A) are refused. Cloister's \
+        --control-socket is accepted as well.
         """)
 
     @Option(name: [.customShort("p"), .long], help: "Port to listen (default: 7681, use `0` for random port)")
@@ -64,8 +64,11 @@ struct TtydCommand: AsyncParsableCommand {
 
     /// `cloister serve`'s arguments, and one line per difference from ttyd.
     func translated() throws(Refused) -> (arguments: [String], differences: [String]) {
-        if ssl || sslCert != nil || sslKey != nil || sslCa != nil {
-            throw Refused(description: "-S/-C/-K/-A: Cloister has no TLS yet; terminate TLS in a reverse proxy in front of it (see deploy/)")
+        if sslCa != nil {
+            throw Refused(description: "-A: Cloister does not verify client certificates; put a reverse proxy that does in front of it (see deploy/)")
+        }
+        if ssl != (sslCert != nil && sslKey != nil) || (!ssl && (sslCert != nil || sslKey != nil)) {
+            throw Refused(description: "-S needs -C and -K, and -C and -K need -S")
         }
         if let signal, ServeCommand.signalNumber(signal) == nil {
             throw Refused(description: "-s \(signal): not a signal name or number")
@@ -95,6 +98,7 @@ struct TtydCommand: AsyncParsableCommand {
             if ipv6 { arguments += ["--listen", "[::]:\(port)"] }
         }
 
+        if let sslCert, let sslKey { arguments += ["--tls-cert", sslCert, "--tls-key", sslKey] }
         if let credential { arguments += ["--credential", credential] }
         if let authHeader { arguments += ["--auth-header", authHeader] }
         if credential == nil && authHeader == nil {

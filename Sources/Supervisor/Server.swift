@@ -110,7 +110,7 @@ public final class Server: Sendable {
     /// With TLS: the keyholder, a pool of one.
     public let keyholder: RolePool?
     /// Per listener, whether its clients speak TLS.
-    let tlsListeners: [Bool]
+    public let tlsListeners: [Bool]
     /// Clients answered 503 for being over `maxClients`.
     public let capacityRefusals = CapacityRefusals()
     let broker: LinkBroker
@@ -143,21 +143,21 @@ public final class Server: Sendable {
         var bound: [Listener] = handover.listeners
         upgradedFrom = handover.upgradedFrom
         let marked = c.listen.filter { $0.hasPrefix(Self.tlsPrefix) }.map { String($0.dropFirst(Self.tlsPrefix.count)) }
+        // A listener handed over (systemd's, an upgrade's) is marked by its address; one bound
+        // here by its own entry.
+        var tls = handover.listeners.map { listener in marked.isEmpty || marked.contains { Listener.sameAddress($0, listener.address) } }
         do {
             for address in c.listen where handover.upgradedFrom == nil {
-                bound.append(try Listener(address.hasPrefix(Self.tlsPrefix) ? String(address.dropFirst(Self.tlsPrefix.count)) : address,
-                                          access: c.socketAccess))
+                let isMarked = address.hasPrefix(Self.tlsPrefix)
+                bound.append(try Listener(isMarked ? String(address.dropFirst(Self.tlsPrefix.count)) : address, access: c.socketAccess))
+                tls.append(marked.isEmpty || isMarked)
             }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
             throw .listen(error)
         }
         listeners = bound
-        // By address, so that a listener handed over (systemd's, an upgrade's) is marked too.
-        tlsListeners = bound.map { listener in
-            guard c.tls != nil else { return false }
-            return marked.isEmpty || marked.contains { Listener.sameAddress($0, listener.address) }
-        }
+        tlsListeners = c.tls == nil ? bound.map { _ in false } : tls
         var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
         workerConfiguration.mode = c.mode
         workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])

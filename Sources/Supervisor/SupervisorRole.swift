@@ -76,13 +76,13 @@ public enum SupervisorRole {
 
     /// The lines an operator reads on the terminal, and readiness for systemd.
     static func announce(_ server: Server, credentialLine: String?) {
-        for listener in server.listeners {
+        for (listener, tls) in zip(server.listeners, server.tlsListeners) {
             guard let (host, port) = Listener.parse(listener.address), listener.path == nil else {
-                print("cloister: listening on \(listener.address) (HTTP at \(server.configuration.basePath)/)")
+                print("cloister: listening on \(listener.address) (\(tls ? "HTTPS" : "HTTP") at \(server.configuration.basePath)/)")
                 continue
             }
             let shown = host.contains(":") ? "[\(host)]" : host
-            print("cloister: listening on http://\(shown):\(port)\(server.configuration.basePath)/")
+            print("cloister: listening on \(tls ? "https" : "http")://\(shown):\(port)\(server.configuration.basePath)/")
         }
         if let credentialLine {
             print("cloister: one-time credential for this run: \(credentialLine)")

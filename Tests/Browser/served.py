@@ -44,7 +44,7 @@ class Served:
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+\S*)", self.output())
+            match = re.search(r"listening on (https?://127\.0\.0\.1:\d+\S*)", self.output())
             if match and self.running(workers):
                 self.url = match.group(1)
                 return

@@ -4,7 +4,12 @@ import XCTest
 /// Every link's codec: each message survives a round trip, and each decoder refuses what does
 /// not belong on its link and direction — without trapping, whatever the bytes.
 final class LinkMessageTests: XCTestCase {
-    static let supervisorToWorker: [SupervisorToWorker] = [.client, .vaultLink(worker: 0), .vaultLink(worker: .max)]
+    static let supervisorToWorker: [SupervisorToWorker] = [.client, .vaultLink(worker: 0), .vaultLink(worker: .max), .tlsClient,
+                                                            .keyholderLink(worker: 3, keyKind: TLSKeyKind.p256.rawValue)]
+    static let workerToKeyholder: [WorkerToKeyholder] = [.sign(scheme: 0x0804, data: [1]), .sign(scheme: 0x0403, data: Array(repeating: 7, count: LinkLimits.signedData))]
+    static let keyholderToWorker: [KeyholderToWorker] = [.signature([]), .signature(Array(repeating: 9, count: LinkLimits.signature)), .refused("over the rate")]
+    static let supervisorToKeyholder: [SupervisorToKeyholder] = [.workerLink(worker: 0), .workerLink(worker: .max), .counts]
+    static let keyholderToSupervisor: [KeyholderToSupervisor] = [.counts([]), .counts([.init(worker: 1, signed: 2, refused: 3), .init(worker: .max, signed: .max, refused: 0)])]
     static let supervisorToVault: [SupervisorToVault] = [
         .configure(credential: nil), .configure(credential: []), .configure(credential: Array("dTpw".utf8)),
         .nurseryLink, .workerLink(worker: 7), .listSessions, .kick(session: "abc", client: nil), .kick(session: "abc", client: 3),
@@ -53,6 +58,10 @@ final class LinkMessageTests: XCTestCase {
     }
 
     func testEveryMessageRoundTrips() {
+        assertRoundTrips(Self.workerToKeyholder)
+        assertRoundTrips(Self.keyholderToWorker)
+        assertRoundTrips(Self.supervisorToKeyholder)
+        assertRoundTrips(Self.keyholderToSupervisor)
         assertRoundTrips(Self.supervisorToWorker)
         assertRoundTrips(Self.supervisorToVault)
         assertRoundTrips(Self.vaultToSupervisor)
@@ -75,6 +84,12 @@ final class LinkMessageTests: XCTestCase {
 
     func testEmptyAndUnknownKinds() {
         assertRefused(SupervisorToWorker.self, [], .empty(type: "SupervisorToWorker"))
+        // A signing request the keyholder would have to buffer beyond what TLS asks, or none at all.
+        assertRefused(WorkerToKeyholder.self, [0x53, 0x08, 0x04] + Array(repeating: 0, count: LinkLimits.signedData + 1),
+                      .oversized(kind: "sign", length: LinkLimits.signedData + 1, limit: LinkLimits.signedData))
+        assertRefused(WorkerToKeyholder.self, [0x53, 0x08, 0x04], .malformed(kind: "sign", length: 3))
+        assertRefused(SupervisorToWorker.self, SupervisorToWorker.keyholderLink(worker: 1, keyKind: 1).encoded, descriptors: 1,
+                      .descriptorCount(kind: "keyholderLink", expected: 2, received: 1))
         assertRefused(WorkerToVault.self, [], .empty(type: "WorkerToVault"))
         assertRefused(VaultToWorker.self, [0xff], .unknownKind(0xff, type: "VaultToWorker"))
         assertRefused(VaultToNursery.self, [0x00, 1, 2, 3, 4], .unknownKind(0, type: "VaultToNursery"))

@@ -17,8 +17,9 @@ import Glibc
 final class SandboxProcessTests: XCTestCase {
     static let workerPolicy = packageRootPolicies + "/worker.json"
     static let vaultPolicy = packageRootPolicies + "/vault.json"
+    static let keyholderPolicy = packageRootPolicies + "/keyholder.json"
     /// Every sandboxed role's shipped profile.
-    static let rolePolicies = [workerPolicy, vaultPolicy]
+    static let rolePolicies = [workerPolicy, vaultPolicy, keyholderPolicy]
 
     struct Outcome {
         var termination: ChildProcess.Termination

@@ -84,7 +84,8 @@ final class TtydCommandTests: XCTestCase {
     /// line and status 2.
     func testRefusalsAtStart() throws {
         let cases: [([String], String)] = [
-            (["-S", "-C", "/c.pem", "-K", "/k.pem", "/bin/sh"], "Cloister has no TLS yet"),
+            (["-S", "-C", "/c.pem", "-K", "/k.pem", "-A", "/ca.pem", "/bin/sh"], "-A: Cloister does not verify client certificates"),
+            (["-S", "-C", "/c.pem", "/bin/sh"], "-S needs -C and -K"),
             (["-s", "BOGUS", "/bin/sh"], "-s BOGUS: not a signal name or number"),
             (["--bogus", "/bin/sh"], "--bogus: not one of ttyd's options"),
             (["-p", "0"], "a command to run is required"),

@@ -48,7 +48,7 @@ public final class ServedCloister {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
-            if let range = text.range(of: "listening on http://127.0.0.1:"),
+            if let range = text.range(of: "listening on http://127.0.0.1:") ?? text.range(of: "listening on https://127.0.0.1:"),
                let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
                 let served = ServedCloister(child: child, port: port, controlSocket: control, directory: directory)
                 try served.waitUntilRunning(workers: workers)
