@@ -41,6 +41,10 @@ let package = Package(
         .systemLibrary(
             name: "COpenSSL", pkgConfig: "libcrypto",
             providers: [.apt(["libssl-dev"])]),
+        // OpenSSL's libssl: the test and benchmark client's TLS (`TerminalClient`).
+        .systemLibrary(
+            name: "COpenSSLClient", pkgConfig: "libssl",
+            providers: [.apt(["libssl-dev"])]),
         // libxcrypt's crypt_rn: the vault checks a users file's hashes (yescrypt, SHA-512…).
         .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
         .target(
@@ -71,7 +75,7 @@ let package = Package(
                 system,
             ]),
         .target(name: "RoleProtocol", dependencies: ["Circuits", logging, system] + nio),
-        .target(name: "TerminalClient", dependencies: ["CShim", "SystemCalls"]),
+        .target(name: "TerminalClient", dependencies: ["COpenSSLClient", "CShim", "SystemCalls"]),
         .target(
             name: "Vault",
             dependencies: [
@@ -133,6 +137,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"),
         .testTarget(name: "RoleProtocolTests", dependencies: ["RoleProtocol"]),
+        .testTarget(name: "KeyholderTests", dependencies: ["Keyholder"]),
         .testTarget(name: "WebAssetsTests", dependencies: ["WebAssets", "TestSupport"]),
         .testTarget(name: "ProcessesTests", dependencies: ["Processes"]),
         .testTarget(name: "ArchitectureTests", dependencies: ["TestSupport"]),

@@ -81,7 +81,9 @@ struct CloisterBench {
                 }
                 only = Set(rows)
             }
-            try PeerComparison(peer: peer, quick: args.contains("--quick"), isolationPeer: args.contains("--isolation-client")).run(runs: runs, only: only)
+            var comparison = PeerComparison(peer: peer, quick: args.contains("--quick"), isolationPeer: args.contains("--isolation-client"),
+                                            tls: args.contains("--tls"))
+            try comparison.run(runs: runs, only: only)
         case "hotpath":
             func option(_ name: String, _ fallback: Int) -> Int {
                 args.firstIndex(of: name).flatMap { args.indices.contains($0 + 1) ? Int(args[$0 + 1]) : nil } ?? fallback
@@ -100,7 +102,7 @@ struct CloisterBench {
     static let options: [String: [String: Bool]] = [
         "circuits": ["--quick": false, "--payload": true, "--fds": true, "--circuits": true, "--window": true, "--no-raw": false, "--no-circuits": false],
         "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false],
-        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false],
+        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false, "--tls": false],
         "hotpath": ["--keystrokes": true, "--output": true, "--sessions": true],
     ]
 
@@ -130,7 +132,7 @@ struct CloisterBench {
     static func usage() -> Never {
         print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
         print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client]   (N concurrent shells; see PERFORMANCE.md)")
-        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client] [--runs N] [--only idle,memory,bulk,echo,sessions]")
+        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client] [--tls] [--runs N] [--only idle,memory,bulk,echo,sessions]")
         print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
         print("                                 (the peer defaults to ../shared/peers/ttyd)")
         exit(2)

@@ -17,6 +17,8 @@ struct EndToEndBenchmark {
     var quick: Bool
     /// Only the memory row (with its breakdown by role).
     var memoryOnly = false
+    /// A certificate and key both servers serve TLS with, and the client speaks it.
+    var tls: (certificate: String, key: String)?
     let userAndPassword = "bench:bench-pass"
 
     func run() throws {
@@ -114,6 +116,7 @@ struct EndToEndBenchmark {
     /// With `perClient`, `--isolation client` with four spares (as many as a client of the
     /// benchmark opens at once, plus room), else a pool of two workers.
     func startServer(maxClients: Int = 4096, ringBytes: Int? = nil, perClient: Bool = false) throws -> Server {
+        let tlsArguments = tls.map { ["--tls-cert", $0.certificate, "--tls-key", $0.key] } ?? []
         let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
         let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())" + (perClient ? "-client" : "")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -127,10 +130,10 @@ struct EndToEndBenchmark {
             // As ttyd: a session ends with its client, so the sessions-per-second loop leaves
             // no shells lingering behind it.
             "--session-linger", "0",
-        ] + (ringBytes.map { ["--session-ring", "\($0)"] } ?? []) + ["--", "/bin/sh"], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
+        ] + tlsArguments + (ringBytes.map { ["--session-ring", "\($0)"] } ?? []) + ["--", "/bin/sh"], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
         for _ in 0..<600 {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
-            if let range = text.range(of: "listening on http://127.0.0.1:"), let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
+            if let range = text.range(of: "listening on http://127.0.0.1:") ?? text.range(of: "listening on https://127.0.0.1:"), let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
                 // The roles start after the address is printed; a session proves they are up.
                 for _ in 0..<300 {
                     if let client = try? attach(port: port) { try? client.input("exit\r"); return Server(child: child, port: port, directory: directory, workers: workers, perClient: perClient) }
@@ -152,7 +155,7 @@ struct EndToEndBenchmark {
     /// requests.
     func connect(port: UInt16) throws -> TerminalClient {
         try TerminalClient.connect(port: port, timeoutSeconds: 30,
-                                   headers: [("Authorization", "Basic \(TerminalClient.token(userAndPassword))")])
+                                   headers: [("Authorization", "Basic \(TerminalClient.token(userAndPassword))")], tls: tls != nil)
     }
 
     func attach(port: UInt16) throws -> TerminalClient {

@@ -19,10 +19,12 @@ struct PeerComparison {
     var peer: String
     var quick: Bool
     var isolationPeer = false
+    /// Both servers over TLS with one ECDSA P-256 certificate (ttyd's -S -C -K), the client too.
+    var tls = false
     /// How the other side is named in the table, and its processes' name.
     var peerName: String { isolationPeer ? "per client" : "ttyd" }
     var peerProcess: String { isolationPeer ? "cloister" : "ttyd" }
-    let bench = EndToEndBenchmark(quick: false)
+    var bench = EndToEndBenchmark(quick: false)
 
     struct Peer {
         var child: ChildProcess
@@ -48,7 +50,8 @@ struct PeerComparison {
         close(probe)
         let log = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(log) }
-        let child = try ChildProcess.spawn(peer, arguments: ["-i", "lo", "-p", "\(port)", "-W", "-c", bench.userAndPassword, "-P", "30", "/bin/sh"],
+        let tlsArguments = bench.tls.map { ["-S", "-C", $0.certificate, "-K", $0.key] } ?? []
+        let child = try ChildProcess.spawn(peer, arguments: ["-i", "lo", "-p", "\(port)", "-W", "-c", bench.userAndPassword, "-P", "30"] + tlsArguments + ["/bin/sh"],
                                            environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
         for _ in 0..<200 {
             if let client = try? bench.attach(port: port) {
@@ -176,11 +179,23 @@ struct PeerComparison {
     /// The rows `--only` may name.
     enum Row: String, CaseIterable { case idle, memory, bulk, echo, sessions }
 
-    func run(runs: Int? = nil, only: Set<Row> = Set(Row.allCases)) throws {
+    mutating func run(runs: Int? = nil, only: Set<Row> = Set(Row.allCases)) throws {
         guard isolationPeer || access(peer, X_OK) == 0 else {
             print("cloister-bench compare: no peer at \(peer) (see ../shared/peers/README.md; --peer PATH); nothing compared")
             return
         }
+        if tls {
+            let directory = NSTemporaryDirectory() + "cloister-bench-tls-\(getpid())"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            let (certificate, key) = (directory + "/cert.pem", directory + "/key.pem")
+            let made = try ChildProcess.spawn("/usr/bin/openssl", arguments: ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                                                                             "-nodes", "-keyout", key, "-out", certificate, "-days", "2",
+                                                                             "-subj", "/CN=localhost"]).wait()
+            guard made == .exited(0) else { throw EndToEndBenchmark.BenchFailure(description: "openssl req ended \(made)") }
+            chmod(key, 0o600)
+            bench.tls = (certificate, key)
+        }
+        defer { if let tls = bench.tls { try? FileManager.default.removeItem(atPath: (tls.certificate as NSString).deletingLastPathComponent) } }
         let cloister = try bench.startServer()
         defer { bench.stop(cloister) }
         let ttyd = try startPeer()
@@ -192,7 +207,7 @@ struct PeerComparison {
         let bytes = quick ? 8 << 20 : 64 << 20
         let runs = runs ?? (quick ? 1 : 5)
         let keystrokes = quick ? 300 : 2000
-        print("cloister-bench compare: Cloister (\(cloister.description)) and \(isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer), loopback, the same client, runs alternating; "
+        print("cloister-bench compare\(tls ? " over TLS (ECDSA P-256, one certificate for both)" : ""): Cloister (\(cloister.description)) and \(isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer), loopback, the same client, runs alternating; "
               + "medians of \(runs) runs, (lowest-highest)")
         print("")
         print("| measure | Cloister | \(peerName) | ratio (Cloister / \(peerName)) | baseline |")

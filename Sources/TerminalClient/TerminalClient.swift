@@ -43,8 +43,14 @@ public final class TerminalClient {
     /// Output bytes received since the last session message.
     public private(set) var received: UInt64 = 0
 
+    /// TLS over `socket`, when the client was opened with it.
+    private var tls: ClientTLS?
+
     init(socket: Int32) { self.socket = socket }
-    deinit { close(socket) }
+    deinit {
+        tls = nil
+        close(socket)
+    }
 
     // MARK: Connecting
 
@@ -93,11 +99,14 @@ public final class TerminalClient {
 
     /// Opens a WebSocket to `path` with ttyd's subprotocol; throws `Failure` carrying the
     /// HTTP status when the server refuses the handshake.
+    /// With `tls`, over TLS (HTTP/1.1 by ALPN; the chain not verified: for tests and
+    /// benchmarks against a certificate they made).
     public static func connect(port: UInt16, path: String = "/ws", origin: String? = nil, subprotocol: String? = "tty",
                                host: String = "127.0.0.1", timeoutSeconds: Int = 10,
-                               headers: [(String, String)] = []) throws -> TerminalClient {
+                               headers: [(String, String)] = [], tls: Bool = false) throws -> TerminalClient {
         let fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
         let client = TerminalClient(socket: fd)
+        if tls { client.tls = try ClientTLS(fd: fd, verify: false) }
         var key = [UInt8](repeating: 0, count: 16)
         for i in key.indices { key[i] = UInt8.random(in: 0...255) }
         var head = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -106,7 +115,7 @@ public final class TerminalClient {
         if let origin { head += "Origin: \(origin)\r\n" }
         for (name, value) in headers { head += "\(name): \(value)\r\n" }
         head += "\r\n"
-        try writeAll(fd, Array(head.utf8))
+        try client.write(Array(head.utf8))
         let (status, _) = try client.readHead()
         guard status == 101 else { throw Failure("handshake refused with HTTP \(status)") }
         return client
@@ -145,7 +154,7 @@ public final class TerminalClient {
             buffer.removeFirst(consumed)
             consumed = 0
         }
-        let n = read(socket, &chunk, chunk.count)
+        let n = tls.map { tls in chunk.withUnsafeMutableBytes { tls.read(into: $0) } } ?? read(socket, &chunk, chunk.count)
         if n > 0 {
             buffer += chunk[..<n]
             return true
@@ -175,7 +184,7 @@ public final class TerminalClient {
         } else {
             frame += payload
         }
-        try Self.writeAll(socket, frame)
+        try write(frame)
     }
 
     public func receiveFrame() throws -> Frame {
@@ -377,6 +386,12 @@ public final class TerminalClient {
     }
 
     // MARK: Helpers
+
+    /// To the server, through TLS when the client has it.
+    func write(_ bytes: [UInt8]) throws {
+        guard let tls else { return try Self.writeAll(socket, bytes) }
+        try bytes.withUnsafeBytes { try tls.write($0) }
+    }
 
     static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var sent = 0
