@@ -188,9 +188,11 @@ struct PeerComparison {
             let directory = NSTemporaryDirectory() + "cloister-bench-tls-\(getpid())"
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             let (certificate, key) = (directory + "/cert.pem", directory + "/key.pem")
+            let quiet = try FileDescriptor.open("/dev/null", .writeOnly, options: .closeOnExec)
+            defer { try? quiet.close() }
             let made = try ChildProcess.spawn("/usr/bin/openssl", arguments: ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                                                                              "-nodes", "-keyout", key, "-out", certificate, "-days", "2",
-                                                                             "-subj", "/CN=localhost"]).wait()
+                                                                             "-subj", "/CN=localhost"], output: quiet).wait()
             guard made == .exited(0) else { throw EndToEndBenchmark.BenchFailure(description: "openssl req ended \(made)") }
             chmod(key, 0o600)
             bench.tls = (certificate, key)

@@ -8,7 +8,6 @@ import Supervisor
 import TerminalClient
 import Vault
 import Logging
-import Supervisor
 import SystemCalls
 import SystemPackage
 
@@ -96,7 +95,10 @@ struct PolicyCommand: AsyncParsableCommand {
             is its base plus what the role used; new syscalls are listed on stdout. Review the \
             diff before committing it.
             """)
-        @Option(help: "Role to learn: worker, vault or all.") var role = "all"
+        @Option(help: "Role to learn: worker, vault, keyholder or all.") var role = "all"
+        @Option(help: "A certificate the learning server serves TLS with (on a second listener), so that the keyholder is learned too; with --tls-key.")
+        var tlsCert: String?
+        @Option(help: "The certificate's key (readable by its owner alone).") var tlsKey: String?
         @Option(help: "Directory to write <role>.json into.") var outDir = "policies"
         @Option(help: "Directory of the reviewed base profiles <role>.json.") var baseDir = "policies/base"
         @Option(help: "With one --role: the file to write (instead of --out-dir).") var out: String?
@@ -108,16 +110,19 @@ struct PolicyCommand: AsyncParsableCommand {
         @OptionGroup var assets: AssetOptions
 
         func validate() throws {
-            guard ["worker", "vault", "all"].contains(role) else { throw ValidationError("--role must be worker, vault or all") }
+            guard ["worker", "vault", "keyholder", "all"].contains(role) else { throw ValidationError("--role must be worker, vault, keyholder or all") }
+            guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+            if role == "keyholder" && tlsCert == nil { throw ValidationError("--role keyholder needs --tls-cert and --tls-key: the keyholder runs only with TLS") }
             if role == "all" && (out != nil || base != nil) { throw ValidationError("--out and --base need a single --role") }
             guard sessions > 0 else { throw ValidationError("--sessions must be positive") }
             guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
         }
 
         func run() async throws {
-            let roles = role == "all" ? ["worker", "vault"] : [role]
+            let all = ["worker", "vault"] + (tlsCert != nil ? ["keyholder"] : [])
+            let roles = role == "all" ? all : [role]
             var bases: [String: Policy] = [:]
-            for r in ["worker", "vault"] { bases[r] = try Policy.load(file: basePath(r)) }
+            for r in all { bases[r] = try Policy.load(file: basePath(r)) }
             var syscalls: [String: Set<String>] = [:]
             var arguments: [String: [String: Set<UInt64>]] = [:]
             for round in 1...rounds {
@@ -160,6 +165,14 @@ struct PolicyCommand: AsyncParsableCommand {
                                          nursery: .spawn(NurseryShells(user: nil, group: nil, login: false, terminalType: "xterm-256color",
                                                                        workingDirectory: nil, command: ["/bin/sh"])))
             c.listen = ["127.0.0.1:0"]
+            if let tlsCert, let tlsKey {
+                c.listen.append(Server.tlsPrefix + "127.0.0.1:0")
+                do {
+                    c.tls = try ServeCommand.tls(certificate: tlsCert, key: tlsKey, keyholderPolicy: basePath("keyholder"), command: "policy learn")
+                } catch {
+                    throw ValidationError("\(error)")
+                }
+            }
             c.workers = 2
             c.credential = Credential(userAndPassword: "learn:\(password)").token
             c.mode = .learn
@@ -173,7 +186,9 @@ struct PolicyCommand: AsyncParsableCommand {
             await server.start()
             let port = Listener.parse(server.listeners[0].address)!.port
             let deadline = ContinuousClock.now + .seconds(30)
-            while !(server.workers.slots.allSatisfy { $0.state == .running } && server.vault.slots.allSatisfy { $0.state == .running }) {
+            let tlsPort = server.listeners.count > 1 ? Listener.parse(server.listeners[1].address)?.port : nil
+            while !(server.workers.slots.allSatisfy { $0.state == .running } && server.vault.slots.allSatisfy { $0.state == .running }
+                    && (server.keyholder?.slots.allSatisfy { $0.state == .running } ?? true)) {
                 guard ContinuousClock.now < deadline else {
                     await server.drain(timeout: .zero)
                     throw ValidationError("the roles did not start within 30 s")
@@ -185,6 +200,11 @@ struct PolicyCommand: AsyncParsableCommand {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for _ in 0..<sessions {
                         group.addTask { try await onOwnThread { try Workload.run(port: port, userAndPassword: "learn:\(password)") } }
+                        if let tlsPort {
+                            group.addTask {
+                                try await onOwnThread { try Workload.session(port: tlsPort, token: TerminalClient.token("learn:\(password)"), tls: true) }
+                            }
+                        }
                     }
                     try await group.waitForAll()
                 }
@@ -193,7 +213,7 @@ struct PolicyCommand: AsyncParsableCommand {
                 throw ValidationError("the workload failed: \(error); nothing written")
             }
             await server.drain(timeout: .seconds(5))
-            return ["worker": server.workers.monitors, "vault": server.vault.monitors]
+            return ["worker": server.workers.monitors, "vault": server.vault.monitors, "keyholder": server.keyholder?.monitors ?? []]
         }
 
         /// Written next to the target and renamed over it, so a failed write never leaves a

@@ -48,8 +48,8 @@ struct KeyholderCommand: SandboxedCommand {
     @OptionGroup var sandbox: SandboxOptions
     @Option(help: "The private key, PEM, readable by its owner alone.") var key: String
     @Option(help: "The certificate chain, PEM; its first certificate must match the key.") var cert: String
-    @Option(help: "Signatures a second each worker may ask for, on average.") var signaturesPerSecond = 100
-    @Option(help: "Signatures a worker may ask for at once, above the average.") var signatureBurst = 200
+    @Option(help: "Signatures a second each worker may ask for, on average.") var signaturesPerSecond = 500
+    @Option(help: "Signatures a worker may ask for at once, above the average.") var signatureBurst = 1000
     var confined: ConfinedRole?
     var signingKey: SigningKey?
 

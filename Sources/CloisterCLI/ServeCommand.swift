@@ -72,6 +72,8 @@ struct ServeCommand: AsyncParsableCommand {
     var tlsCert: String?
     @Option(help: "The certificate's private key, PEM (RSA of 2048 bits or more, ECDSA P-256 or P-384), readable by its owner alone. Only the keyholder role reads it; the workers never hold it.")
     var tlsKey: String?
+    @Option(help: "Signatures a second the keyholder makes for each worker's handshakes (twice as many at once); more are refused and counted (1 to 100000).")
+    var tlsSignaturesPerSecond = 500
     @Flag(help: "Hand every session's terminal and ring to systemd's fd store (the unit sets FileDescriptorStoreMax=), so that a restart of the service keeps them.")
     var fdStore = false
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
@@ -334,43 +336,51 @@ struct ServeCommand: AsyncParsableCommand {
         case (_, nil): throw ConfigurationError(option: "--tls-key", problem: "--tls-cert needs its key")
         case (nil, _): throw ConfigurationError(option: "--tls-cert", problem: "--tls-key needs its certificate")
         case let (cert?, key?):
-            // Absolute, for the keyholders started later (after an upgrade too).
-            func absolute(_ path: String, _ option: String) throws(ConfigurationError) -> String {
-                guard let resolved = realpath(path, nil) else {
-                    throw ConfigurationError(option: option, problem: "\(path): \(String(cString: strerror(errno)))")
-                }
-                defer { free(resolved) }
-                return String(cString: resolved)
+            guard (1...100_000).contains(tlsSignaturesPerSecond) else {
+                throw ConfigurationError(option: "--tls-signatures-per-second", problem: "\(tlsSignaturesPerSecond) is not between 1 and 100000")
             }
-            let (certFile, keyFile) = (try absolute(cert, "--tls-cert"), try absolute(key, "--tls-key"))
-            let kind: TLSKeyKind
-            do {
-                kind = try KeyholderCheck.run(key: keyFile, certificate: certFile)
-            } catch {
-                throw ConfigurationError(option: "--tls-key", problem: "\(error)")
-            }
-            let policy = "\(policies)/keyholder.json"
-            do {
-                _ = try SeccompProgram(try Policy.load(file: policy))
-            } catch {
-                throw ConfigurationError(option: "--policy-dir", problem: "\(error)")
-            }
-            let chain: FileDescriptor
-            do {
-                let fd = try FileDescriptor.open(certFile, .readOnly, options: .closeOnExec)
-                defer { try? fd.close() }
-                let bytes = try fd.readToEnd(limit: 256 * 1024)
-                var failed: UnsafePointer<CChar>?
-                let sealed = bytes.withUnsafeBytes { cloister_sealed_memfd("cloister-tls-chain", $0.baseAddress, $0.count, &failed) }
-                guard sealed >= 0 else {
-                    throw SystemCallError(call: failed.map { String(cString: $0) } ?? "memfd_create", errno: Errno(rawValue: errno))
-                }
-                chain = FileDescriptor(rawValue: sealed)
-            } catch {
-                throw ConfigurationError(option: "--tls-cert", problem: "\(certFile): \(error)")
-            }
-            return Server.TLS(certificateFile: certFile, keyFile: keyFile, kind: kind, chain: chain, keyholderPolicy: policy)
+            var tls = try Self.tls(certificate: cert, key: key, keyholderPolicy: "\(policies)/keyholder.json")
+            tls.signaturesPerSecond = tlsSignaturesPerSecond
+            return tls
         }
+    }
+
+    static func tls(certificate cert: String, key: String, keyholderPolicy policy: String, command: String = "serve") throws(ConfigurationError) -> Server.TLS {
+        // Absolute, for the keyholders started later (after an upgrade too).
+        func absolute(_ path: String, _ option: String) throws(ConfigurationError) -> String {
+            guard let resolved = realpath(path, nil) else {
+                throw ConfigurationError(option: option, problem: "\(path): \(String(cString: strerror(errno)))", command: command)
+            }
+            defer { free(resolved) }
+            return String(cString: resolved)
+        }
+        let (certFile, keyFile) = (try absolute(cert, "--tls-cert"), try absolute(key, "--tls-key"))
+        let kind: TLSKeyKind
+        do {
+            kind = try KeyholderCheck.run(key: keyFile, certificate: certFile)
+        } catch {
+            throw ConfigurationError(option: "--tls-key", problem: "\(error)", command: command)
+        }
+        do {
+            _ = try SeccompProgram(try Policy.load(file: policy))
+        } catch {
+            throw ConfigurationError(option: "--policy-dir", problem: "\(error)", command: command)
+        }
+        let chain: FileDescriptor
+        do {
+            let fd = try FileDescriptor.open(certFile, .readOnly, options: .closeOnExec)
+            defer { try? fd.close() }
+            let bytes = try fd.readToEnd(limit: 256 * 1024)
+            var failed: UnsafePointer<CChar>?
+            let sealed = bytes.withUnsafeBytes { cloister_sealed_memfd("cloister-tls-chain", $0.baseAddress, $0.count, &failed) }
+            guard sealed >= 0 else {
+                throw SystemCallError(call: failed.map { String(cString: $0) } ?? "memfd_create", errno: Errno(rawValue: errno))
+            }
+            chain = FileDescriptor(rawValue: sealed)
+        } catch {
+            throw ConfigurationError(option: "--tls-cert", problem: "\(certFile): \(error)", command: command)
+        }
+        return Server.TLS(certificateFile: certFile, keyFile: keyFile, kind: kind, chain: chain, keyholderPolicy: policy)
     }
 
     static func randomPassword() -> String {

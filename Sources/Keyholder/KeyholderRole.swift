@@ -101,6 +101,11 @@ final class Signer: Sendable {
             circuit.onMessage = { _, _ in }
             let answer: KeyholderToWorker
             switch try? WorkerToKeyholder(decoding: Array(buffer: payload), descriptors: 0) {
+            case .sign(let scheme, let data) where !Self.isHandshakeInput(data):
+                counters.add(1, to: KeyholderCounter.refusedRequest.rawValue)
+                unsigned(worker, charged: false)
+                logger.warning("signature refused: not what a TLS handshake signs", metadata: ["bytes": "\(data.count)", "scheme": "\(scheme)"])
+                answer = .refused("not what a TLS handshake signs")
             case .sign(let scheme, let data):
                 if !charge(worker) {
                     counters.add(1, to: KeyholderCounter.refusedRate.rawValue)
@@ -126,6 +131,19 @@ final class Signer: Sendable {
             }
             _ = try? circuit.send(answer.encoded, end: true)
         }
+    }
+
+    /// Only what a TLS server signs, so that a worker cannot use the key for anything else
+    /// (a certificate request, a token): TLS 1.3's CertificateVerify input (64 spaces, the
+    /// server's context string, a transcript hash of 32 or 48 bytes), or TLS 1.2's
+    /// ServerKeyExchange for ECDHE (both randoms, a named curve and its public point).
+    static func isHandshakeInput(_ data: [UInt8]) -> Bool {
+        let context = Array("TLS 1.3, server CertificateVerify".utf8) + [0]
+        if data.count == 64 + context.count + 32 || data.count == 64 + context.count + 48 {
+            if data.prefix(64).allSatisfy({ $0 == 0x20 }) && Array(data[64..<(64 + context.count)]) == context { return true }
+        }
+        // client_random, server_random, curve_type named_curve (3), the curve, the point.
+        return data.count >= 68 && data[64] == 3 && data.count == 68 + Int(data[67])
     }
 
     /// Takes one signature from the worker's budget (counted as made); false when it is spent

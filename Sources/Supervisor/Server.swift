@@ -86,6 +86,8 @@ public final class Server: Sendable {
         /// The chain as the workers get it: a sealed memory file of the certificate file.
         public var chain: FileDescriptor
         public var keyholderPolicy: String
+        /// Each worker's signing budget at the keyholder: this many a second, twice as many at once.
+        public var signaturesPerSecond = 500
 
         public init(certificateFile: String, keyFile: String, kind: TLSKeyKind, chain: FileDescriptor, keyholderPolicy: String) {
             (self.certificateFile, self.keyFile, self.kind, self.chain) = (certificateFile, keyFile, kind, chain)
@@ -180,7 +182,8 @@ public final class Server: Sendable {
         keyholder = c.tls.map { tls in
             var keyholderConfiguration = RolePool.Configuration(role: .keyholder, count: 1, executable: c.executable, policy: tls.keyholderPolicy)
             keyholderConfiguration.mode = c.mode
-            keyholderConfiguration.arguments = ["--key", tls.keyFile, "--cert", tls.certificateFile]
+            keyholderConfiguration.arguments = ["--key", tls.keyFile, "--cert", tls.certificateFile,
+                                                "--signatures-per-second", "\(tls.signaturesPerSecond)", "--signature-burst", "\(2 * tls.signaturesPerSecond)"]
             c.tuning?(&keyholderConfiguration)
             return RolePool(configuration: keyholderConfiguration, logger: logger)
         }

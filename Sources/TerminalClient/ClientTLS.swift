@@ -29,12 +29,8 @@ final class ClientTLS {
         }
         self.connection = connection
         SSL_set_fd(connection, fd)
-        guard SSL_connect(connection) == 1 else {
-            let reason = Self.error()
-            SSL_free(connection)
-            SSL_CTX_free(context)
-            throw Failure(description: "TLS handshake failed: \(reason)")
-        }
+        // Every property is set: a throw from here on runs deinit, which frees both.
+        guard SSL_connect(connection) == 1 else { throw Failure(description: "TLS handshake failed: \(Self.error())") }
     }
 
     deinit {

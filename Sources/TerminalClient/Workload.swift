@@ -47,8 +47,9 @@ public enum Workload {
     }
 
     /// A full session: echo, resize, pause and resume, a burst of output, exit.
-    public static func session(port: UInt16, token: String) throws {
-        let client = try TerminalClient.connect(port: port)
+    /// With `tls`, over TLS (a listener that serves it).
+    public static func session(port: UInt16, token: String, tls: Bool = false) throws {
+        let client = try TerminalClient.connect(port: port, tls: tls)
         try client.authenticate(token: token, columns: 80, rows: 24)
         try client.input("echo ready-$((6*7))\r")
         try client.readOutput { $0.contains("ready-42") }
