@@ -141,11 +141,19 @@ final class WorkerConfinementTests: XCTestCase {
         let out = NSTemporaryDirectory() + "cloister-learn-\(getpid())"
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: out) }
+        // A pair for the learning server's TLS listener, so that the keyholder is learned too.
+        let (cert, key) = (out + "/cert.pem", out + "/key.pem")
+        let made = try ChildProcess.spawn("/usr/bin/openssl", arguments: ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                                                                         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                                          output: try FileDescriptor.open("/dev/null", .writeOnly, options: .closeOnExec))
+        XCTAssertEqual(try made.wait(), .exited(0))
+        chmod(key, 0o600)
         let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["policy", "learn", "--rounds", "1", "--base-dir",
-                                                                          packageRootPolicies + "/base", "--out-dir", out],
+                                                                          packageRootPolicies + "/base", "--out-dir", out,
+                                                                          "--tls-cert", cert, "--tls-key", key],
                                            descriptors: [], environment: [:])
         XCTAssertEqual(try child.wait(), .exited(0))
-        for role in ["worker", "vault"] {
+        for role in ["worker", "vault", "keyholder"] {
             let learned = try Policy.load(file: "\(out)/\(role).json")
             let shipped = try Policy.load(file: "\(packageRootPolicies)/\(role).json")
             XCTAssertEqual(learned.warnings, [], role)
