@@ -6,8 +6,9 @@ PYTHON    ?= python3
 # Building and serving: libseccomp, libcap, libcrypt (users files' hashes), libssl-dev (the keyholder's libcrypto), zlib (gzip of the page's assets), xterm.js
 # (node-xterm's modules, libjs-xterm's fit addon), tmux for the terminal tests.
 APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
-# The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv; nginx
-# and openssl for the TLS reverse-proxy test.
+# The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv (with
+# websockets for the TLS client test, and trzsz's trz/tsz for the shell in the transfer tests);
+# nginx and openssl for the TLS reverse-proxy test.
 BROWSER_APT_DEPS := chromium nginx-light openssl
 # The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
 # systemd as PID 1), readelf, unshare and setpriv; ss (iproute2) for which process holds a client.
@@ -39,7 +40,7 @@ deps:
 browser-deps: deps
 	$(call apt_install,$(BROWSER_APT_DEPS) $(DEPLOY_APT_DEPS))
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/python -c 'import playwright, websockets' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright websockets
+	@$(VENV)/bin/python -c 'import playwright, websockets, trzsz.svr' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright websockets trzsz-svr
 
 build: deps
 	$(SWIFT) build

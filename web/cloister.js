@@ -124,7 +124,7 @@
       switch (String.fromCharCode(data[0])) {
         case Output:
           session.offset += payload.length;
-          term.write(decoder.decode(payload, { stream: true }));
+          term.write(transfer.output(decoder.decode(payload, { stream: true })));
           break;
         case Title:
           document.title = new TextDecoder().decode(payload);
@@ -244,7 +244,23 @@
     input.addEventListener("focus", function () { input.select(); });
   }
 
+  // trz and tsz in the shell (transfer.js): the protocol's lines never reach the screen, the
+  // page's answers go as input.
+  const transfer = window.CloisterTransfer({
+    write: function (text) { term.write(text); },
+    send: function (bytes) { if (!session.readonly) typed(bytes); },
+    readonly: function () { return session.readonly; },
+    focus: function () { term.focus(); },
+  });
+  const terminalElement = document.getElementById("terminal");
+  terminalElement.addEventListener("dragover", function (event) { event.preventDefault(); });
+  terminalElement.addEventListener("drop", function (event) {
+    event.preventDefault();
+    transfer.drop(Array.from(event.dataTransfer.files));
+  });
+
   term.on("data", function (data) {
+    if (transfer.key(data)) return;
     if (!session.readonly) send(Input, data);
   });
   term.on("resize", function (size) {

@@ -13,7 +13,7 @@ import Glibc
 /// emulator is Debian's xterm.js (`node-xterm`: the library as CommonJS modules;
 /// `libjs-xterm`: its fit addon).
 public struct AssetSources: Sendable, Equatable {
-    /// Cloister's page: `index.html`, `cloister.js`, `cloister.css`.
+    /// Cloister's page: `index.html`, `cloister.js`, `cloister.css`, `transfer.js`.
     public var webDirectory: String
     /// xterm.js's `lib` directory (`public/Terminal.js` and the modules it requires, `xterm.css`).
     public var xtermLibrary = "/usr/share/nodejs/xterm/lib"
@@ -45,7 +45,7 @@ public enum AssetLoader {
     /// framing is forbidden.
     public static let customPagePolicy = "frame-ancestors 'none'"
 
-    public static let ownFiles = ["index.html", "cloister.js", "cloister.css"]
+    public static let ownFiles = ["index.html", "cloister.js", "cloister.css", "transfer.js"]
 
     public static func load(_ sources: AssetSources) throws(AssetError) -> AssetBundle {
         var bundle = AssetBundle()

@@ -13,7 +13,7 @@ final class AssetTests: XCTestCase {
 
     func testTheLoadedBundleHasThePageAndXtermAndSurvivesEncoding() throws {
         let bundle = try loaded()
-        XCTAssertEqual(Set(bundle.assets.keys), ["/", "/index.html", "/cloister.js", "/cloister.css", "/xterm.js", "/xterm.css"])
+        XCTAssertEqual(Set(bundle.assets.keys), ["/", "/index.html", "/cloister.js", "/cloister.css", "/transfer.js", "/xterm.js", "/xterm.css"])
         XCTAssertEqual(bundle["/"], bundle["/index.html"])
         XCTAssertEqual(bundle["/"]?.securityPolicy, AssetLoader.pagePolicy)
         XCTAssertNil(bundle["/xterm.js"]?.securityPolicy)
