@@ -128,7 +128,7 @@ DOCDIR  := $(PREFIX)/share/doc/cloister
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 UNITS   := cloister.service cloister.socket cloister-nursery.service cloister-nursery.socket \
            cloister-metrics.service cloister-metrics.timer
-WEB     := index.html cloister.js cloister.css
+WEB     := index.html cloister.js cloister.css transfer.js
 DOCS    := README.md ARCHITECTURE.md PERFORMANCE.md
 
 install: release install-files

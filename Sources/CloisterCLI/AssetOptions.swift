@@ -10,7 +10,7 @@ import Glibc
 /// Where the page's files come from: given to `cloister serve` (and `policy learn`), read
 /// once there and handed to the workers.
 struct AssetOptions: ParsableArguments {
-    @Option(help: "Directory with Cloister's page (index.html, cloister.js, cloister.css). Default: web, else /usr/share/cloister/web.")
+    @Option(help: "Directory with Cloister's page (index.html, cloister.js, cloister.css, transfer.js). Default: web, else /usr/share/cloister/web.")
     var webDir: String?
     @Option(help: "xterm.js as CommonJS modules (Debian's node-xterm).") var xtermLib = AssetSources(webDirectory: "").xtermLibrary
     @Option(help: "xterm.js's addons, for fit/fit.js (Debian's libjs-xterm).") var xtermAddons = AssetSources(webDirectory: "").xtermAddons

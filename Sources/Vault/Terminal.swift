@@ -119,16 +119,21 @@ final class Terminal: @unchecked Sendable {
     }
 
     /// Nothing watches the terminal for room, so nothing reports when the terminal can take
-    /// input again: it is tried again soon, then less and less often.
+    /// input again: it is tried again in a millisecond while the shell keeps taking input (a
+    /// file uploaded through the terminal), and less and less often while it takes none (a
+    /// stopped job), at most every 50 ms.
     private func scheduleRetry() {
         retry = loop.scheduleTask(in: retryDelay) { [self] in
             retry = nil
             guard isOpen else { return }
+            var took = false
             while var first = pending.first {
+                let before = first.bytes.readableBytes
                 writeSome(&first.bytes, stream: first.stream)
+                took = took || first.bytes.readableBytes < before
                 if first.bytes.readableBytes > 0 {
                     pending[0] = first
-                    retryDelay = min(retryDelay * 2, .milliseconds(50))
+                    retryDelay = took ? .milliseconds(1) : min(retryDelay * 2, .milliseconds(50))
                     return scheduleRetry()
                 }
                 pending.removeFirst()
