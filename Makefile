@@ -8,8 +8,8 @@ PYTHON    ?= python3
 APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
 # The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv (with
 # websockets for the TLS client test, and trzsz's trz/tsz for the shell in the transfer tests);
-# nginx and openssl for the TLS reverse-proxy test.
-BROWSER_APT_DEPS := chromium nginx-light openssl
+# nginx and openssl for the TLS reverse-proxy test; lrzsz's rz/sz for the ZMODEM transfer tests.
+BROWSER_APT_DEPS := chromium nginx-light openssl lrzsz
 # The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
 # systemd as PID 1), readelf, unshare and setpriv; ss (iproute2) for which process holds a client.
 DEPLOY_APT_DEPS := systemd python3-seccomp binutils util-linux iproute2

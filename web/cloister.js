@@ -124,7 +124,7 @@
       switch (String.fromCharCode(data[0])) {
         case Output:
           session.offset += payload.length;
-          term.write(transfer.output(decoder.decode(payload, { stream: true })));
+          term.write(decoder.decode(transfer.output(payload), { stream: true }));
           break;
         case Title:
           document.title = new TextDecoder().decode(payload);
@@ -244,10 +244,10 @@
     input.addEventListener("focus", function () { input.select(); });
   }
 
-  // trz and tsz in the shell (transfer.js): the protocol's lines never reach the screen, the
+  // trz, tsz, rz and sz in the shell (transfer.js): the protocols never reach the screen, the
   // page's answers go as input.
   const transfer = window.CloisterTransfer({
-    write: function (text) { term.write(text); },
+    write: function (bytes) { term.write(decoder.decode(bytes, { stream: true })); },
     send: function (bytes) { if (!session.readonly) typed(bytes); },
     readonly: function () { return session.readonly; },
     focus: function () { term.focus(); },

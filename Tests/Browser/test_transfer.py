@@ -1,6 +1,7 @@
 """Files through the terminal, as a user meets it: trzsz's `trz` and `tsz` (from PyPI, in the
-test's virtualenv) in the shell of a real `cloister serve`, the page in headless Chromium
-answering them, files picked in the browser's chooser and saved as downloads."""
+test's virtualenv) and ZMODEM's `rz` and `sz` (lrzsz, from Debian) in the shell of a real
+`cloister serve`, the page in headless Chromium answering them, files picked in the browser's
+chooser and saved as downloads."""
 
 import hashlib
 import os
@@ -31,8 +32,8 @@ def setUpModule():
     global playwright, browser
     if not os.access(CHROMIUM, os.X_OK):
         raise unittest.SkipTest(f"{CHROMIUM} is missing")
-    if not os.access(os.path.join(BIN, "trz"), os.X_OK):
-        raise unittest.SkipTest("trzsz is missing: `make browser-deps` installs it")
+    if not os.access(os.path.join(BIN, "trz"), os.X_OK) or not os.access("/usr/bin/rz", os.X_OK):
+        raise unittest.SkipTest("trzsz or lrzsz is missing: `make browser-deps` installs them")
     from playwright.sync_api import sync_playwright
     playwright = sync_playwright().start()
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -44,6 +45,9 @@ def tearDownModule():
 
 
 class TrzszTests(unittest.TestCase):
+    # The shell's commands: trzsz's by default, ZMODEM's in the subclass.
+    upload, download = "trz", "tsz"
+
     @classmethod
     def setUpClass(cls):
         cls.server = Served()
@@ -114,11 +118,11 @@ class TrzszTests(unittest.TestCase):
         self.wait_for_row(page, r"^ready-42$")
         # Upload: trz opens the chooser.
         with page.expect_file_chooser() as chooser:
-            self.shell(page, "trz")
+            self.shell(page, self.upload)
         chooser.value.set_files(self.source)
         self.wait_until(page, "document.querySelector('#transfer progress').value > 0", timeout=30)
         os.makedirs(SHOTS, exist_ok=True)
-        page.screenshot(path=os.path.join(SHOTS, "transfer-progress.png"))
+        page.screenshot(path=os.path.join(SHOTS, f"transfer-progress-{self.upload}.png"))
         uploaded = os.path.join(self.directory, self.name)
         deadline = time.time() + 120
         while not (os.path.exists(uploaded) and os.path.getsize(uploaded) == 20 << 20
@@ -132,7 +136,7 @@ class TrzszTests(unittest.TestCase):
         # Download it back: tsz saves it in the browser.
         # Typed as a glob: the keyboard types ASCII; the name itself is UTF-8 with spaces.
         with page.expect_download(timeout=120000) as download:
-            self.shell(page, "tsz ./donn*.bin")
+            self.shell(page, self.download + " ./donn*.bin")
         self.assertEqual(download.value.suggested_filename, self.name)
         saved = os.path.join(self.directory, "downloaded.bin")
         download.value.save_as(saved)
@@ -149,7 +153,7 @@ class TrzszTests(unittest.TestCase):
         self.shell(page, f"cd {work} && export PATH={BIN}:$PATH && echo ready-$((6*7))")
         self.wait_for_row(page, r"^ready-42$")
         with page.expect_file_chooser() as chooser:
-            self.shell(page, "trz")
+            self.shell(page, self.upload)
         chooser.value.set_files(self.source)
         # Half-way or so: some progress, then cancel.
         self.wait_until(page, "document.querySelector('#transfer progress').value > 2 * 1024 * 1024", timeout=60)
@@ -171,7 +175,7 @@ class TrzszTests(unittest.TestCase):
         viewer = self.open_page(link)
         self.wait_until(viewer, "document.body.dataset.state === 'readonly'")
         with viewer.expect_download(timeout=60000) as seen, writer.expect_download(timeout=60000) as sent:
-            self.shell(writer, "tsz small.bin")
+            self.shell(writer, self.download + " small.bin")
         for download in (seen.value, sent.value):
             path = os.path.join(self.directory, "copy-" + str(id(download)))
             download.save_as(path)
@@ -179,12 +183,16 @@ class TrzszTests(unittest.TestCase):
         # An upload the writer starts: the viewer's page says it cannot take part.
         self.wait_for_prompt(writer)
         with writer.expect_file_chooser() as chooser:
-            self.shell(writer, "trz")
+            self.shell(writer, self.upload)
         self.wait_until(viewer, "document.getElementById('transfer-note').textContent.includes('only watches')", timeout=10)
         chooser.value.set_files([])
         self.wait_for_prompt(writer)
         self.shell(writer, "echo end-$((6*7))")
         self.wait_for_row(writer, r"^end-42$", timeout=30)
+
+
+class ZmodemTests(TrzszTests):
+    upload, download = "rz", "sz"
 
 
 if __name__ == "__main__":
