@@ -147,6 +147,8 @@
 
   function attached(info) {
     if (info.skipped > 0) {
+      // A file transfer cannot go on over a gap in its stream: it is cancelled, and says so.
+      transfer.interrupted(info.skipped + " bytes of output were lost while reconnecting");
       // A gap in the stream: a character cut at its edge must not join the next one.
       decoder = new TextDecoder();
       term.write("\r\n\x1b[7m[" + info.skipped + " bytes of output skipped]\x1b[0m\r\n");

@@ -896,6 +896,17 @@
         return true;
       },
       get active() { return active !== null; },
+      // The session's output has a gap (the ring no longer held what a resume asked for):
+      // the transfer under way is cancelled, and the page says why.
+      interrupted: function (why) {
+        if (!active || active.watching) {
+          if (active) { active = null; ui.hide(); }
+          return;
+        }
+        active.message = "transfer cancelled: " + why;
+        active.cancel();
+        ui.flash("transfer cancelled: " + why, true);
+      },
     };
   };
 })();

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 import unittest
@@ -57,10 +58,12 @@ class TrzszTests(unittest.TestCase):
         cls.source = os.path.join(tempfile.mkdtemp(prefix="cloister-source-"), cls.name)
         with open(cls.source, "wb") as f:
             f.write(os.urandom(20 << 20))
+        cls.big_ring = Served(extra=("--session-ring", str(64 << 20)))
 
     @classmethod
     def tearDownClass(cls):
         cls.server.close()
+        cls.big_ring.close()
         shutil.rmtree(cls.directory, ignore_errors=True)
         shutil.rmtree(os.path.dirname(cls.source), ignore_errors=True)
 
@@ -189,6 +192,29 @@ class TrzszTests(unittest.TestCase):
         self.wait_for_prompt(writer)
         self.shell(writer, "echo end-$((6*7))")
         self.wait_for_row(writer, r"^end-42$", timeout=30)
+
+
+    def test_a_download_goes_on_when_the_worker_is_killed(self):
+        """The session's output resumes at the byte the page had (a ring larger than what is in
+        flight): a download under way picks up where it was on the new connection, and the
+        file arrives whole."""
+        page = self.open_page(self.big_ring.url)
+        self.shell(page, f"cd {self.directory} && export PATH={BIN}:$PATH && echo ready-$((6*7))")
+        self.wait_for_row(page, r"^ready-42$")
+        source = os.path.join(self.directory, "resumed.bin")
+        with open(source, "wb") as f:
+            f.write(os.urandom(8 << 20))
+        with page.expect_download(timeout=120000) as download:
+            self.shell(page, self.download + " resumed.bin")
+            self.wait_until(page, "document.querySelector('#transfer progress').value > 1024 * 1024", timeout=60)
+            for pid in self.big_ring.serving_worker_pids():
+                os.kill(pid, signal.SIGKILL)
+        saved = os.path.join(self.directory, "resumed-" + self.download + ".bin")
+        download.value.save_as(saved)
+        self.assertEqual(sha256(saved), sha256(source))
+        self.wait_for_prompt(page)
+        self.shell(page, "echo resumed-$((6*7))")
+        self.wait_for_row(page, r"^resumed-42$")
 
 
 class ZmodemTests(TrzszTests):
