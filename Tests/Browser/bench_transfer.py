@@ -1,8 +1,9 @@
-"""Throughput of a 20 MiB file through the terminal with trzsz, each way: Cloister's page on
-`cloister serve`, and ttyd's own page on ttyd 1.7.7 (`-t enableTrzsz=true`, its trzsz.js) with
-the same Chromium and the same shell tools (trzsz from PyPI), runs alternating. ttyd's page is
-tried once: its trzsz.js answers `trz` without a file chooser the automation can see (it
-reports "Cancelled"), and then only Cloister's figures are given, with the reason.
+"""Throughput of a 20 MiB file through the terminal, each way, with trzsz (trz/tsz from PyPI)
+and with ZMODEM (rz/sz from lrzsz): Cloister's page on `cloister serve`, and ttyd's own page on
+ttyd 1.7.7 (`-t enableTrzsz=true -t enableZmodem=true`) with the same Chromium and the same
+shell tools, runs alternating. ttyd's page is tried once per protocol: where it answers the
+upload without a file chooser the automation can see, only Cloister's figures are given, with
+the reason.
 
     make browser-deps && .build/browser-venv/bin/python Tests/Browser/bench_transfer.py [RUNS]
 """
@@ -43,7 +44,7 @@ def wait(predicate, timeout, what):
         time.sleep(0.02)
 
 
-def one_way(browser, url, directory, source, settle, chooser_timeout=30000):
+def one_way(browser, url, directory, source, settle, tools, chooser_timeout=30000):
     """Seconds for the upload (chooser set to the file being on disk whole) and for the
     download (tsz typed to the browser's download finished)."""
     context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD}, accept_downloads=True)
@@ -55,7 +56,7 @@ def one_way(browser, url, directory, source, settle, chooser_timeout=30000):
     time.sleep(0.5)
     try:
         with page.expect_file_chooser(timeout=chooser_timeout) as chooser:
-            page.keyboard.type("trz\n")
+            page.keyboard.type(tools[0] + "\n")
     finally:
         if not chooser.is_done():
             context.close()
@@ -67,7 +68,7 @@ def one_way(browser, url, directory, source, settle, chooser_timeout=30000):
     time.sleep(1.5)
     with page.expect_download(timeout=300000) as download:
         started = time.time()
-        page.keyboard.type(f"tsz {os.path.basename(source)}\n")
+        page.keyboard.type(f"{tools[1]} {os.path.basename(source)}\n")
     saved = os.path.join(work, "back.bin")
     download.value.save_as(saved)
     down = time.time() - started
@@ -87,39 +88,44 @@ def main():
         f.write(os.urandom(SIZE))
     cloister = Served()
     port = free_port()
-    ttyd = subprocess.Popen([TTYD, "-i", "lo", "-p", str(port), "-W", "-c", f"{USER}:{PASSWORD}", "-t", "enableTrzsz=true",
+    ttyd = subprocess.Popen([TTYD, "-i", "lo", "-p", str(port), "-W", "-c", f"{USER}:{PASSWORD}", "-t", "enableTrzsz=true", "-t", "enableZmodem=true",
                              "bash", "--norc", "--noprofile"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
-    results = {"Cloister": [], "ttyd": []}
+    protocols = (("trzsz", ("trz", "tsz")), ("ZMODEM", ("rz", "sz")))
+    results = {(p, side): [] for p, _ in protocols for side in ("Cloister", "ttyd")}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
         try:
             for _ in range(runs):
-                results["Cloister"].append(one_way(browser, cloister.url, directory, source, 1.0))
-                if results["ttyd"] is not None:
-                    try:
-                        results["ttyd"].append(one_way(browser, f"http://127.0.0.1:{port}/", directory, source, 2.0, 10000))
-                    except Exception as error:  # noqa: BLE001 — reported, not hidden
-                        print(f"ttyd's page not measured: {type(error).__name__}: {str(error).splitlines()[0]}")
-                        results["ttyd"] = None
+                for protocol, tools in protocols:
+                    results[(protocol, "Cloister")].append(one_way(browser, cloister.url, directory, source, 1.0, tools))
+                    if results[(protocol, "ttyd")] is not None:
+                        try:
+                            results[(protocol, "ttyd")].append(
+                                one_way(browser, f"http://127.0.0.1:{port}/", directory, source, 2.0, tools, 10000))
+                        except Exception as error:  # noqa: BLE001 — reported, not hidden
+                            print(f"ttyd's page not measured with {protocol}: {type(error).__name__}: {str(error).splitlines()[0]}")
+                            results[(protocol, "ttyd")] = None
         finally:
             browser.close()
             ttyd.terminate()
             cloister.close()
             shutil.rmtree(directory, ignore_errors=True)
     mb = SIZE / 1e6
-    print(f"trzsz, 20 MiB of random bytes, medians of {runs} runs (lowest-highest), MB/s")
-    print("| direction | Cloister | ttyd | ratio |")
+    print(f"20 MiB of random bytes, medians of {runs} runs (lowest-highest), MB/s")
+    print("| protocol, direction | Cloister | ttyd | ratio |")
     print("|---|---|---|---|")
-    for index, name in ((0, "upload (trz)"), (1, "download (tsz)")):
-        ours = [mb / r[index] for r in results["Cloister"]]
-        line = f"| {name} | {statistics.median(ours):.1f} ({min(ours):.1f}-{max(ours):.1f}) | "
-        if results["ttyd"]:
-            theirs = [mb / r[index] for r in results["ttyd"]]
-            line += f"{statistics.median(theirs):.1f} ({min(theirs):.1f}-{max(theirs):.1f}) | {statistics.median(ours) / statistics.median(theirs):.2f} |"
-        else:
-            line += "not measured | |"
-        print(line)
+    for protocol, tools in protocols:
+        for index, name in ((0, f"upload ({tools[0]})"), (1, f"download ({tools[1]})")):
+            ours = [mb / r[index] for r in results[(protocol, "Cloister")]]
+            line = f"| {protocol}, {name} | {statistics.median(ours):.1f} ({min(ours):.1f}-{max(ours):.1f}) | "
+            theirs_runs = results[(protocol, "ttyd")]
+            if theirs_runs:
+                theirs = [mb / r[index] for r in theirs_runs]
+                line += f"{statistics.median(theirs):.1f} ({min(theirs):.1f}-{max(theirs):.1f}) | {statistics.median(ours) / statistics.median(theirs):.2f} |"
+            else:
+                line += "not measured | |"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -43,9 +43,11 @@ final class AccountPerUserTests: XCTestCase {
         // A second name for uid 0, in the group: refused for being root, not for the group.
         try run("/usr/sbin/useradd", ["--non-unique", "--uid", "0", "--gid", group, "--no-create-home", "--home-dir", "/root", zero])
         addTeardownBlock { [alice, bob, zero, group] in
-            // --force for the uid-0 name: processes run as uid 0, which userdel otherwise minds.
+            // --force: processes run as uid 0 (the second name's), and a shell of the test may
+            // still be ending as alice or bob; userdel would keep the account, and the next
+            // test's useradd would find it.
             for user in [alice, bob, zero] {
-                _ = try? ChildProcess.spawn("/usr/sbin/userdel", arguments: user == zero ? ["--force", user] : ["--remove", user]).wait()
+                _ = try? ChildProcess.spawn("/usr/sbin/userdel", arguments: user == zero ? ["--force", user] : ["--force", "--remove", user]).wait()
             }
             _ = try? ChildProcess.spawn("/usr/sbin/groupdel", arguments: [group]).wait()
         }
