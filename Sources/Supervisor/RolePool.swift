@@ -147,8 +147,6 @@ public final class RolePool: Sendable {
         /// Per client: instances out of their slots, each with its one client, by id.
         var serving: [Int: (instance: Instance, status: SlotStatus, supervision: Task<Void, Never>?)] = [:]
         var nextID = 0
-        /// Per client: dispatches waiting for a spare.
-        var spareWaiters: [CheckedContinuation<Void, Never>] = []
         var restartTimes: [ContinuousClock.Instant] = []
         var degraded = false
         var stopping = false
@@ -190,13 +188,11 @@ public final class RolePool: Sendable {
 
     /// Admits a started instance: from now on it gets clients and counts as running.
     public func linked(_ instance: Instance) {
-        let (admitted, waiters) = shared.withLock { s -> (Bool, [CheckedContinuation<Void, Never>]) in
-            guard s.running[instance.slot] === instance, s.slots[instance.slot].state == .starting else { return (false, []) }
+        let admitted = shared.withLock { s in
+            guard s.running[instance.slot] === instance, s.slots[instance.slot].state == .starting else { return false }
             s.slots[instance.slot].state = .running
-            defer { s.spareWaiters = [] }
-            return (true, s.spareWaiters)
+            return true
         }
-        for waiter in waiters { waiter.resume() }
         guard admitted else { return }
         var log = logger
         log[metadataKey: "\(configuration.role)"] = "\(instance.id)"
@@ -308,23 +304,10 @@ public final class RolePool: Sendable {
         }
     }
 
-    /// Resumes when a spare is admitted, or at `deadline`.
+    /// Until a spare may have been admitted (or `deadline`): every 5 ms while every spare is
+    /// taken, which happens only in a burst of connections larger than the spares.
     private func waitForSpare(until deadline: ContinuousClock.Instant) async {
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await withCheckedContinuation { continuation in
-                    let waiting = self.shared.withLock { s -> Bool in
-                        guard !s.running.values.contains(where: { s.slots[$0.slot].state == .running }) else { return false }
-                        s.spareWaiters.append(continuation)
-                        return true
-                    }
-                    if !waiting { continuation.resume() }
-                }
-            }
-            group.addTask { await Wait.sleep(for: min(.milliseconds(100), max(.zero, deadline - .now))) }
-            await group.next()
-            group.cancelAll()
-        }
+        await Wait.sleep(for: min(.milliseconds(5), max(.zero, deadline - .now)))
     }
 
     /// Per client: the client has gone (or was never handed over), so the instance is done:
@@ -341,12 +324,10 @@ public final class RolePool: Sendable {
 
     /// Stops every instance and waits until all are reaped; `events` then finishes.
     public func shutdown() async {
-        let (tasks, serving, waiters) = shared.withLock { s in
+        let (tasks, serving) = shared.withLock { s in
             s.stopping = true
-            defer { s.spareWaiters = [] }
-            return (s.tasks, s.serving.values.map { ($0.instance, $0.supervision) }, s.spareWaiters)
+            return (s.tasks, s.serving.values.map { ($0.instance, $0.supervision) })
         }
-        for waiter in waiters { waiter.resume() }
         for task in tasks { task.cancel() }
         for (instance, supervision) in serving {
             instance.stop()
