@@ -46,8 +46,10 @@ def tearDownModule():
 
 
 class TrzszTests(unittest.TestCase):
-    # The shell's commands: trzsz's by default, ZMODEM's in the subclass.
+    # The shell's commands: trzsz's by default, ZMODEM's in the subclass; and how the cancel
+    # test cancels (the bar's button, or Ctrl+C).
     upload, download = "trz", "tsz"
+    cancel_with_key = False
 
     @classmethod
     def setUpClass(cls):
@@ -58,6 +60,10 @@ class TrzszTests(unittest.TestCase):
         cls.source = os.path.join(tempfile.mkdtemp(prefix="cloister-source-"), cls.name)
         with open(cls.source, "wb") as f:
             f.write(os.urandom(20 << 20))
+        # Several files at once: a second, small one beside it.
+        cls.second = os.path.join(os.path.dirname(cls.source), "second file.txt")
+        with open(cls.second, "wb") as f:
+            f.write(b"the second file\n" * 100)
         cls.big_ring = Served(extra=("--session-ring", str(64 << 20)))
 
     @classmethod
@@ -122,17 +128,20 @@ class TrzszTests(unittest.TestCase):
         # Upload: trz opens the chooser.
         with page.expect_file_chooser() as chooser:
             self.shell(page, self.upload)
-        chooser.value.set_files(self.source)
+        chooser.value.set_files([self.source, self.second])
         self.wait_until(page, "document.querySelector('#transfer progress').value > 0", timeout=30)
         os.makedirs(SHOTS, exist_ok=True)
         page.screenshot(path=os.path.join(SHOTS, f"transfer-progress-{self.upload}.png"))
         uploaded = os.path.join(self.directory, self.name)
+        second = os.path.join(self.directory, "second file.txt")
         deadline = time.time() + 120
         while not (os.path.exists(uploaded) and os.path.getsize(uploaded) == 20 << 20
+                   and os.path.exists(second) and os.path.getsize(second) == os.path.getsize(self.second)
                    and page.evaluate("document.getElementById('transfer').hidden")):
             self.assertLess(time.time(), deadline, "the upload did not finish:\n" + "\n".join(page.evaluate(SCREEN)))
             time.sleep(0.2)
         self.assertEqual(sha256(uploaded), sha256(self.source))
+        self.assertEqual(sha256(second), sha256(self.second))
         self.wait_for_prompt(page)
         self.shell(page, "echo up-$((6*7))")
         self.wait_for_row(page, r"^up-42$")
@@ -160,7 +169,10 @@ class TrzszTests(unittest.TestCase):
         chooser.value.set_files(self.source)
         # Half-way or so: some progress, then cancel.
         self.wait_until(page, "document.querySelector('#transfer progress').value > 2 * 1024 * 1024", timeout=60)
-        page.click("#transfer button")
+        if self.cancel_with_key:
+            page.keyboard.press("Control+C")
+        else:
+            page.click("#transfer button")
         self.wait_until(page, "document.getElementById('transfer').hidden", timeout=10)
         self.wait_until(page, "document.getElementById('transfer-note').textContent.includes('cancelled')", timeout=10)
         self.wait_for_prompt(page)
@@ -219,6 +231,7 @@ class TrzszTests(unittest.TestCase):
 
 class ZmodemTests(TrzszTests):
     upload, download = "rz", "sz"
+    cancel_with_key = True
 
 
 if __name__ == "__main__":
