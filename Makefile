@@ -18,7 +18,7 @@ BENCH_APT_DEPS := libuv1 libjson-c5 libwebsockets-evlib-uv
 VENV      := .build/browser-venv
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-FUZZ_TARGETS := FuzzLinkMessages FuzzCircuitFrames FuzzWorker FuzzControlRequest FuzzPolicy FuzzCredentialFile
+FUZZ_TARGETS := FuzzLinkMessages FuzzCircuitFrames FuzzWorker FuzzControlRequest FuzzPolicy FuzzCredentialFile FuzzClientHello
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := .build-fuzz
 

@@ -184,6 +184,7 @@ let fuzzTargets: [(String, [Target.Dependency])] = [
     ("FuzzControlRequest", ["Supervisor"]),
     ("FuzzPolicy", ["Sandbox"]),
     ("FuzzCredentialFile", ["Supervisor", "RoleProtocol"]),
+    ("FuzzClientHello", ["Worker"]),
 ]
 package.targets.append(.target(name: "FuzzReplay", path: "Fuzz/FuzzReplay"))
 for (name, dependencies) in fuzzTargets {
