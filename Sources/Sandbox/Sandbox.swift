@@ -75,11 +75,11 @@ public enum Sandbox {
         // What the role will need from the filesystem is read now: glibc loads the time
         // zone (for log timestamps) on first use, which would be an openat afterwards.
         tzset()
-        try switchIdentity(c, &steps)
-        try dropCapabilities(&steps)
-        try setNoNewPrivileges(&steps)
-        try limitResources(c, &steps)
         do {
+            try switchIdentity(c, &steps)
+            try dropCapabilities(&steps)
+            try setNoNewPrivileges(&steps)
+            try limitResources(c, &steps)
             try restrictFilesystem(c, &steps)
         } catch {
             if tasks >= 0 { close(tasks) }

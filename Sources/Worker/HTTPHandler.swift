@@ -77,15 +77,21 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Runs `then` once the vault has accepted the request's credential; answers 401 otherwise.
+    /// Runs `then` once the vault has accepted the request's credential; answers 401 otherwise,
+    /// and 503 when there is no vault to ask.
     private func authorized(_ context: ChannelHandlerContext, _ head: HTTPRequestHead,
                             then: @escaping (HTTPHandler, ChannelHandlerContext) -> Void) {
         // The vault decides either way: on the credential, or on the name the proxy's header gives.
         let token = settings.authHeader.map { head.headers.first(name: $0) ?? "" } ?? Self.basicToken(head.headers)
         let bound = NIOLoopBound((self, context, then), eventLoop: context.eventLoop)
-        service.check(token: Array(token.utf8), on: context.eventLoop).whenSuccess { allowed in
+        service.check(token: Array(token.utf8), on: context.eventLoop).whenSuccess { verdict in
             let (handler, context, then) = bound.value
-            guard allowed else {
+            if verdict == .unavailable {
+                // The vault is restarting: nothing was said about the credential.
+                return handler.respond(context, head, .serviceUnavailable, type: "text/plain",
+                                       body: "the terminal service is restarting; try again\n", extra: ["Retry-After": "1"])
+            }
+            guard verdict == .accepted else {
                 if handler.settings.authHeader != nil {
                     // ttyd's answer: the proxy in front was expected to authenticate the user.
                     return handler.respond(context, head, .proxyAuthenticationRequired, type: "text/plain",

@@ -32,22 +32,26 @@ public protocol TerminalService: Sendable {
     func conversation(on loop: EventLoop) -> (any VaultConversation)?
 }
 
+/// The vault's answer on a credential, or that there is no vault to ask (it is restarting).
+public enum CredentialCheck: Sendable, Equatable { case accepted, refused, unavailable }
+
 extension TerminalService {
     /// Whether `token` is the credential (HTTP basic auth on the page and `/token`). Without a
-    /// vault, nobody is let in.
-    public func check(token: [UInt8], on loop: EventLoop) -> EventLoopFuture<Bool> {
-        guard let conversation = conversation(on: loop) else { return loop.makeSucceededFuture(false) }
-        let answer = loop.makePromise(of: Bool.self)
+    /// vault nobody is let in, and the answer says the service is unavailable, not that the
+    /// credential is wrong.
+    public func check(token: [UInt8], on loop: EventLoop) -> EventLoopFuture<CredentialCheck> {
+        guard let conversation = conversation(on: loop) else { return loop.makeSucceededFuture(.unavailable) }
+        let answer = loop.makePromise(of: CredentialCheck.self)
         conversation.onMessage = { payload, isEnd in
             let reply = try? VaultToWorker(decoding: Array(buffer: payload), descriptors: 0)
-            if case .accepted? = reply { answer.succeed(true) } else { answer.succeed(false) }
+            if case .accepted? = reply { answer.succeed(.accepted) } else { answer.succeed(.refused) }
             if !isEnd { conversation.abandon() }
         }
-        conversation.onFailure = { _ in answer.succeed(false) }
+        conversation.onFailure = { _ in answer.succeed(.unavailable) }
         // A new conversation has a whole window of credit.
         guard (try? conversation.send(WorkerToVault.check(token: token).encoded, end: true)) == true else {
             conversation.abandon()
-            return loop.makeSucceededFuture(false)
+            return loop.makeSucceededFuture(.unavailable)
         }
         return answer.futureResult
     }

@@ -222,7 +222,9 @@ class ResumeTests(PageTestCase):
         rows = self.screen(page)["rows"]
         self.assertEqual(sum(1 for row in rows if row == f"typed-42-{shell}"), 1, "the keystrokes ran once: " + "\n".join(rows))
         self.assertEqual(sum(1 for row in rows if row == f"before-{shell}"), 1, "no output was replayed twice")
-        self.assertEqual(self.problems, [])
+        # A reconnection while the vault is down is answered 503 (retried), which Chromium
+        # logs; any other problem, a 401 above all, fails.
+        self.assertEqual([p for p in self.problems if "status of 503" not in p], [])
 
     def test_a_read_only_link_shows_output_and_cannot_type(self):
         writer = self.open_page()

@@ -26,6 +26,20 @@ final class HTTPTests: XCTestCase {
         await w.finish()
     }
 
+    /// Without a vault to ask (it is restarting), the credential is not called wrong: 503 with
+    /// Retry-After, which the page retries, instead of 401, which says to log in again.
+    func testNoVaultIsAServiceUnavailableNotAWrongCredential() async throws {
+        let vault = FakeVault()
+        vault.gone.withLock { $0 = true }
+        let w = try await WorkerUnderTest(vault: vault)
+        try await w.send(Requests.get("/token", ["Authorization": Requests.basic]))
+        let text = try await w.text(until: "\r\n\r\n")
+        XCTAssertTrue(text.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), text)
+        XCTAssertTrue(text.contains("Retry-After: 1"), text)
+        XCTAssertFalse(text.contains("WWW-Authenticate"), text)
+        await w.finish()
+    }
+
     func testRefusalsNameTheirCause() async throws {
         let cases: [(String, String)] = [
             (Requests.get("/", method: "POST"), "HTTP/1.1 405 Method Not Allowed"),

@@ -16,6 +16,8 @@ final class FakeVault: TerminalService {
 
     let conversations = Mutex<[FakeConversation]>([])
     let reply: @Sendable (WorkerToVault) -> VaultToWorker
+    /// No vault to ask (it is restarting): no conversation can be opened.
+    let gone = Mutex(false)
 
     init(reply: @escaping @Sendable (WorkerToVault) -> VaultToWorker = FakeVault.acceptRightToken) {
         self.reply = reply
@@ -34,6 +36,7 @@ final class FakeVault: TerminalService {
     }
 
     func conversation(on loop: EventLoop) -> (any VaultConversation)? {
+        if gone.withLock({ $0 }) { return nil }
         let conversation = FakeConversation(loop: loop, reply: reply)
         conversations.withLock { $0.append(conversation) }
         return conversation
