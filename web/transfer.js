@@ -84,17 +84,8 @@
   const deflate = function (bytes) { return through(new CompressionStream("deflate"), bytes); };
   const inflate = function (bytes) { return through(new DecompressionStream("deflate"), bytes); };
 
-  function base64(bytes) {
-    let text = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-    return btoa(text);
-  }
-  function unbase64(text) {
-    const raw = atob(text);
-    const bytes = new Uint8Array(raw.length);
-    for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-    return bytes;
-  }
+  function base64(bytes) { return btoa(toBinary(bytes)); }
+  function unbase64(text) { return fromBinary(atob(text)); }
   async function encodeValue(bytes) { return base64(await deflate(bytes)); }
   async function decodeValue(text) { return inflate(unbase64(text)); }
   const sameBytes = function (a, b) { return a.length === b.length && a.every(function (x, i) { return x === b[i]; }); };
@@ -562,10 +553,37 @@
       }
     }
 
+    // What both ZMODEM directions share: the reader, the end, and the end after a cancel.
+    class ZTransfer {
+      constructor() { this.reader = new ZReader(); }
+      // Back to the terminal: what the program wrote after its last frame goes on to it.
+      close() {
+        const rest = this.reader.buffer;
+        this.reader.buffer = "";
+        clearTimeout(this.timer);
+        active = null;
+        ui.hide();
+        host.focus();
+        if (this.message) ui.flash(this.message, this.failed);
+        return output(rest);
+      }
+      // After a cancel, once the program has had time to stop: its headers, cancel sequences
+      // and any data up to its last escape are dropped, the shell's prompt kept.
+      closeAfterCancel() {
+        const self = this;
+        this.timer = setTimeout(function () {
+          if (active !== self) return;
+          const kept = visible(self.reader.buffer);
+          self.reader.buffer = kept.slice(kept.lastIndexOf("\x18") + 1);
+          host.write(fromBinary(self.close()));
+        }, 1500);
+      }
+    }
+
     // sz: the shell sends, this page saves (a page that only watches saves the same files
     // and answers nothing).
-    class ZReceive {
-      constructor(watching) { this.reader = new ZReader(); this.watching = watching; this.file = null; this.names = []; }
+    class ZReceive extends ZTransfer {
+      constructor(watching) { super(); this.watching = watching; this.file = null; this.names = []; }
       begin() { ui.show(this); }
       send(bytes) { if (!this.watching && !this.cancelled) host.send(bytes); }
       take(text) {
@@ -585,16 +603,6 @@
         while (!this.over && !this.finishing && (item = this.reader.next())) this.handle(item);
         if (this.finishing) return this.take("");
         return this.over ? this.close() : "";
-      }
-      close() {
-        const rest = this.reader.buffer;
-        this.reader.buffer = "";
-        clearTimeout(this.timer);
-        active = null;
-        ui.hide();
-        host.focus();
-        if (this.message) ui.flash(this.message, this.failed);
-        return output(rest);
       }
       handle(item) {
         if (item.oo) { this.over = true; return; }
@@ -648,17 +656,15 @@
         this.cancelled = true;
         this.message = "transfer cancelled";
         this.failed = true;
-        const self = this;
-        // What sz still had under way is dropped until it stops.
-        this.timer = setTimeout(function () { if (active === self) { self.reader.buffer = visible(self.reader.buffer.slice(self.reader.buffer.lastIndexOf("\x18") + 1)); host.write(fromBinary(self.close())); } }, 1500);
+        this.closeAfterCancel();
       }
     }
 
     // rz: this page sends the files the user picks (or dropped), rz in the shell writes them.
     // Data goes in subpackets of 8 KiB, with an acknowledgement asked every 256 KiB, and no
     // more than 1 MiB ahead of what rz has acknowledged.
-    class ZSend {
-      constructor() { this.reader = new ZReader(); this.files = null; this.index = 0; this.ready = false; this.waiters = []; }
+    class ZSend extends ZTransfer {
+      constructor() { super(); this.files = null; this.index = 0; this.ready = false; this.waiters = []; }
       begin() {
         const self = this;
         ui.show(this);
@@ -681,16 +687,6 @@
         let item;
         while (!this.over && (item = this.reader.next())) this.handle(item);
         return this.over ? this.close() : "";
-      }
-      close() {
-        const rest = this.reader.buffer;
-        this.reader.buffer = "";
-        clearTimeout(this.timer);
-        active = null;
-        ui.hide();
-        host.focus();
-        if (this.message) ui.flash(this.message, this.failed);
-        return output(rest);
       }
       handle(item) {
         if (!item.header) return;
@@ -772,9 +768,7 @@
         this.message = this.message || "transfer cancelled";
         this.failed = true;
         this.waiters.splice(0).forEach(function (w) { w(); });
-        const self = this;
-        // rz ends on the cancel; its headers until then are dropped, the shell's prompt kept.
-        this.timer = setTimeout(function () { if (active === self) { self.reader.buffer = visible(self.reader.buffer); host.write(fromBinary(self.close())); } }, 1500);
+        this.closeAfterCancel();
       }
     }
 

@@ -56,15 +56,7 @@ final class Signer: Sendable {
     }
 
     func fromSupervisor(_ circuit: RoleCircuit) async {
-        let received: Received<SupervisorToKeyholder>
-        do {
-            guard let first = try await circuit.receive(SupervisorToKeyholder.self) else { return }
-            received = first
-        } catch {
-            logger.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
-            try? await circuit.send([], end: true)
-            return
-        }
+        guard let received = await circuit.firstMessage(SupervisorToKeyholder.self, logger: logger) else { return }
         switch received.message {
         case .counts:
             let counts = workers.withLock { $0.map { KeyholderToSupervisor.Count(worker: $0.key, signed: $0.value.signed, refused: $0.value.refused) } }

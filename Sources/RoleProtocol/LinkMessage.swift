@@ -1,4 +1,5 @@
 import Circuits
+import Logging
 import SystemPackage
 
 /// A message of one link in one direction: a kind byte and a fixed binary layout, so no role
@@ -266,6 +267,19 @@ extension Circuit where Id == UInt16 {
         } catch {
             raw.descriptors?.close()
             throw error
+        }
+    }
+
+    /// The first message of a conversation the supervisor opened, as a role serves it: nil when
+    /// the supervisor ended it without one, or when it is not an `M` (then refused: logged, and
+    /// the conversation ended).
+    public func firstMessage<M: LinkMessage>(_ type: M.Type, logger: Logger) async -> Received<M>? {
+        do {
+            return try await receive(type)
+        } catch {
+            logger.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
+            try? await send([], end: true)
+            return nil
         }
     }
 

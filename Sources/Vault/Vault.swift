@@ -87,15 +87,7 @@ public final class Vault: Sendable {
 
     /// One supervisor conversation, ended once acted on.
     private func fromSupervisor(_ circuit: RoleCircuit) async {
-        let received: Received<SupervisorToVault>
-        do {
-            guard let first = try await circuit.receive(SupervisorToVault.self) else { return }
-            received = first
-        } catch {
-            logger.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
-            try? await circuit.send([], end: true)
-            return
-        }
+        guard let received = await circuit.firstMessage(SupervisorToVault.self, logger: logger) else { return }
         switch received.message {
         case .configure(let token):
             configuration.withLock {

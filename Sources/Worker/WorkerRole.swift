@@ -40,15 +40,7 @@ public enum WorkerRole {
     /// One supervisor conversation. Ended when done with: for a client, once the client has
     /// gone, which is how the supervisor counts connections.
     static func fromSupervisor(_ circuit: RoleCircuit, worker: WebWorker, vault: VaultLink, tls: WorkerTLS, log: Logger) async {
-        let received: Received<SupervisorToWorker>
-        do {
-            guard let first = try await circuit.receive(SupervisorToWorker.self) else { return }
-            received = first
-        } catch {
-            log.error("refused a message from the supervisor", metadata: ["error": "\(error)"])
-            try? await circuit.send([], end: true)
-            return
-        }
+        guard let received = await circuit.firstMessage(SupervisorToWorker.self, logger: log) else { return }
         // The decoder checked that each kind came with its one descriptor.
         guard let socket = received.descriptors?.take(0) else { return }
         switch received.message {

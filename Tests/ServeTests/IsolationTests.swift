@@ -30,16 +30,21 @@ final class IsolationTests: XCTestCase {
         return UInt16(bigEndian: address.sin_port)
     }
 
-    /// The server's end of each connection to `port`, from `ss -tnp`: the client's port, the
-    /// process holding the socket and its descriptor there.
-    static func holders(of port: UInt16) throws -> [UInt16: (pid: pid_t, fd: Int32)] {
+    /// What `ss` prints with `arguments` (the sockets the kernel knows, and who holds them).
+    static func ss(_ arguments: [String]) throws -> String {
         let pipe = try makePipe()
-        let ss = try ChildProcess.spawn("/usr/bin/ss", arguments: ["-tnpH", "state", "established", "( sport = :\(port) )"],
-                                        output: pipe.write)
+        let child = try ChildProcess.spawn("/usr/bin/ss", arguments: arguments, output: pipe.write)
         try pipe.write.close()
         let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
         try pipe.read.close()
-        XCTAssertEqual(try ss.wait(), .exited(0), text)
+        XCTAssertEqual(try child.wait(), .exited(0), text)
+        return text
+    }
+
+    /// The server's end of each connection to `port`, from `ss -tnp`: the client's port, the
+    /// process holding the socket and its descriptor there.
+    static func holders(of port: UInt16) throws -> [UInt16: (pid: pid_t, fd: Int32)] {
+        let text = try ss(["-tnpH", "state", "established", "( sport = :\(port) )"])
         var result: [UInt16: (pid: pid_t, fd: Int32)] = [:]
         for line in text.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
@@ -55,12 +60,7 @@ final class IsolationTests: XCTestCase {
     /// The descriptors of `pid` that are TCP sockets, in any state (`ss -tanp` lists every
     /// holder of each).
     static func tcpSockets(of pid: pid_t) throws -> [String] {
-        let pipe = try makePipe()
-        let ss = try ChildProcess.spawn("/usr/bin/ss", arguments: ["-tanpH"], output: pipe.write)
-        try pipe.write.close()
-        let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
-        try pipe.read.close()
-        XCTAssertEqual(try ss.wait(), .exited(0), text)
+        let text = try ss(["-tanpH"])
         var fds: [String] = []
         var rest = Substring(text)
         while let range = rest.range(of: "pid=\(pid),fd=") {
