@@ -138,15 +138,21 @@ install-files:
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web \
 		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/deploy
 	install -m 0755 -s $(RELEASE_BIN) $(DESTDIR)$(BINDIR)/cloister
-	install -m 0644 policies/worker.json policies/vault.json $(DESTDIR)$(DATADIR)/policies/
+	@# Every declared role's profile: the binary lists them (RoleDeclaration.sandboxed).
+	profiles=$$($(RELEASE_BIN) policy roles --format files) && [ -n "$$profiles" ] || { echo "install: $(RELEASE_BIN) lists no role profiles"; exit 1; }; \
+		for f in $$profiles; do install -m 0644 policies/$$f $(DESTDIR)$(DATADIR)/policies/ || exit 1; done
 	install -m 0644 $(addprefix web/,$(WEB)) $(DESTDIR)$(DATADIR)/web/
 	for u in $(UNITS); do sed 's|/usr/local|$(PREFIX)|g' deploy/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
 	install -m 0644 deploy/README.md deploy/nginx-cloister.conf $(DESTDIR)$(DOCDIR)/deploy/
 
 uninstall:
+	@# The installed binary says which profiles it installed (the build here, if it is gone).
+	bin=$(DESTDIR)$(BINDIR)/cloister; [ -x $$bin ] || bin=$(RELEASE_BIN); \
+		profiles=$$($$bin policy roles --format files) || { echo "uninstall: neither $(DESTDIR)$(BINDIR)/cloister nor $(RELEASE_BIN) lists the profiles"; exit 1; }; \
+		for f in $$profiles; do rm -f $(DESTDIR)$(DATADIR)/policies/$$f; done
 	rm -f $(DESTDIR)$(BINDIR)/cloister
-	rm -f $(addprefix $(DESTDIR)$(DATADIR)/policies/,worker.json vault.json) $(addprefix $(DESTDIR)$(DATADIR)/web/,$(WEB))
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/web/,$(WEB))
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
 	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS)) $(addprefix $(DESTDIR)$(DOCDIR)/deploy/,README.md nginx-cloister.conf)
 	-rmdir $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)/deploy $(DESTDIR)$(DOCDIR) 2>/dev/null

@@ -15,14 +15,20 @@ let package = Package(
         .executable(name: "cloister-bench", targets: ["CloisterBench"]),
         .library(name: "Circuits", targets: ["Circuits"]),
     ],
+    // Exact versions: the roles' seccomp profiles were learned against what these libraries
+    // call after the seal (SwiftNIO's event loop, BoringSSL's allocations, swift-system's
+    // wrappers), so a new version is taken deliberately, with `cloister policy learn` run
+    // against it. swift-collections is SwiftNIO's own dependency, named here only to pin it
+    // (swift-atomics, its other one, has a single version in the mirror the build resolves from).
     dependencies: [
-        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
-        .package(url: "https://github.com/adam-fowler/compress-nio", from: "1.5.0"),
-        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-system", exact: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-collections", exact: "1.6.0"),
+        .package(url: "https://github.com/adam-fowler/compress-nio", exact: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
     ],
     targets: [
         // C where Swift cannot reach: cmsg macros, libseccomp's function-like macros,
@@ -40,10 +46,6 @@ let package = Package(
         // links it (the workers' TLS is swift-nio-ssl's BoringSSL).
         .systemLibrary(
             name: "COpenSSL", pkgConfig: "libcrypto",
-            providers: [.apt(["libssl-dev"])]),
-        // OpenSSL's libssl: the test and benchmark client's TLS (`TerminalClient`).
-        .systemLibrary(
-            name: "COpenSSLClient", pkgConfig: "libssl",
             providers: [.apt(["libssl-dev"])]),
         // libxcrypt's crypt_rn: the vault checks a users file's hashes (yescrypt, SHA-512…).
         .systemLibrary(name: "CCrypt", providers: [.apt(["libcrypt-dev"])]),
@@ -75,7 +77,12 @@ let package = Package(
                 system,
             ]),
         .target(name: "RoleProtocol", dependencies: ["Circuits", logging, system] + nio),
-        .target(name: "TerminalClient", dependencies: ["COpenSSLClient", "CShim", "SystemCalls"]),
+        // The client of `cloister attach`, `policy learn`'s workload, the tests and the
+        // benchmark; its TLS is swift-nio-ssl's, as the workers' is (no second TLS library).
+        .target(
+            name: "TerminalClient",
+            dependencies: ["CShim", "SystemCalls", system, .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                           .product(name: "NIOTLS", package: "swift-nio")] + nio),
         .target(
             name: "Vault",
             dependencies: [

@@ -1,5 +1,5 @@
 import CShim
-@testable import Circuits
+import Circuits
 import SystemPackage
 
 #if canImport(Glibc)

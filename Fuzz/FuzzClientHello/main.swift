@@ -1,4 +1,4 @@
-@testable import Worker
+import Worker
 #if !LIBFUZZER
 import FuzzReplay
 #endif

@@ -6,7 +6,7 @@ import NIOEmbedded
 import RoleProtocol
 import Synchronization
 import WebAssets
-@testable import Worker
+import Worker
 #if !LIBFUZZER
 import FuzzReplay
 #endif

@@ -1,18 +1,22 @@
 import CShim
 
 /// A received frame: header, payload, and the descriptors that came with it.
-struct Frame {
+package struct Frame {
     var header: FrameHeader
     var payload: [UInt8]
     var descriptors: ReceivedDescriptors?
 }
 
 /// Limits a receiver enforces on every frame.
-struct FrameLimits {
+package struct FrameLimits {
     var idBytes: Int
     var maxCircuits: UInt64
     var maxPayload: Int
     var maxDescriptors: Int
+
+    package init(idBytes: Int, maxCircuits: UInt64, maxPayload: Int, maxDescriptors: Int) {
+        (self.idBytes, self.maxCircuits, self.maxPayload, self.maxDescriptors) = (idBytes, maxCircuits, maxPayload, maxDescriptors)
+    }
     var headerSize: Int { FrameHeader.size(idBytes: idBytes) }
 
     /// Descriptors one packet may carry when several frames share it: room for a batch of

@@ -12,9 +12,9 @@ import Glibc
 /// Frames come in batches: everything the kernel has ready is taken in one go (`recvmmsg`
 /// with MSG_WAITFORONE), so the reader wakes consumers once per batch instead of once per
 /// frame.
-struct FrameReader: ~Copyable {
+package struct FrameReader: ~Copyable {
     let fd: FileDescriptor
-    let limits: FrameLimits
+    package let limits: FrameLimits
     /// `slots` packets per batch, each scattered over a header area (`headers`, `headerSize`
     /// bytes per slot) and a body array (`bodies`, `bodySize` bytes), so that a large
     /// message's payload is received straight into the array that becomes its message.
@@ -31,7 +31,7 @@ struct FrameReader: ~Copyable {
     /// Packets received so far.
     private(set) var reads = 0
 
-    init(fd: FileDescriptor, limits: FrameLimits) {
+    package init(fd: FileDescriptor, limits: FrameLimits) {
         self.fd = fd
         self.limits = limits
         bodySize = max(limits.maxPayload, Handshake.maxSize)
@@ -66,7 +66,7 @@ struct FrameReader: ~Copyable {
     }
 
     /// What is queued now, without waiting: nil when nothing was, false at end of file.
-    mutating func readQueued(into frames: inout [Frame]) throws(CircuitError) -> Bool? {
+    package mutating func readQueued(into frames: inout [Frame]) throws(CircuitError) -> Bool? {
         try readPackets(into: &frames, wait: false)
     }
 

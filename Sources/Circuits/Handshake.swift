@@ -1,7 +1,7 @@
 /// What each end says about itself in the first frame of a transport. Both ends send one and
 /// check the other's before any circuit carries data, so version skew or a socket connected
 /// to the wrong peer fails loudly, naming what each side said, instead of misparsing.
-struct Handshake: Equatable {
+package struct Handshake: Equatable {
     static let magic: [UInt8] = Array("CLOISTER-CIRCUITS".utf8)
     static let version: UInt16 = 1
     /// Largest encoded handshake accepted, whatever the transport's payload limit.
@@ -22,7 +22,7 @@ struct Handshake: Equatable {
 
     /// Encoded form; strings longer than 255 bytes are cut so the whole stays under `maxSize`
     /// for up to 32 reserved circuits.
-    func encode() -> [UInt8] {
+    package func encode() -> [UInt8] {
         var out = Handshake.magic
         func u8(_ v: Int) { out.append(UInt8(v)) }
         func u16(_ v: UInt16) { out.append(UInt8(v & 0xff)); out.append(UInt8(v >> 8)) }
@@ -43,7 +43,7 @@ struct Handshake: Equatable {
         return out
     }
 
-    static func decode(_ bytes: [UInt8]) throws(CircuitError) -> Handshake {
+    package static func decode(_ bytes: [UInt8]) throws(CircuitError) -> Handshake {
         var reader = Reader(bytes: bytes)
         guard bytes.starts(with: magic) else {
             throw .malformedHandshake("not a circuits handshake (bad magic)")

@@ -33,7 +33,7 @@ extension ControlCommand {
                 let sessions = try? ControlCommand.fetch("sessions", options, as: ControlServer.Sessions.self)
                 let text = Self.exposition(status: status, workers: workers.workers, sessions: sessions?.sessions)
                 guard let output else { return print(text, terminator: "") }
-                try Self.writeAtomically(text, to: output)
+                try writeAtomically(text, to: output)
             } catch let error as ValidationError {
                 printToStandardError("cloister ctl metrics: \(error.message)\n")
                 throw ExitCode(1)
@@ -102,28 +102,5 @@ extension ControlCommand {
             return registry.emitToString()
         }
 
-        static func writeAtomically(_ text: String, to path: String) throws {
-            let temporary = path + ".tmp"
-            let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
-            guard fd >= 0 else { throw ValidationError("cannot create \(temporary): \(String(cString: strerror(errno)))") }
-            var bytes = Array(text.utf8)[...]
-            while !bytes.isEmpty {
-                let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else {
-                    let problem = String(cString: strerror(errno))
-                    close(fd)
-                    unlink(temporary)
-                    throw ValidationError("cannot write \(temporary): \(problem)")
-                }
-                bytes = bytes.dropFirst(n)
-            }
-            // The umask does not narrow what a collector running as another user must read.
-            guard fchmod(fd, 0o644) == 0, fsync(fd) == 0, close(fd) == 0, rename(temporary, path) == 0 else {
-                let problem = String(cString: strerror(errno))
-                unlink(temporary)
-                throw ValidationError("cannot replace \(path): \(problem)")
-            }
-        }
     }
 }

@@ -1,4 +1,7 @@
+import ArgumentParser
 import FoundationEssentials
+import SystemCalls
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -6,12 +9,31 @@ import Glibc
 
 /// Writes `text` to standard error as it is (messages carry their own newline).
 func printToStandardError(_ text: String) {
-    var bytes = Array(text.utf8)[...]
-    while !bytes.isEmpty {
-        let n = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { return }
-        bytes = bytes.dropFirst(n)
+    // writeAll retries EINTR and short writes (swift-system); a closed stderr loses the text.
+    _ = try? Array(text.utf8).withUnsafeBytes { try FileDescriptor.standardError.writeAll($0) }
+}
+
+/// Writes `text` next to `path` and renames it over `path`, so that a reader (a collector, a
+/// role starting) sees the old file or the new one, never half of one. `mode` regardless of the
+/// umask: readers may run as another user.
+func writeAtomically(_ text: String, to path: String, mode: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
+    let temporary = path + ".tmp-\(getpid())"
+    do {
+        let fd = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .truncate, .closeOnExec, .noFollow],
+                                         permissions: mode, retryOnInterrupt: true)
+        do {
+            try fd.closeAfter {
+                _ = try Array(text.utf8).withUnsafeBytes { try fd.writeAll($0) }
+                try valueOrErrno("fchmod", detail: temporary) { fchmod(fd.rawValue, mode.rawValue) }
+                try valueOrErrno("fsync", detail: temporary) { fsync(fd.rawValue) }
+            }
+            try valueOrErrno("rename", detail: "\(temporary) to \(path)") { rename(temporary, path) }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+    } catch {
+        throw ValidationError("cannot write \(path): \(error)")
     }
 }
 

@@ -18,7 +18,58 @@ import Glibc
 struct PolicyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy", abstract: "Check, explain, export and learn seccomp profiles (OCI JSON).",
-        subcommands: [Check.self, Explain.self, Export.self, Learn.self])
+        subcommands: [Roles.self, Compose.self, Check.self, Explain.self, Export.self, Learn.self])
+
+    /// Writes each role's shipped profile from its bases: the shared rules, then its own.
+    struct Compose: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write each sandboxed role's profile from policies/base: common.json, then the role's own rules.",
+            discussion: "With --check, writes nothing and fails naming each profile that differs from its bases (what make test runs).")
+        @Option(help: "Directory of common.json and each role's own <role>.json.") var baseDir = "policies/base"
+        @Option(help: "Directory to write <role>.json into.") var outDir = "policies"
+        @Flag(help: "Compare instead of writing.") var check = false
+
+        func run() throws {
+            var stale: [String] = []
+            for d in RoleDeclaration.sandboxed {
+                let composed = try Policy.composed(directory: baseDir, common: RoleDeclaration.commonProfile, file: d.profile).json()
+                let out = "\(outDir)/\(d.profile)"
+                if check {
+                    let shipped = try? String(contentsOfFile: out, encoding: .utf8)
+                    if shipped != composed { stale.append(out) }
+                } else {
+                    try writeAtomically(composed, to: out)
+                    printToStandardError("compose: \(out) written\n")
+                }
+            }
+            if !stale.isEmpty {
+                printToStandardError("compose: not what \(baseDir) composes (run cloister policy compose): \(stale.joined(separator: ", "))\n")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    /// The sandboxed roles as declared (`RoleDeclaration.sandboxed`): what install installs
+    /// and what the docs' table shows.
+    struct Roles: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the sandboxed roles: profile file, threads, descriptors, settings.")
+        enum Format: String, ExpressibleByArgument { case table, files, markdown }
+        @Option(help: "table (for people), files (one profile file name a line, for install) or markdown (the docs' table).")
+        var format: Format = .table
+
+        func run() {
+            print(Self.render(RoleDeclaration.sandboxed, format: format), terminator: "")
+        }
+
+        static func render(_ declarations: [RoleDeclaration], format: Format) -> String {
+            switch format {
+            case .files: return declarations.map { $0.profile + "\n" }.joined()
+            case .table: return RoleDeclaration.table(declarations)
+            case .markdown: return RoleDeclaration.markdownTable(declarations)
+            }
+        }
+    }
 
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -95,12 +146,12 @@ struct PolicyCommand: AsyncParsableCommand {
             is its base plus what the role used; new syscalls are listed on stdout. Review the \
             diff before committing it.
             """)
-        @Option(help: "Role to learn: worker, vault, keyholder or all.") var role = "all"
+        @Option(help: "Role to learn: \(RoleDeclaration.sandboxed.map(\.role.rawValue).joined(separator: ", ")) or all.") var role = "all"
         @Option(help: "A certificate the learning server serves TLS with (on a second listener), so that the keyholder is learned too; with --tls-key.")
         var tlsCert: String?
         @Option(help: "The certificate's key (readable by its owner alone).") var tlsKey: String?
         @Option(help: "Directory to write <role>.json into.") var outDir = "policies"
-        @Option(help: "Directory of the reviewed base profiles <role>.json.") var baseDir = "policies/base"
+        @Option(help: "Directory of the reviewed bases: common.json, the rules every role shares, and <role>.json, each role's own.") var baseDir = "policies/base"
         @Option(help: "With one --role: the file to write (instead of --out-dir).") var out: String?
         @Option(help: "With one --role: the profile to start from (default: --out if it exists, else the base in --base-dir).")
         var base: String?
@@ -110,23 +161,40 @@ struct PolicyCommand: AsyncParsableCommand {
         @OptionGroup var assets: AssetOptions
 
         func validate() throws {
-            guard ["worker", "vault", "keyholder", "all"].contains(role) else { throw ValidationError("--role must be worker, vault, keyholder or all") }
+            let names = RoleDeclaration.sandboxed.map(\.role.rawValue)
+            guard names.contains(role) || role == "all" else { throw ValidationError("--role must be \(names.joined(separator: ", ")) or all") }
             guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
-            if role == "keyholder" && tlsCert == nil { throw ValidationError("--role keyholder needs --tls-cert and --tls-key: the keyholder runs only with TLS") }
+            if let d = RoleDeclaration.of(Role(rawValue: role)), d.onlyWithTLS && tlsCert == nil {
+                throw ValidationError("--role \(role) needs --tls-cert and --tls-key: the \(role) runs only with TLS")
+            }
             if role == "all" && (out != nil || base != nil) { throw ValidationError("--out and --base need a single --role") }
             guard sessions > 0 else { throw ValidationError("--sessions must be positive") }
             guard rounds > 0 else { throw ValidationError("--rounds must be positive") }
         }
 
         func run() async throws {
-            let all = ["worker", "vault"] + (tlsCert != nil ? ["keyholder"] : [])
+            let all = learned.map(\.role.rawValue)
             let roles = role == "all" ? all : [role]
+            // The roles run under their bases, composed into files of their own for the run.
+            let scratch = try Self.scratchDirectory()
+            defer { for r in all { unlink("\(scratch)/\(r).json") }; rmdir(scratch) }
             var bases: [String: Policy] = [:]
-            for r in all { bases[r] = try Policy.load(file: basePath(r)) }
+            var files: [Role: String] = [:]
+            for d in learned {
+                let r = d.role.rawValue
+                if let given = givenBase(r) {
+                    bases[r] = try Policy.load(file: given)
+                    files[d.role] = given
+                } else {
+                    bases[r] = try Policy.composed(directory: baseDir, common: RoleDeclaration.commonProfile, file: d.profile)
+                    files[d.role] = "\(scratch)/\(d.profile)"
+                    try writeAtomically(bases[r]!.json(), to: files[d.role]!)
+                }
+            }
             var syscalls: [String: Set<String>] = [:]
             var arguments: [String: [String: Set<UInt64>]] = [:]
             for round in 1...rounds {
-                let monitors = try await runRound()
+                let monitors = try await runRound(RoleProfiles(files: files))
                 for (r, list) in monitors {
                     for monitor in list {
                         syscalls[r, default: []].formUnion(monitor.syscalls)
@@ -141,34 +209,44 @@ struct PolicyCommand: AsyncParsableCommand {
                     throw ValidationError("the \(r) used syscalls no sandboxed role may have: \(merged.refused.joined(separator: ", ")); nothing written")
                 }
                 let out = self.out ?? "\(outDir)/\(r).json"
-                try Self.write(merged.policy.json(), to: out)
+                try writeAtomically(merged.policy.json(), to: out)
                 for name in merged.added { print("\(r): \(name)") }
                 printToStandardError("learn: \(r): \(merged.added.count) new, profile written to \(out)\n")
             }
         }
 
-        /// The profile a role runs under while learning, and that the result extends.
-        func basePath(_ r: String) -> String {
-            guard r == role else { return "\(baseDir)/\(r).json" }
+        /// The roles a learning server runs.
+        var learned: [RoleDeclaration] { RoleDeclaration.sandboxed.filter { !$0.onlyWithTLS || tlsCert != nil } }
+
+        /// A whole profile to start `r` from instead of its composed base: --base, or --out
+        /// when it exists, for the one role learned.
+        func givenBase(_ r: String) -> String? {
+            guard r == role else { return nil }
             if let base { return base }
             if let out, FileManager.default.fileExists(atPath: out) { return out }
-            return "\(baseDir)/\(r).json"
+            return nil
+        }
+
+        static func scratchDirectory() throws -> String {
+            var template = Array("/tmp/cloister-learn-XXXXXX".utf8CString)
+            guard let made = mkdtemp(&template) else { throw ValidationError("\(lastError("mkdtemp"))") }
+            return String(cString: made)
         }
 
         /// One server under the base profiles in learn mode, with the workload flowing
         /// through it; returns the monitors of every role instance that ran.
-        private func runRound() async throws -> [String: [ViolationMonitor]] {
+        private func runRound(_ profiles: RoleProfiles) async throws -> [String: [ViolationMonitor]] {
             var logger = Logger(label: "cloister.learn")
             logger.logLevel = .critical  // every recorded syscall would be a line
             let password = ServeCommand.randomPassword()
-            var c = Server.Configuration(workerPolicy: basePath("worker"), vaultPolicy: basePath("vault"),
+            var c = Server.Configuration(profiles: profiles,
                                          nursery: .spawn(NurseryShells(user: nil, group: nil, login: false, terminalType: "xterm-256color",
                                                                        workingDirectory: nil, command: ["/bin/sh"])))
             c.listen = ["127.0.0.1:0"]
             if let tlsCert, let tlsKey {
                 c.listen.append(Server.tlsPrefix + "127.0.0.1:0")
                 do {
-                    c.tls = try ServeCommand.tls(certificate: tlsCert, key: tlsKey, keyholderPolicy: basePath("keyholder"), command: "policy learn")
+                    c.tls = try ServeCommand.tls(certificate: tlsCert, key: tlsKey, command: "policy learn")
                 } catch {
                     throw ValidationError("\(error)")
                 }
@@ -213,21 +291,8 @@ struct PolicyCommand: AsyncParsableCommand {
                 throw ValidationError("the workload failed: \(error); nothing written")
             }
             await server.drain(timeout: .seconds(5))
-            return ["worker": server.workers.monitors, "vault": server.vault.monitors, "keyholder": server.keyholder?.monitors ?? []]
-        }
-
-        /// Written next to the target and renamed over it, so a failed write never leaves a
-        /// half profile; readable by all, writable by the owner.
-        static func write(_ text: String, to path: String) throws {
-            let temporary = path + ".tmp-\(getpid())"
-            guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8),
-                                                 attributes: [.posixPermissions: 0o644]) else {
-                throw ValidationError("cannot write \(temporary)")
-            }
-            guard rename(temporary, path) == 0 else {
-                unlink(temporary)
-                throw ValidationError("cannot rename \(temporary) to \(path): \(lastError("rename"))")
-            }
+            let pools = [server.workers, server.vault] + (server.keyholder.map { [$0] } ?? [])
+            return Dictionary(uniqueKeysWithValues: pools.map { ($0.configuration.role.rawValue, $0.monitors) })
         }
     }
 }

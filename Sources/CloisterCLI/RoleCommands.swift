@@ -43,24 +43,27 @@ extension EnforcementMode: ExpressibleByArgument {}
 /// The keyholder: reads the TLS key (before its sandbox, as the key file's owner) and signs
 /// for the workers (`KeyholderRole`).
 struct KeyholderCommand: SandboxedCommand {
-    static let configuration = CommandConfiguration(commandName: Role.keyholder.rawValue, shouldDisplay: false)
+    static let configuration = CommandConfiguration(commandName: RoleDeclaration.keyholder.role.rawValue, shouldDisplay: false)
 
     @OptionGroup var sandbox: SandboxOptions
-    @Option(help: "The private key, PEM, readable by its owner alone.") var key: String
-    @Option(help: "The certificate chain, PEM; its first certificate must match the key.") var cert: String
-    @Option(help: "Signatures a second each worker may ask for, on average.") var signaturesPerSecond = 500
-    @Option(help: "Signatures a worker may ask for at once, above the average.") var signatureBurst = 1000
+    @Option(help: "KeyholderSettings, as the supervisor encodes them.") var settings: String
     var confined: ConfinedRole?
     var signingKey: SigningKey?
+    var decoded: KeyholderSettings?
 
-    enum CodingKeys: String, CodingKey { case sandbox, key, cert, signaturesPerSecond, signatureBurst }
+    enum CodingKeys: String, CodingKey { case sandbox, settings }
 
     mutating func confine() throws {
-        (confined, signingKey) = try KeyholderRole.confine(sandbox.sandbox, keyFile: key, certificateFile: cert)
+        let settings = try KeyholderSettings(encoded: settings)
+        decoded = settings
+        (confined, signingKey) = try KeyholderRole.confine(sandbox.sandbox(.keyholder), keyFile: settings.keyFile,
+                                                           certificateFile: settings.certificateFile)
     }
 
     func run() async throws {
-        try await KeyholderRole.run(key: signingKey!, budget: .init(perSecond: signaturesPerSecond, burst: signatureBurst), confined: confined!)
+        let settings = decoded!
+        try await KeyholderRole.run(key: signingKey!, budget: .init(perSecond: settings.signaturesPerSecond, burst: settings.signatureBurst),
+                                    confined: confined!)
     }
 }
 
@@ -89,17 +92,24 @@ struct SandboxOptions: ParsableArguments {
     @Option(help: "enforce, report (kills reported by the parent) or learn.") var mode: EnforcementMode = .enforce
     @Option(help: "User to switch to when started as root.") var user: String = "nobody"
     @Option(help: "Group to switch to when started as root.") var group: String = "nogroup"
-    @Option(help: "Descriptor over which to hand the seccomp listener to the parent (report and learn).")
+    @Option(help: "Descriptor over which to hand the seccomp listener to the parent (report and learn); a declared role's is its layout's.")
     var listenerFD: Int32?
 
     var sandbox: RoleSandbox {
         RoleSandbox(policy: policy, mode: mode, user: user, group: group, listenerFD: listenerFD)
     }
+
+    /// A declared role hands its listener over at the descriptor its declaration lays out.
+    func sandbox(_ declaration: RoleDeclaration) -> RoleSandbox {
+        var sandbox = self.sandbox
+        if mode != .enforce && listenerFD == nil { sandbox.listenerFD = RoleDeclaration.Descriptors.listenerHandoff }
+        return sandbox
+    }
 }
 
 extension SessionSettings.SlowConsumer: ExpressibleByArgument {}
 
-/// How the vault keeps sessions: given to `cloister serve` and passed on to the vault.
+/// How the vault keeps sessions: given to `cloister serve`, checked by `SessionSettings`.
 struct SessionOptions: ParsableArguments {
     @Option(help: "Output kept per session for clients that resume or fall behind, in bytes (4096 to 1073741824).")
     var sessionRing: Int = SessionSettings().ringBytes
@@ -108,96 +118,64 @@ struct SessionOptions: ParsableArguments {
     @Option(help: "A client that falls behind the ring: resync (told how much it missed) or disconnect.")
     var slowConsumer: SessionSettings.SlowConsumer = .resync
 
-    struct Problem: Error, CustomStringConvertible {
-        var option: String
-        var problem: String
-        var description: String { "\(option): \(problem)" }
-    }
-
     /// Checked, naming the option when something is wrong.
-    func settings() throws(Problem) -> SessionSettings {
-        guard (4096...(1 << 30)).contains(sessionRing) else {
-            throw Problem(option: "--session-ring", problem: "\(sessionRing) is not between 4096 and 1073741824 bytes")
-        }
-        guard sessionLinger.isFinite, (0...604_800).contains(sessionLinger) else {
-            throw Problem(option: "--session-linger", problem: "\(sessionLinger) is not between 0 and 604800 seconds")
-        }
+    func settings() throws(SettingsError) -> SessionSettings {
         var s = SessionSettings()
         s.ringBytes = sessionRing
+        guard sessionLinger.isFinite, sessionLinger >= 0, sessionLinger <= 604_800 else {
+            throw SettingsError(role: .vault, field: "--session-linger", problem: "\(sessionLinger) is not between 0 and 604800 seconds")
+        }
         s.linger = .milliseconds(Int64(sessionLinger * 1000))
         s.slowConsumer = slowConsumer
+        try s.validate()
         return s
-    }
-
-    /// The same options, for the vault's command line.
-    var arguments: [String] {
-        ["--session-ring", "\(sessionRing)", "--session-linger", "\(sessionLinger)", "--slow-consumer", slowConsumer.rawValue]
     }
 }
 
 struct WorkerCommand: SandboxedCommand {
-    static let configuration = CommandConfiguration(commandName: Role.worker.rawValue, shouldDisplay: false)
+    static let configuration = CommandConfiguration(commandName: RoleDeclaration.worker.role.rawValue, shouldDisplay: false)
 
     @OptionGroup var sandbox: SandboxOptions
-    @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
-    var checkOrigin = true
-    @Option(help: "Descriptor of the page's assets (a sealed memory file the supervisor wrote).")
-    var assetsFD: Int32?
-    @Option(help: "Prefix of every route.") var basePath = ""
-    @Option(help: "Open-file limit inside the sandbox.") var openFiles: UInt64 = 256
-    @Option(help: "The preferences message, a JSON object.") var preferences = "{}"
-    @Option(help: "Seconds between pings of each WebSocket; 0: none.") var pingInterval: Double = 30
-    @Flag(help: "Pass the URL's arg values to a new session's command.") var urlArguments = false
-    @Option(help: "The header a reverse proxy names the user in, instead of a credential.") var authHeader: String?
+    @Option(help: "WorkerSettings, as the supervisor encodes them.") var settings: String
     var confined: ConfinedRole?
+    var decoded: WorkerSettings?
     var assets = AssetBundle()
 
-    enum CodingKeys: String, CodingKey { case sandbox, checkOrigin, assetsFD, basePath, openFiles, preferences, pingInterval, urlArguments, authHeader }
+    enum CodingKeys: String, CodingKey { case sandbox, settings }
 
     mutating func confine() throws {
-        // Read while the process is still single-threaded and unconfined; the sandbox opens nothing.
-        if let assetsFD { assets = try AssetLoader.receive(FileDescriptor(rawValue: assetsFD)) }
-        confined = try WorkerRole.confine(sandbox.sandbox, openFiles: openFiles)
+        let settings = try WorkerSettings(encoded: settings)
+        decoded = settings
+        // Read while the process is still single-threaded and unconfined; the sandbox opens
+        // nothing. A server without a page (some tests) gives none.
+        let shared = RoleDeclaration.Descriptors.sharedFile
+        if fcntl(shared, F_GETFD) != -1 { assets = try AssetLoader.receive(FileDescriptor(rawValue: shared)) }
+        confined = try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.openFiles)
     }
 
     func run() async throws {
-        var settings = WebWorker.Settings()
-        settings.checkOrigin = checkOrigin
-        settings.basePath = try BasePath(basePath)
-        settings.preferences = Array(preferences.utf8)
-        settings.urlArguments = urlArguments
-        settings.authHeader = authHeader
-        settings.pingInterval = pingInterval > 0 ? .milliseconds(Int64(pingInterval * 1000)) : nil
-        try await WorkerRole.run(settings: settings, assets: assets, confined: confined!)
+        try await WorkerRole.run(settings: try WebWorker.Settings(decoded!), assets: assets, confined: confined!)
     }
 }
 
 struct VaultCommand: SandboxedCommand {
-    static let configuration = CommandConfiguration(commandName: Role.vault.rawValue, shouldDisplay: false)
+    static let configuration = CommandConfiguration(commandName: RoleDeclaration.vault.role.rawValue, shouldDisplay: false)
 
     @OptionGroup var sandbox: SandboxOptions
-    @Option(help: "Window title sent to clients.") var title = "cloister"
-    @OptionGroup var sessions: SessionOptions
-    @Option(help: "Most clients attached at once; 0: no limit.") var maxAttachments = 0
-    @Flag(help: "A new session's command takes the arguments of the client's URL.") var urlArguments = false
-    @Flag(help: "Workers present the user a reverse proxy named, not a credential.") var authHeader = false
-    @Flag(help: "Every client only watches.") var readOnly = false
-    @Option(help: "Open-file limit inside the sandbox.") var openFiles: UInt64 = 4096
-    @Option(help: "Signal number for a shell whose session is hung up.") var endSignal: Int32 = 1  // SIGHUP
+    @Option(help: "VaultSettings, as the supervisor encodes them.") var settings: String
     var confined: ConfinedRole?
+    var decoded: VaultSettings?
 
-    enum CodingKeys: String, CodingKey { case sandbox, title, sessions, maxAttachments, urlArguments, authHeader, readOnly, endSignal, openFiles }
+    enum CodingKeys: String, CodingKey { case sandbox, settings }
 
-    mutating func confine() throws { confined = try VaultRole.confine(sandbox.sandbox, openFiles: openFiles) }
+    mutating func confine() throws {
+        let settings = try VaultSettings(encoded: settings)
+        decoded = settings
+        confined = try VaultRole.confine(sandbox.sandbox(.vault), openFiles: settings.openFiles)
+    }
 
     func run() async throws {
-        var settings = try sessions.settings()
-        settings.maxAttachments = maxAttachments
-        settings.urlArguments = urlArguments
-        settings.authHeader = authHeader
-        settings.readOnly = readOnly
-        settings.endSignal = endSignal
-        try await VaultRole.run(title: title, sessions: settings, confined: confined!)
+        try await VaultRole.run(settings: decoded!, confined: confined!)
     }
 }
 

@@ -66,7 +66,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
     @Option(help: "A group whose members may use the control socket without being root (the socket is then mode 0660 in that group).")
     var controlGroup: String?
-    @Option(help: "Directory with worker.json and vault.json.") var policyDir: String?
+    @Option(help: "Directory with each sandboxed role's profile: \(RoleDeclaration.sandboxed.map(\.profile).joined(separator: ", ")) (cloister policy roles lists them). Default: \(RoleProfiles.defaultDirectories.joined(separator: ", then ")).")
+    var policyDir: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
     @Option(help: "A PEM certificate chain, the server's certificate first: TLS (1.2 and 1.3, HTTP/1.1 by ALPN) on every --listen, or only on those given as tls:ADDRESS. SIGHUP reads it again.")
     var tlsCert: String?
@@ -90,7 +91,6 @@ struct ServeCommand: AsyncParsableCommand {
         var description: String { "cloister \(command): \(option): \(problem)" }
     }
 
-    static let defaultPolicyDirectories = ["policies", "/usr/share/cloister/policies"]
     /// A signal by number, or by name with or without SIG, in any case.
     static func signalNumber(_ text: String) -> Int32? {
         if let number = Int32(text) { return (1...64).contains(number) ? number : nil }
@@ -126,19 +126,21 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     /// Everything checked before anything starts.
-    func configuration(activated: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
-        guard let policies = policyDir ?? Self.defaultPolicyDirectories.first(where: { FileManager.default.fileExists(atPath: "\($0)/worker.json") }) else {
-            throw ConfigurationError(option: "--policy-dir", problem: "not given, and no worker.json in \(Self.defaultPolicyDirectories.joined(separator: " or ")) (relative to \(FileManager.default.currentDirectoryPath))")
+    /// `reload`: for SIGHUP, which takes the credential and the TLS pair alone; the page's
+    /// assets are read only at start (a reload made a sealed file of them nobody closed).
+    func configuration(activated: Bool = false, reload: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
+        // Every role this server will start, and only those: the keyholder's profile is
+        // needed with TLS alone.
+        let declarations = RoleDeclaration.sandboxed.filter { !$0.onlyWithTLS || tlsCert != nil || tlsKey != nil }
+        guard let directory = policyDir ?? RoleProfiles.find(for: declarations) else {
+            let files = declarations.map(\.profile).joined(separator: ", ")
+            throw ConfigurationError(option: "--policy-dir", problem: "not given, and no directory of \(RoleProfiles.defaultDirectories.joined(separator: ", ")) holds \(files) (relative to \(FileManager.default.currentDirectoryPath))")
         }
-        var paths: [String: String] = [:]
-        for role in ["worker", "vault"] {
-            let path = "\(policies)/\(role).json"
-            do {
-                _ = try SeccompProgram(try Policy.load(file: path))
-            } catch {
-                throw ConfigurationError(option: "--policy-dir", problem: "\(error)")
-            }
-            paths[role] = path
+        let profiles: RoleProfiles
+        do {
+            profiles = try RoleProfiles(directory: directory, declarations: declarations)
+        } catch {
+            throw ConfigurationError(option: "--policy-dir", problem: "\(error)")
         }
         let shells: NurseryShells?
         if let nurserySocket {
@@ -258,8 +260,7 @@ struct ServeCommand: AsyncParsableCommand {
             token = Credential(userAndPassword: "cloister:\(password)").token
             credentialLine = "cloister:\(password)"
         }
-        var c = Server.Configuration(workerPolicy: paths["worker"]!, vaultPolicy: paths["vault"]!,
-                                     nursery: shells.map { .spawn($0) } ?? .service(socket: nurserySocket!))
+        var c = Server.Configuration(profiles: profiles, nursery: shells.map { .spawn($0) } ?? .service(socket: nurserySocket!))
         c.listen = addresses
         c.socketAccess = access
         c.workers = count
@@ -310,42 +311,48 @@ struct ServeCommand: AsyncParsableCommand {
             c.controlGroup = group.pointee.gr_gid
         }
         c.mode = policyMode
-        c.tls = try tls(policies: policies)
-        do {
-            _ = try sessions.settings()
-        } catch {
-            throw ConfigurationError(option: error.option, problem: error.problem)
-        }
-        c.vaultArguments = sessions.arguments
-        do {
-            c.assets = try assetOptions.sealedFile()
-        } catch {
-            throw ConfigurationError(option: error.option, problem: error.problem)
-        }
         guard policyMode != .enforce else {
             throw ConfigurationError(option: "--policy-mode", problem: "roles are always watched: report or learn")
+        }
+        do {
+            c.sessions = try sessions.settings()
+            // The roles check what they are given with the same code; a problem is found here first.
+            try c.workerSettings.validate()
+            try c.vaultSettings.validate()
+        } catch {
+            throw ConfigurationError(option: error.field, problem: error.problem)
+        }
+        // What opens a descriptor comes last, so that no check after it can leave one open.
+        c.tls = try tls()
+        if !reload {
+            do {
+                c.assets = try assetOptions.sealedFile()
+            } catch {
+                if let chain = c.tls?.chain { try? chain.close() }
+                throw ConfigurationError(option: error.option, problem: error.problem)
+            }
         }
         return (c, credentialLine)
     }
 
     /// The TLS pair, checked by the keyholder's own code in a process of its own (so the key
     /// never enters this one), its chain in a sealed memory file for the workers.
-    func tls(policies: String) throws(ConfigurationError) -> Server.TLS? {
+    func tls() throws(ConfigurationError) -> Server.TLS? {
         switch (tlsCert, tlsKey) {
         case (nil, nil): return nil
         case (_, nil): throw ConfigurationError(option: "--tls-key", problem: "--tls-cert needs its key")
         case (nil, _): throw ConfigurationError(option: "--tls-cert", problem: "--tls-key needs its certificate")
         case let (cert?, key?):
-            guard (1...100_000).contains(tlsSignaturesPerSecond) else {
+            guard KeyholderSettings.signaturesPerSecondRange.contains(tlsSignaturesPerSecond) else {
                 throw ConfigurationError(option: "--tls-signatures-per-second", problem: "\(tlsSignaturesPerSecond) is not between 1 and 100000")
             }
-            var tls = try Self.tls(certificate: cert, key: key, keyholderPolicy: "\(policies)/keyholder.json")
+            var tls = try Self.tls(certificate: cert, key: key)
             tls.signaturesPerSecond = tlsSignaturesPerSecond
             return tls
         }
     }
 
-    static func tls(certificate cert: String, key: String, keyholderPolicy policy: String, command: String = "serve") throws(ConfigurationError) -> Server.TLS {
+    static func tls(certificate cert: String, key: String, command: String = "serve") throws(ConfigurationError) -> Server.TLS {
         // Absolute, for the keyholders started later (after an upgrade too).
         func absolute(_ path: String, _ option: String) throws(ConfigurationError) -> String {
             guard let resolved = realpath(path, nil) else {
@@ -361,11 +368,6 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             throw ConfigurationError(option: "--tls-key", problem: "\(error)", command: command)
         }
-        do {
-            _ = try SeccompProgram(try Policy.load(file: policy))
-        } catch {
-            throw ConfigurationError(option: "--policy-dir", problem: "\(error)", command: command)
-        }
         let chain: FileDescriptor
         do {
             let fd = try FileDescriptor.open(certFile, .readOnly, options: .closeOnExec)
@@ -380,7 +382,7 @@ struct ServeCommand: AsyncParsableCommand {
         } catch {
             throw ConfigurationError(option: "--tls-cert", problem: "\(certFile): \(error)", command: command)
         }
-        return Server.TLS(certificateFile: certFile, keyFile: keyFile, kind: kind, chain: chain, keyholderPolicy: policy)
+        return Server.TLS(certificateFile: certFile, keyFile: keyFile, kind: kind, chain: chain)
     }
 
     static func randomPassword() -> String {
@@ -445,7 +447,7 @@ struct ServeCommand: AsyncParsableCommand {
         let options = self
         await SupervisorRole.run(server, credentialLine: credentialLine, drainTimeout: .milliseconds(Int64(drainTimeout * 1000)),
                                  logger: log) {
-            let fresh = try options.configuration(activated: true).0
+            let fresh = try options.configuration(activated: true, reload: true).0
             return (oneTime ? configuration.authentication : fresh.authentication, fresh.tls)
         }
     }

@@ -15,7 +15,7 @@ public enum KeyholderRole {
     /// Reads the key, then confines the process; before the first `await`, single-threaded.
     public static func confine(_ sandbox: RoleSandbox, keyFile: String, certificateFile: String) throws -> (ConfinedRole, SigningKey) {
         let key = try SigningKey(keyFile: keyFile, certificateFile: certificateFile)
-        return (try sandbox.confine(role: Role.keyholder.rawValue, openFileLimit: 4160), key)
+        return (try sandbox.confine(role: RoleDeclaration.keyholder.role.rawValue, openFileLimit: 4160), key)
     }
 
     /// Threads made before the filter: the event loop (worker links, Swift concurrency) and
@@ -25,7 +25,7 @@ public enum KeyholderRole {
         let log = RoleLog.logger(.keyholder)
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         let supervisor = try await Link.supervisorKeyholder.start(socket: Link.inheritedTransport, side: .acceptor)
-        let steps = try confined.seal()
+        let steps = try confined.seal(threads: RoleDeclaration.keyholder.threads, reserve: RoleDeclaration.keyholder.reserve)
         log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))", "key": "\(key.kind)"])
         let signer = Signer(key: key, limits: budget, loop: loop, logger: log)
         try await ControlCircuit.serve(supervisor, counters: signer.counters) { group in

@@ -80,9 +80,7 @@ public final class Reaper: @unchecked Sendable {
             while state.waiting.isEmpty { lock.wait() }
             lock.unlock()
             var status: Int32 = 0
-            let pid = waitpid(-1, &status, 0)
-            if pid < 0 {
-                if errno == EINTR { continue }
+            guard let pid = try? valueOrErrno("waitpid", { waitpid(-1, &status, 0) }) else {
                 // ECHILD: the awaited children were reaped elsewhere; their ends are unknown.
                 let waiting = lock.withLock { () -> [Report] in
                     defer { state.waiting = [:] }

@@ -1,5 +1,6 @@
 import CSeccomp
 import FoundationEssentials
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -180,10 +181,15 @@ public struct Policy: Sendable, Equatable {
 /// A policy file that cannot be used: which file, where in it, and what is wrong.
 public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
     public var file: String
-    public var path: String
+    /// Where in the JSON (`$.syscalls[3].names`); nil when the file as a whole is the problem.
+    public var path: String?
     public var message: String
 
-    public var description: String { "\(file): \(path): \(message)" }
+    public init(file: String, path: String?, message: String) {
+        (self.file, self.path, self.message) = (file, path, message)
+    }
+
+    public var description: String { "\(file): " + (path.map { "\($0): " } ?? "") + message }
 }
 
 // MARK: Loading
@@ -191,21 +197,19 @@ public struct PolicyError: Error, Sendable, Equatable, CustomStringConvertible {
 extension Policy {
     /// Reads, decodes and validates a policy file.
     public static func load(file: String) throws(PolicyError) -> Policy {
-        var bytes: [UInt8] = []
-        var call = "open"
+        let bytes: [UInt8]
         do {
-            let descriptor = try FileDescriptor.open(file, .readOnly, options: .closeOnExec)
-            defer { try? descriptor.close() }
-            call = "read"
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let count = try chunk.withUnsafeMutableBytes { try descriptor.read(into: $0) }
-                if count == 0 { break }
-                bytes += chunk[..<count]
+            let descriptor: FileDescriptor
+            do {
+                descriptor = try FileDescriptor.open(file, .readOnly, options: .closeOnExec, retryOnInterrupt: true)
+            } catch {
+                throw SystemCallError(call: "open", errno: error as? Errno ?? .ioError)
             }
+            defer { try? descriptor.close() }
+            // A profile is a few kilobytes; a megabyte is no profile.
+            bytes = try descriptor.readToEnd(limit: 1 << 20)
         } catch {
-            let errno = (error as? Errno).map { " (errno \($0.rawValue))" } ?? ""
-            throw PolicyError(file: file, path: "$", message: "cannot read: \(call): \(error)\(errno)")
+            throw PolicyError(file: file, path: nil, message: "cannot read: \(error)")
         }
         return try parse(Data(bytes), source: file)
     }
@@ -218,7 +222,7 @@ extension Policy {
         } catch let error as DecodingError {
             throw PolicyError(file: source, path: error.jsonPath, message: error.reason)
         } catch {
-            throw PolicyError(file: source, path: "$", message: "invalid JSON: \(error)")
+            throw PolicyError(file: source, path: nil, message: "invalid JSON: \(error)")
         }
         return try raw.validate(source: source)
     }

@@ -40,9 +40,10 @@ public struct ConfinedRole: Sendable {
 
     /// Loads the filter once the role has made every thread it will have (keeping `reserve`
     /// of them for later `Threads.start` calls), hands the listener over and closes every copy
-    /// of it; returns the steps taken, for the role's first log line.
-    public func seal(reserve: Int = 0) throws -> [String] {
-        if let listener = try confined.seal(reserve: reserve) {
+    /// of it; returns the steps taken, for the role's first log line. `threads`, when given,
+    /// is how many the role declares: a role that has made more or fewer is not sealed.
+    public func seal(threads: Int? = nil, reserve: Int = 0) throws -> [String] {
+        if let listener = try confined.seal(reserve: reserve, declaredThreads: threads) {
             defer { try? listener.close() }
             guard let listenerFD else {
                 throw SandboxError(step: "seccomp", call: "--listener-fd", errno: .invalidArgument,

@@ -104,7 +104,7 @@ public enum Sandbox {
         /// Step 6: keeps `reserve` threads for later `Threads.start` calls, creates no thread
         /// after that, and loads the filter on every thread. Returns the notification listener
         /// in report and learn modes, to hand to the supervising process and then close.
-        public func seal(reserve: Int) throws(SandboxError) -> FileDescriptor? {
+        public func seal(reserve: Int, declaredThreads: Int? = nil) throws(SandboxError) -> FileDescriptor? {
             precondition(!sealed, "a sandbox is sealed once")
             sealed = true
             do {
@@ -113,6 +113,12 @@ public enum Sandbox {
                 throw SandboxError(step: "threads", error)
             }
             let threads = Sandbox.threadCount(directory: tasks)
+            // A thread nobody declared would be one no review saw; one missing, a declaration
+            // that no longer says what the role does.
+            if let declaredThreads, threads != declaredThreads {
+                throw SandboxError(step: "threads", call: "/proc/self/task", errno: .invalidArgument,
+                                   detail: "\(threads) threads made before the filter; the role declares \(declaredThreads)")
+            }
             let listener = try program.load()
             steps.append("threads: \(threads), \(reserve) of them kept in reserve; clone and clone3 killed from now on")
             steps.append("seccomp: \(program.policy.source) loaded (\(program.mode.rawValue), all threads)")

@@ -69,10 +69,16 @@ public final class CapacityRefusals: Sendable {
             let left = end - (Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000)
             guard left > 0 else { return }
             var poll = pollfd(fd: client.rawValue, events: Int16(POLLIN), revents: 0)
-            guard Glibc.poll(&poll, 1, Int32(left)) > 0 else { return }
-            let n = recv(client.rawValue, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-            if n <= 0 && !(n < 0 && (errno == EINTR || errno == EAGAIN)) { return }
-            total += max(0, n)
+            // An interrupted poll is tried again with what is left of the linger.
+            guard let ready = try? valueOrErrno("poll", retryOnInterrupt: false, { Glibc.poll(&poll, 1, Int32(left)) }) else { continue }
+            guard ready > 0 else { return }
+            do {
+                let n = try valueOrErrno("recv") { recv(client.rawValue, &buffer, buffer.count, Int32(MSG_DONTWAIT)) }
+                guard n > 0 else { return }
+                total += n
+            } catch {
+                guard error.errno == .resourceTemporarilyUnavailable else { return }
+            }
         }
     }
 }

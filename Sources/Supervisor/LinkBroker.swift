@@ -188,7 +188,8 @@ final class LinkBroker: Sendable {
             state.withLock { s in
                 if s.keyholder === instance { s.keyholder = nil }
             }
-        case (_, .linked), (_, .degraded), (.supervisor, _), (.nursery, _):
+        default:
+            // Admission and degradation are the pools' own; no other role has a pool.
             break
         }
     }
@@ -206,7 +207,7 @@ final class LinkBroker: Sendable {
     /// read-only descriptor of its own of the chain's memory file.
     private func linkKeyholder(_ worker: RolePool.Instance, to keyholder: RolePool.Instance) async throws {
         guard let chain = state.withLock({ $0.chain }) else { return }
-        let file = try RoleLauncher.SharedFile(descriptor: chain.file, option: "").reopened()
+        let file = try RoleLauncher.reopened(chain.file)
         defer { try? file.close() }
         let (keyholderEnd, workerEnd) = try SocketCalls.socketPair(Link.workerKeyholder.socketKind)
         defer {

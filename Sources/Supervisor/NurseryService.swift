@@ -81,11 +81,8 @@ final class NurseryServiceConnection: NurseryLink {
             let serviceHungUp = (try? await onOwnThread { () -> Bool in
                 var fds = [pollfd(fd: watched.rawValue, events: 0, revents: 0),
                            pollfd(fd: wake.read.rawValue, events: Int16(POLLIN), revents: 0)]
-                while true {
-                    let n = poll(&fds, 2, -1)
-                    if n < 0 && errno == EINTR { continue }
-                    return n > 0 && fds[1].revents == 0
-                }
+                let n = (try? valueOrErrno("poll") { poll(&fds, 2, -1) }) ?? 0
+                return n > 0 && fds[1].revents == 0
             }) ?? false
             if serviceHungUp { hungUp() }
         }

@@ -10,9 +10,9 @@ import Glibc
 #endif
 
 /// Starts a sandboxed role of this binary and connects to it: the one place that hands a role
-/// its descriptors (transport at 3, listener hand-off at 4, a shared file at 5), takes its seccomp listener,
-/// watches it, completes the circuits handshake and waits for the role's "ready". On any
-/// failure the role is killed and reaped and every descriptor closed.
+/// the descriptors its declaration lays out (`RoleDeclaration.Descriptors`) and its settings,
+/// takes its seccomp listener, watches it, completes the circuits handshake and waits for the
+/// role's "ready". On any failure the role is killed and reaped and every descriptor closed.
 public enum RoleLauncher {
     public struct Launched: Sendable {
         public var child: ChildProcess
@@ -22,17 +22,18 @@ public enum RoleLauncher {
         public var output: Task<Void, Never>
     }
 
-    public static func start(executable: String, role: Role, policy: String, mode: EnforcementMode,
-                             user: String, group: String, arguments: [String] = [], sharedFile: SharedFile? = nil,
+    /// Starts the role `settings` belong to, under `policy`. `sharedFile` goes to the role at
+    /// `Descriptors.sharedFile` (reopened read-only), for roles whose declaration has one.
+    public static func start(executable: String, settings: any RoleSettings, policy: String, mode: EnforcementMode,
+                             user: String, group: String, sharedFile: FileDescriptor? = nil,
                              build: String = BuildID.current,
                              onViolation: @escaping @Sendable (ViolationMonitor.Event) -> Void) async throws -> Launched {
         precondition(mode != .enforce, "a launched role is always watched (report or learn)")
-        var arguments = arguments
+        let declaration = type(of: settings).declaration
+        let role = declaration.role
+        precondition(sharedFile == nil || declaration.sharedFile != nil, "\(role) declares no shared file")
         var extra: [FileDescriptor] = []
-        if let sharedFile {
-            extra.append(try sharedFile.reopened())
-            arguments += [sharedFile.option, "5"]
-        }
+        if let sharedFile { extra.append(try reopened(sharedFile)) }
         defer { for fd in extra { try? fd.close() } }
         let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
         let handoff: FileDescriptor, roleHandoff: FileDescriptor
@@ -58,9 +59,11 @@ public enum RoleLauncher {
                 // Nothing of this process's environment crosses but a fixed time zone: the
                 // role cannot read /etc/localtime, which glibc would otherwise try (and fail)
                 // to open for every log line's timestamp. Its lines are in UTC either way.
+                // ChildProcess.spawn numbers the descriptors from 3 in the order given: the
+                // declaration's layout.
                 child = try ChildProcess.spawn(executable,
                                                arguments: ["role", role.rawValue, "--policy", policy, "--mode", mode.rawValue,
-                                                           "--listener-fd", "4", "--user", user, "--group", group] + arguments,
+                                                           "--user", user, "--group", group, "--settings", settings.encoded()],
                                                descriptors: [roleTransport, roleHandoff] + extra, environment: ["TZ": "UTC0"],
                                                output: logWriter, ownProcessGroup: true)
             } catch {
@@ -77,7 +80,7 @@ public enum RoleLauncher {
         // it loads its filter (no thread after it), and hands the listener over as it loads it.
         defer { try? handoff.close() }
         do {
-            let transport = try await link(to: role).start(socket: transportSocket, side: .opener, build: build)
+            let transport = try await declaration.link.start(socket: transportSocket, side: .opener, build: build)
             do {
                 let listener = try ListenerHandoff.receive(from: handoff)
                 let monitor = try ViolationMonitor(listener: listener, role: role.rawValue, mode: mode, handler: onViolation)
@@ -95,36 +98,14 @@ public enum RoleLauncher {
         }
     }
 
-    /// A file every instance of a role reads at start (the page's assets for workers), given
-    /// at descriptor 5 and named to the role by `option`.
-    public struct SharedFile: Sendable {
-        public var descriptor: FileDescriptor
-        public var option: String
-
-        public init(descriptor: FileDescriptor, option: String) {
-            self.descriptor = descriptor
-            self.option = option
-        }
-
-        /// A read-only open file description of its own: one passed to several processes
-        /// would share its offset, and a role must not be able to write what others read.
-        public func reopened() throws(SystemCallError) -> FileDescriptor {
-            let path = "/proc/self/fd/\(descriptor.rawValue)"
-            do {
-                return try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-            } catch {
-                throw SystemCallError(call: "open", errno: error as? Errno ?? .ioError, detail: path)
-            }
-        }
-    }
-
-    /// The link from the supervisor to a role it launches.
-    static func link(to role: Role) -> Link {
-        switch role {
-        case .worker: return .supervisorWorker
-        case .vault: return .supervisorVault
-        case .keyholder: return .supervisorKeyholder
-        case .supervisor, .nursery: preconditionFailure("the supervisor does not launch a \(role) as a sandboxed role")
+    /// A read-only open file description of its own: one passed to several processes would
+    /// share its offset, and a role must not be able to write what others read.
+    public static func reopened(_ descriptor: FileDescriptor) throws(SystemCallError) -> FileDescriptor {
+        let path = "/proc/self/fd/\(descriptor.rawValue)"
+        do {
+            return try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
+        } catch {
+            throw SystemCallError(call: "open", errno: error as? Errno ?? .ioError, detail: path)
         }
     }
 

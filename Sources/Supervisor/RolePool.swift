@@ -31,14 +31,13 @@ import Glibc
 /// exits. Heartbeats, restart intensity and `ctl workers` cover it as any instance.
 public final class RolePool: Sendable {
     public struct Configuration: Sendable {
-        public var role: Role
+        /// What every instance is started with; its type says which role the pool runs.
+        public var settings: any RoleSettings
         public var count: Int
         public var executable: String
         public var policy: String
-        /// The role's own options.
-        public var arguments: [String] = []
-        /// A file each instance reads at start.
-        public var sharedFile: RoleLauncher.SharedFile?
+        /// The file each instance reads at start, where the role declares one.
+        public var sharedFile: FileDescriptor?
         public var mode: EnforcementMode = .report
         public var user = "nobody"
         public var group = "nogroup"
@@ -57,8 +56,11 @@ public final class RolePool: Sendable {
         /// Per client: how long a client waits for a spare when every spare is taken.
         public var spareWait: Duration = .seconds(10)
 
-        public init(role: Role, count: Int, executable: String, policy: String) {
-            self.role = role
+        public var declaration: RoleDeclaration { type(of: settings).declaration }
+        public var role: Role { declaration.role }
+
+        public init(settings: any RoleSettings, count: Int, executable: String, policy: String) {
+            self.settings = settings
             self.count = count
             self.executable = executable
             self.policy = policy
@@ -500,9 +502,9 @@ public final class RolePool: Sendable {
         log[metadataKey: "\(configuration.role)"] = "\(id)"
         let withID = log
         let launched = try await RoleLauncher.start(
-            executable: configuration.executable, role: configuration.role, policy: configuration.policy,
+            executable: configuration.executable, settings: configuration.settings, policy: configuration.policy,
             mode: configuration.mode, user: configuration.user, group: configuration.group,
-            arguments: configuration.arguments, sharedFile: configuration.sharedFile, build: configuration.build
+            sharedFile: configuration.sharedFile, build: configuration.build
         ) { [weak self] event in
             var withPid = withID
             withPid[metadataKey: "pid"] = "\(event.pid)"

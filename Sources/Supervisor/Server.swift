@@ -51,14 +51,15 @@ public final class Server: Sendable {
         public var controlSocket: String?
         /// A group whose members may use the control socket too (mode 0660 in that group).
         public var controlGroup: gid_t?
-        public var workerPolicy: String
-        public var vaultPolicy: String
+        /// Each sandboxed role's profile.
+        public var profiles: RoleProfiles
         /// Where the shells come from.
         public var nursery: NurserySource
         public var executable = ChildProcess.currentExecutable
         public var mode: EnforcementMode = .report
-        /// The vault's session options, as its command line takes them.
-        public var vaultArguments: [String] = []
+        /// How the vault keeps sessions (ring, linger, slow consumers); the options below that
+        /// the vault applies too (read-only, the end signal…) are set on it by `Server`.
+        public var sessions = SessionSettings()
         /// The page's assets (`WebAssets`): a sealed memory file each worker reads at start.
         public var assets: FileDescriptor?
         /// Adjusts each pool's configuration (tests: shorter heartbeats and backoff).
@@ -71,10 +72,35 @@ public final class Server: Sendable {
         /// the keyholder holds the key, the workers the chain.
         public var tls: TLS?
 
-        public init(workerPolicy: String, vaultPolicy: String, nursery: NurserySource) {
-            self.workerPolicy = workerPolicy
-            self.vaultPolicy = vaultPolicy
+        public init(profiles: RoleProfiles, nursery: NurserySource) {
+            self.profiles = profiles
             self.nursery = nursery
+        }
+
+        /// What each worker is started with.
+        public var workerSettings: WorkerSettings {
+            var s = WorkerSettings()
+            s.checkOrigin = checkOrigin
+            s.basePath = basePath
+            s.preferences = preferences
+            s.pingIntervalMilliseconds = Int64((pingInterval * 1000).rounded())
+            s.urlArguments = urlArguments
+            s.authHeader = authHeader
+            s.openFiles = UInt64(Server.workerOpenFiles(maxClients: isolation == .pool ? maxClients : 1))
+            return s
+        }
+
+        /// What the vault is started with.
+        public var vaultSettings: VaultSettings {
+            var s = VaultSettings()
+            s.sessions = sessions
+            if exitWhen == .once { s.sessions.maxAttachments = 1 }
+            s.sessions.urlArguments = urlArguments
+            s.sessions.authHeader = authHeader != nil
+            s.sessions.readOnly = readOnly
+            s.sessions.endSignal = endSignal
+            s.openFiles = UInt64(Server.vaultOpenFiles(maxClients: maxClients))
+            return s
         }
     }
 
@@ -85,13 +111,16 @@ public final class Server: Sendable {
         public var kind: TLSKeyKind
         /// The chain as the workers get it: a sealed memory file of the certificate file.
         public var chain: FileDescriptor
-        public var keyholderPolicy: String
         /// Each worker's signing budget at the keyholder: this many a second, twice as many at once.
         public var signaturesPerSecond = 500
 
-        public init(certificateFile: String, keyFile: String, kind: TLSKeyKind, chain: FileDescriptor, keyholderPolicy: String) {
+        public init(certificateFile: String, keyFile: String, kind: TLSKeyKind, chain: FileDescriptor) {
             (self.certificateFile, self.keyFile, self.kind, self.chain) = (certificateFile, keyFile, kind, chain)
-            self.keyholderPolicy = keyholderPolicy
+        }
+
+        /// What the keyholder is started with.
+        public var keyholderSettings: KeyholderSettings {
+            KeyholderSettings(keyFile: keyFile, certificateFile: certificateFile, signaturesPerSecond: signaturesPerSecond)
         }
     }
 
@@ -160,33 +189,21 @@ public final class Server: Sendable {
         }
         listeners = bound
         tlsListeners = c.tls == nil ? bound.map { _ in false } : tls
-        var workerConfiguration = RolePool.Configuration(role: .worker, count: c.workers, executable: c.executable, policy: c.workerPolicy)
-        workerConfiguration.mode = c.mode
-        workerConfiguration.arguments = (c.checkOrigin ? [] : ["--no-check-origin"]) + (c.basePath.isEmpty ? [] : ["--base-path", c.basePath])
-            + (c.preferences == "{}" ? [] : ["--preferences", c.preferences]) + ["--ping-interval", "\(c.pingInterval)"]
-            + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader.map { ["--auth-header", $0] } ?? [])
-            + ["--open-files", "\(Self.workerOpenFiles(maxClients: c.isolation == .pool ? c.maxClients : 1))"]
-        workerConfiguration.admission = .onceLinked
-        workerConfiguration.isolation = c.isolation
-        workerConfiguration.sharedFile = c.assets.map { RoleLauncher.SharedFile(descriptor: $0, option: "--assets-fd") }
-        c.tuning?(&workerConfiguration)
-        var vaultConfiguration = RolePool.Configuration(role: .vault, count: 1, executable: c.executable, policy: c.vaultPolicy)
-        vaultConfiguration.mode = c.mode
-        vaultConfiguration.arguments = c.vaultArguments + (c.exitWhen == .once ? ["--max-attachments", "1"] : [])
-            + (c.urlArguments ? ["--url-arguments"] : []) + (c.authHeader != nil ? ["--auth-header"] : [])
-            + (c.readOnly ? ["--read-only"] : []) + ["--open-files", "\(Self.vaultOpenFiles(maxClients: c.maxClients))"] + (c.endSignal == SIGHUP ? [] : ["--end-signal", "\(c.endSignal)"])
-        vaultConfiguration.admission = .onceLinked
-        c.tuning?(&vaultConfiguration)
-        workers = RolePool(configuration: workerConfiguration, logger: logger)
-        vault = RolePool(configuration: vaultConfiguration, logger: logger)
-        keyholder = c.tls.map { tls in
-            var keyholderConfiguration = RolePool.Configuration(role: .keyholder, count: 1, executable: c.executable, policy: tls.keyholderPolicy)
-            keyholderConfiguration.mode = c.mode
-            keyholderConfiguration.arguments = ["--key", tls.keyFile, "--cert", tls.certificateFile,
-                                                "--signatures-per-second", "\(tls.signaturesPerSecond)", "--signature-burst", "\(2 * tls.signaturesPerSecond)"]
-            c.tuning?(&keyholderConfiguration)
-            return RolePool(configuration: keyholderConfiguration, logger: logger)
+        func pool(_ settings: any RoleSettings, count: Int, _ adjust: (inout RolePool.Configuration) -> Void = { _ in }) -> RolePool {
+            var configuration = RolePool.Configuration(settings: settings, count: count, executable: c.executable,
+                                                       policy: c.profiles.path(type(of: settings).declaration.role))
+            configuration.mode = c.mode
+            adjust(&configuration)
+            c.tuning?(&configuration)
+            return RolePool(configuration: configuration, logger: logger)
         }
+        workers = pool(c.workerSettings, count: c.workers) {
+            $0.admission = .onceLinked
+            $0.isolation = c.isolation
+            $0.sharedFile = c.assets
+        }
+        vault = pool(c.vaultSettings, count: 1) { $0.admission = .onceLinked }
+        keyholder = c.tls.map { pool($0.keyholderSettings, count: 1) }
         broker = LinkBroker(
             workers: workers, vault: vault, keyholder: keyholder, tls: c.tls.map { ($0.chain, $0.kind) },
             nursery: c.nursery, executable: c.executable,

@@ -1,74 +1,180 @@
-import COpenSSLClient
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// TLS for the test and benchmark client, with OpenSSL's libssl: the same client measures a
-/// server over TLS as over plain TCP. It offers HTTP/1.1 by ALPN and, for a benchmark against
-/// a self-signed certificate, need not verify the chain.
-final class ClientTLS {
-    private let context: OpaquePointer
-    let connection: OpaquePointer
-
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
+/// TLS for the client with swift-nio-ssl, the TLS library the workers use (BoringSSL): the
+/// connection's TLS runs on an event loop, and the client reads and writes plain bytes on the
+/// other end of a socket pair, as it would on a TCP socket. It offers HTTP/1.1 by ALPN.
+public enum ClientTLS {
+    /// How the server's certificate is checked.
+    public enum Verification: Sendable, Equatable {
+        /// Against the system's trust store (and `extraRoots`, a PEM file, when given), and
+        /// for the server: the certificate must name `serverName` (sent by SNI too), or, when
+        /// it is nil, the address connected to.
+        case full(extraRoots: String?, serverName: String?)
+        /// Not at all: only for tests and benchmarks against a certificate they made.
+        case none
     }
 
-    /// Over the connected socket `fd` (which stays the caller's).
-    init(fd: Int32, verify: Bool) throws {
-        guard let context = SSL_CTX_new(TLS_client_method()) else { throw Failure(description: "SSL_CTX_new failed") }
-        self.context = context
-        SSL_CTX_set_verify(context, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
-        if verify { SSL_CTX_set_default_verify_paths(context) }
-        let alpn: [UInt8] = [8] + Array("http/1.1".utf8)
-        _ = SSL_CTX_set_alpn_protos(context, alpn, UInt32(alpn.count))
-        guard let connection = SSL_new(context) else {
-            SSL_CTX_free(context)
-            throw Failure(description: "SSL_new failed")
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Runs TLS over the connected TCP socket `socket` (taken over, closed with the
+    /// connection), once the handshake has completed; returns the plain end, the caller's to
+    /// close (which closes the connection).
+    public static func tunnel(socket: Int32, verification: Verification, timeoutSeconds: Int) throws -> Int32 {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.applicationProtocols = ["http/1.1"]
+        var serverName: String?
+        switch verification {
+        case .none:
+            configuration.certificateVerification = .none
+        case .full(let extraRoots, let name):
+            configuration.certificateVerification = .fullVerification
+            if let extraRoots { configuration.additionalTrustRoots = [.file(extraRoots)] }
+            serverName = name
         }
-        self.connection = connection
-        SSL_set_fd(connection, fd)
-        // Every property is set: a throw from here on runs deinit, which frees both.
-        guard SSL_connect(connection) == 1 else { throw Failure(description: "TLS handshake failed: \(Self.error())") }
+        let context: NIOSSLContext
+        do {
+            context = try NIOSSLContext(configuration: configuration)
+        } catch {
+            close(socket)
+            throw Failure(description: "TLS: \(error)")
+        }
+        var pair: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            let failure = Failure(description: "socketpair: errno \(errno)")
+            close(socket)
+            throw failure
+        }
+        let (plainEnd, name) = (pair[1], serverName)
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let handshake = loop.makePromise(of: Void.self)
+        let plainGlue = Glue(), tlsGlue = Glue()
+        Glue.join(plainGlue, tlsGlue)
+        let connected = ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // Without a name, the certificate is checked against the peer's address.
+                    let handler = try NIOSSLClientHandler(context: context, serverHostname: name)
+                    try channel.pipeline.syncOperations.addHandlers(handler, HandshakeWatch(done: handshake), tlsGlue)
+                }
+            }
+            .withConnectedSocket(socket)
+            .flatMap { tls in
+                ClientBootstrap(group: loop)
+                    .channelOption(.allowRemoteHalfClosure, value: false)
+                    .channelInitializer { $0.pipeline.addHandler(plainGlue) }
+                    .withConnectedSocket(plainEnd)
+                    .map { _ in tls }
+            }
+        // A client without a read timeout (0, `attach`) still gives a handshake this long.
+        let handshakeSeconds = timeoutSeconds > 0 ? timeoutSeconds : 30
+        do {
+            let tls = try connected.wait()
+            let deadline = loop.scheduleTask(in: .seconds(Int64(handshakeSeconds))) {
+                handshake.fail(Failure(description: "TLS handshake: no answer in \(handshakeSeconds) s"))
+            }
+            defer { deadline.cancel() }
+            do {
+                try handshake.futureResult.wait()
+            } catch {
+                tls.close(promise: nil)
+                throw error
+            }
+        } catch {
+            close(pair[0])
+            throw (error as? Failure) ?? Failure(description: "TLS handshake: \(error)")
+        }
+        return pair[0]
     }
 
-    deinit {
-        SSL_free(connection)
-        SSL_CTX_free(context)
-    }
+    /// Fulfils `done` when the handshake has completed, fails it on the first error.
+    private final class HandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
+        typealias InboundIn = ByteBuffer
+        let done: EventLoopPromise<Void>
+        init(done: EventLoopPromise<Void>) { self.done = done }
 
-    /// As read(2): bytes read, 0 at the end, -1 with errno (EAGAIN when the socket's timeout
-    /// passed).
-    func read(into buffer: UnsafeMutableRawBufferPointer) -> Int {
-        let n = SSL_read(connection, buffer.baseAddress, Int32(buffer.count))
-        if n > 0 { return Int(n) }
-        switch SSL_get_error(connection, n) {
-        case SSL_ERROR_ZERO_RETURN: return 0
-        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
-            errno = EAGAIN
-            return -1
-        case SSL_ERROR_SYSCALL where errno == 0: return 0
-        default: return -1
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case .handshakeCompleted = event as? TLSUserEvent {
+                done.succeed()
+                context.pipeline.syncOperations.removeHandler(self, promise: nil)
+            }
+            context.fireUserInboundEventTriggered(event)
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: Error) {
+            done.fail(error)
+            context.close(promise: nil)
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            done.fail(Failure(description: "the connection closed during the TLS handshake"))
+            context.fireChannelInactive()
         }
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
-        var sent = 0
-        while sent < bytes.count {
-            let n = SSL_write(connection, bytes.baseAddress! + sent, Int32(bytes.count - sent))
-            guard n > 0 else { throw Failure(description: "SSL_write: \(Self.error())") }
-            sent += Int(n)
-        }
-    }
+    /// Moves bytes from its channel to its partner's, reading only while the partner can
+    /// take more (so a slow side holds the other back instead of queueing without limit),
+    /// and closes the partner when its own channel ends. Both channels are on one loop, and
+    /// a glue is touched only there (hence unchecked).
+    private final class Glue: ChannelDuplexHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
 
-    static func error() -> String {
-        var messages: [String] = []
-        while case let code = ERR_get_error(), code != 0 {
-            var text = [CChar](repeating: 0, count: 256)
-            ERR_error_string_n(code, &text, text.count)
-            messages.append(String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        private var partner: Glue?
+        private var context: ChannelHandlerContext?
+        private var readPending = false
+
+        static func join(_ a: Glue, _ b: Glue) {
+            a.partner = b
+            b.partner = a
         }
-        return messages.isEmpty ? "errno \(errno)" : messages.joined(separator: "; ")
+
+        func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+        func handlerRemoved(context: ChannelHandlerContext) {
+            self.context = nil
+            partner = nil
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            partner?.context?.write(data, promise: nil)
+        }
+
+        func channelReadComplete(context: ChannelHandlerContext) {
+            partner?.context?.flush()
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            partner?.context?.close(promise: nil)
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: Error) {
+            context.close(promise: nil)
+        }
+
+        func channelWritabilityChanged(context: ChannelHandlerContext) {
+            if context.channel.isWritable, let partner, partner.readPending, let other = partner.context {
+                partner.readPending = false
+                other.read()
+            }
+        }
+
+        func read(context: ChannelHandlerContext) {
+            if partner?.context?.channel.isWritable ?? true {
+                context.read()
+            } else {
+                readPending = true
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@ import CShim
 import FoundationEssentials
 import Synchronization
 import SystemCalls
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -19,9 +20,13 @@ public enum InteractiveAttach {
         public var session: String?
         public var secret: String?
         public var readonly: Bool
+        /// Over TLS (https, wss), with the server's certificate checked this way.
+        public var tls: ClientTLS.Verification?
 
-        public init(host: String, port: UInt16, token: String, session: String?, secret: String?, readonly: Bool) {
+        public init(host: String, port: UInt16, token: String, session: String?, secret: String?, readonly: Bool,
+                    tls: ClientTLS.Verification? = nil) {
             (self.host, self.port, self.token, self.session, self.secret, self.readonly) = (host, port, token, session, secret, readonly)
+            self.tls = tls
         }
     }
 
@@ -38,7 +43,7 @@ public enum InteractiveAttach {
         let size = windowSize()
         let client = try ResumingClient(port: options.port, host: options.host, token: options.token, columns: size.columns,
                                         rows: size.rows, session: options.session, secret: options.secret,
-                                        readonly: options.readonly, timeoutSeconds: 0)
+                                        readonly: options.readonly, timeoutSeconds: 0, tls: options.tls)
         let terminal = RawTerminal(fd: 0)
         defer { terminal?.restore() }
         notice("attached to session \(client.info.session)\(client.info.secret == nil ? " (read-only)" : "")")
@@ -62,9 +67,7 @@ public enum InteractiveAttach {
         _ = try? Threads.start("attach-input", detached: true) {
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
-                let n = read(0, &buffer, buffer.count)
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { return }
+                guard let n = try? valueOrErrno("read", { read(0, &buffer, buffer.count) }), n > 0 else { return }
                 try? client.input(bytes: Array(buffer[..<n]))
             }
         }
@@ -72,13 +75,8 @@ public enum InteractiveAttach {
         while true {
             do {
                 let bytes = try client.readSome()
-                var written = 0
-                while written < bytes.count {
-                    let n = bytes[written...].withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { return 1 }
-                    written += n
-                }
+                // writeAll retries EINTR and short writes (swift-system).
+                guard (try? bytes.withUnsafeBytes { try FileDescriptor(rawValue: 1).writeAll($0) }) != nil else { return 1 }
             } catch let closed as TerminalClient.Closed {
                 terminal?.restore()
                 notice(closed.reason.isEmpty ? "closed (\(closed.code.map(String.init) ?? "no code"))" : closed.reason)

@@ -40,17 +40,21 @@ public final class ResumingClient: @unchecked Sendable {
     public private(set) var info: TerminalClient.SessionMessage
     /// Connections lost and resumed so far.
     public private(set) var resumes = 0
+    /// Over TLS, checked this way; nil: plain TCP.
+    let tls: ClientTLS.Verification?
     /// Called before each reconnection attempt, with the attempt's number (a notice to show).
     public var onReconnect: ((Int) -> Void)?
 
     /// Starts a new session (or joins `session` with `secret`).
     public init(port: UInt16, host: String = "127.0.0.1", token: String, columns: Int = 80, rows: Int = 24,
-                session: String? = nil, secret: String? = nil, readonly: Bool = false, timeoutSeconds: Int = 10) throws {
+                session: String? = nil, secret: String? = nil, readonly: Bool = false, timeoutSeconds: Int = 10,
+                tls: ClientTLS.Verification? = nil) throws {
         self.port = port
         self.host = host
         self.token = token
         self.timeoutSeconds = timeoutSeconds
-        let first = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds)
+        self.tls = tls
+        let first = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds, verification: tls)
         try first.authenticate(token: token, columns: columns, rows: rows, session: session, secret: secret, readonly: readonly,
                                input: inputStream)
         info = try first.awaitSession()
@@ -123,7 +127,7 @@ public final class ResumingClient: @unchecked Sendable {
             attempt += 1
             onReconnect?(attempt)
             do {
-                let next = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds)
+                let next = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds, verification: tls)
                 try next.authenticate(token: token, session: info.session, secret: secret, offset: offset,
                                       readonly: info.secret == nil, input: inputStream)
                 let resumed = try next.awaitSession()

@@ -43,14 +43,8 @@ public final class TerminalClient {
     /// Output bytes received since the last session message.
     public private(set) var received: UInt64 = 0
 
-    /// TLS over `socket`, when the client was opened with it.
-    private var tls: ClientTLS?
-
     init(socket: Int32) { self.socket = socket }
-    deinit {
-        tls = nil
-        close(socket)
-    }
+    deinit { close(socket) }
 
     // MARK: Connecting
 
@@ -63,11 +57,16 @@ public final class TerminalClient {
             close(fd)
             throw error
         }
-        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setOptions(fd, timeoutSeconds: timeoutSeconds)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         return fd
+    }
+
+    /// A read that waits longer than `timeoutSeconds` fails (EAGAIN).
+    private static func setOptions(_ fd: Int32, timeoutSeconds: Int) {
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     public struct Response {
@@ -100,13 +99,17 @@ public final class TerminalClient {
     /// Opens a WebSocket to `path` with ttyd's subprotocol; throws `Failure` carrying the
     /// HTTP status when the server refuses the handshake.
     /// With `tls`, over TLS (HTTP/1.1 by ALPN; the chain not verified: for tests and
-    /// benchmarks against a certificate they made).
+    /// benchmarks against a certificate they made); `verification` checks it.
     public static func connect(port: UInt16, path: String = "/ws", origin: String? = nil, subprotocol: String? = "tty",
                                host: String = "127.0.0.1", timeoutSeconds: Int = 10,
-                               headers: [(String, String)] = [], tls: Bool = false) throws -> TerminalClient {
-        let fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
+                               headers: [(String, String)] = [], tls: Bool = false,
+                               verification: ClientTLS.Verification? = nil) throws -> TerminalClient {
+        var fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
+        if tls || verification != nil {
+            fd = try ClientTLS.tunnel(socket: fd, verification: verification ?? .none, timeoutSeconds: timeoutSeconds)
+            setOptions(fd, timeoutSeconds: timeoutSeconds)
+        }
         let client = TerminalClient(socket: fd)
-        if tls { client.tls = try ClientTLS(fd: fd, verify: false) }
         var key = [UInt8](repeating: 0, count: 16)
         for i in key.indices { key[i] = UInt8.random(in: 0...255) }
         var head = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -154,7 +157,7 @@ public final class TerminalClient {
             buffer.removeFirst(consumed)
             consumed = 0
         }
-        let n = tls.map { tls in chunk.withUnsafeMutableBytes { tls.read(into: $0) } } ?? read(socket, &chunk, chunk.count)
+        let n = read(socket, &chunk, chunk.count)
         if n > 0 {
             buffer += chunk[..<n]
             return true
@@ -387,11 +390,8 @@ public final class TerminalClient {
 
     // MARK: Helpers
 
-    /// To the server, through TLS when the client has it.
-    func write(_ bytes: [UInt8]) throws {
-        guard let tls else { return try Self.writeAll(socket, bytes) }
-        try bytes.withUnsafeBytes { try tls.write($0) }
-    }
+    /// To the server (over TLS, the tunnel's plain end).
+    func write(_ bytes: [UInt8]) throws { try Self.writeAll(socket, bytes) }
 
     static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var sent = 0

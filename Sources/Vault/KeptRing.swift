@@ -308,12 +308,12 @@ final class KeptRing: @unchecked Sendable {
     /// The read itself, into the journaled place.
     func performRead(terminal fd: CInt, wanted: Int) -> TerminalRead {
         let position = Int(end % UInt64(dataSize))
-        while true {
-            let count = Glibc.read(fd, data + position, wanted)
-            if count > 0 { return .read(count) }
-            let error = count == 0 ? EIO : errno
-            if error == EINTR { continue }
-            return error == EAGAIN || error == EWOULDBLOCK ? .wouldBlock : .closed(error)
+        do {
+            let count = try valueOrErrno("read") { Glibc.read(fd, data + position, wanted) }
+            // End of file on a terminal: the shell's side is gone, as EIO says it otherwise.
+            return count > 0 ? .read(count) : .closed(EIO)
+        } catch {
+            return error.errno == .resourceTemporarilyUnavailable ? .wouldBlock : .closed(error.errno.rawValue)
         }
     }
 

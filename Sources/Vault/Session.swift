@@ -9,36 +9,6 @@ import SystemCalls
 import Glibc
 #endif
 
-/// How the vault keeps sessions: the operator's settings.
-public struct SessionSettings: Sendable {
-    public enum SlowConsumer: String, Sendable, CaseIterable {
-        /// Told how much it missed and continued from the oldest byte the ring holds.
-        case resync
-        /// Disconnected; it may reconnect and resume from what the ring still holds.
-        case disconnect
-    }
-
-    /// Output kept per session for clients that resume or fall behind.
-    public var ringBytes = 1 << 20
-    /// How long a session with no client attached stays before it is hung up.
-    public var linger: Duration = .seconds(300)
-    public var slowConsumer = SlowConsumer.resync
-    /// Most clients attached at once (`--once`: 1); 0: no limit but the server's.
-    public var maxAttachments = 0
-    /// Whether a new session's command takes arguments from the client's URL (ttyd's --url-arg).
-    public var urlArguments = false
-    /// Authentication is a reverse proxy's (ttyd's --auth-header): what a worker presents is
-    /// the user's name from the proxy's header, not a credential.
-    public var authHeader = false
-    /// Every client only watches (ttyd without -W): nobody's input reaches a shell.
-    public var readOnly = false
-    /// Sent to the shell's process group when its session is hung up (ttyd's --signal);
-    /// SIGHUP, the default, is what closing the terminal sends anyway.
-    public var endSignal: Int32 = SIGHUP
-
-    public init() {}
-}
-
 /// One shell on one PTY, owned by the vault, with an id and two secrets: one that lets a
 /// client write, one that lets it only watch. Its output is one byte stream numbered from 0,
 /// read from the PTY whether or not anyone is attached, into a ring every client reads from

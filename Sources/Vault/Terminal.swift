@@ -104,17 +104,13 @@ final class Terminal: @unchecked Sendable {
     /// Writes what it can without blocking; leaves the rest in `bytes`.
     private func writeSome(_ bytes: inout ByteBuffer, stream: Int?) {
         while bytes.readableBytes > 0 {
-            let written = bytes.withUnsafeReadableBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if written > 0 {
-                bytes.moveReaderIndex(forwardBy: written)
-                if let stream { onInputTaken?(stream, written) }
-            } else if written < 0 && errno == EINTR {
-                continue
-            } else {
-                // EAGAIN: the shell has not read what it has. EIO: it is gone, and the read
-                // side will close the terminal; what is left is dropped then.
-                return
-            }
+            // EAGAIN: the shell has not read what it has. EIO: it is gone, and the read side
+            // will close the terminal; what is left is dropped then.
+            guard let written = try? bytes.withUnsafeReadableBytes({ buffer in
+                try valueOrErrno("write") { Glibc.write(fd, buffer.baseAddress, buffer.count) }
+            }), written > 0 else { return }
+            bytes.moveReaderIndex(forwardBy: written)
+            if let stream { onInputTaken?(stream, written) }
         }
     }
 

@@ -45,8 +45,9 @@ final class TerminalPoller: @unchecked Sendable {
             _ = try Threads.start("terminals", detached: true) { [unowned(unsafe) self] in
                 var keys = [UInt64](repeating: 0, count: 64)
                 while true {
-                    let ready = keys.withUnsafeMutableBufferPointer { cloister_epoll_wait_keys(epoll, $0.baseAddress, 64, -1) }
-                    guard ready > 0 else { continue }  // EINTR
+                    guard let ready = try? keys.withUnsafeMutableBufferPointer({ keys in
+                        try valueOrErrno("epoll_wait") { cloister_epoll_wait_keys(epoll, keys.baseAddress, 64, -1) }
+                    }), ready > 0 else { continue }
                     let batch = Array(keys.prefix(Int(ready)))
                     self.loop.execute { for key in batch { self.terminals[key]?.readable() } }
                 }

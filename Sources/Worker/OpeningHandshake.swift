@@ -13,7 +13,7 @@ struct HandshakeRefusal {
 /// RFC 6455 §4.2.1–4.2.2: what a server must check in a client's opening handshake, each
 /// with the status the RFC names, before anything reaches the vault. The endpoint is `/ws`
 /// (under the base path) with ttyd's subprotocol `tty`, from an allowed Origin.
-enum OpeningHandshake {
+package enum OpeningHandshake {
     static let path = "/ws", version = "13"
     static let required = "a WebSocket handshake with subprotocol tty is required\n"
 
@@ -70,7 +70,7 @@ enum OpeningHandshake {
 
     /// Base64 (with padding) of exactly 16 bytes: 22 characters of the alphabet, the last
     /// carrying no stray bits, then "==".
-    static func isNonce(_ value: String) -> Bool {
+    package static func isNonce(_ value: String) -> Bool {
         let text = Array(value.trimmingOptionalWhitespace().utf8)
         guard text.count == 24, text[22] == UInt8(ascii: "="), text[23] == UInt8(ascii: "=") else { return false }
         func sextet(_ c: UInt8) -> UInt8? {

@@ -7,7 +7,7 @@ import Glibc
 
 /// ttyd 1.7's terminal protocol, as the worker reads it from clients: one command byte,
 /// then the payload. Pure functions of the bytes; the session (`TerminalSession`) does the I/O.
-enum TtydProtocol {
+package enum TtydProtocol {
     /// Client to server.
     static let input = UInt8(ascii: "0"), resize = UInt8(ascii: "1"), pause = UInt8(ascii: "2"), resume = UInt8(ascii: "3")
     /// Server to client. `session` is Cloister's own (ttyd's clients ignore types they do
@@ -17,7 +17,7 @@ enum TtydProtocol {
 
     /// The first client message: ttyd's JSON with the credential and the window size, and
     /// Cloister's additions to join a session.
-    struct Hello: Decodable, Equatable {
+    package struct Hello: Decodable, Equatable {
         var AuthToken: String?
         var columns: Int?
         var rows: Int?
@@ -32,7 +32,7 @@ enum TtydProtocol {
 
     /// The vault's attach request for a hello, or nil when the hello names a session without
     /// a secret (or a secret without a session), or fields longer than any the vault issues.
-    static func attachRequest(_ hello: Hello) -> AttachRequest? {
+    package static func attachRequest(_ hello: Hello) -> AttachRequest? {
         var request = AttachRequest(columns: bounded(hello.columns, default: 80), rows: bounded(hello.rows, default: 24),
                                     token: Array((hello.AuthToken ?? "").utf8), offset: hello.offset,
                                     readonly: hello.readonly ?? false)
@@ -72,7 +72,7 @@ enum TtydProtocol {
     /// The `arg` values of a URI's query, in order, decoded as a form does (`%XX`, `+` for a
     /// space): ttyd's --url-arg. Nil when there are more than `LinkLimits.urlArguments`, one
     /// is longer than `LinkLimits.urlArgument` bytes, or one has a NUL or a bad escape.
-    static func urlArguments(_ uri: String) -> [[UInt8]]? {
+    package static func urlArguments(_ uri: String) -> [[UInt8]]? {
         guard let question = uri.firstIndex(of: "?") else { return [] }
         var arguments: [[UInt8]] = []
         for pair in uri[uri.index(after: question)...].split(separator: "&") {
@@ -112,13 +112,13 @@ enum TtydProtocol {
     }
 
     /// The first message, or nil when it is not ttyd's JSON.
-    static func hello(_ bytes: [UInt8]) -> Hello? {
+    package static func hello(_ bytes: [UInt8]) -> Hello? {
         try? JSONDecoder().decode(Hello.self, from: Data(bytes))
     }
 
     /// A client command as the vault takes it: '0' input, '1' resize JSON, '2' pause,
     /// '3' resume. Anything else (and a resize out of bounds) is ignored, as ttyd does.
-    static func command(_ bytes: [UInt8]) -> WorkerToVault? {
+    package static func command(_ bytes: [UInt8]) -> WorkerToVault? {
         guard let type = bytes.first else { return nil }
         switch type {
         case input: return .input(Array(bytes.dropFirst()))

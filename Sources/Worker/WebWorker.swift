@@ -39,6 +39,16 @@ public final class WebWorker: Sendable {
         /// Time from connection to a completed WebSocket handshake.
         public var handshakeTimeout: TimeAmount = .seconds(10)
         public init() {}
+
+        /// What the supervisor gave, with the limits that are not options.
+        public init(_ given: WorkerSettings) throws {
+            checkOrigin = given.checkOrigin
+            basePath = try BasePath(given.basePath)
+            preferences = Array(given.preferences.utf8)
+            urlArguments = given.urlArguments
+            authHeader = given.authHeader
+            pingInterval = given.pingIntervalMilliseconds > 0 ? .milliseconds(given.pingIntervalMilliseconds) : nil
+        }
     }
 
     let settings: Settings
@@ -103,7 +113,7 @@ public final class WebWorker: Sendable {
     /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
-    func configure(_ channel: Channel) throws -> EventLoopFuture<Void> {
+    package func configure(_ channel: Channel) throws -> EventLoopFuture<Void> {
         let (settings, counters, service, logger) = (self.settings, self.counters, self.service, self.logger)
         let clock = settings.pingInterval.map { pingClock(interval: $0, on: channel.eventLoop) }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.

@@ -14,7 +14,7 @@ public enum WorkerRole {
     /// `openFiles`: the descriptor limit, which the supervisor derives from --max-clients
     /// (one socket per client, and room for the rest).
     public static func confine(_ sandbox: RoleSandbox, openFiles: UInt64) throws -> ConfinedRole {
-        try sandbox.confine(role: Role.worker.rawValue, openFileLimit: openFiles)
+        try sandbox.confine(role: RoleDeclaration.worker.role.rawValue, openFileLimit: openFiles)
     }
 
     /// Every thread the worker has exists before its filter is loaded: the event loop (which
@@ -26,7 +26,7 @@ public enum WorkerRole {
         // One event loop serves every client and the vault link (`Main` makes it the only one).
         let vault = VaultLink(loop: MultiThreadedEventLoopGroup.singleton.next())
         let supervisor = try await Link.supervisorWorker.start(socket: Link.inheritedTransport, side: .acceptor)
-        let steps = try confined.seal(reserve: 0)
+        let steps = try confined.seal(threads: RoleDeclaration.worker.threads, reserve: RoleDeclaration.worker.reserve)
         log.info("sandbox entered", metadata: ["steps": "\(steps.joined(separator: "; "))", "assets": "\(assets.assets.count)"])
         let tls = WorkerTLS(loop: vault.loop)
         let worker = WebWorker(settings: settings, service: vault, assets: assets, logger: log, tls: tls)

@@ -147,15 +147,15 @@ struct KeyholderKey: NIOSSLCustomPrivateKey, Hashable {
 /// client that offers none is served: most command-line clients do not). swift-nio-ssl would
 /// otherwise go on without a protocol. The parse is bounded and read-only; anything it cannot
 /// read it leaves to the TLS library.
-final class ALPNGate: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
+package final class ALPNGate: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
     static let protocolName = "http/1.1"
     /// A ClientHello is read whole from its first record only; TLS allows 16 KiB.
     static let maxRecord = 16 * 1024 + 5
     private var buffered: ByteBuffer?
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if var held = buffered {
             held.writeBuffer(&incoming)
@@ -180,12 +180,12 @@ final class ALPNGate: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    typealias OutboundOut = ByteBuffer
+    package typealias OutboundOut = ByteBuffer
 
-    enum Verdict: Equatable { case needMore, pass, refuse }
+    package enum Verdict: Equatable { case needMore, pass, refuse }
 
     /// What the first TLS record says: whether it offers ALPN without HTTP/1.1.
-    static func verdict(_ bytes: [UInt8]) -> Verdict {
+    package static func verdict(_ bytes: [UInt8]) -> Verdict {
         var r = Reader(bytes: bytes)
         guard let type = r.u8() else { return .needMore }
         guard type == 22 else { return .pass }  // not a handshake record: TLS will refuse it

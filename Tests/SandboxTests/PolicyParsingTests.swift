@@ -87,7 +87,8 @@ final class PolicyParsingTests: XCTestCase {
         XCTAssertThrowsError(try Policy.load(file: "/nonexistent/policy.json")) {
             let e = $0 as? PolicyError
             XCTAssertEqual(e?.file, "/nonexistent/policy.json")
-            XCTAssertEqual(e?.message, "cannot read: open: No such file or directory (errno 2)")
+            XCTAssertNil(e?.path, "the file as a whole, no JSON path")
+            XCTAssertEqual(e?.description, "/nonexistent/policy.json: cannot read: open: No such file or directory (errno 2)")
         }
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import RoleProtocol
 import SystemPackage
 import XCTest
 @testable import Sandbox
@@ -8,7 +9,7 @@ final class PolicyReviewTests: XCTestCase {
     private var worker: Policy { get throws { try Policy.load(file: packageRootPolicies + "/worker.json") } }
 
     func testShippedProfilesCompileWithoutWarnings() throws {
-        for file in ["worker.json", "base/worker.json", "vault.json", "base/vault.json", "keyholder.json", "base/keyholder.json"]
+        for file in (RoleDeclaration.sandboxed.map(\.profile) + ["base/" + RoleDeclaration.commonProfile])
             .map({ packageRootPolicies + "/" + $0 }) {
             let policy = try Policy.load(file: file)
             XCTAssertNoThrow(try SeccompProgram(policy), file)
@@ -20,7 +21,7 @@ final class PolicyReviewTests: XCTestCase {
 
     /// No role may be allowed any syscall of the forbidden list, under any condition.
     func testRolesAllowNothingForbidden() throws {
-        for role in ["worker", "vault", "keyholder"] {
+        for role in RoleDeclaration.sandboxed.map(\.role.rawValue) {
             let policy = try Policy.load(file: packageRootPolicies + "/\(role).json")
             let allowed = policy.allowedSyscalls
             XCTAssertEqual(allowed.intersection(Policy.forbidden.keys), [])
@@ -82,12 +83,43 @@ final class PolicyReviewTests: XCTestCase {
         }
     }
 
+    /// Each shipped profile is exactly what its bases compose (`cloister policy compose`):
+    /// the rules every role shares, once, then the role's own. A rule edited in a shipped
+    /// file alone, or learned and not reviewed into a base, fails here naming the file.
+    func testEachShippedProfileIsItsBasesComposed() throws {
+        for declaration in RoleDeclaration.sandboxed {
+            let composed = try Policy.composed(directory: packageRootPolicies + "/base", common: RoleDeclaration.commonProfile,
+                                               file: declaration.profile)
+            let shipped = try String(contentsOfFile: packageRootPolicies + "/" + declaration.profile, encoding: .utf8)
+            XCTAssertEqual(shipped, composed.json(), "\(declaration.profile) differs from policies/base: run cloister policy compose")
+        }
+        // A role's own file holds only what it adds: no rule of the common base again.
+        let common = try Policy.load(file: packageRootPolicies + "/base/" + RoleDeclaration.commonProfile)
+        for declaration in RoleDeclaration.sandboxed {
+            let own = try Policy.load(file: packageRootPolicies + "/base/" + declaration.profile)
+            for rule in own.rules {
+                XCTAssertFalse(common.rules.contains { $0.names == rule.names && $0.action == rule.action && $0.conditions == rule.conditions },
+                               "base/\(declaration.profile): \(rule.path) repeats a common rule")
+            }
+        }
+    }
+
+    /// Composition refuses a role file that would change what every role shares.
+    func testARoleCannotLoosenTheDefaultAction() throws {
+        let common = try Policy.load(file: packageRootPolicies + "/base/" + RoleDeclaration.commonProfile)
+        let loose = try Policy.parse(Data(#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}"#.utf8), source: "loose.json")
+        XCTAssertThrowsError(try Policy.composed(common: common, own: loose, source: "x.json")) {
+            XCTAssertEqual(($0 as? PolicyError)?.path, "$.defaultAction", "\($0)")
+        }
+    }
+
     /// The reviewed bases say what sets the roles apart, so that a reviewer of `base/` sees
     /// it and learning starts from it: the vault's terminal work (a resize, how much a terminal
-    /// has waiting, fstat of a descriptor) is in the vault's base and nowhere in the worker's.
+    /// has waiting, fstat of a descriptor) is in the vault's own rules and nowhere in the worker's.
     func testBasesHoldEachRolesOwnNeeds() throws {
-        let workerBase = try Policy.load(file: packageRootPolicies + "/base/worker.json")
-        let vaultBase = try Policy.load(file: packageRootPolicies + "/base/vault.json")
+        let base = packageRootPolicies + "/base"
+        let workerBase = try Policy.composed(directory: base, common: RoleDeclaration.commonProfile, file: "worker.json")
+        let vaultBase = try Policy.composed(directory: base, common: RoleDeclaration.commonProfile, file: "vault.json")
         let terminalWork: [(String, [UInt64])] = [("ioctl", [5, 0x5414]), ("ioctl", [5, 0x541b]), ("newfstatat", [5, 0, 0, 0x1000])]
         for (call, args) in terminalWork {
             XCTAssertEqual(vaultBase.explain(call, args: args).action, .allow, "vault base: \(call)")

@@ -22,7 +22,7 @@ final class WorkerConfinementTests: XCTestCase {
     private func startWorker(mode: String = "enforce", events: EventLog? = nil) async throws -> RunningWorker {
         let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
         var descriptors = [theirs]
-        var arguments = ["role", "worker", "--policy", SandboxProcessTests.workerPolicy, "--mode", mode]
+        var arguments = ["role", "worker", "--policy", SandboxProcessTests.workerPolicy, "--mode", mode, "--settings", WorkerSettings().encoded()]
         var handoff: (FileDescriptor, FileDescriptor)?
         if mode != "enforce" {
             let pair = try FileDescriptor.socketPairForHandoff()

@@ -82,11 +82,32 @@ final class DeployTests: XCTestCase {
         XCTAssertEqual(status, .exited(0), listing)
         let unitAllows = Set(listing.split(separator: "\n").map(String.init))
         XCTAssertTrue(unitAllows.contains("setresuid") && unitAllows.contains("seccomp"), listing)
-        for role in ["worker", "vault"] {
+        for role in try declaredRoles() {
             let allowed = try profileNames(role) { $0 == "SCMP_ACT_ALLOW" }
             XCTAssertFalse(allowed.isEmpty)
             XCTAssertEqual(allowed.subtracting(unitAllows), [], "\(role).json allows what cloister.service's SystemCallFilter= does not")
         }
+    }
+
+    /// The sandboxed roles, as the release binary declares them (what install installs).
+    private func declaredRoles(_ binary: String = DeployTests.releaseBinary) throws -> [String] {
+        let (status, files) = try run(binary, ["policy", "roles", "--format", "files"])
+        XCTAssertEqual(status, .exited(0), files)
+        let roles = files.split(separator: "\n").map { String($0.dropLast(".json".count)) }
+        XCTAssertTrue(roles.contains("worker") && roles.contains("vault") && roles.contains("keyholder"), files)
+        return roles
+    }
+
+    /// Install installs a profile for every declared role, and nothing it does not declare.
+    func testEveryDeclaredRoleHasAnInstalledProfile() throws {
+        let destdir = try temporaryDirectory() + "/dest"
+        try install(prefix: "/usr/local", destdir: destdir)
+        let installed = destdir + "/usr/local/share/cloister/policies"
+        let roles = try declaredRoles()
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: installed)), Set(roles.map { $0 + ".json" }))
+        // And serve from the installed binary accepts that directory for every role, TLS's too.
+        let (status, output) = try run(destdir + "/usr/local/bin/cloister", ["policy", "check"] + roles.map { installed + "/\($0).json" })
+        XCTAssertEqual(status, .exited(0), output)
     }
 
     private func profileNames(_ role: String, where action: (String) -> Bool) throws -> Set<String> {
@@ -135,7 +156,7 @@ final class DeployTests: XCTestCase {
         var info = stat()
         XCTAssertEqual(stat(installed, &info), 0)
         XCTAssertEqual(info.st_mode & 0o777, 0o755)
-        for file in ["share/cloister/policies/worker.json", "share/cloister/policies/vault.json", "share/cloister/web/index.html",
+        for file in try declaredRoles(installed).map({ "share/cloister/policies/\($0).json" }) + ["share/cloister/web/index.html",
                      "lib/systemd/system/cloister.service", "share/doc/cloister/README.md", "share/doc/cloister/deploy/nginx-cloister.conf"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: destdir + "/usr/local/" + file), file)
         }
@@ -147,8 +168,11 @@ final class DeployTests: XCTestCase {
         let (listener, port) = loopbackListener()
         defer { close(listener) }
         let controlSocket = root + "/control.sock"
-        let errnoAnswered = try profileNames("worker") { $0.hasPrefix("SCMP_ACT_ERRNO") }
-            .union(try profileNames("vault") { $0.hasPrefix("SCMP_ACT_ERRNO") })
+        let errnoAnswered = try declaredRoles(installed).reduce(into: Set<String>()) {
+            $0.formUnion(try profileNames($1) { $0.hasPrefix("SCMP_ACT_ERRNO") })
+        }
+        // TLS, so that the keyholder runs under the installed keyholder.json too.
+        let pair = try TLSTests.makePair("rsa:2048", in: root)
         // The roles' own filters answer these with an errno, and win over the unit's EPERM
         // (the newest filter decides between equal actions); here the unit's default kills.
         let also = errnoAnswered.sorted().flatMap { ["--also", $0] }
@@ -167,7 +191,7 @@ final class DeployTests: XCTestCase {
             "/usr/bin/python3", packageRoot + "/Tests/Deploy/unit_syscall_filter.py", packageRoot + "/deploy/cloister.service",
         ] + also + [
             "--", installed, "serve", "--workers", "1", "--drain-timeout", "1", "--control-socket", controlSocket,
-            "--policy-dir", share + "/policies", "--web-dir", share + "/web",
+            "--policy-dir", share + "/policies", "--web-dir", share + "/web", "--tls-cert", pair.certificate, "--tls-key", pair.key,
             "--credential", ServedCloister.userAndPassword, "--", "/bin/sh",
         ], descriptors: [FileDescriptor(rawValue: listener)], output: FileDescriptor(rawValue: log))
         var output: String { (try? String(contentsOfFile: root + "/output", encoding: .utf8)) ?? "" }
@@ -177,13 +201,13 @@ final class DeployTests: XCTestCase {
         }
         let ready = notify.next()
         XCTAssertTrue(ready.hasPrefix("READY=1") && ready.contains("127.0.0.1:\(port)"), "\(ready): \(output)")
-        let client = try TerminalClient.connect(port: port)
+        let client = try TerminalClient.connect(port: port, verification: .full(extraRoots: pair.certificate, serverName: nil))
         try client.authenticate(token: TerminalClient.token(ServedCloister.userAndPassword))
         try client.input("echo installed-$((6*7)) ${PATH}\r")
         let text = try client.readOutput { $0.contains("installed-42 /usr/local/bin") }
         XCTAssertTrue(text.contains("installed-42 /usr/local/bin:/usr/bin:/bin"), text)
 
-        // Every thread of the worker and the vault: a filter, no_new_privs, no capability.
+        // Every thread of the worker, the vault and the keyholder: a filter, no_new_privs, no capability.
         let (_, workersJSON) = try run(installed, ["ctl", "workers", "--json", "--socket", controlSocket], environment: ["PATH": "/usr/bin:/bin"])
         let (_, statusJSON) = try run(installed, ["ctl", "status", "--json", "--socket", controlSocket], environment: ["PATH": "/usr/bin:/bin"])
         let workers = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(workersJSON.utf8)) as? [String: Any])["workers"] as? [[String: Any]]
@@ -191,7 +215,8 @@ final class DeployTests: XCTestCase {
         let vault = try XCTUnwrap(status["vault"] as? [String: Any])
         var pids = (workers ?? []).compactMap { $0["pid"] as? Int }
         pids.append(try XCTUnwrap(vault["pid"] as? Int))
-        XCTAssertEqual(pids.count, 2)
+        pids.append(try XCTUnwrap(keyholderPid(of: server.pid)))
+        XCTAssertEqual(pids.count, 3)
         for pid in pids {
             let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
             XCTAssertFalse(tasks.isEmpty)
@@ -212,6 +237,17 @@ final class DeployTests: XCTestCase {
         XCTAssertEqual(notify.next(), "STOPPING=1")
         XCTAssertEqual(try server.wait(), .exited(0), output)
         XCTAssertFalse(output.contains("Bad system call"), output)
+    }
+
+    /// The keyholder among `supervisor`'s children (of any of its threads: roles are spawned
+    /// by a thread of their own): the one started as `role keyholder`.
+    private func keyholderPid(of supervisor: pid_t) -> Int? {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(supervisor)/task")) ?? []
+        let children = tasks.map { (try? String(contentsOfFile: "/proc/\(supervisor)/task/\($0)/children", encoding: .utf8)) ?? "" }.joined(separator: " ")
+        return children.split(separator: " ").compactMap { Int($0) }.first { pid in
+            let command = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+            return command.split(separator: 0).prefix(3).map { String(decoding: $0, as: UTF8.self) }.contains("keyholder")
+        }
     }
 
     /// uninstall removes every file install added, and the directories it made.

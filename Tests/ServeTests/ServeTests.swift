@@ -743,6 +743,35 @@ final class ServeTests: XCTestCase {
         XCTAssertEqual(status("tester:third-pass"), 401)
     }
 
+    /// A reload opens nothing it keeps: after 100 SIGHUPs (each renewing the worker) the
+    /// supervisor holds the descriptors it held before.
+    func testAHundredReloadsLeaveNoDescriptorBehind() throws {
+        let server = try ServedCloister.start(workers: 1, credentialInFile: true)
+        let directory = "/proc/\(server.child.pid)/fd"
+        func descriptors() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted() }
+        func reloads() -> Int { server.output.components(separatedBy: "reloaded: credential replaced").count - 1 }
+        func runningWorkers() -> Set<Int> {
+            Set(((try? server.workers()) ?? []).filter { $0["state"] as? String == "running" }.compactMap { $0["pid"] as? Int })
+        }
+        let before = descriptors()
+        let firstWorker = runningWorkers()
+        XCTAssertEqual(firstWorker.count, 1)
+        for round in 1...100 {
+            XCTAssertEqual(kill(server.child.pid, SIGHUP), 0)
+            XCTAssertTrue(eventually(10) { reloads() == round }, "reload \(round): \(server.output.suffix(2000))")
+        }
+        XCTAssertTrue(eventually(30) { let now = runningWorkers(); return now.count == 1 && now != firstWorker }, String(server.output.suffix(2000)))
+        var after: [String] = []
+        let settled = eventually(30) {
+            after = descriptors()
+            return after.count == before.count
+        }
+        let links = { (list: [String]) in list.map { (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)) ?? "?" } }
+        XCTAssertTrue(settled, "descriptors \(before.count) before, \(after.count) after 100 reloads; now: \(links(after).sorted())")
+        let assets = { (list: [String]) in links(list).filter { $0.contains("memfd:cloister-assets") }.count }
+        XCTAssertEqual(assets(descriptors()), assets(before), "the page's assets are one sealed file, made at start")
+    }
+
     /// A connection that never completes a handshake is closed after the handshake time
     /// (10 s), whether it sends nothing or dribbles a request head.
     func testIdleAndSlowHandshakesAreClosed() throws {

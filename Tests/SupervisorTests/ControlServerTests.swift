@@ -1,3 +1,4 @@
+import RoleProtocol
 import Foundation
 import Logging
 import Processes
@@ -25,7 +26,7 @@ final class ControlServerTests: XCTestCase {
     }
 
     private func startPool() -> RolePool {
-        var c = RolePool.Configuration(role: .worker, count: 2, executable: cloisterExecutable, policy: packageRoot + "/policies/worker.json")
+        var c = RolePool.Configuration(settings: WorkerSettings(), count: 2, executable: cloisterExecutable, policy: packageRoot + "/policies/worker.json")
         c.build = cloisterBuildID
         c.heartbeatInterval = .milliseconds(50)
         var logger = Logger(label: "test.supervisor")

@@ -1,3 +1,4 @@
+import RoleProtocol
 import Foundation
 import Logging
 import Processes
@@ -16,7 +17,7 @@ import Glibc
 final class RolePoolTests: XCTestCase {
     private func pool(count: Int = 2, deadline: Duration = .seconds(2), intensityLimit: Int = 5,
                       policy: String = packageRoot + "/policies/worker.json", log: CapturedLog? = nil) -> RolePool {
-        var c = RolePool.Configuration(role: .worker, count: count, executable: cloisterExecutable, policy: policy)
+        var c = RolePool.Configuration(settings: WorkerSettings(), count: count, executable: cloisterExecutable, policy: policy)
         c.build = cloisterBuildID
         c.heartbeatInterval = .milliseconds(50)
         c.heartbeatDeadline = deadline

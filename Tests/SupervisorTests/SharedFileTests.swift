@@ -36,8 +36,7 @@ final class SharedFileTests: XCTestCase {
     func testEachReaderGetsAReadOnlyDescriptorWithItsOwnOffset() throws {
         let file = try sealed()
         defer { try? file.close() }
-        let shared = RoleLauncher.SharedFile(descriptor: file, option: "--assets-fd")
-        let first = try shared.reopened(), second = try shared.reopened()
+        let first = try RoleLauncher.reopened(file), second = try RoleLauncher.reopened(file)
         defer {
             try? first.close()
             try? second.close()

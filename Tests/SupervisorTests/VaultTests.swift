@@ -38,7 +38,7 @@ final class VaultTests: XCTestCase {
     private func startVault() async throws -> Started {
         let violations = Violations()
         let launched = try await RoleLauncher.start(
-            executable: cloisterExecutable, role: .vault, policy: packageRoot + "/policies/vault.json", mode: .report,
+            executable: cloisterExecutable, settings: VaultSettings(), policy: packageRoot + "/policies/vault.json", mode: .report,
             user: "nobody", group: "nogroup", build: cloisterBuildID
         ) { event in violations.names.withLock { $0.append(event.syscall) } }
         // As the supervisor: the credential, then a link whose other end is ours.

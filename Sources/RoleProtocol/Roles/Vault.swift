@@ -1,0 +1,81 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension RoleDeclaration {
+    public static let vault = RoleDeclaration(
+        role: .vault, purpose: "owns the sessions: terminals, rings, attachments; checks credentials",
+        link: .supervisorVault,
+        // The event loop, the supervisor link's reader and writer, the terminal poller, and a
+        // reserve: a later nursery link's reader and writer, twice (an old and a new one
+        // during a nursery's restart), and two password checks at once.
+        threads: 11, reserve: 6, settings: "VaultSettings")
+}
+
+/// What the vault is started with.
+public struct VaultSettings: RoleSettings {
+    public static var declaration: RoleDeclaration { .vault }
+
+    /// The window title sent to clients.
+    public var title = "cloister"
+    public var sessions = SessionSettings()
+    /// The open-file limit inside the sandbox.
+    public var openFiles: UInt64 = 4096
+
+    public init() {}
+
+    public func validate() throws(SettingsError) {
+        try sessions.validate()
+        guard openFiles >= 64 else { throw SettingsError(role: .vault, field: "openFiles", problem: "\(openFiles) is below 64") }
+    }
+}
+
+/// How the vault keeps sessions: the operator's settings.
+public struct SessionSettings: Codable, Sendable, Equatable {
+    public enum SlowConsumer: String, Codable, Sendable, CaseIterable {
+        /// Told how much it missed and continued from the oldest byte the ring holds.
+        case resync
+        /// Disconnected; it may reconnect and resume from what the ring still holds.
+        case disconnect
+    }
+
+    /// Output kept per session for clients that resume or fall behind.
+    public var ringBytes = 1 << 20
+    /// How long a session with no client attached stays before it is hung up.
+    public var linger: Duration = .seconds(300)
+    public var slowConsumer = SlowConsumer.resync
+    /// Most clients attached at once (`--once`: 1); 0: no limit but the server's.
+    public var maxAttachments = 0
+    /// Whether a new session's command takes arguments from the client's URL (ttyd's --url-arg).
+    public var urlArguments = false
+    /// Authentication is a reverse proxy's (ttyd's --auth-header): what a worker presents is
+    /// the user's name from the proxy's header, not a credential.
+    public var authHeader = false
+    /// Every client only watches (ttyd without -W): nobody's input reaches a shell.
+    public var readOnly = false
+    /// Sent to the shell's process group when its session is hung up (ttyd's --signal);
+    /// SIGHUP, the default, is what closing the terminal sends anyway.
+    public var endSignal: Int32 = SIGHUP
+
+    public init() {}
+
+    public static let ringRange = 4096...(1 << 30)
+    public static let lingerRange: ClosedRange<Duration> = .zero ... .seconds(604_800)
+
+    /// The one check of these settings, by `serve` before anything starts and by the vault
+    /// on what it is given; `field` is what the problem names (an option's name for `serve`).
+    public func validate() throws(SettingsError) {
+        guard Self.ringRange.contains(ringBytes) else {
+            throw SettingsError(role: .vault, field: "--session-ring", problem: "\(ringBytes) is not between 4096 and 1073741824 bytes")
+        }
+        guard Self.lingerRange.contains(linger) else {
+            throw SettingsError(role: .vault, field: "--session-linger", problem: "\(linger) is not between 0 and 604800 seconds")
+        }
+        guard maxAttachments >= 0 else {
+            throw SettingsError(role: .vault, field: "maxAttachments", problem: "\(maxAttachments) is negative")
+        }
+        guard (1...64).contains(endSignal) else {
+            throw SettingsError(role: .vault, field: "--signal", problem: "\(endSignal) is not a signal number (1 to 64)")
+        }
+    }
+}
