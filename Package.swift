@@ -147,7 +147,7 @@ let package = Package(
         .testTarget(name: "KeyholderTests", dependencies: ["Keyholder"]),
         .testTarget(name: "WebAssetsTests", dependencies: ["WebAssets", "TestSupport"]),
         .testTarget(name: "ProcessesTests", dependencies: ["Processes"]),
-        .testTarget(name: "ArchitectureTests", dependencies: ["TestSupport"]),
+        .testTarget(name: "ArchitectureTests", dependencies: ["TestSupport", "RoleProtocol"]),
         .testTarget(
             name: "WorkerTests",
             dependencies: [

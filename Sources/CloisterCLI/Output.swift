@@ -24,10 +24,10 @@ func writeAtomically(_ text: String, to path: String, mode: FilePermissions = [.
         do {
             try fd.closeAfter {
                 _ = try Array(text.utf8).withUnsafeBytes { try fd.writeAll($0) }
-                try valueOrErrno("fchmod", detail: temporary) { fchmod(fd.rawValue, mode.rawValue) }
-                try valueOrErrno("fsync", detail: temporary) { fsync(fd.rawValue) }
+                _ = try valueOrErrno("fchmod", detail: temporary) { fchmod(fd.rawValue, mode.rawValue) }
+                _ = try valueOrErrno("fsync", detail: temporary) { fsync(fd.rawValue) }
             }
-            try valueOrErrno("rename", detail: "\(temporary) to \(path)") { rename(temporary, path) }
+            _ = try valueOrErrno("rename", detail: "\(temporary) to \(path)") { rename(temporary, path) }
         } catch {
             unlink(temporary)
             throw error

@@ -184,6 +184,8 @@ final class LinkBroker: Sendable {
                     logger.error("worker not linked to the new keyholder", metadata: ["worker": "\(worker.id)", "error": "\(error)"])
                 }
             }
+            // Running (for `start`'s readiness, `policy learn`) once every worker can sign.
+            keyholder?.linked(instance)
         case (.keyholder, .ended(let instance)):
             state.withLock { s in
                 if s.keyholder === instance { s.keyholder = nil }

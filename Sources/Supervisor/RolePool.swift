@@ -96,7 +96,7 @@ public final class RolePool: Sendable {
     }
 
     /// One running process of the role, started in slot `slot`.
-    public final class Instance: Sendable, CustomStringConvertible {
+    public final class Instance: PoolMember, CustomStringConvertible {
         public let slot: Int
         /// What links and logs name it by: the slot in a pool, unique per client.
         public let id: Int
@@ -106,8 +106,6 @@ public final class RolePool: Sendable {
         let monitor: ViolationMonitor
         let output: Task<Void, Never>
         let failure = Mutex<String?>(nil)
-        /// Why it left its slot: it ended, or (per client) it was given its client.
-        let leftSlot = LeftSlot()
 
         init(slot: Int, id: Int, _ launched: RoleLauncher.Launched) {
             self.slot = slot
@@ -144,19 +142,15 @@ public final class RolePool: Sendable {
         public var description: String { "no worker is running" }
     }
 
+    /// The decisions (`RolePoolState`) and what waits on them: each slot's keeper for its
+    /// instance to leave, each connection waiting for a spare, every supervision.
     private struct Shared {
-        var slots: [SlotStatus]
-        /// Per client: instances out of their slots, each with its one client, by id.
-        var serving: [Int: (instance: Instance, status: SlotStatus, supervision: Task<Void, Never>?)] = [:]
-        var nextID = 0
-        var restartTimes: [ContinuousClock.Instant] = []
-        var degraded = false
-        var stopping = false
+        var state: RolePoolState<Instance>
+        var slotWaiters: [Int: CheckedContinuation<RolePoolState<Instance>.LeftReason, Never>] = [:]
+        var spareWaiters: [Int: CheckedContinuation<Instance?, Never>] = [:]
+        var supervisions: [Int: Task<Void, Never>] = [:]
         var tasks: [Task<Void, Never>] = []
-        var running: [Int: Instance] = [:]
         var monitors: [ViolationMonitor] = []
-        /// Slots to replace as soon as they have no client (see `renew`).
-        var renewing: Set<Int> = []
     }
 
     public let configuration: Configuration
@@ -170,37 +164,38 @@ public final class RolePool: Sendable {
         self.configuration = configuration
         self.logger = logger
         (events, publish) = AsyncStream.makeStream(of: Event.self)
-        shared = Mutex(Shared(slots: (0..<configuration.count).map {
-            SlotStatus(id: $0, pid: nil, state: .starting, restarts: 0, startedAt: nil, lastHeartbeat: nil, violations: 0)
-        }))
+        let intensity = RestartIntensity(limit: configuration.intensityLimit, window: configuration.intensityWindow)
+        shared = Mutex(Shared(state: RolePoolState(count: configuration.count, isolation: configuration.isolation, intensity: intensity)))
     }
 
     /// Every slot, then (per client) every instance serving its client.
-    public var slots: [SlotStatus] {
-        shared.withLock { s in s.slots + s.serving.values.map(\.status).sorted { $0.id < $1.id } }
-    }
-    public var isDegraded: Bool { shared.withLock { $0.degraded } }
+    public var slots: [SlotStatus] { shared.withLock { $0.state.statuses } }
+    public var isDegraded: Bool { shared.withLock { $0.state.intensity.degraded } }
 
     /// In learn mode: every monitor of every instance that ran, for the syscalls they saw.
     public var monitors: [ViolationMonitor] { shared.withLock { $0.monitors } }
 
-    public var openConnections: Int {
-        shared.withLock { s in s.slots.reduce(0) { $0 + $1.connections } + s.serving.values.reduce(0) { $0 + $1.status.connections } }
-    }
+    public var openConnections: Int { shared.withLock { $0.state.openConnections } }
 
-    /// Admits a started instance: from now on it gets clients and counts as running.
+    private var stopping: Bool { shared.withLock { $0.state.stopping } }
+
+    /// Admits a started instance: from now on it gets clients and counts as running. Per
+    /// client, a connection waiting for a spare gets it at once.
     public func linked(_ instance: Instance) {
-        let admitted = shared.withLock { s in
-            guard s.running[instance.slot] === instance, s.slots[instance.slot].state == .starting else { return false }
-            s.slots[instance.slot].state = .running
-            return true
+        let (admission, waiter, slotWaiter) = shared.withLock { s -> (RolePoolState<Instance>.Admission, CheckedContinuation<Instance?, Never>?,
+                                                                      CheckedContinuation<RolePoolState<Instance>.LeftReason, Never>?) in
+            let admission = s.state.admit(instance)
+            guard case .handedOver(let ticket) = admission else { return (admission, nil, nil) }
+            return (admission, s.spareWaiters.removeValue(forKey: ticket), takeLeft(&s, instance.slot))
         }
-        guard admitted else { return }
+        guard admission != .stale else { return }
         var log = logger
         log[metadataKey: "\(configuration.role)"] = "\(instance.id)"
         log[metadataKey: "pid"] = "\(instance.pid)"
         log.info("\(configuration.role) running")
         publish.yield(.linked(instance))
+        slotWaiter?.resume(returning: .givenItsClient)
+        waiter?.resume(returning: instance)
     }
 
     /// The instance could not be linked: it is killed and replaced like one that failed to start.
@@ -213,14 +208,15 @@ public final class RolePool: Sendable {
     /// clients meanwhile, and its replacement starts from the executable and profile as they
     /// are now. Planned replacements are not restarts: no backoff, no count.
     public func renew() {
-        shared.withLock { s in s.renewing.formUnion(s.running.keys) }
+        shared.withLock { $0.state.renewAll() }
     }
 
-    /// Hands a client socket to the running instance with the fewest open connections and
-    /// closes this process's copy, whatever happens. An instance whose transport has failed
-    /// (it died and is not reaped yet) is passed over, and one that fails the hand-over is
-    /// replaced by the next. The instance ends the conversation when the client has gone;
-    /// until then the client counts against it.
+    /// Hands a client socket to an instance and closes this process's copy, whatever
+    /// happens: in a pool, the admitted instance with the fewest open connections; per
+    /// client, a spare of its own (waiting up to `spareWait` for one to be admitted). An
+    /// instance whose transport has failed (it died and is not reaped yet) is passed over,
+    /// and one that fails the hand-over is replaced by the next. The instance ends the
+    /// conversation when the client has gone; until then the client counts against it.
     public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false) async throws {
         defer { try? client.close() }
         let message: SupervisorToWorker = tls ? .tlsClient : .client
@@ -228,71 +224,32 @@ public final class RolePool: Sendable {
         var tried: Set<ObjectIdentifier> = []
         var lastError: Error = DispatchError.noInstanceRunning
         while true {
-            let chosen: Instance? = shared.withLock { s in
-                let running = s.running.values.filter {
-                    s.slots[$0.slot].state == .running && $0.transport.failure == nil && !tried.contains(ObjectIdentifier($0))
-                }
-                // Instances being renewed take clients only when nothing else runs.
-                let fresh = running.filter { !s.renewing.contains($0.slot) }
-                let candidates = fresh.isEmpty ? running : fresh
-                guard let best = candidates.min(by: { s.slots[$0.slot].connections < s.slots[$1.slot].connections }) else { return nil }
-                s.slots[best.slot].connections += 1
-                return best
+            let chosen = shared.withLock { s in
+                RolePoolState.Shared.choose(&s.state, tried: tried) { $0.transport.failure == nil }
             }
             guard let instance = chosen else { throw lastError }
             tried.insert(ObjectIdentifier(instance))
-            let circuit: RoleCircuit
             do {
-                circuit = try instance.transport.open()
+                let circuit = try instance.transport.open()
                 try await circuit.send(message, descriptors: [client], end: true)
+                // The worker ends the conversation once the client has gone (or the worker has).
+                circuit.whenPeerEnds { self.shared.withLock { RolePoolState.Shared.release(&$0.state, instance) } }
+                return
             } catch {
-                release(instance)
+                shared.withLock { RolePoolState.Shared.release(&$0.state, instance) }
                 lastError = error
-                continue
             }
-            // The worker ends the conversation once the client has gone (or the worker has).
-            circuit.whenPeerEnds { self.release(instance) }
-            return
         }
     }
 
-    private func release(_ instance: Instance) {
-        shared.withLock { s in
-            // A replaced instance's clients were counted against it, not its successor.
-            if s.running[instance.slot] === instance { s.slots[instance.slot].connections -= 1 }
-        }
-    }
-
-    /// Per client: takes a running spare out of its slot for this client alone (the slot
-    /// starts the next spare), waiting up to `spareWait` when none is free. An instance that
-    /// fails the hand-over is closed, and the next spare tried.
+    /// Per client: takes an admitted spare out of its slot for this client alone (the slot
+    /// starts the next spare), or waits in line, up to `spareWait`, for the next one admitted.
+    /// An instance that fails the hand-over is closed, and the next spare tried.
     private func dispatchToOwnInstance(_ client: FileDescriptor, peer: String, message: SupervisorToWorker) async throws {
         let deadline = ContinuousClock.now + configuration.spareWait
         var lastError: Error = DispatchError.noInstanceRunning
-        while true {
-            let chosen: Instance? = shared.withLock { s in
-                let spares = s.running.values.filter { s.slots[$0.slot].state == .running && $0.transport.failure == nil }
-                guard let spare = spares.min(by: { $0.id < $1.id }) else { return nil }
-                s.running[spare.slot] = nil
-                var status = s.slots[spare.slot]
-                status.connections = 1
-                status.client = peer.isEmpty ? "unknown" : peer
-                s.serving[spare.id] = (spare, status, nil)
-                s.slots[spare.slot] = SlotStatus(id: s.slots[spare.slot].id, pid: nil, state: .starting,
-                                                 restarts: s.slots[spare.slot].restarts, startedAt: nil, lastHeartbeat: nil, violations: 0)
-                return spare
-            }
-            guard let instance = chosen else {
-                guard ContinuousClock.now < deadline else { throw lastError }
-                await waitForSpare(until: deadline)
-                continue
-            }
-            // Its slot moves on to the next spare; the supervision goes on with the instance.
-            guard instance.leftSlot.mark(.givenItsClient) else {
-                // It ended meanwhile, and its slot cleans up after it.
-                shared.withLock { _ = $0.serving.removeValue(forKey: instance.id) }
-                continue
-            }
+        while ContinuousClock.now < deadline {
+            guard let instance = await spare(for: peer, until: deadline) else { break }
             do {
                 let circuit = try instance.transport.open()
                 try await circuit.send(message, descriptors: [client], end: true)
@@ -304,19 +261,68 @@ public final class RolePool: Sendable {
                 clientLeft(instance)
             }
         }
+        throw lastError
     }
 
-    /// Until a spare may have been admitted (or `deadline`): every 5 ms while every spare is
-    /// taken, which happens only in a burst of connections larger than the spares.
-    private func waitForSpare(until deadline: ContinuousClock.Instant) async {
-        await Wait.sleep(for: min(.milliseconds(5), max(.zero, deadline - .now)))
+    /// An admitted spare, now this client's; nil once `deadline` passes (or the pool stops).
+    /// Nothing polls: a connection that finds no spare is resumed by the admission of the
+    /// next (`linked`) or by its deadline.
+    private func spare(for peer: String, until deadline: ContinuousClock.Instant) async -> Instance? {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Instance?, Never>) in
+            var taken: Instance?
+            let (outcome, slotWaiter) = shared.withLock { s in
+                let outcome = RolePoolState.Spares.take(&s.state, peer: peer, usable: { $0.transport.failure == nil }, taken: &taken)
+                switch outcome {
+                case .spare: return (outcome, takeLeft(&s, taken!.slot))
+                case .wait(let ticket):
+                    s.spareWaiters[ticket] = continuation
+                    return (outcome, nil)
+                case .stopping: return (outcome, nil)
+                }
+            }
+            switch outcome {
+            case .spare:
+                slotWaiter?.resume(returning: .givenItsClient)
+                continuation.resume(returning: taken)
+            case .stopping:
+                continuation.resume(returning: nil)
+            case .wait(let ticket):
+                Task {
+                    await Wait.sleep(for: max(.zero, deadline - .now))
+                    let expired = self.shared.withLock { s in
+                        RolePoolState.Spares.giveUp(&s.state, ticket: ticket) ? s.spareWaiters.removeValue(forKey: ticket) : nil
+                    }
+                    expired?.resume(returning: nil)
+                }
+            }
+        }
     }
 
     /// Per client: the client has gone (or was never handed over), so the instance is done:
-    /// closing its transport ends it, and its supervision reaps it.
+    /// closing its transport ends it, and its supervision retires it.
     private func clientLeft(_ instance: Instance) {
-        shared.withLock { s in s.serving[instance.id]?.status.connections = 0 }
+        shared.withLock { RolePoolState.Spares.clientLeft(&$0.state, instance) }
         instance.transport.close()
+    }
+
+    /// The slot keeper's continuation, if the slot's instance has just left (its reason is
+    /// then taken from the state; a keeper not yet waiting finds it there).
+    private func takeLeft(_ s: inout Shared, _ slot: Int) -> CheckedContinuation<RolePoolState<Instance>.LeftReason, Never>? {
+        guard let waiter = s.slotWaiters.removeValue(forKey: slot) else { return nil }
+        _ = s.state.takeLeftReason(slot)
+        return waiter
+    }
+
+    /// Until the slot's instance leaves it: its supervision ended, or (per client) its client came.
+    private func leftSlot(_ slot: Int) async -> RolePoolState<Instance>.LeftReason {
+        await withCheckedContinuation { continuation in
+            let known = shared.withLock { s -> RolePoolState<Instance>.LeftReason? in
+                if let reason = s.state.takeLeftReason(slot) { return reason }
+                s.slotWaiters[slot] = continuation
+                return nil
+            }
+            if let known { continuation.resume(returning: known) }
+        }
     }
 
     public func start() {
@@ -326,38 +332,20 @@ public final class RolePool: Sendable {
 
     /// Stops every instance and waits until all are reaped; `events` then finishes.
     public func shutdown() async {
-        let (tasks, serving) = shared.withLock { s in
-            s.stopping = true
-            return (s.tasks, s.serving.values.map { ($0.instance, $0.supervision) })
+        let (tasks, instances, waiters) = shared.withLock { s in
+            let tickets = s.state.stop()
+            return (s.tasks, s.state.instances, tickets.compactMap { s.spareWaiters.removeValue(forKey: $0) })
         }
+        for waiter in waiters { waiter.resume(returning: nil) }
         for task in tasks { task.cancel() }
-        for (instance, supervision) in serving {
-            instance.stop()
-            supervision?.cancel()
-        }
+        for instance in instances { instance.stop() }
         for task in tasks { await task.value }
-        // An instance given its client after the list above was taken is in `serving` too.
-        while let supervision = shared.withLock({ s in s.serving.values.compactMap(\.supervision).first }) {
+        // Every supervision, those of instances serving their clients among them.
+        while let supervision = shared.withLock({ $0.supervisions.popFirst()?.value }) {
+            supervision.cancel()
             await supervision.value
         }
         publish.finish()
-    }
-
-    private var stopping: Bool { shared.withLock { $0.stopping } }
-
-    private func update(_ slot: Int, _ change: (inout SlotStatus) -> Void) {
-        shared.withLock { change(&$0.slots[slot]) }
-    }
-
-    /// The instance's status, in its slot or (per client) among those serving.
-    private func update(_ instance: Instance, _ change: (inout SlotStatus) -> Void) {
-        shared.withLock { s in
-            if s.serving[instance.id] != nil {
-                change(&s.serving[instance.id]!.status)
-            } else if s.running[instance.slot] === instance || s.slots[instance.slot].id == instance.id {
-                change(&s.slots[instance.slot])
-            }
-        }
     }
 
     /// One slot: launch, supervise, reap, back off, again, until shutdown. Per client, an
@@ -372,30 +360,33 @@ public final class RolePool: Sendable {
                 let instance = try await launch(slot, logger: log)
                 log[metadataKey: "\(role)"] = "\(instance.id)"
                 log[metadataKey: "pid"] = "\(instance.pid)"
-                shared.withLock {
-                    $0.running[slot] = instance
-                    $0.renewing.remove(slot)
-                    $0.slots[slot].connections = 0
+                // In the slot before its supervision starts, which may end at once; the task is
+                // made under the lock, so that its end always finds itself to remove.
+                let supervision = shared.withLock { s in
+                    s.state.started(instance)
                     // Kept only for learn mode, where they hold what the role used.
-                    if configuration.mode == .learn { $0.monitors.append(instance.monitor) }
+                    if configuration.mode == .learn { s.monitors.append(instance.monitor) }
+                    let task = Task { [log] in
+                        let renewed = await self.supervise(instance, logger: log)
+                        let (ending, waiter) = self.shared.withLock { s in
+                            let ending = s.state.ended(instance, renewed: renewed)
+                            return (ending, ending == .leftSlot ? self.takeLeft(&s, slot) : nil)
+                        }
+                        waiter?.resume(returning: .ended(renewed: renewed))
+                        if ending == .wasServing { await self.retire(instance, logger: log) }
+                        _ = self.shared.withLock { $0.supervisions.removeValue(forKey: instance.id) }
+                    }
+                    s.supervisions[instance.id] = task
+                    return task
                 }
                 publish.yield(.started(instance))
                 if configuration.admission == .whenReady { linked(instance) }
-                let supervision = Task { [log] in
-                    let renewed = await self.supervise(instance, logger: log)
-                    if !instance.leftSlot.mark(.ended(renewed: renewed)) {
-                        await self.retire(instance, logger: log)
-                    }
-                }
-                let why = await instance.leftSlot.reason()
-                guard case .ended(let renewed) = why else {
+                guard case .ended(let renewed) = await leftSlot(slot) else {
                     // Given its client: its supervision goes on, the slot starts the next spare.
-                    shared.withLock { $0.serving[instance.id]?.supervision = supervision }
                     if stopping { supervision.cancel() }
                     failuresInARow = 0
                     continue
                 }
-                _ = shared.withLock { $0.running.removeValue(forKey: slot) }
                 instance.stop()
                 publish.yield(.ended(instance))
                 let termination = await Reaper.shared.termination(of: instance.child)
@@ -422,21 +413,19 @@ public final class RolePool: Sendable {
             }
             // Backoff grows while instances keep failing soon after starting.
             failuresInARow = ContinuousClock.now - started > configuration.backoffCap ? 1 : failuresInARow + 1
-            recordRestart(slot, logger: log)
+            let degraded = shared.withLock { $0.state.restarting(slot, at: .now) }
+            if degraded { reportDegraded(log) }
             let delay = min(configuration.backoffCap, configuration.backoffBase * (1 << min(failuresInARow - 1, 20)))
             await Wait.sleep(for: delay)
         }
-        update(slot) {
-            $0.state = .stopped
-            $0.pid = nil
-        }
+        shared.withLock { $0.state.stopped(slot) }
     }
 
     /// Per client: an instance whose supervision ended after it was given its client. It
     /// exits once its transport is closed (given a moment, then killed), and is reaped. Any
     /// other end (killed, crashed, hung) counts as a restart for the intensity limit.
     private func retire(_ instance: Instance, logger: Logger) async {
-        let clientGone = shared.withLock { $0.serving[instance.id]?.status.connections == 0 }
+        let clientGone = shared.withLock { $0.state.hasNoClient(instance) }
         instance.transport.close()
         publish.yield(.ended(instance))
         // A child's end is reported once.
@@ -452,52 +441,26 @@ public final class RolePool: Sendable {
         let termination = await reaped.value
         instance.monitor.waitUntilDone()
         await instance.output.value
-        shared.withLock { _ = $0.serving.removeValue(forKey: instance.id) }
+        shared.withLock { $0.state.retired(instance) }
         let how = termination.map { "\($0)" } ?? "unknown"
         // Exited by itself, once its transport was closed after its client left: done.
         if clientGone && exited && termination == .exited(0) {
             logger.debug("\(configuration.role) retired with its client", metadata: ["termination": "\(how)"])
         } else if !stopping {
             logger.error("\(configuration.role) ended while serving its client", metadata: ["termination": "\(how)"])
-            countRestart(logger: logger)
+            if shared.withLock({ $0.state.endedWhileServing(at: .now) }) { reportDegraded(logger) }
         }
     }
 
-    private func recordRestart(_ slot: Int, logger: Logger) {
-        shared.withLock { s in
-            s.slots[slot].restarts += 1
-            s.slots[slot].state = .restarting
-            s.slots[slot].pid = nil
-        }
-        countRestart(logger: logger)
-    }
-
-    private func countRestart(logger: Logger) {
-        let now = ContinuousClock.now
-        let becameDegraded: Bool = shared.withLock { s in
-            s.restartTimes.append(now)
-            s.restartTimes.removeAll { now - $0 > configuration.intensityWindow }
-            let degraded = s.restartTimes.count > configuration.intensityLimit
-            defer { s.degraded = degraded }
-            return degraded && !s.degraded
-        }
-        if becameDegraded {
-            logger.critical("\(configuration.role) pool degraded: restart intensity exceeded", metadata: [
-                "limit": "\(configuration.intensityLimit) restarts in \(configuration.intensityWindow)",
-            ])
-            publish.yield(.degraded)
-        }
+    private func reportDegraded(_ logger: Logger) {
+        logger.critical("\(configuration.role) pool degraded: restart intensity exceeded", metadata: [
+            "limit": "\(configuration.intensityLimit) restarts in \(configuration.intensityWindow)",
+        ])
+        publish.yield(.degraded)
     }
 
     private func launch(_ slot: Int, logger: Logger) async throws -> Instance {
-        let id = shared.withLock { s -> Int in
-            let id = configuration.isolation == .pool ? slot : s.nextID
-            s.nextID += 1
-            s.slots[slot].id = id
-            s.slots[slot].state = .starting
-            s.slots[slot].client = nil
-            return id
-        }
+        let id = shared.withLock { $0.state.launching(slot) }
         var log = logger
         log[metadataKey: "\(configuration.role)"] = "\(id)"
         let withID = log
@@ -509,15 +472,9 @@ public final class RolePool: Sendable {
             var withPid = withID
             withPid[metadataKey: "pid"] = "\(event.pid)"
             event.log(to: withPid)
-            self?.shared.withLock { s in
-                if s.serving[id] != nil { s.serving[id]!.status.violations += 1 } else if s.slots[slot].id == id { s.slots[slot].violations += 1 }
-            }
+            self?.shared.withLock { $0.state.violation(slot: slot, id: id) }
         }
-        update(slot) {
-            $0.pid = launched.child.pid
-            $0.startedAt = .now
-            $0.counters = []
-        }
+        shared.withLock { $0.state.spawned(slot, pid: launched.child.pid, at: .now) }
         return Instance(slot: slot, id: id, launched)
     }
 
@@ -529,7 +486,7 @@ public final class RolePool: Sendable {
         do { control = try instance.transport.reserved(Link.control) } catch { return false }
         var sequence: UInt64 = 0
         while !stopping && !Task.isCancelled {
-            if shared.withLock({ $0.renewing.contains(slot) && $0.slots[slot].connections == 0 }) { return true }
+            if shared.withLock({ $0.state.slots[slot].instance === instance && $0.state.mayRenew(slot) }) { return true }
             sequence += 1
             let sent = ContinuousClock.now
             let answered: [UInt64]? = await withTaskGroup(of: [UInt64]?.self) { group in
@@ -551,47 +508,14 @@ public final class RolePool: Sendable {
                 return false
             }
             let roundTrip = ContinuousClock.now - sent
-            update(instance) {
-                $0.lastHeartbeat = roundTrip
-                $0.counters = counters
+            shared.withLock {
+                $0.state.update(instance) {
+                    $0.lastHeartbeat = roundTrip
+                    $0.counters = counters
+                }
             }
             await Wait.sleep(for: configuration.heartbeatInterval)
         }
         return false
-    }
-}
-
-/// Why an instance left its slot, said once: the first of its end and (per client) its
-/// client's arrival wins, and the other learns it lost.
-final class LeftSlot: Sendable {
-    enum Reason: Sendable {
-        case ended(renewed: Bool)
-        case givenItsClient
-    }
-
-    private let state = Mutex<(reason: Reason?, waiter: CheckedContinuation<Reason, Never>?)>((nil, nil))
-
-    /// False if a reason was given before.
-    @discardableResult
-    func mark(_ reason: Reason) -> Bool {
-        let (first, waiter) = state.withLock { s -> (Bool, CheckedContinuation<Reason, Never>?) in
-            guard s.reason == nil else { return (false, nil) }
-            s.reason = reason
-            defer { s.waiter = nil }
-            return (true, s.waiter)
-        }
-        waiter?.resume(returning: reason)
-        return first
-    }
-
-    func reason() async -> Reason {
-        await withCheckedContinuation { continuation in
-            let known = state.withLock { s -> Reason? in
-                if let reason = s.reason { return reason }
-                s.waiter = continuation
-                return nil
-            }
-            if let known { continuation.resume(returning: known) }
-        }
     }
 }

@@ -203,7 +203,7 @@ public final class Server: Sendable {
             $0.sharedFile = c.assets
         }
         vault = pool(c.vaultSettings, count: 1) { $0.admission = .onceLinked }
-        keyholder = c.tls.map { pool($0.keyholderSettings, count: 1) }
+        keyholder = c.tls.map { pool($0.keyholderSettings, count: 1) { $0.admission = .onceLinked } }
         broker = LinkBroker(
             workers: workers, vault: vault, keyholder: keyholder, tls: c.tls.map { ($0.chain, $0.kind) },
             nursery: c.nursery, executable: c.executable,
@@ -270,7 +270,8 @@ public final class Server: Sendable {
         let deadline = ContinuousClock.now + readiness
         var ready = false
         while ContinuousClock.now < deadline {
-            if vault.slots.first?.state == .running && workers.slots.contains(where: { $0.state == .running }) {
+            if vault.slots.first?.state == .running && workers.slots.contains(where: { $0.state == .running })
+                && keyholder?.slots.first?.state ?? .running == .running {
                 ready = true
                 break
             }

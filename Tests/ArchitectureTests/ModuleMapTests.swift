@@ -1,4 +1,5 @@
 import Foundation
+import RoleProtocol
 import TestSupport
 import XCTest
 
@@ -87,7 +88,10 @@ final class ModuleMapTests: XCTestCase {
                 XCTAssertGreaterThan(position[dependency] ?? -1, position[module]!, "\(module) depends on \(dependency), listed above it")
             }
         }
-        let roles = ["Supervisor", "Worker", "Vault", "Nursery"]
+        // Every process kind has a module of its name: the supervisor, the nursery and each
+        // declared sandboxed role.
+        let roles = ([Role.supervisor, .nursery] + RoleDeclaration.sandboxed.map(\.role)).map { $0.rawValue.prefix(1).uppercased() + $0.rawValue.dropFirst() }
+        XCTAssertEqual(Set(roles).subtracting(map.map(\.module)), [], "a role without a module of its own")
         for (module, dependencies) in map where roles.contains(module) {
             XCTAssertTrue(dependencies.isDisjoint(with: roles), "\(module) imports another role: \(dependencies.intersection(roles))")
         }
