@@ -26,9 +26,9 @@ public enum ClientTLS {
     }
 
     /// Runs TLS over the connected TCP socket `socket` (taken over, closed with the
-    /// connection), once the handshake has completed; returns the plain end, the caller's to
-    /// close (which closes the connection).
-    public static func tunnel(socket: Int32, verification: Verification, timeoutSeconds: Int) throws -> Int32 {
+    /// connection) to `address` (for messages), once the handshake has completed; returns the
+    /// plain end, the caller's to close (which closes the connection).
+    public static func tunnel(socket: Int32, address: String, verification: Verification, timeoutSeconds: Int) throws -> Int32 {
         var configuration = TLSConfiguration.makeClientConfiguration()
         configuration.minimumTLSVersion = .tlsv12
         configuration.applicationProtocols = ["http/1.1"]
@@ -89,6 +89,13 @@ public enum ClientTLS {
                 tls.close(promise: nil)
                 throw error
             }
+        } catch let error as NIOSSLExtraError where error == .failedToValidateHostname {
+            close(pair[0])
+            throw Failure(description: "TLS handshake: the server's certificate does not name \(serverName ?? address)")
+        } catch let error as NIOSSLError where "\(error)".contains("CERTIFICATE_VERIFY_FAILED") {
+            // BoringSSL's reason is only in its error queue's text.
+            close(pair[0])
+            throw Failure(description: "TLS handshake: the server's certificate is not signed by a trusted certificate authority (\(error))")
         } catch {
             close(pair[0])
             throw (error as? Failure) ?? Failure(description: "TLS handshake: \(error)")

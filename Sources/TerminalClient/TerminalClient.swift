@@ -106,7 +106,7 @@ public final class TerminalClient {
                                verification: ClientTLS.Verification? = nil) throws -> TerminalClient {
         var fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
         if tls || verification != nil {
-            fd = try ClientTLS.tunnel(socket: fd, verification: verification ?? .none, timeoutSeconds: timeoutSeconds)
+            fd = try ClientTLS.tunnel(socket: fd, address: host, verification: verification ?? .none, timeoutSeconds: timeoutSeconds)
             setOptions(fd, timeoutSeconds: timeoutSeconds)
         }
         let client = TerminalClient(socket: fd)

@@ -41,10 +41,44 @@ final class AttachTests: XCTestCase {
     }
 
     func testAttachInARealTerminal() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/tmux"), "tmux is not installed (make test installs it)")
         let server = try ServedCloister.start(workers: 2, credentialInFile: true)
+        try attachTypeResumeAndExit(server, url: "http://127.0.0.1:\(server.port)/")
+    }
+
+    /// The same over TLS: https, the server's certificate checked against --tls-ca and the
+    /// address, a resume through a new TLS connection.
+    func testAttachOverHTTPSResumes() throws {
+        let directory = NSTemporaryDirectory() + "cloister-attach-tls-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let pair = try TLSTests.makePair("rsa:2048", in: directory)
+        let server = try ServedCloister.start(workers: 2, extra: ["--tls-cert", pair.certificate, "--tls-key", pair.key], credentialInFile: true)
+        let url = "https://127.0.0.1:\(server.port)/"
+        // Without the CA, the certificate is refused, and nothing is attached.
+        let (refused, output) = try TLSTests.run(cloisterExecutable, ["attach", url, "--credential-file", server.directory + "/credential"])
+        XCTAssertEqual(refused, .exited(64), output)
+        XCTAssertTrue(output.contains("cannot attach to \(url): TLS handshake: the server's certificate is not signed by a trusted certificate authority"), output)
+        try attachTypeResumeAndExit(server, url: url, options: "--tls-ca \(pair.certificate)")
+        _ = try server.stop()
+        // A certificate for another name and address, trusted: refused for 127.0.0.1.
+        let (ended, made) = try TLSTests.run("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", directory + "/other-key.pem", "-out", directory + "/other.pem",
+            "-days", "2", "-subj", "/CN=elsewhere.example", "-addext", "subjectAltName=DNS:elsewhere.example,IP:127.0.0.2"])
+        XCTAssertEqual(ended, .exited(0), made)
+        chmod(directory + "/other-key.pem", 0o600)
+        let other = try ServedCloister.start(workers: 1, extra: ["--tls-cert", directory + "/other.pem", "--tls-key", directory + "/other-key.pem"],
+                                             credentialInFile: true)
+        let (wrongName, text) = try TLSTests.run(cloisterExecutable, ["attach", "https://127.0.0.1:\(other.port)/", "--tls-ca", directory + "/other.pem",
+                                                                     "--credential-file", other.directory + "/credential"])
+        XCTAssertEqual(wrongName, .exited(64), text)
+        XCTAssertTrue(text.contains("cannot attach to https://127.0.0.1:\(other.port)/: TLS handshake: the server's certificate does not name 127.0.0.1"), text)
+    }
+
+    /// Attaches in tmux to `url`, types, resizes, survives the serving worker's death, exits 3.
+    private func attachTypeResumeAndExit(_ server: ServedCloister, url: String, options: String = "") throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/tmux"), "tmux is not installed (make test installs it)")
         let name = "cloister-attach-\(getpid())"
-        let command = "\(cloisterExecutable) attach http://127.0.0.1:\(server.port)/ --credential-file \(server.directory)/credential; "
+        let command = "\(cloisterExecutable) attach \(url) \(options) --credential-file \(server.directory)/credential; "
             + "echo attach-exit=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon; sleep 60"
         _ = try tmux(["new-session", "-d", "-s", name, "-x", "100", "-y", "30", command])
         defer { _ = try? tmux(["kill-server"]) }

@@ -150,6 +150,14 @@ final class TLSTests: XCTestCase {
                     }
                 }
             }
+            // One TLS library in the product: no process of it maps OpenSSL's libssl (the
+            // keyholder's libcrypto is the only OpenSSL it links).
+            let roles = try ["worker", "vault", "keyholder"].flatMap { try pids(of: $0, in: server) } + [server.child.pid]
+            XCTAssertEqual(roles.count, 5)
+            for pid in roles {
+                let maps = try String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)
+                XCTAssertFalse(maps.contains("libssl"), "pid \(pid) maps libssl")
+            }
             XCTAssertFalse(server.output.contains("sandbox violation"), server.output)
             XCTAssertEqual(try server.stop(), .exited(0))
         }
