@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 import NIOPosix
 import NIOSSL
 import NIOTLS
@@ -12,7 +13,7 @@ import Glibc
 /// other end of a socket pair, as it would on a TCP socket. It offers HTTP/1.1 by ALPN.
 public enum ClientTLS {
     /// How the server's certificate is checked.
-    public enum Verification: Sendable, Equatable {
+    public enum Verification: Sendable, Hashable {
         /// Against the system's trust store (and `extraRoots`, a PEM file, when given), and
         /// for the server: the certificate must name `serverName` (sent by SNI too), or, when
         /// it is nil, the address connected to.
@@ -29,21 +30,11 @@ public enum ClientTLS {
     /// connection) to `address` (for messages), once the handshake has completed; returns the
     /// plain end, the caller's to close (which closes the connection).
     public static func tunnel(socket: Int32, address: String, verification: Verification, timeoutSeconds: Int) throws -> Int32 {
-        var configuration = TLSConfiguration.makeClientConfiguration()
-        configuration.minimumTLSVersion = .tlsv12
-        configuration.applicationProtocols = ["http/1.1"]
         var serverName: String?
-        switch verification {
-        case .none:
-            configuration.certificateVerification = .none
-        case .full(let extraRoots, let name):
-            configuration.certificateVerification = .fullVerification
-            if let extraRoots { configuration.additionalTrustRoots = [.file(extraRoots)] }
-            serverName = name
-        }
+        if case .full(_, let name) = verification { serverName = name }
         let context: NIOSSLContext
         do {
-            context = try NIOSSLContext(configuration: configuration)
+            context = try self.context(for: verification)
         } catch {
             close(socket)
             throw Failure(description: "TLS: \(error)")
@@ -101,6 +92,28 @@ public enum ClientTLS {
             throw (error as? Failure) ?? Failure(description: "TLS handshake: \(error)")
         }
         return pair[0]
+    }
+
+    /// One context per way of verifying, made once: a context reads the trust store, which
+    /// costs more than a handshake (a benchmark opening sessions measured the client, not
+    /// the servers, until contexts were kept).
+    private static let contexts = Mutex<[Verification: NIOSSLContext]>([:])
+
+    private static func context(for verification: Verification) throws -> NIOSSLContext {
+        if let known = contexts.withLock({ $0[verification] }) { return known }
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.applicationProtocols = ["http/1.1"]
+        switch verification {
+        case .none:
+            configuration.certificateVerification = .none
+        case .full(let extraRoots, _):
+            configuration.certificateVerification = .fullVerification
+            if let extraRoots { configuration.additionalTrustRoots = [.file(extraRoots)] }
+        }
+        let made = try NIOSSLContext(configuration: configuration)
+        contexts.withLock { $0[verification] = made }
+        return made
     }
 
     /// Fulfils `done` when the handshake has completed, fails it on the first error.
