@@ -30,6 +30,7 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     case 8: check(KeyholderToWorker.self, payload, descriptors: descriptors)
     case 9: check(SupervisorToKeyholder.self, payload, descriptors: descriptors)
     case 10: check(KeyholderToSupervisor.self, payload, descriptors: descriptors)
+    case 11: check(WorkerToSupervisor.self, payload, descriptors: descriptors)
     default: break
     }
     return 0

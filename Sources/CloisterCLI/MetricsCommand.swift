@@ -55,6 +55,14 @@ extension ControlCommand {
             gauge("cloister_degraded", "1 when a pool exceeded its restart intensity and stopped restarting.", status.degraded ? 1 : 0)
             gauge("cloister_connections", "Client connections open across the workers.", Double(status.connections))
             counter("cloister_capacity_refusals_total", "Clients answered 503 for being over --max-clients.", UInt64(status.refusedAtCapacity))
+            if let a = status.admission {
+                gauge("cloister_unauthenticated_connections", "Connections admitted that have not presented a valid credential yet.", Double(a.unauthenticated))
+                counter("cloister_admitted_connections_total", "Connections admitted before authentication.", a.admitted)
+                for (reason, count) in a.refused.sorted(by: { $0.key < $1.key }) {
+                    counter("cloister_admission_refusals_total", "Unauthenticated connections refused (full, early, source) or closed at the deadline.",
+                            count, [("reason", reason)])
+                }
+            }
             if let k = status.keeping {
                 gauge("cloister_vault_generation", "Vaults started since the service started (the running one's generation).", Double(k.vaultGeneration))
                 gauge("cloister_sessions_kept", "Sessions whose terminal and ring the supervisor keeps for the next vault.", Double(k.sessionsKept))

@@ -48,6 +48,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Refuse WebSocket handshakes whose Origin differs from Host.")
     var checkOrigin = true
     @Option(help: "Most clients connected at once; more are answered 503 with Retry-After.") var maxClients = 1024
+    @Option(help: "START:RATE:FULL for connections that have not authenticated (OpenSSH's MaxStartups): from START on, each new one is refused with a chance growing from RATE % to 100 % at FULL.")
+    var maxUnauthenticated = "32:30:128"
+    @Option(help: "Most connections from one source (an IPv4 address, an IPv6 /64) that have not authenticated.")
+    var maxUnauthenticatedPerSource = 16
+    @Option(help: "Seconds a connection has to present a valid credential before it is closed (OpenSSH's LoginGraceTime).")
+    var authenticationDeadline: Double = 30
+    @Option(help: "Seconds a TCP connection may stay silent before it is accepted at all (TCP_DEFER_ACCEPT); 0: accept at once.")
+    var deferAccept = 10
     @Option(name: .customLong("client-option"),
             help: "KEY=VALUE sent to the page in the preferences message (ttyd's -t), e.g. fontSize=18; repeatable. A VALUE that is JSON is sent as JSON.")
     var clientOptions: [String] = []
@@ -299,6 +307,20 @@ struct ServeCommand: AsyncParsableCommand {
             throw ConfigurationError(option: "--base-path", problem: "\(error)")
         }
         c.maxClients = maxClients
+        guard authenticationDeadline.isFinite, (1...3600).contains(authenticationDeadline) else {
+            throw ConfigurationError(option: "--authentication-deadline", problem: "\(authenticationDeadline) is not between 1 and 3600 seconds")
+        }
+        do {
+            c.admission = try Admission.Limits(startRateFull: maxUnauthenticated, perSource: maxUnauthenticatedPerSource,
+                                               deadline: .milliseconds(Int64(authenticationDeadline * 1000)))
+        } catch {
+            throw ConfigurationError(option: maxUnauthenticatedPerSource < 1 ? "--max-unauthenticated-per-source" : "--max-unauthenticated",
+                                     problem: "\(error)")
+        }
+        guard (0...600).contains(deferAccept) else {
+            throw ConfigurationError(option: "--defer-accept", problem: "\(deferAccept) is not between 0 and 600 seconds")
+        }
+        c.deferAcceptSeconds = deferAccept
         c.fdStore = fdStore
         c.controlSocket = controlSocket
         if let controlGroup {

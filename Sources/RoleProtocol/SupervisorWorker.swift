@@ -49,3 +49,24 @@ public enum SupervisorToWorker: LinkMessage {
         try r.done()
     }
 }
+
+/// Worker → supervisor, on a `.client` or `.tlsClient` conversation before the worker ends
+/// it: what the supervisor needs to count the connection for admission (`Admission`).
+public enum WorkerToSupervisor: LinkMessage, Equatable {
+    /// The vault accepted the client's credential: it is no longer an unauthenticated
+    /// connection.
+    case authenticated
+
+    enum Kind: UInt8 { case authenticated = 0x61 }
+
+    public var encoded: [UInt8] { [Kind.authenticated.rawValue] }
+
+    public var descriptorCount: Int { 0 }
+
+    public init(decoding payload: [UInt8], descriptors: Int) throws(LinkMessageError) {
+        var r = try FieldReader<Kind>(payload, of: "WorkerToSupervisor")
+        try Self.expect(0, descriptors, kind: r.kind)
+        self = .authenticated
+        try r.done()
+    }
+}

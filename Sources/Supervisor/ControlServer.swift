@@ -32,11 +32,26 @@ public final class ControlServer: Sendable {
         public var connections: Int
         /// Clients answered 503 for being over --max-clients.
         public var refusedAtCapacity: Int
+        /// Unauthenticated connections now, and what admission did since start.
+        public var admission: AdmissionReport?
         public var vault: WorkerReport?
         public var keeping: Keeping?
         /// The running binary's version, label and build id; the one it replaced by upgrade.
         public var build: String?
         public var upgradedFrom: String?
+    }
+
+    /// Admission of unauthenticated connections (`AdmissionControl`).
+    public struct AdmissionReport: Codable, Sendable, Equatable {
+        /// START:RATE:FULL.
+        public var limits: String
+        public var perSource: Int
+        public var deadlineSeconds: Double
+        public var unauthenticated: Int
+        public var admitted: UInt64
+        public var authenticated: UInt64
+        /// By reason: full, early, source, deadline.
+        public var refused: [String: UInt64]
     }
 
     /// Sessions that outlive the vault (`SessionKeeper`).
@@ -125,6 +140,7 @@ public final class ControlServer: Sendable {
     private let vault: RolePool?
     private let sessions: SessionControl?
     private let refusals: CapacityRefusals?
+    private let admission: AdmissionControl?
     private let logger: Logger
     /// Checks the binary an upgrade would start (`Server.checkUpgrade`): its build, or why not.
     let upgradeCheck = Mutex<(@Sendable () async throws -> String)?>(nil)
@@ -133,11 +149,11 @@ public final class ControlServer: Sendable {
     /// A control socket for `pool` (and `vault`) alone, answering no session requests.
     public convenience init(path: String, pool: RolePool, vault: RolePool? = nil, adminGroup: gid_t? = nil,
                             logger: Logger) throws(SystemCallError) {
-        try self.init(path: path, pool: pool, vault: vault, sessions: nil, refusals: nil, adminGroup: adminGroup, logger: logger)
+        try self.init(path: path, pool: pool, vault: vault, sessions: nil, refusals: nil, admission: nil, adminGroup: adminGroup, logger: logger)
     }
 
     init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, refusals: CapacityRefusals?,
-         adminGroup: gid_t?, logger: Logger) throws(SystemCallError) {
+         admission: AdmissionControl?, adminGroup: gid_t?, logger: Logger) throws(SystemCallError) {
         if let adminGroup {
             listener = try UnixSocket.listen(path: path, kind: .stream, permissions: [.ownerRead, .ownerWrite, .groupRead, .groupWrite])
             // The group first, then the mode bind's umask narrowed: never wider than meant.
@@ -153,6 +169,7 @@ public final class ControlServer: Sendable {
         self.path = path
         self.pool = pool
         self.refusals = refusals
+        self.admission = admission
         self.vault = vault
         self.sessions = sessions
         self.logger = logger
@@ -208,7 +225,7 @@ public final class ControlServer: Sendable {
                                      running: workers.filter { $0.state == .running }.count,
                                      degraded: pool.isDegraded || vault?.isDegraded == true,
                                      connections: workers.reduce(0) { $0 + $1.connections },
-                                     refusedAtCapacity: refusals?.count ?? 0,
+                                     refusedAtCapacity: refusals?.count ?? 0, admission: admission?.report,
                                      vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping,
                                      build: sessions?.build, upgradedFrom: sessions?.upgradedFrom))
         case .workers:

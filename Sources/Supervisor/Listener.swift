@@ -104,6 +104,22 @@ public final class Listener: Sendable {
         address = Self.boundAddress(fd) ?? text
     }
 
+    /// A connection that has sent nothing is not acceptable for up to `seconds`
+    /// (TCP_DEFER_ACCEPT): a silent connection costs no accept, and no worker, until its
+    /// first byte. After that the kernel hands it over anyway, and admission's deadline
+    /// applies. Systemd's `DeferAcceptSec=` sets the same on a socket it passes.
+    public func deferAccept(seconds: Int) throws(SystemCallError) {
+        var domain: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        _ = try valueOrErrno("getsockopt(SO_DOMAIN)", detail: address) { getsockopt(descriptor.rawValue, SOL_SOCKET, SO_DOMAIN, &domain, &length) }
+        // A unix listener (a proxy on this host) has no such option.
+        guard domain == AF_INET || domain == AF_INET6 else { return }
+        var value = Int32(clamping: seconds)
+        _ = try valueOrErrno("setsockopt(TCP_DEFER_ACCEPT)", detail: address) {
+            setsockopt(descriptor.rawValue, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, &value, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
     /// Takes over a listening TCP socket this process inherited (systemd socket activation),
     /// after checking that it is one, and makes it close-on-exec so no role inherits it.
     public init(adopting fd: Int32) throws(SystemCallError) {

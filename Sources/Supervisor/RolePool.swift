@@ -211,16 +211,35 @@ public final class RolePool: Sendable {
         shared.withLock { $0.state.renewAll() }
     }
 
+    /// What the worker says of a client it was handed, for admission (`Admission`).
+    public struct ClientEvents: Sendable {
+        /// The vault accepted the client's credential.
+        public var authenticated: @Sendable () -> Void
+        /// The worker is done with the client (it has gone, or the worker has).
+        public var ended: @Sendable () -> Void
+
+        public init(authenticated: @escaping @Sendable () -> Void = {}, ended: @escaping @Sendable () -> Void = {}) {
+            (self.authenticated, self.ended) = (authenticated, ended)
+        }
+    }
+
     /// Hands a client socket to an instance and closes this process's copy, whatever
     /// happens: in a pool, the admitted instance with the fewest open connections; per
     /// client, a spare of its own (waiting up to `spareWait` for one to be admitted). An
     /// instance whose transport has failed (it died and is not reaped yet) is passed over,
     /// and one that fails the hand-over is replaced by the next. The instance ends the
     /// conversation when the client has gone; until then the client counts against it.
-    public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false) async throws {
+    /// Returns, per client, what ends the client's connection by ending its worker (the
+    /// supervisor's own hold on a client that must not stay); nil in a pool.
+    @discardableResult
+    public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false,
+                         events: ClientEvents = ClientEvents()) async throws -> (@Sendable () -> Void)? {
         defer { try? client.close() }
         let message: SupervisorToWorker = tls ? .tlsClient : .client
-        if configuration.isolation == .perClient { return try await dispatchToOwnInstance(client, peer: peer, message: message) }
+        if configuration.isolation == .perClient {
+            let instance = try await dispatchToOwnInstance(client, peer: peer, message: message, events: events)
+            return { instance.transport.close() }
+        }
         var tried: Set<ObjectIdentifier> = []
         var lastError: Error = DispatchError.noInstanceRunning
         while true {
@@ -233,8 +252,8 @@ public final class RolePool: Sendable {
                 let circuit = try instance.transport.open()
                 try await circuit.send(message, descriptors: [client], end: true)
                 // The worker ends the conversation once the client has gone (or the worker has).
-                circuit.whenPeerEnds { self.shared.withLock { RolePoolState.Shared.release(&$0.state, instance) } }
-                return
+                watch(circuit, events) { self.shared.withLock { RolePoolState.Shared.release(&$0.state, instance) } }
+                return nil
             } catch {
                 shared.withLock { RolePoolState.Shared.release(&$0.state, instance) }
                 lastError = error
@@ -245,7 +264,8 @@ public final class RolePool: Sendable {
     /// Per client: takes an admitted spare out of its slot for this client alone (the slot
     /// starts the next spare), or waits in line, up to `spareWait`, for the next one admitted.
     /// An instance that fails the hand-over is closed, and the next spare tried.
-    private func dispatchToOwnInstance(_ client: FileDescriptor, peer: String, message: SupervisorToWorker) async throws {
+    private func dispatchToOwnInstance(_ client: FileDescriptor, peer: String, message: SupervisorToWorker,
+                                       events: ClientEvents) async throws -> Instance {
         let deadline = ContinuousClock.now + configuration.spareWait
         var lastError: Error = DispatchError.noInstanceRunning
         while ContinuousClock.now < deadline {
@@ -254,8 +274,8 @@ public final class RolePool: Sendable {
                 let circuit = try instance.transport.open()
                 try await circuit.send(message, descriptors: [client], end: true)
                 // The instance ends the conversation once its client has gone: then it exits.
-                circuit.whenPeerEnds { self.clientLeft(instance) }
-                return
+                watch(circuit, events) { self.clientLeft(instance) }
+                return instance
             } catch {
                 lastError = error
                 clientLeft(instance)
@@ -295,6 +315,19 @@ public final class RolePool: Sendable {
                     expired?.resume(returning: nil)
                 }
             }
+        }
+    }
+
+    /// Reads what the worker says of its client until it ends the conversation (a message it
+    /// cannot decode ends the watch as the end would), then runs `ended`.
+    private func watch(_ circuit: RoleCircuit, _ events: ClientEvents, ended: @escaping @Sendable () -> Void) {
+        Task {
+            while let received = try? await circuit.receive(WorkerToSupervisor.self) {
+                if received.message == .authenticated { events.authenticated() }
+                if received.isEnd { break }
+            }
+            ended()
+            events.ended()
         }
     }
 

@@ -48,6 +48,11 @@ public final class Server: Sendable {
         /// Seconds between the workers' pings of each WebSocket (ttyd's -P); 0: none.
         public var pingInterval: Double = 30
         public var maxClients = 1024
+        /// Connections that have not authenticated: how many, from where, for how long.
+        public var admission = Admission.Limits()
+        /// Seconds a TCP connection may stay silent before accept(2) sees it (TCP_DEFER_ACCEPT);
+        /// 0: at once.
+        public var deferAcceptSeconds = 10
         public var controlSocket: String?
         /// A group whose members may use the control socket too (mode 0660 in that group).
         public var controlGroup: gid_t?
@@ -87,6 +92,8 @@ public final class Server: Sendable {
             s.urlArguments = urlArguments
             s.authHeader = authHeader
             s.openFiles = UInt64(Server.workerOpenFiles(maxClients: isolation == .pool ? maxClients : 1))
+            s.authenticationDeadlineMilliseconds = Int64(admission.deadline.components.seconds * 1000
+                + admission.deadline.components.attoseconds / 1_000_000_000_000_000)
             return s
         }
 
@@ -144,6 +151,8 @@ public final class Server: Sendable {
     public let tlsListeners: [Bool]
     /// Clients answered 503 for being over `maxClients`.
     public let capacityRefusals = CapacityRefusals()
+    /// Unauthenticated connections, admitted or refused.
+    public let admission: AdmissionControl
     let broker: LinkBroker
     /// The build this server replaced by `ctl upgrade`, if it did.
     public let upgradedFrom: String?
@@ -187,8 +196,19 @@ public final class Server: Sendable {
             for listener in bound { try? listener.descriptor.close() }
             throw .listen(error)
         }
+        // A connection that has sent nothing stays in the kernel, costing no accept and no
+        // worker, until its first byte (or the kernel's timeout) makes it acceptable.
+        for listener in bound where c.deferAcceptSeconds > 0 {
+            do {
+                try listener.deferAccept(seconds: c.deferAcceptSeconds)
+            } catch {
+                for listener in bound { try? listener.descriptor.close() }
+                throw .listen(error)
+            }
+        }
         listeners = bound
         tlsListeners = c.tls == nil ? bound.map { _ in false } : tls
+        admission = AdmissionControl(limits: c.admission, logger: logger)
         func pool(_ settings: any RoleSettings, count: Int, _ adjust: (inout RolePool.Configuration) -> Void = { _ in }) -> RolePool {
             var configuration = RolePool.Configuration(settings: settings, count: count, executable: c.executable,
                                                        policy: c.profiles.path(type(of: settings).declaration.role))
@@ -209,13 +229,13 @@ public final class Server: Sendable {
             nursery: c.nursery, executable: c.executable,
             authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), fdStore: c.fdStore, handover: handover,
             logger: logger)
-        let (workerPool, vaultPool, refusals) = (workers, vault, capacityRefusals)
+        let (workerPool, vaultPool, refusals, admitting) = (workers, vault, capacityRefusals, admission)
         let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription, build: c.build,
                                       upgradedFrom: handover.upgradedFrom)
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
                 try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions,
-                                  refusals: refusals, adminGroup: c.controlGroup, logger: logger)
+                                  refusals: refusals, admission: admitting, adminGroup: c.controlGroup, logger: logger)
             }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
@@ -308,14 +328,14 @@ public final class Server: Sendable {
     }
 
     /// The client's address as `ctl workers` shows it: HOST:PORT, or "unix" for a unix
-    /// listener's client.
-    static func peerName(_ client: FileDescriptor) -> String {
+    /// listener's client; nil when it has none (it reset the connection).
+    static func peerName(_ client: FileDescriptor) -> String? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let rc = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(client.rawValue, $0, &length) }
         }
-        guard rc == 0 else { return "unknown" }
+        guard rc == 0 else { return nil }
         var host = [CChar](repeating: 0, count: Int(NI_MAXHOST)), port = [CChar](repeating: 0, count: 32)
         switch Int32(storage.ss_family) {
         case AF_UNIX: return "unix"
@@ -360,11 +380,19 @@ public final class Server: Sendable {
                 capacityRefusals.refuse(client, logger: logger)
                 continue
             }
-            let peer = configuration.isolation == .perClient ? Self.peerName(client) : ""
+            // A peer that has no address any more reset its connection before it was taken:
+            // nothing to serve, and no source to count it against.
+            guard let peer = Self.peerName(client) else {
+                try? client.close()
+                continue
+            }
+            guard let admitted = admission.admit(client, peer: peer) else { continue }
             Task {
                 do {
-                    try await self.workers.dispatch(client, peer: peer, tls: tls)
+                    let close = try await self.workers.dispatch(client, peer: peer, tls: tls, events: admitted.events)
+                    admitted.enforceDeadline(close: close)
                 } catch {
+                    admitted.ended()
                     self.logger.error("client not handed to a worker", metadata: ["error": "\(error)"])
                 }
             }

@@ -48,10 +48,13 @@ public final class TerminalClient {
 
     // MARK: Connecting
 
-    public static func tcp(host: String = "127.0.0.1", port: UInt16, timeoutSeconds: Int = 10) throws -> Int32 {
+    /// `from`: the local address to connect from (another loopback address is another source
+    /// for a server's limits per source).
+    public static func tcp(host: String = "127.0.0.1", port: UInt16, timeoutSeconds: Int = 10, from: String? = nil) throws -> Int32 {
         let address = SocketAddress.inet(host: host, port: port)
         let fd = try address.socket(Int32(SOCK_STREAM.rawValue))
         do {
+            if let from { try SocketAddress.inet(host: from, port: 0).bind(fd) }
             try address.connect(fd)
         } catch {
             close(fd)
@@ -103,8 +106,8 @@ public final class TerminalClient {
     public static func connect(port: UInt16, path: String = "/ws", origin: String? = nil, subprotocol: String? = "tty",
                                host: String = "127.0.0.1", timeoutSeconds: Int = 10,
                                headers: [(String, String)] = [], tls: Bool = false,
-                               verification: ClientTLS.Verification? = nil) throws -> TerminalClient {
-        var fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds)
+                               verification: ClientTLS.Verification? = nil, from: String? = nil) throws -> TerminalClient {
+        var fd = try tcp(host: host, port: port, timeoutSeconds: timeoutSeconds, from: from)
         if tls || verification != nil {
             fd = try ClientTLS.tunnel(socket: fd, address: host, verification: verification ?? .none, timeoutSeconds: timeoutSeconds)
             setOptions(fd, timeoutSeconds: timeoutSeconds)

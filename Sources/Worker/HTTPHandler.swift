@@ -18,13 +18,17 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var head: HTTPRequestHead?
     private let counters: RoleCounters
 
+    /// Told when the vault accepts a request's credential.
+    private let authentication: ClientAuthentication?
+
     init(service: any TerminalService, settings: WebWorker.Settings, assets: AssetBundle, refusal: HandshakeRefusal?,
-         counters: RoleCounters) {
+         counters: RoleCounters, authentication: ClientAuthentication? = nil) {
         self.service = service
         self.settings = settings
         self.assets = assets
         self.refusal = refusal
         self.counters = counters
+        self.authentication = authentication
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -101,6 +105,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
                 return handler.respond(context, head, .unauthorized, type: "text/plain", body: "authentication required\n",
                                        extra: ["WWW-Authenticate": "Basic realm=\"cloister\""])
             }
+            handler.authentication?.accepted()
             then(handler, context)
         }
     }

@@ -45,10 +45,14 @@ final class TerminalSession: ChannelInboundHandler {
     /// Commands the vault has not granted room for yet, oldest first.
     private var waiting: [WorkerToVault] = []
 
+    /// Told when the vault attaches the client (its credential accepted).
+    let authentication: ClientAuthentication?
+
     init(service: any TerminalService, preferences: [UInt8], arguments: [[UInt8]]?, token: [UInt8]?, logger: Logger,
-         counters: RoleCounters?) {
+         counters: RoleCounters?, authentication: ClientAuthentication? = nil) {
         (self.service, self.preferences, self.arguments, self.token, self.logger, self.counters) =
             (service, preferences, arguments, token, logger, counters)
+        self.authentication = authentication
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -165,6 +169,7 @@ final class TerminalSession: ChannelInboundHandler {
         case .attached(let info):
             guard case .attaching = state else { return }
             state = .attached(info)
+            authentication?.accepted()
             context.write(wrapOutboundOut(Self.binary(TtydProtocol.title, Array(info.title.utf8))), promise: nil)
             context.write(wrapOutboundOut(Self.binary(TtydProtocol.preferences, preferences)), promise: nil)
             context.writeAndFlush(wrapOutboundOut(Self.binary(TtydProtocol.sessionMessage(info))), promise: nil)

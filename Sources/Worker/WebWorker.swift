@@ -38,6 +38,9 @@ public final class WebWorker: Sendable {
         public var maxFragments = 4096
         /// Time from connection to a completed WebSocket handshake.
         public var handshakeTimeout: TimeAmount = .seconds(10)
+        /// Time from connection to a credential the vault accepts (a page request's or an
+        /// attachment's); nil: none.
+        public var authenticationDeadline: TimeAmount?
         public init() {}
 
         /// What the supervisor gave, with the limits that are not options.
@@ -48,6 +51,7 @@ public final class WebWorker: Sendable {
             urlArguments = given.urlArguments
             authHeader = given.authHeader
             pingInterval = given.pingIntervalMilliseconds > 0 ? .milliseconds(given.pingIntervalMilliseconds) : nil
+            authenticationDeadline = given.authenticationDeadlineMilliseconds > 0 ? .milliseconds(given.authenticationDeadlineMilliseconds) : nil
         }
     }
 
@@ -81,8 +85,12 @@ public final class WebWorker: Sendable {
 
     /// Serves one client socket on `loop` (taking ownership of it), behind TLS if `tls`;
     /// `closed` is called once the connection has closed. Returns once the socket is adopted.
+    /// `authenticated` is called once, when the vault accepts the client's credential; a
+    /// client that has not presented one by `settings.authenticationDeadline` is closed.
     public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false,
+                      authenticated: @escaping @Sendable () -> Void = {},
                       closed: @escaping @Sendable () -> Void) async {
+        let authentication = ClientAuthentication(report: authenticated)
         do {
             let channel = try await ClientBootstrap(group: loop)
                 // Keystrokes and small frames are the rule; a busy client's reads grow to 64 KiB.
@@ -96,7 +104,10 @@ public final class WebWorker: Sendable {
                             try channel.pipeline.syncOperations.addHandler(ALPNGate())
                             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                         }
-                        _ = try self.configure(channel)
+                        _ = try self.configure(channel, authentication: authentication)
+                        if let deadline = self.settings.authenticationDeadline {
+                            authentication.closeUnlessAccepted(channel, after: deadline)
+                        }
                     }
                 }
                 .withConnectedSocket(socket.rawValue)
@@ -113,7 +124,7 @@ public final class WebWorker: Sendable {
     /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
-    package func configure(_ channel: Channel) throws -> EventLoopFuture<Void> {
+    package func configure(_ channel: Channel, authentication: ClientAuthentication? = nil) throws -> EventLoopFuture<Void> {
         let (settings, counters, service, logger) = (self.settings, self.counters, self.service, self.logger)
         let clock = settings.pingInterval.map { pingClock(interval: $0, on: channel.eventLoop) }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
@@ -140,7 +151,8 @@ public final class WebWorker: Sendable {
                     let token = settings.authHeader.map { Array((head.headers.first(name: $0) ?? "").utf8) }
                     try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences,
                                                         arguments: settings.urlArguments ? TtydProtocol.urlArguments(head.uri) : [],
-                                                        token: token, logger: logger, counters: counters))
+                                                        token: token, logger: logger, counters: counters,
+                                                        authentication: authentication))
                 }
             })
         var limits = NIOHTTPDecoderLimitConfiguration()
@@ -152,7 +164,8 @@ public final class WebWorker: Sendable {
             upgradeConfiguration: .init(upgraders: [upgrader], notUpgradingCompletionHandler: { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        HTTPHandler(service: service, settings: settings, assets: assets, refusal: refusal.value, counters: counters))
+                        HTTPHandler(service: service, settings: settings, assets: assets, refusal: refusal.value, counters: counters,
+                                    authentication: authentication))
                 }
             }))
         configuration.enableErrorHandling = false

@@ -46,7 +46,9 @@ public enum WorkerRole {
         switch received.message {
         case .client, .tlsClient:
             // No task waits for the connection: its close ends the conversation.
-            await worker.serve(client: socket, on: vault.loop, tls: received.message == .tlsClient) { circuit.abandon() }
+            await worker.serve(client: socket, on: vault.loop, tls: received.message == .tlsClient, authenticated: {
+                Task { try? await circuit.send(WorkerToSupervisor.authenticated.encoded) }
+            }) { circuit.abandon() }
         case .keyholderLink(_, let keyKind):
             do {
                 guard let kind = TLSKeyKind(rawValue: keyKind) else {

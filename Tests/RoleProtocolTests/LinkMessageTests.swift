@@ -69,6 +69,9 @@ final class LinkMessageTests: XCTestCase {
         assertRoundTrips(Self.vaultToWorker)
         assertRoundTrips(Self.vaultToNursery)
         assertRoundTrips(Self.nurseryToVault)
+        assertRoundTrips([WorkerToSupervisor.authenticated])
+        assertRefused(WorkerToSupervisor.self, [0x61, 0], .malformed(kind: "authenticated", length: 2))
+        assertRefused(WorkerToSupervisor.self, [0x61], descriptors: 1, .descriptorCount(kind: "authenticated", expected: 0, received: 1))
         // An output message is ttyd's output message, byte for byte: the worker passes it on.
         XCTAssertEqual(VaultToWorker.output(Array("hi".utf8)).encoded, Array("0hi".utf8))
         XCTAssertEqual(VaultToWorker.outputKind, UInt8(ascii: "0"))

@@ -14,6 +14,9 @@ public final class ServedCloister {
     public let controlSocket: String
     public let directory: String
     public static let userAndPassword = "tester:s3cret-pass"
+    /// Admission limits no test of something else reaches: many unauthenticated connections
+    /// from one source (the admission tests set their own).
+    public static let openAdmission = ["--max-unauthenticated", "5000:100:5000", "--max-unauthenticated-per-source", "5000"]
     private var stopped = false
 
     /// With `credentialInFile`, the credential is given through a 0600 file instead of the

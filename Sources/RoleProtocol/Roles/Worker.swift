@@ -25,12 +25,17 @@ public struct WorkerSettings: RoleSettings {
     public var authHeader: String?
     /// The open-file limit inside the sandbox.
     public var openFiles: UInt64 = 256
+    /// Milliseconds a client has to present a credential the vault accepts; 0: no limit.
+    public var authenticationDeadlineMilliseconds: Int64 = 0
 
     public init() {}
 
     public func validate() throws(SettingsError) {
         guard pingIntervalMilliseconds >= 0 else {
             throw SettingsError(role: .worker, field: "pingIntervalMilliseconds", problem: "\(pingIntervalMilliseconds) is negative")
+        }
+        guard authenticationDeadlineMilliseconds >= 0 else {
+            throw SettingsError(role: .worker, field: "authenticationDeadlineMilliseconds", problem: "\(authenticationDeadlineMilliseconds) is negative")
         }
         guard openFiles >= 16 else { throw SettingsError(role: .worker, field: "openFiles", problem: "\(openFiles) is below 16") }
     }
