@@ -100,6 +100,9 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "CompressNIO", package: "compress-nio"),
             ]),
+        // The template: forks a sealed worker per connection (Worker is not imported: the
+        // child goes on as a worker through the command line's role).
+        .target(name: "Template", dependencies: ["CShim", "RoleProtocol", "SystemCalls"]),
         .target(
             name: "Worker",
             dependencies: [
@@ -117,7 +120,7 @@ let package = Package(
         .executableTarget(
             name: "CloisterCLI",
             dependencies: [
-                "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "Keyholder", "RoleProtocol",
+                "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "Keyholder", "RoleProtocol", "Template",
                 "TerminalClient", "SystemCalls", "WebAssets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <signal.h>
 #include <termios.h>
 #include <sys/epoll.h>
 
@@ -382,6 +383,37 @@ int cloister_pidfd_send_signal(int pidfd, int signal) {
 
 int cloister_set_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+static int child_exit_pipe_write = -1;
+
+static void child_exit_handler(int signal) {
+    (void)signal;
+    int saved = errno;
+    char byte = 1;
+    // Full when exits pile up unread: one byte says as much as many.
+    (void)!write(child_exit_pipe_write, &byte, 1);
+    errno = saved;
+}
+
+int cloister_child_exit_pipe(void) {
+    int ends[2];
+    if (pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) return -1;
+    child_exit_pipe_write = ends[1];
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = child_exit_handler;
+    action.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGCHLD, &action, NULL) != 0) {
+        int saved = errno;
+        close(ends[0]);
+        close(ends[1]);
+        child_exit_pipe_write = -1;
+        errno = saved;
+        return -1;
+    }
+    return ends[0];
 }
 
 int cloister_bytes_readable(int fd) {

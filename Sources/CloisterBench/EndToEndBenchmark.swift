@@ -130,6 +130,9 @@ struct EndToEndBenchmark {
             // As ttyd: a session ends with its client, so the sessions-per-second loop leaves
             // no shells lingering behind it.
             "--session-linger", "0",
+            // Every client of a benchmark is one source opening sessions by the dozen, as
+            // ttyd, which has no such limit, is measured.
+            "--max-unauthenticated", "\(maxClients):100:\(maxClients)", "--max-unauthenticated-per-source", "\(maxClients)",
         ] + tlsArguments + (ringBytes.map { ["--session-ring", "\($0)"] } ?? []) + ["--", "/bin/sh"], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
         for _ in 0..<600 {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""

@@ -78,9 +78,10 @@ enum Main {
                 Cloister.exit(withError: error)
             }
         }
-        if command is WorkerCommand || command is VaultCommand || command is KeyholderCommand || command is NurseryCommand
+        if command is WorkerCommand || command is TemplateCommand || command is VaultCommand || command is KeyholderCommand || command is NurseryCommand
             || command is NurseryServiceCommand {
-            // One event loop each: a worker serves its clients and its vault link there, the
+            // One event loop each (a worker forked by the template goes on from its command):
+            // a worker serves its clients and its vault link there, the
             // vault its terminals and worker links, so a message goes from the socket it came
             // on to the one it leaves by on one thread; workers give the parallelism (one per
             // core by default). The nursery answers one request at a time, so a second loop

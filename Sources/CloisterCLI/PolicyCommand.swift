@@ -31,9 +31,9 @@ struct PolicyCommand: AsyncParsableCommand {
 
         func run() throws {
             var stale: [String] = []
-            for d in RoleDeclaration.sandboxed {
-                let composed = try Policy.composed(directory: baseDir, common: RoleDeclaration.commonProfile, file: d.profile).json()
-                let out = "\(outDir)/\(d.profile)"
+            for profile in RoleDeclaration.profiles() {
+                let composed = try Policy.composed(directory: baseDir, common: RoleDeclaration.commonProfile, file: profile).json()
+                let out = "\(outDir)/\(profile)"
                 if check {
                     let shipped = try? String(contentsOfFile: out, encoding: .utf8)
                     if shipped != composed { stale.append(out) }
@@ -64,7 +64,7 @@ struct PolicyCommand: AsyncParsableCommand {
 
         static func render(_ declarations: [RoleDeclaration], format: Format) -> String {
             switch format {
-            case .files: return declarations.map { $0.profile + "\n" }.joined()
+            case .files: return RoleDeclaration.profiles(declarations).map { $0 + "\n" }.joined()
             case .table: return RoleDeclaration.table(declarations)
             case .markdown: return RoleDeclaration.markdownTable(declarations)
             }
@@ -146,7 +146,7 @@ struct PolicyCommand: AsyncParsableCommand {
             is its base plus what the role used; new syscalls are listed on stdout. Review the \
             diff before committing it.
             """)
-        @Option(help: "Role to learn: \(RoleDeclaration.sandboxed.map(\.role.rawValue).joined(separator: ", ")) or all.") var role = "all"
+        @Option(help: "Role to learn: \(RoleDeclaration.sandboxed.filter(\.sealed).map(\.role.rawValue).joined(separator: ", ")) or all.") var role = "all"
         @Option(help: "A certificate the learning server serves TLS with (on a second listener), so that the keyholder is learned too; with --tls-key.")
         var tlsCert: String?
         @Option(help: "The certificate's key (readable by its owner alone).") var tlsKey: String?
@@ -161,7 +161,7 @@ struct PolicyCommand: AsyncParsableCommand {
         @OptionGroup var assets: AssetOptions
 
         func validate() throws {
-            let names = RoleDeclaration.sandboxed.map(\.role.rawValue)
+            let names = RoleDeclaration.sandboxed.filter(\.sealed).map(\.role.rawValue)
             guard names.contains(role) || role == "all" else { throw ValidationError("--role must be \(names.joined(separator: ", ")) or all") }
             guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
             if let d = RoleDeclaration.of(Role(rawValue: role)), d.onlyWithTLS && tlsCert == nil {
@@ -216,7 +216,8 @@ struct PolicyCommand: AsyncParsableCommand {
         }
 
         /// The roles a learning server runs.
-        var learned: [RoleDeclaration] { RoleDeclaration.sandboxed.filter { !$0.onlyWithTLS || tlsCert != nil } }
+        /// The roles a learning server runs (the template's workers are learned as workers).
+        var learned: [RoleDeclaration] { RoleDeclaration.sandboxed.filter { $0.sealed && (!$0.onlyWithTLS || tlsCert != nil) } }
 
         /// A whole profile to start `r` from instead of its composed base: --base, or --out
         /// when it exists, for the one role learned.

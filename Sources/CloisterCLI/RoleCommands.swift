@@ -1,4 +1,5 @@
 import ArgumentParser
+import Circuits
 import FoundationEssentials
 import Keyholder
 import Nursery
@@ -7,6 +8,7 @@ import Sandbox
 import Supervisor
 import SystemCalls
 import SystemPackage
+import Template
 import Vault
 import WebAssets
 import Worker
@@ -23,7 +25,8 @@ struct RoleCommand: AsyncParsableCommand {
         abstract: "Run an internal role (started by cloister itself).",
         shouldDisplay: false,
         subcommands: [WorkerCommand.self, VaultCommand.self, NurseryCommand.self, LoginCommand.self, SandboxProbeCommand.self,
-                      CircuitsPeerCommand.self, UpgradeCheckCommand.self, KeyholderCommand.self, KeyholderCheckCommand.self])
+                      CircuitsPeerCommand.self, UpgradeCheckCommand.self, KeyholderCommand.self, KeyholderCheckCommand.self,
+                      TemplateCommand.self])
 }
 
 /// What a running server asks a binary before it upgrades to it: the state formats it adopts.
@@ -151,6 +154,36 @@ struct WorkerCommand: SandboxedCommand {
         let shared = RoleDeclaration.Descriptors.sharedFile
         if fcntl(shared, F_GETFD) != -1 { assets = try AssetLoader.receive(FileDescriptor(rawValue: shared)) }
         confined = try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.openFiles)
+    }
+
+    func run() async throws {
+        try await WorkerRole.run(settings: try WebWorker.Settings(decoded!), assets: assets, confined: confined!)
+    }
+}
+
+/// The template: confined as a worker is, single-threaded, forking a worker per request of
+/// the supervisor (`WorkerTemplate`). Its `confine` returns only in a forked child, which then
+/// runs as the worker it is.
+struct TemplateCommand: SandboxedCommand {
+    static let configuration = CommandConfiguration(commandName: RoleDeclaration.template.role.rawValue, shouldDisplay: false)
+
+    @OptionGroup var sandbox: SandboxOptions
+    @Option(help: "TemplateSettings, as the supervisor encodes them.") var settings: String
+    var confined: ConfinedRole?
+    var decoded: WorkerSettings?
+    var assets = AssetBundle()
+
+    enum CodingKeys: String, CodingKey { case sandbox, settings }
+
+    mutating func confine() throws {
+        let settings = try TemplateSettings(encoded: settings)
+        decoded = settings.worker
+        // Read once, before the confinement: every worker forked shares these pages.
+        let shared = RoleDeclaration.Descriptors.sharedFile
+        if fcntl(shared, F_GETFD) != -1 { assets = try AssetLoader.receive(FileDescriptor(rawValue: shared)) }
+        // The worker's confinement and compiled profile, made once: each fork inherits them.
+        confined = try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.worker.openFiles)
+        try WorkerTemplate.serve(requests: RoleDeclaration.Descriptors.transport, build: BuildID.current)
     }
 
     func run() async throws {

@@ -37,6 +37,10 @@ struct ServeCommand: AsyncParsableCommand {
     var isolation: RolePool.Isolation = .pool
     @Option(help: "With --isolation client: workers kept started and sandboxed, ready for the next connections (1 to 256; default 4).")
     var spareWorkers: Int?
+    @Option(help: "With --isolation client: fork (each worker forked from a confined template: cheap, siblings share its address layout) or spawn (each started from the binary: its own layout, about 3 times the memory and the start-up time).")
+    var workerStart: WorkerStart = .fork
+
+    enum WorkerStart: String, ExpressibleByArgument { case fork, spawn }
     @Option(help: "USER:PASSWORD clients must present (ttyd's -c). Default: a one-time credential, printed.")
     var credential: String?
     @Option(help: "A file holding USER:PASSWORD (one line, not readable by group or others), instead of --credential.")
@@ -74,7 +78,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "The control socket for cloister ctl.") var controlSocket: String = ControlCommand.defaultSocket
     @Option(help: "A group whose members may use the control socket without being root (the socket is then mode 0660 in that group).")
     var controlGroup: String?
-    @Option(help: "Directory with each sandboxed role's profile: \(RoleDeclaration.sandboxed.map(\.profile).joined(separator: ", ")) (cloister policy roles lists them). Default: \(RoleProfiles.defaultDirectories.joined(separator: ", then ")).")
+    @Option(help: "Directory with each sandboxed role's profile: \(RoleDeclaration.profiles().joined(separator: ", ")) (cloister policy roles lists them). Default: \(RoleProfiles.defaultDirectories.joined(separator: ", then ")).")
     var policyDir: String?
     @Option(help: "Seconds open connections get to finish on SIGTERM.") var drainTimeout: Double = 10
     @Option(help: "A PEM certificate chain, the server's certificate first: TLS (1.2 and 1.3, HTTP/1.1 by ALPN) on every --listen, or only on those given as tls:ADDRESS. SIGHUP reads it again.")
@@ -273,6 +277,10 @@ struct ServeCommand: AsyncParsableCommand {
         c.socketAccess = access
         c.workers = count
         c.isolation = isolation
+        if isolation == .pool && workerStart != .fork {
+            throw ConfigurationError(option: "--worker-start", problem: "only with --isolation client (a pool's workers are always spawned)")
+        }
+        c.forkWorkers = workerStart == .fork
         c.credential = token
         if let usersFile {
             do {

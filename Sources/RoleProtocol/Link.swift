@@ -15,6 +15,7 @@ import SystemPackage
 /// | supervisorNursery | supervisor | `SupervisorToNursery` | the conversation's end |
 /// | supervisorKeyholder | supervisor | `SupervisorToKeyholder` | `KeyholderToSupervisor`, the end |
 /// | workerKeyholder | worker | `WorkerToKeyholder` | `KeyholderToWorker` |
+/// | supervisorTemplate | supervisor (packets, no circuits) | `SupervisorToTemplate` | `TemplateToSupervisor` |
 public enum Link: String, Sendable, CaseIterable {
     case supervisorWorker = "cloister.supervisor-worker/1"
     case supervisorVault = "cloister.supervisor-vault/1"
@@ -23,6 +24,9 @@ public enum Link: String, Sendable, CaseIterable {
     case supervisorNursery = "cloister.supervisor-nursery/1"
     case supervisorKeyholder = "cloister.supervisor-keyholder/1"
     case workerKeyholder = "cloister.worker-keyholder/1"
+    /// Not a circuits transport: one packet a message (`SupervisorToTemplate`), so that the
+    /// template stays single-threaded until it forks.
+    case supervisorTemplate = "cloister.supervisor-template/1"
 
     /// The intent both ends name in the handshake.
     public var intent: String { rawValue }

@@ -23,21 +23,32 @@ public struct RoleDeclaration: Sendable, Hashable, CustomStringConvertible {
     public let onlyWithTLS: Bool
     /// The settings message's type name (`RoleSettings`), for the docs' table.
     public let settings: String
+    /// The profile's file name, in the profile directory and under `policies/base/`: the
+    /// role's own, or (for the template) the one it compiles for what it forks.
+    public let profile: String
+    /// Whether the role itself loads the profile; the template does not: it forks workers,
+    /// each of which loads it once its threads exist.
+    public let sealed: Bool
 
     public init(role: Role, purpose: String, link: Link, threads: Int, reserve: Int, sharedFile: String? = nil,
-                onlyWithTLS: Bool = false, settings: String) {
+                onlyWithTLS: Bool = false, profile: String? = nil, sealed: Bool = true, settings: String) {
         precondition(reserve < threads, "a role's reserve is part of its threads")
         (self.role, self.purpose, self.link, self.threads, self.reserve) = (role, purpose, link, threads, reserve)
         (self.sharedFile, self.onlyWithTLS, self.settings) = (sharedFile, onlyWithTLS, settings)
+        self.profile = profile ?? "\(role.rawValue).json"
+        self.sealed = sealed
     }
-
-    /// The role's profile's file name, in the profile directory and under `policies/base/`.
-    public var profile: String { "\(role.rawValue).json" }
 
     public var description: String { role.rawValue }
 
     /// Every sandboxed role, in the order the supervisor starts them.
-    public static let sandboxed: [RoleDeclaration] = [.vault, .keyholder, .worker]
+    public static let sandboxed: [RoleDeclaration] = [.vault, .keyholder, .worker, .template]
+
+    /// Each profile file once, in the declarations' order (the template's is the worker's).
+    public static func profiles(_ declarations: [RoleDeclaration] = sandboxed) -> [String] {
+        var seen: Set<String> = []
+        return declarations.map(\.profile).filter { seen.insert($0).inserted }
+    }
 
     /// The declaration of `role`, if it is a sandboxed one.
     public static func of(_ role: Role, in declarations: [RoleDeclaration] = sandboxed) -> RoleDeclaration? {
@@ -116,7 +127,8 @@ extension RoleDeclaration {
     public static func markdownTable(_ declarations: [RoleDeclaration] = sandboxed) -> String {
         "| role | purpose | profile | threads (reserve) | descriptors | settings |\n|---|---|---|---|---|---|\n"
             + declarations.map { d in
-                let fds = ["\(Descriptors.transport): the supervisor link (`\(d.link.intent)`)", "\(Descriptors.listenerHandoff): its seccomp listener, handed over"]
+                let handoff = d.sealed ? "its seccomp listener, handed over" : "none (where each process it forks hands its listener over)"
+                let fds = ["\(Descriptors.transport): the supervisor link (`\(d.link.intent)`)", "\(Descriptors.listenerHandoff): \(handoff)"]
                     + (d.sharedFile.map { ["\(Descriptors.sharedFile): \($0)"] } ?? [])
                 return "| \(d.role) | \(d.purpose)\(d.onlyWithTLS ? " (with TLS only)" : "") | `policies/\(d.profile)` "
                     + "| \(d.threads) (\(d.reserve)) | \(fds.joined(separator: "; ")) | `\(d.settings)` |\n"

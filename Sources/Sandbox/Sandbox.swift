@@ -88,12 +88,16 @@ public enum Sandbox {
         return Confined(program: program, steps: steps, tasks: tasks)
     }
 
-    /// A confined process whose filter is not loaded yet.
+    /// A confined process whose filter is not loaded yet (or a process forked from one: it
+    /// inherits the confinement and the compiled filter, and seals itself).
     public final class Confined: @unchecked Sendable {
         private let program: SeccompProgram
         public private(set) var steps: [String]
         private var sealed = false
         private let tasks: CInt
+        /// The process that confined itself; a process forked from it reads another's tasks
+        /// through `tasks`.
+        private let confinedProcess = getpid()
 
         init(program: SeccompProgram, steps: [String], tasks: CInt) {
             self.program = program
@@ -112,15 +116,20 @@ public enum Sandbox {
             } catch {
                 throw SandboxError(step: "threads", error)
             }
-            let threads = Sandbox.threadCount(directory: tasks)
+            // A forked process cannot open its own task directory (Landlock, inherited): the
+            // one it holds is its template's. Its supervisor counts its threads instead.
+            let forked = getpid() != confinedProcess
+            if forked && tasks >= 0 { close(tasks) }
+            let threads = forked ? nil : Sandbox.threadCount(directory: tasks)
             // A thread nobody declared would be one no review saw; one missing, a declaration
             // that no longer says what the role does.
-            if let declaredThreads, threads != declaredThreads {
+            if let declaredThreads, let threads, threads != declaredThreads {
                 throw SandboxError(step: "threads", call: "/proc/self/task", errno: .invalidArgument,
                                    detail: "\(threads) threads made before the filter; the role declares \(declaredThreads)")
             }
             let listener = try program.load()
-            steps.append("threads: \(threads), \(reserve) of them kept in reserve; clone and clone3 killed from now on")
+            steps.append("threads: \(threads.map(String.init) ?? "\(declaredThreads.map(String.init) ?? "?") (forked: counted by the supervisor)"), "
+                         + "\(reserve) of them kept in reserve; clone and clone3 killed from now on")
             steps.append("seccomp: \(program.policy.source) loaded (\(program.mode.rawValue), all threads)")
             return listener
         }

@@ -13,9 +13,13 @@ import Glibc
 /// the descriptors its declaration lays out (`RoleDeclaration.Descriptors`) and its settings,
 /// takes its seccomp listener, watches it, completes the circuits handshake and waits for the
 /// role's "ready". On any failure the role is killed and reaped and every descriptor closed.
+private extension String {
+    func trimmingSuffix(_ suffix: String) -> String { hasSuffix(suffix) ? String(dropLast(suffix.count)) : self }
+}
+
 public enum RoleLauncher {
     public struct Launched: Sendable {
-        public var child: ChildProcess
+        public var child: any RoleProcess
         public var transport: RoleTransport
         public var monitor: ViolationMonitor
         /// Relays the role's output; done (its pipe closed) once the role has gone.
@@ -24,16 +28,18 @@ public enum RoleLauncher {
 
     /// Starts the role `settings` belong to, under `policy`. `sharedFile` goes to the role at
     /// `Descriptors.sharedFile` (reopened read-only), for roles whose declaration has one.
+    /// With `template`, a worker is forked by it instead of spawned (its settings, policy and
+    /// shared file are the template's), and its threads are then checked from outside.
     public static func start(executable: String, settings: any RoleSettings, policy: String, mode: EnforcementMode,
                              user: String, group: String, sharedFile: FileDescriptor? = nil,
-                             build: String = BuildID.current,
+                             build: String = BuildID.current, template: TemplateProcess? = nil,
                              onViolation: @escaping @Sendable (ViolationMonitor.Event) -> Void) async throws -> Launched {
         precondition(mode != .enforce, "a launched role is always watched (report or learn)")
         let declaration = type(of: settings).declaration
         let role = declaration.role
         precondition(sharedFile == nil || declaration.sharedFile != nil, "\(role) declares no shared file")
         var extra: [FileDescriptor] = []
-        if let sharedFile { extra.append(try reopened(sharedFile)) }
+        if let sharedFile, template == nil { extra.append(try reopened(sharedFile)) }
         defer { for fd in extra { try? fd.close() } }
         let (transportSocket, roleTransport) = try SocketCalls.socketPair(.seqpacket)
         let handoff: FileDescriptor, roleHandoff: FileDescriptor
@@ -44,9 +50,23 @@ public enum RoleLauncher {
             try? roleTransport.close()
             throw error
         }
-        let child: ChildProcess
+        let child: any RoleProcess
         let output: Task<Void, Never>
-        do {
+        if let template {
+            do {
+                defer {
+                    try? roleTransport.close()
+                    try? roleHandoff.close()
+                }
+                child = try await template.fork(transport: roleTransport, handoff: roleHandoff)
+            } catch {
+                try? transportSocket.close()
+                try? handoff.close()
+                throw error
+            }
+            // Its output goes where the template's does.
+            output = Task {}
+        } else { do {
             // The role's stdout and stderr are a pipe relayed to ours: a sandboxed role may not
             // write to a file (its file-size limit is 0), whatever ours happens to be.
             let (logReader, logWriter) = try FileDescriptor.pipe(options: .closeOnExec)
@@ -75,7 +95,7 @@ public enum RoleLauncher {
             try? transportSocket.close()
             try? handoff.close()
             throw error
-        }
+        } }
         // The handshake comes before the listener: the role makes its link's threads before
         // it loads its filter (no thread after it), and hands the listener over as it loads it.
         defer { try? handoff.close() }
@@ -85,6 +105,7 @@ public enum RoleLauncher {
                 let listener = try ListenerHandoff.receive(from: handoff)
                 let monitor = try ViolationMonitor(listener: listener, role: role.rawValue, mode: mode, handler: onViolation)
                 try await ControlCircuit.awaitReady(transport, role: role)
+                if template != nil { try checkThreads(of: child.pid, declared: declaration.threads) }
                 return Launched(child: child, transport: transport, monitor: monitor, output: output)
             } catch {
                 transport.close()
@@ -92,9 +113,41 @@ public enum RoleLauncher {
             }
         } catch {
             try? child.signal(SIGKILL)
-            _ = await Reaper.shared.termination(of: child)
+            _ = await child.termination()
             await output.value
             throw error
+        }
+    }
+
+    /// A /proc file's text ("" when it cannot be read: the process has gone).
+    private static func readSmallFile(_ path: String) -> String {
+        guard let fd = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return "" }
+        defer { try? fd.close() }
+        return String(decoding: (try? fd.readToEnd(limit: 1 << 16)) ?? [], as: UTF8.self)
+    }
+
+    /// A forked worker cannot read its own task directory (Landlock): its threads are
+    /// counted here, each with its filter, as the seal counts a spawned role's.
+    static func checkThreads(of pid: pid_t, declared: Int) throws {
+        let directory = "/proc/\(pid)/task"
+        guard let dir = opendir(directory) else { throw lastError("opendir", detail: directory) }
+        defer { closedir(dir) }
+        var threads: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if !name.hasPrefix(".") { threads.append(name) }
+        }
+        guard threads.count == declared else {
+            let names = threads.map { tid in readSmallFile("\(directory)/\(tid)/comm").trimmingSuffix("\n") }
+            throw SystemCallError(call: "/proc/\(pid)/task", errno: .invalidArgument,
+                                  detail: "\(threads.count) threads after the seal (\(names.sorted().joined(separator: ", "))); the role declares \(declared)")
+        }
+        for tid in threads {
+            let path = "\(directory)/\(tid)/status"
+            let status = readSmallFile(path)
+            guard status.split(separator: "\n").contains(where: { $0.hasPrefix("Seccomp:") && $0.hasSuffix("2") }) else {
+                throw SystemCallError(call: path, errno: .permissionDenied, detail: "thread \(tid) runs without its filter")
+            }
         }
     }
 

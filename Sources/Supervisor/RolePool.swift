@@ -38,6 +38,8 @@ public final class RolePool: Sendable {
         public var policy: String
         /// The file each instance reads at start, where the role declares one.
         public var sharedFile: FileDescriptor?
+        /// Workers forked from a template instead of spawned (per client).
+        public var templates: WorkerTemplates?
         public var mode: EnforcementMode = .report
         public var user = "nobody"
         public var group = "nogroup"
@@ -102,7 +104,7 @@ public final class RolePool: Sendable {
         public let id: Int
         public let transport: RoleTransport
         public var pid: pid_t { child.pid }
-        let child: ChildProcess
+        let child: any RoleProcess
         let monitor: ViolationMonitor
         let output: Task<Void, Never>
         let failure = Mutex<String?>(nil)
@@ -422,7 +424,7 @@ public final class RolePool: Sendable {
                 }
                 instance.stop()
                 publish.yield(.ended(instance))
-                let termination = await Reaper.shared.termination(of: instance.child)
+                let termination = await instance.child.termination()
                 instance.monitor.waitUntilDone()
                 // Its output pipe is closed too before the slot moves on (or shutdown returns).
                 await instance.output.value
@@ -462,7 +464,7 @@ public final class RolePool: Sendable {
         instance.transport.close()
         publish.yield(.ended(instance))
         // A child's end is reported once.
-        let reaped = Task { await Reaper.shared.termination(of: instance.child) }
+        let reaped = Task { await instance.child.termination() }
         let exited = await withTaskGroup(of: Bool.self) { group in
             group.addTask { _ = await reaped.value; return true }
             group.addTask { await Wait.sleep(for: .seconds(2)); return false }
@@ -500,7 +502,7 @@ public final class RolePool: Sendable {
         let launched = try await RoleLauncher.start(
             executable: configuration.executable, settings: configuration.settings, policy: configuration.policy,
             mode: configuration.mode, user: configuration.user, group: configuration.group,
-            sharedFile: configuration.sharedFile, build: configuration.build
+            sharedFile: configuration.sharedFile, build: configuration.build, template: try await configuration.templates?.template()
         ) { [weak self] event in
             var withPid = withID
             withPid[metadataKey: "pid"] = "\(event.pid)"

@@ -21,6 +21,8 @@ public final class Server: Sendable {
         public var socketAccess = Listener.SocketAccess()
         /// Workers in the pool, or (per client) spares kept ready.
         public var workers = 2
+        /// Per client: fork the workers from a template (the default) instead of spawning each.
+        public var forkWorkers = true
         public var isolation = RolePool.Isolation.pool
         /// ttyd's AuthToken form of the credential (base64 of "user:password"); nil lets
         /// everyone in.
@@ -217,10 +219,19 @@ public final class Server: Sendable {
             c.tuning?(&configuration)
             return RolePool(configuration: configuration, logger: logger)
         }
-        workers = pool(c.workerSettings, count: c.workers) {
-            $0.admission = .onceLinked
-            $0.isolation = c.isolation
-            $0.sharedFile = c.assets
+        workers = pool(c.workerSettings, count: c.workers) { w in
+            w.admission = .onceLinked
+            w.isolation = c.isolation
+            w.sharedFile = c.assets
+            // A worker per client is forked from a template: confined once, its pages shared.
+            if c.isolation == .perClient && c.forkWorkers {
+                let (settings, policy, mode, user, group, assets, build, executable) =
+                    (TemplateSettings(worker: c.workerSettings), w.policy, w.mode, w.user, w.group, c.assets, w.build, c.executable)
+                w.templates = WorkerTemplates {
+                    try await TemplateProcess.start(executable: executable, settings: settings, policy: policy, mode: mode,
+                                                    user: user, group: group, sharedFile: assets, build: build)
+                }
+            }
         }
         vault = pool(c.vaultSettings, count: 1) { $0.admission = .onceLinked }
         keyholder = c.tls.map { pool($0.keyholderSettings, count: 1) { $0.admission = .onceLinked } }
@@ -273,6 +284,7 @@ public final class Server: Sendable {
             logger.info("reloaded: TLS certificate and key replaced", metadata: ["certificate": "\(tls.certificateFile)", "key_type": "\(tls.kind)"])
         }
         workers.renew()
+        workers.configuration.templates?.renew()
         logger.info("reloaded: credential replaced, workers renewed as their clients leave")
     }
 
@@ -321,6 +333,7 @@ public final class Server: Sendable {
         logger.info("draining done", metadata: ["open_connections": "\(workers.openConnections)"])
         broker.beginStopping()
         await workers.shutdown()
+        await workers.configuration.templates?.shutdown()
         await keyholder?.shutdown()
         await vault.shutdown()
         await brokering.withLock { $0 }?.value

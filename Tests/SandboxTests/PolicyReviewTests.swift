@@ -9,7 +9,7 @@ final class PolicyReviewTests: XCTestCase {
     private var worker: Policy { get throws { try Policy.load(file: packageRootPolicies + "/worker.json") } }
 
     func testShippedProfilesCompileWithoutWarnings() throws {
-        for file in (RoleDeclaration.sandboxed.map(\.profile) + ["base/" + RoleDeclaration.commonProfile])
+        for file in (RoleDeclaration.profiles() + ["base/" + RoleDeclaration.commonProfile])
             .map({ packageRootPolicies + "/" + $0 }) {
             let policy = try Policy.load(file: file)
             XCTAssertNoThrow(try SeccompProgram(policy), file)
@@ -21,8 +21,9 @@ final class PolicyReviewTests: XCTestCase {
 
     /// No role may be allowed any syscall of the forbidden list, under any condition.
     func testRolesAllowNothingForbidden() throws {
-        for role in RoleDeclaration.sandboxed.map(\.role.rawValue) {
-            let policy = try Policy.load(file: packageRootPolicies + "/\(role).json")
+        for profile in RoleDeclaration.profiles() {
+            let role = String(profile.dropLast(".json".count))
+            let policy = try Policy.load(file: packageRootPolicies + "/" + profile)
             let allowed = policy.allowedSyscalls
             XCTAssertEqual(allowed.intersection(Policy.forbidden.keys), [])
             // Every thread exists before the filter: any clone is killed, whatever its flags.
@@ -87,19 +88,19 @@ final class PolicyReviewTests: XCTestCase {
     /// the rules every role shares, once, then the role's own. A rule edited in a shipped
     /// file alone, or learned and not reviewed into a base, fails here naming the file.
     func testEachShippedProfileIsItsBasesComposed() throws {
-        for declaration in RoleDeclaration.sandboxed {
+        for profile in RoleDeclaration.profiles() {
             let composed = try Policy.composed(directory: packageRootPolicies + "/base", common: RoleDeclaration.commonProfile,
-                                               file: declaration.profile)
-            let shipped = try String(contentsOfFile: packageRootPolicies + "/" + declaration.profile, encoding: .utf8)
-            XCTAssertEqual(shipped, composed.json(), "\(declaration.profile) differs from policies/base: run cloister policy compose")
+                                               file: profile)
+            let shipped = try String(contentsOfFile: packageRootPolicies + "/" + profile, encoding: .utf8)
+            XCTAssertEqual(shipped, composed.json(), "\(profile) differs from policies/base: run cloister policy compose")
         }
         // A role's own file holds only what it adds: no rule of the common base again.
         let common = try Policy.load(file: packageRootPolicies + "/base/" + RoleDeclaration.commonProfile)
-        for declaration in RoleDeclaration.sandboxed {
-            let own = try Policy.load(file: packageRootPolicies + "/base/" + declaration.profile)
+        for profile in RoleDeclaration.profiles() {
+            let own = try Policy.load(file: packageRootPolicies + "/base/" + profile)
             for rule in own.rules {
                 XCTAssertFalse(common.rules.contains { $0.names == rule.names && $0.action == rule.action && $0.conditions == rule.conditions },
-                               "base/\(declaration.profile): \(rule.path) repeats a common rule")
+                               "base/\(profile): \(rule.path) repeats a common rule")
             }
         }
     }

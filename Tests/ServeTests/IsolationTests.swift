@@ -176,4 +176,51 @@ final class IsolationTests: XCTestCase {
         XCTAssertTrue(eventually(10) { server.output.contains("worker ended while serving its client") }, server.output)
         XCTAssertEqual(try server.stop(), .exited(0))
     }
+
+    /// Per client, every worker is forked from the template (its parent), which made none of
+    /// their threads: each worker's every thread runs under the filter, without privileges,
+    /// and shares the template's address layout (what siblings share, ARCHITECTURE.md).
+    func testClientWorkersAreForkedFromTheTemplateAndSealed() throws {
+        let server = try ServedCloister.start(workers: 2, perClient: true)
+        let client = try attached(server)
+        try client.input("echo forked-$((6*7))\r")
+        try client.readOutput { $0.contains("forked-42") }
+        func status(_ path: String) -> [String: String] {
+            let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            return Dictionary(text.split(separator: "\n").compactMap { line -> (String, String)? in
+                guard let colon = line.firstIndex(of: ":") else { return nil }
+                return (String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+            }, uniquingKeysWith: { a, _ in a })
+        }
+        let workers = try server.workers().compactMap { $0["pid"] as? Int }
+        XCTAssertEqual(workers.count, 3, "two spares and the client's")
+        let parents = Set(workers.compactMap { status("/proc/\($0)/status")["PPid"] })
+        XCTAssertEqual(parents.count, 1, "one template forked them all")
+        let template = try XCTUnwrap(parents.first.flatMap { Int($0) })
+        let command = try String(contentsOfFile: "/proc/\(template)/cmdline", encoding: .utf8).split(separator: "\0")
+        XCTAssertEqual(Array(command.dropFirst().prefix(2)), ["role", "template"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: "/proc/\(template)/task").count, 1, "the template has one thread")
+        XCTAssertEqual(status("/proc/\(template)/status")["Seccomp"], "0", "it forks: its children load the filter")
+        XCTAssertEqual(status("/proc/\(template)/status")["NoNewPrivs"], "1")
+        XCTAssertEqual(status("/proc/\(template)/status")["CapEff"], "0000000000000000")
+        func base(_ pid: Int) -> String? {
+            (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8))?.split(separator: "\n").first.map { String($0.prefix { $0 != "-" }) }
+        }
+        for pid in workers {
+            let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
+            XCTAssertEqual(tasks.count, 4, "worker \(pid): the threads its declaration names")
+            for tid in tasks {
+                let s = status("/proc/\(pid)/task/\(tid)/status")
+                XCTAssertEqual(s["Seccomp"], "2", "worker \(pid) thread \(tid)")
+                XCTAssertEqual(s["NoNewPrivs"], "1", "worker \(pid) thread \(tid)")
+                XCTAssertEqual(s["CapEff"], "0000000000000000", "worker \(pid) thread \(tid)")
+            }
+            XCTAssertEqual(base(pid), base(template), "worker \(pid) has its template's layout")
+        }
+        try client.input("exit\r")
+        _ = try client.awaitClose()
+        XCTAssertFalse(server.output.contains("sandbox violation"), server.output)
+        XCTAssertEqual(try server.stop(), .exited(0))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/proc/\(template)/status"), "the template ends with its server")
+    }
 }

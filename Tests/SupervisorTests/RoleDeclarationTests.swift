@@ -35,8 +35,8 @@ final class RoleDeclarationTests: XCTestCase {
     func testAThrowawayRoleIsPickedUpByEveryDerivedList() throws {
         let all = RoleDeclaration.sandboxed + [Self.scribe]
         let directory = try scratch()
-        for declaration in RoleDeclaration.sandboxed {
-            try FileManager.default.copyItem(atPath: policiesDirectory + "/" + declaration.profile, toPath: directory + "/" + declaration.profile)
+        for profile in RoleDeclaration.profiles() {
+            try FileManager.default.copyItem(atPath: policiesDirectory + "/" + profile, toPath: directory + "/" + profile)
         }
         // Serve's profile check: the new role's profile is required, and named when missing.
         XCTAssertNoThrow(try RoleProfiles(directory: directory, declarations: RoleDeclaration.sandboxed))

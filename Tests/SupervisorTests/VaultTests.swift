@@ -76,7 +76,7 @@ final class VaultTests: XCTestCase {
         try await started.link.eventLoop.submit { started.link.close() }.get()
         try await started.loop.shutdownGracefully()
         started.launched.transport.close()
-        _ = try await onOwnThread { try started.launched.child.wait() }
+        _ = await started.launched.child.termination()
         started.launched.monitor.waitUntilDone()
         await started.launched.output.value
     }

@@ -114,6 +114,11 @@ int cloister_pidfd_open(int pid);
 int cloister_pidfd_send_signal(int pidfd, int signal);
 /// PR_SET_CHILD_SUBREAPER: orphaned descendants become this process's children.
 int cloister_set_child_subreaper(void);
+/// A pipe whose read end (returned, close-on-exec and non-blocking) becomes readable when a
+/// child ends: a SIGCHLD handler (async-signal-safe, SA_RESTART) writes a byte to it. For a
+/// single-threaded process that waits in poll(2) for requests and its children alike.
+/// Returns -1 with errno on failure.
+int cloister_child_exit_pipe(void);
 
 /// A label a packager may write into the binary after the marker `CLOISTER_BUILD_LABEL=`
 /// (a field of 42 bytes, NUL-padded), shown by `cloister version` and `ctl status`; empty

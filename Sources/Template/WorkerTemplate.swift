@@ -1,0 +1,98 @@
+import CShim
+import RoleProtocol
+import SystemCalls
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The template: a confined, single-threaded process that forks a worker per request of its
+/// supervisor (Chromium's zygote, OpenSSH's per-connection child). It holds the page's
+/// assets and the worker's compiled profile, which every worker it forks shares with it
+/// (their pages stay shared until written), and no client byte or secret: it reads nothing
+/// but the supervisor's fixed requests. It never makes a thread, so forking it is safe; each
+/// child makes its own threads and then seals itself under the worker's profile, after which
+/// `clone` kills it. It reaps what it forks and says how each ended.
+public enum WorkerTemplate {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Serves fork requests on `requests` until the supervisor closes it (then exits 0).
+    /// Returns only in a forked child, whose transport is then at `Descriptors.transport`
+    /// and its listener hand-off at `Descriptors.listenerHandoff`, as a spawned worker's are.
+    public static func serve(requests: CInt, build: String) throws {
+        let exits = cloister_child_exit_pipe()
+        guard exits >= 0 else { throw Failure(description: "\(lastError("sigaction(SIGCHLD)"))") }
+        try send(.hello(intent: Link.supervisorTemplate.intent, build: build), on: requests)
+        while true {
+            var ready = [pollfd(fd: requests, events: Int16(POLLIN), revents: 0), pollfd(fd: exits, events: Int16(POLLIN), revents: 0)]
+            _ = try valueOrErrno("poll") { poll(&ready, 2, -1) }
+            if ready[1].revents != 0 { try reap(exits, reporting: requests) }
+            guard ready[0].revents != 0 else { continue }
+            guard let request = try receive(requests) else { exit(0) }  // the supervisor has gone
+            let (transport, handoff) = (request[0], request[1])
+            let pid = fork()
+            if pid == 0 {
+                // The child: nothing of the template's but what a spawned worker would have.
+                close(requests)
+                close(exits)
+                signal(SIGCHLD, SIG_DFL)
+                guard dup2(transport, RoleDeclaration.Descriptors.transport) >= 0,
+                      dup2(handoff, RoleDeclaration.Descriptors.listenerHandoff) >= 0 else { _exit(70) }
+                close(transport)
+                close(handoff)
+                return
+            }
+            close(transport)
+            close(handoff)
+            guard pid > 0 else { throw Failure(description: "\(lastError("fork"))") }
+            let pidfd = cloister_pidfd_open(pid)
+            guard pidfd >= 0 else { throw Failure(description: "\(lastError("pidfd_open", detail: "pid \(pid)"))") }
+            defer { close(pidfd) }
+            try send(.forked(pid: UInt32(pid)), on: requests, descriptors: [pidfd])
+        }
+    }
+
+    /// Reaps every child that has ended and tells the supervisor how.
+    private static func reap(_ exits: CInt, reporting requests: CInt) throws {
+        var drain = [UInt8](repeating: 0, count: 64)
+        while read(exits, &drain, drain.count) > 0 {}
+        while true {
+            var status: Int32 = 0
+            let pid = waitpid(-1, &status, WNOHANG)
+            guard pid > 0 else { return }
+            try send(.exited(pid: UInt32(pid), waitStatus: UInt32(bitPattern: status)), on: requests)
+        }
+    }
+
+    private static func send(_ message: TemplateToSupervisor, on socket: CInt, descriptors: [CInt] = []) throws {
+        let bytes = message.encoded
+        _ = try bytes.withUnsafeBytes { raw in
+            var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
+            return try descriptors.withUnsafeBufferPointer { fds in
+                try withUnsafePointer(to: &iov) { try DescriptorPassing.send(socket, UnsafeBufferPointer(start: $0, count: 1), descriptors: fds) }
+            }
+        }
+    }
+
+    /// The next request's two descriptors; nil at the end of the stream. Anything that is
+    /// not a fork request is the supervisor's bug or a wrong peer: fatal.
+    private static func receive(_ socket: CInt) throws -> [CInt]? {
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let received = try buffer.withUnsafeMutableBytes { raw in
+            var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
+            return try withUnsafeMutablePointer(to: &iov) {
+                try DescriptorPassing.receive(socket, UnsafeMutableBufferPointer(start: $0, count: 1), maxDescriptors: 2)
+            }
+        }
+        if received.count == 0 && received.descriptors.isEmpty { return nil }
+        do {
+            _ = try SupervisorToTemplate(decoding: Array(buffer[..<received.count]), descriptors: received.descriptors.count)
+        } catch {
+            for fd in received.descriptors { close(fd) }
+            throw Failure(description: "a request that is not a fork: \(error)")
+        }
+        return received.descriptors
+    }
+}
