@@ -32,9 +32,10 @@ struct ServeCommand: AsyncParsableCommand {
     var listen: [String] = []
     @Option(help: "USER[:GROUP] owning unix listeners' socket files (ttyd's -U; only as root).") var socketOwner: String?
     @Option(help: "Mode of unix listeners' socket files, in octal.") var socketMode = "660"
-    @Option(help: "Number of sandboxed workers (default: the number of online CPUs); with --isolation client, not allowed (see --spare-workers).") var workers: Int?
-    @Option(help: "pool: each worker serves many clients; client: every connection gets a worker process of its own, which exits when its client leaves.")
-    var isolation: RolePool.Isolation = .pool
+    @Option(help: "With --isolation pool (which giving it selects): the number of sandboxed workers, each serving many clients (default: the number of online CPUs).")
+    var workers: Int?
+    @Option(help: "client (the default): every connection gets a worker process of its own, which exits when its client leaves; pool: each worker serves many clients (selected by --workers too).")
+    var isolation: RolePool.Isolation?
     @Option(help: "With --isolation client: workers kept started and sandboxed, ready for the next connections (1 to 256; default 4).")
     var spareWorkers: Int?
     @Option(help: "With --isolation client: fork (each worker forked from a confined template: cheap, siblings share its address layout) or spawn (each started from the binary: its own layout, about 3 times the memory and the start-up time).")
@@ -167,6 +168,8 @@ struct ServeCommand: AsyncParsableCommand {
             shells = try shell.shells(for: "serve")
         }
         let count: Int
+        // --workers alone selects the pool, as it did when the pool was the default.
+        let isolation = self.isolation ?? (workers != nil ? .pool : .perClient)
         switch isolation {
         case .pool:
             if spareWorkers != nil {

@@ -177,6 +177,27 @@ final class IsolationTests: XCTestCase {
         XCTAssertEqual(try server.stop(), .exited(0))
     }
 
+    /// Without an isolation option, each connection has a worker of its own, forked.
+    func testAWorkerPerClientIsTheDefault() throws {
+        let server = try ServedCloister.start(workers: 4, defaultIsolation: true)
+        let before = try server.workers()
+        XCTAssertEqual(before.count, 4, "four spares")
+        let first = try attached(server), second = try attached(server)
+        try first.input("echo one-$((1+1))\r")
+        try first.readOutput { $0.contains("one-2") }
+        try second.input("echo two-$((2+2))\r")
+        try second.readOutput { $0.contains("two-4") }
+        let serving = try server.workers().filter { $0["client"] is String }
+        XCTAssertEqual(serving.count, 2, "two clients, two workers: \(serving)")
+        XCTAssertEqual(Set(serving.compactMap { $0["pid"] as? Int }).count, 2)
+        for pid in serving.compactMap({ $0["pid"] as? Int }) {
+            let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            let parent = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("PPid:") }?.split(separator: "\t").last)
+            let command = try String(contentsOfFile: "/proc/\(parent)/cmdline", encoding: .utf8)
+            XCTAssertTrue(command.contains("role\u{0}template"), "worker \(pid) was forked by the template, not \(command)")
+        }
+    }
+
     /// Per client, every worker is forked from the template (its parent), which made none of
     /// their threads: each worker's every thread runs under the filter, without privileges,
     /// and shares the template's address layout (what siblings share, ARCHITECTURE.md).

@@ -23,8 +23,9 @@ public final class ServedCloister {
     /// command line.
     /// With `ownProcessGroup`, the supervisor leads a process group, as a shell's foreground
     /// job does, so a test can signal the group as a terminal's Ctrl-C does.
-    /// With `perClient`, `workers` is the number of spares (`--isolation client`).
-    public static func start(workers: Int = 2, perClient: Bool = false, extra: [String] = [], command: [String] = ["/bin/sh"],
+    /// With `perClient`, `workers` is the number of spares (`--isolation client`); with
+    /// `defaultIsolation`, neither is given (and `workers` is the default number of spares, 4).
+    public static func start(workers: Int = 2, perClient: Bool = false, defaultIsolation: Bool = false, extra: [String] = [], command: [String] = ["/bin/sh"],
                              credentialInFile: Bool = false, ownProcessGroup: Bool = false,
                              credential withCredential: Bool = true, executable: String = cloisterExecutable) throws -> ServedCloister {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-\(getpid())-\(UUID().uuidString.prefix(8))").path
@@ -45,7 +46,7 @@ public final class ServedCloister {
         if !withCredential { credential = [] }
         let child = try ChildProcess.spawn(executable, arguments: [
             "serve", "--listen", "127.0.0.1:0", "--control-socket", control,
-        ] + (perClient ? ["--isolation", "client", "--spare-workers", "\(workers)"] : ["--workers", "\(workers)"]) + [
+        ] + (defaultIsolation ? [] : perClient ? ["--isolation", "client", "--spare-workers", "\(workers)"] : ["--workers", "\(workers)"]) + [
             "--policy-dir", packageRoot + "/policies", "--web-dir", packageRoot + "/web", "--drain-timeout", "2",
         ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log), ownProcessGroup: ownProcessGroup)
         let deadline = Date().addingTimeInterval(60)
