@@ -113,17 +113,21 @@ struct ManySessionsBenchmark {
         }
         // The client's sockets here, and the vault's in the server, which inherits this hard
         // limit and refuses to start under what --max-clients needs.
-        let vault = Server.vaultOpenFiles(maxClients: sessions + 16)
-        let needed = rlim_t(max(sessions + 1024, vault))
+        let isolation: RolePool.Isolation = perClient ? .perClient : .pool
+        func openFiles(_ sessions: Int) -> Int {
+            max(sessions + 1024, Server.vaultOpenFiles(maxClients: sessions + 16), Server.supervisorOpenFiles(maxClients: sessions + 16, isolation: isolation))
+        }
+        let needed = rlim_t(openFiles(sessions))
         var files = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
         if files.rlim_max < needed { files.rlim_max = needed }
         files.rlim_cur = files.rlim_max
         guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 else {
             let hard = files.rlim_max == needed ? { () -> rlim_t in var l = rlimit(); getrlimit(Int32(RLIMIT_NOFILE.rawValue), &l); return l.rlim_max }() : files.rlim_max
-            throw Failure(description: "\(sessions) sessions need \(needed) open files (the vault holds one per session and room for "
-                          + "lingering ones), above the hard limit \(hard), which setrlimit could not raise (errno \(errno): it takes "
-                          + "CAP_SYS_RESOURCE); at most \((Int(hard) - 64) * 2 / 3 - 16) sessions here")
+            let most = stride(from: sessions, to: 0, by: -16).first { openFiles($0) <= Int(hard) } ?? 0
+            throw Failure(description: "\(sessions) sessions need \(needed) open files (the vault holds two per session and room for "
+                          + "lingering ones; the supervisor as many again, and with a worker per client three per worker), above the hard "
+                          + "limit \(hard), which setrlimit could not raise (errno \(errno): it takes CAP_SYS_RESOURCE); at most \(most) sessions here")
         }
     }
 

@@ -188,13 +188,12 @@ struct ServeCommand: AsyncParsableCommand {
         // The roles' open-file limits follow from it and cannot exceed this process's hard limit.
         var files = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
-        let needed = max(Server.workerOpenFiles(maxClients: maxClients), Server.vaultOpenFiles(maxClients: maxClients))
+        let needed = max(Server.workerOpenFiles(maxClients: maxClients), Server.vaultOpenFiles(maxClients: maxClients),
+                         Server.supervisorOpenFiles(maxClients: maxClients, isolation: isolation))
         guard files.rlim_max == rlim_t.max || UInt64(needed) <= UInt64(files.rlim_max) else {
-            throw ConfigurationError(option: "--max-clients", problem: "\(maxClients) clients need \(needed) open files in the vault; this process may have \(files.rlim_max) (raise the hard limit: ulimit -Hn, or LimitNOFILE= in the unit)")
+            throw ConfigurationError(option: "--max-clients", problem: "\(maxClients) clients need \(needed) open files (the vault's, or with a worker per client the supervisor's); this process may have \(files.rlim_max) (raise the hard limit: ulimit -Hn, or LimitNOFILE= in the unit)")
         }
-        // The supervisor keeps two descriptors per session for the vault after this one
-        // (SessionKeeper) besides its own: it takes what the vault may have, within the hard limit.
-        let kept = rlim_t(needed + 256)
+        let kept = rlim_t(needed)
         if files.rlim_cur < kept {
             files.rlim_cur = files.rlim_max == rlim_t.max ? kept : min(kept, files.rlim_max)
             guard setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0 else {

@@ -266,6 +266,13 @@ public final class Server: Sendable {
     /// Two per session (its PTY master and its kept ring) and room for the rest.
     public static func vaultOpenFiles(maxClients: Int) -> Int { 2 * sessions(maxClients: maxClients) + 64 }
 
+    /// The supervisor's own: the kept sessions' terminals and rings (two each, as the
+    /// vault's), per client three for each worker (its transport, its pidfd, its violation
+    /// listener), and room for the rest.
+    public static func supervisorOpenFiles(maxClients: Int, isolation: RolePool.Isolation) -> Int {
+        2 * sessions(maxClients: maxClients) + (isolation == .perClient ? 3 * maxClients : 0) + 320
+    }
+
     /// Clients attached now and attachments started, from the vault.
     public func attachmentCounts() async throws -> (current: UInt32, started: UInt64) {
         try await broker.attachmentCounts()
