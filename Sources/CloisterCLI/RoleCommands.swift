@@ -149,15 +149,22 @@ struct WorkerCommand: SandboxedCommand {
     mutating func confine() throws {
         let settings = try WorkerSettings(encoded: settings)
         decoded = settings
-        // Read while the process is still single-threaded and unconfined; the sandbox opens
-        // nothing. A server without a page (some tests) gives none.
-        let shared = RoleDeclaration.Descriptors.sharedFile
-        if fcntl(shared, F_GETFD) != -1 { assets = try AssetLoader.receive(FileDescriptor(rawValue: shared)) }
-        confined = try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.openFiles)
+        (assets, confined) = try Self.confine(settings, sandbox)
     }
 
-    func run() async throws {
-        try await WorkerRole.run(settings: try WebWorker.Settings(decoded!), assets: assets, confined: confined!)
+    /// The page's assets, read while the process is still single-threaded and unconfined
+    /// (the sandbox opens nothing; a server without a page, in some tests, gives none), then
+    /// the worker's confinement.
+    static func confine(_ settings: WorkerSettings, _ sandbox: SandboxOptions) throws -> (AssetBundle, ConfinedRole) {
+        let shared = RoleDeclaration.Descriptors.sharedFile
+        let assets = fcntl(shared, F_GETFD) != -1 ? try AssetLoader.receive(FileDescriptor(rawValue: shared)) : AssetBundle()
+        return (assets, try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.openFiles))
+    }
+
+    func run() async throws { try await Self.run(decoded!, assets, confined!) }
+
+    static func run(_ settings: WorkerSettings, _ assets: AssetBundle, _ confined: ConfinedRole) async throws {
+        try await WorkerRole.run(settings: try WebWorker.Settings(settings), assets: assets, confined: confined)
     }
 }
 
@@ -169,26 +176,21 @@ struct TemplateCommand: SandboxedCommand {
 
     @OptionGroup var sandbox: SandboxOptions
     @Option(help: "TemplateSettings, as the supervisor encodes them.") var settings: String
-    var confined: ConfinedRole?
-    var decoded: WorkerSettings?
-    var assets = AssetBundle()
+    /// What the forked worker goes on with.
+    var worker: (WorkerSettings, AssetBundle, ConfinedRole)?
 
     enum CodingKeys: String, CodingKey { case sandbox, settings }
 
     mutating func confine() throws {
-        let settings = try TemplateSettings(encoded: settings)
-        decoded = settings.worker
-        // Read once, before the confinement: every worker forked shares these pages.
-        let shared = RoleDeclaration.Descriptors.sharedFile
-        if fcntl(shared, F_GETFD) != -1 { assets = try AssetLoader.receive(FileDescriptor(rawValue: shared)) }
-        // The worker's confinement and compiled profile, made once: each fork inherits them.
-        confined = try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.worker.openFiles)
+        let settings = try TemplateSettings(encoded: settings).worker
+        // The assets, the worker's confinement and its compiled profile, made once: every
+        // worker forked shares their pages.
+        let (assets, confined) = try WorkerCommand.confine(settings, sandbox)
         try WorkerTemplate.serve(requests: RoleDeclaration.Descriptors.transport, build: BuildID.current)
+        worker = (settings, assets, confined)
     }
 
-    func run() async throws {
-        try await WorkerRole.run(settings: try WebWorker.Settings(decoded!), assets: assets, confined: confined!)
-    }
+    func run() async throws { try await WorkerCommand.run(worker!.0, worker!.1, worker!.2) }
 }
 
 struct VaultCommand: SandboxedCommand {

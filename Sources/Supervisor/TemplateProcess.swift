@@ -160,14 +160,7 @@ public final class TemplateProcess: Sendable {
     }
 
     private static func write(_ message: SupervisorToTemplate, descriptors: [FileDescriptor], on socket: FileDescriptor) throws {
-        let bytes = message.encoded
-        let fds = descriptors.map(\.rawValue)
-        _ = try bytes.withUnsafeBytes { raw in
-            var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
-            return try fds.withUnsafeBufferPointer { fds in
-                try withUnsafePointer(to: &iov) { try DescriptorPassing.send(socket.rawValue, UnsafeBufferPointer(start: $0, count: 1), descriptors: fds) }
-            }
-        }
+        try DescriptorPassing.sendPacket(socket.rawValue, message.encoded, descriptors: descriptors.map(\.rawValue))
     }
 
     private struct Answer {
@@ -177,18 +170,10 @@ public final class TemplateProcess: Sendable {
 
     /// The next answer; nil at the end. An answer that does not decode ends the template's use.
     private static func read(_ socket: FileDescriptor) throws -> Answer? {
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        let received = try buffer.withUnsafeMutableBytes { raw in
-            var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
-            return try withUnsafeMutablePointer(to: &iov) {
-                try DescriptorPassing.receive(socket.rawValue, UnsafeMutableBufferPointer(start: $0, count: 1), maxDescriptors: 1)
-            }
-        }
-        let descriptors = received.descriptors.map { FileDescriptor(rawValue: $0) }
-        if received.count == 0 && descriptors.isEmpty { return nil }
+        guard let (bytes, received) = try DescriptorPassing.receivePacket(socket.rawValue, capacity: 1024, maxDescriptors: 1) else { return nil }
+        let descriptors = received.map { FileDescriptor(rawValue: $0) }
         do {
-            return Answer(message: try TemplateToSupervisor(decoding: Array(buffer[..<received.count]), descriptors: descriptors.count),
-                          descriptors: descriptors)
+            return Answer(message: try TemplateToSupervisor(decoding: bytes, descriptors: descriptors.count), descriptors: descriptors)
         } catch {
             for fd in descriptors { try? fd.close() }
             throw error

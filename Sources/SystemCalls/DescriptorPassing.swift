@@ -44,3 +44,32 @@ public enum DescriptorPassing {
         }
     }
 }
+
+extension DescriptorPassing {
+    /// One packet of `bytes` with `descriptors` (on a seqpacket socket, one message).
+    public static func sendPacket(_ socket: CInt, _ bytes: [UInt8], descriptors: [CInt] = []) throws(SystemCallError) {
+        // The pointer helpers rethrow untyped errors: the typed one travels in a Result.
+        try bytes.withUnsafeBytes { raw in
+            descriptors.withUnsafeBufferPointer { fds in
+                var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
+                return withUnsafePointer(to: &iov) { iov in
+                    Result { () throws(SystemCallError) in _ = try send(socket, UnsafeBufferPointer(start: iov, count: 1), descriptors: fds) }
+                }
+            }
+        }.get()
+    }
+
+    /// The next packet, at most `capacity` bytes, and the descriptors that came with it;
+    /// nil at the end of the stream (an empty packet with no descriptor).
+    public static func receivePacket(_ socket: CInt, capacity: Int, maxDescriptors: Int) throws(SystemCallError) -> (bytes: [UInt8], descriptors: [CInt])? {
+        var buffer = [UInt8](repeating: 0, count: capacity)
+        let received = try buffer.withUnsafeMutableBytes { raw in
+            var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
+            return withUnsafeMutablePointer(to: &iov) { iov in
+                Result { () throws(SystemCallError) in try receive(socket, UnsafeMutableBufferPointer(start: iov, count: 1), maxDescriptors: maxDescriptors) }
+            }
+        }.get()
+        if received.count == 0 && received.descriptors.isEmpty { return nil }
+        return (Array(buffer[..<received.count]), received.descriptors)
+    }
+}

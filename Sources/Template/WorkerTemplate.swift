@@ -67,32 +67,19 @@ public enum WorkerTemplate {
     }
 
     private static func send(_ message: TemplateToSupervisor, on socket: CInt, descriptors: [CInt] = []) throws {
-        let bytes = message.encoded
-        _ = try bytes.withUnsafeBytes { raw in
-            var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
-            return try descriptors.withUnsafeBufferPointer { fds in
-                try withUnsafePointer(to: &iov) { try DescriptorPassing.send(socket, UnsafeBufferPointer(start: $0, count: 1), descriptors: fds) }
-            }
-        }
+        try DescriptorPassing.sendPacket(socket, message.encoded, descriptors: descriptors)
     }
 
     /// The next request's two descriptors; nil at the end of the stream. Anything that is
     /// not a fork request is the supervisor's bug or a wrong peer: fatal.
     private static func receive(_ socket: CInt) throws -> [CInt]? {
-        var buffer = [UInt8](repeating: 0, count: 16)
-        let received = try buffer.withUnsafeMutableBytes { raw in
-            var iov = iovec(iov_base: raw.baseAddress, iov_len: raw.count)
-            return try withUnsafeMutablePointer(to: &iov) {
-                try DescriptorPassing.receive(socket, UnsafeMutableBufferPointer(start: $0, count: 1), maxDescriptors: 2)
-            }
-        }
-        if received.count == 0 && received.descriptors.isEmpty { return nil }
+        guard let (bytes, descriptors) = try DescriptorPassing.receivePacket(socket, capacity: 16, maxDescriptors: 2) else { return nil }
         do {
-            _ = try SupervisorToTemplate(decoding: Array(buffer[..<received.count]), descriptors: received.descriptors.count)
+            _ = try SupervisorToTemplate(decoding: bytes, descriptors: descriptors.count)
         } catch {
-            for fd in received.descriptors { close(fd) }
+            for fd in descriptors { close(fd) }
             throw Failure(description: "a request that is not a fork: \(error)")
         }
-        return received.descriptors
+        return descriptors
     }
 }
