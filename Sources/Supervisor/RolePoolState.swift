@@ -60,10 +60,6 @@ struct RolePoolState<Instance: PoolMember> {
     /// Every instance started and not reaped from its slot, and every one serving a client.
     var instances: [Instance] { slots.compactMap(\.instance) + serving.values.map(\.instance) }
 
-    func isAdmitted(_ instance: Instance) -> Bool {
-        slots[instance.slot].instance === instance && slots[instance.slot].status.state == .running
-    }
-
     // MARK: A slot's life
 
     /// A slot launches its next instance: its id (the slot's number in a pool, a new serial

@@ -27,12 +27,6 @@ public struct RoleProfiles: Sendable, Equatable {
         files = Dictionary(uniqueKeysWithValues: declarations.map { ($0.role, Self.path(directory, $0)) })
     }
 
-    /// Profiles given as they are, unchecked (tests, `policy learn`'s bases).
-    public init(unchecked directory: String, declarations: [RoleDeclaration] = RoleDeclaration.sandboxed) {
-        self.directory = directory
-        files = Dictionary(uniqueKeysWithValues: declarations.map { ($0.role, Self.path(directory, $0)) })
-    }
-
     /// Files given one by one (`policy learn` with one --base).
     public init(files: [Role: String]) {
         directory = ""
