@@ -1,5 +1,6 @@
 import ArgumentParser
 import CShim
+import Processes
 import Sandbox
 import SystemPackage
 
@@ -23,10 +24,21 @@ struct SandboxProbeCommand: SandboxedCommand {
     @Option(help: "A descriptor of --target-pid, for --attempt open-target-fd and pidfd-getfd.") var targetFD: Int32 = 0
     var confined: ConfinedRole?
 
-    enum CodingKeys: String, CodingKey { case sandbox, attempt, port, targetPid, targetFD }
+    @Flag(help: "As the template does: confine, fork, and make the attempt in the child, which seals itself; this process says how the child ended.")
+    var forked = false
+
+    enum CodingKeys: String, CodingKey { case sandbox, attempt, port, targetPid, targetFD, forked }
 
     mutating func confine() throws {
         confined = try sandbox.sandbox.confine(role: "probe")
+        guard forked else { return }
+        let child = fork()
+        guard child != 0 else { return }  // the child goes on: its run seals and attempts
+        guard child > 0 else { throw lastError("fork") }
+        var status: Int32 = 0
+        _ = try valueOrErrno("waitpid") { waitpid(child, &status, 0) }
+        Self.say("forked child \(ChildProcess.Termination(waitStatus: status))\n")
+        Glibc.exit(0)
     }
 
     func run() async throws {

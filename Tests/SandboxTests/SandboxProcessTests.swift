@@ -144,6 +144,23 @@ final class SandboxProcessTests: XCTestCase {
         XCTAssertEqual(refused.output, "returned -1 errno \(EAGAIN)\n")
     }
 
+    /// As a template's worker: confined in the parent, forked, sealed in the child under the
+    /// worker's compiled profile. The child's thread or fork after its seal is killed, and
+    /// what it may do still works.
+    func testAForkedChildSealsItselfAndAThreadOrForkAfterIsKilled() throws {
+        for attempt in ["thread", "clone-process", "clone3"] {
+            let outcome = try probe(attempt, extraArguments: ["--forked"])
+            XCTAssertEqual(outcome.termination, .exited(0), "\(attempt): \(outcome.output)")
+            XCTAssertEqual(outcome.output, "forked child \(ChildProcess.Termination.signaled(SIGSYS))\n", attempt)
+        }
+        let allowed = try probe("allowed", extraArguments: ["--forked"])
+        XCTAssertEqual(allowed.output, "returned 0 errno 0\nforked child exited with status 0\n")
+        // Its seal names its threads as counted from outside, not from its template's directory.
+        let steps = try probe("steps", extraArguments: ["--forked"])
+        XCTAssertTrue(steps.output.contains("forked: counted by the supervisor"), steps.output)
+        XCTAssertTrue(steps.output.contains("forked child exited with status 0"), steps.output)
+    }
+
     /// The probe's own account of its sandbox names the threads it had when it sealed.
     func testStepsNameTheThreadsAtTheSeal() throws {
         let outcome = try probe("steps")
