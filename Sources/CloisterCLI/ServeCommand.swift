@@ -320,12 +320,14 @@ struct ServeCommand: AsyncParsableCommand {
         guard authenticationDeadline.isFinite, (1...3600).contains(authenticationDeadline) else {
             throw ConfigurationError(option: "--authentication-deadline", problem: "\(authenticationDeadline) is not between 1 and 3600 seconds")
         }
+        guard maxUnauthenticatedPerSource >= 1 else {
+            throw ConfigurationError(option: "--max-unauthenticated-per-source", problem: "the limit per source must be at least 1")
+        }
         do {
             c.admission = try Admission.Limits(startRateFull: maxUnauthenticated, perSource: maxUnauthenticatedPerSource,
                                                deadline: .milliseconds(Int64(authenticationDeadline * 1000)))
         } catch {
-            throw ConfigurationError(option: maxUnauthenticatedPerSource < 1 ? "--max-unauthenticated-per-source" : "--max-unauthenticated",
-                                     problem: "\(error)")
+            throw ConfigurationError(option: "--max-unauthenticated", problem: "\(error)")
         }
         guard (0...600).contains(deferAccept) else {
             throw ConfigurationError(option: "--defer-accept", problem: "\(deferAccept) is not between 0 and 600 seconds")

@@ -5,6 +5,7 @@ import NIOPosix
 import RoleProtocol
 import Sandbox
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 /// The keyholder process: reads the TLS key before it is confined (as the user that owns the
@@ -183,8 +184,7 @@ public struct SigningBudget: Sendable {
     public mutating func take(now: ContinuousClock.Instant) -> Bool {
         if let last {
             let elapsed = now - last
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            tokens = min(Double(limits.burst), tokens + seconds * Double(limits.perSecond))
+            tokens = min(Double(limits.burst), tokens + elapsed.inSeconds * Double(limits.perSecond))
         }
         last = now
         guard tokens >= 1 else {

@@ -1,5 +1,6 @@
 import Logging
 import Synchronization
+import SystemCalls
 import SystemPackage
 
 #if canImport(Glibc)
@@ -26,7 +27,7 @@ public final class AdmissionControl: Sendable {
         admission.withLock { a in
             ControlServer.AdmissionReport(
                 limits: a.limits.description, perSource: a.limits.perSource,
-                deadlineSeconds: Double(a.limits.deadline.components.seconds) + Double(a.limits.deadline.components.attoseconds) / 1e18,
+                deadlineSeconds: a.limits.deadline.inSeconds,
                 unauthenticated: a.unauthenticated, admitted: a.admitted, authenticated: a.authenticated,
                 refused: Dictionary(uniqueKeysWithValues: Admission.Refusal.allCases.map { ($0.rawValue, a.refused[$0] ?? 0) }))
         }

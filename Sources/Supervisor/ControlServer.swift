@@ -293,8 +293,8 @@ public final class ControlServer: Sendable {
         let main = sandbox?.threads.first { $0.tid == w.pid }
         return WorkerReport(
             id: w.id, pid: w.pid, state: w.state.rawValue,
-            uptimeSeconds: w.startedAt.map { seconds(ContinuousClock.now - $0) }, restarts: w.restarts,
-            lastHeartbeatMilliseconds: w.lastHeartbeat.map { seconds($0) * 1000 }, violations: w.violations,
+            uptimeSeconds: w.startedAt.map { (ContinuousClock.now - $0).inSeconds }, restarts: w.restarts,
+            lastHeartbeatMilliseconds: w.lastHeartbeat.map { $0.inSeconds * 1000 }, violations: w.violations,
             connections: w.connections, client: w.client,
             sandboxConfined: sandbox?.isConfined, seccomp: main?.seccomp, noNewPrivileges: main?.noNewPrivileges,
             capEff: main.map { hex16($0.effective) },
@@ -305,10 +305,6 @@ public final class ControlServer: Sendable {
     private static func hex16(_ value: UInt64) -> String {
         let digits = String(value, radix: 16)
         return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
-    }
-
-    private static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
     }
 
     private func reply<T: Encodable>(_ connection: FileDescriptor, _ value: T) {

@@ -52,50 +52,28 @@ public enum RoleLauncher {
         }
         let child: any RoleProcess
         let output: Task<Void, Never>
-        if let template {
-            do {
-                defer {
-                    try? roleTransport.close()
-                    try? roleHandoff.close()
-                }
-                child = try await template.fork(transport: roleTransport, handoff: roleHandoff)
-            } catch {
-                try? transportSocket.close()
-                try? handoff.close()
-                throw error
-            }
-            // Its output goes where the template's does.
-            output = Task {}
-        } else { do {
-            // The role's stdout and stderr are a pipe relayed to ours: a sandboxed role may not
-            // write to a file (its file-size limit is 0), whatever ours happens to be.
-            let (logReader, logWriter) = try FileDescriptor.pipe(options: .closeOnExec)
+        do {
             defer {
                 try? roleTransport.close()
                 try? roleHandoff.close()
-                try? logWriter.close()
             }
-            do {
-                // Nothing of this process's environment crosses but a fixed time zone: the
-                // role cannot read /etc/localtime, which glibc would otherwise try (and fail)
-                // to open for every log line's timestamp. Its lines are in UTC either way.
+            if let template {
+                child = try await template.fork(transport: roleTransport, handoff: roleHandoff)
+                // Its output goes where the template's does.
+                output = Task {}
+            } else {
                 // ChildProcess.spawn numbers the descriptors from 3 in the order given: the
                 // declaration's layout.
-                child = try ChildProcess.spawn(executable,
-                                               arguments: ["role", role.rawValue, "--policy", policy, "--mode", mode.rawValue,
-                                                           "--user", user, "--group", group, "--settings", settings.encoded()],
-                                               descriptors: [roleTransport, roleHandoff] + extra, environment: ["TZ": "UTC0"],
-                                               output: logWriter, ownProcessGroup: true)
-            } catch {
-                try? logReader.close()
-                throw error
+                (child, output) = try spawnRole(executable, arguments: [
+                    "role", role.rawValue, "--policy", policy, "--mode", mode.rawValue,
+                    "--user", user, "--group", group, "--settings", settings.encoded(),
+                ], descriptors: [roleTransport, roleHandoff] + extra)
             }
-            output = relay(logReader)
         } catch {
             try? transportSocket.close()
             try? handoff.close()
             throw error
-        } }
+        }
         // The handshake comes before the listener: the role makes its link's threads before
         // it loads its filter (no thread after it), and hands the listener over as it loads it.
         defer { try? handoff.close() }
@@ -148,6 +126,24 @@ public enum RoleLauncher {
             guard status.split(separator: "\n").contains(where: { $0.hasPrefix("Seccomp:") && $0.hasSuffix("2") }) else {
                 throw SystemCallError(call: path, errno: .permissionDenied, detail: "thread \(tid) runs without its filter")
             }
+        }
+    }
+
+    /// Spawns this binary in a role with exactly `descriptors` (from 3 on) and its stdout and
+    /// stderr a pipe relayed to ours (a sandboxed role may not write to a file: its file-size
+    /// limit is 0). Nothing of this process's environment crosses but a fixed time zone: the
+    /// role cannot read /etc/localtime, which glibc would otherwise try (and fail) to open for
+    /// every log line's timestamp; its lines are in UTC either way.
+    static func spawnRole(_ executable: String, arguments: [String], descriptors: [FileDescriptor]) throws -> (ChildProcess, Task<Void, Never>) {
+        let (logReader, logWriter) = try FileDescriptor.pipe(options: .closeOnExec)
+        defer { try? logWriter.close() }
+        do {
+            let child = try ChildProcess.spawn(executable, arguments: arguments, descriptors: descriptors, environment: ["TZ": "UTC0"],
+                                               output: logWriter, ownProcessGroup: true)
+            return (child, relay(logReader))
+        } catch {
+            try? logReader.close()
+            throw error
         }
     }
 

@@ -94,8 +94,7 @@ public final class Server: Sendable {
             s.urlArguments = urlArguments
             s.authHeader = authHeader
             s.openFiles = UInt64(Server.workerOpenFiles(maxClients: isolation == .pool ? maxClients : 1))
-            s.authenticationDeadlineMilliseconds = Int64(admission.deadline.components.seconds * 1000
-                + admission.deadline.components.attoseconds / 1_000_000_000_000_000)
+            s.authenticationDeadlineMilliseconds = admission.deadline.inMilliseconds
             return s
         }
 

@@ -42,29 +42,23 @@ public final class TemplateProcess: Sendable {
     public static func start(executable: String, settings: TemplateSettings, policy: String, mode: EnforcementMode,
                              user: String, group: String, sharedFile: FileDescriptor?, build: String = BuildID.current) async throws -> TemplateProcess {
         let (mine, theirs) = try SocketCalls.socketPair(.seqpacket)
-        // Descriptor 4 is a forked worker's listener hand-off; the template has none.
-        let placeholder = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
-        let assets = try sharedFile.map { try RoleLauncher.reopened($0) }
-        let (logReader, logWriter) = try FileDescriptor.pipe(options: .closeOnExec)
-        let child: ChildProcess
+        let (child, output): (ChildProcess, Task<Void, Never>)
         do {
-            defer {
-                try? theirs.close()
-                try? placeholder.close()
-                try? assets?.close()
-                try? logWriter.close()
-            }
-            child = try ChildProcess.spawn(executable,
-                                           arguments: ["role", Role.template.rawValue, "--policy", policy, "--mode", mode.rawValue,
-                                                       "--user", user, "--group", group, "--settings", settings.encoded()],
-                                           descriptors: [theirs, placeholder] + (assets.map { [$0] } ?? []),
-                                           environment: ["TZ": "UTC0"], output: logWriter, ownProcessGroup: true)
+            defer { try? theirs.close() }
+            // Descriptor 4 is a forked worker's listener hand-off; the template has none.
+            let placeholder = try FileDescriptor.open("/dev/null", .readOnly, options: .closeOnExec)
+            defer { try? placeholder.close() }
+            let assets = try sharedFile.map { try RoleLauncher.reopened($0) }
+            defer { try? assets?.close() }
+            (child, output) = try RoleLauncher.spawnRole(executable, arguments: [
+                "role", Role.template.rawValue, "--policy", policy, "--mode", mode.rawValue,
+                "--user", user, "--group", group, "--settings", settings.encoded(),
+            ], descriptors: [theirs, placeholder] + (assets.map { [$0] } ?? []))
         } catch {
             try? mine.close()
-            try? logReader.close()
             throw error
         }
-        let template = TemplateProcess(child: child, socket: mine, output: RoleLauncher.relay(logReader))
+        let template = TemplateProcess(child: child, socket: mine, output: output)
         do {
             let hello = try await onOwnThread { try Self.read(mine) }
             guard case .hello(let intent, let theirBuild)? = hello?.message, intent == Link.supervisorTemplate.intent, theirBuild == build else {
@@ -89,22 +83,17 @@ public final class TemplateProcess: Sendable {
     /// template has gone.
     public func fork(transport: FileDescriptor, handoff: FileDescriptor) async throws -> ForkedProcess {
         let answer: (pid_t, FileDescriptor)? = await withCheckedContinuation { continuation in
-            let failed: Bool = sending.withLock { _ in
-                guard state.withLock({ s in
-                    guard !s.gone else { return false }
-                    s.forks.append(continuation)
-                    return true
-                }) else { return true }
-                do {
-                    try Self.write(SupervisorToTemplate.fork, descriptors: [transport, handoff], on: socket)
-                    return false
-                } catch {
-                    // Unanswerable now: the reader answers every pending request with nil
-                    // once the socket ends.
-                    return false
+            let queued: Bool = sending.withLock { _ in
+                let queued = state.withLock { s in
+                    if !s.gone { s.forks.append(continuation) }
+                    return !s.gone
                 }
+                // A request that cannot be written goes unanswered: the reader answers every
+                // pending one with nil once the socket ends.
+                if queued { try? Self.write(SupervisorToTemplate.fork, descriptors: [transport, handoff], on: socket) }
+                return queued
             }
-            if failed { continuation.resume(returning: nil) }
+            if !queued { continuation.resume(returning: nil) }
         }
         guard let (pid, pidfd) = answer else { throw Failure(description: "the template has gone") }
         return ForkedProcess(pid: pid, pidfd: pidfd, template: self)

@@ -23,7 +23,7 @@ public enum WorkerTemplate {
     /// and its listener hand-off at `Descriptors.listenerHandoff`, as a spawned worker's are.
     public static func serve(requests: CInt, build: String) throws {
         let exits = cloister_child_exit_pipe()
-        guard exits >= 0 else { throw Failure(description: "\(lastError("sigaction(SIGCHLD)"))") }
+        guard exits >= 0 else { throw lastError("sigaction(SIGCHLD)") }
         try send(.hello(intent: Link.supervisorTemplate.intent, build: build), on: requests)
         while true {
             var ready = [pollfd(fd: requests, events: Int16(POLLIN), revents: 0), pollfd(fd: exits, events: Int16(POLLIN), revents: 0)]
@@ -46,9 +46,9 @@ public enum WorkerTemplate {
             }
             close(transport)
             close(handoff)
-            guard pid > 0 else { throw Failure(description: "\(lastError("fork"))") }
+            guard pid > 0 else { throw lastError("fork") }
             let pidfd = cloister_pidfd_open(pid)
-            guard pidfd >= 0 else { throw Failure(description: "\(lastError("pidfd_open", detail: "pid \(pid)"))") }
+            guard pidfd >= 0 else { throw lastError("pidfd_open", detail: "pid \(pid)") }
             defer { close(pidfd) }
             try send(.forked(pid: UInt32(pid)), on: requests, descriptors: [pidfd])
         }

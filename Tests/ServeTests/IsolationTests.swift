@@ -227,7 +227,15 @@ final class IsolationTests: XCTestCase {
         func base(_ pid: Int) -> String? {
             (try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8))?.split(separator: "\n").first.map { String($0.prefix { $0 != "-" }) }
         }
+        // The template's end of its link to the supervisor: no worker holds it, so none can ask
+        // the template for anything.
+        let templateLink = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(template)/fd/3")
+        XCTAssertTrue(templateLink.hasPrefix("socket:"), templateLink)
         for pid in workers {
+            let held = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").map {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) ?? ""
+            }
+            XCTAssertFalse(held.contains(templateLink), "worker \(pid) holds the template's link \(templateLink)")
             let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
             XCTAssertEqual(tasks.count, 4, "worker \(pid): the threads its declaration names")
             for tid in tasks {
