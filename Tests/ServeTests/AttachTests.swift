@@ -101,15 +101,20 @@ final class AttachTests: XCTestCase {
         XCTAssertEqual(busy.count, 1)
         XCTAssertEqual(kill(busy[0], SIGKILL), 0)
         XCTAssertTrue(waitForScreen(name, "connection lost; resuming"), screen(name))
-        _ = try tmux(["send-keys", "-t", name, "clear; echo again-$((3+4)) pid=$$.", "Enter"])
-        XCTAssertTrue(eventually(20) {
-            // Keys typed while the connection was being replaced are lost; type again until seen.
-            if self.screen(name).contains("again-7") { return true }
-            _ = try? self.tmux(["send-keys", "-t", name, "clear; echo again-$((3+4)) pid=$$.", "Enter"])
-            return false
-        }, screen(name))
-
-        XCTAssertTrue(screen(name).contains("again-7 pid=\(shell)."), "the same shell: \(screen(name))")
+        // Keys typed while the connection was being replaced are lost: type again each second until
+        // the answer shows, and read the pid from the same screen that showed it (a later look may
+        // fall between a repeated command's clear and its echo).
+        var typed = 0.0
+        let again = eventuallyValue(20) { () -> Substring? in
+            if let seen = self.screen(name).firstMatch(of: /again-7 pid=(\d+)\./) { return seen.output.1 }
+            let now = Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+            if now - typed >= 1 {
+                typed = now
+                _ = try? self.tmux(["send-keys", "-t", name, "clear; echo again-$((3+4)) pid=$$.", "Enter"])
+            }
+            return nil
+        }
+        XCTAssertEqual(again, shell, "the same shell: \(screen(name))")
         _ = try tmux(["send-keys", "-t", name, "exit 3", "Enter"])
         XCTAssertTrue(waitForScreen(name, "attach-exit=3"), screen(name))
         // stty's answer comes a moment after the exit status: wait for either.
