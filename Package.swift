@@ -107,6 +107,7 @@ let package = Package(
             name: "Worker",
             dependencies: [
                 "Circuits", "RoleProtocol", "Sandbox", "WebAssets", logging, system,
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

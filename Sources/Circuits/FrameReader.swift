@@ -31,13 +31,13 @@ package struct FrameReader: ~Copyable {
     /// Packets received so far.
     private(set) var reads = 0
 
-    package init(fd: FileDescriptor, limits: FrameLimits) {
+    package init(fd: FileDescriptor, limits: FrameLimits, bufferBytes: Int = 1 << 20) {
         self.fd = fd
         self.limits = limits
         bodySize = max(limits.maxPayload, Handshake.maxSize)
         let largest = limits.headerSize + bodySize
-        // About 1 MiB of packet buffers, between 1 and 16 packets per batch.
-        slots = min(16, max(1, (1 << 20) / largest))
+        // About `bufferBytes` of packet buffers, between 1 and 16 packets per batch.
+        slots = min(16, max(1, bufferBytes / largest))
         headers = .allocate(byteCount: limits.headerSize * slots, alignment: 16)
         bodies = (0..<slots).map { _ in Body(size: largest - limits.headerSize) }
         iov = .allocate(capacity: 2 * slots)

@@ -28,6 +28,11 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
     /// How long `close` waits for messages still queued to be written (the peer may have
     /// stopped reading); what is left after that is dropped.
     public var closeLingerMilliseconds: Int
+    /// Bytes of packet buffers the reader receives a batch into (one `recvmmsg`): as many
+    /// packets of the largest size as fit, between 1 and 16. The buffers live as long as the
+    /// transport, so a link that carries a few small messages (a process per client has
+    /// one) keeps this small; a link on the output path keeps the default, about 1 MiB.
+    public var receiveBufferBytes: Int
     /// The running build; both ends must match.
     public var build: String
 
@@ -38,7 +43,7 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
                 reservedBand: Id = 0, reserved: [Id: String] = [:], window: Int = 512 * 1024,
                 maxPayload: Int = 128 * 1024, maxDescriptorsPerMessage: Int = 4,
                 handshakeTimeoutMilliseconds: Int = 5000, closeLingerMilliseconds: Int = 2000,
-                build: String = BuildID.current) {
+                receiveBufferBytes: Int = 1 << 20, build: String = BuildID.current) {
         self.intent = intent
         self.side = side
         self.maxCircuits = maxCircuits ?? (Id.bitWidth >= 64 ? UInt64.max : UInt64(1) << Id.bitWidth)
@@ -49,6 +54,7 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
         self.maxDescriptorsPerMessage = maxDescriptorsPerMessage
         self.handshakeTimeoutMilliseconds = handshakeTimeoutMilliseconds
         self.closeLingerMilliseconds = closeLingerMilliseconds
+        self.receiveBufferBytes = receiveBufferBytes
         self.build = build
     }
 
@@ -76,6 +82,7 @@ public struct TransportConfiguration<Id: FixedWidthInteger & UnsignedInteger & S
         if maxPayload < 0 || maxPayload > Int(UInt32.max) { try fail("maxPayload \(maxPayload) out of range") }
         if handshakeTimeoutMilliseconds <= 0 { try fail("handshake timeout \(handshakeTimeoutMilliseconds) ms must be positive") }
         if closeLingerMilliseconds < 0 { try fail("close linger \(closeLingerMilliseconds) ms must not be negative") }
+        if receiveBufferBytes <= 0 { try fail("receive buffer of \(receiveBufferBytes) bytes must be positive") }
         if maxDescriptorsPerMessage < 0 || maxDescriptorsPerMessage > 253 {
             try fail("maxDescriptorsPerMessage \(maxDescriptorsPerMessage) must be in 0...253 (SCM_MAX_FD)")
         }

@@ -30,7 +30,7 @@ extension TransportCore {
 
     /// The reader thread: frames in, dispatched to circuits, until end of file or an error.
     func runReader() {
-        var reader = FrameReader(fd: socket, limits: layout.limits)
+        var reader = FrameReader(fd: socket, limits: layout.limits, bufferBytes: layout.receiveBufferBytes)
         var error: CircuitError
         // Consumers to wake. Waking a task costs a thread hand-off, so wake-ups wait until
         // the whole batch the kernel had ready is dispatched: a burst of frames costs one

@@ -20,6 +20,7 @@ final class TransportCore: Sendable {
         var side: TransportSide
         var window: UInt64
         var handshake: Handshake
+        var receiveBufferBytes: Int
         var limits: FrameLimits { FrameLimits(idBytes: idBytes, maxCircuits: maxCircuits, maxPayload: handshake.maxPayload, maxDescriptors: handshake.maxDescriptors) }
 
         init<Id>(_ c: TransportConfiguration<Id>) {
@@ -30,6 +31,7 @@ final class TransportCore: Sendable {
                                   window: UInt64(c.window), maxPayload: c.maxPayload,
                                   maxDescriptors: c.maxDescriptorsPerMessage)
             (maxCircuits, band, reserved, side, window) = (c.maxCircuits, UInt64(c.reservedBand), handshake.reserved, c.side, UInt64(c.window))
+            receiveBufferBytes = c.receiveBufferBytes
         }
     }
 

@@ -36,7 +36,9 @@ struct PeerComparison {
     /// Cloister with a worker per client.
     func startPeer() throws -> Peer {
         if isolationPeer {
-            let server = try bench.startServer(perClient: true)
+            // Room for the most sessions a comparison holds at once (the memory measure's
+            // 128), within the supervisor's open-file need under this machine's hard limit.
+            let server = try bench.startServer(maxClients: 1024, perClient: true)
             return Peer(child: server.child, port: server.port, directory: server.directory)
         }
         // A free port: bound, read back, released; ttyd takes it right after.

@@ -155,9 +155,13 @@ struct WorkerCommand: SandboxedCommand {
     /// The page's assets, read while the process is still single-threaded and unconfined
     /// (the sandbox opens nothing; a server without a page, in some tests, gives none), then
     /// the worker's confinement.
-    static func confine(_ settings: WorkerSettings, _ sandbox: SandboxOptions) throws -> (AssetBundle, ConfinedRole) {
+    /// `beforeConfinement` runs with the assets, still single-threaded: the confinement
+    /// refuses a process that has more than one thread by then.
+    static func confine(_ settings: WorkerSettings, _ sandbox: SandboxOptions,
+                        beforeConfinement: (AssetBundle) throws -> Void = { _ in }) throws -> (AssetBundle, ConfinedRole) {
         let shared = RoleDeclaration.Descriptors.sharedFile
         let assets = fcntl(shared, F_GETFD) != -1 ? try AssetLoader.receive(FileDescriptor(rawValue: shared)) : AssetBundle()
+        try beforeConfinement(assets)
         return (assets, try WorkerRole.confine(sandbox.sandbox(.worker), openFiles: settings.openFiles))
     }
 
@@ -183,9 +187,13 @@ struct TemplateCommand: SandboxedCommand {
 
     mutating func confine() throws {
         let settings = try TemplateSettings(encoded: settings).worker
-        // The assets, the worker's confinement and its compiled profile, made once: every
-        // worker forked shares their pages.
-        let (assets, confined) = try WorkerCommand.confine(settings, sandbox)
+        // The assets, the runtime's lookups for the worker's pipeline (`WorkerWarmUp`, on
+        // fixed bytes, single-threaded: the confinement then checks that it still is), the
+        // worker's confinement and its compiled profile, made once: every worker forked
+        // shares their pages.
+        let (assets, confined) = try WorkerCommand.confine(settings, sandbox) { assets in
+            WorkerWarmUp.run(settings: try WebWorker.Settings(settings), assets: assets)
+        }
         try WorkerTemplate.serve(requests: RoleDeclaration.Descriptors.transport, build: BuildID.current)
         worker = (settings, assets, confined)
     }

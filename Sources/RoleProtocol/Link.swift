@@ -42,9 +42,17 @@ public enum Link: String, Sendable, CaseIterable {
     /// The kind of socket pair this link runs on.
     public var socketKind: SocketKind { isOnEventLoop ? .stream : .seqpacket }
 
+    /// The supervisor–worker link exists once per worker, which is once per client by
+    /// default, and carries a few small messages (a client socket, a link socket, a
+    /// heartbeat): its messages are bounded small and its reader receives one packet at a
+    /// time, so that each end keeps kilobytes of buffers for it instead of a megabyte.
+    var isPerClient: Bool { self == .supervisorWorker }
+
     public func configuration(side: TransportSide, build: String = BuildID.current) -> TransportConfiguration<UInt16> {
         TransportConfiguration(intent: intent, side: side, reservedBand: 2, reserved: [Self.control: "control"],
-                               maxDescriptorsPerMessage: isOnEventLoop ? 0 : 4, build: build)
+                               maxPayload: isPerClient ? 4096 : 128 * 1024,
+                               maxDescriptorsPerMessage: isOnEventLoop ? 0 : 4,
+                               receiveBufferBytes: isPerClient ? 1 : 1 << 20, build: build)
     }
 
     /// Starts this link's transport on `socket` (taking ownership of it).

@@ -99,9 +99,14 @@ public enum RoleLauncher {
 
     /// A /proc file's text ("" when it cannot be read: the process has gone).
     private static func readSmallFile(_ path: String) -> String {
-        guard let fd = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return "" }
+        String(decoding: readSmallBytes(path), as: UTF8.self)
+    }
+
+    /// A /proc file's bytes (none when it cannot be read).
+    private static func readSmallBytes(_ path: String) -> [UInt8] {
+        guard let fd = try? FileDescriptor.open(path, .readOnly, options: .closeOnExec) else { return [] }
         defer { try? fd.close() }
-        return String(decoding: (try? fd.readToEnd(limit: 1 << 16)) ?? [], as: UTF8.self)
+        return (try? fd.readToEnd(limit: 1 << 16)) ?? []
     }
 
     /// A forked worker cannot read its own task directory (Landlock): its threads are
@@ -120,10 +125,13 @@ public enum RoleLauncher {
             throw SystemCallError(call: "/proc/\(pid)/task", errno: .invalidArgument,
                                   detail: "\(threads.count) threads after the seal (\(names.sorted().joined(separator: ", "))); the role declares \(declared)")
         }
+        // Each connection's worker is checked as it starts: the status is searched as bytes
+        // for the one line that matters rather than split into strings.
+        let filtered = Array("\nSeccomp:\t2\n".utf8)
         for tid in threads {
             let path = "\(directory)/\(tid)/status"
-            let status = readSmallFile(path)
-            guard status.split(separator: "\n").contains(where: { $0.hasPrefix("Seccomp:") && $0.hasSuffix("2") }) else {
+            let status = readSmallBytes(path)
+            guard status.withUnsafeBufferPointer({ $0.firstRange(of: filtered) }) != nil else {
                 throw SystemCallError(call: path, errno: .permissionDenied, detail: "thread \(tid) runs without its filter")
             }
         }

@@ -112,6 +112,8 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(invalid(.init(intent: "a", side: .opener, handshakeTimeoutMilliseconds: 0)).map { $0.contains("handshake timeout 0 ms") }, true)
         XCTAssertEqual(invalid(.init(intent: "a", side: .opener, closeLingerMilliseconds: -1)).map { $0.contains("close linger -1 ms") }, true)
         XCTAssertNil(invalid(.init(intent: "a", side: .opener, closeLingerMilliseconds: 0)), "no linger is allowed")
+        XCTAssertEqual(invalid(.init(intent: "a", side: .opener, receiveBufferBytes: 0)).map { $0.contains("receive buffer of 0 bytes") }, true)
+        XCTAssertNil(invalid(.init(intent: "a", side: .opener, receiveBufferBytes: 1)), "one packet at a time")
     }
 
     func testBuildIDIsStableAndHex() {

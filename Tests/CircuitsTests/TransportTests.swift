@@ -236,6 +236,45 @@ final class TransportTests: XCTestCase {
         }
     }
 
+    /// A reader that receives one packet per batch (a per-client link's) still delivers a
+    /// burst of messages, descriptors included, whole and in order.
+    func testAOnePacketReaderDeliversABurstInOrder() async throws {
+        let before = openDescriptorCount()
+        do {
+            var small = configuration(.acceptor, window: 64 * 1024, maxPayload: 4096)
+            small.receiveBufferBytes = 1
+            var opener = configuration(.opener, window: 64 * 1024, maxPayload: 4096)
+            opener.receiveBufferBytes = 1
+            let (a, b) = try await transportPair(opener: opener, acceptor: small)
+            let c = try a.open()
+            let pipe = try makePipe()
+            // More than the window in all: the reader has to keep returning credit.
+            async let received: Int = {
+                let served = try await b.accept()
+                var seen = 0
+                while true {
+                    let message = try await served.receive()
+                    if message.isEnd && message.payload.isEmpty { return seen }
+                    XCTAssertEqual(message.payload.first, UInt8(seen & 0xff))
+                    XCTAssertEqual(message.payload.count, 1 + seen * 17 % 4000)
+                    XCTAssertEqual(message.descriptors?.count ?? 0, seen % 50 == 0 ? 1 : 0)
+                    seen += 1
+                }
+            }()
+            for i in 0..<200 {
+                try await c.send([UInt8(i & 0xff)] + [UInt8](repeating: 1, count: i * 17 % 4000), descriptors: i % 50 == 0 ? [pipe.write] : [])
+            }
+            try await c.send([], end: true)
+            try pipe.write.close()
+            let seen = try await received
+            XCTAssertEqual(seen, 200)
+            try pipe.read.close()
+            a.close()
+            b.close()
+        }
+        XCTAssertEqual(openDescriptorCount(), before, "descriptors leaked")
+    }
+
     func testDescriptorsOfQueuedMessagesAreClosedOnClose() async throws {
         let before = openDescriptorCount()
         do {
