@@ -3,13 +3,13 @@
 
 SWIFT     ?= swift
 PYTHON    ?= python3
-# Building and serving: libseccomp, libcap, libcrypt (users files' hashes), libssl-dev (the keyholder's libcrypto), zlib (gzip of the page's assets), xterm.js
-# (node-xterm's modules, libjs-xterm's fit addon), tmux for the terminal tests.
-APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g-dev node-xterm libjs-xterm tmux
+# Building and serving: libseccomp, libcap, libcrypt (users files' hashes), libssl-dev (the keyholder's libcrypto), zlib (gzip of the page's assets),
+# tmux for the terminal tests; Node.js for the page's unit tests. xterm.js 5 comes from Debian 13's libjs-xterm (XTERM_DIR below).
+APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g-dev tmux nodejs
 # The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv (with
 # websockets for the TLS client test, and trzsz's trz/tsz for the shell in the transfer tests);
-# nginx and openssl for the TLS reverse-proxy test; lrzsz's rz/sz for the ZMODEM transfer tests.
-BROWSER_APT_DEPS := chromium nginx-light openssl lrzsz
+# nginx and openssl for the TLS reverse-proxy test; lrzsz's rz/sz for the ZMODEM transfer tests; fonts with emoji and CJK glyphs.
+BROWSER_APT_DEPS := chromium nginx-light openssl lrzsz fonts-noto-color-emoji fonts-noto-cjk
 # The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
 # systemd as PID 1), readelf, unshare and setpriv; ss (iproute2) for which process holds a client.
 DEPLOY_APT_DEPS := systemd python3-seccomp binutils util-linux iproute2
@@ -22,7 +22,7 @@ FUZZ_TARGETS := FuzzLinkMessages FuzzCircuitFrames FuzzWorker FuzzControlRequest
 FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := .build-fuzz
 
-.PHONY: deps browser-deps build release test browser-test chaos fuzz fuzz-replay run bench install install-files uninstall clean
+.PHONY: deps xterm browser-deps build release test browser-test chaos fuzz fuzz-replay run bench install install-files uninstall clean
 
 # Installs the Debian packages named in $(1) that are missing.
 define apt_install
@@ -34,8 +34,37 @@ define apt_install
 	fi
 endef
 
-deps:
+deps: xterm
 	$(call apt_install,$(APT_DEPS))
+
+# xterm.js 5 and its addons, as Debian 13 packages them (libjs-xterm, architecture all). A
+# host whose apt offers that version installs it (/usr/share/javascript/xterm); otherwise
+# (Debian 12, whose libjs-xterm is 3.8) apt fetches the package from the same Debian archive
+# as the host's own sources, suite trixie, checking the archive's signature with the keyring
+# the host already trusts, into $(XTERM_FETCH) without touching the host's apt configuration;
+# its files are unpacked to $(XTERM_DIR). `cloister serve` looks there, then in the installed
+# copy, then in the host's package (--xterm-dir).
+XTERM_DIR   := .build/xterm
+XTERM_FETCH := .build/xterm-fetch
+XTERM_SUITE := trixie
+xterm:
+	@if [ -f $(XTERM_DIR)/xterm.js ] || [ -f /usr/share/javascript/xterm/addons/webgl/xterm-addon-webgl.js ]; then exit 0; fi; \
+	if apt-cache policy libjs-xterm 2>/dev/null | grep -q 'Candidate: 5\.'; then \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libjs-xterm; exit $$?; \
+	fi; \
+	set -e; archive=$$(sed -n 's/^URIs: *\([^ ]*debian\)$$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1); \
+	archive=$${archive:-http://deb.debian.org/debian}; \
+	rm -rf $(XTERM_FETCH); mkdir -p $(XTERM_FETCH)/lists/partial $(XTERM_FETCH)/cache/archives/partial; \
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $$archive $(XTERM_SUITE) main" > $(XTERM_FETCH)/sources.list; \
+	apt="-o Dir::Etc::sourcelist=$(CURDIR)/$(XTERM_FETCH)/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$(CURDIR)/$(XTERM_FETCH)/lists \
+		-o Dir::Cache=$(CURDIR)/$(XTERM_FETCH)/cache -o Debug::NoLocking=1 -o APT::Sandbox::User=root"; \
+	echo "fetching libjs-xterm from $$archive $(XTERM_SUITE) (signature checked by apt)"; \
+	apt-get $$apt -q update > $(XTERM_FETCH)/update.log 2>&1 || { cat $(XTERM_FETCH)/update.log; exit 1; }; \
+	(cd $(XTERM_FETCH) && apt-get $$apt -q download libjs-xterm); \
+	rm -rf $(XTERM_FETCH)/root; dpkg-deb -x $(XTERM_FETCH)/libjs-xterm_*_all.deb $(XTERM_FETCH)/root; \
+	rm -rf $(XTERM_DIR); cp -r $(XTERM_FETCH)/root/usr/share/javascript/xterm $(XTERM_DIR); \
+	cp $(XTERM_FETCH)/root/usr/share/doc/libjs-xterm/copyright $(XTERM_DIR)/copyright; \
+	echo "xterm.js $$(dpkg-deb -f $(XTERM_FETCH)/libjs-xterm_*_all.deb Version) in $(XTERM_DIR)"
 
 browser-deps: deps
 	$(call apt_install,$(BROWSER_APT_DEPS) $(DEPLOY_APT_DEPS))
@@ -62,6 +91,7 @@ test: browser-deps
 	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
 	$(SWIFT) build --build-tests
 	@$(MAKE) --no-print-directory fuzz-replay
+	node --test web/test/
 	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
 	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
 
@@ -128,20 +158,28 @@ DOCDIR  := $(PREFIX)/share/doc/cloister
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 UNITS   := cloister.service cloister.socket cloister-nursery.service cloister-nursery.socket \
            cloister-metrics.service cloister-metrics.timer
-WEB     := index.html cloister.js cloister.css transfer.js
+WEB     := $(notdir $(wildcard web/*.html web/*.css web/*.js))
+# xterm.js 5 and the addons the page loads, with the package's copyright file (its licence).
+XTERM_FILES := xterm.js xterm.css addons/fit/xterm-addon-fit.js addons/webgl/xterm-addon-webgl.js addons/canvas/xterm-addon-canvas.js \
+           addons/unicode11/xterm-addon-unicode11.js addons/webLinks/xterm-addon-web-links.js addons/search/xterm-addon-search.js \
+           addons/image/xterm-addon-image.js
+XTERM_FROM = $(if $(wildcard $(XTERM_DIR)/xterm.js),$(XTERM_DIR),/usr/share/javascript/xterm)
 DOCS    := README.md ARCHITECTURE.md PERFORMANCE.md
 
 install: release install-files
 
 install-files:
 	@[ -x $(RELEASE_BIN) ] || { echo "install: $(RELEASE_BIN) is not built: run make install (or make release first)"; exit 1; }
-	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web \
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web $(DESTDIR)$(DATADIR)/xterm \
 		$(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)/deploy
 	install -m 0755 -s $(RELEASE_BIN) $(DESTDIR)$(BINDIR)/cloister
 	@# Every declared role's profile: the binary lists them (RoleDeclaration.sandboxed).
 	profiles=$$($(RELEASE_BIN) policy roles --format files) && [ -n "$$profiles" ] || { echo "install: $(RELEASE_BIN) lists no role profiles"; exit 1; }; \
 		for f in $$profiles; do install -m 0644 policies/$$f $(DESTDIR)$(DATADIR)/policies/ || exit 1; done
 	install -m 0644 $(addprefix web/,$(WEB)) $(DESTDIR)$(DATADIR)/web/
+	@[ -f $(XTERM_FROM)/addons/webgl/xterm-addon-webgl.js ] || { echo "install: no xterm.js 5 in $(XTERM_FROM) (make xterm fetches it)"; exit 1; }
+	for f in $(XTERM_FILES); do install -D -m 0644 $(XTERM_FROM)/$$f $(DESTDIR)$(DATADIR)/xterm/$$f || exit 1; done
+	install -m 0644 $$([ -f $(XTERM_FROM)/copyright ] && echo $(XTERM_FROM)/copyright || echo /usr/share/doc/libjs-xterm/copyright) $(DESTDIR)$(DATADIR)/xterm/copyright
 	for u in $(UNITS); do sed 's|/usr/local|$(PREFIX)|g' deploy/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
 	install -m 0644 deploy/README.md deploy/nginx-cloister.conf $(DESTDIR)$(DOCDIR)/deploy/
@@ -153,6 +191,9 @@ uninstall:
 		for f in $$profiles; do rm -f $(DESTDIR)$(DATADIR)/policies/$$f; done
 	rm -f $(DESTDIR)$(BINDIR)/cloister
 	rm -f $(addprefix $(DESTDIR)$(DATADIR)/web/,$(WEB))
+	rm -f $(addprefix $(DESTDIR)$(DATADIR)/xterm/,$(XTERM_FILES) copyright)
+	-rmdir $(addprefix $(DESTDIR)$(DATADIR)/xterm/addons/,fit webgl canvas unicode11 webLinks search image) \
+		$(DESTDIR)$(DATADIR)/xterm/addons $(DESTDIR)$(DATADIR)/xterm 2>/dev/null
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
 	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS)) $(addprefix $(DESTDIR)$(DOCDIR)/deploy/,README.md nginx-cloister.conf)
 	-rmdir $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)/deploy $(DESTDIR)$(DOCDIR) 2>/dev/null

@@ -9,21 +9,19 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Where the page's files come from. Cloister's own page is three files; the terminal
-/// emulator is Debian's xterm.js (`node-xterm`: the library as CommonJS modules;
-/// `libjs-xterm`: its fit addon).
+/// Where the page's files come from: Cloister's page (a directory of its own files) and the
+/// terminal emulator, xterm.js 5 and its addons as Debian 13's `libjs-xterm` has them.
 public struct AssetSources: Sendable, Equatable {
-    /// Cloister's page: `index.html`, `cloister.js`, `cloister.css`, `transfer.js`.
+    /// Cloister's page: `ownFiles`.
     public var webDirectory: String
-    /// xterm.js's `lib` directory (`public/Terminal.js` and the modules it requires, `xterm.css`).
-    public var xtermLibrary = "/usr/share/nodejs/xterm/lib"
-    /// xterm.js's addons (`fit/fit.js`).
-    public var xtermAddons = "/usr/share/javascript/xterm/addons"
+    /// xterm.js 5's directory (`xterm.js`, `xterm.css`, `addons/…`; `XtermFiles`).
+    public var xtermDirectory: String
     /// A page served at `/` instead of Cloister's (ttyd's `--index`), with its own scripts inline.
     public var index: String?
 
-    public init(webDirectory: String) {
+    public init(webDirectory: String, xtermDirectory: String) {
         self.webDirectory = webDirectory
+        self.xtermDirectory = xtermDirectory
     }
 }
 
@@ -38,14 +36,18 @@ public struct AssetError: Error, CustomStringConvertible, Equatable {
 /// naming it, and workers serve from memory.
 public enum AssetLoader {
     /// Cloister's page runs only its own scripts and styles, connects only to its own origin,
-    /// and may not be framed.
-    public static let pagePolicy = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        + "img-src 'self' data:; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    /// and may not be framed. `'wasm-unsafe-eval'` lets the image addon compile its sixel
+    /// decoder, WebAssembly carried inside its script: it allows compiling WebAssembly, not
+    /// `eval` or `Function` on strings. Decoded images are drawn as `blob:` and `data:` URLs.
+    public static let pagePolicy = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; connect-src 'self'; "
+        + "img-src 'self' data: blob:; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     /// A custom index page brings its own inline scripts and styles (ttyd's does): only
     /// framing is forbidden.
     public static let customPagePolicy = "frame-ancestors 'none'"
 
-    public static let ownFiles = ["index.html", "cloister.js", "cloister.css", "transfer.js"]
+    /// Cloister's page: the document, its style, and its scripts (ES modules).
+    public static let ownFiles = ["index.html", "cloister.css", "cloister.js", "session.js", "renderer.js", "links.js", "clipboard.js",
+                                  "keybar.js", "search.js", "transfer.js"]
 
     public static func load(_ sources: AssetSources) throws(AssetError) -> AssetBundle {
         var bundle = AssetBundle()
@@ -60,9 +62,17 @@ public enum AssetLoader {
             bundle.assets["/"] = page
             bundle.assets["/index.html"] = page
         }
-        let xterm = try XtermBundle.script(library: sources.xtermLibrary, addons: sources.xtermAddons)
-        bundle.assets["/xterm.js"] = try asset(contentType(of: "xterm.js"), xterm)
-        bundle.assets["/xterm.css"] = try asset(contentType(of: "xterm.css"), try read(sources.xtermLibrary + "/xterm.css"))
+        // xterm.js 3 (Debian 12's package) has an xterm.js too, and none of the addons; a
+        // directory without an xterm.js is reported by the read below.
+        if access(sources.xtermDirectory + "/" + XtermFiles.scripts[0].file, F_OK) == 0,
+           access(sources.xtermDirectory + "/" + XtermFiles.marker, F_OK) != 0 {
+            throw AssetError(path: sources.xtermDirectory, problem: "not xterm.js 5 (no \(XtermFiles.marker); Debian 13's libjs-xterm has it)")
+        }
+        for (served, file) in XtermFiles.scripts {
+            bundle.assets[served] = try asset(contentType(of: file), XtermFiles.withoutSourceMap(try read(sources.xtermDirectory + "/" + file)))
+        }
+        bundle.assets[XtermFiles.styles.served] = try asset(contentType(of: XtermFiles.styles.file),
+                                                            try read(sources.xtermDirectory + "/" + XtermFiles.styles.file))
         return bundle
     }
 

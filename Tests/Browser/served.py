@@ -14,6 +14,13 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 USER, PASSWORD = "tester", "browser-pass"
 
+# The visible rows of Cloister's page (xterm.js 5's public buffer API), and the cursor.
+SCREEN = """() => {
+  const t = window.cloister.terminal, b = t.buffer.active, rows = [];
+  for (let y = 0; y < t.rows; y++) rows.push(b.getLine(b.viewportY + y).translateToString(true));
+  return {rows: rows, x: b.cursorX, y: b.cursorY, cols: t.cols, height: t.rows};
+}"""
+
 
 def executable():
     # make test sets CLOISTER_EXECUTABLE to the release build, the one make install installs.

@@ -15,8 +15,8 @@ import unittest
 
 from playwright.sync_api import sync_playwright
 
-from served import ROOT, USER, PASSWORD, Served
-from test_page import CHROMIUM, SCREEN
+from served import ROOT, SCREEN, USER, PASSWORD, Served
+from test_page import CHROMIUM
 
 NGINX = "/usr/sbin/nginx"
 EXAMPLE = os.path.join(ROOT, "deploy", "nginx-cloister.conf")

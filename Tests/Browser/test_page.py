@@ -12,19 +12,11 @@ import uuid
 
 from playwright.sync_api import sync_playwright
 
-from served import ROOT, USER, PASSWORD, Served
+from served import ROOT, SCREEN, USER, PASSWORD, Served
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = os.path.join(ROOT, ".build", "browser-screenshots")
 TTYD_INDEX = os.path.abspath(os.path.join(ROOT, "..", "shared", "peers", "ttyd-index.html"))
-
-# The visible rows of Cloister's page (xterm.js 3), and the cursor.
-SCREEN = """() => {
-  const t = window.cloister.terminal, b = t._core.buffer, rows = [];
-  for (let y = 0; y < t.rows; y++) rows.push(b.translateBufferLineToString(b.ydisp + y, true));
-  return {rows: rows, x: b.x, y: b.y, cols: t.cols, height: t.rows};
-}"""
-
 
 def setUpModule():
     global playwright, browser
@@ -127,7 +119,7 @@ class TerminalTests(PageTestCase):
         self.run_in_shell(page, ":q!")
         # vi restores the terminal with TCSAFLUSH, which drops what was typed meanwhile.
         self.wait_for_row(page, rf"vi {name}$")
-        self.wait_until(page, "window.cloister.terminal._core.buffer === window.cloister.terminal._core.buffers.normal")
+        self.wait_until(page, "window.cloister.terminal.buffer.active.type === 'normal'")
         time.sleep(0.3)
         self.run_in_shell(page, "echo vi-left-$((6*7))")
         self.wait_for_row(page, r"^vi-left-42$")
@@ -141,10 +133,11 @@ class TerminalTests(PageTestCase):
         match = self.wait_for_row(page, r"^RED PLAIN$")
         self.assertTrue(match, "the escape sequences are not printed as text")
         colours = page.evaluate("""() => {
-          const t = window.cloister.terminal, b = t._core.buffer;
-          for (let y = 0; y < b.lines.length; y++) {
-            if (b.translateBufferLineToString(y, true) === 'RED PLAIN') {
-              const line = b.lines.get(y), fg = x => (line.get(x)[0] >> 9) & 0x1ff;
+          const b = window.cloister.terminal.buffer.active;
+          for (let y = 0; y < b.length; y++) {
+            const line = b.getLine(y);
+            if (line.translateToString(true) === 'RED PLAIN') {
+              const fg = x => { const c = line.getCell(x); return c.isFgPalette() ? c.getFgColor() : -1; };
               return [fg(0), fg(4)];
             }
           }
@@ -174,8 +167,15 @@ class ClipboardTests(PageTestCase):
     def test_paste_and_copy_with_ctrl_shift(self):
         page = self.open_page(permissions=("clipboard-read", "clipboard-write"))
         self.wait_for_state(page, "connected")
+        # bash asks for bracketed paste: the pasted line, newline and all, is text for the
+        # line editor until Enter is pressed, so a pasted command never runs by itself.
+        self.wait_until(page, "window.cloister.terminal.modes.bracketedPasteMode")
         page.evaluate("() => navigator.clipboard.writeText('echo pasted-$((6*7))\\r')")
         page.keyboard.press("Control+Shift+V")
+        self.wait_for_row(page, r"echo pasted-\$\(\(6\*7\)\)$")
+        time.sleep(0.5)
+        self.assertFalse(any(row == "pasted-42" for row in self.screen(page)["rows"]), "the paste did not run")
+        page.keyboard.press("Enter")
         self.wait_for_row(page, r"^pasted-42$")
         page.evaluate("() => window.cloister.terminal.selectAll()")
         page.keyboard.press("Control+Shift+C")
@@ -268,7 +268,7 @@ class ServeOptionTests(PageTestCase):
         page = self.open_page()
         self.wait_for_state(page, "connected")
         options = page.evaluate("""() => { const t = window.cloister.terminal;
-          return [t.getOption('fontSize'), t._core.renderer.colorManager.colors.background.css, t.getOption('cursorStyle')]; }""")
+          return [t.options.fontSize, t.options.theme.background, t.options.cursorStyle]; }""")
         self.assertEqual(options, [21, "#102030", "underline"], "the numbers arrive as numbers, the theme as an object")
 
 

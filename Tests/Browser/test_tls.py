@@ -13,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from served import ROOT, USER, PASSWORD, Served
+from served import ROOT, SCREEN, USER, PASSWORD, Served
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = os.path.join(ROOT, ".build", "browser-screenshots")
@@ -96,11 +96,9 @@ class PageOverHTTPSTests(unittest.TestCase):
                 self.assertLess(time.time(), deadline, "the page did not connect over wss://")
                 time.sleep(0.05)
             page.keyboard.type("echo https-$((6*7))\n")
-            screen = """() => { const t = window.cloister.terminal, b = t._core.buffer, rows = [];
-              for (let y = 0; y < t.rows; y++) rows.push(b.translateBufferLineToString(b.ydisp + y, true)); return rows; }"""
             deadline = time.time() + 10
-            while not any(re.search(r"^https-42$", row) for row in page.evaluate(screen)):
-                self.assertLess(time.time(), deadline, "\n".join(page.evaluate(screen)))
+            while not any(re.search(r"^https-42$", row) for row in page.evaluate(SCREEN)["rows"]):
+                self.assertLess(time.time(), deadline, "\n".join(page.evaluate(SCREEN)["rows"]))
                 time.sleep(0.05)
             self.assertEqual(page.evaluate("location.protocol"), "https:")
             os.makedirs(SHOTS, exist_ok=True)

@@ -12,13 +12,11 @@ import tempfile
 import time
 import unittest
 
-from served import ROOT, USER, PASSWORD, Served
+from served import ROOT, SCREEN, USER, PASSWORD, Served
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = os.path.join(ROOT, ".build", "browser-screenshots")
 BIN = os.path.join(ROOT, ".build", "browser-venv", "bin")
-SCREEN = """() => { const t = window.cloister.terminal, b = t._core.buffer, rows = [];
-  for (let y = 0; y < t.rows; y++) rows.push(b.translateBufferLineToString(b.ydisp + y, true)); return rows; }"""
 
 
 def sha256(path):
@@ -102,8 +100,8 @@ class TrzszTests(unittest.TestCase):
 
     def wait_for_row(self, page, pattern, timeout=60):
         deadline = time.time() + timeout
-        while not any(re.search(pattern, row) for row in page.evaluate(SCREEN)):
-            self.assertLess(time.time(), deadline, f"no row matches {pattern!r}:\n" + "\n".join(page.evaluate(SCREEN)))
+        while not any(re.search(pattern, row) for row in page.evaluate(SCREEN)["rows"]):
+            self.assertLess(time.time(), deadline, f"no row matches {pattern!r}:\n" + "\n".join(page.evaluate(SCREEN)["rows"]))
             time.sleep(0.1)
 
     def wait_for_prompt(self, page, timeout=60):
@@ -111,7 +109,7 @@ class TrzszTests(unittest.TestCase):
         and drops its input for half a second as it ends."""
         deadline = time.time() + timeout
         while True:
-            rows = [row for row in page.evaluate(SCREEN) if row.strip()]
+            rows = [row for row in page.evaluate(SCREEN)["rows"] if row.strip()]
             if rows and re.search(r"[#$] ?$", rows[-1]):
                 break
             self.assertLess(time.time(), deadline, "no prompt:\n" + "\n".join(rows))
@@ -138,7 +136,7 @@ class TrzszTests(unittest.TestCase):
         while not (os.path.exists(uploaded) and os.path.getsize(uploaded) == 20 << 20
                    and os.path.exists(second) and os.path.getsize(second) == os.path.getsize(self.second)
                    and page.evaluate("document.getElementById('transfer').hidden")):
-            self.assertLess(time.time(), deadline, "the upload did not finish:\n" + "\n".join(page.evaluate(SCREEN)))
+            self.assertLess(time.time(), deadline, "the upload did not finish:\n" + "\n".join(page.evaluate(SCREEN)["rows"]))
             time.sleep(0.2)
         self.assertEqual(sha256(uploaded), sha256(self.source))
         self.assertEqual(sha256(second), sha256(self.second))
@@ -157,7 +155,7 @@ class TrzszTests(unittest.TestCase):
         self.shell(page, "echo down-$((6*7))")
         self.wait_for_row(page, r"^down-42$")
         # Nothing of the protocol stayed on the screen.
-        self.assertFalse(any("#DATA:" in row or "TRZSZ" in row for row in page.evaluate(SCREEN)), page.evaluate(SCREEN))
+        self.assertFalse(any("#DATA:" in row or "TRZSZ" in row for row in page.evaluate(SCREEN)["rows"]), page.evaluate(SCREEN)["rows"])
 
     def test_a_cancelled_upload_leaves_the_shell_at_its_prompt(self):
         page = self.open_page()

@@ -830,6 +830,10 @@ final class ServeTests: XCTestCase {
     }
 
     func testBadOptionsExitWithStatusTwoAndOneLine() throws {
+        let xterm3 = NSTemporaryDirectory() + "cloister-xterm3-\(getpid())"
+        try FileManager.default.createDirectory(atPath: xterm3 + "/addons/fit", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: xterm3) }
+        try Data("// xterm.js 3".utf8).write(to: URL(fileURLWithPath: xterm3 + "/xterm.js"))
         let cases: [([String], String)] = [
             (["--workers", "0"], "--workers"),
             (["--listen", "localhost"], "--listen"),
@@ -861,8 +865,10 @@ final class ServeTests: XCTestCase {
             (["--base-path", "/a/../b"], "--base-path"),
             (["--index", "/nonexistent.html"], "--index: /nonexistent.html: open"),
             (["--index", "/tmp"], "--index: /tmp: not a regular file"),
-            (["--xterm-lib", "/tmp"], "--xterm-lib: /tmp/public/Terminal.js: missing"),
-            (["--xterm-addons", "/nonexistent"], "--xterm-addons: /nonexistent/fit/fit.js: open"),
+            (["--xterm-dir", "/tmp"], "--xterm-dir: /tmp/xterm.js: open"),
+            (["--xterm-dir", "/nonexistent"], "--xterm-dir: /nonexistent/xterm.js: open"),
+            // A directory with an xterm.js but none of version 5's addons (Debian 12's package).
+            (["--xterm-dir", xterm3], "--xterm-dir: \(xterm3): not xterm.js 5 (no addons/webgl/xterm-addon-webgl.js"),
             (["--nursery-socket", "relative.sock"], "--nursery-socket: \"relative.sock\" is not an absolute path"),
             (["--nursery-socket", "/run/n.sock", "--cwd", "/"], "--cwd: the nursery service at --nursery-socket starts the shells"),
             (["--nursery-socket", "/run/n.sock", "--", "/bin/sh"], "a command: the nursery service"),

@@ -119,6 +119,13 @@ public let packageRoot: String = {
     return dir
 }()
 
+/// xterm.js 5 as make fetched it (Debian 12), else the host's package (Debian 13): where
+/// `cloister serve` finds it from a checkout's `web/`.
+public let xtermDirectory: String = {
+    let fetched = packageRoot + "/.build/xterm"
+    return FileManager.default.fileExists(atPath: fetched + "/xterm.js") ? fetched : "/usr/share/javascript/xterm"
+}()
+
 /// The build id of `cloisterExecutable`, which differs from the test bundle's: what a test
 /// must declare in a transport handshake with a `cloister` process.
 public let cloisterBuildID: String = {

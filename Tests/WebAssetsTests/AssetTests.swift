@@ -6,22 +6,26 @@ import XCTest
 /// The bundle the supervisor builds and the workers decode, and what the loader refuses.
 final class AssetTests: XCTestCase {
     private func loaded(_ change: (inout AssetSources) -> Void = { _ in }) throws(AssetError) -> AssetBundle {
-        var sources = AssetSources(webDirectory: packageRoot + "/web")
+        var sources = AssetSources(webDirectory: packageRoot + "/web", xtermDirectory: xtermDirectory)
         change(&sources)
         return try AssetLoader.load(sources)
     }
 
     func testTheLoadedBundleHasThePageAndXtermAndSurvivesEncoding() throws {
         let bundle = try loaded()
-        XCTAssertEqual(Set(bundle.assets.keys), ["/", "/index.html", "/cloister.js", "/cloister.css", "/transfer.js", "/xterm.js", "/xterm.css"])
+        let page = Set(AssetLoader.ownFiles.map { "/" + $0 } + ["/"])
+        let xterm = Set(XtermFiles.scripts.map(\.served) + [XtermFiles.styles.served])
+        XCTAssertEqual(Set(bundle.assets.keys), page.union(xterm))
+        XCTAssertEqual(xterm.count, 9, "xterm.js, its style and seven addons")
         XCTAssertEqual(bundle["/"], bundle["/index.html"])
         XCTAssertEqual(bundle["/"]?.securityPolicy, AssetLoader.pagePolicy)
         XCTAssertNil(bundle["/xterm.js"]?.securityPolicy)
-        let xterm = String(decoding: try XCTUnwrap(bundle["/xterm.js"]).body, as: UTF8.self)
-        XCTAssertTrue(xterm.contains("modules[\"public/Terminal\"] = function (require, module, exports) {"))
-        XCTAssertTrue(xterm.contains("modules[\"addons/fit/fit\"]"))
-        XCTAssertFalse(xterm.contains(".test\""), "no test modules")
-        XCTAssertFalse(xterm.contains("sourceMappingURL"), "no references to maps that are not served")
+        let library = String(decoding: try XCTUnwrap(bundle["/xterm.js"]).body, as: UTF8.self)
+        XCTAssertTrue(library.contains("Terminal"))
+        for path in xterm {
+            XCTAssertFalse(String(decoding: try XCTUnwrap(bundle[path]).body, as: UTF8.self).contains("sourceMappingURL"),
+                           "\(path): no reference to a map that is not served")
+        }
         XCTAssertEqual(try AssetBundle(decoding: bundle.encoded), bundle)
     }
 
@@ -55,8 +59,7 @@ final class AssetTests: XCTestCase {
     func testAMissingSourceNamesItsPath() {
         let cases: [(String, (inout AssetSources) -> Void)] = [
             ("/nonexistent/web/index.html", { $0.webDirectory = "/nonexistent/web" }),
-            ("/nonexistent/lib", { $0.xtermLibrary = "/nonexistent/lib" }),
-            ("/tmp/fit/fit.js", { $0.xtermAddons = "/tmp" }),
+            ("/nonexistent/xterm/xterm.js", { $0.xtermDirectory = "/nonexistent/xterm" }),
             ("/nonexistent/index.html", { $0.index = "/nonexistent/index.html" }),
         ]
         for (path, change) in cases {
@@ -68,8 +71,8 @@ final class AssetTests: XCTestCase {
         XCTAssertThrowsError(try loaded { $0.index = "/tmp" }) { error in
             XCTAssertEqual("\(error)", "/tmp: not a regular file")
         }
-        XCTAssertThrowsError(try loaded { $0.xtermLibrary = packageRoot + "/web" }) { error in
-            XCTAssertTrue("\(error)".contains("public/Terminal.js: missing"), "\(error)")
+        XCTAssertThrowsError(try loaded { $0.xtermDirectory = packageRoot + "/web" }) { error in
+            XCTAssertEqual((error as? AssetError)?.path, packageRoot + "/web/xterm.js", "\(error)")
         }
     }
 

@@ -121,7 +121,7 @@ final class WorkerUnderTest {
 
     /// The assets `cloister serve` would load from this checkout and Debian's xterm.js.
     static let assets: Result<AssetBundle, AssetError> = Result { () throws(AssetError) in
-        try AssetLoader.load(AssetSources(webDirectory: packageRoot + "/web"))
+        try AssetLoader.load(AssetSources(webDirectory: packageRoot + "/web", xtermDirectory: xtermDirectory))
     }
 
     init(settings: WebWorker.Settings = .init(), vault: FakeVault = FakeVault(), assets: AssetBundle? = nil) async throws {
