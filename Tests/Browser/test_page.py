@@ -56,9 +56,11 @@ class PageTestCase(unittest.TestCase):
                 page.screenshot(path=os.path.join(SHOTS, f"{self.id().split('.')[-1]}-{i}.png"))
             page.context.close()
 
-    def open_page(self, url=None, size=(1000, 600), permissions=()):
+    def open_page(self, url=None, size=(1000, 600), permissions=(), touch=False):
+        # `touch`: a phone, as Chromium's device emulation makes one (a coarse pointer).
         context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
-                                      viewport={"width": size[0], "height": size[1]}, permissions=list(permissions))
+                                      viewport={"width": size[0], "height": size[1]}, permissions=list(permissions),
+                                      has_touch=touch, is_mobile=touch)
         page = context.new_page()
         page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
         page.on("pageerror", lambda e: self.problems.append(str(e)))
