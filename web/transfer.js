@@ -4,11 +4,15 @@
 // keystroke), and the shell writes and reads the files with its own rights. Nothing here
 // opens a file but the ones the user picks or drops.
 //
-// trzsz's lines are `#TYPE:VALUE\n`; strings and data are base64 of zlib; data goes one chunk
-// at a time, each acknowledged (`#SUCC:LENGTH`), each file ends with its MD5.
-// What `trz` and `tsz` print first: the cursor saved (their end restores it and clears what
-// follows, so nothing of the protocol stays on the screen), then the mode and version.
-const magic = "\x1b7::TRZSZ:TRANSFER:";
+// trzsz (trzsz.js): data goes one chunk at a time, each acknowledged (`#SUCC:LENGTH`), each
+// file ends with its MD5. ZMODEM (zmodem.js): CRC-checked headers and subpackets.
+import { toBinary, fromBinary, sameBytes } from "./bytes.js";
+import { MD5 } from "./md5.js";
+import { magic, encodeValue, decodeValue, action, valueOf } from "./trzsz.js";
+import { Z, ZCRCQ, ZCRCW, ZCRCG, ZCRCE, zmodemStart, ZReader, hexHeader, binaryHeader, subpacket, offsetOf, position, cancelBytes,
+  visible } from "./zmodem.js";
+import { downloadRefusal } from "./downloads.js";
+
 // The page's answers go as input in pieces a WebSocket frame holds (the worker takes 256 KiB).
 const inputPiece = 60 * 1024;
 // Bytes of a file per uploaded chunk, before compression.
@@ -16,249 +20,14 @@ const uploadChunk = 2 * 1024 * 1024;
 const latin1 = new TextDecoder("latin1");
 const utf8 = new TextEncoder();
 
-// MD5 (RFC 1321), incremental: trzsz checks every file with it, and WebCrypto has none.
-function MD5() {
-  this.state = new Int32Array([0x67452301, -271733879, -1732584194, 271733878]);
-  this.buffer = new Uint8Array(64);
-  this.buffered = 0;
-  this.length = 0;
-}
-const S = [7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9, 14, 20,
-  4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21];
-const K = new Int32Array(64);
-for (let i = 0; i < 64; i++) K[i] = Math.floor(Math.abs(Math.sin(i + 1)) * 4294967296) | 0;
-MD5.prototype.block = function (bytes, at) {
-  const w = new Int32Array(16);
-  for (let i = 0; i < 16; i++) {
-    const j = at + i * 4;
-    w[i] = bytes[j] | (bytes[j + 1] << 8) | (bytes[j + 2] << 16) | (bytes[j + 3] << 24);
-  }
-  let [a, b, c, d] = this.state;
-  for (let i = 0; i < 64; i++) {
-    let f, g;
-    if (i < 16) { f = (b & c) | (~b & d); g = i; }
-    else if (i < 32) { f = (d & b) | (~d & c); g = (5 * i + 1) % 16; }
-    else if (i < 48) { f = b ^ c ^ d; g = (3 * i + 5) % 16; }
-    else { f = c ^ (b | ~d); g = (7 * i) % 16; }
-    const sum = (a + f + K[i] + w[g]) | 0;
-    a = d; d = c; c = b;
-    b = (b + ((sum << S[i]) | (sum >>> (32 - S[i])))) | 0;
-  }
-  this.state[0] += a; this.state[1] += b; this.state[2] += c; this.state[3] += d;
-};
-MD5.prototype.update = function (bytes) {
-  this.length += bytes.length;
-  let at = 0;
-  if (this.buffered > 0) {
-    const take = Math.min(64 - this.buffered, bytes.length);
-    this.buffer.set(bytes.subarray(0, take), this.buffered);
-    this.buffered += take;
-    at = take;
-    if (this.buffered < 64) return;
-    this.block(this.buffer, 0);
-    this.buffered = 0;
-  }
-  for (; at + 64 <= bytes.length; at += 64) this.block(bytes, at);
-  this.buffer.set(bytes.subarray(at), 0);
-  this.buffered = bytes.length - at;
-};
-MD5.prototype.digest = function () {
-  const bits = this.length * 8;
-  const tail = new Uint8Array(((this.buffered < 56) ? 64 : 128) - this.buffered);
-  tail[0] = 0x80;
-  for (let i = 0; i < 8; i++) tail[tail.length - 8 + i] = Math.floor(bits / Math.pow(2, 8 * i)) & 0xff;
-  this.update(tail);
-  const out = new Uint8Array(16);
-  for (let i = 0; i < 4; i++) for (let j = 0; j < 4; j++) out[i * 4 + j] = (this.state[i] >>> (8 * j)) & 0xff;
-  return out;
-};
-
-async function through(stream, bytes) {
-  const piped = new Blob([bytes]).stream().pipeThrough(stream);
-  return new Uint8Array(await new Response(piped).arrayBuffer());
-}
-// trzsz's zlib (RFC 1950) is what the Compression Streams API calls "deflate".
-const deflate = function (bytes) { return through(new CompressionStream("deflate"), bytes); };
-const inflate = function (bytes) { return through(new DecompressionStream("deflate"), bytes); };
-
-function base64(bytes) { return btoa(toBinary(bytes)); }
-function unbase64(text) { return fromBinary(atob(text)); }
-async function encodeValue(bytes) { return base64(await deflate(bytes)); }
-async function decodeValue(text) { return inflate(unbase64(text)); }
-const sameBytes = function (a, b) { return a.length === b.length && a.every(function (x, i) { return x === b[i]; }); };
-
 class Cancelled extends Error {}
 
-// Bytes as a binary string (a character each) and back: both protocols are read that way.
-function toBinary(bytes) {
-  let text = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-  return text;
-}
-function fromBinary(text) {
-  const bytes = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
-  return bytes;
-}
 function mayStart(bytes) {
   for (let i = bytes.indexOf(0x1b); i >= 0; i = bytes.indexOf(0x1b, i + 1)) {
     if (i + 1 >= bytes.length || bytes[i + 1] === 0x37) return true;
   }
   return bytes.indexOf(0x18) >= 0 || (bytes.length > 0 && bytes[bytes.length - 1] === 0x2a);
 }
-
-// ZMODEM (Chuck Forsberg's, as lrzsz's rz and sz speak it): headers and data subpackets,
-// ZDLE-escaped, with CRC-16 (the page never asks for CRC-32, so sz sends CRC-16 too).
-const ZPAD = 0x2a, ZDLE = 0x18, ZBIN = 0x41, ZHEX = 0x42, ZBIN32 = 0x43;
-const Z = { RQINIT: 0, RINIT: 1, SINIT: 2, ACK: 3, FILE: 4, SKIP: 5, NAK: 6, ABORT: 7, FIN: 8, RPOS: 9, DATA: 10, EOF: 11, FERR: 12, CAN: 16 };
-const ZCRCE = 0x68, ZCRCG = 0x69, ZCRCQ = 0x6a, ZCRCW = 0x6b;
-const zmodemStart = "**\x18B";
-const crcTable = new Uint16Array(256);
-for (let i = 0; i < 256; i++) {
-  let c = i << 8;
-  for (let j = 0; j < 8; j++) c = (c & 0x8000) ? ((c << 1) ^ 0x1021) : (c << 1);
-  crcTable[i] = c & 0xffff;
-}
-function crc16(bytes, crc) {
-  crc = crc || 0;
-  for (const b of bytes) crc = ((crc << 8) ^ crcTable[((crc >> 8) ^ b) & 0xff]) & 0xffff;
-  return crc;
-}
-// ZDLE-escaped: ZDLE, DLE, XON, XOFF (with the high bit or not), and a CR after '@'.
-function zescape(bytes) {
-  const out = new Uint8Array(bytes.length * 2);
-  let n = 0, last = 0;
-  for (const b of bytes) {
-    const low = b & 0x7f;
-    if (low === 0x18 || low === 0x10 || low === 0x11 || low === 0x13 || (low === 0x0d && (last & 0x7f) === 0x40)) {
-      out[n++] = ZDLE;
-      out[n++] = b ^ 0x40;
-    } else {
-      out[n++] = b;
-    }
-    last = b;
-  }
-  return out.subarray(0, n);
-}
-const hex2 = function (b) { return b.toString(16).padStart(2, "0"); };
-function hexHeader(type, p) {
-  const body = [type, p[0], p[1], p[2], p[3]];
-  const crc = crc16(body);
-  let text = "**\x18B" + body.map(hex2).join("") + hex2(crc >> 8) + hex2(crc & 0xff) + "\r\x8a";
-  if (type !== Z.FIN && type !== Z.ACK) text += "\x11";
-  return fromBinary(text);
-}
-function binaryHeader(type, p) {
-  const body = [type, p[0], p[1], p[2], p[3]];
-  const crc = crc16(body);
-  const escaped = zescape(new Uint8Array(body.concat([crc >> 8, crc & 0xff])));
-  const out = new Uint8Array(3 + escaped.length);
-  out.set([ZPAD, ZDLE, ZBIN]);
-  out.set(escaped, 3);
-  return out;
-}
-function subpacket(data, end) {
-  const crc = crc16([end], crc16(data));
-  const escaped = zescape(data), tail = zescape(new Uint8Array([crc >> 8, crc & 0xff]));
-  const out = new Uint8Array(escaped.length + 2 + tail.length + (end === ZCRCW ? 1 : 0));
-  out.set(escaped);
-  out.set([ZDLE, end], escaped.length);
-  out.set(tail, escaped.length + 2);
-  if (end === ZCRCW) out[out.length - 1] = 0x11;
-  return out;
-}
-const offsetOf = function (p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (p[3] * 16777216); };
-const position = function (n) { return [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, Math.floor(n / 16777216) & 0xff]; };
-const cancelBytes = new Uint8Array([24, 24, 24, 24, 24, 24, 24, 24, 8, 8, 8, 8, 8, 8, 8, 8]);
-// What is left of a buffer for the screen once the program has stopped: its hex headers
-// and cancel sequences taken out (the shell's prompt stays).
-const visible = function (text) {
-  return text.replace(/\*\*\x18B[0-9a-fA-F]{14}[\r\n\x8a\x11]*/g, "").replace(/\x18+\x08*/g, "");
-};
-
-// Reads ZMODEM from a binary string as it comes: headers (hex or binary), and the data
-// subpackets that follow ZFILE and ZDATA. Calls back with each.
-class ZReader {
-  constructor() { this.buffer = ""; this.expectData = false; }
-  push(text) { this.buffer += text; }
-  // The next item, or null until more arrives: {header: {type, p}} | {data, end} | {oo: true}
-  next() {
-    const b = this.buffer;
-    if (this.expectData) {
-      const bytes = [];
-      for (let i = 0; i < b.length; i++) {
-        let c = b.charCodeAt(i);
-        if (c === ZDLE) {
-          if (i + 1 >= b.length) return null;
-          const e = b.charCodeAt(++i);
-          if (e >= ZCRCE && e <= ZCRCW) {
-            // Two CRC bytes follow, each perhaps escaped.
-            let j = i + 1, got = 0;
-            while (got < 2) {
-              if (j >= b.length) return null;
-              if (b.charCodeAt(j) === ZDLE) j += 2; else j += 1;
-              got++;
-            }
-            if (j > b.length) return null;
-            if (e === ZCRCW && b.charCodeAt(j) === 0x11) j++;
-            this.buffer = b.slice(j);
-            if (e === ZCRCE || e === ZCRCW) this.expectData = false;
-            return { data: new Uint8Array(bytes), end: e };
-          }
-          if (e === 0x6c) c = 0x7f; else if (e === 0x6d) c = 0xff; else c = e ^ 0x40;
-        }
-        bytes.push(c);
-      }
-      return null;
-    }
-    if (b.startsWith("OO")) {
-      this.buffer = b.slice(2);
-      return { oo: true };
-    }
-    const at = b.indexOf("*\x18");
-    if (at < 0) {
-      this.buffer = b.slice(Math.max(0, b.length - 1));
-      return null;
-    }
-    const kind = b.charCodeAt(at + 2);
-    if (Number.isNaN(kind)) return null;
-    if (kind === ZHEX) {
-      const end = at + 3 + 14;
-      if (b.length < end) return null;
-      const hex = b.slice(at + 3, end);
-      const values = [];
-      for (let i = 0; i < 14; i += 2) values.push(parseInt(hex.slice(i, i + 2), 16));
-      let next = end;
-      while (next < b.length && (b.charCodeAt(next) === 0x0d || b.charCodeAt(next) === 0x8a || b.charCodeAt(next) === 0x0a || b.charCodeAt(next) === 0x11)) next++;
-      this.buffer = b.slice(next);
-      return this.header(values[0], values.slice(1, 5));
-    }
-    if (kind === ZBIN || kind === ZBIN32) {
-      const want = kind === ZBIN ? 7 : 9;
-      const values = [];
-      let i = at + 3;
-      while (values.length < want) {
-        if (i >= b.length) return null;
-        let c = b.charCodeAt(i++);
-        if (c === ZDLE) {
-          if (i >= b.length) return null;
-          const e = b.charCodeAt(i++);
-          c = e === 0x6c ? 0x7f : e === 0x6d ? 0xff : e ^ 0x40;
-        }
-        values.push(c);
-      }
-      this.buffer = b.slice(i);
-      return this.header(values[0], values.slice(1, 5));
-    }
-    this.buffer = b.slice(at + 2);
-    return this.next();
-  }
-  header(type, p) {
-    if (type === Z.FILE || type === Z.DATA || type === Z.SINIT) this.expectData = true;
-    return { header: { type: type, p: p } };
-  }
-}
-
 
 // One page's transfers. `host`: write(text) to the terminal, send(bytes) as input,
 // readonly() whether this page only watches, focus() the terminal again.
@@ -392,8 +161,8 @@ export function createTransfer(host) {
       for (;;) {
         const line = await this.next();
         if (this.cancelled) throw new Cancelled("cancelled");
-        const at = line.indexOf("#" + type + ":");
-        if (at >= 0) return line.slice(at + type.length + 2);
+        const value = valueOf(line, type);
+        if (value !== null) return value;
         const fail = line.match(/#(FAIL|fail):(.*)$/);
         if (fail) throw new Error(new TextDecoder().decode(await decodeValue(fail[2])));
         // Anything else between the lines (a terminal's junk) is skipped.
@@ -421,7 +190,7 @@ export function createTransfer(host) {
       ui.flash("transfer cancelled", true);
     }
     async action(confirm) {
-      await this.sendString("ACT", JSON.stringify({ lang: "js", confirm: confirm, version: "1.1.7", support_dir: false, protocol: 1, binary: false }));
+      await this.sendString("ACT", action(confirm));
     }
     async fail(error) {
       if (this.done) return;
@@ -511,6 +280,8 @@ export function createTransfer(host) {
       const name = (await this.expectString("NAME")).split("/").pop();
       this.reply("SUCC", await encodeValue(utf8.encode(name)));
       const size = await this.expectInteger("SIZE");
+      const refusal = downloadRefusal(name, size);
+      if (refusal) throw new Error(refusal);
       this.reply("SUCC", size);
       ui.file(name, size);
       const parts = [];
@@ -555,8 +326,7 @@ export function createTransfer(host) {
     constructor() { this.reader = new ZReader(); }
     // Back to the terminal: what the program wrote after its last frame goes on to it.
     close() {
-      const rest = this.reader.buffer;
-      this.reader.buffer = "";
+      const rest = this.reader.takeRest();
       clearTimeout(this.timer);
       active = null;
       ui.hide();
@@ -603,6 +373,22 @@ export function createTransfer(host) {
     }
     handle(item) {
       if (item.oo) { this.over = true; return; }
+      if (item.bad === "header") {
+        // A header that failed its CRC: sz sends it again when asked.
+        this.send(hexHeader(Z.NAK, [0, 0, 0, 0]));
+        return;
+      }
+      if (item.bad === "data") {
+        // Data that failed its CRC: sz goes back to the last byte taken, and what it sends
+        // until its ZDATA header for that position is dropped.
+        if (this.file) {
+          this.skipping = true;
+          this.send(hexHeader(Z.RPOS, position(this.file.got)));
+        } else {
+          this.send(hexHeader(Z.NAK, [0, 0, 0, 0]));
+        }
+        return;
+      }
       if (item.data) {
         if (this.initialising) {
           this.initialising = false;
@@ -612,10 +398,14 @@ export function createTransfer(host) {
           const info = toBinary(item.data).split("\0");
           const name = new TextDecoder().decode(fromBinary(info[0])).split("/").pop();
           const size = parseInt((info[1] || "").split(" ")[0], 10);
+          const refusal = downloadRefusal(name, Number.isFinite(size) ? size : -1);
+          if (refusal) return this.fail(refusal);
           this.file = { name: name, size: Number.isFinite(size) ? size : -1, parts: [], got: 0, md5: null };
           ui.file(name, Math.max(this.file.size, 0));
           this.send(hexHeader(Z.RPOS, position(0)));
-        } else if (this.file) {
+        } else if (this.file && !this.skipping) {
+          const refusal = downloadRefusal(this.file.name, this.file.got + item.data.length);
+          if (refusal) return this.fail(refusal);
           this.file.parts.push(item.data);
           this.file.got += item.data.length;
           ui.step(this.file.got);
@@ -627,6 +417,12 @@ export function createTransfer(host) {
       if (type === Z.RQINIT) this.send(hexHeader(Z.RINIT, [0, 0, 0, 0x03]));
       else if (type === Z.SINIT) this.initialising = true;
       else if (type === Z.FILE) this.announced = true;
+      else if (type === Z.DATA && this.file) {
+        // Data from another position than the page has (sz resending, or a subpacket lost):
+        // asked again from where the page is, and dropped until it comes from there.
+        this.skipping = offsetOf(p) !== this.file.got;
+        if (this.skipping) this.send(hexHeader(Z.RPOS, position(this.file.got)));
+      }
       else if (type === Z.EOF && this.file) {
         if (offsetOf(p) !== this.file.got) return this.fail("sz ended " + this.file.name + " at " + offsetOf(p) + " bytes, " + this.file.got + " arrived");
         save(this.file.name, this.file.parts);

@@ -47,7 +47,7 @@ public enum AssetLoader {
 
     /// Cloister's page: the document, its style, and its scripts (ES modules).
     public static let ownFiles = ["index.html", "cloister.css", "cloister.js", "session.js", "renderer.js", "links.js", "clipboard.js",
-                                  "keybar.js", "search.js", "transfer.js"]
+                                  "keybar.js", "search.js", "transfer.js", "trzsz.js", "zmodem.js", "md5.js", "bytes.js", "downloads.js"]
 
     public static func load(_ sources: AssetSources) throws(AssetError) -> AssetBundle {
         var bundle = AssetBundle()

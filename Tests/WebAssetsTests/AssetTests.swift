@@ -29,6 +29,14 @@ final class AssetTests: XCTestCase {
         XCTAssertEqual(try AssetBundle(decoding: bundle.encoded), bundle)
     }
 
+    /// The page's modules import each other: one that is not served breaks the page, and
+    /// make install installs what web/ holds.
+    func testEveryFileOfThePageIsServed() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: packageRoot + "/web")
+            .filter { $0.hasSuffix(".js") || $0.hasSuffix(".html") || $0.hasSuffix(".css") }
+        XCTAssertEqual(Set(files), Set(AssetLoader.ownFiles))
+    }
+
     func testTheValidatorFollowsTheBytes() {
         let a = Asset(contentType: "text/plain", body: Array("one".utf8), gzipped: nil)
         let b = Asset(contentType: "text/plain", body: Array("two".utf8), gzipped: nil)
