@@ -90,6 +90,8 @@ struct ServeCommand: AsyncParsableCommand {
     var tlsSignaturesPerSecond = 500
     @Flag(help: "Hand every session's terminal and ring to systemd's fd store (the unit sets FileDescriptorStoreMax=), so that a restart of the service keeps them.")
     var fdStore = false
+    @Option(help: "Append every audited fact (credentials checked, sessions started, joined, left and ended, control actions, violations, restarts) to FILE as JSON lines, created mode 0600; they go to the log either way.")
+    var auditLog: String?
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
     @OptionGroup var sessions: SessionOptions
     @OptionGroup var assetOptions: AssetOptions
@@ -334,6 +336,14 @@ struct ServeCommand: AsyncParsableCommand {
         }
         c.deferAcceptSeconds = deferAccept
         c.fdStore = fdStore
+        if let auditLog {
+            guard auditLog.hasPrefix("/") else { throw ConfigurationError(option: "--audit-log", problem: "\"\(auditLog)\" is not an absolute path") }
+            do {
+                c.auditLog = try AuditTrail.open(path: auditLog)
+            } catch {
+                throw ConfigurationError(option: "--audit-log", problem: "\(error)")
+            }
+        }
         c.controlSocket = controlSocket
         if let controlGroup {
             guard let group = getgrnam(controlGroup) else {

@@ -163,14 +163,21 @@ public enum VaultToSupervisor: LinkMessage {
     case done(found: Bool)
     /// Clients attached now, and attachments started since the vault started.
     case attachments(current: UInt32, started: UInt64)
+    /// A fact the vault vouches for (a credential checked, a session's life), for the audit
+    /// trail, each on a conversation of its own.
+    case audit(AuditRecord)
 
     /// Sessions per page, so that a page stays well within a message.
     public static let pageSize = 200
 
-    enum Kind: UInt8 { case sessions = 0x73, done = 0x64, attachments = 0x41, keep = 0x4b, release = 0x52 }
+    enum Kind: UInt8 { case sessions = 0x73, done = 0x64, attachments = 0x41, keep = 0x4b, release = 0x52, audit = 0x75 }
 
     public var encoded: [UInt8] {
         switch self {
+        case .audit(let record):
+            var w = FieldWriter(kind: Kind.audit.rawValue)
+            record.write(to: &w)
+            return w.bytes
         case .sessions(let list):
             var w = FieldWriter(kind: Kind.sessions.rawValue)
             w.u16(UInt16(list.count))
@@ -252,6 +259,8 @@ public enum VaultToSupervisor: LinkMessage {
             self = .done(found: found == 1)
         case .attachments:
             self = .attachments(current: try r.u32(), started: try r.u64())
+        case .audit:
+            self = .audit(try AuditRecord.read(from: &r))
         }
         try r.done()
     }

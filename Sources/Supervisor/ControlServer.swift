@@ -142,6 +142,8 @@ public final class ControlServer: Sendable {
     private let refusals: CapacityRefusals?
     private let admission: AdmissionControl?
     private let logger: Logger
+    /// Every action but reading (status, workers, sessions) is audited, with the caller.
+    private let audit: AuditTrail?
     /// Checks the binary an upgrade would start (`Server.checkUpgrade`): its build, or why not.
     let upgradeCheck = Mutex<(@Sendable () async throws -> String)?>(nil)
     private let stopped = Mutex(false)
@@ -153,7 +155,7 @@ public final class ControlServer: Sendable {
     }
 
     init(path: String, pool: RolePool, vault: RolePool?, sessions: SessionControl?, refusals: CapacityRefusals?,
-         admission: AdmissionControl?, adminGroup: gid_t?, logger: Logger) throws(SystemCallError) {
+         admission: AdmissionControl?, adminGroup: gid_t?, audit: AuditTrail? = nil, logger: Logger) throws(SystemCallError) {
         if let adminGroup {
             listener = try UnixSocket.listen(path: path, kind: .stream, permissions: [.ownerRead, .ownerWrite, .groupRead, .groupWrite])
             // The group first, then the mode bind's umask narrowed: never wider than meant.
@@ -172,6 +174,7 @@ public final class ControlServer: Sendable {
         self.admission = admission
         self.vault = vault
         self.sessions = sessions
+        self.audit = audit
         self.logger = logger
         Task.detached { [self] in _ = try? await onOwnThread { self.serve() } }
     }
@@ -209,6 +212,8 @@ public final class ControlServer: Sendable {
         }
         guard peer.uid == getuid() || peer.uid == 0 || isAdmin(connection, gid: peer.gid) else {
             logger.warning("control connection refused", metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)"])
+            audit?.record(AuditRecord(.control, [("action", String(decoding: request.prefix(32), as: UTF8.self)), ("caller_uid", "\(peer.uid)"),
+                                                 ("caller_pid", "\(peer.pid)"), ("outcome", "refused: permission denied")]), vouchedBy: "supervisor")
             let group = adminGroup.map { " nor in group \($0)" } ?? ""
             reply(connection, error: "permission denied: uid \(peer.uid) is neither \(getuid()) nor root\(group)")
             return
@@ -217,6 +222,10 @@ public final class ControlServer: Sendable {
         switch ControlRequest.parse(request) {
         case .success(let request): parsed = request
         case .failure(let problem): return reply(connection, error: problem.description)
+        }
+        func audited(_ action: String, _ target: [(String, String)], outcome: String) {
+            audit?.record(AuditRecord(.control, [("action", action), ("caller_uid", "\(peer.uid)"), ("caller_pid", "\(peer.pid)")]
+                                                + target + [("outcome", outcome)]), vouchedBy: "supervisor")
         }
         switch parsed {
         case .status:
@@ -240,20 +249,26 @@ public final class ControlServer: Sendable {
             do {
                 let build = try SessionControl.blocking(timeout: 15) { try await check() }
                 reply(connection, Upgrading(version: Self.protocolVersion, upgrading: true, to: build))
+                audited("upgrade", [("to", build)], outcome: "started")
                 logger.notice("upgrade requested", metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)", "to": "\(build)"])
                 // The supervisor's signal loop upgrades, as on SIGUSR2 (which checks again).
                 kill(getpid(), SIGUSR2)
             } catch {
                 logger.error("upgrade refused", metadata: ["error": "\(error)"])
+                audited("upgrade", [], outcome: "refused: \(error)")
                 reply(connection, error: "upgrade refused: \(error)")
             }
         case .sessions, .kick, .hangUp:
             do {
                 switch parsed {
                 case .kick(let session, let client):
-                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().kick(session, client: client)))
+                    let found = try sessionControl().kick(session, client: client)
+                    audited("kick", [("session", session), ("client", client.map { "\($0)" } ?? "all")], outcome: found ? "done" : "not found")
+                    reply(connection, Done(version: Self.protocolVersion, found: found))
                 case .hangUp(let session):
-                    reply(connection, Done(version: Self.protocolVersion, found: try sessionControl().hangUp(session)))
+                    let found = try sessionControl().hangUp(session)
+                    audited("hangup", [("session", session)], outcome: found ? "done" : "not found")
+                    reply(connection, Done(version: Self.protocolVersion, found: found))
                 default:
                     let list = try sessionControl().list()
                     let command = sessions?.command ?? ""

@@ -46,8 +46,8 @@ final class LinkBroker: Sendable {
     /// `handover`: the sessions and shells an earlier server kept, for the first vault.
     init(workers: RolePool, vault: RolePool, keyholder: RolePool? = nil, tls: (FileDescriptor, TLSKeyKind)? = nil,
          nursery: NurserySource, executable: String, authentication: VaultAuthentication,
-         keptSessions: Int, fdStore: Bool = false, handover: Handover = Handover(), logger: Logger) {
-        keeper = SessionKeeper(limit: keptSessions, fdStore: fdStore, logger: logger)
+         keptSessions: Int, fdStore: Bool = false, handover: Handover = Handover(), audit: AuditTrail? = nil, logger: Logger) {
+        keeper = SessionKeeper(limit: keptSessions, fdStore: fdStore, audit: audit, logger: logger)
         keeper.preload(handover.sessions)
         orphans = OrphanShells(logger: logger)
         orphans.preload(handover.orphans)

@@ -61,6 +61,9 @@ public final class RolePool: Sendable {
         public var declaration: RoleDeclaration { type(of: settings).declaration }
         public var role: Role { declaration.role }
 
+        /// Where violations, restarts and per-client sources are audited.
+        public var audit: AuditTrail?
+
         public init(settings: any RoleSettings, count: Int, executable: String, policy: String) {
             self.settings = settings
             self.count = count
@@ -276,6 +279,7 @@ public final class RolePool: Sendable {
                 let circuit = try instance.transport.open()
                 try await circuit.send(message, descriptors: [client], end: true)
                 // The instance ends the conversation once its client has gone: then it exits.
+                configuration.audit?.clientHanded(worker: instance.id, source: peer)
                 watch(circuit, events) { self.clientLeft(instance) }
                 return instance
             } catch {
@@ -442,6 +446,9 @@ public final class RolePool: Sendable {
                 } else {
                     log.error("\(role) ended", metadata: ["termination": "\(how)"])
                 }
+                configuration.audit?.record(AuditRecord(.roleRestarted, [
+                    ("role", "\(role)"), ("instance", "\(instance.id)"), ("pid", "\(instance.pid)"), ("termination", how),
+                ]), vouchedBy: "supervisor")
             } catch {
                 if stopping { break }
                 log.error("\(role) failed to start", metadata: ["error": "\(error)"])
@@ -483,6 +490,9 @@ public final class RolePool: Sendable {
             logger.debug("\(configuration.role) retired with its client", metadata: ["termination": "\(how)"])
         } else if !stopping {
             logger.error("\(configuration.role) ended while serving its client", metadata: ["termination": "\(how)"])
+            configuration.audit?.record(AuditRecord(.roleRestarted, [
+                ("role", "\(configuration.role)"), ("instance", "\(instance.id)"), ("pid", "\(instance.pid)"), ("termination", how),
+            ]), vouchedBy: "supervisor")
             if shared.withLock({ $0.state.endedWhileServing(at: .now) }) { reportDegraded(logger) }
         }
     }
@@ -508,6 +518,10 @@ public final class RolePool: Sendable {
             withPid[metadataKey: "pid"] = "\(event.pid)"
             event.log(to: withPid)
             self?.shared.withLock { $0.state.violation(slot: slot, id: id) }
+            self?.configuration.audit?.record(AuditRecord(.violation, [
+                ("role", event.role), ("pid", "\(event.pid)"), ("tid", "\(event.tid)"), ("syscall", event.syscall),
+                ("outcome", event.outcome), ("instance", "\(id)"),
+            ]), vouchedBy: "supervisor")
         }
         shared.withLock { $0.state.spawned(slot, pid: launched.child.pid, at: .now) }
         return Instance(slot: slot, id: id, launched)

@@ -75,6 +75,9 @@ public final class Server: Sendable {
         public var build = ""
         /// Hand each kept session to systemd's fd store too (`--fd-store`).
         public var fdStore = false
+        /// The audit trail's file (`AuditTrail.open`), owned by the server from `start`; nil:
+        /// audited facts go to the log alone.
+        public var auditLog: FileDescriptor?
         /// TLS on the listeners `listen` marks with "tls:" (all of them when none is marked):
         /// the keyholder holds the key, the workers the chain.
         public var tls: TLS?
@@ -155,9 +158,13 @@ public final class Server: Sendable {
     /// Unauthenticated connections, admitted or refused.
     public let admission: AdmissionControl
     let broker: LinkBroker
+    /// Every audited fact (`AuditTrail`).
+    public let audit: AuditTrail
     /// The build this server replaced by `ctl upgrade`, if it did.
     public let upgradedFrom: String?
     let brokering = Mutex<Task<Void, Never>?>(nil)
+    /// Writes the counts of refused credentials not written yet, every interval.
+    let auditing = Mutex<Task<Void, Never>?>(nil)
     let logger: Logger
     let accepting = Atomic<Bool>(true)
     let control: ControlServer?
@@ -210,10 +217,13 @@ public final class Server: Sendable {
         listeners = bound
         tlsListeners = c.tls == nil ? bound.map { _ in false } : tls
         admission = AdmissionControl(limits: c.admission, logger: logger)
+        let trail = AuditTrail(file: c.auditLog, logger: logger)
+        audit = trail
         func pool(_ settings: any RoleSettings, count: Int, _ adjust: (inout RolePool.Configuration) -> Void = { _ in }) -> RolePool {
             var configuration = RolePool.Configuration(settings: settings, count: count, executable: c.executable,
                                                        policy: c.profiles.path(type(of: settings).declaration.role))
             configuration.mode = c.mode
+            configuration.audit = trail
             adjust(&configuration)
             c.tuning?(&configuration)
             return RolePool(configuration: configuration, logger: logger)
@@ -238,14 +248,14 @@ public final class Server: Sendable {
             workers: workers, vault: vault, keyholder: keyholder, tls: c.tls.map { ($0.chain, $0.kind) },
             nursery: c.nursery, executable: c.executable,
             authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), fdStore: c.fdStore, handover: handover,
-            logger: logger)
+            audit: trail, logger: logger)
         let (workerPool, vaultPool, refusals, admitting) = (workers, vault, capacityRefusals, admission)
         let sessions = SessionControl(broker: broker, command: c.nursery.commandDescription, build: c.build,
                                       upgradedFrom: handover.upgradedFrom)
         do {
             control = try c.controlSocket.map { (path) throws(SystemCallError) in
                 try ControlServer(path: path, pool: workerPool, vault: vaultPool, sessions: sessions,
-                                  refusals: refusals, admission: admitting, adminGroup: c.controlGroup, logger: logger)
+                                  refusals: refusals, admission: admitting, adminGroup: c.controlGroup, audit: trail, logger: logger)
             }
         } catch {
             for listener in bound { try? listener.descriptor.close() }
@@ -302,6 +312,8 @@ public final class Server: Sendable {
     public func start(readiness: Duration = .seconds(30)) async -> Bool {
         let broker = self.broker
         brokering.withLock { $0 = Task { await broker.run() } }
+        let audit = self.audit
+        auditing.withLock { $0 = Task { await audit.flushRefusalsPeriodically() } }
         vault.start()
         keyholder?.start()
         workers.start()
@@ -343,6 +355,8 @@ public final class Server: Sendable {
         await keyholder?.shutdown()
         await vault.shutdown()
         await brokering.withLock { $0 }?.value
+        auditing.withLock { $0 }?.cancel()
+        audit.flushRefusals()
         for listener in listeners { try? listener.descriptor.close() }
     }
 

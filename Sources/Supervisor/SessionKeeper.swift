@@ -39,7 +39,11 @@ final class SessionKeeper: Sendable {
     /// restart of the service keeps it.
     let fdStore: Bool
 
-    init(limit: Int, fdStore: Bool = false, logger: Logger) {
+    /// Where the facts the vault vouches for go.
+    let audit: AuditTrail?
+
+    init(limit: Int, fdStore: Bool = false, audit: AuditTrail? = nil, logger: Logger) {
+        self.audit = audit
         self.limit = limit
         self.fdStore = fdStore
         self.logger = logger
@@ -125,6 +129,8 @@ final class SessionKeeper: Sendable {
                 try? kept.master.close()
                 try? kept.ring.close()
             }
+        case .audit(let record):
+            audit?.record(record, vouchedBy: "vault")
         case .sessions, .done, .attachments, nil:
             break
         }

@@ -30,10 +30,10 @@ final class Attachment: @unchecked Sendable {
     private var metadata: Logger.Metadata { ["session": "\(session.id)", "mode": "\(writer ? "writer" : "viewer")", "client": "\(number)"] }
     private(set) var ending: Ending?
     /// The vault counts attachments from admission to here.
-    private let ended: () -> Void
+    private let ended: (_ ending: String) -> Void
 
     init(number: Int, circuit: RoleChannelCircuit, session: Session, writer: Bool, worker: UInt32, cursor: UInt64,
-         inputStream: Int?, logger: Logger, ended: @escaping () -> Void) {
+         inputStream: Int?, logger: Logger, ended: @escaping (_ ending: String) -> Void) {
         (self.number, self.circuit, self.session, self.writer, self.worker, self.cursor) = (number, circuit, session, writer, worker, cursor)
         self.inputStream = inputStream
         self.logger = logger
@@ -118,7 +118,7 @@ final class Attachment: @unchecked Sendable {
         self.ending = ending
         logger.info("attachment ended", metadata: metadata.merging(["ending": "\(ending.rawValue)"]) { $1 })
         session.detach(self)
-        ended()
+        ended(ending.rawValue)
         circuit.onMessage = { _, _ in }
         circuit.onWritable = nil
         circuit.isDeliveryPaused = false

@@ -181,6 +181,9 @@ final class Session: @unchecked Sendable {
         for client in Array(clients.values) { client.pump() }
     }
 
+    /// Output bytes so far.
+    var bytesOut: UInt64 { ring.end }
+
     /// The status clients are told once they have the last of the output.
     var exitStatus: Exit? { exit }
 

@@ -1,4 +1,5 @@
 import Circuits
+import FoundationEssentials
 import Logging
 import NIOCore
 import NIOPosix
@@ -29,6 +30,9 @@ import Glibc
 /// every terminal and every worker link: a keystroke crosses the vault on the thread that
 /// read it. Only what waits (a throttled refusal, a password's hash, the nursery) leaves it.
 public final class Vault: Sendable {
+    /// Workers and users whose accepted credential is already audited.
+    private let credentialsAudited = Mutex<Set<String>>([])
+
     private struct Configuration {
         var credential: Credential?
         /// Instead of `credential`: web users checked by their passwords' hashes.
@@ -189,8 +193,9 @@ public final class Vault: Sendable {
         switch try? WorkerToVault(decoding: payload, descriptors: 0) {
         case .check(let token):
             Task {
-                let ok = await authorizedUser(token) != nil
-                answer(circuit, ok ? .accepted(title: title) : .refused(.badCredential))
+                let user = await authorizedUser(token)
+                auditCredential(token, user: user, worker: worker)
+                answer(circuit, user != nil ? .accepted(title: title) : .refused(.badCredential))
             }
         case .attach(let request):
             Task { await attach(request, on: circuit, worker: worker, logger: logger) }
@@ -213,8 +218,10 @@ public final class Vault: Sendable {
     private func attach(_ request: AttachRequest, on circuit: RoleChannelCircuit, worker: UInt32, logger: Logger) async {
         guard let webUser = await authorizedUser(request.token) else {
             logger.warning("attachment refused: bad credential")
+            auditCredential(request.token, user: nil, worker: worker)
             return answer(circuit, .refused(.badCredential))
         }
+        auditCredential(request.token, user: webUser, worker: worker)
         // Arguments only where the operator allowed them, and only for a new session: a
         // worker that sends them otherwise is not following the protocol.
         guard request.arguments.isEmpty || (settings.urlArguments && request.session == nil) else {
@@ -235,10 +242,14 @@ public final class Vault: Sendable {
         }
         let release: @Sendable () -> Void = { [self] in counts.withLock { $0.attachments -= 1 } }
         let session: Session, writer: Bool
+        let user = auditedUser(request.token, user: webUser)
         if let wanted = request.session {
             guard let (found, mayWrite) = await join(wanted) else {
                 release()
                 logger.warning("attachment refused: no session with that id and secret")
+                audit(.credentialRefused, [("method", "session secret"), ("user", auditedUser(request.token, user: webUser)),
+                                           ("session", String(decoding: wanted.id.prefix(LinkLimits.sessionField), as: UTF8.self)),
+                                           ("worker", "\(worker)")])
                 return answer(circuit, .refused(.badCredential))
             }
             (session, writer) = (found, mayWrite && !request.readonly)
@@ -246,6 +257,8 @@ public final class Vault: Sendable {
             do {
                 session = try await startSession(columns: request.columns, rows: request.rows, arguments: request.arguments,
                                                  user: webUser.isEmpty ? nil : Array(webUser.utf8), logger: logger)
+                audit(.sessionStarted, [("session", session.id), ("user", user), ("shell_pid", "\(session.shell)"),
+                                        ("arguments", "\(request.arguments.count)"), ("worker", "\(worker)")])
             } catch {
                 release()
                 logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
@@ -257,8 +270,14 @@ public final class Vault: Sendable {
         loop.execute { [self] in
             let start = session.attach(from: request.offset)
             let stream = mayWrite ? request.inputStream.flatMap { $0.isEmpty ? nil : session.inputSlot(for: $0) } : nil
+            let how = request.session == nil ? "new session" : request.readonly ? "read-only link or request" : "session secret"
+            audit(.attached, [("session", session.id), ("client", "\(start.client)"), ("mode", mayWrite ? "writer" : "viewer"),
+                              ("joined_by", how), ("user", user), ("worker", "\(worker)")])
             let attachment = Attachment(number: start.client, circuit: circuit, session: session, writer: mayWrite, worker: worker,
-                                        cursor: start.offset, inputStream: stream, logger: logger, ended: release)
+                                        cursor: start.offset, inputStream: stream, logger: logger) { [self] ending in
+                release()
+                audit(.detached, [("session", session.id), ("client", "\(start.client)"), ("ending", ending), ("worker", "\(worker)")])
+            }
             let open = counts.withLock { $0.attachments }
             attachment.start(session.info(title: title, writer: mayWrite, offset: start.offset, skipped: start.skipped, inputStream: stream),
                              openAttachments: open)
@@ -273,6 +292,49 @@ public final class Vault: Sendable {
     /// get at most ten answers a second, so even a worker an attacker controls cannot search
     /// the password space quickly. A right one is answered at once; an empty one (nothing
     /// presented yet, as a browser's first request) is no guess and not delayed.
+    // MARK: Audit
+
+    /// A fact for the audit trail, sent to the supervisor on a conversation of its own;
+    /// nothing waits for it.
+    func audit(_ kind: AuditRecord.Kind, _ fields: [(String, String)]) {
+        guard let supervisor = configuration.withLock({ $0.supervisor }) else { return }
+        let record = AuditRecord(kind, fields)
+        Task { try? await supervisor.open().tell(VaultToSupervisor.audit(record)) }
+    }
+
+    /// How a credential is checked here.
+    private var authenticationMethod: String {
+        if settings.authHeader { return "proxy header" }
+        return configuration.withLock { $0.users != nil ? "users file" : $0.credential != nil ? "basic" : "none" }
+    }
+
+    /// The user a token names: the one accepted, else the name before the password in what
+    /// was presented (so that a refused login says whom it tried), else nothing.
+    private func auditedUser(_ token: [UInt8], user: String?) -> String {
+        if let user, !user.isEmpty { return user }
+        if settings.authHeader { return Self.isUserName(token) ? String(decoding: token, as: UTF8.self) : "" }
+        guard let decoded = Data(base64Encoded: Data(token.prefix(LinkLimits.token))), let colon = decoded.firstIndex(of: UInt8(ascii: ":")) else {
+            return ""
+        }
+        return String(decoding: decoded[..<colon].prefix(64), as: UTF8.self)
+    }
+
+    /// A credential checked for `worker`'s client. An accepted one is audited once per worker
+    /// and user (a page load checks it for every file it fetches); every refusal is (the
+    /// supervisor writes a burst as counts).
+    private func auditCredential(_ token: [UInt8], user: String?, worker: UInt32) {
+        let name = auditedUser(token, user: user)
+        if user != nil {
+            let first = credentialsAudited.withLock { seen in
+                if seen.count >= 4096 { seen.removeAll() }
+                return seen.insert("\(worker)\u{0}\(name)").inserted
+            }
+            guard first else { return }
+        }
+        audit(user != nil ? .credentialAccepted : .credentialRefused,
+              [("method", authenticationMethod), ("user", name), ("worker", "\(worker)")])
+    }
+
     private func authorizedUser(_ token: [UInt8]) async -> String? {
         // The proxy in front authenticated the user and named them; no credential exists.
         if settings.authHeader { return Self.isUserName(token) ? String(decoding: token, as: UTF8.self) : nil }
@@ -369,9 +431,11 @@ public final class Vault: Sendable {
     }
 
     private var forget: (Session) -> Void {
-        { [sessions] in
+        { [sessions, self] in
             sessions.byID[$0.id] = nil
             sessions.byShell[$0.shell] = nil
+            audit(.sessionEnded, [("session", $0.id), ("shell_pid", "\($0.shell)"), ("exit", $0.exitStatus.map { "\($0)" } ?? "unknown"),
+                                  ("duration_seconds", "\(max(0, Int64(time(nil)) - Int64($0.created)))"), ("bytes_out", "\($0.bytesOut)")])
         }
     }
 

@@ -20,6 +20,8 @@ final class LinkMessageTests: XCTestCase {
     static let vaultToSupervisor: [VaultToSupervisor] = [
         .sessions([]), .done(found: true), .done(found: false), .attachments(current: 0, started: 0),
         .attachments(current: .max, started: .max),
+        .audit(AuditRecord(.credentialRefused, [("method", "basic"), ("user", "é\"\n"), ("worker", "7")])),
+        .audit(AuditRecord(.sessionEnded, [])),
         .sessions([SessionSummary(id: "abc", shell: 42, ageSeconds: 9, bytesOut: 1 << 33, ringHeld: 100, ringCapacity: 1 << 20,
                                   slowConsumerEvents: 1, ignored: 2,
                                   clients: [.init(client: 0, worker: 1, writer: true, lag: 0), .init(client: 5, worker: 0, writer: false, lag: 77)])]),
@@ -140,6 +142,22 @@ final class LinkMessageTests: XCTestCase {
         assertRefused(VaultToNursery.self, [0x6b, 0xff, 0xff, 0xff, 0xff, 15], .malformed(kind: "signal", length: 6))
         assertRefused(VaultToNursery.self, [0x6b, 0, 0, 0x10, 0, 65], .malformed(kind: "signal", length: 6))
         assertRefused(VaultToNursery.self, [0x6b, 0, 0, 0x10, 0, 0], .malformed(kind: "signal", length: 6))
+    }
+
+    /// An audit record's names are fixed words, its counts and lengths bounded; what a sender
+    /// writes is cut to fit.
+    func testAuditRecordsAreBounded() {
+        let audit: UInt8 = 0x75
+        assertRefused(VaultToSupervisor.self, [audit, 0xee, 0], .malformed(kind: "audit", length: 3))
+        assertRefused(VaultToSupervisor.self, [audit, 1, UInt8(AuditRecord.maxFields + 1)], .malformed(kind: "audit", length: 3))
+        // A name that is not lower-case letters and underscores.
+        let badName: [UInt8] = [audit, 1, 1, 3] + Array("a-b".utf8) + [1, 0x78]
+        assertRefused(VaultToSupervisor.self, badName, .malformed(kind: "audit", length: badName.count))
+        let long = AuditRecord(.attached, (0..<40).map { ("field", String(repeating: "✓", count: 200) + "\($0)") })
+        XCTAssertEqual(long.fields.count, AuditRecord.maxFields)
+        XCTAssertTrue(long.fields.allSatisfy { $0.value.utf8.count <= AuditRecord.maxValue })
+        XCTAssertEqual(try VaultToSupervisor(decoding: VaultToSupervisor.audit(long).encoded, descriptors: 0), .audit(long))
+        XCTAssertEqual(Set(AuditRecord.Kind.allCases.map(\.description)).count, AuditRecord.Kind.allCases.count, "one name per kind")
     }
 
     func testOversizedFields() {

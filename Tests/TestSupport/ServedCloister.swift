@@ -94,7 +94,9 @@ public final class ServedCloister {
     /// `cloister ctl <request> --json`, decoded.
     public func control(_ request: String) throws -> [String: Any] {
         let pipe = try makePipe()
-        let ctl = try ChildProcess.spawn(cloisterExecutable, arguments: ["ctl", request, "--json", "--socket", controlSocket],
+        // "hangup ID": the subcommand and its arguments.
+        let words = request.split(separator: " ").map(String.init)
+        let ctl = try ChildProcess.spawn(cloisterExecutable, arguments: ["ctl"] + words + ["--json", "--socket", controlSocket],
                                          output: pipe.write)
         try pipe.write.close()
         let bytes = try readAll(pipe.read)
