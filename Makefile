@@ -7,7 +7,7 @@ PYTHON    ?= python3
 # tmux for the terminal tests; Node.js for the page's unit tests. xterm.js 5 comes from Debian 13's libjs-xterm (XTERM_DIR below).
 APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g-dev tmux nodejs
 # The browser tests: Debian's Chromium, driven by Playwright from PyPI in a virtualenv (with
-# websockets for the TLS client test, and trzsz's trz/tsz for the shell in the transfer tests);
+# websockets for the TLS client test, trzsz's trz/tsz for the shell in the transfer tests, asciinema to read recordings);
 # nginx and openssl for the TLS reverse-proxy test; lrzsz's rz/sz for the ZMODEM transfer tests; fonts with emoji and CJK glyphs.
 BROWSER_APT_DEPS := chromium nginx-light openssl lrzsz fonts-noto-color-emoji fonts-noto-cjk
 # The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
@@ -69,7 +69,7 @@ xterm:
 browser-deps: deps
 	$(call apt_install,$(BROWSER_APT_DEPS) $(DEPLOY_APT_DEPS))
 	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/python -c 'import playwright, websockets, trzsz.svr' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright websockets trzsz-svr
+	@$(VENV)/bin/python -c 'import playwright, websockets, trzsz.svr, asciinema' 2>/dev/null || $(VENV)/bin/pip install --quiet playwright websockets trzsz-svr asciinema
 
 build: deps
 	$(SWIFT) build

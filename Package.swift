@@ -100,6 +100,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "CompressNIO", package: "compress-nio"),
             ]),
+        // Session recordings: asciicast v2 with a hash chain, written, verified and played.
+        .target(name: "Recording", dependencies: ["COpenSSL"]),
         // The template: forks a sealed worker per connection (Worker is not imported: the
         // child goes on as a worker through the command line's role).
         .target(name: "Template", dependencies: ["CShim", "RoleProtocol", "SystemCalls"]),
@@ -122,6 +124,7 @@ let package = Package(
             name: "CloisterCLI",
             dependencies: [
                 "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "Keyholder", "RoleProtocol", "Template",
+                "Recording",
                 "TerminalClient", "SystemCalls", "WebAssets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -136,7 +139,7 @@ let package = Package(
         .testTarget(
             name: "ServeTests",
             dependencies: [
-                "TestSupport", "TerminalClient", "Processes", "SystemCalls", "Circuits", "RoleProtocol",
+                "TestSupport", "TerminalClient", "Processes", "SystemCalls", "Circuits", "RoleProtocol", "Recording",
                 system,
             ]),
         .target(
@@ -148,6 +151,7 @@ let package = Package(
             ],
             path: "Tests/TestSupport"),
         .testTarget(name: "RoleProtocolTests", dependencies: ["RoleProtocol"]),
+        .testTarget(name: "RecordingTests", dependencies: ["Recording", "TestSupport"]),
         .testTarget(name: "KeyholderTests", dependencies: ["Keyholder"]),
         .testTarget(name: "WebAssetsTests", dependencies: ["WebAssets", "TestSupport"]),
         .testTarget(name: "ProcessesTests", dependencies: ["Processes"]),

@@ -13,7 +13,8 @@ struct Cloister: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloister",
         abstract: "A browser-terminal server whose parsers run in sandboxed, privilege-separated workers.",
-        subcommands: [ServeCommand.self, NurseryServiceCommand.self, TtydCommand.self, AttachCommand.self, ControlCommand.self, PolicyCommand.self, Version.self, RoleCommand.self])
+        subcommands: [ServeCommand.self, NurseryServiceCommand.self, TtydCommand.self, AttachCommand.self, ControlCommand.self, PolicyCommand.self,
+                      PlayCommand.self, RecordingsCommand.self, Version.self, RoleCommand.self])
 }
 
 /// A role that must be confined before it does anything else.

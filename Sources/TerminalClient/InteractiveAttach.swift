@@ -107,14 +107,14 @@ public enum InteractiveAttach {
 }
 
 /// A terminal in raw mode until `restore` (idempotent), as it was before.
-final class RawTerminal: @unchecked Sendable {
+public final class RawTerminal: @unchecked Sendable {
     private let fd: Int32
     private var saved = termios()
     private let lock = Mutex(())
     private var restored = false
 
     /// Nil when `fd` is not a terminal (input from a pipe stays as it is).
-    init?(fd: Int32) {
+    public init?(fd: Int32) {
         self.fd = fd
         guard isatty(fd) == 1, tcgetattr(fd, &saved) == 0 else { return nil }
         var raw = saved
@@ -122,7 +122,7 @@ final class RawTerminal: @unchecked Sendable {
         guard tcsetattr(fd, TCSANOW, &raw) == 0 else { return nil }
     }
 
-    func restore() {
+    public func restore() {
         lock.withLock { _ in
             guard !restored else { return }
             restored = true

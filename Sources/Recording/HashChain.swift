@@ -1,0 +1,44 @@
+import COpenSSL
+
+/// The recordings' hash chain: each line's link is SHA-256 of the previous link and the
+/// line's bytes, starting from a fixed seed, so changing, removing, inserting or reordering
+/// any line changes every link after it.
+public struct HashChain: Sendable, Equatable {
+    public private(set) var head: [UInt8]
+    /// Lines chained so far.
+    public private(set) var count = 0
+
+    public static let seed = Array("cloister recording v1".utf8)
+
+    public init(previous: [UInt8] = []) {
+        head = Self.sha256(Self.seed + previous)
+    }
+
+    public mutating func add(_ line: [UInt8]) {
+        head = Self.sha256(head + line)
+        count += 1
+    }
+
+    public var hex: String { head.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+
+    public static func sha256(_ bytes: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        let ok = bytes.withUnsafeBytes { input in
+            EVP_Digest(input.baseAddress, input.count, &out, &length, EVP_sha256(), nil)
+        }
+        precondition(ok == 1 && length == 32, "EVP_Digest(SHA-256) failed")
+        return out
+    }
+
+    public static func bytes(hex: String) -> [UInt8]? {
+        let digits = Array(hex.utf8)
+        guard digits.count % 2 == 0 else { return nil }
+        var out: [UInt8] = []
+        for i in stride(from: 0, to: digits.count, by: 2) {
+            guard let byte = UInt8(String(decoding: digits[i..<i + 2], as: UTF8.self), radix: 16) else { return nil }
+            out.append(byte)
+        }
+        return out
+    }
+}

@@ -1,0 +1,119 @@
+import Foundation
+import Recording
+import XCTest
+
+/// The recordings' format and the chain that makes tampering show, named where it shows.
+final class RecordingTests: XCTestCase {
+    /// A recording made as the recorder makes one: output in pieces (a character split
+    /// across two of them), a resize, the exit; `previous` links it to the one before.
+    private func record(sequence: Int = 1, previous: String = "", checkpointEvery: Int = 4,
+                        checkpoints: inout [(Int, String)]) throws -> (bytes: [UInt8], last: String) {
+        var bytes: [UInt8] = []
+        var seen: [(Int, String)] = []
+        let header = Asciicast.Header(width: 80, height: 24, timestamp: 1_765_000_000, env: ["TERM": "xterm-256color"],
+                                      cloister: .init(session: "s\(sequence)", user: "tester", sequence: sequence, previous: previous))
+        let writer = try RecordingWriter(header: header, checkpointEvery: checkpointEvery, write: { bytes += $0 },
+                                         checkpointed: { seen.append(($0, $1)) })
+        try writer.output(Array("$ echo h\u{e9}".utf8).dropLast(), at: 0.1)  // é cut after its first byte
+        try writer.output([0xa9] + Array("llo\r\n".utf8), at: 0.2)
+        for i in 0..<10 { try writer.output(Array("line \(i) \"quoted\" \\ \u{1b}[1mbold\u{1b}[0m\r\n".utf8), at: 0.3 + Double(i) / 10) }
+        try writer.resize(columns: 100, rows: 30, at: 1.5)
+        let last = try writer.finish(exit: "exit status 3", at: 2)
+        checkpoints = seen
+        return (bytes, last)
+    }
+
+    private func record(sequence: Int = 1, previous: String = "") throws -> (bytes: [UInt8], last: String) {
+        var ignored: [(Int, String)] = []
+        return try record(sequence: sequence, previous: previous, checkpoints: &ignored)
+    }
+
+    private func lines(_ bytes: [UInt8]) -> [[UInt8]] { bytes.split(separator: 0x0a).map(Array.init) }
+    private func join(_ lines: [[UInt8]]) -> [UInt8] { lines.flatMap { $0 + [0x0a] } }
+
+    func testAnUntouchedRecordingChecksAndHoldsWhatWasSent() throws {
+        var checkpoints: [(Int, String)] = []
+        let (bytes, last) = try record(checkpoints: &checkpoints)
+        let checked = RecordingVerifier.check(bytes, file: "a.cast")
+        XCTAssertEqual(checked.findings, [])
+        XCTAssertEqual(checked.last, last)
+        XCTAssertEqual(checkpoints.last?.1, last, "the final checkpoint goes to the audit trail too")
+        XCTAssertEqual(checkpoints.count, 4, "one every four events, and the end")
+        XCTAssertEqual(checked.duration, 2)
+        // The output events, joined, are exactly what the terminal was sent.
+        let output = lines(bytes).dropFirst().compactMap { Asciicast.Event.parse($0) }.filter { $0.code == "o" }.map(\.data).joined()
+        XCTAssertEqual(output, "$ echo héllo\r\n" + (0..<10).map { "line \($0) \"quoted\" \\ \u{1b}[1mbold\u{1b}[0m\r\n" }.joined())
+        let events = lines(bytes).dropFirst().compactMap { Asciicast.Event.parse($0) }
+        XCTAssertTrue(events.contains(Asciicast.Event(time: 1.5, code: "r", data: "100x30")))
+        XCTAssertTrue(events.contains(Asciicast.Event(time: 2, code: "m", data: "exit status 3")))
+    }
+
+    func testOneByteChangedIsFoundAtTheNextCheckpoint() throws {
+        let (bytes, _) = try record()
+        var changed = lines(bytes)
+        // "line 4" becomes "line 5" on the seventh line.
+        let index = changed.firstIndex { String(decoding: $0, as: UTF8.self).contains("line 4") }!
+        let at = changed[index].firstIndex(of: UInt8(ascii: "4"))!
+        changed[index][at] = UInt8(ascii: "5")
+        let findings = RecordingVerifier.check(join(changed), file: "a.cast").findings
+        XCTAssertEqual(findings.count, 1, "\(findings)")
+        XCTAssertTrue(findings[0].problem.contains("hash chain breaks"), "\(findings)")
+        XCTAssertGreaterThan(findings[0].line, index + 1, "at the checkpoint after the changed line")
+        XCTAssertLessThanOrEqual(findings[0].line, index + 1 + 5)
+    }
+
+    func testTwoEventsSwappedAreFound() throws {
+        let (bytes, _) = try record()
+        var swapped = lines(bytes)
+        swapped.swapAt(3, 4)
+        XCTAssertTrue(RecordingVerifier.check(join(swapped), file: "a.cast").findings.contains { $0.problem.contains("hash chain breaks") })
+    }
+
+    func testTheLastCheckpointCutOffIsFound() throws {
+        let (bytes, _) = try record()
+        let cut = join(Array(lines(bytes).dropLast()))
+        let findings = RecordingVerifier.check(cut, file: "a.cast").findings
+        XCTAssertEqual(findings.map { String($0.problem.prefix(22)) }, ["no final checkpoint: t"], "\(findings)")
+        // Cut in the middle of a line.
+        let mid = Array(bytes.dropLast(20))
+        XCTAssertTrue(RecordingVerifier.check(mid, file: "a.cast").findings.contains { $0.problem.contains("cut short") })
+    }
+
+    func testARecordingMissingFromTheSequenceIsFound() throws {
+        var files: [(name: String, contents: [UInt8])] = []
+        var previous = ""
+        for n in 1...100 {
+            let (bytes, last) = try record(sequence: n, previous: previous)
+            files.append(("\(n).cast", bytes))
+            previous = last
+        }
+        XCTAssertEqual(RecordingVerifier.check(directory: files).flatMap(\.findings), [], "100 untouched recordings check")
+        var missing = files
+        missing.remove(at: 41)  // sequence 42
+        let findings = RecordingVerifier.check(directory: missing).flatMap(\.findings)
+        XCTAssertEqual(findings.map(\.description), ["43.cast:1: recording 42 of the sequence is missing"])
+        // Recording 42 replaced by another one with the right number: its link to 41 breaks.
+        var replaced = files
+        replaced[41] = ("42.cast", try record(sequence: 42, previous: "").bytes)
+        XCTAssertEqual(RecordingVerifier.check(directory: replaced).flatMap(\.findings).map(\.description),
+                       ["42.cast:1: its previous link is not the last link of recording 41",
+                        "43.cast:1: its previous link is not the last link of recording 42"])
+    }
+
+    func testWhatIsNotARecordingIsSaidSo() {
+        XCTAssertEqual(RecordingVerifier.check(Array("{\"version\": 2, \"width\": 80, \"height\": 24, \"timestamp\": 0}\n".utf8), file: "x").findings.map(\.problem),
+                       ["no hash chain (not a Cloister recording)"])
+        XCTAssertEqual(RecordingVerifier.check(Array("hello\n".utf8), file: "x").findings.map(\.problem), ["not an asciicast v2 header"])
+    }
+
+    func testASplitCharacterWaitsForItsRest() {
+        var splitter = UTF8Splitter()
+        let rocket = Array("🚀".utf8)
+        XCTAssertEqual(splitter.text(Array(rocket[0..<1])), "")
+        XCTAssertEqual(splitter.text(Array(rocket[1..<3])), "")
+        XCTAssertEqual(splitter.text(Array(rocket[3...]) + [0x41]), "🚀A")
+        XCTAssertEqual(splitter.text([0xff, 0x42]), "\u{fffd}B", "a byte that is not UTF-8 is drawn as U+FFFD")
+        XCTAssertEqual(splitter.text([0xe4, 0xb8]), "")
+        XCTAssertEqual(splitter.flush(), "\u{fffd}", "an incomplete character at the very end")
+    }
+}
