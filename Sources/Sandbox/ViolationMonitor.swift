@@ -56,9 +56,10 @@ public final class ViolationMonitor: Sendable {
     private struct State {
         var syscalls: Set<String> = []
         var arguments: [String: Set<UInt64>] = [:]
-        var thread: Threads.Handle?
+        var done = false
     }
     private let state = Mutex(State())
+    private let finished = ConditionLock()
 
     /// Takes ownership of `listener`, also when it throws.
     public init(listener: FileDescriptor, role: String, mode: EnforcementMode,
@@ -69,8 +70,7 @@ public final class ViolationMonitor: Sendable {
         self.handler = handler
         _ = fcntl(listener.rawValue, F_SETFD, FD_CLOEXEC)
         do {
-            let thread = try Threads.start("seccomp-monitor") { [self] in run() }
-            state.withLock { $0.thread = thread }
+            try ListenerWatcher.shared.watch(self)
         } catch {
             try? listener.close()
             throw error
@@ -86,25 +86,31 @@ public final class ViolationMonitor: Sendable {
     /// Waits until the sandboxed process has gone (the listener reports hang-up) and the
     /// monitor has answered everything. A monitor ends only with the process it watches.
     public func waitUntilDone() {
-        if let thread = state.withLock({ s -> Threads.Handle? in defer { s.thread = nil }; return s.thread }) {
-            thread.join()
+        finished.withLock {
+            while !state.withLock({ $0.done }) { finished.wait() }
         }
     }
 
-    private func run() {
-        defer { try? listener.close() }
-        var request: UnsafeMutablePointer<seccomp_notif>?
-        var response: UnsafeMutablePointer<seccomp_notif_resp>?
-        guard seccomp_notify_alloc(&request, &response) == 0, let request, let response else { return }
-        defer { seccomp_notify_free(request, response) }
-        while true {
-            var watched = pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0)
-            guard (try? valueOrErrno("poll") { poll(&watched, 1, -1) }) != nil else { return }
-            if watched.revents & Int16(POLLIN) == 0 { return }  // hang-up: no process uses the filter
-            memset(request, 0, MemoryLayout<seccomp_notif>.size)
-            guard seccomp_notify_receive(listener.rawValue, request) == 0 else { continue }  // the caller died meanwhile
-            handle(request.pointee, response)
-        }
+    var descriptor: CInt { listener.rawValue }
+
+    /// Called by the watcher when the listener is readable or hung up: answers what is
+    /// queued; returns false once no process uses the filter any more (then the monitor is done).
+    func serviceReady(_ request: UnsafeMutablePointer<seccomp_notif>, _ response: UnsafeMutablePointer<seccomp_notif_resp>) -> Bool {
+        var watched = pollfd(fd: listener.rawValue, events: Int16(POLLIN), revents: 0)
+        guard poll(&watched, 1, 0) >= 0 else { return true }
+        if watched.revents == 0 { return true }
+        if watched.revents & Int16(POLLIN) == 0 { return false }  // hang-up: no process uses the filter
+        memset(request, 0, MemoryLayout<seccomp_notif>.size)
+        // A failed receive: the caller died meanwhile.
+        if seccomp_notify_receive(listener.rawValue, request) == 0 { handle(request.pointee, response) }
+        return true
+    }
+
+    /// No process uses the filter any more: the listener is closed and waiters released.
+    func finish() {
+        try? listener.close()
+        finished.withLock { state.withLock { $0.done = true } }
+        finished.broadcast()
     }
 
     private func handle(_ req: seccomp_notif, _ response: UnsafeMutablePointer<seccomp_notif_resp>) {
@@ -207,5 +213,60 @@ public enum ListenerHandoff {
                                detail: received.count == 0 ? "the role exited before handing over its listener" : "no listener arrived")
         }
         return FileDescriptor(rawValue: received.descriptors[0])
+    }
+}
+
+/// One thread for every monitor of this process: the listeners in one epoll set, each
+/// armed once at a time (one-shot), answered on this thread, and dropped when their process
+/// has gone. A supervisor with a worker per client would otherwise keep a thread per worker
+/// that only waits.
+final class ListenerWatcher: @unchecked Sendable {
+    static let shared = ListenerWatcher()
+
+    private let epoll: CInt
+    private let monitors = Mutex<[CInt: ViolationMonitor]>([:])
+    private let thread = Mutex<Threads.Handle?>(nil)
+
+    private init() {
+        epoll = cloister_epoll_create()
+    }
+
+    func watch(_ monitor: ViolationMonitor) throws {
+        guard epoll >= 0 else { throw SandboxError(step: "monitor", lastError("epoll_create1")) }
+        try thread.withLock { handle throws in
+            if handle == nil { handle = try Threads.start("seccomp-monitor") { [self] in run() } }
+        }
+        monitors.withLock { $0[monitor.descriptor] = monitor }
+        guard cloister_epoll_set(epoll, monitor.descriptor, UInt64(UInt32(bitPattern: monitor.descriptor)), 1) == 0 else {
+            let error = lastError("epoll_ctl", detail: "a seccomp listener")
+            monitors.withLock { $0[monitor.descriptor] = nil }
+            throw SandboxError(step: "monitor", error)
+        }
+    }
+
+    private func run() {
+        var request: UnsafeMutablePointer<seccomp_notif>?
+        var response: UnsafeMutablePointer<seccomp_notif_resp>?
+        guard seccomp_notify_alloc(&request, &response) == 0, let request, let response else { return }
+        defer { seccomp_notify_free(request, response) }
+        var keys = [UInt64](repeating: 0, count: 64)
+        while true {
+            let ready = keys.withUnsafeMutableBufferPointer { cloister_epoll_wait_keys(epoll, $0.baseAddress, 64, -1) }
+            guard ready > 0 else {
+                if ready < 0 && errno != EINTR { return }
+                continue
+            }
+            for key in keys[0..<Int(ready)] {
+                let fd = CInt(bitPattern: UInt32(truncatingIfNeeded: key))
+                guard let monitor = monitors.withLock({ $0[fd] }) else { continue }
+                if monitor.serviceReady(request, response) {
+                    _ = cloister_epoll_set(epoll, fd, key, 0)  // armed again for the next one
+                } else {
+                    _ = cloister_epoll_remove(epoll, fd)
+                    monitors.withLock { $0[fd] = nil }
+                    monitor.finish()
+                }
+            }
+        }
     }
 }
