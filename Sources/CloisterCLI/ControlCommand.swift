@@ -14,7 +14,7 @@ import Glibc
 struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
-        subcommands: [Status.self, Workers.self, Sessions.self, Metrics.self, Kick.self, HangUp.self, Upgrade.self])
+        subcommands: [Status.self, Workers.self, Sessions.self, Metrics.self, Kick.self, HangUp.self, Drain.self, Upgrade.self])
 
     /// Root's supervisor (the systemd unit) uses /run/cloister; anyone else's, a directory
     /// of their own: $XDG_RUNTIME_DIR/cloister, else /tmp/cloister-UID.
@@ -155,6 +155,23 @@ struct ControlCommand: ParsableCommand {
                 }
             }
             throw ValidationError("the server did not answer with \(upgrading.to) within \(Int(timeout)) s (last: \(last))")
+        }
+    }
+
+    struct Drain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Stop taking clients and stop once the open ones have left, or the deadline has passed (as SIGTERM, with its own deadline).",
+            discussion: "The health endpoint (--health-listen) says draining from now on, so a load balancer sends new sessions elsewhere; the sessions here go on until they end or the deadline ends them.")
+        @OptionGroup var options: Options
+        @Option(help: "Seconds the open connections are given (0 to 604800).") var timeout: Double = 3600
+
+        func validate() throws {
+            guard timeout.isFinite, (0...604_800).contains(timeout) else { throw ValidationError("--timeout: \(timeout) is not between 0 and 604800 seconds") }
+        }
+
+        func run() throws {
+            guard let draining = try ControlCommand.fetch("drain \(timeout)", options, as: ControlServer.Draining.self) else { return }
+            print("draining: open connections have \(draining.deadlineSeconds) s")
         }
     }
 

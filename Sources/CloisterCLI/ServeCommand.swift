@@ -90,6 +90,8 @@ struct ServeCommand: AsyncParsableCommand {
     var tlsSignaturesPerSecond = 500
     @Flag(help: "Hand every session's terminal and ring to systemd's fd store (the unit sets FileDescriptorStoreMax=), so that a restart of the service keeps them.")
     var fdStore = false
+    @Option(help: "HOST:PORT where a load balancer polls this host: 200 ready, or 503 starting, draining or full; no credential, nothing else said.")
+    var healthListen: String?
     @Option(help: "Append every audited fact (credentials checked, sessions started, joined, left and ended, control actions, violations, restarts) to FILE as JSON lines, created mode 0600; they go to the log either way.")
     var auditLog: String?
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
@@ -336,6 +338,12 @@ struct ServeCommand: AsyncParsableCommand {
         }
         c.deferAcceptSeconds = deferAccept
         c.fdStore = fdStore
+        if let healthListen {
+            guard Listener.parse(healthListen) != nil, !healthListen.hasPrefix("unix:") else {
+                throw ConfigurationError(option: "--health-listen", problem: "\"\(healthListen)\" is not HOST:PORT, [IPV6]:PORT or :PORT")
+            }
+            c.healthListen = healthListen
+        }
         if let auditLog {
             guard auditLog.hasPrefix("/") else { throw ConfigurationError(option: "--audit-log", problem: "\"\(auditLog)\" is not an absolute path") }
             do {

@@ -135,6 +135,13 @@ public final class ControlServer: Sendable {
         public var found: Bool
     }
 
+    public struct Draining: Codable, Sendable {
+        public var version: Int
+        public var draining: Bool
+        /// Seconds the open connections are given before every role is stopped.
+        public var deadlineSeconds: Double
+    }
+
     private let listener: UnixSocket.Listener
     private let pool: RolePool
     private let vault: RolePool?
@@ -146,6 +153,8 @@ public final class ControlServer: Sendable {
     private let audit: AuditTrail?
     /// Checks the binary an upgrade would start (`Server.checkUpgrade`): its build, or why not.
     let upgradeCheck = Mutex<(@Sendable () async throws -> String)?>(nil)
+    /// Starts the server's drain with a deadline in seconds (`ctl drain`).
+    let drainRequest = Mutex<(@Sendable (Double) -> Void)?>(nil)
     private let stopped = Mutex(false)
 
     /// A control socket for `pool` (and `vault`) alone, answering no session requests.
@@ -258,6 +267,12 @@ public final class ControlServer: Sendable {
                 audited("upgrade", [], outcome: "refused: \(error)")
                 reply(connection, error: "upgrade refused: \(error)")
             }
+        case .drain(let seconds):
+            guard let drain = drainRequest.withLock({ $0 }) else { return reply(connection, error: "this server cannot be drained from here") }
+            audited("drain", [("deadline_seconds", "\(seconds)")], outcome: "started")
+            logger.notice("drain requested", metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)", "deadline_seconds": "\(seconds)"])
+            reply(connection, Draining(version: Self.protocolVersion, draining: true, deadlineSeconds: seconds))
+            drain(seconds)
         case .sessions, .kick, .hangUp:
             do {
                 switch parsed {
@@ -339,6 +354,8 @@ public final class ControlServer: Sendable {
 /// One control request: a line of at most 64 bytes from a local peer.
 public enum ControlRequest: Equatable, Sendable {
     case status, workers, sessions, upgrade
+    /// Stop as on SIGTERM, giving open connections at most this many seconds.
+    case drain(seconds: Double)
     case kick(session: String, client: UInt32?)
     case hangUp(session: String)
 
@@ -363,8 +380,13 @@ public enum ControlRequest: Equatable, Sendable {
             guard let client = UInt32(words[2]) else { return .failure(Problem(description: "\"\(words[2].prefix(16))\" is not a client number")) }
             return .success(.kick(session: words[1], client: client))
         case ("hangup", 2): return .success(.hangUp(session: words[1]))
+        case ("drain", 2):
+            guard let seconds = Double(words[1]), seconds.isFinite, (0...604_800).contains(seconds) else {
+                return .failure(Problem(description: "\"\(words[1].prefix(16))\" is not a number of seconds between 0 and 604800"))
+            }
+            return .success(.drain(seconds: seconds))
         default:
-            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, upgrade, kick SESSION [CLIENT] or hangup SESSION)"))
+            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, upgrade, drain SECONDS, kick SESSION [CLIENT] or hangup SESSION)"))
         }
     }
 }

@@ -75,6 +75,8 @@ public final class Server: Sendable {
         public var build = ""
         /// Hand each kept session to systemd's fd store too (`--fd-store`).
         public var fdStore = false
+        /// HOST:PORT a load balancer polls for this host's state (`HealthEndpoint`); nil: none.
+        public var healthListen: String?
         /// The audit trail's file (`AuditTrail.open`), owned by the server from `start`; nil:
         /// audited facts go to the log alone.
         public var auditLog: FileDescriptor?
@@ -147,6 +149,12 @@ public final class Server: Sendable {
 
     public let configuration: Configuration
     public let listeners: [Listener]
+    /// What load balancers poll (`--health-listen`).
+    public let health: HealthEndpoint?
+    /// The roles were running when the server began accepting.
+    private let ready = Atomic<Bool>(false)
+    /// A drain's deadline asked through the control socket (`ctl drain`), in seconds.
+    public let requestedDrainSeconds = Mutex<Double?>(nil)
     public let workers: RolePool
     public let vault: RolePool
     /// With TLS: the keyholder, a pool of one.
@@ -214,6 +222,12 @@ public final class Server: Sendable {
                 throw .listen(error)
             }
         }
+        do {
+            health = try c.healthListen.map { (address) throws(SystemCallError) in HealthEndpoint(listener: try Listener(address)) }
+        } catch {
+            for listener in bound { try? listener.descriptor.close() }
+            throw .listen(error)
+        }
         listeners = bound
         tlsListeners = c.tls == nil ? bound.map { _ in false } : tls
         admission = AdmissionControl(limits: c.admission, logger: logger)
@@ -262,6 +276,7 @@ public final class Server: Sendable {
             throw .controlSocket(error)
         }
         control?.upgradeCheck.withLock { $0 = { [unowned self] () async throws -> String in try await checkUpgrade() } }
+        control?.drainRequest.withLock { $0 = { [unowned self] seconds in requestDrain(seconds: seconds) } }
     }
 
     /// A worker may end up with every client (the others restarting): one socket each, and
@@ -312,6 +327,9 @@ public final class Server: Sendable {
     public func start(readiness: Duration = .seconds(30)) async -> Bool {
         let broker = self.broker
         brokering.withLock { $0 = Task { await broker.run() } }
+        if let health {
+            Task.detached { _ = try? await onOwnThread { health.serve { self.healthState } } }
+        }
         let audit = self.audit
         auditing.withLock { $0 = Task { await audit.flushRefusalsPeriodically() } }
         vault.start()
@@ -331,6 +349,7 @@ public final class Server: Sendable {
         if !ready {
             logger.critical("roles not running after \(readiness); accepting anyway")
         }
+        self.ready.store(true, ordering: .releasing)
         for (listener, tls) in zip(listeners, tlsListeners) {
             Task.detached { _ = try? await onOwnThread { self.acceptLoop(listener, tls: tls) } }
             logger.info("listening", metadata: ["address": "\(listener.address)", "tls": "\(tls)"])
@@ -358,6 +377,23 @@ public final class Server: Sendable {
         auditing.withLock { $0 }?.cancel()
         audit.flushRefusals()
         for listener in listeners { try? listener.descriptor.close() }
+        // Balancers are told "draining" until everything has stopped.
+        health?.listener.stop()
+        try? health?.listener.descriptor.close()
+    }
+
+    /// What the health endpoint says now.
+    var healthState: HealthEndpoint.State {
+        if !accepting.load(ordering: .acquiring) { return .draining }
+        if !ready.load(ordering: .acquiring) { return .starting }
+        return workers.openConnections >= configuration.maxClients ? .full : .ready
+    }
+
+    /// `ctl drain`: stops as SIGTERM does (no new clients, open ones until they end or
+    /// `seconds` pass, then every role stopped), with that deadline.
+    func requestDrain(seconds: Double) {
+        requestedDrainSeconds.withLock { $0 = seconds }
+        kill(getpid(), SIGTERM)
     }
 
     /// The client's address as `ctl workers` shows it: HOST:PORT, or "unix" for a unix

@@ -56,7 +56,9 @@ public enum SupervisorRole {
         }
         SystemdNotify.send("STOPPING=1")
         log.info("draining", metadata: ["signal": "\(String(cString: strsignal(stopSignal)))"])
-        await server.drain(timeout: drainTimeout)
+        // `ctl drain SECONDS` gives its own deadline.
+        let asked = server.requestedDrainSeconds.withLock { $0 }
+        await server.drain(timeout: asked.map { .milliseconds(Int64($0 * 1000)) } ?? drainTimeout)
         log.info("stopped")
     }
 
@@ -89,6 +91,9 @@ public enum SupervisorRole {
         }
         if let control = server.configuration.controlSocket {
             print("cloister: control socket \(control)")
+        }
+        if let health = server.health, let (host, port) = Listener.parse(health.listener.address) {
+            print("cloister: health for load balancers on http://\(host.contains(":") ? "[\(host)]" : host):\(port)/")
         }
         fflush(nil)
         SystemdNotify.send("READY=1\nSTATUS=serving on \(server.listeners.map(\.address).joined(separator: ", "))")
