@@ -4,7 +4,7 @@
 // where it was, and what was typed is kept until the server says how much of it reached the
 // terminal (session.js). This module wires the terminal, the socket and the page's parts.
 import { Send, Receive, InputStream, inputMessage, joinedSession, remembered, hello, attachedSession, shareLink,
-  reconnectDelay, closing } from "./session.js";
+  reconnectDelay, closing, webSocketQuery, routeCookie } from "./session.js";
 import { chooseRenderer, probeWebgl } from "./renderer.js";
 import { openLink } from "./links.js";
 import { osc52Text } from "./clipboard.js";
@@ -95,6 +95,11 @@ function useRenderer(preference) {
   document.body.dataset.renderer = renderer ? renderer.name : "none";
 }
 
+// The directory the page is served from (the server's --base-path, and "/").
+function basePath() {
+  return location.pathname.replace(/[^/]*$/, "") || "/";
+}
+
 function showState(state, text) {
   document.body.dataset.state = state;
   stateLabel.textContent = text;
@@ -134,8 +139,9 @@ function open(token) {
   const url = new URL("ws", location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.hash = "";
-  // The page's query goes along, as with ttyd: `?arg=` values for a server run with --url-arg.
-  url.search = location.search;
+  // The page's query goes along, as with ttyd (`?arg=` values for a server run with
+  // --url-arg), and the session's id for a load balancer.
+  url.search = webSocketQuery(location.search, session.id);
   const ws = new WebSocket(url.href, ["tty"]);
   ws.binaryType = "arraybuffer";
   socket = ws;
@@ -188,6 +194,7 @@ function attached(info) {
   try {
     sessionStorage.setItem(storageKey, JSON.stringify(remembered(session)));
   } catch (e) { /* storage refused: a reload starts a new session */ }
+  document.cookie = routeCookie(session.id, basePath(), location.protocol === "https:");
   showState(session.readonly ? "readonly" : "connected", session.readonly ? "read-only" : "connected");
   shareToggle.disabled = false;
   updateShareLinks();
@@ -197,6 +204,7 @@ function attached(info) {
 function end(reason) {
   ended = true;
   try { sessionStorage.removeItem(storageKey); } catch (e) { /* nothing stored */ }
+  document.cookie = routeCookie(null, basePath(), location.protocol === "https:");
   showState("ended", "ended: " + reason);
   shareToggle.disabled = true;
   sharePanel.hidden = true;

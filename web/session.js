@@ -145,3 +145,22 @@ export function closing(code, reason) {
   }
   return { retry: true, text: reason || "connection lost" };
 }
+
+// The WebSocket's query: the page's own (ttyd's `?arg=` values for --url-arg) with the
+// session's id, never a secret, where a load balancer can route a resume to the host that
+// holds the session (deploy/haproxy-fleet.cfg).
+export function webSocketQuery(search, sessionID) {
+  const params = new URLSearchParams(search);
+  params.delete("session");
+  if (sessionID) params.set("session", sessionID);
+  const text = params.toString();
+  return text ? "?" + text : "";
+}
+
+// The cookie that routes the page's own requests (its files, /token) to the same host;
+// nothing but the id, for this path, never sent to another site.
+export function routeCookie(sessionID, path, secure) {
+  const value = sessionID ? encodeURIComponent(sessionID) : "";
+  return "cloister_session=" + value + "; Path=" + path + "; SameSite=Strict" + (secure ? "; Secure" : "")
+    + (sessionID ? "" : "; Max-Age=0");
+}

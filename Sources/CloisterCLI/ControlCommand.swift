@@ -183,7 +183,7 @@ struct ControlCommand: ParsableCommand {
         @Argument(help: "The client's number; without it, every client.") var client: UInt32?
 
         func validate() throws {
-            guard session.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !session.isEmpty else {
+            guard session.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !session.isEmpty else {
                 throw ValidationError("\"\(session)\" is not a session id")
             }
         }
@@ -202,7 +202,7 @@ struct ControlCommand: ParsableCommand {
         @Argument(help: "The session's id (cloister ctl sessions).") var session: String
 
         func validate() throws {
-            guard session.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }), !session.isEmpty else {
+            guard session.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == "." }), !session.isEmpty else {
                 throw ValidationError("\"\(session)\" is not a session id")
             }
         }

@@ -120,6 +120,8 @@ struct SessionOptions: ParsableArguments {
     var sessionLinger: Double = 300
     @Option(help: "A client that falls behind the ring: resync (told how much it missed) or disconnect.")
     var slowConsumer: SessionSettings.SlowConsumer = .resync
+    @Option(help: "This host's name in a fleet (1 to 16 lower-case letters, digits and dashes): every session id begins with it and a dot, for a load balancer to route resumes and shared links on (deploy/haproxy-fleet.cfg).")
+    var hostID: String?
 
     /// Checked, naming the option when something is wrong.
     func settings() throws(SettingsError) -> SessionSettings {
@@ -130,6 +132,8 @@ struct SessionOptions: ParsableArguments {
         }
         s.linger = .milliseconds(Int64(sessionLinger * 1000))
         s.slowConsumer = slowConsumer
+        s.hostID = hostID ?? ""
+        if hostID == "" { throw SettingsError(role: .vault, field: "--host-id", problem: "is empty") }
         try s.validate()
         return s
     }

@@ -54,11 +54,20 @@ public final class ResumingClient: @unchecked Sendable {
         self.token = token
         self.timeoutSeconds = timeoutSeconds
         self.tls = tls
-        let first = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds, verification: tls)
+        let first = try TerminalClient.connect(port: port, path: Self.route(session), host: host, timeoutSeconds: timeoutSeconds, verification: tls)
         try first.authenticate(token: token, columns: columns, rows: rows, session: session, secret: secret, readonly: readonly,
                                input: inputStream)
         info = try first.awaitSession()
         connection = first
+    }
+
+    /// The WebSocket's path: with the session's id (never a secret) in the query when there is
+    /// one, where a load balancer can route on it (deploy/haproxy-fleet.cfg).
+    static func route(_ session: String?) -> String {
+        guard let session, !session.isEmpty else { return "/ws" }
+        // Ids are letters, digits, "-", "_" and "."; anything else is not put in a URL.
+        let safe = session.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || [0x2d, 0x2e, 0x5f].contains($0) }
+        return safe ? "/ws?session=" + session : "/ws"
     }
 
     public func input(_ text: String) throws { try input(bytes: Array(text.utf8)) }
@@ -127,7 +136,8 @@ public final class ResumingClient: @unchecked Sendable {
             attempt += 1
             onReconnect?(attempt)
             do {
-                let next = try TerminalClient.connect(port: port, host: host, timeoutSeconds: timeoutSeconds, verification: tls)
+                let next = try TerminalClient.connect(port: port, path: Self.route(info.session), host: host, timeoutSeconds: timeoutSeconds,
+                                                      verification: tls)
                 try next.authenticate(token: token, session: info.session, secret: secret, offset: offset,
                                       readonly: info.secret == nil, input: inputStream)
                 let resumed = try next.awaitSession()

@@ -74,7 +74,8 @@ final class Session: @unchecked Sendable {
     convenience init(shell: Int32, state: SystemPackage.FileDescriptor, settings: SessionSettings, on loop: EventLoop, logger: Logger,
                      ended: @escaping (Session) -> Void, signal: @escaping (Int32, @escaping @Sendable () -> Void) -> Void,
                      release: @escaping (Session, @escaping @Sendable () -> Void) -> Void) throws(SystemCallError) {
-        let identity = KeptRing.Identity(id: SessionToken.random(bytes: 12), writeSecret: SessionToken.random(bytes: 18),
+        let id = settings.hostID.isEmpty ? SessionToken.random(bytes: 12) : settings.hostID + "." + SessionToken.random(bytes: 12)
+        let identity = KeptRing.Identity(id: id, writeSecret: SessionToken.random(bytes: 18),
                                          readSecret: SessionToken.random(bytes: 18), shell: shell, created: UInt64(time(nil)))
         let ring = try KeptRing.create(in: state, capacity: settings.ringBytes, identity: identity)
         self.init(ring: ring, settings: settings, on: loop, logger: logger, ended: ended, signal: signal, release: release)

@@ -93,3 +93,13 @@ test("closing codes: an exit or a refusal ends, anything else retries", () => {
   assert.deepEqual(closing(1008, ""), { retry: false, text: "refused: policy" });
   assert.deepEqual(closing(1006, ""), { retry: true, text: "connection lost" });
 });
+
+test("the WebSocket's query carries the session's id beside the page's own arguments", async () => {
+  const { webSocketQuery, routeCookie } = await import("../session.js");
+  assert.equal(webSocketQuery("", null), "");
+  assert.equal(webSocketQuery("?arg=-l&arg=two+words", null), "?arg=-l&arg=two+words");
+  assert.equal(webSocketQuery("?arg=x&session=forged", "h1.abc_-9"), "?arg=x&session=h1.abc_-9");
+  assert.equal(webSocketQuery("", "h1.abc"), "?session=h1.abc");
+  assert.equal(routeCookie("h1.abc", "/term/", true), "cloister_session=h1.abc; Path=/term/; SameSite=Strict; Secure");
+  assert.equal(routeCookie(null, "/", false), "cloister_session=; Path=/; SameSite=Strict; Max-Age=0");
+});

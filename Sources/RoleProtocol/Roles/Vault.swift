@@ -56,8 +56,17 @@ public struct SessionSettings: Codable, Sendable, Equatable {
     /// Sent to the shell's process group when its session is hung up (ttyd's --signal);
     /// SIGHUP, the default, is what closing the terminal sends anyway.
     public var endSignal: Int32 = SIGHUP
+    /// This host's name in a fleet (`--host-id`): every session id begins with it and a dot,
+    /// so that a load balancer routes a resume or a shared link to the host that holds the
+    /// session with no registry. "" alone: ids without it.
+    public var hostID = ""
 
     public init() {}
+
+    /// A host id: 1 to 16 lower-case letters, digits and dashes.
+    public static func isHostID(_ text: String) -> Bool {
+        (1...16).contains(text.utf8.count) && text.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2d }
+    }
 
     public static let ringRange = 4096...(1 << 30)
     public static let lingerRange: ClosedRange<Duration> = .zero ... .seconds(604_800)
@@ -73,6 +82,9 @@ public struct SessionSettings: Codable, Sendable, Equatable {
         }
         guard maxAttachments >= 0 else {
             throw SettingsError(role: .vault, field: "maxAttachments", problem: "\(maxAttachments) is negative")
+        }
+        guard hostID.isEmpty || Self.isHostID(hostID) else {
+            throw SettingsError(role: .vault, field: "--host-id", problem: "\"\(hostID.prefix(32))\" is not 1 to 16 lower-case letters, digits and dashes")
         }
         guard (1...64).contains(endSignal) else {
             throw SettingsError(role: .vault, field: "--signal", problem: "\(endSignal) is not a signal number (1 to 64)")
