@@ -11,7 +11,8 @@ APT_DEPS  := libseccomp-dev libcap-dev libcrypt-dev libssl-dev pkg-config zlib1g
 # nginx and openssl for the TLS reverse-proxy test; lrzsz's rz/sz for the ZMODEM transfer tests; fonts with emoji and CJK glyphs.
 BROWSER_APT_DEPS := chromium nginx-light openssl lrzsz fonts-noto-color-emoji fonts-noto-cjk
 # The deploy tests: systemd-analyze, libseccomp's Python bindings (the unit's filter without
-# systemd as PID 1), readelf, unshare and setpriv; ss (iproute2) for which process holds a client; HAProxy for the fleet test.
+# systemd as PID 1), readelf, unshare and setpriv; ip and ss (iproute2) for the fleet test's network namespaces and
+# which process holds a client; HAProxy (and nginx above) for the fleet test.
 DEPLOY_APT_DEPS := systemd python3-seccomp binutils util-linux iproute2 haproxy
 # ttyd from ../shared/peers, for `cloister-bench compare`: its run-time libraries.
 BENCH_APT_DEPS := libuv1 libjson-c5 libwebsockets-evlib-uv
@@ -182,7 +183,7 @@ install-files:
 	install -m 0644 $$([ -f $(XTERM_FROM)/copyright ] && echo $(XTERM_FROM)/copyright || echo /usr/share/doc/libjs-xterm/copyright) $(DESTDIR)$(DATADIR)/xterm/copyright
 	for u in $(UNITS); do sed 's|/usr/local|$(PREFIX)|g' deploy/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
 	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
-	install -m 0644 deploy/README.md deploy/nginx-cloister.conf deploy/haproxy-fleet.cfg $(DESTDIR)$(DOCDIR)/deploy/
+	install -m 0644 deploy/README.md deploy/nginx-cloister.conf deploy/haproxy-fleet.cfg deploy/nginx-fleet.conf $(DESTDIR)$(DOCDIR)/deploy/
 
 uninstall:
 	@# The installed binary says which profiles it installed (the build here, if it is gone).
@@ -195,7 +196,7 @@ uninstall:
 	-rmdir $(addprefix $(DESTDIR)$(DATADIR)/xterm/addons/,fit webgl canvas unicode11 webLinks search image) \
 		$(DESTDIR)$(DATADIR)/xterm/addons $(DESTDIR)$(DATADIR)/xterm 2>/dev/null
 	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
-	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS)) $(addprefix $(DESTDIR)$(DOCDIR)/deploy/,README.md nginx-cloister.conf haproxy-fleet.cfg)
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(DOCS)) $(addprefix $(DESTDIR)$(DOCDIR)/deploy/,README.md nginx-cloister.conf haproxy-fleet.cfg nginx-fleet.conf)
 	-rmdir $(DESTDIR)$(DATADIR)/policies $(DESTDIR)$(DATADIR)/web $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)/deploy $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:

@@ -90,7 +90,7 @@ struct ServeCommand: AsyncParsableCommand {
     var tlsSignaturesPerSecond = 500
     @Flag(help: "Hand every session's terminal and ring to systemd's fd store (the unit sets FileDescriptorStoreMax=), so that a restart of the service keeps them.")
     var fdStore = false
-    @Option(help: "HOST:PORT where a load balancer polls this host: 200 ready, or 503 starting, draining or full; no credential, nothing else said.")
+    @Option(help: "HOST:PORT where a load balancer polls this host: 200 ready, 404 draining (no new session; its own still served), 503 starting or full; no credential, nothing else said.")
     var healthListen: String?
     @Option(help: "Append every audited fact (credentials checked, sessions started, joined, left and ended, control actions, violations, restarts) to FILE as JSON lines, created mode 0600; they go to the log either way.")
     var auditLog: String?

@@ -2,12 +2,12 @@
 /// opens. The worker ends the conversation when it is done with it: for `.client`, when the
 /// client has gone, which is how the supervisor counts a worker's open connections.
 public enum SupervisorToWorker: LinkMessage {
-    /// With the accepted client socket.
-    case client
+    /// With an accepted client socket, TLS when its listener is marked so. `newSessions`
+    /// false while the server drains: the client may resume or join a session, and a request
+    /// for a new one is refused (a balancer then asks another host).
+    case client(tls: Bool, newSessions: Bool)
     /// With the worker's end of its transport to the vault (`Link.workerVault`).
     case vaultLink(worker: UInt32)
-    /// With an accepted client socket whose connection is TLS (a listener marked so).
-    case tlsClient
     /// With the worker's end of its transport to the keyholder (`Link.workerKeyholder`) and a
     /// sealed memory file holding the certificate chain (PEM) the keyholder's key belongs to,
     /// whose type is `keyKind` (`SigningKey.Kind`): the worker serves TLS with both from now on.
@@ -17,8 +17,8 @@ public enum SupervisorToWorker: LinkMessage {
 
     public var encoded: [UInt8] {
         switch self {
-        case .client: return [Kind.client.rawValue]
-        case .tlsClient: return [Kind.tlsClient.rawValue]
+        case .client(let tls, let newSessions):
+            return [tls ? Kind.tlsClient.rawValue : Kind.client.rawValue, newSessions ? 1 : 0]
         case .vaultLink(let worker):
             var w = FieldWriter(kind: Kind.vaultLink.rawValue)
             w.u32(worker)
@@ -41,8 +41,10 @@ public enum SupervisorToWorker: LinkMessage {
         let kind = r.kind
         try Self.expect(kind == .keyholderLink ? 2 : 1, descriptors, kind: kind)
         switch kind {
-        case .client: self = .client
-        case .tlsClient: self = .tlsClient
+        case .client, .tlsClient:
+            let newSessions = try r.u8()
+            guard newSessions <= 1 else { throw r.malformed }
+            self = .client(tls: kind == .tlsClient, newSessions: newSessions == 1)
         case .vaultLink: self = .vaultLink(worker: try r.u32())
         case .keyholderLink: self = .keyholderLink(worker: try r.u32(), keyKind: try r.u8())
         }
@@ -50,7 +52,7 @@ public enum SupervisorToWorker: LinkMessage {
     }
 }
 
-/// Worker → supervisor, on a `.client` or `.tlsClient` conversation before the worker ends
+/// Worker → supervisor, on a `.client` conversation before the worker ends
 /// it: what the supervisor needs to count the connection for admission (`Admission`).
 public enum WorkerToSupervisor: LinkMessage, Equatable {
     /// The vault accepted the client's credential: it is no longer an unauthenticated

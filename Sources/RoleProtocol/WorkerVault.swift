@@ -165,6 +165,8 @@ public enum VaultToWorker: LinkMessage {
         case kicked = 5
         /// As many clients as the server takes are attached (`--once`: one).
         case busy = 6
+        /// The session's id names another host of the fleet (`--host-id`).
+        case otherHost = 7
     }
 
     /// Output's kind byte is ttyd's output type ("0"): an output message is, byte for byte,

@@ -155,6 +155,9 @@ public final class ControlServer: Sendable {
     let upgradeCheck = Mutex<(@Sendable () async throws -> String)?>(nil)
     /// Starts the server's drain with a deadline in seconds (`ctl drain`).
     let drainRequest = Mutex<(@Sendable (Double) -> Void)?>(nil)
+    /// Set when the server begins to drain: reading and session actions go on, a second
+    /// drain or an upgrade is refused.
+    let draining = Atomic<Bool>(false)
     private let stopped = Mutex(false)
 
     /// A control socket for `pool` (and `vault`) alone, answering no session requests.
@@ -253,6 +256,9 @@ public final class ControlServer: Sendable {
                 if let counts = signed[slot.id] { (report.signatures, report.signaturesRefused) = (counts.signed, counts.refused) }
                 return report
             }))
+        // Each pattern takes its own condition.
+        case .upgrade where draining.load(ordering: .acquiring), .drain where draining.load(ordering: .acquiring):
+            reply(connection, error: "the server is draining")
         case .upgrade:
             guard let check = upgradeCheck.withLock({ $0 }) else { return reply(connection, error: "this server cannot be upgraded") }
             do {

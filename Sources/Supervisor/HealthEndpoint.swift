@@ -7,8 +7,10 @@ import Glibc
 #endif
 
 /// What a load balancer polls (`--health-listen`): every connection gets one fixed answer and
-/// is closed, whatever it sent (nothing is read but to drain it): 200 `ready`, or 503 with
-/// `starting`, `draining` or `full` (`--max-clients` reached). It needs no credential and says
+/// is closed, whatever it sent (nothing is read but to drain it): 200 `ready`; 404 `draining`
+/// (HAProxy's `http-check disable-on-404`: no new session goes there, and the requests that
+/// name one of its sessions still do); 503 `starting` or `full` (`--max-clients` reached: it
+/// takes no connection at all). It needs no credential and says
 /// nothing else: no version, no counts, no session. As the refusals at capacity, the supervisor
 /// parses no HTTP for it.
 public final class HealthEndpoint: Sendable {
@@ -16,7 +18,11 @@ public final class HealthEndpoint: Sendable {
 
     static func response(_ state: State) -> [UInt8] {
         let body = state.rawValue + "\n"
-        let status = state == .ready ? "200 OK" : "503 Service Unavailable"
+        let status = switch state {
+        case .ready: "200 OK"
+        case .draining: "404 Not Found"
+        case .starting, .full: "503 Service Unavailable"
+        }
         return Array(("HTTP/1.1 \(status)\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\n"
             + "Cache-Control: no-store\r\nConnection: close\r\n\r\n" + body).utf8)
     }

@@ -237,10 +237,10 @@ public final class RolePool: Sendable {
     /// Returns, per client, what ends the client's connection by ending its worker (the
     /// supervisor's own hold on a client that must not stay); nil in a pool.
     @discardableResult
-    public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false,
+    public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false, newSessions: Bool = true,
                          events: ClientEvents = ClientEvents()) async throws -> (@Sendable () -> Void)? {
         defer { try? client.close() }
-        let message: SupervisorToWorker = tls ? .tlsClient : .client
+        let message = SupervisorToWorker.client(tls: tls, newSessions: newSessions)
         if configuration.isolation == .perClient {
             let instance = try await dispatchToOwnInstance(client, peer: peer, message: message, events: events)
             return { instance.transport.close() }

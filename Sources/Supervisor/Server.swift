@@ -175,6 +175,11 @@ public final class Server: Sendable {
     let auditing = Mutex<Task<Void, Never>?>(nil)
     let logger: Logger
     let accepting = Atomic<Bool>(true)
+    /// Set when a drain begins: clients are still accepted, to resume or join the sessions
+    /// this host holds, and new sessions are refused (by the workers, at the handshake).
+    let draining = Atomic<Bool>(false)
+    /// Set by a second SIGTERM or SIGINT during a drain: stop waiting for clients and sessions.
+    let drainCut = Atomic<Bool>(false)
     let control: ControlServer?
 
     /// What kept the server from binding its sockets.
@@ -357,16 +362,27 @@ public final class Server: Sendable {
         return true
     }
 
-    /// Stops accepting, gives open connections up to `timeout` to finish, then stops every
-    /// role and waits until all are reaped (the vault's end hangs up every shell).
-    public func drain(timeout: Duration) async {
+    /// Takes no new session, gives open connections up to `timeout` to finish (their clients
+    /// may reconnect meanwhile: a dropped connection resumes here), then stops accepting,
+    /// stops every role and waits until all are reaped (the vault's end hangs up every shell).
+    /// With `sessions` (`ctl drain`: the host leaves a fleet), it waits for the sessions to
+    /// end too, those whose clients are away included.
+    public func drain(timeout: Duration, sessions: Bool = false) async {
+        draining.store(true, ordering: .releasing)
+        control?.draining.store(true, ordering: .releasing)
+        let deadline = ContinuousClock.now + timeout
+        var checked = ContinuousClock.now - .seconds(1), sessionsLeft = sessions
+        while workers.openConnections > 0 || sessionsLeft, ContinuousClock.now < deadline, !drainCut.load(ordering: .acquiring) {
+            await Wait.sleep(for: .milliseconds(50))
+            if sessions && ContinuousClock.now - checked >= .milliseconds(250) {
+                checked = ContinuousClock.now
+                // A vault that cannot answer holds nothing it could serve.
+                sessionsLeft = ((try? await broker.sessions().count) ?? 0) > 0
+            }
+        }
         accepting.store(false, ordering: .releasing)
         for listener in listeners { listener.stop() }
         control?.close()
-        let deadline = ContinuousClock.now + timeout
-        while workers.openConnections > 0 && ContinuousClock.now < deadline {
-            await Wait.sleep(for: .milliseconds(50))
-        }
         logger.info("draining done", metadata: ["open_connections": "\(workers.openConnections)"])
         broker.beginStopping()
         await workers.shutdown()
@@ -384,7 +400,7 @@ public final class Server: Sendable {
 
     /// What the health endpoint says now.
     var healthState: HealthEndpoint.State {
-        if !accepting.load(ordering: .acquiring) { return .draining }
+        if draining.load(ordering: .acquiring) || !accepting.load(ordering: .acquiring) { return .draining }
         if !ready.load(ordering: .acquiring) { return .starting }
         return workers.openConnections >= configuration.maxClients ? .full : .ready
     }
@@ -458,7 +474,9 @@ public final class Server: Sendable {
             guard let admitted = admission.admit(client, peer: peer) else { continue }
             Task {
                 do {
-                    let close = try await self.workers.dispatch(client, peer: peer, tls: tls, events: admitted.events)
+                    let close = try await self.workers.dispatch(client, peer: peer, tls: tls,
+                                                                newSessions: !self.draining.load(ordering: .acquiring),
+                                                                events: admitted.events)
                     admitted.enforceDeadline(close: close)
                 } catch {
                     admitted.ended()

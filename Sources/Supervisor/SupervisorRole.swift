@@ -58,7 +58,17 @@ public enum SupervisorRole {
         log.info("draining", metadata: ["signal": "\(String(cString: strsignal(stopSignal)))"])
         // `ctl drain SECONDS` gives its own deadline.
         let asked = server.requestedDrainSeconds.withLock { $0 }
-        await server.drain(timeout: asked.map { .milliseconds(Int64($0 * 1000)) } ?? drainTimeout)
+        // A second SIGTERM or SIGINT stops waiting (an operator's or systemd's stop of a host
+        // that drains for a fleet). The loop above has let go of the stream: one reader at a time.
+        let cutShort = Task {
+            for await signal in signals where signal == SIGTERM || signal == SIGINT {
+                log.notice("drain cut short", metadata: ["signal": "\(String(cString: strsignal(signal)))"])
+                server.drainCut.store(true, ordering: .releasing)
+                return
+            }
+        }
+        await server.drain(timeout: asked.map { .milliseconds(Int64($0 * 1000)) } ?? drainTimeout, sessions: asked != nil)
+        cutShort.cancel()
         log.info("stopped")
     }
 

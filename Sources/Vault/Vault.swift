@@ -244,6 +244,14 @@ public final class Vault: Sendable {
         let session: Session, writer: Bool
         let user = auditedUser(request.token, user: webUser)
         if let wanted = request.session {
+            // In a fleet, an id begins with its host's id: one of another host's sessions came
+            // here because that host could not be reached (the balancer sent it on). The
+            // prefix is in the URL already, so saying so reveals nothing.
+            if !settings.hostID.isEmpty, !wanted.id.starts(with: Array((settings.hostID + ".").utf8)) {
+                release()
+                logger.warning("attachment refused: the session belongs to another host")
+                return answer(circuit, .refused(.otherHost))
+            }
             guard let (found, mayWrite) = await join(wanted) else {
                 release()
                 logger.warning("attachment refused: no session with that id and secret")

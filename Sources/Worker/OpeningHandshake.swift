@@ -60,7 +60,18 @@ package enum OpeningHandshake {
         guard originAllowed(head, checkOrigin: checkOrigin) else { return refuse(.forbidden, "origin not allowed") }
         // 8: the subprotocol; ttyd's clients offer tty.
         guard tokens(head.headers, "sec-websocket-protocol").contains("tty") else { return refuse(.badRequest, String(required.dropLast())) }
+        // A draining host serves the sessions it holds (their clients name them in the query,
+        // as the page and `cloister attach` do) and sends a new one elsewhere.
+        guard settings.newSessions || namesSession(head.uri) else {
+            return refuse(.serviceUnavailable, "this host is draining: it takes no new session", ["Retry-After": "1"])
+        }
         return nil
+    }
+
+    /// Whether the query has a non-empty `session` value: the route a balancer follows too.
+    static func namesSession(_ uri: String) -> Bool {
+        guard let question = uri.firstIndex(of: "?") else { return false }
+        return uri[uri.index(after: question)...].split(separator: "&").contains { $0.hasPrefix("session=") && $0.count > 8 }
     }
 
     /// The comma-separated tokens of every field named `name`, lowercased.

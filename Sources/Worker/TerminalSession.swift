@@ -31,6 +31,8 @@ final class TerminalSession: ChannelInboundHandler {
 
     let service: any TerminalService
     let preferences: [UInt8]
+    /// False while the server drains: only an existing session may be resumed or joined.
+    let newSessions: Bool
     /// ttyd's --url-arg: nil when the URL's arguments break the bounds.
     let arguments: [[UInt8]]?
     /// What the vault is given instead of the hello's AuthToken: the user a reverse proxy's
@@ -48,10 +50,10 @@ final class TerminalSession: ChannelInboundHandler {
     /// Told when the vault attaches the client (its credential accepted).
     let authentication: ClientAuthentication?
 
-    init(service: any TerminalService, preferences: [UInt8], arguments: [[UInt8]]?, token: [UInt8]?, logger: Logger,
-         counters: RoleCounters?, authentication: ClientAuthentication? = nil) {
-        (self.service, self.preferences, self.arguments, self.token, self.logger, self.counters) =
-            (service, preferences, arguments, token, logger, counters)
+    init(service: any TerminalService, preferences: [UInt8], newSessions: Bool = true, arguments: [[UInt8]]?, token: [UInt8]?,
+         logger: Logger, counters: RoleCounters?, authentication: ClientAuthentication? = nil) {
+        (self.service, self.preferences, self.newSessions, self.arguments, self.token, self.logger, self.counters) =
+            (service, preferences, newSessions, arguments, token, logger, counters)
         self.authentication = authentication
     }
 
@@ -110,6 +112,10 @@ final class TerminalSession: ChannelInboundHandler {
         }
         guard let arguments else {
             return close(.policy, "at most \(LinkLimits.urlArguments) URL arguments of at most \(LinkLimits.urlArgument) bytes")
+        }
+        // The handshake's query named a session; the first message must resume or join one.
+        guard newSessions || request.session != nil else {
+            return close(.tryAgainLater, "this host is draining: it takes no new session")
         }
         if let token { request.token = token }
         // Arguments start a new session's command; joining one, they have no use.
@@ -179,6 +185,8 @@ final class TerminalSession: ChannelInboundHandler {
             switch (state, refusal) {
             case (.attaching, .badCredential): close(.policy, "authentication failed")
             case (.attaching, .busy): close(.tryAgainLater, "the server takes no more clients now")
+            // Its own host may come back with it (a restart that kept its sessions): try again.
+            case (.attaching, .otherHost): close(.tryAgainLater, "the host that holds this session cannot be reached")
             case (.attaching, _): close(.policy, "no terminal")
             case (_, .kicked): close(.normal, "disconnected by the operator")
             // Too slow for the session, by the operator's policy: it may resume.

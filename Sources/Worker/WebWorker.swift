@@ -41,6 +41,10 @@ public final class WebWorker: Sendable {
         /// Time from connection to a credential the vault accepts (a page request's or an
         /// attachment's); nil: none.
         public var authenticationDeadline: TimeAmount?
+        /// False for a connection accepted while the server drains: a handshake that names no
+        /// session is answered 503 (a balancer retries it on another host), and a first message
+        /// asking for a new session is closed.
+        public var newSessions = true
         public init() {}
 
         /// What the supervisor gave, with the limits that are not options.
@@ -87,7 +91,7 @@ public final class WebWorker: Sendable {
     /// `closed` is called once the connection has closed. Returns once the socket is adopted.
     /// `authenticated` is called once, when the vault accepts the client's credential; a
     /// client that has not presented one by `settings.authenticationDeadline` is closed.
-    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false,
+    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false, newSessions: Bool = true,
                       authenticated: @escaping @Sendable () -> Void = {},
                       closed: @escaping @Sendable () -> Void) async {
         let authentication = ClientAuthentication(report: authenticated)
@@ -104,7 +108,7 @@ public final class WebWorker: Sendable {
                             try channel.pipeline.syncOperations.addHandler(ALPNGate())
                             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                         }
-                        _ = try self.configure(channel, authentication: authentication)
+                        _ = try self.configure(channel, newSessions: newSessions, authentication: authentication)
                         if let deadline = self.settings.authenticationDeadline {
                             authentication.closeUnlessAccepted(channel, after: deadline)
                         }
@@ -124,8 +128,10 @@ public final class WebWorker: Sendable {
     /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
-    package func configure(_ channel: Channel, authentication: ClientAuthentication? = nil) throws -> EventLoopFuture<Void> {
-        let (settings, counters, service, logger) = (self.settings, self.counters, self.service, self.logger)
+    package func configure(_ channel: Channel, newSessions: Bool = true, authentication: ClientAuthentication? = nil) throws -> EventLoopFuture<Void> {
+        var settings = self.settings
+        settings.newSessions = settings.newSessions && newSessions
+        let (counters, service, logger) = (self.counters, self.service, self.logger)
         let clock = settings.pingInterval.map { pingClock(interval: $0, on: channel.eventLoop) }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
         let refusal = NIOLoopBoundBox<HandshakeRefusal?>(nil, eventLoop: channel.eventLoop)
@@ -149,7 +155,7 @@ public final class WebWorker: Sendable {
                     try sync.addHandler(WebSocketMessageHandler(clock: clock, counters: counters))
                     // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
                     let token = settings.authHeader.map { Array((head.headers.first(name: $0) ?? "").utf8) }
-                    try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences,
+                    try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences, newSessions: settings.newSessions,
                                                         arguments: settings.urlArguments ? TtydProtocol.urlArguments(head.uri) : [],
                                                         token: token, logger: logger, counters: counters,
                                                         authentication: authentication))

@@ -44,9 +44,9 @@ public enum WorkerRole {
         // The decoder checked that each kind came with its one descriptor.
         guard let socket = received.descriptors?.take(0) else { return }
         switch received.message {
-        case .client, .tlsClient:
+        case .client(let tls, let newSessions):
             // No task waits for the connection: its close ends the conversation.
-            await worker.serve(client: socket, on: vault.loop, tls: received.message == .tlsClient, authenticated: {
+            await worker.serve(client: socket, on: vault.loop, tls: tls, newSessions: newSessions, authenticated: {
                 Task { try? await circuit.send(WorkerToSupervisor.authenticated.encoded) }
             }) { circuit.abandon() }
         case .keyholderLink(_, let keyKind):

@@ -4,7 +4,7 @@ import XCTest
 /// Every link's codec: each message survives a round trip, and each decoder refuses what does
 /// not belong on its link and direction — without trapping, whatever the bytes.
 final class LinkMessageTests: XCTestCase {
-    static let supervisorToWorker: [SupervisorToWorker] = [.client, .vaultLink(worker: 0), .vaultLink(worker: .max), .tlsClient,
+    static let supervisorToWorker: [SupervisorToWorker] = [.client(tls: false, newSessions: true), .vaultLink(worker: 0), .vaultLink(worker: .max), .client(tls: true, newSessions: false),
                                                             .keyholderLink(worker: 3, keyKind: TLSKeyKind.p256.rawValue)]
     static let workerToKeyholder: [WorkerToKeyholder] = [.sign(scheme: 0x0804, data: [1]), .sign(scheme: 0x0403, data: Array(repeating: 7, count: LinkLimits.signedData))]
     static let keyholderToWorker: [KeyholderToWorker] = [.signature([]), .signature(Array(repeating: 9, count: LinkLimits.signature)), .refused("over the rate")]
@@ -120,7 +120,9 @@ final class LinkMessageTests: XCTestCase {
 
     func testShortAndLongBodies() {
         assertRefused(SupervisorToWorker.self, [0x4c, 0, 0, 1], descriptors: 1, .malformed(kind: "vaultLink", length: 4))
-        assertRefused(SupervisorToWorker.self, [0x63, 0], descriptors: 1, .malformed(kind: "client", length: 2))
+        assertRefused(SupervisorToWorker.self, [0x63], descriptors: 1, .malformed(kind: "client", length: 1))
+        assertRefused(SupervisorToWorker.self, [0x63, 2], descriptors: 1, .malformed(kind: "client", length: 2))  // not a flag
+        assertRefused(SupervisorToWorker.self, [0x74, 1, 0], descriptors: 1, .malformed(kind: "tlsClient", length: 3))
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0], .malformed(kind: "attach", length: 4))
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 8], .malformed(kind: "attach", length: 6))  // unknown flag
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 2, 3, 0x41], .malformed(kind: "attach", length: 8))  // id cut short
@@ -177,7 +179,7 @@ final class LinkMessageTests: XCTestCase {
     }
 
     func testWrongDescriptorCounts() {
-        assertRefused(SupervisorToWorker.self, SupervisorToWorker.client.encoded, descriptors: 0,
+        assertRefused(SupervisorToWorker.self, SupervisorToWorker.client(tls: false, newSessions: true).encoded, descriptors: 0,
                       .descriptorCount(kind: "client", expected: 1, received: 0))
         assertRefused(SupervisorToWorker.self, SupervisorToWorker.vaultLink(worker: 1).encoded, descriptors: 2,
                       .descriptorCount(kind: "vaultLink", expected: 1, received: 2))

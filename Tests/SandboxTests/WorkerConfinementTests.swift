@@ -53,7 +53,7 @@ final class WorkerConfinementTests: XCTestCase {
         let (client, server) = try SocketCalls.socketPair(.stream)
         defer { try? client.close() }
         let circuit = try worker.transport.open()
-        try await circuit.send(SupervisorToWorker.client, descriptors: [server])
+        try await circuit.send(SupervisorToWorker.client(tls: false, newSessions: true), descriptors: [server])
         try server.close()
         var text = ""
         for i in 0..<requests {

@@ -12,32 +12,12 @@ import Glibc
 /// resume after the serving worker is killed, the shell's exit status, and the terminal
 /// restored afterwards.
 final class AttachTests: XCTestCase {
-    /// A tmux command's output. Its server (started by the first command) outlives the
-    /// command and keeps whatever output it was given open, so output is a file, read after
-    /// the command has exited, never a pipe read to its end.
-    private func tmux(_ arguments: [String]) throws -> String {
-        let file = NSTemporaryDirectory() + "cloister-tmux-\(getpid())-\(UUID().uuidString.prefix(8))"
-        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw XCTSkip("cannot create \(file)") }
-        defer { unlink(file) }
-        let child: ChildProcess
-        do {
-            defer { close(fd) }
-            child = try ChildProcess.spawn("/usr/bin/tmux", arguments: ["-L", socketName] + arguments,
-                                           environment: ["TERM": "xterm-256color", "PATH": "/usr/bin:/bin"],
-                                           output: FileDescriptor(rawValue: fd))
-        }
-        _ = try child.wait()
-        return (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
-    }
+    private let tmux = Tmux()
 
-    /// A tmux server of this test's own, so nothing of the user's is touched.
-    private let socketName = "cloister-test-\(getpid())"
-
-    private func screen(_ name: String) -> String { (try? tmux(["capture-pane", "-p", "-t", name])) ?? "" }
+    private func screen(_ name: String) -> String { tmux.screen(name) }
 
     private func waitForScreen(_ name: String, _ text: String, seconds: Double = 20) -> Bool {
-        eventually(seconds) { self.screen(name).contains(text) }
+        tmux.waitForScreen(name, text, seconds: seconds)
     }
 
     func testAttachInARealTerminal() throws {
@@ -76,23 +56,23 @@ final class AttachTests: XCTestCase {
 
     /// Attaches in tmux to `url`, types, resizes, survives the serving worker's death, exits 3.
     private func attachTypeResumeAndExit(_ server: ServedCloister, url: String, options: String = "") throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/tmux"), "tmux is not installed (make test installs it)")
+        try XCTSkipUnless(Tmux.isInstalled, "tmux is not installed (make test installs it)")
         let name = "cloister-attach-\(getpid())"
         let command = "\(cloisterExecutable) attach \(url) \(options) --credential-file \(server.directory)/credential; "
             + "echo attach-exit=$?; stty -a | tr ' ' '\\n' | grep -x -e icanon -e -icanon; sleep 60"
-        _ = try tmux(["new-session", "-d", "-s", name, "-x", "100", "-y", "30", command])
-        defer { _ = try? tmux(["kill-server"]) }
+        try tmux.run(["new-session", "-d", "-s", name, "-x", "100", "-y", "30", command])
+        defer { _ = try? tmux.run(["kill-server"]) }
         XCTAssertTrue(waitForScreen(name, "attached to session"), screen(name) + server.output)
 
-        _ = try tmux(["send-keys", "-t", name, "echo hi-$((2+3)); stty size", "Enter"])
+        try tmux.run(["send-keys", "-t", name, "echo hi-$((2+3)); stty size", "Enter"])
         XCTAssertTrue(waitForScreen(name, "hi-5"), screen(name))
         XCTAssertTrue(waitForScreen(name, "30 100"), "the window size reached the shell: \(screen(name))")
-        _ = try tmux(["resize-window", "-t", name, "-x", "120", "-y", "40"])
-        _ = try tmux(["send-keys", "-t", name, "clear; stty size", "Enter"])
+        try tmux.run(["resize-window", "-t", name, "-x", "120", "-y", "40"])
+        try tmux.run(["send-keys", "-t", name, "clear; stty size", "Enter"])
         XCTAssertTrue(waitForScreen(name, "40 120"), "SIGWINCH resized the session: \(screen(name))")
 
         // The worker serving us dies: the client says so, resumes, and the same shell goes on.
-        _ = try tmux(["send-keys", "-t", name, "clear; echo pid=$$.", "Enter"])
+        try tmux.run(["send-keys", "-t", name, "clear; echo pid=$$.", "Enter"])
         XCTAssertTrue(eventually(20) { self.screen(name).firstMatch(of: /pid=\d+\./) != nil }, screen(name))
         let shell = try XCTUnwrap(screen(name).firstMatch(of: /pid=(\d+)\./)).output.1
         let busy = try server.workers().compactMap { w -> pid_t? in
@@ -101,21 +81,9 @@ final class AttachTests: XCTestCase {
         XCTAssertEqual(busy.count, 1)
         XCTAssertEqual(kill(busy[0], SIGKILL), 0)
         XCTAssertTrue(waitForScreen(name, "connection lost; resuming"), screen(name))
-        // Keys typed while the connection was being replaced are lost: type again each second until
-        // the answer shows, and read the pid from the same screen that showed it (a later look may
-        // fall between a repeated command's clear and its echo).
-        var typed = 0.0
-        let again = eventuallyValue(20) { () -> Substring? in
-            if let seen = self.screen(name).firstMatch(of: /again-7 pid=(\d+)\./) { return seen.output.1 }
-            let now = Double(DispatchTime.now().uptimeNanoseconds) / 1e9
-            if now - typed >= 1 {
-                typed = now
-                _ = try? self.tmux(["send-keys", "-t", name, "clear; echo again-$((3+4)) pid=$$.", "Enter"])
-            }
-            return nil
-        }
+        let again = tmux.typeUntil(name, "clear; echo again-$((3+4)) pid=$$.", shows: /again-7 pid=(\d+)\./)
         XCTAssertEqual(again, shell, "the same shell: \(screen(name))")
-        _ = try tmux(["send-keys", "-t", name, "exit 3", "Enter"])
+        try tmux.run(["send-keys", "-t", name, "exit 3", "Enter"])
         XCTAssertTrue(waitForScreen(name, "attach-exit=3"), screen(name))
         // stty's answer comes a moment after the exit status: wait for either.
         XCTAssertTrue(eventually(20) { self.screen(name).contains("\nicanon") || self.screen(name).contains("\n-icanon") },

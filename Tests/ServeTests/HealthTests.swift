@@ -39,7 +39,10 @@ final class HealthTests: XCTestCase {
         let drained = try server.control("drain --timeout 60")
         XCTAssertEqual(drained["draining"] as? Bool, true, "\(drained)")
         XCTAssertTrue(eventually(5) { (try? self.health(port).1) == "draining\n" })
-        XCTAssertThrowsError(try TerminalClient.connect(port: server.port), "no new client while draining")
+        XCTAssertEqual(try health(port).0, 404)
+        XCTAssertThrowsError(try TerminalClient.connect(port: server.port), "no new session while draining") { error in
+            XCTAssertEqual("\(error)", "handshake refused with HTTP 503")
+        }
         try client.input("echo during-drain-$((6*7))\r")
         _ = try client.readOutput { $0.contains("during-drain-42") }
         // The last client leaves: the server stops by itself, long before the deadline.

@@ -11,6 +11,8 @@ import Glibc
 public final class ServedCloister {
     public let child: ChildProcess
     public let port: UInt16
+    /// The address clients connect to.
+    public let host: String
     public let controlSocket: String
     public let directory: String
     public static let userAndPassword = "tester:s3cret-pass"
@@ -25,9 +27,12 @@ public final class ServedCloister {
     /// job does, so a test can signal the group as a terminal's Ctrl-C does.
     /// With `perClient`, `workers` is the number of spares (`--isolation client`); with
     /// `defaultIsolation`, neither is given (and `workers` is the default number of spares, 4).
+    /// With `namespace`, the server runs in that network namespace (`ip netns exec`),
+    /// listening on `listen`.
     public static func start(workers: Int = 2, perClient: Bool = false, defaultIsolation: Bool = false, extra: [String] = [], command: [String] = ["/bin/sh"],
                              credentialInFile: Bool = false, ownProcessGroup: Bool = false,
-                             credential withCredential: Bool = true, executable: String = cloisterExecutable) throws -> ServedCloister {
+                             credential withCredential: Bool = true, executable: String = cloisterExecutable,
+                             listen: String = "127.0.0.1:0", namespace: String? = nil) throws -> ServedCloister {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("cloister-\(getpid())-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -44,17 +49,20 @@ public final class ServedCloister {
             credential = ["--credential-file", file]
         }
         if !withCredential { credential = [] }
-        let child = try ChildProcess.spawn(executable, arguments: [
-            "serve", "--listen", "127.0.0.1:0", "--control-socket", control,
+        // `ip netns exec` execs the server in the namespace: the child is the supervisor.
+        let launcher = namespace.map { ["netns", "exec", $0, executable] } ?? []
+        let child = try ChildProcess.spawn(namespace == nil ? executable : "/usr/bin/ip", arguments: launcher + [
+            "serve", "--listen", listen, "--control-socket", control,
         ] + (defaultIsolation ? [] : perClient ? ["--isolation", "client", "--spare-workers", "\(workers)"] : ["--workers", "\(workers)"]) + [
             "--policy-dir", packageRoot + "/policies", "--web-dir", packageRoot + "/web", "--drain-timeout", "2",
         ] + credential + extra + ["--"] + command, output: FileDescriptor(rawValue: log), ownProcessGroup: ownProcessGroup)
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
-            if let range = text.range(of: "listening on http://127.0.0.1:") ?? text.range(of: "listening on https://127.0.0.1:"),
-               let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
-                let served = ServedCloister(child: child, port: port, controlSocket: control, directory: directory)
+            if let range = text.range(of: "listening on http://") ?? text.range(of: "listening on https://"),
+               case let address = text[range.upperBound...].prefix(while: { !$0.isWhitespace && $0 != "\"" && $0 != "/" }),
+               let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) {
+                let served = ServedCloister(child: child, host: String(address[..<colon]), port: port, controlSocket: control, directory: directory)
                 try served.waitUntilRunning(workers: workers)
                 return served
             }
@@ -68,8 +76,9 @@ public final class ServedCloister {
         throw Failure(description: "cloister serve did not print its address within 60 s")
     }
 
-    init(child: ChildProcess, port: UInt16, controlSocket: String, directory: String) {
+    init(child: ChildProcess, host: String, port: UInt16, controlSocket: String, directory: String) {
         self.child = child
+        self.host = host
         self.port = port
         self.controlSocket = controlSocket
         self.directory = directory
@@ -102,7 +111,7 @@ public final class ServedCloister {
         let bytes = try readAll(pipe.read)
         try pipe.read.close()
         _ = try ctl.wait()
-        guard let object = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
             throw Failure(description: "ctl \(request) replied \(String(decoding: bytes, as: UTF8.self))")
         }
         return object

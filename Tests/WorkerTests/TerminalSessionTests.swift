@@ -13,6 +13,40 @@ final class TerminalSessionTests: XCTestCase {
         return w
     }
 
+    /// A connection accepted while the server drains: a handshake that names no session is
+    /// answered 503 (a balancer tries another host); one that names a session is upgraded, and
+    /// its first message must resume or join one.
+    func testADrainingWorkerTakesNoNewSession() async throws {
+        var settings = WebWorker.Settings()
+        settings.newSessions = false
+        let refused = try await WorkerUnderTest(settings: settings)
+        try await refused.send(Requests.upgrade())
+        let answer = try await refused.text(until: "\r\n\r\n")
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), answer)
+        XCTAssertTrue(answer.contains("Retry-After: 1\r\n"), answer)
+        await refused.finish()
+
+        let named = try await WorkerUnderTest(settings: settings)
+        try await named.send(Requests.upgrade(path: "/ws?session=h1.sid"))
+        let upgraded = try await named.text(until: "\r\n\r\n")
+        XCTAssertTrue(upgraded.hasPrefix("HTTP/1.1 101 "), upgraded)
+        named.consume()
+        try await named.send(Frames.text(#"{"AuthToken": "dXNlcjpwYXNz", "columns": 80, "rows": 24}"#))
+        let closed = try await named.output { Frames.closeCode($0) != nil }
+        XCTAssertEqual(Frames.closeCode(closed), 1013)
+        XCTAssertEqual(Frames.closeReason(closed), "this host is draining: it takes no new session")
+        XCTAssertNil(named.vault.last, "the vault is not asked")
+        await named.finish()
+
+        let resuming = try await WorkerUnderTest(settings: settings)
+        try await resuming.send(Requests.upgrade(path: "/ws?session=sid"))
+        _ = try await resuming.text(until: "\r\n\r\n")
+        try await resuming.send(Frames.text(#"{"AuthToken": "dXNlcjpwYXNz", "columns": 80, "rows": 24, "session": "sid", "secret": "wsecret"}"#))
+        _ = try await resuming.output { Frames.server($0).count >= 1 }
+        XCTAssertNotNil(resuming.vault.last, "a resume reaches the vault")
+        await resuming.finish()
+    }
+
     func testHelloAttachesWithTheWindowSizeAndGetsTitleAndPreferences() async throws {
         let w = try await attached()
         let frames = Frames.server(try await w.output { Frames.server($0).count >= 3 })
