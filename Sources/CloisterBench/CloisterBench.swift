@@ -81,8 +81,17 @@ struct CloisterBench {
                 }
                 only = Set(rows)
             }
+            let balancer = args.firstIndex(of: "--balancer").flatMap { args.indices.contains($0 + 1) ? args[$0 + 1] : nil }
+            guard balancer.map({ ["haproxy", "nginx"].contains($0) }) ?? true else {
+                print("--balancer takes haproxy or nginx, not '\(balancer!)'")
+                exit(2)
+            }
+            guard balancer == nil || (!args.contains("--isolation-client") && !args.contains("--tls")) else {
+                print("--balancer compares the same server reached directly and through the balancer: not with --isolation-client or --tls")
+                exit(2)
+            }
             var comparison = PeerComparison(peer: peer, quick: args.contains("--quick"), isolationPeer: args.contains("--isolation-client"),
-                                            tls: args.contains("--tls"))
+                                            tls: args.contains("--tls"), balancer: balancer)
             try comparison.run(runs: runs, only: only)
         case "hotpath":
             func option(_ name: String, _ fallback: Int) -> Int {
@@ -102,7 +111,8 @@ struct CloisterBench {
     static let options: [String: [String: Bool]] = [
         "circuits": ["--quick": false, "--payload": true, "--fds": true, "--circuits": true, "--window": true, "--no-raw": false, "--no-circuits": false],
         "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false],
-        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false, "--tls": false],
+        "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false, "--tls": false,
+                    "--balancer": true],
         "hotpath": ["--keystrokes": true, "--output": true, "--sessions": true],
     ]
 
@@ -119,7 +129,7 @@ struct CloisterBench {
             if takesValue {
                 guard index + 1 < arguments.count else { return "\(argument) needs a value" }
                 let value = arguments[index + 1]
-                if !["--peer", "--only"].contains(argument), Int(value).map({ $0 >= 0 }) != true {
+                if !["--peer", "--only", "--balancer"].contains(argument), Int(value).map({ $0 >= 0 }) != true {
                     return "\(argument) takes a whole number, not '\(value)'"
                 }
                 index += 1
@@ -132,7 +142,8 @@ struct CloisterBench {
     static func usage() -> Never {
         print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
         print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client]   (N concurrent shells; see PERFORMANCE.md)")
-        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client] [--tls] [--runs N] [--only idle,memory,bulk,echo,sessions]")
+        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client | --balancer haproxy|nginx] [--tls] [--runs N]")
+        print("                              [--only idle,memory,bulk,echo,sessions]")
         print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
         print("                                 (the peer defaults to ../shared/peers/ttyd)")
         exit(2)

@@ -21,9 +21,13 @@ struct PeerComparison {
     var isolationPeer = false
     /// Both servers over TLS with one ECDSA P-256 certificate (ttyd's -S -C -K), the client too.
     var tls = false
+    /// "haproxy" or "nginx": the other side is the same Cloister server reached through that
+    /// balancer on loopback, proxying as deploy/haproxy-fleet.cfg and deploy/nginx-fleet.conf do
+    /// (HTTP mode, the WebSocket tunnelled), so that what the balancer adds is measured.
+    var balancer: String?
     /// How the other side is named in the table, and its processes' name.
-    var peerName: String { isolationPeer ? "per client" : "ttyd" }
-    var peerProcess: String { isolationPeer ? "cloister" : "ttyd" }
+    var peerName: String { balancer.map { "through \($0)" } ?? (isolationPeer ? "per client" : "ttyd") }
+    var peerProcess: String { balancer ?? (isolationPeer ? "cloister" : "ttyd") }
     var bench = EndToEndBenchmark(quick: false)
 
     struct Peer {
@@ -33,23 +37,16 @@ struct PeerComparison {
     }
 
     /// ttyd on loopback, writable, with the benchmark's credential, running /bin/sh; or
-    /// Cloister with a worker per client.
-    func startPeer() throws -> Peer {
+    /// Cloister with a worker per client; or a balancer in front of `server`.
+    func startPeer(inFrontOf server: UInt16) throws -> Peer {
+        if let balancer { return try startBalancer(balancer, server: server) }
         if isolationPeer {
             // Room for the most sessions a comparison holds at once (the memory measure's
             // 128), within the supervisor's open-file need under this machine's hard limit.
             let server = try bench.startServer(maxClients: 1024, perClient: true)
             return Peer(child: server.child, port: server.port, directory: server.directory)
         }
-        // A free port: bound, read back, released; ttyd takes it right after.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")),
-                                  sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
-        let port = UInt16(bigEndian: address.sin_port)
-        close(probe)
+        let port = Self.freePort()
         let log = open("/dev/null", O_WRONLY | O_CLOEXEC)
         defer { close(log) }
         let tlsArguments = bench.tls.map { ["-S", "-C", $0.certificate, "-K", $0.key] } ?? []
@@ -65,6 +62,87 @@ struct PeerComparison {
         kill(child.pid, SIGKILL)
         _ = try? child.wait()
         throw EndToEndBenchmark.BenchFailure(description: "\(peer) did not come up on port \(port)")
+    }
+
+    /// A free loopback port: bound, read back, released; the peer takes it right after.
+    static func freePort() -> UInt16 {
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in(sin_family: sa_family_t(AF_INET), sin_port: 0, sin_addr: in_addr(s_addr: inet_addr("127.0.0.1")),
+                                  sin_zero: (0, 0, 0, 0, 0, 0, 0, 0))
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) } }
+        close(probe)
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    /// HAProxy or nginx on loopback in front of the server at `server`, with the fleet
+    /// configurations' proxying and timeouts (one host, no health check, no TLS).
+    func startBalancer(_ name: String, server: UInt16) throws -> Peer {
+        let port = Self.freePort()
+        let directory = NSTemporaryDirectory() + "cloister-bench-\(name)-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        let arguments: [String], executable: String
+        if name == "haproxy" {
+            try """
+                defaults
+                    mode http
+                    timeout connect 5s
+                    timeout client 90s
+                    timeout server 90s
+                    timeout tunnel 1h
+                frontend cloister
+                    bind 127.0.0.1:\(port)
+                    default_backend cloister_hosts
+                backend cloister_hosts
+                    balance leastconn
+                    server h1 127.0.0.1:\(server)
+
+                """.write(toFile: directory + "/haproxy.cfg", atomically: true, encoding: .utf8)
+            (executable, arguments) = ("/usr/sbin/haproxy", ["-db", "-f", directory + "/haproxy.cfg"])
+        } else {
+            try """
+                worker_processes 1;
+                pid \(directory)/nginx.pid;
+                error_log \(directory)/error.log warn;
+                events { worker_connections 1024; }
+                http {
+                    access_log off;
+                    client_body_temp_path \(directory)/body;
+                    proxy_temp_path \(directory)/proxy;
+                    map $http_upgrade $cloister_connection { default upgrade; '' close; }
+                    upstream cloister_fleet { least_conn; server 127.0.0.1:\(server); }
+                    server {
+                        listen 127.0.0.1:\(port);
+                        location / {
+                            proxy_pass http://cloister_fleet;
+                            proxy_http_version 1.1;
+                            proxy_set_header Upgrade $http_upgrade;
+                            proxy_set_header Connection $cloister_connection;
+                            proxy_set_header Host $http_host;
+                            proxy_buffering off;
+                            proxy_read_timeout 300s;
+                            proxy_send_timeout 300s;
+                        }
+                    }
+                }
+                """.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
+            (executable, arguments) = ("/usr/sbin/nginx", ["-p", directory, "-c", directory + "/nginx.conf", "-g", "daemon off;"])
+        }
+        guard access(executable, X_OK) == 0 else { throw EndToEndBenchmark.BenchFailure(description: "\(executable) is not installed") }
+        let log = try FileDescriptor.open(directory + "/output", .writeOnly, options: [.create, .closeOnExec], permissions: .ownerReadWrite)
+        defer { try? log.close() }
+        let child = try ChildProcess.spawn(executable, arguments: arguments, output: log)
+        for _ in 0..<200 {
+            if let client = try? bench.attach(port: port) {
+                try? client.input("exit\r")
+                return Peer(child: child, port: port, directory: directory)
+            }
+            usleep(50_000)
+        }
+        kill(child.pid, SIGTERM)
+        _ = try? child.wait()
+        throw EndToEndBenchmark.BenchFailure(description: "\(name) did not come up on port \(port): see \(directory)/output")
     }
 
     /// A bulk producer: a shell command, and how to tell that a client got all of its output.
@@ -182,7 +260,7 @@ struct PeerComparison {
     enum Row: String, CaseIterable { case idle, memory, bulk, echo, sessions }
 
     mutating func run(runs: Int? = nil, only: Set<Row> = Set(Row.allCases)) throws {
-        guard isolationPeer || access(peer, X_OK) == 0 else {
+        guard isolationPeer || balancer != nil || access(peer, X_OK) == 0 else {
             print("cloister-bench compare: no peer at \(peer) (see ../shared/peers/README.md; --peer PATH); nothing compared")
             return
         }
@@ -202,7 +280,7 @@ struct PeerComparison {
         defer { if let tls = bench.tls { try? FileManager.default.removeItem(atPath: (tls.certificate as NSString).deletingLastPathComponent) } }
         let cloister = try bench.startServer()
         defer { bench.stop(cloister) }
-        let ttyd = try startPeer()
+        let ttyd = try startPeer(inFrontOf: cloister.port)
         defer {
             kill(ttyd.child.pid, SIGTERM)
             _ = try? ttyd.child.wait()
@@ -211,7 +289,8 @@ struct PeerComparison {
         let bytes = quick ? 8 << 20 : 64 << 20
         let runs = runs ?? (quick ? 1 : 5)
         let keystrokes = quick ? 300 : 2000
-        print("cloister-bench compare\(tls ? " over TLS (ECDSA P-256, one certificate for both)" : ""): Cloister (\(cloister.description)) and \(isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer), loopback, the same client, runs alternating; "
+        let other = balancer.map { "the same server through \($0)" } ?? (isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer)
+        print("cloister-bench compare\(tls ? " over TLS (ECDSA P-256, one certificate for both)" : ""): Cloister (\(cloister.description)) and \(other), loopback, the same client, runs alternating; "
               + "medians of \(runs) runs, (lowest-highest)")
         print("")
         print("| measure | Cloister | \(peerName) | ratio (Cloister / \(peerName)) | baseline |")
