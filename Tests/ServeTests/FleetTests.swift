@@ -28,6 +28,23 @@ final class FleetTests: XCTestCase {
         try fleet(.nginx, sessions: 30)
     }
 
+    /// The shipped configurations route each host id to one host: each id has one rule and
+    /// one server (HAProxy refuses two servers of one name; nginx would take the first map
+    /// entry that matches and route the second host's sessions to the first).
+    func testTheShippedConfigurationsGiveEachHostIdOneRoute() throws {
+        let haproxy = try String(contentsOfFile: packageRoot + "/deploy/haproxy-fleet.cfg", encoding: .utf8)
+        let rules = haproxy.matches(of: /use-server (\w+) if \{ urlp\(session\) -m beg ([\w-]+)\. \} \|\| \{ req.cook\(cloister_session\) -m beg ([\w-]+)\. \}/)
+        XCTAssertEqual(rules.map { String($0.output.1) }, Self.hostNames)
+        for rule in rules { XCTAssertEqual(Set([rule.output.1, rule.output.2, rule.output.3]).count, 1, "\(rule.output.0)") }
+        XCTAssertEqual(haproxy.matches(of: #/\n    server (\w+) /#).map { String($0.output.1) }, Self.hostNames)
+
+        let nginx = try String(contentsOfFile: packageRoot + "/deploy/nginx-fleet.conf", encoding: .utf8)
+        let entries = nginx.matches(of: /"~\^([\w-]+):\|\^:([\w-]+)\$"\s+cloister_([\w-]+);/)
+        XCTAssertEqual(entries.map { String($0.output.1) }, Self.hostNames)
+        for entry in entries { XCTAssertEqual(Set([entry.output.1, entry.output.2, entry.output.3]).count, 1, "\(entry.output.0)") }
+        XCTAssertEqual(nginx.matches(of: /upstream cloister_(h\d) \{/).map { String($0.output.1) }, Self.hostNames)
+    }
+
     private func startHost(_ name: String, in network: NetworkNamespaces) throws -> ServedCloister {
         let address = network.address(name)
         return try ServedCloister.start(workers: 4, perClient: true,
