@@ -92,6 +92,8 @@ struct ServeCommand: AsyncParsableCommand {
     var fdStore = false
     @Option(help: "HOST:PORT where a load balancer polls this host: 200 ready, 404 draining (no new session; its own still served), 503 starting or full; no credential, nothing else said.")
     var healthListen: String?
+    @Option(help: "ADDRESS (numeric; repeatable) of a proxy in front: the last X-Forwarded-For entry of its connections goes into the audit trail as forwarded_for, vouched for by the worker; from any other address the header is ignored.")
+    var trustedProxy: [String] = []
     @Option(help: "Append every audited fact (credentials checked, sessions started, joined, left and ended, control actions, violations, restarts) to FILE as JSON lines, created mode 0600; they go to the log either way.")
     var auditLog: String?
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
@@ -344,6 +346,12 @@ struct ServeCommand: AsyncParsableCommand {
             }
             c.healthListen = healthListen
         }
+        for address in trustedProxy {
+            guard let canonical = Self.numericAddress(address) else {
+                throw ConfigurationError(option: "--trusted-proxy", problem: "\"\(address)\" is not a numeric IPv4 or IPv6 address")
+            }
+            c.trustedProxies.insert(canonical)
+        }
         if let auditLog {
             guard auditLog.hasPrefix("/") else { throw ConfigurationError(option: "--audit-log", problem: "\"\(auditLog)\" is not an absolute path") }
             do {
@@ -502,6 +510,20 @@ struct ServeCommand: AsyncParsableCommand {
             let fresh = try options.configuration(activated: true, reload: true).0
             return (oneTime ? configuration.authentication : fresh.authentication, fresh.tls)
         }
+    }
+
+    /// `address` as the kernel's peer names are written (getnameinfo, NI_NUMERICHOST), so that
+    /// "::ffff:10.0.0.1" and "0:0::1" compare as they are reported; nil if it is not numeric.
+    static func numericAddress(_ address: String) -> String? {
+        var v4 = in_addr(), v6 = in6_addr()
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if inet_pton(AF_INET, address, &v4) == 1, inet_ntop(AF_INET, &v4, &text, socklen_t(text.count)) != nil {
+            return String(cString: text)
+        }
+        if inet_pton(AF_INET6, address, &v6) == 1, inet_ntop(AF_INET6, &v6, &text, socklen_t(text.count)) != nil {
+            return String(cString: text)
+        }
+        return nil
     }
 }
 extension RolePool.Isolation: ExpressibleByArgument {}

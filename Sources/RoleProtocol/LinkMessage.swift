@@ -44,6 +44,8 @@ public enum LinkLimits {
     public static let sessionField = 64
     /// A client's name for its input stream (`AttachRequest.inputStream`).
     public static let inputStream = 31
+    /// A client's address as a trusted proxy forwarded it: a numeric IPv6 address at most.
+    public static let forwardedAddress = 45
     /// The largest memory file a vault may ask the nursery for (`VaultToNursery.spawn`): a
     /// ring of `--session-ring` at its largest (1 GiB) and its header.
     public static let keptStateBytes = (1 << 30) + (1 << 16)

@@ -4,8 +4,10 @@
 public enum SupervisorToWorker: LinkMessage {
     /// With an accepted client socket, TLS when its listener is marked so. `newSessions`
     /// false while the server drains: the client may resume or join a session, and a request
-    /// for a new one is refused (a balancer then asks another host).
-    case client(tls: Bool, newSessions: Bool)
+    /// for a new one is refused (a balancer then asks another host). `trustedProxy`: the
+    /// connection comes from an address given as `--trusted-proxy`, whose `X-Forwarded-For`
+    /// names the client.
+    case client(tls: Bool, newSessions: Bool, trustedProxy: Bool = false)
     /// With the worker's end of its transport to the vault (`Link.workerVault`).
     case vaultLink(worker: UInt32)
     /// With the worker's end of its transport to the keyholder (`Link.workerKeyholder`) and a
@@ -17,8 +19,8 @@ public enum SupervisorToWorker: LinkMessage {
 
     public var encoded: [UInt8] {
         switch self {
-        case .client(let tls, let newSessions):
-            return [tls ? Kind.tlsClient.rawValue : Kind.client.rawValue, newSessions ? 1 : 0]
+        case .client(let tls, let newSessions, let trustedProxy):
+            return [tls ? Kind.tlsClient.rawValue : Kind.client.rawValue, (newSessions ? 1 : 0) | (trustedProxy ? 2 : 0)]
         case .vaultLink(let worker):
             var w = FieldWriter(kind: Kind.vaultLink.rawValue)
             w.u32(worker)
@@ -42,9 +44,9 @@ public enum SupervisorToWorker: LinkMessage {
         try Self.expect(kind == .keyholderLink ? 2 : 1, descriptors, kind: kind)
         switch kind {
         case .client, .tlsClient:
-            let newSessions = try r.u8()
-            guard newSessions <= 1 else { throw r.malformed }
-            self = .client(tls: kind == .tlsClient, newSessions: newSessions == 1)
+            let flags = try r.u8()
+            guard flags & ~3 == 0 else { throw r.malformed }
+            self = .client(tls: kind == .tlsClient, newSessions: flags & 1 != 0, trustedProxy: flags & 2 != 0)
         case .vaultLink: self = .vaultLink(worker: try r.u32())
         case .keyholderLink: self = .keyholderLink(worker: try r.u32(), keyKind: try r.u8())
         }

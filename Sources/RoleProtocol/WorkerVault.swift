@@ -17,18 +17,23 @@ public struct AttachRequest: Sendable, Equatable {
     /// writer that names one is told how much of that stream reached the terminal, so that
     /// it sends the rest again after a lost connection.
     public var inputStream: [UInt8]?
+    /// The client's address as a `--trusted-proxy` forwarded it (`X-Forwarded-For`'s last
+    /// entry, a numeric address), for the audit trail: the worker vouches for it.
+    public var forwardedFor: [UInt8]?
 
     public init(columns: UInt16, rows: UInt16, token: [UInt8], session: (id: [UInt8], secret: [UInt8])? = nil,
-                offset: UInt64? = nil, readonly: Bool = false, arguments: [[UInt8]] = [], inputStream: [UInt8]? = nil) {
+                offset: UInt64? = nil, readonly: Bool = false, arguments: [[UInt8]] = [], inputStream: [UInt8]? = nil,
+                forwardedFor: [UInt8]? = nil) {
         (self.columns, self.rows, self.token, self.session, self.offset, self.readonly) = (columns, rows, token, session, offset, readonly)
         self.arguments = arguments
         self.inputStream = inputStream
+        self.forwardedFor = forwardedFor
     }
 
     public static func == (a: AttachRequest, b: AttachRequest) -> Bool {
         a.columns == b.columns && a.rows == b.rows && a.token == b.token && a.session?.id == b.session?.id
             && a.session?.secret == b.session?.secret && a.offset == b.offset && a.readonly == b.readonly
-            && a.arguments == b.arguments && a.inputStream == b.inputStream
+            && a.arguments == b.arguments && a.inputStream == b.inputStream && a.forwardedFor == b.forwardedFor
     }
 }
 
@@ -82,7 +87,7 @@ public enum WorkerToVault: LinkMessage {
             w.u16(request.columns)
             w.u16(request.rows)
             let flags: UInt8 = (request.readonly ? 1 : 0) | (request.session != nil ? 2 : 0) | (request.offset != nil ? 4 : 0)
-                | (request.arguments.isEmpty ? 0 : 8) | (request.inputStream != nil ? 16 : 0)
+                | (request.arguments.isEmpty ? 0 : 8) | (request.inputStream != nil ? 16 : 0) | (request.forwardedFor != nil ? 32 : 0)
             w.rest([flags])
             if let offset = request.offset { w.u64(offset) }
             if let session = request.session {
@@ -91,6 +96,7 @@ public enum WorkerToVault: LinkMessage {
             }
             if !request.arguments.isEmpty { w.commandArguments(request.arguments) }
             if let stream = request.inputStream { w.short(stream) }
+            if let forwarded = request.forwardedFor { w.short(forwarded) }
             w.rest(request.token)
             return w.bytes
         case .input(let bytes): return [Kind.input.rawValue] + bytes
@@ -115,7 +121,7 @@ public enum WorkerToVault: LinkMessage {
         case .attach:
             let columns = try r.u16(), rows = try r.u16()
             let flags = try r.u8()
-            guard flags & ~31 == 0 else { throw r.malformed }
+            guard flags & ~63 == 0 else { throw r.malformed }
             let offset = flags & 4 != 0 ? try r.u64() : nil
             var session: (id: [UInt8], secret: [UInt8])?
             if flags & 2 != 0 {
@@ -124,9 +130,10 @@ public enum WorkerToVault: LinkMessage {
             }
             let arguments = flags & 8 != 0 ? try r.commandArguments() : []
             let stream = flags & 16 != 0 ? try r.short(limit: LinkLimits.inputStream) : nil
+            let forwarded = flags & 32 != 0 ? try r.short(limit: LinkLimits.forwardedAddress) : nil
             self = .attach(AttachRequest(columns: columns, rows: rows, token: try r.rest(limit: LinkLimits.token),
                                          session: session, offset: offset, readonly: flags & 1 != 0, arguments: arguments,
-                                         inputStream: stream))
+                                         inputStream: stream, forwardedFor: forwarded))
         case .input: self = .input(try r.rest())
         case .resize:
             let columns = try r.u16(), rows = try r.u16()

@@ -84,8 +84,13 @@ public final class AuditTrail: Sendable {
             fields.append(("source", source))
             fields.append(("source_vouched_by", "supervisor"))
         }
+        // Only a worker whose connection came from a --trusted-proxy sends it (the vault
+        // passes on what the worker said).
+        let forwarded = record["forwarded_for"]
+        if forwarded != nil { fields.append(("forwarded_for_vouched_by", "worker")) }
         if record.kind == .credentialRefused {
-            let source = Self.host(of: fields.first { $0.0 == "source" }?.1 ?? "unknown")
+            // Behind a proxy every client has the proxy's address: counted by the one it forwarded.
+            let (name, source) = forwarded.map { ("forwarded_for", $0) } ?? ("source", Self.host(of: fields.first { $0.0 == "source" }?.1 ?? "unknown"))
             let now = ContinuousClock.now
             let (write, unwritten) = state.withLock { s -> (Bool, Int) in
                 guard let last = s.refusals[source], now - last.written < interval else {
@@ -98,7 +103,7 @@ public final class AuditTrail: Sendable {
             }
             guard write else { return }
             if unwritten > 0 {
-                emit([("event", "\(AuditRecord.Kind.refusalsSummarised)"), ("vouched_by", "supervisor"), ("source", source),
+                emit([("event", "\(AuditRecord.Kind.refusalsSummarised)"), ("vouched_by", "supervisor"), (name, source),
                       ("count", "\(unwritten)"), ("interval_seconds", "\(interval.components.seconds)")])
             }
         }

@@ -238,9 +238,9 @@ public final class RolePool: Sendable {
     /// supervisor's own hold on a client that must not stay); nil in a pool.
     @discardableResult
     public func dispatch(_ client: FileDescriptor, peer: String = "", tls: Bool = false, newSessions: Bool = true,
-                         events: ClientEvents = ClientEvents()) async throws -> (@Sendable () -> Void)? {
+                         trustedProxy: Bool = false, events: ClientEvents = ClientEvents()) async throws -> (@Sendable () -> Void)? {
         defer { try? client.close() }
-        let message = SupervisorToWorker.client(tls: tls, newSessions: newSessions)
+        let message = SupervisorToWorker.client(tls: tls, newSessions: newSessions, trustedProxy: trustedProxy)
         if configuration.isolation == .perClient {
             let instance = try await dispatchToOwnInstance(client, peer: peer, message: message, events: events)
             return { instance.transport.close() }

@@ -77,6 +77,9 @@ public final class Server: Sendable {
         public var fdStore = false
         /// HOST:PORT a load balancer polls for this host's state (`HealthEndpoint`); nil: none.
         public var healthListen: String?
+        /// Addresses of proxies whose `X-Forwarded-For` names the client (numeric, as
+        /// `inet_ntop` writes them): the audit trail records it, vouched for by the worker.
+        public var trustedProxies: Set<String> = []
         /// The audit trail's file (`AuditTrail.open`), owned by the server from `start`; nil:
         /// audited facts go to the log alone.
         public var auditLog: FileDescriptor?
@@ -476,6 +479,7 @@ public final class Server: Sendable {
                 do {
                     let close = try await self.workers.dispatch(client, peer: peer, tls: tls,
                                                                 newSessions: !self.draining.load(ordering: .acquiring),
+                                                                trustedProxy: self.configuration.trustedProxies.contains(AuditTrail.host(of: peer)),
                                                                 events: admitted.events)
                     admitted.enforceDeadline(close: close)
                 } catch {

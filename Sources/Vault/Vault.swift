@@ -216,12 +216,14 @@ public final class Vault: Sendable {
     }
 
     private func attach(_ request: AttachRequest, on circuit: RoleChannelCircuit, worker: UInt32, logger: Logger) async {
+        // Where a trusted proxy said the client is: in every fact of this attachment.
+        let forwarded = request.forwardedFor.map { [("forwarded_for", String(decoding: $0, as: UTF8.self))] } ?? []
         guard let webUser = await authorizedUser(request.token) else {
             logger.warning("attachment refused: bad credential")
-            auditCredential(request.token, user: nil, worker: worker)
+            auditCredential(request.token, user: nil, worker: worker, forwarded)
             return answer(circuit, .refused(.badCredential))
         }
-        auditCredential(request.token, user: webUser, worker: worker)
+        auditCredential(request.token, user: webUser, worker: worker, forwarded)
         // Arguments only where the operator allowed them, and only for a new session: a
         // worker that sends them otherwise is not following the protocol.
         guard request.arguments.isEmpty || (settings.urlArguments && request.session == nil) else {
@@ -257,7 +259,7 @@ public final class Vault: Sendable {
                 logger.warning("attachment refused: no session with that id and secret")
                 audit(.credentialRefused, [("method", "session secret"), ("user", auditedUser(request.token, user: webUser)),
                                            ("session", String(decoding: wanted.id.prefix(LinkLimits.sessionField), as: UTF8.self)),
-                                           ("worker", "\(worker)")])
+                                           ("worker", "\(worker)")] + forwarded)
                 return answer(circuit, .refused(.badCredential))
             }
             (session, writer) = (found, mayWrite && !request.readonly)
@@ -266,7 +268,7 @@ public final class Vault: Sendable {
                 session = try await startSession(columns: request.columns, rows: request.rows, arguments: request.arguments,
                                                  user: webUser.isEmpty ? nil : Array(webUser.utf8), logger: logger)
                 audit(.sessionStarted, [("session", session.id), ("user", user), ("shell_pid", "\(session.shell)"),
-                                        ("arguments", "\(request.arguments.count)"), ("worker", "\(worker)")])
+                                        ("arguments", "\(request.arguments.count)"), ("worker", "\(worker)")] + forwarded)
             } catch {
                 release()
                 logger.error("no shell for an attachment", metadata: ["error": "\(error)"])
@@ -280,11 +282,11 @@ public final class Vault: Sendable {
             let stream = mayWrite ? request.inputStream.flatMap { $0.isEmpty ? nil : session.inputSlot(for: $0) } : nil
             let how = request.session == nil ? "new session" : request.readonly ? "read-only link or request" : "session secret"
             audit(.attached, [("session", session.id), ("client", "\(start.client)"), ("mode", mayWrite ? "writer" : "viewer"),
-                              ("joined_by", how), ("user", user), ("worker", "\(worker)")])
+                              ("joined_by", how), ("user", user), ("worker", "\(worker)")] + forwarded)
             let attachment = Attachment(number: start.client, circuit: circuit, session: session, writer: mayWrite, worker: worker,
                                         cursor: start.offset, inputStream: stream, logger: logger) { [self] ending in
                 release()
-                audit(.detached, [("session", session.id), ("client", "\(start.client)"), ("ending", ending), ("worker", "\(worker)")])
+                audit(.detached, [("session", session.id), ("client", "\(start.client)"), ("ending", ending), ("worker", "\(worker)")] + forwarded)
             }
             let open = counts.withLock { $0.attachments }
             attachment.start(session.info(title: title, writer: mayWrite, offset: start.offset, skipped: start.skipped, inputStream: stream),
@@ -330,7 +332,7 @@ public final class Vault: Sendable {
     /// A credential checked for `worker`'s client. An accepted one is audited once per worker
     /// and user (a page load checks it for every file it fetches); every refusal is (the
     /// supervisor writes a burst as counts).
-    private func auditCredential(_ token: [UInt8], user: String?, worker: UInt32) {
+    private func auditCredential(_ token: [UInt8], user: String?, worker: UInt32, _ extra: [(String, String)] = []) {
         let name = auditedUser(token, user: user)
         if user != nil {
             let first = credentialsAudited.withLock { seen in
@@ -340,7 +342,7 @@ public final class Vault: Sendable {
             guard first else { return }
         }
         audit(user != nil ? .credentialAccepted : .credentialRefused,
-              [("method", authenticationMethod), ("user", name), ("worker", "\(worker)")])
+              [("method", authenticationMethod), ("user", name), ("worker", "\(worker)")] + extra)
     }
 
     private func authorizedUser(_ token: [UInt8]) async -> String? {

@@ -1,5 +1,10 @@
 import NIOCore
 import NIOHTTP1
+import RoleProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An opening handshake the worker refused, and the answer it gets. NIO's typed upgrader
 /// drops a request it does not upgrade, so the verdict is kept for `HTTPHandler` to send.
@@ -72,6 +77,18 @@ package enum OpeningHandshake {
     static func namesSession(_ uri: String) -> Bool {
         guard let question = uri.firstIndex(of: "?") else { return false }
         return uri[uri.index(after: question)...].split(separator: "&").contains { $0.hasPrefix("session=") && $0.count > 8 }
+    }
+
+    /// The client a trusted proxy names: the last entry of the last `X-Forwarded-For` (the one
+    /// that proxy appended; earlier ones are the client's own say), if it is a numeric IPv4 or
+    /// IPv6 address.
+    static func forwardedClient(_ headers: HTTPHeaders) -> [UInt8]? {
+        guard let field = headers["x-forwarded-for"].last,
+              let last = field.split(separator: ",").last?.trimmingOptionalWhitespace(),
+              (1...LinkLimits.forwardedAddress).contains(last.utf8.count) else { return nil }
+        var v4 = in_addr(), v6 = in6_addr()
+        guard inet_pton(AF_INET, last, &v4) == 1 || inet_pton(AF_INET6, last, &v6) == 1 else { return nil }
+        return Array(last.utf8)
     }
 
     /// The comma-separated tokens of every field named `name`, lowercased.

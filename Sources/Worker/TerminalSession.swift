@@ -33,6 +33,8 @@ final class TerminalSession: ChannelInboundHandler {
     let preferences: [UInt8]
     /// False while the server drains: only an existing session may be resumed or joined.
     let newSessions: Bool
+    /// The client's address as a trusted proxy forwarded it, for the vault's audit trail.
+    let forwardedFor: [UInt8]?
     /// ttyd's --url-arg: nil when the URL's arguments break the bounds.
     let arguments: [[UInt8]]?
     /// What the vault is given instead of the hello's AuthToken: the user a reverse proxy's
@@ -50,10 +52,11 @@ final class TerminalSession: ChannelInboundHandler {
     /// Told when the vault attaches the client (its credential accepted).
     let authentication: ClientAuthentication?
 
-    init(service: any TerminalService, preferences: [UInt8], newSessions: Bool = true, arguments: [[UInt8]]?, token: [UInt8]?,
-         logger: Logger, counters: RoleCounters?, authentication: ClientAuthentication? = nil) {
+    init(service: any TerminalService, preferences: [UInt8], newSessions: Bool = true, forwardedFor: [UInt8]? = nil,
+         arguments: [[UInt8]]?, token: [UInt8]?, logger: Logger, counters: RoleCounters?, authentication: ClientAuthentication? = nil) {
         (self.service, self.preferences, self.newSessions, self.arguments, self.token, self.logger, self.counters) =
             (service, preferences, newSessions, arguments, token, logger, counters)
+        self.forwardedFor = forwardedFor
         self.authentication = authentication
     }
 
@@ -118,6 +121,7 @@ final class TerminalSession: ChannelInboundHandler {
             return close(.tryAgainLater, "this host is draining: it takes no new session")
         }
         if let token { request.token = token }
+        request.forwardedFor = forwardedFor
         // Arguments start a new session's command; joining one, they have no use.
         if request.session == nil { request.arguments = arguments }
         guard let vault = service.conversation(on: context.eventLoop) else {

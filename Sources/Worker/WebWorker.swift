@@ -45,6 +45,9 @@ public final class WebWorker: Sendable {
         /// session is answered 503 (a balancer retries it on another host), and a first message
         /// asking for a new session is closed.
         public var newSessions = true
+        /// True for a connection from a `--trusted-proxy`: its `X-Forwarded-For` names the
+        /// client, for the audit trail.
+        public var fromTrustedProxy = false
         public init() {}
 
         /// What the supervisor gave, with the limits that are not options.
@@ -92,7 +95,7 @@ public final class WebWorker: Sendable {
     /// `authenticated` is called once, when the vault accepts the client's credential; a
     /// client that has not presented one by `settings.authenticationDeadline` is closed.
     public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false, newSessions: Bool = true,
-                      authenticated: @escaping @Sendable () -> Void = {},
+                      trustedProxy: Bool = false, authenticated: @escaping @Sendable () -> Void = {},
                       closed: @escaping @Sendable () -> Void) async {
         let authentication = ClientAuthentication(report: authenticated)
         do {
@@ -108,7 +111,7 @@ public final class WebWorker: Sendable {
                             try channel.pipeline.syncOperations.addHandler(ALPNGate())
                             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                         }
-                        _ = try self.configure(channel, newSessions: newSessions, authentication: authentication)
+                        _ = try self.configure(channel, newSessions: newSessions, trustedProxy: trustedProxy, authentication: authentication)
                         if let deadline = self.settings.authenticationDeadline {
                             authentication.closeUnlessAccepted(channel, after: deadline)
                         }
@@ -128,9 +131,11 @@ public final class WebWorker: Sendable {
     /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
-    package func configure(_ channel: Channel, newSessions: Bool = true, authentication: ClientAuthentication? = nil) throws -> EventLoopFuture<Void> {
+    package func configure(_ channel: Channel, newSessions: Bool = true, trustedProxy: Bool = false,
+                           authentication: ClientAuthentication? = nil) throws -> EventLoopFuture<Void> {
         var settings = self.settings
         settings.newSessions = settings.newSessions && newSessions
+        settings.fromTrustedProxy = settings.fromTrustedProxy || trustedProxy
         let (counters, service, logger) = (self.counters, self.service, self.logger)
         let clock = settings.pingInterval.map { pingClock(interval: $0, on: channel.eventLoop) }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
@@ -155,7 +160,9 @@ public final class WebWorker: Sendable {
                     try sync.addHandler(WebSocketMessageHandler(clock: clock, counters: counters))
                     // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
                     let token = settings.authHeader.map { Array((head.headers.first(name: $0) ?? "").utf8) }
+                    let forwarded = settings.fromTrustedProxy ? OpeningHandshake.forwardedClient(head.headers) : nil
                     try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences, newSessions: settings.newSessions,
+                                                        forwardedFor: forwarded,
                                                         arguments: settings.urlArguments ? TtydProtocol.urlArguments(head.uri) : [],
                                                         token: token, logger: logger, counters: counters,
                                                         authentication: authentication))

@@ -44,9 +44,9 @@ public enum WorkerRole {
         // The decoder checked that each kind came with its one descriptor.
         guard let socket = received.descriptors?.take(0) else { return }
         switch received.message {
-        case .client(let tls, let newSessions):
+        case .client(let tls, let newSessions, let trustedProxy):
             // No task waits for the connection: its close ends the conversation.
-            await worker.serve(client: socket, on: vault.loop, tls: tls, newSessions: newSessions, authenticated: {
+            await worker.serve(client: socket, on: vault.loop, tls: tls, newSessions: newSessions, trustedProxy: trustedProxy, authenticated: {
                 Task { try? await circuit.send(WorkerToSupervisor.authenticated.encoded) }
             }) { circuit.abandon() }
         case .keyholderLink(_, let keyKind):

@@ -4,7 +4,7 @@ import XCTest
 /// Every link's codec: each message survives a round trip, and each decoder refuses what does
 /// not belong on its link and direction — without trapping, whatever the bytes.
 final class LinkMessageTests: XCTestCase {
-    static let supervisorToWorker: [SupervisorToWorker] = [.client(tls: false, newSessions: true), .vaultLink(worker: 0), .vaultLink(worker: .max), .client(tls: true, newSessions: false),
+    static let supervisorToWorker: [SupervisorToWorker] = [.client(tls: false, newSessions: true), .vaultLink(worker: 0), .vaultLink(worker: .max), .client(tls: true, newSessions: false, trustedProxy: true),
                                                             .keyholderLink(worker: 3, keyKind: TLSKeyKind.p256.rawValue)]
     static let workerToKeyholder: [WorkerToKeyholder] = [.sign(scheme: 0x0804, data: [1]), .sign(scheme: 0x0403, data: Array(repeating: 7, count: LinkLimits.signedData))]
     static let keyholderToWorker: [KeyholderToWorker] = [.signature([]), .signature(Array(repeating: 9, count: LinkLimits.signature)), .refused("over the rate")]
@@ -33,6 +33,7 @@ final class LinkMessageTests: XCTestCase {
         .attach(AttachRequest(columns: 80, rows: 24, token: Array("dTpw".utf8), session: (Array("sid".utf8), Array("secret".utf8)),
                               offset: 123_456_789_012, readonly: true)),
         .attach(AttachRequest(columns: 1, rows: 1, token: [], offset: 0)),
+        .attach(AttachRequest(columns: 80, rows: 24, token: Array("dTpw".utf8), forwardedFor: Array("2001:db8::7".utf8))),
         .attach(AttachRequest(columns: 80, rows: 24, token: [1], arguments: [Array("one".utf8), [], Array(repeating: 0x41, count: 255)])), .input([]), .input(Array(0...255)), .resize(columns: 120, rows: 40),
         .pause, .resume,
     ]
@@ -121,10 +122,13 @@ final class LinkMessageTests: XCTestCase {
     func testShortAndLongBodies() {
         assertRefused(SupervisorToWorker.self, [0x4c, 0, 0, 1], descriptors: 1, .malformed(kind: "vaultLink", length: 4))
         assertRefused(SupervisorToWorker.self, [0x63], descriptors: 1, .malformed(kind: "client", length: 1))
-        assertRefused(SupervisorToWorker.self, [0x63, 2], descriptors: 1, .malformed(kind: "client", length: 2))  // not a flag
+        assertRefused(SupervisorToWorker.self, [0x63, 4], descriptors: 1, .malformed(kind: "client", length: 2))  // not a flag
         assertRefused(SupervisorToWorker.self, [0x74, 1, 0], descriptors: 1, .malformed(kind: "tlsClient", length: 3))
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0], .malformed(kind: "attach", length: 4))
-        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 8], .malformed(kind: "attach", length: 6))  // unknown flag
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 8], .malformed(kind: "attach", length: 6))  // arguments missing
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 64], .malformed(kind: "attach", length: 6))  // unknown flag
+        assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 32, 46] + [UInt8](repeating: 0x31, count: 46),
+                      .oversized(kind: "attach", length: 46, limit: LinkLimits.forwardedAddress))
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 2, 3, 0x41], .malformed(kind: "attach", length: 8))  // id cut short
         assertRefused(WorkerToVault.self, [0x41, 0, 80, 0, 24, 2, 65] + [UInt8](repeating: 0x41, count: 65) + [0],
                       .oversized(kind: "attach", length: 65, limit: LinkLimits.sessionField))

@@ -117,6 +117,48 @@ final class AuditTests: XCTestCase {
         XCTAssertTrue(events(path, "credential.refused.repeated").allSatisfy { $0["source"] == "127.0.0.1" }, "\(trail(path))")
     }
 
+    /// `X-Forwarded-For` counts only from a `--trusted-proxy`: there its last entry (the one
+    /// the proxy appended) is in every fact of the attachment, vouched for by the worker, and
+    /// refusals are counted by it; from any other address a forged one is ignored.
+    func testAForwardedAddressIsTakenOnlyFromATrustedProxy() throws {
+        let directory = try self.directory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let forged = [("X-Forwarded-For", "198.51.100.1, 203.0.113.7")]
+        for trusted in [true, false] {
+            let path = directory + "/audit-\(trusted).jsonl"
+            let server = try ServedCloister.start(workers: 2, perClient: true,
+                                                  extra: ["--audit-log", path, "--trusted-proxy", trusted ? "127.0.0.1" : "192.0.2.1"])
+            defer { _ = try? server.stop() }
+            let refused = try TerminalClient.connect(port: server.port, headers: forged)
+            try refused.authenticate(token: TerminalClient.token("tester:wrong"))
+            XCTAssertEqual(try refused.awaitClose().code, 1008)
+            let client = try TerminalClient.connect(port: server.port, headers: forged)
+            try client.authenticate(token: TerminalClient.token(ServedCloister.userAndPassword))
+            try client.input("exit\r")
+            XCTAssertEqual(try client.awaitClose().code, 1000)
+            XCTAssertTrue(eventually(15) { self.events(path, "session.detached").count == 1 }, "\(trail(path))")
+            for name in ["credential.refused", "credential.accepted", "session.started", "session.attached", "session.detached"] {
+                let event = try XCTUnwrap(events(path, name).first, "\(name): \(trail(path))")
+                XCTAssertTrue(event["source"]?.hasPrefix("127.0.0.1:") == true, "\(event)")
+                if trusted {
+                    XCTAssertEqual(event["forwarded_for"], "203.0.113.7", "\(event)")
+                    XCTAssertEqual(event["forwarded_for_vouched_by"], "worker", "\(event)")
+                } else {
+                    XCTAssertNil(event["forwarded_for"], "a forged header from an untrusted address: \(event)")
+                }
+            }
+        }
+        // Only numeric addresses.
+        let pipe = try makePipe()
+        let child = try ChildProcess.spawn(cloisterExecutable, arguments: ["serve", "--policy-dir", packageRoot + "/policies", "--trusted-proxy", "proxy.example"],
+                                           output: pipe.write)
+        try pipe.write.close()
+        let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
+        try pipe.read.close()
+        XCTAssertEqual(try child.wait(), .exited(2), text)
+        XCTAssertTrue(text.contains("--trusted-proxy: \"proxy.example\" is not a numeric IPv4 or IPv6 address"), text)
+    }
+
     func testAnAuditLogThatOthersMayWriteIsRefused() throws {
         let directory = try self.directory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
