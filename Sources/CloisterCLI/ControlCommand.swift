@@ -67,7 +67,7 @@ struct ControlCommand: ParsableCommand {
 
         func run() throws {
             guard let s = try ControlCommand.fetch("status", options, as: ControlServer.Status.self) else { return }
-            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running, \(s.connections) connections, \(s.refusedAtCapacity) refused at --max-clients\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")")
+            print("supervisor pid \(s.pid): \(s.running) of \(s.workers) workers running, \(s.connections) connections, \(s.refusedAtCapacity) refused at --max-clients\(s.degraded ? ", DEGRADED (restart intensity exceeded)" : "")\(s.draining == true ? ", draining: no new session" : "")")
             if let a = s.admission {
                 let refused = a.refused.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
                 print("admission \(a.limits), \(a.perSource) per source, \(Int(a.deadlineSeconds)) s to authenticate: \(a.unauthenticated) unauthenticated now, "

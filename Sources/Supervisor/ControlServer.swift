@@ -39,6 +39,8 @@ public final class ControlServer: Sendable {
         /// The running binary's version, label and build id; the one it replaced by upgrade.
         public var build: String?
         public var upgradedFrom: String?
+        /// A drain is under way (`ctl drain`, a stop): no new session is taken.
+        public var draining: Bool?
     }
 
     /// Admission of unauthenticated connections (`AdmissionControl`).
@@ -248,7 +250,8 @@ public final class ControlServer: Sendable {
                                      connections: workers.reduce(0) { $0 + $1.connections },
                                      refusedAtCapacity: refusals?.count ?? 0, admission: admission?.report,
                                      vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping,
-                                     build: sessions?.build, upgradedFrom: sessions?.upgradedFrom))
+                                     build: sessions?.build, upgradedFrom: sessions?.upgradedFrom,
+                                     draining: draining.load(ordering: .acquiring)))
         case .workers:
             let signed = sessions?.signatures() ?? [:]
             reply(connection, Workers(version: Self.protocolVersion, workers: pool.slots.map { slot in

@@ -184,6 +184,10 @@ final class FleetTests: XCTestCase {
         _ = try hosts["h2"]!.control("drain --timeout 600")
         XCTAssertTrue(eventually(10) { (try? TerminalClient.get(port: Self.healthPort, path: "/", host: network.address("h2")).status) == 404 },
                       "h2's health says draining")
+        XCTAssertEqual(try hosts["h2"]!.control("status")["draining"] as? Bool, true, "ctl status answers during a drain, and says so")
+        let again: String
+        do { again = "\(try hosts["h2"]!.control("drain"))" } catch { again = "\(error)" }
+        XCTAssertTrue(again.contains("the server is draining"), "a second drain is refused: \(again)")
         let onH2 = try XCTUnwrap(clients.first { host(of: $0.client) == "h2" })
         for worker in try hosts["h2"]!.workers() where (worker["connections"] as? Int ?? 0) > 0 {
             kill(pid_t(worker["pid"] as! Int), SIGKILL)
