@@ -32,12 +32,15 @@ public final class AuditTrail: Sendable {
     private let file: FileDescriptor?
     private let state = Mutex(State())
     private let interval: Duration
+    /// `--trusted-proxy` addresses: a forwarded address is kept only from their connections.
+    private let trustedProxies: Set<String>
 
     /// `file`: the trail's file, opened by `open(path:)` (owned and closed by the trail).
-    public init(file: FileDescriptor?, logger: Logger, interval: Duration = .seconds(10)) {
+    public init(file: FileDescriptor?, logger: Logger, interval: Duration = .seconds(10), trustedProxies: Set<String> = []) {
         self.file = file
         self.logger = logger
         self.interval = interval
+        self.trustedProxies = trustedProxies
     }
 
     deinit { try? file?.close() }
@@ -80,13 +83,18 @@ public final class AuditTrail: Sendable {
     /// client when the supervisor knows it (a worker per client), vouched for by the supervisor.
     public func record(_ record: AuditRecord, vouchedBy role: String) {
         var fields: [(String, String)] = [("event", "\(record.kind)"), ("vouched_by", role)] + record.fields.map { ($0.name, $0.value) }
+        // Only a worker whose connection came from a --trusted-proxy sends it (the vault
+        // passes on what the worker said); from a worker whose client the supervisor knows
+        // came from elsewhere, it is a compromised worker's word and is dropped.
+        var forwarded = record["forwarded_for"]
         if let worker = record["worker"].flatMap(Int.init), let source = state.withLock({ $0.sources[worker] }) {
             fields.append(("source", source))
             fields.append(("source_vouched_by", "supervisor"))
+            if forwarded != nil, !trustedProxies.contains(Self.host(of: source)) {
+                fields.removeAll { $0.0 == "forwarded_for" }
+                forwarded = nil
+            }
         }
-        // Only a worker whose connection came from a --trusted-proxy sends it (the vault
-        // passes on what the worker said).
-        let forwarded = record["forwarded_for"]
         if forwarded != nil { fields.append(("forwarded_for_vouched_by", "worker")) }
         if record.kind == .credentialRefused {
             // Behind a proxy every client has the proxy's address: counted by the one it forwarded.

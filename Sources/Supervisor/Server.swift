@@ -239,7 +239,7 @@ public final class Server: Sendable {
         listeners = bound
         tlsListeners = c.tls == nil ? bound.map { _ in false } : tls
         admission = AdmissionControl(limits: c.admission, logger: logger)
-        let trail = AuditTrail(file: c.auditLog, logger: logger)
+        let trail = AuditTrail(file: c.auditLog, logger: logger, trustedProxies: c.trustedProxies)
         audit = trail
         func pool(_ settings: any RoleSettings, count: Int, _ adjust: (inout RolePool.Configuration) -> Void = { _ in }) -> RolePool {
             var configuration = RolePool.Configuration(settings: settings, count: count, executable: c.executable,
