@@ -25,7 +25,7 @@ final class FleetTests: XCTestCase {
 
     func testTheSameThroughNginx() throws {
         try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx"), "nginx is not installed (make test installs it)")
-        try fleet(.nginx, sessions: 30)
+        try fleet(.nginx, sessions: 60)
     }
 
     /// The shipped configurations route each host id to one host: each id has one rule and
