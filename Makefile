@@ -92,7 +92,7 @@ test: browser-deps
 	$(SWIFT) build $(RELEASE_FLAGS) --product cloister
 	$(SWIFT) build --build-tests
 	@$(MAKE) --no-print-directory fuzz-replay
-	node --test web/test/
+	node --test Tests/Page/
 	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 900 $(SWIFT) test --skip-build --disable-swift-testing
 	CLOISTER_EXECUTABLE=$(CURDIR)/$(RELEASE_BIN) timeout 300 $(VENV)/bin/python -m unittest discover --start-directory Tests/Browser --verbose
 

@@ -1,9 +1,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chooseRenderer, isSoftware } from "../renderer.js";
-import { safeLink, openLink } from "../links.js";
-import { osc52Text, maxBase64 } from "../clipboard.js";
-import { keyBytes, withModifiers, Modifiers } from "../keybar.js";
+import { chooseRenderer, isSoftware } from "../../web/renderer.js";
+import { safeLink, openLink } from "../../web/links.js";
+import { osc52Text, maxBase64 } from "../../web/clipboard.js";
+import { keyBytes, withModifiers, Modifiers } from "../../web/keybar.js";
 
 test("a software WebGL is passed over for canvas unless asked for", () => {
   assert.equal(isSoftware("ANGLE (Google, Vulkan 1.3.0 (SwiftShader Device (Subzero)), SwiftShader driver)"), true);

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { InputStream, inputMessage, joinedSession, hello, attachedSession, shareLink, reconnectDelay, closing, remembered } from "../session.js";
+import { InputStream, inputMessage, joinedSession, hello, attachedSession, shareLink, reconnectDelay, closing, remembered } from "../../web/session.js";
 
 const bytes = (text) => new TextEncoder().encode(text);
 const text = (array) => new TextDecoder().decode(array);
@@ -95,7 +95,7 @@ test("closing codes: an exit or a refusal ends, anything else retries", () => {
 });
 
 test("the WebSocket's query carries the session's id beside the page's own arguments", async () => {
-  const { webSocketQuery, routeCookie } = await import("../session.js");
+  const { webSocketQuery, routeCookie } = await import("../../web/session.js");
   assert.equal(webSocketQuery("", null), "");
   assert.equal(webSocketQuery("?arg=-l&arg=two+words", null), "?arg=-l&arg=two+words");
   assert.equal(webSocketQuery("?arg=x&session=forged", "h1.abc_-9"), "?arg=x&session=h1.abc_-9");

@@ -1,11 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { toBinary, fromBinary } from "../bytes.js";
-import { MD5 } from "../md5.js";
-import { encodeValue, decodeValue, action, valueOf, clientVersion } from "../trzsz.js";
-import { downloadRefusal, maxDownloadBytes } from "../downloads.js";
+import { toBinary, fromBinary } from "../../web/bytes.js";
+import { MD5 } from "../../web/md5.js";
+import { encodeValue, decodeValue, action, valueOf, clientVersion } from "../../web/trzsz.js";
+import { downloadRefusal, maxDownloadBytes } from "../../web/downloads.js";
 import { Z, ZBIN32, ZDLE, ZPAD, ZCRCE, ZCRCG, ZCRCW, crc16, crc32, zescape, hexHeader, binaryHeader, subpacket, position, ZReader,
-  maxSubpacket } from "../zmodem.js";
+  maxSubpacket } from "../../web/zmodem.js";
 
 const bytes = (text) => new TextEncoder().encode(text);
 const hex = (array) => Array.from(array, (b) => b.toString(16).padStart(2, "0")).join("");
