@@ -28,7 +28,8 @@ package enum OpeningHandshake {
     }
 
     /// Why the handshake is refused, or nil to upgrade it.
-    static func refusal(_ head: HTTPRequestHead, settings: WebWorker.Settings) -> HandshakeRefusal? {
+    /// `newSessions` false: the server drains (`WebWorker.ConnectionTerms`).
+    static func refusal(_ head: HTTPRequestHead, settings: WebWorker.Settings, newSessions: Bool = true) -> HandshakeRefusal? {
         func refuse(_ status: HTTPResponseStatus, _ why: String, _ headers: [String: String] = [:]) -> HandshakeRefusal {
             HandshakeRefusal(request: head, status: status, body: why + "\n", headers: headers)
         }
@@ -67,7 +68,7 @@ package enum OpeningHandshake {
         guard tokens(head.headers, "sec-websocket-protocol").contains("tty") else { return refuse(.badRequest, String(required.dropLast())) }
         // A draining host serves the sessions it holds (their clients name them in the query,
         // as the page and `cloister attach` do) and sends a new one elsewhere.
-        guard settings.newSessions || namesSession(head.uri) else {
+        guard newSessions || namesSession(head.uri) else {
             return refuse(.serviceUnavailable, "this host is draining: it takes no new session", ["Retry-After": "1"])
         }
         return nil
@@ -139,6 +140,7 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
 
     private let refusal: NIOLoopBoundBox<HandshakeRefusal?>
     private let settings: WebWorker.Settings
+    private let newSessions: Bool
     /// Set once a handshake passed: the upgrade takes the HTTP decoder away, and whatever
     /// the client sent after its request (frames in the same packet) comes through here as
     /// raw bytes before this handler is removed. It is passed on untouched.
@@ -148,9 +150,10 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
     /// The gate leaves the pipeline at the upgrade, and takes the timer with it.
     private var deadline: Scheduled<Void>?
 
-    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, settings: WebWorker.Settings) {
+    init(refusal: NIOLoopBoundBox<HandshakeRefusal?>, settings: WebWorker.Settings, newSessions: Bool = true) {
         self.refusal = refusal
         self.settings = settings
+        self.newSessions = newSessions
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -168,7 +171,7 @@ final class HandshakeGate: ChannelInboundHandler, RemovableChannelHandler {
         guard case .head(var head) = unwrapInboundIn(data), OpeningHandshake.isAttempt(head, settings: settings) else {
             return context.fireChannelRead(data)
         }
-        guard let refused = OpeningHandshake.refusal(head, settings: settings) else {
+        guard let refused = OpeningHandshake.refusal(head, settings: settings, newSessions: newSessions) else {
             upgrading = true
             return context.fireChannelRead(data)
         }

@@ -41,13 +41,6 @@ public final class WebWorker: Sendable {
         /// Time from connection to a credential the vault accepts (a page request's or an
         /// attachment's); nil: none.
         public var authenticationDeadline: TimeAmount?
-        /// False for a connection accepted while the server drains: a handshake that names no
-        /// session is answered 503 (a balancer retries it on another host), and a first message
-        /// asking for a new session is closed.
-        public var newSessions = true
-        /// True for a connection from a `--trusted-proxy`: its `X-Forwarded-For` names the
-        /// client, for the audit trail.
-        public var fromTrustedProxy = false
         public init() {}
 
         /// What the supervisor gave, with the limits that are not options.
@@ -82,6 +75,21 @@ public final class WebWorker: Sendable {
         }
     }
 
+    /// What the supervisor said of one connection when it handed it over.
+    public struct ConnectionTerms: Sendable {
+        /// False for a connection accepted while the server drains: a handshake that names no
+        /// session is answered 503 (a balancer retries it on another host), and a first
+        /// message asking for a new session is closed.
+        public var newSessions = true
+        /// True for a connection from a `--trusted-proxy`: its `X-Forwarded-For` names the
+        /// client, for the audit trail.
+        public var fromTrustedProxy = false
+
+        public init(newSessions: Bool = true, fromTrustedProxy: Bool = false) {
+            (self.newSessions, self.fromTrustedProxy) = (newSessions, fromTrustedProxy)
+        }
+    }
+
     public init(settings: Settings, service: any TerminalService, assets: AssetBundle, logger: Logger, tls: WorkerTLS? = nil) {
         self.tls = tls
         self.settings = settings
@@ -94,8 +102,8 @@ public final class WebWorker: Sendable {
     /// `closed` is called once the connection has closed. Returns once the socket is adopted.
     /// `authenticated` is called once, when the vault accepts the client's credential; a
     /// client that has not presented one by `settings.authenticationDeadline` is closed.
-    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false, newSessions: Bool = true,
-                      trustedProxy: Bool = false, authenticated: @escaping @Sendable () -> Void = {},
+    public func serve(client socket: SystemPackage.FileDescriptor, on loop: EventLoop, tls: Bool = false, terms: ConnectionTerms = .init(),
+                      authenticated: @escaping @Sendable () -> Void = {},
                       closed: @escaping @Sendable () -> Void) async {
         let authentication = ClientAuthentication(report: authenticated)
         do {
@@ -111,7 +119,7 @@ public final class WebWorker: Sendable {
                             try channel.pipeline.syncOperations.addHandler(ALPNGate())
                             try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
                         }
-                        _ = try self.configure(channel, newSessions: newSessions, trustedProxy: trustedProxy, authentication: authentication)
+                        _ = try self.configure(channel, terms: terms, authentication: authentication)
                         if let deadline = self.settings.authenticationDeadline {
                             authentication.closeUnlessAccepted(channel, after: deadline)
                         }
@@ -131,12 +139,9 @@ public final class WebWorker: Sendable {
     /// upgrader for `/ws` (subprotocol `tty`) behind the opening handshake's checks
     /// (`HandshakeGate`), the RFC 6455 frame checks, fragments joined within
     /// the message bounds, and a deadline for the opening handshake.
-    package func configure(_ channel: Channel, newSessions: Bool = true, trustedProxy: Bool = false,
+    package func configure(_ channel: Channel, terms: ConnectionTerms = .init(),
                            authentication: ClientAuthentication? = nil) throws -> EventLoopFuture<Void> {
-        var settings = self.settings
-        settings.newSessions = settings.newSessions && newSessions
-        settings.fromTrustedProxy = settings.fromTrustedProxy || trustedProxy
-        let (counters, service, logger) = (self.counters, self.service, self.logger)
+        let (settings, counters, service, logger) = (self.settings, self.counters, self.service, self.logger)
         let clock = settings.pingInterval.map { pingClock(interval: $0, on: channel.eventLoop) }
         // Set on the event loop by the upgrader's checks, read when the request is not upgraded.
         let refusal = NIOLoopBoundBox<HandshakeRefusal?>(nil, eventLoop: channel.eventLoop)
@@ -160,8 +165,8 @@ public final class WebWorker: Sendable {
                     try sync.addHandler(WebSocketMessageHandler(clock: clock, counters: counters))
                     // With a proxy's header, the vault is given the user it names (or nothing, and refuses).
                     let token = settings.authHeader.map { Array((head.headers.first(name: $0) ?? "").utf8) }
-                    let forwarded = settings.fromTrustedProxy ? OpeningHandshake.forwardedClient(head.headers) : nil
-                    try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences, newSessions: settings.newSessions,
+                    let forwarded = terms.fromTrustedProxy ? OpeningHandshake.forwardedClient(head.headers) : nil
+                    try sync.addHandler(TerminalSession(service: service, preferences: settings.preferences, newSessions: terms.newSessions,
                                                         forwardedFor: forwarded,
                                                         arguments: settings.urlArguments ? TtydProtocol.urlArguments(head.uri) : [],
                                                         token: token, logger: logger, counters: counters,
@@ -186,7 +191,7 @@ public final class WebWorker: Sendable {
         let sync = channel.pipeline.syncOperations
         let upgrade = try sync.configureUpgradableHTTPServerPipeline(configuration: configuration)
         let upgradeHandler = try sync.handler(type: NIOTypedHTTPServerUpgradeHandler<Void>.self)
-        try sync.addHandler(HandshakeGate(refusal: refusal, settings: settings), name: HandshakeGate.name,
+        try sync.addHandler(HandshakeGate(refusal: refusal, settings: settings, newSessions: terms.newSessions), name: HandshakeGate.name,
                             position: .before(upgradeHandler))
         try sync.addHandler(HTTPErrorHandler(refusal: refusal, counters: counters), name: HTTPErrorHandler.name)
         return upgrade

@@ -46,7 +46,8 @@ public enum WorkerRole {
         switch received.message {
         case .client(let tls, let newSessions, let trustedProxy):
             // No task waits for the connection: its close ends the conversation.
-            await worker.serve(client: socket, on: vault.loop, tls: tls, newSessions: newSessions, trustedProxy: trustedProxy, authenticated: {
+            await worker.serve(client: socket, on: vault.loop, tls: tls,
+                               terms: .init(newSessions: newSessions, fromTrustedProxy: trustedProxy), authenticated: {
                 Task { try? await circuit.send(WorkerToSupervisor.authenticated.encoded) }
             }) { circuit.abandon() }
         case .keyholderLink(_, let keyKind):

@@ -1,5 +1,6 @@
 import Foundation
 import Processes
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -19,10 +20,18 @@ public final class NetworkNamespaces {
 
     public static var available: Bool { getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/ip") }
 
+    /// Instances made by this process so far: each gets names and a subnet of its own, as
+    /// the kernel may still be removing the last one's links when the next is made.
+    private static let made = Mutex(0)
+
     public init(_ names: [String]) throws {
         self.names = names
-        tag = "clf\(getpid() % 100_000)"
-        subnet = "10.231.\(getpid() % 250)"
+        let serial = Self.made.withLock { n in
+            n += 1
+            return n
+        }
+        tag = "clf\(getpid() % 10_000)x\(serial % 100)"
+        subnet = "10.231.\((Int(getpid()) + serial) % 250)"
         do {
             try ip(["link", "add", "name", tag, "type", "bridge"])
             bridgeMade = true
@@ -57,9 +66,11 @@ public final class NetworkNamespaces {
     }
 
     /// SIGKILL to every process in `name`'s namespace: the machine is switched off.
-    public func killEverything(in name: String) {
+    public func killEverything(in name: String) { killEverything(inNamespace: namespace(name)) }
+
+    private func killEverything(inNamespace namespace: String) {
         for _ in 0..<20 {
-            let pids = ((try? output(["netns", "pids", namespace(name)])) ?? "").split(separator: "\n").compactMap { pid_t($0) }
+            let pids = ((try? output(["netns", "pids", namespace])) ?? "").split(separator: "\n").compactMap { pid_t($0) }
             if pids.isEmpty { return }
             for pid in pids { kill(pid, SIGKILL) }
             usleep(100_000)
@@ -68,7 +79,7 @@ public final class NetworkNamespaces {
 
     private func tearDown() {
         for namespace in made {
-            killEverything(in: String(namespace.dropFirst(tag.count + 1)))
+            killEverything(inNamespace: namespace)
             try? ip(["netns", "delete", namespace])
         }
         made = []

@@ -124,13 +124,14 @@ final class WorkerUnderTest {
         try AssetLoader.load(AssetSources(webDirectory: packageRoot + "/web", xtermDirectory: xtermDirectory))
     }
 
-    init(settings: WebWorker.Settings = .init(), vault: FakeVault = FakeVault(), assets: AssetBundle? = nil) async throws {
+    init(settings: WebWorker.Settings = .init(), terms: WebWorker.ConnectionTerms = .init(), vault: FakeVault = FakeVault(),
+         assets: AssetBundle? = nil) async throws {
         self.vault = vault
         var logger = Logger(label: "test.worker")
         logger.logLevel = .critical
         let worker = WebWorker(settings: settings, service: vault, assets: try assets ?? Self.assets.get(), logger: logger)
         let channel = self.channel
-        _ = try await channel.eventLoop.submit { try worker.configure(channel) }.get()
+        _ = try await channel.eventLoop.submit { try worker.configure(channel, terms: terms) }.get()
     }
 
     func send(_ text: String) async throws { try await send(Array(text.utf8)) }

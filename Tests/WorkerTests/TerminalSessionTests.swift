@@ -17,16 +17,15 @@ final class TerminalSessionTests: XCTestCase {
     /// answered 503 (a balancer tries another host); one that names a session is upgraded, and
     /// its first message must resume or join one.
     func testADrainingWorkerTakesNoNewSession() async throws {
-        var settings = WebWorker.Settings()
-        settings.newSessions = false
-        let refused = try await WorkerUnderTest(settings: settings)
+        let draining = WebWorker.ConnectionTerms(newSessions: false)
+        let refused = try await WorkerUnderTest(terms: draining)
         try await refused.send(Requests.upgrade())
         let answer = try await refused.text(until: "\r\n\r\n")
         XCTAssertTrue(answer.hasPrefix("HTTP/1.1 503 Service Unavailable\r\n"), answer)
         XCTAssertTrue(answer.contains("Retry-After: 1\r\n"), answer)
         await refused.finish()
 
-        let named = try await WorkerUnderTest(settings: settings)
+        let named = try await WorkerUnderTest(terms: draining)
         try await named.send(Requests.upgrade(path: "/ws?session=h1.sid"))
         let upgraded = try await named.text(until: "\r\n\r\n")
         XCTAssertTrue(upgraded.hasPrefix("HTTP/1.1 101 "), upgraded)
@@ -38,13 +37,35 @@ final class TerminalSessionTests: XCTestCase {
         XCTAssertNil(named.vault.last, "the vault is not asked")
         await named.finish()
 
-        let resuming = try await WorkerUnderTest(settings: settings)
+        let resuming = try await WorkerUnderTest(terms: draining)
         try await resuming.send(Requests.upgrade(path: "/ws?session=sid"))
         _ = try await resuming.text(until: "\r\n\r\n")
         try await resuming.send(Frames.text(#"{"AuthToken": "dXNlcjpwYXNz", "columns": 80, "rows": 24, "session": "sid", "secret": "wsecret"}"#))
         _ = try await resuming.output { Frames.server($0).count >= 1 }
         XCTAssertNotNil(resuming.vault.last, "a resume reaches the vault")
         await resuming.finish()
+    }
+
+    /// The last `X-Forwarded-For` entry goes to the vault only from a connection the supervisor
+    /// said came from a trusted proxy, and only when it is a numeric address.
+    func testAForwardedAddressReachesTheVaultOnlyFromATrustedProxy() async throws {
+        let cases: [(terms: WebWorker.ConnectionTerms, header: String, expected: String?)] = [
+            (.init(fromTrustedProxy: true), "198.51.100.1, 203.0.113.7", "203.0.113.7"),
+            (.init(fromTrustedProxy: true), "2001:db8::1", "2001:db8::1"),
+            (.init(fromTrustedProxy: true), "203.0.113.7, proxy.example", nil),
+            (.init(fromTrustedProxy: true), "203.0.113.7, 10.0.0.1; rm -rf", nil),
+            (.init(), "203.0.113.7", nil),
+        ]
+        for (terms, header, expected) in cases {
+            let w = try await WorkerUnderTest(terms: terms)
+            try await w.send(Requests.upgrade(extra: ["X-Forwarded-For": header]))
+            _ = try await w.text(until: "\r\n\r\n")
+            try await w.send(Frames.text(#"{"AuthToken": "dXNlcjpwYXNz", "columns": 80, "rows": 24}"#))
+            _ = try await w.output { Frames.server($0).count >= 1 }
+            guard case .attach(let request)? = w.vault.last?.sent.withLock({ $0.first }) else { return XCTFail("no attach for \(header)") }
+            XCTAssertEqual(request.forwardedFor.map { String(decoding: $0, as: UTF8.self) }, expected, "\(header), \(terms)")
+            await w.finish()
+        }
     }
 
     func testHelloAttachesWithTheWindowSizeAndGetsTitleAndPreferences() async throws {
