@@ -72,7 +72,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "CShim", "Circuits", "Sandbox", "Processes", "RoleProtocol", "SystemCalls",
+                "CShim", "Circuits", "Sandbox", "Processes", "Recording", "RoleProtocol", "SystemCalls",
                 logging,
                 system,
             ]),
@@ -102,6 +102,11 @@ let package = Package(
             ]),
         // Session recordings: asciicast v2 with a hash chain, written, verified and played.
         .target(name: "Recording", dependencies: ["COpenSSL"]),
+        // The recorder role: writes recordings from the vault's feed into files the
+        // supervisor opens for it.
+        .target(
+            name: "Recorder",
+            dependencies: ["Circuits", "Recording", "RoleProtocol", "Sandbox", "SystemCalls", logging, system]),
         // The template: forks a sealed worker per connection (Worker is not imported: the
         // child goes on as a worker through the command line's role).
         .target(name: "Template", dependencies: ["CShim", "RoleProtocol", "SystemCalls"]),
@@ -124,7 +129,7 @@ let package = Package(
             name: "CloisterCLI",
             dependencies: [
                 "CShim", "Circuits", "Processes", "Sandbox", "Supervisor", "Vault", "Worker", "Nursery", "Keyholder", "RoleProtocol", "Template",
-                "Recording",
+                "Recording", "Recorder",
                 "TerminalClient", "SystemCalls", "WebAssets",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), logging, system,
                 .product(name: "Prometheus", package: "swift-prometheus"),

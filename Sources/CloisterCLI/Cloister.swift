@@ -80,13 +80,13 @@ enum Main {
             }
         }
         if command is WorkerCommand || command is TemplateCommand || command is VaultCommand || command is KeyholderCommand || command is NurseryCommand
-            || command is NurseryServiceCommand {
+            || command is NurseryServiceCommand || command is RecorderCommand {
             // One event loop each (a worker forked by the template goes on from its command):
             // a worker serves its clients and its vault link there, the
             // vault its terminals and worker links, so a message goes from the socket it came
             // on to the one it leaves by on one thread; workers give the parallelism (one per
-            // core by default). The nursery answers one request at a time, so a second loop
-            // would only idle.
+            // core by default). The nursery answers one request at a time, and the recorder
+            // writes from its feed threads, so a second loop would only idle.
             NIOSingletons.groupLoopCountSuggestion = 1
         }
         // Every job goes to one of NIO's event loops; a job started on a loop stays on it.

@@ -164,8 +164,9 @@ struct PolicyCommand: AsyncParsableCommand {
             let names = RoleDeclaration.sandboxed.filter(\.sealed).map(\.role.rawValue)
             guard names.contains(role) || role == "all" else { throw ValidationError("--role must be \(names.joined(separator: ", ")) or all") }
             guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
-            if let d = RoleDeclaration.of(Role(rawValue: role)), d.onlyWithTLS && tlsCert == nil {
-                throw ValidationError("--role \(role) needs --tls-cert and --tls-key: the \(role) runs only with TLS")
+            if let d = RoleDeclaration.of(Role(rawValue: role)), !d.runs(with: options) {
+                throw ValidationError(d.onlyWith == .tls ? "--role \(role) needs --tls-cert and --tls-key: the \(role) runs only with TLS"
+                                      : "--role \(role) is not learned: it runs only with --record, which a learning server does not; its profile is composed by hand (cloister policy compose)")
             }
             if role == "all" && (out != nil || base != nil) { throw ValidationError("--out and --base need a single --role") }
             guard sessions > 0 else { throw ValidationError("--sessions must be positive") }
@@ -217,7 +218,10 @@ struct PolicyCommand: AsyncParsableCommand {
 
         /// The roles a learning server runs.
         /// The roles a learning server runs (the template's workers are learned as workers).
-        var learned: [RoleDeclaration] { RoleDeclaration.sandboxed.filter { $0.sealed && (!$0.onlyWithTLS || tlsCert != nil) } }
+        var learned: [RoleDeclaration] { RoleDeclaration.sandboxed.filter { $0.sealed && $0.runs(with: options) } }
+
+        /// What a learning server runs with: TLS when given; never --record.
+        var options: Set<RoleDeclaration.Option> { tlsCert != nil ? [.tls] : [] }
 
         /// A whole profile to start `r` from instead of its composed base: --base, or --out
         /// when it exists, for the one role learned.

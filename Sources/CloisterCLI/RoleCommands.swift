@@ -3,6 +3,7 @@ import Circuits
 import FoundationEssentials
 import Keyholder
 import Nursery
+import Recorder
 import RoleProtocol
 import Sandbox
 import Supervisor
@@ -26,7 +27,7 @@ struct RoleCommand: AsyncParsableCommand {
         shouldDisplay: false,
         subcommands: [WorkerCommand.self, VaultCommand.self, NurseryCommand.self, LoginCommand.self, SandboxProbeCommand.self,
                       CircuitsPeerCommand.self, UpgradeCheckCommand.self, KeyholderCommand.self, KeyholderCheckCommand.self,
-                      TemplateCommand.self])
+                      TemplateCommand.self, RecorderCommand.self])
 }
 
 /// What a running server asks a binary before it upgrades to it: the state formats it adopts.
@@ -223,6 +224,28 @@ struct VaultCommand: SandboxedCommand {
 
     func run() async throws {
         try await VaultRole.run(settings: decoded!, confined: confined!)
+    }
+}
+
+/// The recorder: writes each session's recording from the vault's feed (`RecorderRole`).
+struct RecorderCommand: SandboxedCommand {
+    static let configuration = CommandConfiguration(commandName: RoleDeclaration.recorder.role.rawValue, shouldDisplay: false)
+
+    @OptionGroup var sandbox: SandboxOptions
+    @Option(help: "RecorderSettings, as the supervisor encodes them.") var settings: String
+    var confined: ConfinedRole?
+    var decoded: RecorderSettings?
+
+    enum CodingKeys: String, CodingKey { case sandbox, settings }
+
+    mutating func confine() throws {
+        let settings = try RecorderSettings(encoded: settings)
+        decoded = settings
+        confined = try RecorderRole.confine(sandbox.sandbox(.recorder), settings: settings)
+    }
+
+    func run() async throws {
+        try await RecorderRole.run(settings: decoded!, confined: confined!)
     }
 }
 

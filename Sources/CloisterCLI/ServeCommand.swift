@@ -98,6 +98,7 @@ struct ServeCommand: AsyncParsableCommand {
     var auditLog: String?
     @Option(help: "report (violations are logged and kill the role) or learn.") var policyMode: EnforcementMode = .report
     @OptionGroup var sessions: SessionOptions
+    @OptionGroup var recording: RecordingOptions
     @OptionGroup var assetOptions: AssetOptions
     @Option(help: "The nursery service's socket (`cloister nursery`): shells come from it instead of a nursery this process starts; whom they run as and what they run is set there.")
     var nurserySocket: String?
@@ -149,8 +150,10 @@ struct ServeCommand: AsyncParsableCommand {
     /// assets are read only at start (a reload made a sealed file of them nobody closed).
     func configuration(activated: Bool = false, reload: Bool = false) throws(ConfigurationError) -> (Server.Configuration, credentialLine: String?) {
         // Every role this server will start, and only those: the keyholder's profile is
-        // needed with TLS alone.
-        let declarations = RoleDeclaration.sandboxed.filter { !$0.onlyWithTLS || tlsCert != nil || tlsKey != nil }
+        // needed with TLS alone, the recorder's with --record alone.
+        let recordingTerms = try recording.checked()
+        let options = Set([tlsCert != nil || tlsKey != nil ? .tls : nil, recordingTerms != nil ? .recording : nil].compactMap { $0 } as [RoleDeclaration.Option])
+        let declarations = RoleDeclaration.sandboxed.filter { $0.runs(with: options) }
         guard let directory = policyDir ?? RoleProfiles.find(for: declarations) else {
             let files = declarations.map(\.profile).joined(separator: ", ")
             throw ConfigurationError(option: "--policy-dir", problem: "not given, and no directory of \(RoleProfiles.defaultDirectories.joined(separator: ", ")) holds \(files) (relative to \(FileManager.default.currentDirectoryPath))")
@@ -390,6 +393,15 @@ struct ServeCommand: AsyncParsableCommand {
             } catch {
                 if let chain = c.tls?.chain { try? chain.close() }
                 throw ConfigurationError(option: error.option, problem: error.problem)
+            }
+            if let (path, terms, retention) = recordingTerms {
+                do {
+                    c.recording = Server.Recording(directory: try RecordingDirectory.open(path: path), path: path, terms: terms, retention: retention)
+                } catch {
+                    if let chain = c.tls?.chain { try? chain.close() }
+                    try? c.assets?.close()
+                    throw ConfigurationError(option: "--record", problem: "\(error)")
+                }
             }
         }
         return (c, credentialLine)

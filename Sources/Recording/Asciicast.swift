@@ -57,7 +57,15 @@ public enum Asciicast {
             guard c.isAtEnd else { throw DecodingError.dataCorruptedError(in: c, debugDescription: "more than three fields") }
         }
 
-        public var line: [UInt8] { Array("[\(Asciicast.seconds(time)), \(Asciicast.quoted(code)), \(Asciicast.quoted(data))]".utf8) }
+        public var line: [UInt8] {
+            var out = Array("[\(Asciicast.seconds(time)), ".utf8)
+            out.reserveCapacity(out.count + data.utf8.count + 16)
+            Asciicast.quote(code, into: &out)
+            out += [0x2c, 0x20]
+            Asciicast.quote(data, into: &out)
+            out.append(0x5d)
+            return out
+        }
 
         public static func parse(_ line: some Collection<UInt8>) -> Event? { try? JSONDecoder().decode(Event.self, from: Data(line)) }
     }
@@ -69,26 +77,25 @@ public enum Asciicast {
         return "\(micros / 1_000_000).\(String(repeating: "0", count: 6 - fraction.count))\(fraction)"
     }
 
-    /// A JSON string (RFC 8259): quotes, backslashes and control characters escaped.
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
+    /// A JSON string (RFC 8259), quotes, backslashes and control characters escaped,
+    /// appended as UTF-8 (byte by byte: every byte of a multi-byte character is
+    /// 0x80 or above, so only ASCII is ever escaped). The recorder's hot path.
+    static func quote(_ text: String, into out: inout [UInt8]) {
+        out.append(0x22)
+        for byte in text.utf8 {
+            switch byte {
+            case 0x22: out += [0x5c, 0x22]
+            case 0x5c: out += [0x5c, 0x5c]
+            case 0x0a: out += [0x5c, 0x6e]
+            case 0x0d: out += [0x5c, 0x72]
+            case 0x09: out += [0x5c, 0x74]
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out += [0x5c, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 15)]]
+            default: out.append(byte)
             }
         }
-        return out + "\""
+        out.append(0x22)
     }
 }
 

@@ -22,13 +22,15 @@ public enum RecordingVerifier {
         /// The last link, when the recording ends with its final checkpoint and every
         /// checkpoint holds.
         public var last: String?
+        /// The link after the header line, which the next recording names as its previous.
+        public var headerLink: String?
         public var findings: [Finding]
         public var duration: Double
         public var events: Int
     }
 
     public static func check(_ contents: [UInt8], file: String) -> Checked {
-        var result = Checked(file: file, header: nil, last: nil, findings: [], duration: 0, events: 0)
+        var result = Checked(file: file, header: nil, last: nil, headerLink: nil, findings: [], duration: 0, events: 0)
         func fail(_ line: Int, _ problem: String) { result.findings.append(Finding(file: file, line: line, problem: problem)) }
         var lines = contents.split(separator: 0x0a, omittingEmptySubsequences: false)
         if lines.last?.isEmpty == true { lines.removeLast() } else if !contents.isEmpty {
@@ -53,6 +55,7 @@ public enum RecordingVerifier {
         }
         var chain = HashChain(previous: previous)
         chain.add(Array(first))
+        result.headerLink = chain.hex
         var ended = false
         var lastTime = 0.0
         var brokenAt: Int?
@@ -94,13 +97,14 @@ public enum RecordingVerifier {
     }
 
     /// Every recording in `files` (name, contents) as one directory's sequence: each checked,
-    /// then their sequence numbers and links from one to the next.
+    /// then their sequence numbers and links from one to the next. The sequence may begin
+    /// after 1: retention deletes the oldest recordings (each deletion is audited).
     public static func check(directory files: [(name: String, contents: [UInt8])]) -> [Checked] {
         var checked = files.map { check($0.contents, file: $0.name) }
         let ordered = checked.indices.filter { checked[$0].header?.cloister != nil }
             .sorted { checked[$0].header!.cloister!.sequence < checked[$1].header!.cloister!.sequence }
-        var expected = 1
-        var previous: String? = ""
+        var expected = ordered.first.map { checked[$0].header!.cloister!.sequence } ?? 1
+        var previous: String?
         for index in ordered {
             let cloister = checked[index].header!.cloister!
             if cloister.sequence != expected {
@@ -109,10 +113,10 @@ public enum RecordingVerifier {
                 checked[index].findings.append(Finding(file: checked[index].file, line: 1, problem: missing))
             } else if let previous, cloister.previous != previous {
                 checked[index].findings.append(Finding(file: checked[index].file, line: 1,
-                                                       problem: "its previous link is not the last link of recording \(cloister.sequence - 1)"))
+                                                       problem: "its previous link is not the header link of recording \(cloister.sequence - 1)"))
             }
             expected = max(expected, cloister.sequence) + 1
-            previous = checked[index].last
+            previous = checked[index].headerLink
         }
         return checked
     }

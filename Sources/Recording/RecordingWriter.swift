@@ -1,3 +1,5 @@
+import FoundationEssentials
+
 /// Writes one session's recording: the header, the events, and the hash chain's checkpoints
 /// (a marker `cloister-chain N HEX`, HEX the link after the N lines before it) every
 /// `checkpointEvery` events and at the end (`cloister-chain-end N HEX`). Each checkpoint's
@@ -14,6 +16,10 @@ public final class RecordingWriter {
     private let write: ([UInt8]) throws -> Void
     private let checkpointed: (_ lines: Int, _ head: String) -> Void
     public private(set) var finished = false
+    /// The link after the header line: what the next recording of the directory names as its
+    /// previous (known as soon as the recording begins, so recordings that overlap in time
+    /// still form one sequence).
+    public let headerLink: String
 
     public init(header: Asciicast.Header, checkpointEvery: Int = 256, write: @escaping ([UInt8]) throws -> Void,
                 checkpointed: @escaping (Int, String) -> Void = { _, _ in }) throws {
@@ -21,7 +27,59 @@ public final class RecordingWriter {
         self.write = write
         self.checkpointed = checkpointed
         chain = HashChain(previous: header.cloister.flatMap { HashChain.bytes(hex: $0.previous) } ?? [])
-        try line(header.line)
+        let first = header.line
+        var linked = chain
+        linked.add(first)
+        headerLink = linked.hex
+        try line(first)
+    }
+
+    /// The header link `header` gives a recording, without writing it.
+    public static func headerLink(of header: Asciicast.Header) -> String {
+        var chain = HashChain(previous: header.cloister.flatMap { HashChain.bytes(hex: $0.previous) } ?? [])
+        chain.add(header.line)
+        return chain.hex
+    }
+
+    /// What an unfinished recording holds, to go on with it: the length of its complete
+    /// lines (a line cut short by a recorder that died mid-write is dropped), its header,
+    /// the chain over those lines and the events since its last checkpoint. Nil when it is
+    /// not a recording begun by a writer, or is already finished.
+    public struct Continuation: Sendable {
+        public var keptBytes: Int
+        public var header: Asciicast.Header
+        public var lastTime: Double
+        fileprivate var chain: HashChain
+        fileprivate var sinceCheckpoint: Int
+        fileprivate var headerLink: String
+
+        public init?(_ contents: [UInt8]) {
+            guard let end = contents.lastIndex(of: 0x0a) else { return nil }
+            let lines = contents[...end].split(separator: 0x0a)
+            guard let first = lines.first, let header = try? JSONDecoder().decode(Asciicast.Header.self, from: Data(first)),
+                  let cloister = header.cloister, let previous = HashChain.bytes(hex: cloister.previous) else { return nil }
+            var chain = HashChain(previous: previous)
+            chain.add(Array(first))
+            headerLink = chain.hex
+            var since = 0, last = 0.0
+            for line in lines.dropFirst() {
+                if let event = Asciicast.Event.parse(line) {
+                    if event.code == "m" && event.data.hasPrefix(RecordingWriter.endPrefix) { return nil }
+                    since = event.code == "m" && event.data.hasPrefix(RecordingWriter.checkpointPrefix) ? 0 : since + 1
+                    last = max(last, event.time)
+                }
+                chain.add(Array(line))
+            }
+            (keptBytes, self.header, lastTime, self.chain, sinceCheckpoint) = (end + 1, header, last, chain, since)
+        }
+    }
+
+    /// Goes on with a recording after its `continuation.keptBytes` bytes.
+    public init(continuing continuation: Continuation, checkpointEvery: Int = 256, write: @escaping ([UInt8]) throws -> Void,
+                checkpointed: @escaping (Int, String) -> Void = { _, _ in }) {
+        self.checkpointEvery = max(1, checkpointEvery)
+        (self.write, self.checkpointed) = (write, checkpointed)
+        (chain, sinceCheckpoint, headerLink) = (continuation.chain, continuation.sinceCheckpoint, continuation.headerLink)
     }
 
     public func output(_ bytes: [UInt8], at seconds: Double) throws {

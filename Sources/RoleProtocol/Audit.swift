@@ -7,6 +7,7 @@ public struct AuditRecord: Sendable, Equatable {
     public enum Kind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case credentialAccepted = 1, credentialRefused, sessionStarted, attached, detached, sessionEnded
         case control, violation, roleRestarted, refusalsSummarised
+        case recordingStarted, recordingCheckpoint, recordingGap, recordingEnded, recordingDeleted
 
         /// The event's name in the trail.
         public var description: String {
@@ -21,6 +22,11 @@ public struct AuditRecord: Sendable, Equatable {
             case .violation: return "sandbox.violation"
             case .roleRestarted: return "role.restarted"
             case .refusalsSummarised: return "credential.refused.repeated"
+            case .recordingStarted: return "recording.started"
+            case .recordingCheckpoint: return "recording.checkpoint"
+            case .recordingGap: return "recording.gap"
+            case .recordingEnded: return "recording.ended"
+            case .recordingDeleted: return "recording.deleted"
             }
         }
     }

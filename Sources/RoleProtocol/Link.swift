@@ -16,6 +16,8 @@ import SystemPackage
 /// | supervisorKeyholder | supervisor | `SupervisorToKeyholder` | `KeyholderToSupervisor`, the end |
 /// | workerKeyholder | worker | `WorkerToKeyholder` | `KeyholderToWorker` |
 /// | supervisorTemplate | supervisor (packets, no circuits) | `SupervisorToTemplate` | `TemplateToSupervisor` |
+/// | supervisorRecorder | supervisor | `SupervisorToRecorder` | `RecorderToSupervisor` |
+/// | vaultRecorder | vault (packets, no circuits, never waited for) | `RecorderFeed` | nothing |
 public enum Link: String, Sendable, CaseIterable {
     case supervisorWorker = "cloister.supervisor-worker/1"
     case supervisorVault = "cloister.supervisor-vault/1"
@@ -27,6 +29,10 @@ public enum Link: String, Sendable, CaseIterable {
     /// Not a circuits transport: one packet a message (`SupervisorToTemplate`), so that the
     /// template stays single-threaded until it forks.
     case supervisorTemplate = "cloister.supervisor-template/1"
+    case supervisorRecorder = "cloister.supervisor-recorder/1"
+    /// Not a circuits transport: one packet an event (`RecorderFeed`), sent without
+    /// waiting, so that a recorder that falls behind costs a gap, never a shell's time.
+    case vaultRecorder = "cloister.vault-recorder/1"
 
     /// The intent both ends name in the handshake.
     public var intent: String { rawValue }

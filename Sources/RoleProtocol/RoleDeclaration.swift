@@ -19,8 +19,8 @@ public struct RoleDeclaration: Sendable, Hashable, CustomStringConvertible {
     public let reserve: Int
     /// What descriptor `Descriptors.sharedFile` holds, if the role gets one.
     public let sharedFile: String?
-    /// Whether the server starts it only with TLS.
-    public let onlyWithTLS: Bool
+    /// What the server starts it only with (TLS, recording), or nil: always.
+    public let onlyWith: Option?
     /// The settings message's type name (`RoleSettings`), for the docs' table.
     public let settings: String
     /// The profile's file name, in the profile directory and under `policies/base/`: the
@@ -31,18 +31,27 @@ public struct RoleDeclaration: Sendable, Hashable, CustomStringConvertible {
     public let sealed: Bool
 
     public init(role: Role, purpose: String, link: Link, threads: Int, reserve: Int, sharedFile: String? = nil,
-                onlyWithTLS: Bool = false, profile: String? = nil, sealed: Bool = true, settings: String) {
+                onlyWith: Option? = nil, profile: String? = nil, sealed: Bool = true, settings: String) {
         precondition(reserve < threads, "a role's reserve is part of its threads")
         (self.role, self.purpose, self.link, self.threads, self.reserve) = (role, purpose, link, threads, reserve)
-        (self.sharedFile, self.onlyWithTLS, self.settings) = (sharedFile, onlyWithTLS, settings)
+        (self.sharedFile, self.onlyWith, self.settings) = (sharedFile, onlyWith, settings)
         self.profile = profile ?? "\(role.rawValue).json"
         self.sealed = sealed
     }
 
     public var description: String { role.rawValue }
 
+    /// A server option some roles run only with.
+    public enum Option: String, Sendable, Hashable {
+        case tls = "TLS"
+        case recording = "--record"
+    }
+
+    /// Whether a server with `options` runs this role.
+    public func runs(with options: Set<Option>) -> Bool { onlyWith.map(options.contains) ?? true }
+
     /// Every sandboxed role, in the order the supervisor starts them.
-    public static let sandboxed: [RoleDeclaration] = [.vault, .keyholder, .worker, .template]
+    public static let sandboxed: [RoleDeclaration] = [.vault, .keyholder, .recorder, .worker, .template]
 
     /// Each profile file once, in the declarations' order (the template's is the worker's).
     public static func profiles(_ declarations: [RoleDeclaration] = sandboxed) -> [String] {
@@ -119,7 +128,7 @@ extension RoleDeclaration {
         func padded(_ s: String, _ width: Int) -> String { s + String(repeating: " ", count: max(1, width - s.count)) }
         return declarations.map { d in
             padded(d.role.rawValue, 11) + padded(d.profile, 16)
-                + "threads \(d.threads) (reserve \(d.reserve))\(d.onlyWithTLS ? ", with TLS only" : ""): \(d.purpose)\n"
+                + "threads \(d.threads) (reserve \(d.reserve))\(d.onlyWith.map { ", with \($0.rawValue) only" } ?? ""): \(d.purpose)\n"
         }.joined()
     }
 
@@ -130,7 +139,7 @@ extension RoleDeclaration {
                 let handoff = d.sealed ? "its seccomp listener, handed over" : "none (where each process it forks hands its listener over)"
                 let fds = ["\(Descriptors.transport): the supervisor link (`\(d.link.intent)`)", "\(Descriptors.listenerHandoff): \(handoff)"]
                     + (d.sharedFile.map { ["\(Descriptors.sharedFile): \($0)"] } ?? [])
-                return "| \(d.role) | \(d.purpose)\(d.onlyWithTLS ? " (with TLS only)" : "") | `policies/\(d.profile)` "
+                return "| \(d.role) | \(d.purpose)\(d.onlyWith.map { " (with \($0.rawValue) only)" } ?? "") | `policies/\(d.profile)` "
                     + "| \(d.threads) (\(d.reserve)) | \(fds.joined(separator: "; ")) | `\(d.settings)` |\n"
             }.joined()
     }

@@ -10,6 +10,10 @@ public enum SupervisorToVault: LinkMessage {
     case configureUsers(WebUsers)
     /// With the vault's end of its transport to the nursery (`Link.vaultNursery`).
     case nurseryLink
+    /// With `--record`: the vault's end of a feed to the running recorder
+    /// (`Link.vaultRecorder`), replacing any before it; the vault announces every session it
+    /// has on it, then feeds each.
+    case recorderFeed
     /// With the vault's end of a transport to worker `worker` (`Link.workerVault`).
     case workerLink(worker: UInt32)
     /// Every session, as `VaultToSupervisor.sessions` pages.
@@ -27,7 +31,7 @@ public enum SupervisorToVault: LinkMessage {
 
     enum Kind: UInt8 {
         case configure = 0x4b, nurseryLink = 0x4e, workerLink = 0x57, listSessions = 0x6c, kick = 0x6b, hangUp = 0x68
-        case attachmentCount = 0x61, configureUsers = 0x55, adopt = 0x64
+        case attachmentCount = 0x61, configureUsers = 0x55, adopt = 0x64, recorderFeed = 0x52
     }
 
     public var encoded: [UInt8] {
@@ -41,6 +45,7 @@ public enum SupervisorToVault: LinkMessage {
             w.long(users.encoded)
             return w.bytes
         case .nurseryLink: return [Kind.nurseryLink.rawValue]
+        case .recorderFeed: return [Kind.recorderFeed.rawValue]
         case .attachmentCount: return [Kind.attachmentCount.rawValue]
         case .workerLink(let worker):
             var w = FieldWriter(kind: Kind.workerLink.rawValue)
@@ -67,7 +72,7 @@ public enum SupervisorToVault: LinkMessage {
     public var descriptorCount: Int {
         switch self {
         case .configure, .configureUsers, .listSessions, .kick, .hangUp, .attachmentCount: return 0
-        case .nurseryLink, .workerLink: return 1
+        case .nurseryLink, .workerLink, .recorderFeed: return 1
         case .adopt: return 2
         }
     }
@@ -91,6 +96,9 @@ public enum SupervisorToVault: LinkMessage {
         case .nurseryLink:
             try Self.expect(1, descriptors, kind: kind)
             self = .nurseryLink
+        case .recorderFeed:
+            try Self.expect(1, descriptors, kind: kind)
+            self = .recorderFeed
         case .workerLink:
             try Self.expect(1, descriptors, kind: kind)
             self = .workerLink(worker: try r.u32())

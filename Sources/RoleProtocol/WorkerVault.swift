@@ -174,6 +174,9 @@ public enum VaultToWorker: LinkMessage {
         case busy = 6
         /// The session's id names another host of the fleet (`--host-id`).
         case otherHost = 7
+        /// The session's recording failed and the operator's rules end such sessions
+        /// (`--record-failure end`).
+        case recordingFailed = 8
     }
 
     /// Output's kind byte is ttyd's output type ("0"): an output message is, byte for byte,

@@ -21,14 +21,14 @@ public struct RoleSandbox: Sendable {
 
     /// Steps 1 to 5 of `Sandbox`. Must run before the role's first `await`, while the process
     /// is single-threaded; the role then makes its threads and calls `seal` on the result.
-    public func confine(role: String, openFileLimit: UInt64 = 256) throws -> ConfinedRole {
+    public func confine(role: String, openFileLimit: UInt64 = 256, fileSizeLimit: UInt64 = 0) throws -> ConfinedRole {
         let policy = try Policy.load(file: self.policy)
         if mode != .enforce && listenerFD == nil {
             throw SandboxError(step: "configuration", call: "--listener-fd", errno: .invalidArgument,
                                detail: "--mode \(mode.rawValue) needs --listener-fd: someone must watch the sandbox")
         }
         let confined = try Sandbox.confine(.init(role: role, policy: policy, mode: mode, user: user, group: group,
-                                                 openFileLimit: openFileLimit))
+                                                 openFileLimit: openFileLimit, fileSizeLimit: fileSizeLimit))
         return ConfinedRole(confined: confined, listenerFD: listenerFD)
     }
 }

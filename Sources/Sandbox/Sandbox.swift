@@ -46,10 +46,14 @@ public enum Sandbox {
         public var user: String
         public var group: String
         public var openFileLimit: UInt64
+        /// The largest file the role may write through a descriptor it is given: 0 for every
+        /// role but the recorder, which writes recordings.
+        public var fileSizeLimit: UInt64 = 0
         public var landlock: Bool
 
         public init(role: String, policy: Policy, mode: EnforcementMode = .enforce, user: String = "nobody",
-                    group: String = "nogroup", openFileLimit: UInt64 = 256, landlock: Bool = true) {
+                    group: String = "nogroup", openFileLimit: UInt64 = 256, fileSizeLimit: UInt64 = 0, landlock: Bool = true) {
+            self.fileSizeLimit = fileSizeLimit
             self.role = role
             self.policy = policy
             self.mode = mode
@@ -208,15 +212,16 @@ public enum Sandbox {
             guard setrlimit(__rlimit_resource_t(UInt32(resource)), &l) == 0 else { throw fail("rlimits", "setrlimit(\(name))", "\(value)") }
         }
         try limit(Int32(RLIMIT_CORE.rawValue), 0, "RLIMIT_CORE")
-        try limit(Int32(RLIMIT_FSIZE.rawValue), 0, "RLIMIT_FSIZE")
+        try limit(Int32(RLIMIT_FSIZE.rawValue), c.fileSizeLimit, "RLIMIT_FSIZE")
         try limit(Int32(RLIMIT_NOFILE.rawValue), c.openFileLimit, "RLIMIT_NOFILE")
         // With a zero file size, a write to a regular file raises SIGXFSZ, which would kill
         // the role over a log line when its stderr happens to be a file. Ignored, the write
-        // fails with EFBIG instead: still no file is written.
+        // fails with EFBIG instead: still no file is written (the recorder's recordings stop
+        // at their limit the same way).
         var ignore = sigaction()
         ignore.__sigaction_handler.sa_handler = SIG_IGN
         guard sigaction(SIGXFSZ, &ignore, nil) == 0 else { throw fail("rlimits", "sigaction(SIGXFSZ)") }
-        steps.append("rlimits: core 0, file size 0 (SIGXFSZ ignored: EFBIG), open files \(c.openFileLimit)")
+        steps.append("rlimits: core 0, file size \(c.fileSizeLimit) (SIGXFSZ ignored: EFBIG), open files \(c.openFileLimit)")
     }
 
     // MARK: 5. Landlock

@@ -24,6 +24,8 @@ final class LinkBroker: Sendable {
         /// With TLS: the running keyholder, and the chain (a sealed memory file) and key type
         /// each worker gets with its link to it.
         var keyholder: RolePool.Instance?
+        /// With `--record`: the running recorder.
+        var recorder: RolePool.Instance?
         var chain: (file: FileDescriptor, kind: TLSKeyKind)?
         var stopping = false
         /// The server hands its state to a new binary: kept sessions stay open at the end.
@@ -38,6 +40,9 @@ final class LinkBroker: Sendable {
     private let workers: RolePool
     private let vault: RolePool
     private let keyholder: RolePool?
+    private let recorder: RolePool?
+    /// With `--record`: the directory whose files the recorder writes.
+    let recordings: RecordingDirectory?
     private let nursery: NurserySource
     private let executable: String
     private let logger: Logger
@@ -45,7 +50,7 @@ final class LinkBroker: Sendable {
 
     /// `handover`: the sessions and shells an earlier server kept, for the first vault.
     init(workers: RolePool, vault: RolePool, keyholder: RolePool? = nil, tls: (FileDescriptor, TLSKeyKind)? = nil,
-         nursery: NurserySource, executable: String, authentication: VaultAuthentication,
+         recorder: RolePool? = nil, recordings: RecordingDirectory? = nil, nursery: NurserySource, executable: String, authentication: VaultAuthentication,
          keptSessions: Int, fdStore: Bool = false, handover: Handover = Handover(), audit: AuditTrail? = nil, logger: Logger) {
         keeper = SessionKeeper(limit: keptSessions, fdStore: fdStore, audit: audit, logger: logger)
         keeper.preload(handover.sessions)
@@ -54,6 +59,8 @@ final class LinkBroker: Sendable {
         self.workers = workers
         self.vault = vault
         self.keyholder = keyholder
+        self.recorder = recorder
+        self.recordings = recordings
         self.nursery = nursery
         self.executable = executable
         self.logger = logger
@@ -76,7 +83,7 @@ final class LinkBroker: Sendable {
     /// nursery.
     func run() async {
         await withTaskGroup(of: Void.self) { forwarders in
-            let pools = [workers, vault] + (keyholder.map { [$0] } ?? [])
+            let pools = [workers, vault] + [keyholder, recorder].compactMap { $0 }
             for pool in pools {
                 forwarders.addTask {
                     for await event in pool.events { self.submit.yield(.pool(pool.configuration.role, event)) }
@@ -190,6 +197,12 @@ final class LinkBroker: Sendable {
             state.withLock { s in
                 if s.keyholder === instance { s.keyholder = nil }
             }
+        case (.recorder, .started(let instance)):
+            await recorderStarted(instance)
+        case (.recorder, .ended(let instance)):
+            state.withLock { s in
+                if s.recorder === instance { s.recorder = nil }
+            }
         default:
             // Admission and degradation are the pools' own; no other role has a pool.
             break
@@ -282,6 +295,14 @@ final class LinkBroker: Sendable {
                 log.info("sessions handed to the new vault", metadata: ["kept": "\(kept)", "vault_generation": "\(generation)",
                                                                        "sessions_adopted": "\(keeper.adoptions.adopted)"])
             }
+            if let recording = state.withLock({ $0.recorder }) {
+                do {
+                    try await feed(instance, to: recording)
+                } catch {
+                    log.error("the new vault is not linked to the recorder; its sessions are not recorded until the recorder restarts",
+                              metadata: ["error": "\(error)"])
+                }
+            }
             let running = state.withLock { $0.workers.values.sorted { $0.id < $1.id } }
             for worker in running {
                 do {
@@ -330,6 +351,38 @@ final class LinkBroker: Sendable {
             log.info("vault linked to the nursery service", metadata: ["socket": "\(socket)"])
             return vaultEnd
         }
+    }
+
+    // MARK: Recording
+
+    /// Tells a new recorder where the directory's sequence stands, links it to the running
+    /// vault (which announces every session it has), then admits it.
+    private func recorderStarted(_ instance: RolePool.Instance) async {
+        guard let recordings else { return recorder?.fail(instance, reason: "no recording directory") ?? () }
+        let current = state.withLock { s in
+            s.recorder = instance
+            return s.stopping ? nil : s.vault
+        }
+        Task { await recordings.serve(instance) }
+        do {
+            let (last, link) = recordings.sequence()
+            try await instance.transport.open().tell(SupervisorToRecorder.directory(last: UInt32(clamping: last), link: link))
+            if let current { try await feed(current, to: instance) }
+            recorder?.linked(instance)
+        } catch {
+            recorder?.fail(instance, reason: "\(error)")
+        }
+    }
+
+    /// One seqpacket pair: the vault's end of the feed, and the recorder's.
+    private func feed(_ vault: RolePool.Instance, to recorder: RolePool.Instance) async throws {
+        let (vaultEnd, recorderEnd) = try SocketCalls.socketPair(.seqpacket)
+        defer {
+            try? vaultEnd.close()
+            try? recorderEnd.close()
+        }
+        try await recorder.transport.open().tell(SupervisorToRecorder.feed, descriptors: [recorderEnd])
+        try await vault.transport.open().tell(SupervisorToVault.recorderFeed, descriptors: [vaultEnd])
     }
 
     // MARK: Sessions, for the control socket

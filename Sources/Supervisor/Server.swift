@@ -83,6 +83,8 @@ public final class Server: Sendable {
         /// The audit trail's file (`AuditTrail.open`), owned by the server from `start`; nil:
         /// audited facts go to the log alone.
         public var auditLog: FileDescriptor?
+        /// `--record`: where recordings go, what they hold and how long they are kept.
+        public var recording: Recording?
         /// TLS on the listeners `listen` marks with "tls:" (all of them when none is marked):
         /// the keyholder holds the key, the workers the chain.
         public var tls: TLS?
@@ -116,7 +118,28 @@ public final class Server: Sendable {
             s.sessions.readOnly = readOnly
             s.sessions.endSignal = endSignal
             s.openFiles = UInt64(Server.vaultOpenFiles(maxClients: maxClients))
+            s.sessions.recording = recording?.terms
             return s
+        }
+
+        /// What the recorder is started with.
+        public var recorderSettings: RecorderSettings {
+            var s = RecorderSettings()
+            s.openFiles = UInt64(Server.sessions(maxClients: maxClients) + 64)
+            return s
+        }
+    }
+
+    /// `--record DIR` and the options that go with it.
+    public struct Recording: Sendable {
+        /// The directory, opened by `RecordingDirectory.open` (owned by the server from `init`).
+        public var directory: FileDescriptor
+        public var path: String
+        public var terms: SessionSettings.Recording
+        public var retention: RecordingDirectory.Retention
+
+        public init(directory: FileDescriptor, path: String, terms: SessionSettings.Recording, retention: RecordingDirectory.Retention) {
+            (self.directory, self.path, self.terms, self.retention) = (directory, path, terms, retention)
         }
     }
 
@@ -162,6 +185,8 @@ public final class Server: Sendable {
     public let vault: RolePool
     /// With TLS: the keyholder, a pool of one.
     public let keyholder: RolePool?
+    /// With `--record`: the recorder, a pool of one.
+    public let recorder: RolePool?
     /// Per listener, whether its clients speak TLS.
     public let tlsListeners: [Bool]
     /// Clients answered 503 for being over `maxClients`.
@@ -176,6 +201,8 @@ public final class Server: Sendable {
     let brokering = Mutex<Task<Void, Never>?>(nil)
     /// Writes the counts of refused credentials not written yet, every interval.
     let auditing = Mutex<Task<Void, Never>?>(nil)
+    /// Deletes recordings past `--record-max-size` and `--record-max-age`, every minute.
+    let retaining = Mutex<Task<Void, Never>?>(nil)
     let logger: Logger
     let accepting = Atomic<Bool>(true)
     /// Set when a drain begins: clients are still accepted, to resume or join the sessions
@@ -266,8 +293,13 @@ public final class Server: Sendable {
         }
         vault = pool(c.vaultSettings, count: 1) { $0.admission = .onceLinked }
         keyholder = c.tls.map { pool($0.keyholderSettings, count: 1) { $0.admission = .onceLinked } }
+        recorder = c.recording.map { _ in pool(c.recorderSettings, count: 1) { $0.admission = .onceLinked } }
+        let recordings = c.recording.map {
+            RecordingDirectory(path: $0.path, directory: $0.directory, retention: $0.retention, audit: trail, logger: logger)
+        }
         broker = LinkBroker(
             workers: workers, vault: vault, keyholder: keyholder, tls: c.tls.map { ($0.chain, $0.kind) },
+            recorder: recorder, recordings: recordings,
             nursery: c.nursery, executable: c.executable,
             authentication: c.authentication, keptSessions: Self.sessions(maxClients: c.maxClients), fdStore: c.fdStore, handover: handover,
             audit: trail, logger: logger)
@@ -342,12 +374,16 @@ public final class Server: Sendable {
         auditing.withLock { $0 = Task { await audit.flushRefusalsPeriodically() } }
         vault.start()
         keyholder?.start()
+        recorder?.start()
+        if let recordings = broker.recordings {
+            retaining.withLock { $0 = Task { await recordings.enforceRetentionPeriodically() } }
+        }
         workers.start()
         let deadline = ContinuousClock.now + readiness
         var ready = false
         while ContinuousClock.now < deadline {
             if vault.slots.first?.state == .running && workers.slots.contains(where: { $0.state == .running })
-                && keyholder?.slots.first?.state ?? .running == .running {
+                && keyholder?.slots.first?.state ?? .running == .running && recorder?.slots.first?.state ?? .running == .running {
                 ready = true
                 break
             }
@@ -393,6 +429,10 @@ public final class Server: Sendable {
         await workers.configuration.templates?.shutdown()
         await keyholder?.shutdown()
         await vault.shutdown()
+        // After the vault: its last events reach the recorder, which ends every recording
+        // still open as it stops.
+        await recorder?.shutdown()
+        retaining.withLock { $0 }?.cancel()
         await brokering.withLock { $0 }?.value
         auditing.withLock { $0 }?.cancel()
         audit.flushRefusals()

@@ -11,7 +11,10 @@ import RoleProtocol
 ///
 /// Everything here belongs to the vault's event loop.
 final class Attachment: @unchecked Sendable {
-    enum Ending: String { case shellExited = "shell exited", clientLeft = "client left", tooSlow = "too slow", kicked = "kicked" }
+    enum Ending: String {
+        case shellExited = "shell exited", clientLeft = "client left", tooSlow = "too slow", kicked = "kicked"
+        case recordingFailed = "recording failed"
+    }
 
     /// Largest output message: what a caught-up client gets is one terminal read, at most this.
     static var outputLimit: Int { 64 * 1024 }

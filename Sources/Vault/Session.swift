@@ -68,6 +68,12 @@ final class Session: @unchecked Sendable {
     private var inputBlocked = false
     private(set) var ignored = 0
     private(set) var slowConsumerEvents = 0
+    /// The web user who started it ("" when unknown: one credential, or adopted), and the
+    /// window size last set: what a recording of it begins with.
+    var user = ""
+    private(set) var size: (columns: UInt16, rows: UInt16) = (80, 24)
+    /// With `--record`: where what the session shows goes.
+    var tap: RecorderTap?
 
     /// A new session around a new shell, with a new id and secrets, its ring in `state` (the
     /// memory file the nursery made with the shell; taken over).
@@ -124,10 +130,12 @@ final class Session: @unchecked Sendable {
     func terminalReadable() {
         guard let terminal else { return }
         var outcome = KeptRing.TerminalRead.wouldBlock
+        let before = ring.end
         reads: for _ in 0..<16 {
             outcome = ring.read(terminal: terminal.fd, keep: isHungUp ? nil : slowestWriter)
             guard case .read = outcome else { break reads }
         }
+        if let tap, ring.end > before { tap.output(self, from: before) }
         for client in Array(clients.values) { client.pump() }
         if case .closed = outcome {
             terminal.close()
@@ -174,6 +182,7 @@ final class Session: @unchecked Sendable {
     private func finish() {
         guard !isFinished else { return }
         isFinished = true
+        tap?.ended(self)
         releaseKept {}
         exitWait?.cancel()
         linger?.cancel()
@@ -190,14 +199,33 @@ final class Session: @unchecked Sendable {
 
     /// Input for the shell, from a writer, counted against its input stream if it named one.
     func input(_ bytes: ByteBuffer, stream: Int?) {
-        guard let terminal, !terminal.write(bytes, stream: stream), !inputBlocked else { return }
+        guard let terminal else { return }
+        tap?.input(self, bytes, terminal: terminal.fd)
+        guard !terminal.write(bytes, stream: stream), !inputBlocked else { return }
         // Writers' messages wait on their circuits (within their credit) until it is taken.
         inputBlocked = true
         for client in clients.values where client.writer { client.circuit.isDeliveryPaused = true }
     }
 
     /// TIOCSWINSZ: the terminal's foreground process group gets SIGWINCH.
-    func resize(rows: UInt16, columns: UInt16) { terminal?.resize(rows: rows, columns: columns) }
+    func resize(rows: UInt16, columns: UInt16) {
+        guard let terminal else { return }
+        let changed = size != (columns, rows)
+        size = (columns, rows)
+        terminal.resize(rows: rows, columns: columns)
+        if changed { tap?.resized(self) }
+    }
+
+    /// The size a new session's terminal was made with, before anything is recorded.
+    func sized(columns: UInt16, rows: UInt16) { size = (columns, rows) }
+
+    /// `--record-failure end`: part of the recording would be lost, so the session ends;
+    /// its clients are told why first.
+    func endForRecording() {
+        guard !isHungUp, !isFinished else { return }
+        for client in Array(clients.values) { client.end(.recordingFailed, last: .refused(.recordingFailed)) }
+        hangUp("its recording failed, and --record-failure end is set")
+    }
 
     /// A writer's PAUSE: the PTY is not read until `resume` (never once hung up).
     func pause() {

@@ -57,6 +57,8 @@ public final class Vault: Sendable {
     /// The loop every session, terminal and worker link belongs to.
     let loop: EventLoop
     private let sessions = Sessions()
+    /// With `--record`: the feed to the recorder; on `loop`.
+    private let tap: RecorderTap?
 
     /// The sessions, by id and by shell; on `loop`.
     private final class Sessions: @unchecked Sendable {
@@ -74,6 +76,11 @@ public final class Vault: Sendable {
         self.title = title
         self.settings = settings
         self.loop = loop
+        tap = settings.recording.map(RecorderTap.init(terms:))
+        tap?.lost = { [unowned self] session, why in
+            audit(.recordingGap, [("session", session), ("reason", why), ("ends_session", "\(settings.recording?.endOnFailure == true)")])
+        }
+        tap?.failed = { [sessions] id in sessions.byID[id]?.endForRecording() }
     }
 
     /// Serves the supervisor's conversations (configuration and links) until its transport
@@ -118,6 +125,15 @@ public final class Vault: Sendable {
             } catch {
                 logger.error("nursery link failed", metadata: ["error": "\(error)"])
             }
+        case .recorderFeed:
+            let feed = received.descriptors!.take(0)!
+            guard let tap else {
+                try? feed.close()
+                logger.error("a recorder feed came, but this vault does not record")
+                break
+            }
+            try? await loop.submit { [sessions] in tap.link(feed.rawValue, build: BuildID.current, sessions: Array(sessions.byID.values)) }.get()
+            logger.info("recorder linked")
         case .listSessions:
             let summaries = (try? await loop.submit { [sessions] in
                 sessions.byID.values.sorted { $0.created < $1.created }.map { $0.summary() }
@@ -266,7 +282,7 @@ public final class Vault: Sendable {
         } else {
             do {
                 session = try await startSession(columns: request.columns, rows: request.rows, arguments: request.arguments,
-                                                 user: webUser.isEmpty ? nil : Array(webUser.utf8), logger: logger)
+                                                 user: webUser.isEmpty ? nil : Array(webUser.utf8), audited: user, logger: logger)
                 audit(.sessionStarted, [("session", session.id), ("user", user), ("shell_pid", "\(session.shell)"),
                                         ("arguments", "\(request.arguments.count)"), ("worker", "\(worker)")] + forwarded)
             } catch {
@@ -421,20 +437,30 @@ public final class Vault: Sendable {
     /// Starts a shell and the session around it; the session runs on the loop until the
     /// shell exits or the session is hung up. It is kept by the supervisor before anyone
     /// learns of it, so a vault that dies from then on leaves it to the next.
-    private func startSession(columns: UInt16, rows: UInt16, arguments: [[UInt8]], user: [UInt8]?, logger: Logger) async throws -> Session {
+    /// `user`: the web user whose account the shell may run as; `audited`: the name the audit
+    /// trail and the recording give (with one credential, the name presented with it).
+    private func startSession(columns: UInt16, rows: UInt16, arguments: [[UInt8]], user: [UInt8]?, audited: String,
+                              logger: Logger) async throws -> Session {
         let shell = try await spawnShell(columns: columns, rows: rows, arguments: arguments, user: user)
         let session: Session
         do {
             session = try await loop.submit { [self] in
-                try Session(shell: shell.pid, state: shell.state, settings: settings, on: loop, logger: logger, ended: forget,
-                            signal: signalShell(shell.pid), release: releaseKept)
+                let session = try Session(shell: shell.pid, state: shell.state, settings: settings, on: loop, logger: logger, ended: forget,
+                                          signal: signalShell(shell.pid), release: releaseKept)
+                session.user = audited
+                session.sized(columns: columns, rows: rows)
+                // Before the shell's first byte: every client, and the recording, begin with it.
+                if let notice = settings.recording?.notice, !notice.isEmpty {
+                    session.ring.append(Array("\u{1b}[1m\(notice)\u{1b}[0m\r\n".utf8))
+                }
+                return session
             }.get()
             try await keep(session, master: shell.master)
         } catch {
             try? shell.master.close()
             throw error
         }
-        try await loop.submit { [self] in try run(session, master: shell.master) }.get()
+        try await loop.submit { [self] in try run(session, master: shell.master, resumed: false) }.get()
         logger.info("session started", metadata: ["session": "\(session.id)", "shell": "\(shell.pid)", "columns": "\(columns)",
                                                   "rows": "\(rows)"])
         return session
@@ -485,7 +511,8 @@ public final class Vault: Sendable {
     }
 
     /// Reads the session's terminal from now on; on the loop. Takes ownership of `master`.
-    private func run(_ session: Session, master: SystemPackage.FileDescriptor) throws {
+    /// `resumed`: adopted from a vault before this one (its recording goes on).
+    private func run(_ session: Session, master: SystemPackage.FileDescriptor, resumed: Bool) throws {
         let poller: TerminalPoller
         if let existing = sessions.poller {
             poller = existing
@@ -497,6 +524,10 @@ public final class Vault: Sendable {
                                          closed: { session.terminalDidClose() })
         sessions.byID[session.id] = session
         sessions.byShell[session.shell] = session
+        if let tap {
+            session.tap = tap
+            tap.started(session, resumed: resumed)
+        }
         session.started(on: terminal)
         if let exit = sessions.earlyExits.removeValue(forKey: session.shell) { session.shellExited(exit) }
     }
@@ -523,7 +554,7 @@ public final class Vault: Sendable {
             try await loop.submit { [self] in
                 let session = Session(ring: ring, settings: settings, on: loop, logger: logger, ended: forget, signal: signalShell(shell),
                                       release: releaseKept)
-                try run(session, master: master)
+                try run(session, master: master, resumed: true)
                 logger.info("session adopted", metadata: ["session": "\(id)", "shell": "\(shell)", "offset": "\(ring.end)",
                                                           "adoptions": "\(ring.adoptions)"])
             }.get()

@@ -193,6 +193,7 @@ final class TerminalSession: ChannelInboundHandler {
             case (.attaching, .otherHost): close(.tryAgainLater, "the host that holds this session cannot be reached")
             case (.attaching, _): close(.policy, "no terminal")
             case (_, .kicked): close(.normal, "disconnected by the operator")
+            case (_, .recordingFailed): close(.normal, "the session's recording failed, and this server ends such sessions")
             // Too slow for the session, by the operator's policy: it may resume.
             case (_, _): close(.tryAgainLater, "fell behind the session")
             }

@@ -7,7 +7,7 @@ final class RecordingTests: XCTestCase {
     /// A recording made as the recorder makes one: output in pieces (a character split
     /// across two of them), a resize, the exit; `previous` links it to the one before.
     private func record(sequence: Int = 1, previous: String = "", checkpointEvery: Int = 4,
-                        checkpoints: inout [(Int, String)]) throws -> (bytes: [UInt8], last: String) {
+                        checkpoints: inout [(Int, String)]) throws -> (bytes: [UInt8], last: String, headerLink: String) {
         var bytes: [UInt8] = []
         var seen: [(Int, String)] = []
         let header = Asciicast.Header(width: 80, height: 24, timestamp: 1_765_000_000, env: ["TERM": "xterm-256color"],
@@ -20,10 +20,10 @@ final class RecordingTests: XCTestCase {
         try writer.resize(columns: 100, rows: 30, at: 1.5)
         let last = try writer.finish(exit: "exit status 3", at: 2)
         checkpoints = seen
-        return (bytes, last)
+        return (bytes, last, writer.headerLink)
     }
 
-    private func record(sequence: Int = 1, previous: String = "") throws -> (bytes: [UInt8], last: String) {
+    private func record(sequence: Int = 1, previous: String = "") throws -> (bytes: [UInt8], last: String, headerLink: String) {
         var ignored: [(Int, String)] = []
         return try record(sequence: sequence, previous: previous, checkpoints: &ignored)
     }
@@ -33,7 +33,7 @@ final class RecordingTests: XCTestCase {
 
     func testAnUntouchedRecordingChecksAndHoldsWhatWasSent() throws {
         var checkpoints: [(Int, String)] = []
-        let (bytes, last) = try record(checkpoints: &checkpoints)
+        let (bytes, last, _) = try record(checkpoints: &checkpoints)
         let checked = RecordingVerifier.check(bytes, file: "a.cast")
         XCTAssertEqual(checked.findings, [])
         XCTAssertEqual(checked.last, last)
@@ -83,9 +83,9 @@ final class RecordingTests: XCTestCase {
         var files: [(name: String, contents: [UInt8])] = []
         var previous = ""
         for n in 1...100 {
-            let (bytes, last) = try record(sequence: n, previous: previous)
+            let (bytes, _, headerLink) = try record(sequence: n, previous: previous)
             files.append(("\(n).cast", bytes))
-            previous = last
+            previous = headerLink
         }
         XCTAssertEqual(RecordingVerifier.check(directory: files).flatMap(\.findings), [], "100 untouched recordings check")
         var missing = files
@@ -96,8 +96,33 @@ final class RecordingTests: XCTestCase {
         var replaced = files
         replaced[41] = ("42.cast", try record(sequence: 42, previous: "").bytes)
         XCTAssertEqual(RecordingVerifier.check(directory: replaced).flatMap(\.findings).map(\.description),
-                       ["42.cast:1: its previous link is not the last link of recording 41",
-                        "43.cast:1: its previous link is not the last link of recording 42"])
+                       ["42.cast:1: its previous link is not the header link of recording 41",
+                        "43.cast:1: its previous link is not the header link of recording 42"])
+    }
+
+    /// A recorder that died mid-line leaves its recording unfinished; the next one goes on
+    /// with it after its last whole line, and the result checks.
+    func testAnUnfinishedRecordingIsContinuedAndChecks() throws {
+        var bytes: [UInt8] = []
+        let header = Asciicast.Header(width: 80, height: 24, timestamp: 1_765_000_000,
+                                      cloister: .init(session: "s1", user: "tester", sequence: 1, previous: ""))
+        let first = try RecordingWriter(header: header, checkpointEvery: 3, write: { bytes += $0 })
+        for i in 0..<7 { try first.output(Array("line \(i)\r\n".utf8), at: Double(i)) }
+        let cut = Array(bytes.dropLast(5))  // the last line cut short
+        XCTAssertNotEqual(RecordingVerifier.check(cut, file: "r").findings, [])
+        let continuation = try XCTUnwrap(RecordingWriter.Continuation(cut))
+        XCTAssertEqual(continuation.header, header)
+        XCTAssertEqual(continuation.lastTime, 5)
+        var resumed = Array(cut.prefix(continuation.keptBytes))
+        let second = RecordingWriter(continuing: continuation, checkpointEvery: 3, write: { resumed += $0 })
+        XCTAssertEqual(second.headerLink, first.headerLink)
+        try second.marker("gap: the recorder restarted", at: 7)
+        for i in 7..<12 { try second.output(Array("line \(i)\r\n".utf8), at: Double(i)) }
+        try second.finish(exit: "exit status 0", at: 12)
+        let checked = RecordingVerifier.check(resumed, file: "r")
+        XCTAssertEqual(checked.findings, [])
+        XCTAssertEqual(checked.events, 6 + 1 + 5 + 1)
+        XCTAssertNil(RecordingWriter.Continuation(resumed), "a finished recording is not continued")
     }
 
     func testWhatIsNotARecordingIsSaidSo() {

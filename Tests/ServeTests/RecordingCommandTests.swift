@@ -31,7 +31,8 @@ final class RecordingCommandTests: XCTestCase {
             for (i, start) in stride(from: 0, to: all.count, by: 7).enumerated() {
                 try writer.output(Array(all[start..<min(start + 7, all.count)]), at: Double(i) * 0.01)
             }
-            previous = try writer.finish(exit: "exit status 0", at: 5)
+            try writer.finish(exit: "exit status 0", at: 5)
+            previous = writer.headerLink
             let path = directory + "/\(n).cast"
             try Data(bytes).write(to: URL(fileURLWithPath: path))
             return path

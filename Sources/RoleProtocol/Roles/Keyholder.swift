@@ -3,7 +3,7 @@ extension RoleDeclaration {
         role: .keyholder, purpose: "holds the TLS private key and signs handshakes for the workers",
         link: .supervisorKeyholder,
         // The event loop and the supervisor link's reader and writer.
-        threads: 4, reserve: 0, onlyWithTLS: true, settings: "KeyholderSettings")
+        threads: 4, reserve: 0, onlyWith: .tls, settings: "KeyholderSettings")
 }
 
 /// What the keyholder is started with: the pair it reads before its sandbox, and each

@@ -60,6 +60,27 @@ public struct SessionSettings: Codable, Sendable, Equatable {
     /// so that a load balancer routes a resume or a shared link to the host that holds the
     /// session with no registry. "" alone: ids without it.
     public var hostID = ""
+    /// With `--record`: what the vault feeds the recorder, and what a loss costs.
+    public var recording: Recording?
+
+    public struct Recording: Codable, Sendable, Equatable {
+        /// Typed input too (`--record-input`), never while the terminal does not echo.
+        public var recordInput = false
+        /// A session that would lose part of its recording ends (`--record-failure end`).
+        public var endOnFailure = false
+        /// Shown at the start of every session (`--record-notice`); "" for none.
+        public var notice = ""
+
+        public init(recordInput: Bool = false, endOnFailure: Bool = false, notice: String = "") {
+            (self.recordInput, self.endOnFailure, self.notice) = (recordInput, endOnFailure, notice)
+        }
+
+        /// A notice: at most 256 bytes, no control character (it is written into every
+        /// terminal as it is).
+        public static func isNotice(_ text: String) -> Bool {
+            text.utf8.count <= 256 && text.unicodeScalars.allSatisfy { $0.value >= 0x20 && !(0x7f...0x9f).contains($0.value) }
+        }
+    }
 
     public init() {}
 
@@ -85,6 +106,9 @@ public struct SessionSettings: Codable, Sendable, Equatable {
         }
         guard hostID.isEmpty || Self.isHostID(hostID) else {
             throw SettingsError(role: .vault, field: "--host-id", problem: "\"\(hostID.prefix(32))\" is not 1 to 16 lower-case letters, digits and dashes")
+        }
+        if let recording, !Recording.isNotice(recording.notice) {
+            throw SettingsError(role: .vault, field: "--record-notice", problem: "more than 256 bytes, or a control character")
         }
         guard (1...64).contains(endSignal) else {
             throw SettingsError(role: .vault, field: "--signal", problem: "\(endSignal) is not a signal number (1 to 64)")

@@ -1,0 +1,257 @@
+import FoundationEssentials
+import Logging
+import Recording
+import RoleProtocol
+import Synchronization
+import SystemCalls
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `--record DIR`: the directory the recordings live in, held open by the supervisor, which
+/// alone opens, lists and deletes files in it. The recorder asks for each session's file and
+/// gets a descriptor (a new file, created exclusively, never following a link; or the file a
+/// recorder before it left unfinished); it can write nothing else. Retention deletes the
+/// oldest finished recordings past `--record-max-size` and `--record-max-age`, each deletion
+/// audited.
+public final class RecordingDirectory: Sendable {
+    public struct Retention: Sendable {
+        public var maxBytes: UInt64?
+        public var maxAge: Duration?
+        public init(maxBytes: UInt64? = nil, maxAge: Duration? = nil) { (self.maxBytes, self.maxAge) = (maxBytes, maxAge) }
+    }
+
+    public let path: String
+    private let directory: FileDescriptor
+    private let retention: Retention
+    /// Files handed out and not reported finished, by session.
+    private let unfinished = Mutex<[String: String]>([:])
+    private let logger: Logger
+    let audit: AuditTrail?
+
+    /// Opens (making it, mode 0750, if it is missing) the directory: it must be a directory
+    /// of this process's user that no other user may write.
+    public static func open(path: String) throws(SystemCallError) -> FileDescriptor {
+        if mkdir(path, 0o750) != 0 && errno != EEXIST { throw SystemCallError(call: "mkdir", errno: Errno(rawValue: errno), detail: path) }
+        let fd = try valueOrErrno("open", detail: path) { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            close(fd)
+            throw SystemCallError(call: "fstat", errno: Errno(rawValue: errno), detail: path)
+        }
+        guard info.st_uid == geteuid() else {
+            close(fd)
+            throw SystemCallError(call: "open", errno: .permissionDenied, detail: "\(path) belongs to uid \(info.st_uid), not to this server's user (uid \(geteuid()))")
+        }
+        guard info.st_mode & 0o002 == 0 else {
+            close(fd)
+            throw SystemCallError(call: "open", errno: .permissionDenied, detail: "\(path) may be written by every user")
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    public init(path: String, directory: FileDescriptor, retention: Retention, audit: AuditTrail?, logger: Logger) {
+        (self.path, self.directory, self.retention, self.audit, self.logger) = (path, directory, retention, audit, logger)
+    }
+
+    deinit { try? directory.close() }
+
+    // MARK: What is in it
+
+    /// One recording as `ctl recordings` shows it.
+    public struct Entry: Sendable, Codable, Equatable {
+        public var file: String
+        public var session: String
+        public var user: String
+        public var sequence: Int
+        /// Seconds since the epoch.
+        public var start: Int
+        public var durationSeconds: Double
+        public var bytes: UInt64
+        /// "ok", "recording" (still being written), or the first problem `verify` finds.
+        public var verified: String
+    }
+
+    /// The `.cast` files' names.
+    private func names() -> [String] {
+        guard let copy = try? valueOrErrno("dup", { dup(directory.rawValue) }), let dir = fdopendir(copy) else { return [] }
+        defer { closedir(dir) }
+        rewinddir(dir)
+        var out: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name.hasSuffix(".cast"), !name.hasPrefix(".") { out.append(name) }
+        }
+        return out.sorted()
+    }
+
+    private func read(_ name: String, limit: Int = 1 << 30) -> [UInt8]? {
+        guard let fd = try? valueOrErrno("openat", { openat(directory.rawValue, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }) else { return nil }
+        let file = FileDescriptor(rawValue: fd)
+        defer { try? file.close() }
+        return try? file.readToEnd(limit: limit)
+    }
+
+    private func info(_ name: String) -> stat? {
+        var info = stat()
+        return fstatat(directory.rawValue, name, &info, AT_SYMLINK_NOFOLLOW) == 0 ? info : nil
+    }
+
+    /// Where the sequence stands: the highest sequence number in the directory and that
+    /// recording's header link ("" for none), for the next recorder.
+    func sequence() -> (last: Int, link: String) {
+        var best: (Int, String) = (0, "")
+        for name in names() {
+            guard let head = read(name, limit: 1 << 20), let end = head.firstIndex(of: 0x0a) else { continue }
+            let line = Array(head[..<end])
+            guard let header = try? JSONDecoder().decode(Asciicast.Header.self, from: Data(line)), let cloister = header.cloister,
+                  cloister.sequence > best.0, let previous = HashChain.bytes(hex: cloister.previous) else { continue }
+            var chain = HashChain(previous: previous)
+            chain.add(line)
+            best = (cloister.sequence, chain.hex)
+        }
+        return best
+    }
+
+    /// Every recording, checked against its chain and the directory's sequence.
+    public func list() -> [Entry] {
+        let open = Set(unfinished.withLock { $0.values })
+        let files = names().compactMap { name in read(name).map { (name: name, contents: $0) } }
+        return RecordingVerifier.check(directory: files).map { checked in
+            let cloister = checked.header?.cloister
+            let name = String(checked.file)
+            return Entry(file: name, session: cloister?.session ?? "", user: cloister?.user ?? "", sequence: cloister?.sequence ?? 0,
+                         start: checked.header?.timestamp ?? 0, durationSeconds: checked.duration,
+                         bytes: UInt64(info(name)?.st_size ?? 0),
+                         verified: open.contains(name) ? "recording" : checked.findings.first.map { "line \($0.line): \($0.problem)" } ?? "ok")
+        }.sorted { ($0.sequence, $0.file) < ($1.sequence, $1.file) }
+    }
+
+    // MARK: The recorder's requests
+
+    /// Serves the conversations `recorder` opens until its transport closes.
+    func serve(_ recorder: RolePool.Instance) async {
+        await withDiscardingTaskGroup { group in
+            while let circuit = try? await recorder.transport.accept() {
+                group.addTask { await self.conversation(circuit, recorder: recorder) }
+            }
+        }
+    }
+
+    private func conversation(_ circuit: RoleCircuit, recorder: RolePool.Instance) async {
+        let received: Received<RecorderToSupervisor>?
+        do {
+            received = try await circuit.receive(RecorderToSupervisor.self)
+        } catch {
+            logger.error("refused a message from the recorder", metadata: ["recorder_pid": "\(recorder.pid)", "error": "\(error)"])
+            try? await circuit.send([], end: true)
+            return
+        }
+        switch received?.message {
+        case .open(let session):
+            do {
+                let (fd, existing) = try file(for: session)
+                defer { try? fd.close() }
+                try await circuit.send(SupervisorToRecorder.file(existing: existing), descriptors: [fd], end: true)
+            } catch {
+                logger.error("no file for a recording", metadata: ["session": "\(session)", "error": "\(error)"])
+                try? await circuit.send(SupervisorToRecorder.refused("\(error)"), end: true)
+            }
+            return
+        case .finished(let session):
+            unfinished.withLock { _ = $0.removeValue(forKey: session) }
+            enforceRetention()
+        case .audit(let record):
+            var record = record
+            if let session = record["session"], let file = unfinished.withLock({ $0[session] }) {
+                record = AuditRecord(record.kind, record.fields.map { ($0.name, $0.value) } + [("file", file)])
+            }
+            audit?.record(record, vouchedBy: "recorder")
+        case nil:
+            break
+        }
+        try? await circuit.send([], end: true)
+    }
+
+    /// The session's unfinished file, or a new one named by the time and the session
+    /// (created exclusively, mode 0640, never through a link).
+    private func file(for session: String) throws(SystemCallError) -> (FileDescriptor, existing: Bool) {
+        precondition(RecorderFeed.isSessionID(session), "the decoder checks session ids")
+        if let name = unfinished.withLock({ $0[session] }) {
+            if let fd = try? valueOrErrno("openat", { openat(directory.rawValue, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }) {
+                // A recorder that stopped in order ended its recordings: the session goes on in a new one.
+                guard Self.isFinished(fd) else { return (FileDescriptor(rawValue: fd), true) }
+                close(fd)
+            } else {
+                logger.warning("an unfinished recording is gone; the session's recording goes on in a new file", metadata: ["file": "\(name)"])
+            }
+        }
+        var now = time(nil), parts = tm()
+        gmtime_r(&now, &parts)
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        let name = "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))T\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec))Z-\(session).cast"
+        let fd = try valueOrErrno("openat", detail: "\(path)/\(name)") {
+            openat(directory.rawValue, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o640)
+        }
+        unfinished.withLock { $0[session] = name }
+        return (FileDescriptor(rawValue: fd), false)
+    }
+
+    /// Whether the recording in `fd` ends with its final checkpoint.
+    static func isFinished(_ fd: CInt) -> Bool {
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_size > 0 else { return false }
+        var tail = [UInt8](repeating: 0, count: 256)
+        let offset = max(0, Int(info.st_size) - tail.count)
+        let n = pread(fd, &tail, tail.count, off_t(offset))
+        guard n > 0 else { return false }
+        let lines = tail[..<n].split(separator: 0x0a)
+        guard let last = lines.last, let event = Asciicast.Event.parse(last) else { return false }
+        return event.code == "m" && event.data.hasPrefix(RecordingWriter.endPrefix)
+    }
+
+    // MARK: Retention
+
+    /// Deletes finished recordings older than `maxAge`, then the oldest until the rest fit
+    /// in `maxBytes`; each deletion is audited.
+    func enforceRetention(now: Int = time(nil)) {
+        guard retention.maxBytes != nil || retention.maxAge != nil else { return }
+        let open = Set(unfinished.withLock { $0.values })
+        var files = names().filter { !open.contains($0) }.compactMap { name in info(name).map { (name: name, info: $0) } }
+            .sorted { ($0.info.st_mtim.tv_sec, $0.name) < ($1.info.st_mtim.tv_sec, $1.name) }
+        var total = files.reduce(UInt64(0)) { $0 + UInt64($1.info.st_size) } + open.reduce(UInt64(0)) { $0 + UInt64(info($1)?.st_size ?? 0) }
+        var doomed: [(String, stat, String)] = []
+        if let maxAge = retention.maxAge {
+            let cutoff = now - Int(maxAge.components.seconds)
+            while let first = files.first, first.info.st_mtim.tv_sec < cutoff {
+                doomed.append((first.name, first.info, "older than --record-max-age"))
+                total -= UInt64(first.info.st_size)
+                files.removeFirst()
+            }
+        }
+        if let maxBytes = retention.maxBytes {
+            while total > maxBytes, let first = files.first {
+                doomed.append((first.name, first.info, "over --record-max-size"))
+                total -= UInt64(first.info.st_size)
+                files.removeFirst()
+            }
+        }
+        for (name, info, why) in doomed {
+            guard unlinkat(directory.rawValue, name, 0) == 0 else {
+                logger.error("a recording past retention was not deleted", metadata: ["file": "\(name)", "error": "\(SystemCallError(call: "unlinkat", errno: Errno(rawValue: errno)))"])
+                continue
+            }
+            audit?.record(AuditRecord(.recordingDeleted, [("file", name), ("bytes", "\(info.st_size)"), ("reason", why)]), vouchedBy: "supervisor")
+        }
+    }
+
+    /// `enforceRetention` every minute until cancelled.
+    func enforceRetentionPeriodically() async {
+        while !Task.isCancelled {
+            enforceRetention()
+            await Wait.sleep(for: .seconds(60))
+        }
+    }
+}

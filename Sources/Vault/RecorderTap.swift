@@ -1,0 +1,120 @@
+import CShim
+import NIOCore
+import RoleProtocol
+import SystemCalls
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The vault's side of `--record`: what each session shows its clients (output, resizes,
+/// the end; typed input with `--record-input`, never while the terminal does not echo) goes
+/// to the recorder as it happens, on a socket the vault never waits on. An event that does
+/// not fit is dropped and counted, and the recorder is told how much with the next one that
+/// fits: the shell never waits for a recording. With `--record-failure end`, a session that
+/// would lose part of its recording is ended instead, its clients told why.
+///
+/// Everything here belongs to the vault's event loop.
+final class RecorderTap: @unchecked Sendable {
+    let terms: SessionSettings.Recording
+    private var socket: CInt = -1
+    /// Per session that lost events: how many, and how many output bytes among them.
+    private var dropped: [String: (events: UInt32, bytes: UInt64)] = [:]
+    /// A session's first loss of an episode, for the audit trail: (session, why).
+    var lost: ((String, String) -> Void)?
+    /// `--record-failure end`: the session is to end.
+    var failed: ((String) -> Void)?
+    /// The send buffer asked for: room for bursts while the recorder writes.
+    static let sendBuffer: CInt = 4 << 20
+
+    init(terms: SessionSettings.Recording) { self.terms = terms }
+
+    /// A feed to a (new) recorder: the one before is closed; every running session is
+    /// announced on it, as resumed, with where its output stands.
+    func link(_ fd: CInt, build: String, sessions: [Session]) {
+        if socket >= 0 { close(socket) }
+        socket = fd
+        var size = Self.sendBuffer
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<CInt>.size))
+        _ = send(.hello(intent: Link.vaultRecorder.intent, build: build), session: nil)
+        for session in sessions.sorted(by: { $0.created < $1.created }) where !session.isFinished {
+            started(session, resumed: true)
+        }
+    }
+
+    /// A new session is recorded from its first byte (with what the ring already holds:
+    /// the notice), a resumed one from where its output stands.
+    func started(_ session: Session, resumed: Bool) {
+        emit(.started(stamp(session), user: session.user, columns: session.size.columns, rows: session.size.rows,
+                      offset: resumed ? session.ring.end : 0, resumed: resumed), session)
+        if !resumed { output(session, from: 0) }
+    }
+
+    func output(_ session: Session, from offset: UInt64) {
+        var at = offset
+        while at < session.ring.end, let (from, buffer, _) = session.ring.read(from: at, limit: RecorderFeed.maxOutput) {
+            emit(.output(stamp(session), offset: from, bytes: Array(buffer: buffer)), session, bytes: UInt64(buffer.readableBytes))
+            at = from + UInt64(buffer.readableBytes)
+        }
+    }
+
+    /// Typed input, with `--record-input` only, and only while the terminal echoes: what a
+    /// program reads with echo off (a password) is never recorded.
+    func input(_ session: Session, _ bytes: ByteBuffer, terminal: CInt) {
+        guard terms.recordInput, bytes.readableBytes > 0 else { return }
+        var modes = termios()
+        guard tcgetattr(terminal, &modes) == 0, modes.c_lflag & tcflag_t(ECHO) != 0 else { return }
+        var rest = bytes
+        while rest.readableBytes > 0, let piece = rest.readBytes(length: min(rest.readableBytes, RecorderFeed.maxOutput)) {
+            emit(.input(stamp(session), bytes: piece), session)
+        }
+    }
+
+    func resized(_ session: Session) {
+        emit(.resize(stamp(session), columns: session.size.columns, rows: session.size.rows), session)
+    }
+
+    func ended(_ session: Session) {
+        emit(.ended(stamp(session), exit: session.exitStatus.map { "\($0)" } ?? "ended, status unknown"), session)
+        dropped[session.id] = nil
+    }
+
+    private func stamp(_ session: Session) -> RecorderFeed.Session {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return RecorderFeed.Session(id: session.id, time: UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec / 1000))
+    }
+
+    /// Sends `event` after telling of what this session lost, if it did; drops it otherwise.
+    private func emit(_ event: RecorderFeed, _ session: Session, bytes: UInt64 = 0) {
+        if let loss = dropped[session.id] {
+            guard send(.gap(stamp(session), events: loss.events, bytes: loss.bytes), session: session.id) else {
+                dropped[session.id] = (loss.events &+ 1, loss.bytes &+ bytes)
+                return
+            }
+            dropped[session.id] = nil
+        }
+        if !send(event, session: session.id) {
+            let why = socket < 0 ? "no recorder is linked" : "the recorder is not keeping up"
+            dropped[session.id] = (1, bytes)
+            lost?(session.id, why)
+            if terms.endOnFailure { failed?(session.id) }
+        }
+    }
+
+    /// One packet, without waiting; false if it was not sent. A recorder that is gone
+    /// closes the feed: everything is a gap until the next.
+    private func send(_ event: RecorderFeed, session: String?) -> Bool {
+        guard socket >= 0 else { return false }
+        do {
+            try DescriptorPassing.sendPacket(socket, event.encoded, nonBlocking: true)
+            return true
+        } catch {
+            if ![EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR].contains(error.errno.rawValue) {
+                close(socket)
+                socket = -1
+            }
+            return false
+        }
+    }
+}
