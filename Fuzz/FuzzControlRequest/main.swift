@@ -12,7 +12,7 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
         switch request {
         case .kick(let session, _), .hangUp(let session): precondition(!session.isEmpty && !session.contains(" "))
         case .drain(let seconds): precondition(seconds.isFinite && seconds >= 0)
-        case .status, .workers, .sessions, .upgrade: break
+        case .status, .workers, .sessions, .upgrade, .recordings: break
         }
     }
     return 0

@@ -14,7 +14,7 @@ import Glibc
 struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl", abstract: "Inspect a running Cloister through its control socket.",
-        subcommands: [Status.self, Workers.self, Sessions.self, Metrics.self, Kick.self, HangUp.self, Drain.self, Upgrade.self])
+        subcommands: [Status.self, Workers.self, Sessions.self, Recordings.self, Metrics.self, Kick.self, HangUp.self, Drain.self, Upgrade.self])
 
     /// Root's supervisor (the systemd unit) uses /run/cloister; anyone else's, a directory
     /// of their own: $XDG_RUNTIME_DIR/cloister, else /tmp/cloister-UID.
@@ -73,8 +73,9 @@ struct ControlCommand: ParsableCommand {
                 print("admission \(a.limits), \(a.perSource) per source, \(Int(a.deadlineSeconds)) s to authenticate: \(a.unauthenticated) unauthenticated now, "
                       + "\(a.admitted) admitted, \(a.authenticated) authenticated, refused: \(refused)")
             }
-            if let v = s.vault {
-                print("vault pid \(v.pid.map(String.init) ?? "-"): \(v.state), \(v.restarts) restarts, confined: \(v.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-")")
+            for (name, v) in [("vault", s.vault), ("recorder", s.recorder)] {
+                guard let v else { continue }
+                print("\(name) pid \(v.pid.map(String.init) ?? "-"): \(v.state), \(v.restarts) restarts, confined: \(v.sandboxConfined.map { $0 ? "yes" : "NO" } ?? "-")")
             }
             if let build = s.build {
                 print("build \(build)" + (s.upgradedFrom.map { ", upgraded from \($0)" } ?? ""))
@@ -121,6 +122,25 @@ struct ControlCommand: ParsableCommand {
                         "\(r.ringBytes)/\(r.ringCapacity)", String(r.slowConsumerEvents), String(r.ignoredInputs), String(r.adoptions)]
             }
             ControlCommand.table(header, rows)
+        }
+    }
+
+    struct Recordings: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Each recording (--record): sequence, user, session, start (UTC), duration, size, and whether it checks against its hash chain (ok, recording while it is written, or the first problem).")
+        @OptionGroup var options: Options
+
+        func run() throws {
+            guard let r = try ControlCommand.fetch("recordings", options, as: ControlServer.Recordings.self) else { return }
+            let rows = r.recordings.map { e -> [String] in
+                var start = time_t(e.start), parts = tm()
+                gmtime_r(&start, &parts)
+                func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+                let when = "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))"
+                return [String(e.sequence), e.user.isEmpty ? "-" : e.user, e.session, when, "\((e.durationSeconds * 10).rounded() / 10)s", String(e.bytes), e.verified]
+            }
+            print("\(r.directory): \(r.recordings.count) recording\(r.recordings.count == 1 ? "" : "s")")
+            ControlCommand.table(["SEQ", "USER", "SESSION", "START (UTC)", "DURATION", "BYTES", "VERIFIED"], rows)
         }
     }
 

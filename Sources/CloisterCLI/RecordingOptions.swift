@@ -17,7 +17,9 @@ struct RecordingOptions: ParsableArguments {
     @Option(help: "With --record: delete finished recordings older than DAYS; each deletion is audited.")
     var recordMaxAge: Double?
     @Option(help: "With --record: shown at the start of every session, in the page and in cloister attach (at most 256 bytes, no control character); \"\" for none.")
-    var recordNotice = "This session is recorded."
+    var recordNotice = Self.defaultNotice
+
+    static let defaultNotice = "This session is recorded."
 
     /// The options as the vault and the directory take them; nil without --record (the others
     /// are then refused). Opens nothing.
@@ -25,7 +27,7 @@ struct RecordingOptions: ParsableArguments {
         guard let record else {
             let given = [recordInput ? "--record-input" : nil, recordFailure != .gap ? "--record-failure" : nil,
                          recordMaxSize != nil ? "--record-max-size" : nil, recordMaxAge != nil ? "--record-max-age" : nil,
-                         recordNotice != RecordingOptions().recordNotice ? "--record-notice" : nil].compactMap { $0 }
+                         recordNotice != Self.defaultNotice ? "--record-notice" : nil].compactMap { $0 }
             if let first = given.first { throw .init(option: first, problem: "needs --record DIR") }
             return nil
         }

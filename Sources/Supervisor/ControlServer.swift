@@ -17,7 +17,7 @@ import Glibc
 /// socket is mode 0660 in that group and a peer with it as primary or supplementary group
 /// (SO_PEERGROUPS) is served too. Otherwise the socket is mode 0600.
 ///
-/// Protocol (version 1): the client sends one line (`status`, `workers`, `sessions`,
+/// Protocol (version 1): the client sends one line (`status`, `workers`, `sessions`, `recordings`,
 /// `upgrade`, `kick SESSION [CLIENT]` or `hangup SESSION`) and reads one JSON document until the server
 /// closes. Errors are `{"version": 1, "error": "…"}`.
 public final class ControlServer: Sendable {
@@ -35,6 +35,8 @@ public final class ControlServer: Sendable {
         /// Unauthenticated connections now, and what admission did since start.
         public var admission: AdmissionReport?
         public var vault: WorkerReport?
+        /// With `--record`: the recorder.
+        public var recorder: WorkerReport?
         public var keeping: Keeping?
         /// The running binary's version, label and build id; the one it replaced by upgrade.
         public var build: String?
@@ -130,6 +132,13 @@ public final class ControlServer: Sendable {
     public struct Sessions: Codable, Sendable {
         public var version: Int
         public var sessions: [SessionReport]
+    }
+
+    /// `ctl recordings`: every recording in the directory, checked.
+    public struct Recordings: Codable, Sendable {
+        public var version: Int
+        public var directory: String
+        public var recordings: [RecordingDirectory.Entry]
     }
 
     public struct Done: Codable, Sendable {
@@ -249,7 +258,8 @@ public final class ControlServer: Sendable {
                                      degraded: pool.isDegraded || vault?.isDegraded == true,
                                      connections: workers.reduce(0) { $0 + $1.connections },
                                      refusedAtCapacity: refusals?.count ?? 0, admission: admission?.report,
-                                     vault: vault?.slots.first.map(Self.report), keeping: sessions?.keeping,
+                                     vault: vault?.slots.first.map(Self.report),
+                                     recorder: sessions?.broker.recorder?.slots.first.map(Self.report), keeping: sessions?.keeping,
                                      build: sessions?.build, upgradedFrom: sessions?.upgradedFrom,
                                      draining: draining.load(ordering: .acquiring)))
         case .workers:
@@ -282,6 +292,9 @@ public final class ControlServer: Sendable {
             logger.notice("drain requested", metadata: ["peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)", "deadline_seconds": "\(seconds)"])
             reply(connection, Draining(version: Self.protocolVersion, draining: true, deadlineSeconds: seconds))
             drain(seconds)
+        case .recordings:
+            guard let recordings = sessions?.broker.recordings else { return reply(connection, error: "this server does not record (no --record)") }
+            reply(connection, Recordings(version: Self.protocolVersion, directory: recordings.path, recordings: recordings.list()))
         case .sessions, .kick, .hangUp:
             do {
                 switch parsed {
@@ -362,7 +375,7 @@ public final class ControlServer: Sendable {
 
 /// One control request: a line of at most 64 bytes from a local peer.
 public enum ControlRequest: Equatable, Sendable {
-    case status, workers, sessions, upgrade
+    case status, workers, sessions, upgrade, recordings
     /// Stop as on SIGTERM, giving open connections at most this many seconds.
     case drain(seconds: Double)
     case kick(session: String, client: UInt32?)
@@ -384,6 +397,7 @@ public enum ControlRequest: Equatable, Sendable {
         case ("workers", 1): return .success(.workers)
         case ("sessions", 1): return .success(.sessions)
         case ("upgrade", 1): return .success(.upgrade)
+        case ("recordings", 1): return .success(.recordings)
         case ("kick", 2): return .success(.kick(session: words[1], client: nil))
         case ("kick", 3):
             guard let client = UInt32(words[2]) else { return .failure(Problem(description: "\"\(words[2].prefix(16))\" is not a client number")) }
@@ -395,7 +409,7 @@ public enum ControlRequest: Equatable, Sendable {
             }
             return .success(.drain(seconds: seconds))
         default:
-            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, upgrade, drain SECONDS, kick SESSION [CLIENT] or hangup SESSION)"))
+            return .failure(Problem(description: "unknown request \"\(line.prefix(64))\" (expected status, workers, sessions, recordings, upgrade, drain SECONDS, kick SESSION [CLIENT] or hangup SESSION)"))
         }
     }
 }

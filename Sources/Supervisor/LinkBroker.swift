@@ -40,7 +40,8 @@ final class LinkBroker: Sendable {
     private let workers: RolePool
     private let vault: RolePool
     private let keyholder: RolePool?
-    private let recorder: RolePool?
+    /// With `--record`: the recorder, a pool of one.
+    let recorder: RolePool?
     /// With `--record`: the directory whose files the recorder writes.
     let recordings: RecordingDirectory?
     private let nursery: NurserySource

@@ -18,6 +18,8 @@ import Glibc
 final class RecorderTap: @unchecked Sendable {
     let terms: SessionSettings.Recording
     private var socket: CInt = -1
+    /// The recorder's end closed under a send: it died.
+    private var feedLost = false
     /// Per session that lost events: how many, and how many output bytes among them.
     private var dropped: [String: (events: UInt32, bytes: UInt64)] = [:]
     /// A session's first loss of an episode, for the audit trail: (session, why).
@@ -32,13 +34,20 @@ final class RecorderTap: @unchecked Sendable {
     /// A feed to a (new) recorder: the one before is closed; every running session is
     /// announced on it, as resumed, with where its output stands.
     func link(_ fd: CInt, build: String, sessions: [Session]) {
+        // A feed replaced (the recorder was restarted) may have lost what its socket held.
+        let replacing = socket >= 0 || feedLost
         if socket >= 0 { close(socket) }
-        socket = fd
+        (socket, feedLost) = (fd, false)
         var size = Self.sendBuffer
         _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<CInt>.size))
         _ = send(.hello(intent: Link.vaultRecorder.intent, build: build), session: nil)
         for session in sessions.sorted(by: { $0.created < $1.created }) where !session.isFinished {
-            started(session, resumed: true)
+            if replacing && terms.endOnFailure {
+                lost?(session.id, "the recorder was restarted")
+                failed?(session.id)
+            } else {
+                started(session, resumed: true)
+            }
         }
     }
 
@@ -58,12 +67,14 @@ final class RecorderTap: @unchecked Sendable {
         }
     }
 
-    /// Typed input, with `--record-input` only, and only while the terminal echoes: what a
-    /// program reads with echo off (a password) is never recorded.
+    /// Typed input, with `--record-input` only, and never while the terminal reads lines
+    /// without echoing them (ECHO off, ICANON on): how getpass(3), sudo, ssh and `read -s`
+    /// read a password. A program that takes keys one at a time and draws them itself (a
+    /// shell's line editor, an editor: ICANON off) has its keys recorded.
     func input(_ session: Session, _ bytes: ByteBuffer, terminal: CInt) {
         guard terms.recordInput, bytes.readableBytes > 0 else { return }
         var modes = termios()
-        guard tcgetattr(terminal, &modes) == 0, modes.c_lflag & tcflag_t(ECHO) != 0 else { return }
+        guard tcgetattr(terminal, &modes) == 0, modes.c_lflag & tcflag_t(ECHO) != 0 || modes.c_lflag & tcflag_t(ICANON) == 0 else { return }
         var rest = bytes
         while rest.readableBytes > 0, let piece = rest.readBytes(length: min(rest.readableBytes, RecorderFeed.maxOutput)) {
             emit(.input(stamp(session), bytes: piece), session)
@@ -112,7 +123,7 @@ final class RecorderTap: @unchecked Sendable {
         } catch {
             if ![EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR].contains(error.errno.rawValue) {
                 close(socket)
-                socket = -1
+                (socket, feedLost) = (-1, true)
             }
             return false
         }

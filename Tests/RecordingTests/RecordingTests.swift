@@ -49,7 +49,7 @@ final class RecordingTests: XCTestCase {
     }
 
     func testOneByteChangedIsFoundAtTheNextCheckpoint() throws {
-        let (bytes, _) = try record()
+        let bytes = try record().bytes
         var changed = lines(bytes)
         // "line 4" becomes "line 5" on the seventh line.
         let index = changed.firstIndex { String(decoding: $0, as: UTF8.self).contains("line 4") }!
@@ -63,14 +63,14 @@ final class RecordingTests: XCTestCase {
     }
 
     func testTwoEventsSwappedAreFound() throws {
-        let (bytes, _) = try record()
+        let bytes = try record().bytes
         var swapped = lines(bytes)
         swapped.swapAt(3, 4)
         XCTAssertTrue(RecordingVerifier.check(join(swapped), file: "a.cast").findings.contains { $0.problem.contains("hash chain breaks") })
     }
 
     func testTheLastCheckpointCutOffIsFound() throws {
-        let (bytes, _) = try record()
+        let bytes = try record().bytes
         let cut = join(Array(lines(bytes).dropLast()))
         let findings = RecordingVerifier.check(cut, file: "a.cast").findings
         XCTAssertEqual(findings.map { String($0.problem.prefix(22)) }, ["no final checkpoint: t"], "\(findings)")

@@ -40,14 +40,8 @@ final class RecordingCommandTests: XCTestCase {
     }
 
     private func run(_ executable: String, _ arguments: [String]) throws -> (ChildProcess.Termination, String) {
-        let pipe = try makePipe()
         // asciinema writes UTF-8 only under a UTF-8 locale, and keeps its configuration in HOME.
-        let child = try ChildProcess.spawn(executable, arguments: arguments, environment: ["LANG": "C.UTF-8", "HOME": directory],
-                                           output: pipe.write)
-        try pipe.write.close()
-        let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
-        try pipe.read.close()
-        return (try child.wait(), text)
+        try runCapturing(executable, arguments, environment: ["LANG": "C.UTF-8", "HOME": directory])
     }
 
     func testVerifyPassesUntouchedRecordingsAndNamesEachProblem() throws {

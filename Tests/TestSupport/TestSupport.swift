@@ -75,6 +75,16 @@ public func makePipe() throws -> (read: FileDescriptor, write: FileDescriptor) {
 
 public func readAll(_ fd: FileDescriptor) throws -> [UInt8] { try fd.readToEnd() }
 
+/// Runs `executable` to its end; how it ended and what it wrote (stdout and stderr together).
+public func runCapturing(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (ChildProcess.Termination, String) {
+    let pipe = try makePipe()
+    let child = try ChildProcess.spawn(executable, arguments: arguments, environment: environment, output: pipe.write)
+    try pipe.write.close()
+    let text = String(decoding: try readAll(pipe.read), as: UTF8.self)
+    try pipe.read.close()
+    return (try child.wait(), text)
+}
+
 /// Reads to end of file, failing after `seconds` instead of blocking: for pipes whose write
 /// end a test expects closed, so that a write end left open fails the test, not the run.
 public func readAll(_ fd: FileDescriptor, within seconds: Double) throws -> [UInt8] {
