@@ -44,11 +44,28 @@ final class PolicyReviewTests: XCTestCase {
         let vault = try Policy.load(file: packageRootPolicies + "/vault.json")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5414]).action, .allow)
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x541b]).action, .allow, "TIOCINQ")
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5401]).action, .allow, "TCGETS: whether a terminal echoes (--record-input)")
+        XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5402]).action, .killProcess, "TCSETS")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5421]).action, .killProcess, "FIONBIO")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x540e]).action, .killProcess, "TIOCSCTTY")
         XCTAssertEqual(vault.explain("ioctl", args: [5, 0x5412]).action, .killProcess, "TIOCSTI")
         XCTAssertEqual(vault.explain("execve", args: []).action, .killProcess)
         XCTAssertEqual(try worker.explain("ioctl", args: [5, 0x5414]).action, .killProcess, "the worker has no terminal")
+    }
+
+    /// The recorder writes only what it is handed: it opens, makes and names nothing, and
+    /// reaches no one (no socket, no connect), so a recorder taken over by what a session
+    /// printed can write into the recordings it holds and nowhere else.
+    func testTheRecorderOpensNothing() throws {
+        let recorder = try Policy.load(file: packageRootPolicies + "/recorder.json")
+        for call in ["open", "openat", "openat2", "creat", "mkdir", "mkdirat", "unlink", "unlinkat", "rename", "renameat2", "linkat",
+                     "symlinkat", "memfd_create", "ioctl", "recvmsg"] {
+            XCTAssertNotEqual(recorder.explain(call, args: []).action, .allow, call)
+        }
+        for call in ["socket", "connect", "execve", "ptrace"] {
+            XCTAssertEqual(recorder.explain(call, args: []).action, .killProcess, call)
+        }
+        XCTAssertEqual(recorder.explain("ftruncate", args: []).action, .allow, "going on with an unfinished recording")
     }
 
     /// The vault keeps sessions that outlive it without making a file: the nursery makes each
@@ -66,7 +83,7 @@ final class PolicyReviewTests: XCTestCase {
     /// allow-lists stay at what they are: the worker's at most 40 (OpenSSH's pre-auth child
     /// has about 30), the vault's a little more for its terminals.
     func testAllowListsHoldOnlyWhatASealedRoleCalls() throws {
-        for (role, limit) in [("worker", 33), ("vault", 35), ("keyholder", 34)] {
+        for (role, limit) in [("worker", 33), ("vault", 36), ("keyholder", 34), ("recorder", 36)] {
             let policy = try Policy.load(file: packageRootPolicies + "/\(role).json")
             for call in ["rseq", "set_robust_list", "epoll_create", "epoll_create1", "eventfd2", "timerfd_create", "sched_getaffinity",
                          "setpriority"] + (role == "keyholder" ? [] : ["getpid"]) {

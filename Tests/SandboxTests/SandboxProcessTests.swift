@@ -18,8 +18,9 @@ final class SandboxProcessTests: XCTestCase {
     static let workerPolicy = packageRootPolicies + "/worker.json"
     static let vaultPolicy = packageRootPolicies + "/vault.json"
     static let keyholderPolicy = packageRootPolicies + "/keyholder.json"
+    static let recorderPolicy = packageRootPolicies + "/recorder.json"
     /// Every sandboxed role's shipped profile.
-    static let rolePolicies = [workerPolicy, vaultPolicy, keyholderPolicy]
+    static let rolePolicies = [workerPolicy, vaultPolicy, keyholderPolicy, recorderPolicy]
 
     struct Outcome {
         var termination: ChildProcess.Termination

@@ -98,6 +98,16 @@ final class RecorderTests: XCTestCase {
         // The chain's last link went to the audit trail: a copy of it off the host shows a cut.
         let head = try XCTUnwrap(events("recording.ended").first?["head"])
         XCTAssertTrue(text.hasSuffix("cloister-chain-end \(text.split(separator: "\n").count - 1) \(head)\"]\n"), String(text.suffix(120)))
+        // The recorder that wrote it: every thread confined, no violation.
+        let recorder = try XCTUnwrap(try server.control("status")["recorder"] as? [String: Any])
+        XCTAssertEqual(recorder["violations"] as? Int, 0, server.output)
+        let pid = try XCTUnwrap(recorder["pid"] as? Int)
+        for tid in try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") {
+            let status = try String(contentsOfFile: "/proc/\(pid)/task/\(tid)/status", encoding: .utf8)
+            for expected in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t0000000000000000", "Uid:\t65534\t65534\t65534\t65534"] {
+                XCTAssertTrue(status.contains(expected + "\n"), "recorder thread \(tid): \(expected)")
+            }
+        }
         XCTAssertEqual(events("recording.started").first?["user"], "tester")
         XCTAssertEqual(events("recording.started").first?["file"], (path as NSString).lastPathComponent)
     }

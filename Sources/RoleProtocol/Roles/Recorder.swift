@@ -1,6 +1,6 @@
 extension RoleDeclaration {
     public static let recorder = RoleDeclaration(
-        role: .recorder, purpose: "writes each session's recording from what the vault feeds it; never a client byte, no path it can open",
+        role: .recorder, purpose: "writes each session's recording from the vault's fixed-layout feed; parses no client protocol, opens no path",
         link: .supervisorRecorder,
         // The event loop (Swift concurrency), the supervisor link's reader and writer, and a
         // reserve of two feed readers: the link to a vault that ended may still be draining
