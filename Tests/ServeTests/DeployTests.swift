@@ -192,6 +192,8 @@ final class DeployTests: XCTestCase {
         ] + also + [
             "--", installed, "serve", "--workers", "1", "--drain-timeout", "1", "--control-socket", controlSocket,
             "--policy-dir", share + "/policies", "--web-dir", share + "/web", "--tls-cert", pair.certificate, "--tls-key", pair.key,
+            // The recorder too, under the installed recorder.json.
+            "--record", root + "/recordings",
             "--credential", ServedCloister.userAndPassword, "--", "/bin/sh",
         ], descriptors: [FileDescriptor(rawValue: listener)], output: FileDescriptor(rawValue: log))
         var output: String { (try? String(contentsOfFile: root + "/output", encoding: .utf8)) ?? "" }
@@ -207,7 +209,7 @@ final class DeployTests: XCTestCase {
         let text = try client.readOutput { $0.contains("installed-42 /usr/local/bin") }
         XCTAssertTrue(text.contains("installed-42 /usr/local/bin:/usr/bin:/bin"), text)
 
-        // Every thread of the worker, the vault and the keyholder: a filter, no_new_privs, no capability.
+        // Every thread of the worker, the vault, the keyholder and the recorder: a filter, no_new_privs, no capability.
         let (_, workersJSON) = try run(installed, ["ctl", "workers", "--json", "--socket", controlSocket], environment: ["PATH": "/usr/bin:/bin"])
         let (_, statusJSON) = try run(installed, ["ctl", "status", "--json", "--socket", controlSocket], environment: ["PATH": "/usr/bin:/bin"])
         let workers = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(workersJSON.utf8)) as? [String: Any])["workers"] as? [[String: Any]]
@@ -216,7 +218,8 @@ final class DeployTests: XCTestCase {
         var pids = (workers ?? []).compactMap { $0["pid"] as? Int }
         pids.append(try XCTUnwrap(vault["pid"] as? Int))
         pids.append(try XCTUnwrap(keyholderPid(of: server.pid)))
-        XCTAssertEqual(pids.count, 3)
+        pids.append(try XCTUnwrap((status["recorder"] as? [String: Any])?["pid"] as? Int))
+        XCTAssertEqual(pids.count, 4)
         for pid in pids {
             let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")
             XCTAssertFalse(tasks.isEmpty)
@@ -232,6 +235,10 @@ final class DeployTests: XCTestCase {
         }
         try client.input("exit\r")
         _ = try client.awaitClose()
+        XCTAssertTrue(eventually(10) {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: root + "/recordings")) ?? []
+            return names.count == 1 && ((try? String(contentsOfFile: root + "/recordings/" + names[0], encoding: .utf8)) ?? "").contains("installed-42")
+        }, "the session is recorded: \(output)")
         XCTAssertFalse(output.contains("sandbox violation"), output)
         try server.signal(SIGTERM)
         XCTAssertEqual(notify.next(), "STOPPING=1")
