@@ -59,7 +59,7 @@ struct CloisterBench {
                     print("--sessions needs a number of sessions")
                     exit(2)
                 }
-                try ManySessionsBenchmark(sessions: count, perClient: args.contains("--isolation-client")).run()
+                try ManySessionsBenchmark(sessions: count, perClient: args.contains("--isolation-client"), record: args.contains("--record")).run()
             } else {
                 try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
             }
@@ -90,8 +90,12 @@ struct CloisterBench {
                 print("--balancer compares the same server reached directly and through the balancer: not with --isolation-client or --tls")
                 exit(2)
             }
+            guard !args.contains("--record") || (balancer == nil && !args.contains("--isolation-client")) else {
+                print("--record compares the same server without and with recording: not with --balancer or --isolation-client")
+                exit(2)
+            }
             var comparison = PeerComparison(peer: peer, quick: args.contains("--quick"), isolationPeer: args.contains("--isolation-client"),
-                                            tls: args.contains("--tls"), balancer: balancer)
+                                            tls: args.contains("--tls"), balancer: balancer, recordingPeer: args.contains("--record"))
             try comparison.run(runs: runs, only: only)
         case "hotpath":
             func option(_ name: String, _ fallback: Int) -> Int {
@@ -110,9 +114,9 @@ struct CloisterBench {
     /// benchmark other than the one asked for.
     static let options: [String: [String: Bool]] = [
         "circuits": ["--quick": false, "--payload": true, "--fds": true, "--circuits": true, "--window": true, "--no-raw": false, "--no-circuits": false],
-        "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false],
+        "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false, "--record": false],
         "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false, "--tls": false,
-                    "--balancer": true],
+                    "--balancer": true, "--record": false],
         "hotpath": ["--keystrokes": true, "--output": true, "--sessions": true],
     ]
 
@@ -141,8 +145,8 @@ struct CloisterBench {
 
     static func usage() -> Never {
         print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
-        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client]   (N concurrent shells; see PERFORMANCE.md)")
-        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client | --balancer haproxy|nginx] [--tls] [--runs N]")
+        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client] [--record]   (N concurrent shells; see PERFORMANCE.md)")
+        print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client | --balancer haproxy|nginx | --record] [--tls] [--runs N]")
         print("                              [--only idle,memory,bulk,echo,sessions]")
         print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")
         print("                                 (the peer defaults to ../shared/peers/ttyd)")

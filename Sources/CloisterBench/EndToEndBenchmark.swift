@@ -110,15 +110,18 @@ struct EndToEndBenchmark {
         var workers: Int
         /// `--isolation client`: `workers` spares, a worker process per client.
         var perClient = false
-        var description: String { perClient ? "a worker per client, \(workers) spares" : "\(workers) workers" }
+        var recording = false
+        var description: String { (perClient ? "a worker per client, \(workers) spares" : "\(workers) workers") + (recording ? ", --record" : "") }
+        var recordings: String { directory + "/recordings" }
     }
 
     /// With `perClient`, `--isolation client` with four spares (as many as a client of the
     /// benchmark opens at once, plus room), else a pool of two workers.
-    func startServer(maxClients: Int = 4096, ringBytes: Int? = nil, perClient: Bool = false) throws -> Server {
+    /// `recording`: with `--record` into the server's directory (`Server.recordings`).
+    func startServer(maxClients: Int = 4096, ringBytes: Int? = nil, perClient: Bool = false, recording: Bool = false) throws -> Server {
         let tlsArguments = tls.map { ["--tls-cert", $0.certificate, "--tls-key", $0.key] } ?? []
         let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
-        let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())" + (perClient ? "-client" : "")
+        let directory = NSTemporaryDirectory() + "cloister-bench-\(getpid())" + (perClient ? "-client" : "") + (recording ? "-recorded" : "")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let log = open(directory + "/output", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { close(log) }
@@ -133,13 +136,14 @@ struct EndToEndBenchmark {
             // Every client of a benchmark is one source opening sessions by the dozen, as
             // ttyd, which has no such limit, is measured.
             "--max-unauthenticated", "\(maxClients):100:\(maxClients)", "--max-unauthenticated-per-source", "\(maxClients)",
-        ] + tlsArguments + (ringBytes.map { ["--session-ring", "\($0)"] } ?? []) + ["--", "/bin/sh"], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
+        ] + tlsArguments + (ringBytes.map { ["--session-ring", "\($0)"] } ?? []) + (recording ? ["--record", directory + "/recordings"] : [])
+            + ["--", "/bin/sh"], environment: ["LANG": "C.UTF-8"], output: FileDescriptor(rawValue: log))
         for _ in 0..<600 {
             let text = (try? String(contentsOfFile: directory + "/output", encoding: .utf8)) ?? ""
             if let range = text.range(of: "listening on http://127.0.0.1:") ?? text.range(of: "listening on https://127.0.0.1:"), let port = UInt16(text[range.upperBound...].prefix { $0.isNumber }) {
                 // The roles start after the address is printed; a session proves they are up.
                 for _ in 0..<300 {
-                    if let client = try? attach(port: port) { try? client.input("exit\r"); return Server(child: child, port: port, directory: directory, workers: workers, perClient: perClient) }
+                    if let client = try? attach(port: port) { try? client.input("exit\r"); return Server(child: child, port: port, directory: directory, workers: workers, perClient: perClient, recording: recording) }
                     usleep(50_000)
                 }
                 break

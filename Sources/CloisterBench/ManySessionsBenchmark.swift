@@ -1,5 +1,6 @@
 import Foundation
 import Processes
+import SystemPackage
 import Supervisor
 import TerminalClient
 
@@ -16,6 +17,8 @@ import Glibc
 struct ManySessionsBenchmark {
     var sessions: Int
     var perClient = false
+    /// `--record`: every session recorded, and each streams output at once before the end.
+    var record = false
     var deadline: Double = 1200
     let e2e = EndToEndBenchmark(quick: false)
 
@@ -27,7 +30,7 @@ struct ManySessionsBenchmark {
             if now() - start > deadline { throw Failure(description: "over the \(Int(deadline)) s bound") }
         }
         try checkKernelLimits()
-        let server = try e2e.startServer(maxClients: sessions + 16, perClient: perClient)
+        let server = try e2e.startServer(maxClients: sessions + 16, perClient: perClient, recording: record)
         defer { e2e.stop(server) }
         print("cloister-bench e2e --sessions \(sessions): \(server.description), loopback, one client process")
         let idle = e2e.treeRSS(root: server.pid)
@@ -59,6 +62,37 @@ struct ManySessionsBenchmark {
         let loadedPSS = e2e.servicePSS(root: server.pid)
         let processes = e2e.tree(root: server.pid).filter { $0.role != nil }.count
         let shells = e2e.tree(root: server.pid).filter { $0.role == nil }.count
+
+        // With --record: every session streams at once, all of it recorded.
+        var streamed: [String] = []
+        if record {
+            let before = e2e.treeCPU(root: server.pid)
+            let streaming = now()
+            for (i, client) in clients.enumerated() { try client.input("seq 1 20000; echo streamed-\(i)-$((\(i) % 7))\r") }
+            var bytes = 0
+            for (i, client) in clients.enumerated() { bytes += try client.readOutput(untilMarker: "streamed-\(i)-\(i % 7)").count }
+            let seconds = now() - streaming
+            // The recorder writes behind the clients: its CPU is read once it is idle.
+            var recorderCPU = 0.0
+            for _ in 0..<60 {
+                usleep(500_000)
+                let cpu = (e2e.treeCPU(root: server.pid)["recorder"] ?? 0) - (before["recorder"] ?? 0)
+                if cpu == recorderCPU { break }
+                recorderCPU = cpu
+            }
+            let files = ((try? FileManager.default.contentsOfDirectory(atPath: server.recordings)) ?? []).filter { $0.hasSuffix(".cast") }
+            var recorded = 0, gaps = 0
+            for name in files {
+                let text = (try? String(contentsOfFile: server.recordings + "/" + name, encoding: .utf8)) ?? ""
+                recorded += text.utf8.count
+                gaps += text.components(separatedBy: "\"gap: ").count - 1
+            }
+            streamed = [
+                "| every session streaming at once (`seq 1 20000`), all of it received | \(fixed(Double(bytes) / 1e6, 1)) MB in \(fixed(seconds, 1)) s (\(fixed(Double(bytes) / 1e6 / seconds, 1)) MB/s) |",
+                "| recorded: files, bytes (JSON-escaped), gaps marked | \(files.count) files, \(fixed(Double(recorded) / 1e6, 1)) MB, \(gaps) gaps |",
+                "| the recorder's CPU for it | \(fixed(recorderCPU, 2)) s (\(fixed(recorderCPU * 1000 / (Double(bytes) / 1e6), 1)) ms per MB received) |",
+            ]
+        }
 
         // One more client, with all of them open: from connecting to its shell's answer.
         let asking = now()
@@ -94,6 +128,20 @@ struct ManySessionsBenchmark {
         print("| the shells | \(fixed(Double(loaded.shells) / 1_048_576, 1)) MiB RSS (\(fixed(shellEach / 1024, 1)) KiB each) |")
         print("| one more client, from connecting to its shell's answer | \(fixed(oneMore * 1000, 1)) ms |")
         print("| closing them all, until every shell is gone | \(fixed(closed, 1)) s (\(left) left) |")
+        for line in streamed { print(line) }
+        if record {
+            // Every recording ended with its session: checked as `cloister recordings verify` does.
+            let executable = (ChildProcess.currentExecutable as NSString).deletingLastPathComponent + "/cloister"
+            let quiet = try FileDescriptor.open("/dev/null", .writeOnly, options: .closeOnExec)
+            defer { try? quiet.close() }
+            var verified = ChildProcess.Termination.exited(-1)
+            for _ in 0..<20 {
+                verified = try ChildProcess.spawn(executable, arguments: ["recordings", "verify", server.recordings], output: quiet).wait()
+                if verified == .exited(0) { break }
+                usleep(500_000)
+            }
+            print("| `cloister recordings verify` of the directory | \(verified == .exited(0) ? "no problem" : "problems (\(verified))") |")
+        }
         let log = e2e.log(server)
         let violations = log.components(separatedBy: "sandbox violation").count - 1
         let restarts = log.components(separatedBy: "worker ended").count - 1 + log.components(separatedBy: "vault ended").count - 1

@@ -25,9 +25,11 @@ struct PeerComparison {
     /// balancer on loopback, proxying as deploy/haproxy-fleet.cfg and deploy/nginx-fleet.conf do
     /// (HTTP mode, the WebSocket tunnelled), so that what the balancer adds is measured.
     var balancer: String?
+    /// The other side is the same Cloister with `--record`: what recording every session costs.
+    var recordingPeer = false
     /// How the other side is named in the table, and its processes' name.
-    var peerName: String { balancer.map { "through \($0)" } ?? (isolationPeer ? "per client" : "ttyd") }
-    var peerProcess: String { balancer ?? (isolationPeer ? "cloister" : "ttyd") }
+    var peerName: String { balancer.map { "through \($0)" } ?? (recordingPeer ? "with --record" : isolationPeer ? "per client" : "ttyd") }
+    var peerProcess: String { balancer ?? (isolationPeer || recordingPeer ? "cloister" : "ttyd") }
     var bench = EndToEndBenchmark(quick: false)
 
     struct Peer {
@@ -40,6 +42,10 @@ struct PeerComparison {
     /// Cloister with a worker per client; or a balancer in front of `server`.
     func startPeer(inFrontOf server: UInt16) throws -> Peer {
         if let balancer { return try startBalancer(balancer, server: server) }
+        if recordingPeer {
+            let server = try bench.startServer(recording: true)
+            return Peer(child: server.child, port: server.port, directory: server.directory)
+        }
         if isolationPeer {
             // Room for the most sessions a comparison holds at once (the memory measure's
             // 128), within the supervisor's open-file need under this machine's hard limit.
@@ -260,7 +266,7 @@ struct PeerComparison {
     enum Row: String, CaseIterable { case idle, memory, bulk, echo, sessions }
 
     mutating func run(runs: Int? = nil, only: Set<Row> = Set(Row.allCases)) throws {
-        guard isolationPeer || balancer != nil || access(peer, X_OK) == 0 else {
+        guard isolationPeer || recordingPeer || balancer != nil || access(peer, X_OK) == 0 else {
             print("cloister-bench compare: no peer at \(peer) (see ../shared/peers/README.md; --peer PATH); nothing compared")
             return
         }
@@ -289,7 +295,8 @@ struct PeerComparison {
         let bytes = quick ? 8 << 20 : 64 << 20
         let runs = runs ?? (quick ? 1 : 5)
         let keystrokes = quick ? 300 : 2000
-        let other = balancer.map { "the same server through \($0)" } ?? (isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer)
+        let other = balancer.map { "the same server through \($0)" }
+            ?? (recordingPeer ? "the same Cloister recording every session (--record)" : isolationPeer ? "Cloister (--isolation client, 4 spares)" : peer)
         print("cloister-bench compare\(tls ? " over TLS (ECDSA P-256, one certificate for both)" : ""): Cloister (\(cloister.description)) and \(other), loopback, the same client, runs alternating; "
               + "medians of \(runs) runs, (lowest-highest)")
         print("")
