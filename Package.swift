@@ -106,7 +106,7 @@ let package = Package(
         // supervisor opens for it.
         .target(
             name: "Recorder",
-            dependencies: ["Circuits", "Recording", "RoleProtocol", "Sandbox", "SystemCalls", logging, system]),
+            dependencies: ["CShim", "Circuits", "Recording", "RoleProtocol", "Sandbox", "SystemCalls", logging, system]),
         // The template: forks a sealed worker per connection (Worker is not imported: the
         // child goes on as a worker through the command line's role).
         .target(name: "Template", dependencies: ["CShim", "RoleProtocol", "SystemCalls"]),

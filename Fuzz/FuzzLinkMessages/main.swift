@@ -31,6 +31,9 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     case 9: check(SupervisorToKeyholder.self, payload, descriptors: descriptors)
     case 10: check(KeyholderToSupervisor.self, payload, descriptors: descriptors)
     case 11: check(WorkerToSupervisor.self, payload, descriptors: descriptors)
+    case 12: check(RecorderFeed.self, payload, descriptors: descriptors)
+    case 13: check(SupervisorToRecorder.self, payload, descriptors: descriptors)
+    case 14: check(RecorderToSupervisor.self, payload, descriptors: descriptors)
     default: break
     }
     return 0

@@ -450,3 +450,8 @@ ssize_t cloister_getrandom(void *buffer, size_t length) {
 int cloister_single_malloc_arena(void) {
     return mallopt(M_ARENA_MAX, 1);
 }
+
+int cloister_sched_batch(void) {
+    struct sched_param param = { .sched_priority = 0 };
+    return sched_setscheduler(0, SCHED_BATCH, &param);
+}

@@ -412,6 +412,18 @@ struct PeerComparison {
             print("server CPU per \(entry.what) (\(entry.unit), 10 ms ticks summed over the runs): Cloister \(line(entry.ours)); \(peerName) \(line(entry.theirs))")
         }
 
+        if recordingPeer, let directory = ttyd.directory {
+            let recordings = directory + "/recordings"
+            let files = ((try? FileManager.default.contentsOfDirectory(atPath: recordings)) ?? []).filter { $0.hasSuffix(".cast") }
+            var bytes = 0, gaps = 0
+            for name in files {
+                let text = (try? String(contentsOfFile: recordings + "/" + name, encoding: .utf8)) ?? ""
+                bytes += text.utf8.count
+                gaps += text.components(separatedBy: "\"gap: ").count - 1
+            }
+            print("")
+            print("recorded by the server with --record: \(files.count) recordings, \(fixed(Double(bytes) / 1e6, 1)) MB, \(gaps) gaps marked")
+        }
         for (name, ours, theirs) in bulk {
             print("")
             print("client CPU per bulk run of \(name) (s): Cloister \(ours.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")); \(peerName) \(theirs.map { fixed($0.clientCPU, 2) }.joined(separator: ", ")). The raw PTY baseline is read by the same process without WebSocket framing.")

@@ -235,17 +235,18 @@ struct RecorderCommand: SandboxedCommand {
     @Option(help: "RecorderSettings, as the supervisor encodes them.") var settings: String
     var confined: ConfinedRole?
     var decoded: RecorderSettings?
+    var batch: SystemCallError?
 
     enum CodingKeys: String, CodingKey { case sandbox, settings }
 
     mutating func confine() throws {
         let settings = try RecorderSettings(encoded: settings)
         decoded = settings
-        confined = try RecorderRole.confine(sandbox.sandbox(.recorder), settings: settings)
+        (confined, batch) = try RecorderRole.confine(sandbox.sandbox(.recorder), settings: settings)
     }
 
     func run() async throws {
-        try await RecorderRole.run(settings: decoded!, confined: confined!)
+        try await RecorderRole.run(settings: decoded!, confined: confined!, batch: batch)
     }
 }
 

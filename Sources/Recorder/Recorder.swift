@@ -50,6 +50,7 @@ final class Recorder: Sendable {
         var lastSequence = 0
         var lastLink = ""
         var directoryKnown = false
+        var unannounced: Set<String> = []
     }
 
     private let state = Mutex(State())
@@ -84,7 +85,11 @@ final class Recorder: Sendable {
                 ask = true
             }
             guard let recording = s.recordings[session.id] else {
-                logger.warning("an event for a session that was not announced", metadata: ["session": "\(session.id)"])
+                // The vault announces a session before its events; one it did not is its bug,
+                // said once per session (bounded).
+                if s.unannounced.count < 1024, s.unannounced.insert(session.id).inserted {
+                    logger.warning("events for a session that was not announced are dropped", metadata: ["session": "\(session.id)"])
+                }
                 return
             }
             apply(event, to: recording, id: session.id, s: &s)

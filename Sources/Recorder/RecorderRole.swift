@@ -1,3 +1,4 @@
+import CShim
 import Circuits
 import Logging
 import RoleProtocol
@@ -14,14 +15,19 @@ import Glibc
 /// it reads nothing but the vault's feed, in the fixed layout of `RecorderFeed`: no client
 /// byte reaches it except as the output a session showed.
 public enum RecorderRole {
-    public static func confine(_ sandbox: RoleSandbox, settings: RecorderSettings) throws -> ConfinedRole {
-        try sandbox.confine(role: RoleDeclaration.recorder.role.rawValue, openFileLimit: settings.openFiles,
-                           fileSizeLimit: settings.maxRecordingBytes)
+    /// Before its threads exist, the process takes SCHED_BATCH, which every thread it makes
+    /// inherits: a recorder woken by a keystroke's output never preempts the worker or the
+    /// vault still serving that keystroke, and keeps its fair share of the CPU under load.
+    public static func confine(_ sandbox: RoleSandbox, settings: RecorderSettings) throws -> (ConfinedRole, batch: SystemCallError?) {
+        let batch = cloister_sched_batch() == 0 ? nil : SystemCallError(call: "sched_setscheduler(SCHED_BATCH)", errno: Errno(rawValue: errno))
+        return (try sandbox.confine(role: RoleDeclaration.recorder.role.rawValue, openFileLimit: settings.openFiles,
+                                    fileSizeLimit: settings.maxRecordingBytes), batch)
     }
 
     /// Threads made before the filter: the event loop (Swift concurrency), the supervisor
     /// link's reader and writer; the reserve reads the feeds.
-    public static func run(settings: RecorderSettings, confined: ConfinedRole) async throws {
+    /// `batch`: why SCHED_BATCH was refused, if it was (logged once the log is up).
+    public static func run(settings: RecorderSettings, confined: ConfinedRole, batch: SystemCallError? = nil) async throws {
         RoleLog.bootstrap()
         let log = RoleLog.logger(.recorder)
         let supervisor = try await Link.supervisorRecorder.start(socket: Link.inheritedTransport, side: .acceptor)
@@ -48,6 +54,7 @@ public enum RecorderRole {
         }, finished: { session in
             Task { try? await supervisor.open().tell(RecorderToSupervisor.finished(session: session)) }
         })
+        if let batch { log.warning("running at the normal scheduling policy", metadata: ["error": "\(batch)"]) }
         try await ControlCircuit.serve(supervisor) { group in
             while let circuit = try? await supervisor.accept() {
                 group.addTask {

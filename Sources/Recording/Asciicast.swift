@@ -78,23 +78,34 @@ public enum Asciicast {
     }
 
     /// A JSON string (RFC 8259), quotes, backslashes and control characters escaped,
-    /// appended as UTF-8 (byte by byte: every byte of a multi-byte character is
-    /// 0x80 or above, so only ASCII is ever escaped). The recorder's hot path.
+    /// appended as UTF-8 (byte by byte: every byte of a multi-byte character is 0x80 or
+    /// above, so only ASCII is ever escaped). The recorder's hot path: runs of bytes that need
+    /// no escape are copied whole.
     static func quote(_ text: String, into out: inout [UInt8]) {
+        var text = text
+        text.withUTF8 { quote($0, into: &out) }
+    }
+
+    static func quote(_ bytes: UnsafeBufferPointer<UInt8>, into out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        out.reserveCapacity(out.count + bytes.count + 2)
         out.append(0x22)
-        for byte in text.utf8 {
+        var run = 0
+        for i in 0..<bytes.count {
+            let byte = bytes[i]
+            if byte >= 0x20 && byte != 0x22 && byte != 0x5c { continue }
+            if run < i { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<i])) }
+            run = i + 1
             switch byte {
             case 0x22: out += [0x5c, 0x22]
             case 0x5c: out += [0x5c, 0x5c]
             case 0x0a: out += [0x5c, 0x6e]
             case 0x0d: out += [0x5c, 0x72]
             case 0x09: out += [0x5c, 0x74]
-            case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                out += [0x5c, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 15)]]
-            default: out.append(byte)
+            default: out += [0x5c, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 15)]]
             }
         }
+        if run < bytes.count { out.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run...])) }
         out.append(0x22)
     }
 }
@@ -108,7 +119,7 @@ public struct UTF8Splitter: Sendable {
     public init() {}
 
     public mutating func text(_ bytes: [UInt8]) -> String {
-        let all = held + bytes
+        let all = held.isEmpty ? bytes : held + bytes
         let cut = Self.completeLength(all)
         held = Array(all[cut...])
         return String(decoding: all[..<cut], as: UTF8.self)

@@ -15,11 +15,29 @@ public struct HashChain: Sendable, Equatable {
     }
 
     public mutating func add(_ line: [UInt8]) {
-        head = Self.sha256(head + line)
+        line.withUnsafeBytes { add($0) }
+    }
+
+    public mutating func add(_ line: UnsafeRawBufferPointer) {
+        head = Self.sha256(head, line)
         count += 1
     }
 
     public var hex: String { head.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+
+    /// SHA-256 of `first` then `second`, without joining them.
+    static func sha256(_ first: [UInt8], _ second: UnsafeRawBufferPointer) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        guard let context = EVP_MD_CTX_new() else { preconditionFailure("EVP_MD_CTX_new failed") }
+        defer { EVP_MD_CTX_free(context) }
+        let ok = EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1
+            && first.withUnsafeBytes { EVP_DigestUpdate(context, $0.baseAddress, $0.count) } == 1
+            && EVP_DigestUpdate(context, second.baseAddress, second.count) == 1
+            && EVP_DigestFinal_ex(context, &out, &length) == 1
+        precondition(ok && length == 32, "SHA-256 failed")
+        return out
+    }
 
     public static func sha256(_ bytes: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)

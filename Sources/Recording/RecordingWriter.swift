@@ -129,7 +129,9 @@ public final class RecordingWriter {
     }
 
     private func line(_ bytes: [UInt8]) throws {
-        try write(bytes + [0x0a])
-        chain.add(bytes)
+        var bytes = bytes
+        bytes.append(0x0a)
+        try write(bytes)
+        bytes.withUnsafeBytes { chain.add(UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
     }
 }

@@ -181,8 +181,13 @@ public final class RecordingDirectory: Sendable {
         precondition(RecorderFeed.isSessionID(session), "the decoder checks session ids")
         if let name = unfinished.withLock({ $0[session] }) {
             if let fd = try? valueOrErrno("openat", { openat(directory.rawValue, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }) {
-                // A recorder that stopped in order ended its recordings: the session goes on in a new one.
-                guard Self.isFinished(fd) else { return (FileDescriptor(rawValue: fd), true) }
+                // A recorder that stopped in order ended its recordings, and one larger than
+                // the recorder reads back to go on with is left as it is (`verify` says it
+                // was cut): the session goes on in a new one.
+                var info = stat()
+                guard Self.isFinished(fd) || fstat(fd, &info) != 0 || info.st_size > Self.continuedBytes else {
+                    return (FileDescriptor(rawValue: fd), true)
+                }
                 close(fd)
             } else {
                 logger.warning("an unfinished recording is gone; the session's recording goes on in a new file", metadata: ["file": "\(name)"])
@@ -198,6 +203,10 @@ public final class RecordingDirectory: Sendable {
         unfinished.withLock { $0[session] = name }
         return (FileDescriptor(rawValue: fd), false)
     }
+
+    /// The largest unfinished recording a new recorder reads back (its chain is recomputed
+    /// in memory) to go on with.
+    static let continuedBytes = 1 << 30
 
     /// Whether the recording in `fd` ends with its final checkpoint.
     static func isFinished(_ fd: CInt) -> Bool {

@@ -76,6 +76,9 @@ extension Server {
         broker.beginHandover()
         await workers.shutdown()
         await vault.shutdown()
+        // The recorder ends the recordings it has open; the next binary's records each
+        // session on in a new one.
+        await recorder?.shutdown()
         await brokering.withLock { $0 }?.value
 
         var fds: [(Int32, String)] = listeners.map { ($0.descriptor.rawValue, "listen") }

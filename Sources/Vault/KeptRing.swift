@@ -380,6 +380,19 @@ final class KeptRing: @unchecked Sendable {
 
     // MARK: The clients' side
 
+    /// The held bytes from `offset` (at least `start`), at most `limit`, as they lie in the
+    /// mapping: one region, or two where the ring wraps. For the recorder's feed, which sends
+    /// them as they are, without a copy. Nil when there is nothing from there.
+    func withRegions<T>(from offset: UInt64, limit: Int, _ body: (_ offset: UInt64, UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> T) -> T? {
+        let from = max(offset, start)
+        guard from < end else { return nil }
+        let count = Int(min(UInt64(limit), end - from))
+        let position = Int(from % UInt64(dataSize))
+        let first = min(count, dataSize - position)
+        return body(from, UnsafeRawBufferPointer(start: data + position, count: first),
+                    UnsafeRawBufferPointer(start: data, count: count - first))
+    }
+
     /// What a cursor at `offset` reads next: up to `limit` bytes, starting at `offset` or, if
     /// the ring no longer holds it, at the oldest byte held (`skipped` says how many were
     /// lost). Nil when there is nothing new. The bytes are copied out of the mapping.

@@ -22,6 +22,9 @@ final class RecorderTap: @unchecked Sendable {
     private var feedLost = false
     /// Per session that lost events: how many, and how many output bytes among them.
     private var dropped: [String: (events: UInt32, bytes: UInt64)] = [:]
+    /// Sessions the recorder was told of on this feed: any other is announced (as resumed,
+    /// from where its output stands) before its next event.
+    private var announced: Set<String> = []
     /// A session's first loss of an episode, for the audit trail: (session, why).
     var lost: ((String, String) -> Void)?
     /// `--record-failure end`: the session is to end.
@@ -37,7 +40,7 @@ final class RecorderTap: @unchecked Sendable {
         // A feed replaced (the recorder was restarted) may have lost what its socket held.
         let replacing = socket >= 0 || feedLost
         if socket >= 0 { close(socket) }
-        (socket, feedLost) = (fd, false)
+        (socket, feedLost, announced) = (fd, false, [])
         var size = Self.sendBuffer
         _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<CInt>.size))
         _ = send(.hello(intent: Link.vaultRecorder.intent, build: build), session: nil)
@@ -54,16 +57,23 @@ final class RecorderTap: @unchecked Sendable {
     /// A new session is recorded from its first byte (with what the ring already holds:
     /// the notice), a resumed one from where its output stands.
     func started(_ session: Session, resumed: Bool) {
-        emit(.started(stamp(session), user: session.user, columns: session.size.columns, rows: session.size.rows,
-                      offset: resumed ? session.ring.end : 0, resumed: resumed), session)
+        emit(announcement(session, from: resumed ? session.ring.end : 0, resumed: resumed), session)
         if !resumed { output(session, from: 0) }
     }
 
+    private func announcement(_ session: Session, from offset: UInt64, resumed: Bool) -> RecorderFeed {
+        .started(stamp(session), user: session.user, columns: session.size.columns, rows: session.size.rows, offset: offset, resumed: resumed)
+    }
+
+    /// Output from `offset`, sent from the ring's own memory (no copy in this process).
     func output(_ session: Session, from offset: UInt64) {
         var at = offset
-        while at < session.ring.end, let (from, buffer, _) = session.ring.read(from: at, limit: RecorderFeed.maxOutput) {
-            emit(.output(stamp(session), offset: from, bytes: Array(buffer: buffer)), session, bytes: UInt64(buffer.readableBytes))
-            at = from + UInt64(buffer.readableBytes)
+        while at < session.ring.end, let sent = session.ring.withRegions(from: at, limit: RecorderFeed.maxOutput, { from, first, second in
+            let count = first.count + second.count
+            emit(.output(stamp(session), offset: from, bytes: []), session, bytes: UInt64(count), regions: (first, second))
+            return from + UInt64(count)
+        }) {
+            at = sent
         }
     }
 
@@ -88,6 +98,7 @@ final class RecorderTap: @unchecked Sendable {
     func ended(_ session: Session) {
         emit(.ended(stamp(session), exit: session.exitStatus.map { "\($0)" } ?? "ended, status unknown"), session)
         dropped[session.id] = nil
+        announced.remove(session.id)
     }
 
     private func stamp(_ session: Session) -> RecorderFeed.Session {
@@ -96,35 +107,64 @@ final class RecorderTap: @unchecked Sendable {
         return RecorderFeed.Session(id: session.id, time: UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec / 1000))
     }
 
-    /// Sends `event` after telling of what this session lost, if it did; drops it otherwise.
-    private func emit(_ event: RecorderFeed, _ session: Session, bytes: UInt64 = 0) {
+    /// Sends `event` after announcing the session if this feed has not, and after telling of
+    /// what it lost, if it did; drops it otherwise.
+    /// `regions`: an output event's bytes, where they lie (`event` then carries none).
+    private func emit(_ event: RecorderFeed, _ session: Session, bytes: UInt64 = 0,
+                      regions: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? = nil) {
+        if case .started = event {
+        } else if !announced.contains(session.id) {
+            // Its announcement was dropped: made now, from where this event begins.
+            var offset = session.ring.end
+            if case .output(_, let from, _) = event { offset = from }
+            guard send(announcement(session, from: offset, resumed: true), session: session.id) else { return drop(session, bytes: bytes) }
+            announced.insert(session.id)
+        }
         if let loss = dropped[session.id] {
-            guard send(.gap(stamp(session), events: loss.events, bytes: loss.bytes), session: session.id) else {
-                dropped[session.id] = (loss.events &+ 1, loss.bytes &+ bytes)
-                return
-            }
+            guard send(.gap(stamp(session), events: loss.events, bytes: loss.bytes), session: session.id) else { return drop(session, bytes: bytes) }
             dropped[session.id] = nil
         }
-        if !send(event, session: session.id) {
-            let why = socket < 0 ? "no recorder is linked" : "the recorder is not keeping up"
-            dropped[session.id] = (1, bytes)
-            lost?(session.id, why)
-            if terms.endOnFailure { failed?(session.id) }
+        guard send(event, session: session.id, regions: regions) else { return drop(session, bytes: bytes) }
+        if case .started = event { announced.insert(session.id) }
+    }
+
+    /// An event not sent: counted; the first of an episode audited (and, with
+    /// `--record-failure end`, the session ended).
+    private func drop(_ session: Session, bytes: UInt64) {
+        if let loss = dropped[session.id] {
+            dropped[session.id] = (loss.events &+ 1, loss.bytes &+ bytes)
+            return
         }
+        dropped[session.id] = (1, bytes)
+        lost?(session.id, socket < 0 ? "no recorder is linked" : "the recorder is not keeping up")
+        if terms.endOnFailure { failed?(session.id) }
     }
 
     /// One packet, without waiting; false if it was not sent. A recorder that is gone
     /// closes the feed: everything is a gap until the next.
-    private func send(_ event: RecorderFeed, session: String?) -> Bool {
+    private func send(_ event: RecorderFeed, session: String?, regions: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? = nil) -> Bool {
         guard socket >= 0 else { return false }
         do {
-            try DescriptorPassing.sendPacket(socket, event.encoded, nonBlocking: true)
+            if let (first, second) = regions {
+                let head = event.encoded
+                try head.withUnsafeBytes { head in
+                    var iov = [head, first, second].filter { $0.count > 0 }
+                        .map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+                    try iov.withUnsafeMutableBufferPointer { iov in
+                        _ = try DescriptorPassing.send(socket, UnsafeBufferPointer(iov), descriptors: UnsafeBufferPointer(start: nil, count: 0), nonBlocking: true)
+                    }
+                }
+            } else {
+                try DescriptorPassing.sendPacket(socket, event.encoded, nonBlocking: true)
+            }
             return true
-        } catch {
+        } catch let error as SystemCallError {
             if ![EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR].contains(error.errno.rawValue) {
                 close(socket)
                 (socket, feedLost) = (-1, true)
             }
+            return false
+        } catch {
             return false
         }
     }

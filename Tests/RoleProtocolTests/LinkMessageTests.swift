@@ -81,6 +81,31 @@ final class LinkMessageTests: XCTestCase {
         XCTAssertEqual(WorkerToVault.input(Array("hi".utf8)).encoded.first, WorkerToVault.inputKind)
     }
 
+    /// The recorder's links: the vault's feed and the supervisor's files. A session id names a
+    /// file, so only what a vault's ids are made of decodes: no path, no dot at the start.
+    func testTheRecorderLinksRoundTripAndRefuseWhatCouldNameAnotherFile() {
+        let session = RecorderFeed.Session(id: "h1.AbCdEf-_9", time: 1_796_650_000_123_456)
+        assertRoundTrips([RecorderFeed.hello(intent: Link.vaultRecorder.intent, build: "b"),
+                          .started(session, user: "tester", columns: 120, rows: 40, offset: 0, resumed: false),
+                          .started(session, user: "", columns: 80, rows: 24, offset: .max, resumed: true),
+                          .output(session, offset: 7, bytes: Array("h\u{e9}".utf8)), .output(session, offset: 0, bytes: Array(repeating: 0, count: RecorderFeed.maxOutput)),
+                          .input(session, bytes: [3]), .resize(session, columns: 1, rows: 1), .gap(session, events: 2, bytes: 99),
+                          .ended(session, exit: "exit status 0")])
+        assertRoundTrips([SupervisorToRecorder.directory(last: 0, link: ""), .directory(last: 41, link: String(repeating: "ab", count: 32)),
+                          .feed, .file(existing: true), .file(existing: false), .refused("openat: File exists")])
+        assertRoundTrips([RecorderToSupervisor.open(session: "abc"), .finished(session: "h2.x"),
+                          .audit(AuditRecord(.recordingCheckpoint, [("session", "abc"), ("head", "00")]))])
+        for id in ["../etc", ".hidden", "a/b", "a..b", "", String(repeating: "a", count: 65), "a b", "\u{e9}"] {
+            XCTAssertFalse(RecorderFeed.isSessionID(id), id)
+            var w = [UInt8(0x4f), UInt8(id.utf8.count)] + Array(id.utf8)
+            XCTAssertThrowsError(try RecorderToSupervisor(decoding: w, descriptors: 0), id)
+            w = [UInt8(0x6f), UInt8(id.utf8.count)] + Array(id.utf8) + Array(repeating: 0, count: 16)
+            XCTAssertThrowsError(try RecorderFeed(decoding: w, descriptors: 0), id)
+        }
+        XCTAssertThrowsError(try SupervisorToRecorder(decoding: [0x44, 0, 0, 0, 1, 3] + Array("xyz".utf8), descriptors: 0), "a link that is not SHA-256 hex")
+        XCTAssertThrowsError(try RecorderFeed(decoding: [0x6f, 1, 0x61] + Array(repeating: 0, count: 16) + Array(repeating: 1, count: RecorderFeed.maxOutput + 1), descriptors: 0))
+    }
+
     private func assertRefused<M: LinkMessage>(_ type: M.Type, _ payload: [UInt8], descriptors: Int = 0,
                                                _ expected: LinkMessageError, file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertThrowsError(try M(decoding: payload, descriptors: descriptors), "\(payload.prefix(8))", file: file, line: line) {

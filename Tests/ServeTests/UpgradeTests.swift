@@ -42,7 +42,9 @@ final class UpgradeTests: XCTestCase {
 
     func testAnUpgradeWhileSessionsStreamKeepsEveryShellLineAndKeystroke() throws {
         let directory = try binaries(label: "second-build")
-        let server = try ServedCloister.start(workers: 2, extra: ["--max-clients", "64"], executable: directory + "/cloister")
+        // Recording too: the recorder stops with the old binary and the new one's records on.
+        let recordings = directory + "/recordings"
+        let server = try ServedCloister.start(workers: 2, extra: ["--max-clients", "64", "--record", recordings], executable: directory + "/cloister")
         let before = try XCTUnwrap(server.control("status")["build"] as? String)
         XCTAssertFalse(before.contains("second-build"))
         try ChaosTests.stream(server, sessions: 6, seconds: 4) {
@@ -67,6 +69,13 @@ final class UpgradeTests: XCTestCase {
             let image = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
             XCTAssertEqual(image, directory + "/cloister", "role \(pid) runs \(image)")
         }
+        // Each session's recording before the upgrade ended with the old recorder (a last
+        // marker, its final checkpoint) and goes on in a new one: one sequence that checks.
+        _ = try server.stop()
+        let (verified, report) = try runCapturing(directory + "/cloister", ["recordings", "verify", recordings])
+        XCTAssertEqual(verified, .exited(0), report)
+        let files = try FileManager.default.contentsOfDirectory(atPath: recordings).filter { $0.hasSuffix(".cast") }
+        XCTAssertGreaterThanOrEqual(files.count, 12, "\(files)")
     }
 
     func testAnUpgradeToABinaryThatRefusesTheStateLeavesTheServerServing() throws {

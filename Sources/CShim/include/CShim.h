@@ -34,6 +34,10 @@ ssize_t cloister_recvmsg_fds(int sock, struct iovec *iov, int iovcnt,
 int cloister_recvmmsg_fds(int sock, struct iovec *iov, unsigned iovlen, unsigned vlen, int *fds, unsigned maxfds,
                           unsigned *nfds, size_t *lengths, int *msg_flags, int dontwait);
 
+/// sched_setscheduler(2) of the calling process to SCHED_BATCH (a _GNU_SOURCE constant the
+/// Glibc overlay does not give). Returns what sched_setscheduler returns.
+int cloister_sched_batch(void);
+
 /// Names the calling thread (prctl PR_SET_NAME is variadic; pthread_setname_np needs
 /// _GNU_SOURCE). `name` is cut to 15 bytes.
 void cloister_set_thread_name(const char *name);
