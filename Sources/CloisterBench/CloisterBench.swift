@@ -59,7 +59,8 @@ struct CloisterBench {
                     print("--sessions needs a number of sessions")
                     exit(2)
                 }
-                try ManySessionsBenchmark(sessions: count, perClient: args.contains("--isolation-client"), record: args.contains("--record")).run()
+                try ManySessionsBenchmark(sessions: count, perClient: args.contains("--isolation-client"), record: args.contains("--record"),
+                                         stream: args.contains("--stream")).run()
             } else {
                 try EndToEndBenchmark(quick: args.contains("--quick"), memoryOnly: args.contains("--memory")).run()
             }
@@ -114,7 +115,7 @@ struct CloisterBench {
     /// benchmark other than the one asked for.
     static let options: [String: [String: Bool]] = [
         "circuits": ["--quick": false, "--payload": true, "--fds": true, "--circuits": true, "--window": true, "--no-raw": false, "--no-circuits": false],
-        "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false, "--record": false],
+        "e2e": ["--quick": false, "--memory": false, "--sessions": true, "--isolation-client": false, "--record": false, "--stream": false],
         "compare": ["--quick": false, "--peer": true, "--runs": true, "--only": true, "--isolation-client": false, "--tls": false,
                     "--balancer": true, "--record": false],
         "hotpath": ["--keystrokes": true, "--output": true, "--sessions": true],
@@ -145,7 +146,7 @@ struct CloisterBench {
 
     static func usage() -> Never {
         print("usage: cloister-bench circuits [--quick] [--payload BYTES] [--fds 0|1] [--circuits N] [--window BYTES] [--no-raw] [--no-circuits]")
-        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client] [--record]   (N concurrent shells; see PERFORMANCE.md)")
+        print("       cloister-bench e2e [--quick] [--memory] | e2e --sessions N [--isolation-client] [--record | --stream]   (N concurrent shells; see PERFORMANCE.md)")
         print("       cloister-bench compare [--quick] [--peer PATH | --isolation-client | --balancer haproxy|nginx | --record] [--tls] [--runs N]")
         print("                              [--only idle,memory,bulk,echo,sessions]")
         print("       cloister-bench hotpath [--keystrokes N] [--output BYTES] [--sessions S]   (in one process, for an instruction counter)")

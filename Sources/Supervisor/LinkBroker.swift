@@ -290,12 +290,7 @@ final class LinkBroker: Sendable {
             defer { try? vaultEnd.close() }
             try await instance.transport.open().tell(authentication.message)
             try await instance.transport.open().tell(SupervisorToVault.nurseryLink, descriptors: [vaultEnd])
-            let kept = keeper.count
-            if kept > 0 {
-                try await keeper.handOver(to: instance, log: log)
-                log.info("sessions handed to the new vault", metadata: ["kept": "\(kept)", "vault_generation": "\(generation)",
-                                                                       "sessions_adopted": "\(keeper.adoptions.adopted)"])
-            }
+            // Before the kept sessions: each is announced to the recorder as it is adopted.
             if let recording = state.withLock({ $0.recorder }) {
                 do {
                     try await feed(instance, to: recording)
@@ -303,6 +298,12 @@ final class LinkBroker: Sendable {
                     log.error("the new vault is not linked to the recorder; its sessions are not recorded until the recorder restarts",
                               metadata: ["error": "\(error)"])
                 }
+            }
+            let kept = keeper.count
+            if kept > 0 {
+                try await keeper.handOver(to: instance, log: log)
+                log.info("sessions handed to the new vault", metadata: ["kept": "\(kept)", "vault_generation": "\(generation)",
+                                                                       "sessions_adopted": "\(keeper.adoptions.adopted)"])
             }
             let running = state.withLock { $0.workers.values.sorted { $0.id < $1.id } }
             for worker in running {
