@@ -49,7 +49,6 @@ final class Recorder: Sendable {
         var recordings: [String: Recording] = [:]
         var lastSequence = 0
         var lastLink = ""
-        var directoryKnown = false
         var unannounced: Set<String> = []
     }
 
@@ -68,12 +67,8 @@ final class Recorder: Sendable {
 
     /// Where the directory's sequence stands (from the supervisor, before any feed).
     func directory(last: Int, link: String) {
-        state.withLock { s in
-            (s.lastSequence, s.lastLink, s.directoryKnown) = (last, link, true)
-        }
+        state.withLock { s in (s.lastSequence, s.lastLink) = (last, link) }
     }
-
-    var recordingCount: Int { state.withLock { $0.recordings.count } }
 
     /// One event of the feed.
     func handle(_ event: RecorderFeed) {
@@ -266,9 +261,9 @@ final class Recorder: Sendable {
         }
     }
 
-    /// The recorder stops (the server stops, or the recorder is replaced): every recording
-    /// still open ends here, with a last marker saying so, so that each checks; a session
-    /// that goes on is recorded in a new file by the next recorder.
+    /// The recorder is about to stop (the server stops or is upgraded, or its supervisor is
+    /// gone): every recording still open ends here, with a last marker saying why, so that
+    /// each checks; a session that goes on is recorded in a new file by the next recorder.
     func finishAll(_ why: String) {
         state.withLock { s in
             for (id, recording) in s.recordings {

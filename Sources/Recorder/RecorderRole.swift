@@ -71,6 +71,9 @@ public enum RecorderRole {
                             try? feed.close()
                             log.error("no thread for a vault's feed", metadata: ["error": "\(error)"])
                         }
+                    case .finish(let reason):
+                        recorder.finishAll(reason)
+                        log.info("recordings ended", metadata: ["reason": "\(reason)"])
                     case .file, .refused:
                         log.error("the supervisor sent an answer nobody asked for")
                     }
@@ -78,7 +81,8 @@ public enum RecorderRole {
                 }
             }
         }
-        recorder.finishAll("the recorder stopped")
+        // The supervisor is gone without a `.finish` (it was killed): what is open ends here.
+        recorder.finishAll("the recorder's supervisor went away")
     }
 
     /// Reads one vault's feed until it closes (the vault ended or was replaced). A packet

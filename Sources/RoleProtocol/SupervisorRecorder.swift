@@ -1,6 +1,6 @@
 /// Supervisor → recorder (`Link.supervisorRecorder`). The supervisor's conversations carry
-/// `.directory` first, then a `.feed` per vault; each is ended by the recorder once acted
-/// on. `.file` and `.refused` answer the recorder's `RecorderToSupervisor.open`.
+/// `.directory` first, then a `.feed` per vault, and `.finish` before the recorder is
+/// stopped; each is ended by the recorder once acted on. `.file` and `.refused` answer the recorder's `RecorderToSupervisor.open`.
 public enum SupervisorToRecorder: LinkMessage {
     /// The recording directory's last sequence number and that recording's header link
     /// (`RecordingWriter.headerLink`; "" when the directory has none): where the sequence
@@ -13,8 +13,11 @@ public enum SupervisorToRecorder: LinkMessage {
     /// to go on with.
     case file(existing: Bool)
     case refused(String)
+    /// End every recording open now, with a last marker giving `reason` (the server stops or
+    /// is upgraded; the vault has stopped). Ended by the recorder once each is on disk.
+    case finish(reason: String)
 
-    enum Kind: UInt8 { case directory = 0x44, feed = 0x46, file = 0x66, refused = 0x72 }
+    enum Kind: UInt8 { case directory = 0x44, feed = 0x46, file = 0x66, refused = 0x72, finish = 0x45 }
 
     public var encoded: [UInt8] {
         switch self {
@@ -29,13 +32,17 @@ public enum SupervisorToRecorder: LinkMessage {
             var w = FieldWriter(kind: Kind.refused.rawValue)
             w.text(reason)
             return w.bytes
+        case .finish(let reason):
+            var w = FieldWriter(kind: Kind.finish.rawValue)
+            w.text(reason)
+            return w.bytes
         }
     }
 
     public var descriptorCount: Int {
         switch self {
         case .feed, .file: return 1
-        case .directory, .refused: return 0
+        case .directory, .refused, .finish: return 0
         }
     }
 
@@ -64,6 +71,9 @@ public enum SupervisorToRecorder: LinkMessage {
         case .refused:
             try Self.expect(0, descriptors, kind: kind)
             self = .refused(try r.text())
+        case .finish:
+            try Self.expect(0, descriptors, kind: kind)
+            self = .finish(reason: try r.text())
         }
         try r.done()
     }

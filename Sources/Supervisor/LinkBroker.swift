@@ -376,6 +376,24 @@ final class LinkBroker: Sendable {
         }
     }
 
+    /// Has the running recorder end every recording it has open, each with `reason` as its
+    /// last marker, waiting at most `timeout` (the recorder is stopped after this, with
+    /// SIGKILL as any role, which would leave them unfinished).
+    func finishRecordings(_ reason: String, timeout: Duration = .seconds(10)) async {
+        guard let instance = state.withLock({ $0.recorder }) else { return }
+        let finished = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { (try? await instance.transport.open().tell(SupervisorToRecorder.finish(reason: reason))) != nil }
+            group.addTask {
+                await Wait.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        if !finished { logger.error("the recorder did not end its recordings; they stay unfinished", metadata: ["timeout": "\(timeout)"]) }
+    }
+
     /// One seqpacket pair: the vault's end of the feed, and the recorder's.
     private func feed(_ vault: RolePool.Instance, to recorder: RolePool.Instance) async throws {
         let (vaultEnd, recorderEnd) = try SocketCalls.socketPair(.seqpacket)

@@ -181,7 +181,7 @@ public final class RecordingDirectory: Sendable {
         precondition(RecorderFeed.isSessionID(session), "the decoder checks session ids")
         if let name = unfinished.withLock({ $0[session] }) {
             if let fd = try? valueOrErrno("openat", { openat(directory.rawValue, name, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }) {
-                // A recorder that stopped in order ended its recordings, and one larger than
+                // A recorder told to finish (the server stopping) ended its recordings, and one larger than
                 // the recorder reads back to go on with is left as it is (`verify` says it
                 // was cut): the session goes on in a new one.
                 var info = stat()

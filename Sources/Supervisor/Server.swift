@@ -429,8 +429,9 @@ public final class Server: Sendable {
         await workers.configuration.templates?.shutdown()
         await keyholder?.shutdown()
         await vault.shutdown()
-        // After the vault: its last events reach the recorder, which ends every recording
-        // still open as it stops.
+        // After the vault: its last events have reached the recorder, which then ends every
+        // recording still open.
+        await broker.finishRecordings("the server stopped")
         await recorder?.shutdown()
         retaining.withLock { $0 }?.cancel()
         await brokering.withLock { $0 }?.value

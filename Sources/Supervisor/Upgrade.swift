@@ -78,6 +78,7 @@ extension Server {
         await vault.shutdown()
         // The recorder ends the recordings it has open; the next binary's records each
         // session on in a new one.
+        await broker.finishRecordings("the server was upgraded")
         await recorder?.shutdown()
         await brokering.withLock { $0 }?.value
 

@@ -92,7 +92,8 @@ final class LinkMessageTests: XCTestCase {
                           .input(session, bytes: [3]), .resize(session, columns: 1, rows: 1), .gap(session, events: 2, bytes: 99),
                           .ended(session, exit: "exit status 0")])
         assertRoundTrips([SupervisorToRecorder.directory(last: 0, link: ""), .directory(last: 41, link: String(repeating: "ab", count: 32)),
-                          .feed, .file(existing: true), .file(existing: false), .refused("openat: File exists")])
+                          .feed, .file(existing: true), .file(existing: false), .refused("openat: File exists"),
+                          .finish(reason: "the server stopped")])
         assertRoundTrips([RecorderToSupervisor.open(session: "abc"), .finished(session: "h2.x"),
                           .audit(AuditRecord(.recordingCheckpoint, [("session", "abc"), ("head", "00")]))])
         for id in ["../etc", ".hidden", "a/b", "a..b", "", String(repeating: "a", count: 65), "a b", "\u{e9}"] {

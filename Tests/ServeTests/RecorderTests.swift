@@ -23,7 +23,7 @@ final class RecorderTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
     }
 
-    override func tearDown() { if ProcessInfo.processInfo.environment["KEEP"] == nil { try? FileManager.default.removeItem(atPath: directory) } }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: directory) }
 
     private func events(_ name: String) -> [[String: String]] {
         let text = (try? String(contentsOfFile: auditLog, encoding: .utf8)) ?? ""
