@@ -60,11 +60,14 @@ class RecordedPageTests(PageTestCase):
         deadline = time.time() + 15
         while time.time() < deadline:
             files = glob.glob(os.path.join(self.recordings, "*.cast"))
-            if files and "cloister-chain-end" in open(files[0], encoding="utf-8").read():
-                break
+            if files:
+                with open(files[0], encoding="utf-8") as f:
+                    if "cloister-chain-end" in f.read():
+                        break
             time.sleep(0.1)
         self.assertEqual(len(files), 1, files)
-        text = open(files[0], encoding="utf-8").read()
+        with open(files[0], encoding="utf-8") as f:
+            text = f.read()
         self.assertNotIn("page-secret", text, "the password typed with echo off is not recorded")
         events = [json.loads(line) for line in text.splitlines()[1:]]
         self.assertIn([columns, rows], [[int(n) for n in e[2].split("x")] for e in events if e[1] == "r"], "the resize is recorded")
@@ -78,8 +81,6 @@ class RecordedPageTests(PageTestCase):
             self.assertEqual(cat.returncode, 0, cat.stderr)
             output = "".join(e[2] for e in events if e[1] == "o").encode()
             self.assertEqual(cat.stdout, output)
-            # What the page received is what it was sent: the recorded output, written into a
-            # fresh terminal of the same page, draws the rows the page showed.
             self.assertIn(b"page-rec-42 caf\xc3\xa9\r\n", cat.stdout)
             self.assertTrue(cat.stdout.startswith(b"\x1b[1mThis session is recorded.\x1b[0m\r\n"))
         self.assertEqual([p for p in self.problems if "favicon" not in p], [])
