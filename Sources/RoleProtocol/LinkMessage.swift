@@ -110,6 +110,13 @@ struct FieldWriter {
     }
     mutating func rest(_ tail: some Sequence<UInt8>) { bytes += tail }
 
+    /// A packet link's greeting, in place of a circuits handshake: the link's intent and the
+    /// sender's build, so that a socket connected to anything else fails loudly.
+    mutating func hello(intent: String, build: String) {
+        short(Array(intent.utf8.prefix(255)))
+        short(Array(build.utf8.prefix(255)))
+    }
+
     /// Command arguments (ttyd's --url-arg): their count, then each as a `short` field.
     mutating func commandArguments(_ arguments: [[UInt8]]) {
         bytes.append(UInt8(arguments.count))
@@ -194,6 +201,13 @@ struct FieldReader<Kind> {
             arguments.append(argument)
         }
         return arguments
+    }
+
+    /// A packet link's greeting (`FieldWriter.hello`): the intent and the build, as UTF-8.
+    mutating func hello() throws(LinkMessageError) -> (intent: String, build: String) {
+        let intent = try short(limit: 255), build = try short(limit: 255)
+        guard let i = String(validating: intent, as: UTF8.self), let b = String(validating: build, as: UTF8.self) else { throw malformed }
+        return (i, b)
     }
 
     /// A field written by `FieldWriter.long`, at most `limit` bytes.

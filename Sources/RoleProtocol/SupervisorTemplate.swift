@@ -34,8 +34,7 @@ public enum TemplateToSupervisor: LinkMessage, Equatable {
         switch self {
         case .hello(let intent, let build):
             var w = FieldWriter(kind: Kind.hello.rawValue)
-            w.short(Array(intent.utf8.prefix(255)))
-            w.short(Array(build.utf8.prefix(255)))
+            w.hello(intent: intent, build: build)
             return w.bytes
         case .forked(let pid):
             var w = FieldWriter(kind: Kind.forked.rawValue)
@@ -60,11 +59,8 @@ public enum TemplateToSupervisor: LinkMessage, Equatable {
         try Self.expect(kind == .forked ? 1 : 0, descriptors, kind: kind)
         switch kind {
         case .hello:
-            let intent = try r.short(limit: 255), build = try r.short(limit: 255)
-            guard let i = String(validating: intent, as: UTF8.self), let b = String(validating: build, as: UTF8.self) else {
-                throw .malformed(kind: "hello", length: payload.count)
-            }
-            self = .hello(intent: i, build: b)
+            let (intent, build) = try r.hello()
+            self = .hello(intent: intent, build: build)
         case .forked: self = .forked(pid: try r.u32())
         case .exited: self = .exited(pid: try r.u32(), waitStatus: try r.u32())
         }

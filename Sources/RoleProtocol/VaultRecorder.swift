@@ -45,8 +45,7 @@ public enum RecorderFeed: LinkMessage, Equatable {
         switch self {
         case .hello(let intent, let build):
             var w = FieldWriter(kind: Kind.hello.rawValue)
-            w.short(Array(intent.utf8.prefix(255)))
-            w.short(Array(build.utf8.prefix(255)))
+            w.hello(intent: intent, build: build)
             return w.bytes
         case .started(let session, let user, let columns, let rows, let offset, let resumed):
             var w = head(.started, session)
@@ -102,9 +101,8 @@ public enum RecorderFeed: LinkMessage, Equatable {
         var r = try FieldReader<Kind>(payload, of: "RecorderFeed")
         try Self.expect(0, descriptors, kind: r.kind)
         if r.kind == .hello {
-            let intent = try r.short(limit: 255), build = try r.short(limit: 255)
-            guard let i = String(validating: intent, as: UTF8.self), let b = String(validating: build, as: UTF8.self) else { throw r.malformed }
-            self = .hello(intent: i, build: b)
+            let (intent, build) = try r.hello()
+            self = .hello(intent: intent, build: build)
             try r.done()
             return
         }
