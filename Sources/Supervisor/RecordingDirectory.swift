@@ -94,6 +94,21 @@ public final class RecordingDirectory: Sendable {
         return try? file.readToEnd(limit: limit)
     }
 
+    /// The header line (the first, at most 64 KiB), without reading the rest.
+    private func firstLine(_ name: String) -> [UInt8]? {
+        guard let fd = try? valueOrErrno("openat", { openat(directory.rawValue, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }) else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var filled = 0
+        while filled < buffer.count {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            guard n > 0 else { break }
+            filled += n
+            if let end = buffer[..<filled].firstIndex(of: 0x0a) { return Array(buffer[..<end]) }
+        }
+        return nil
+    }
+
     private func info(_ name: String) -> stat? {
         var info = stat()
         return fstatat(directory.rawValue, name, &info, AT_SYMLINK_NOFOLLOW) == 0 ? info : nil
@@ -104,8 +119,7 @@ public final class RecordingDirectory: Sendable {
     func sequence() -> (last: Int, link: String) {
         var best: (Int, String) = (0, "")
         for name in names() {
-            guard let head = read(name, limit: 1 << 20), let end = head.firstIndex(of: 0x0a) else { continue }
-            let line = Array(head[..<end])
+            guard let line = firstLine(name) else { continue }
             guard let header = try? JSONDecoder().decode(Asciicast.Header.self, from: Data(line)), let cloister = header.cloister,
                   cloister.sequence > best.0, let previous = HashChain.bytes(hex: cloister.previous) else { continue }
             var chain = HashChain(previous: previous)
@@ -115,18 +129,30 @@ public final class RecordingDirectory: Sendable {
         return best
     }
 
-    /// Every recording, checked against its chain and the directory's sequence.
+    /// Every recording, checked against its chain and the directory's sequence (one larger
+    /// than 1 GiB is listed from its header, unchecked).
     public func list() -> [Entry] {
         let open = Set(unfinished.withLock { $0.values })
-        let files = names().compactMap { name in read(name).map { (name: name, contents: $0) } }
-        return RecordingVerifier.check(directory: files).map { checked in
+        var files: [(name: String, contents: [UInt8])] = [], unread: [Entry] = []
+        for name in names() {
+            if let contents = read(name) {
+                files.append((name, contents))
+            } else {
+                let cloister = firstLine(name).flatMap { try? JSONDecoder().decode(Asciicast.Header.self, from: Data($0)) }
+                unread.append(Entry(file: name, session: cloister?.cloister?.session ?? "", user: cloister?.cloister?.user ?? "",
+                                    sequence: cloister?.cloister?.sequence ?? 0, start: cloister?.timestamp ?? 0, durationSeconds: 0,
+                                    bytes: UInt64(info(name)?.st_size ?? 0),
+                                    verified: open.contains(name) ? "recording" : "not checked: larger than 1 GiB (cloister recordings verify reads it)"))
+            }
+        }
+        return (unread + RecordingVerifier.check(directory: files).map { checked in
             let cloister = checked.header?.cloister
             let name = String(checked.file)
             return Entry(file: name, session: cloister?.session ?? "", user: cloister?.user ?? "", sequence: cloister?.sequence ?? 0,
                          start: checked.header?.timestamp ?? 0, durationSeconds: checked.duration,
                          bytes: UInt64(info(name)?.st_size ?? 0),
                          verified: open.contains(name) ? "recording" : checked.findings.first.map { "line \($0.line): \($0.problem)" } ?? "ok")
-        }.sorted { ($0.sequence, $0.file) < ($1.sequence, $1.file) }
+        }).sorted { ($0.sequence, $0.file) < ($1.sequence, $1.file) }
     }
 
     // MARK: The recorder's requests

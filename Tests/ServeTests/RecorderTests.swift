@@ -190,7 +190,7 @@ final class RecorderTests: XCTestCase {
             let header = Asciicast.Header(width: 80, height: 24, timestamp: Int(now) - 86400 * (7 - n),
                                           cloister: .init(session: "s\(n)", user: "tester", sequence: n, previous: previous))
             let writer = try RecordingWriter(header: header, write: { bytes += $0 })
-            try writer.output(Array(repeating: UInt8(ascii: "z"), count: 400_000), at: 1)
+            try writer.output(Array(repeating: UInt8(ascii: "z"), count: 1_200_000), at: 1)
             try writer.finish(exit: "exit status 0", at: 2)
             previous = writer.headerLink
             let path = recordings + "/\(n).cast"
@@ -199,9 +199,9 @@ final class RecorderTests: XCTestCase {
             var times = [timespec(tv_sec: now - 86400 * (7 - n), tv_nsec: 0), timespec(tv_sec: now - 86400 * (7 - n), tv_nsec: 0)]
             XCTAssertEqual(utimensat(AT_FDCWD, path, &times, 0), 0)
         }
-        let server = try serve(["--record-max-age", "5.5", "--record-max-size", "1M"])
+        let server = try serve(["--record-max-age", "5.5", "--record-max-size", "3M"])
         defer { _ = try? server.stop() }
-        // 1 (6 days old) by age; then 2, 3 and 4 until the last two (800 kB) fit in 1 MiB.
+        // 1 (6 days old) by age; then 2, 3 and 4 until the last two (2.4 MB) fit in 3 MiB.
         XCTAssertTrue(eventually(10) { self.events("recording.deleted").count == 4 }, "\(events("recording.deleted"))")
         XCTAssertEqual(events("recording.deleted").map { $0["file"] ?? "" }, ["1.cast", "2.cast", "3.cast", "4.cast"])
         XCTAssertEqual(events("recording.deleted").map { $0["reason"] ?? "" },
@@ -210,7 +210,8 @@ final class RecorderTests: XCTestCase {
         XCTAssertEqual(files().map { ($0 as NSString).lastPathComponent }, ["5.cast", "6.cast"])
         let (verified, report) = try runCapturing(cloisterExecutable, ["recordings", "verify", recordings])
         XCTAssertEqual(verified, .exited(0), "a sequence that begins after retention still checks: \(report)")
-        // The server's own recordings go on from the directory's sequence.
+        // The server's own recordings go on from the directory's sequence (read from each
+        // recording's header line alone, however large the recording).
         let client = try TerminalClient.connect(port: server.port)
         try client.authenticate(token: TerminalClient.token(ServedCloister.userAndPassword))
         _ = try client.readOutput { $0.contains("# ") || $0.contains("$ ") }
