@@ -38,6 +38,8 @@ final class Recorder: Sendable {
         var overflow: (events: Int, bytes: UInt64) = (0, 0)
         var lastTime = 0.0
         var failed = false
+        /// Files moved through the session (trzsz, ZMODEM), as its output shows them start.
+        var transfers = TransferSpotter()
         var bytes: UInt64 = 0
 
         init(user: String, size: (UInt16, UInt16), zero: UInt64, expected: UInt64) {
@@ -238,6 +240,11 @@ final class Recorder: Sendable {
                 }
                 recording.expected = max(recording.expected, offset) + UInt64(bytes.count)
                 try writer.output(bytes, at: at)
+                for transfer in recording.transfers.scan(bytes, at: at) {
+                    audit(AuditRecord(.fileTransfer, [("session", id), ("user", recording.user), ("protocol", transfer.protocolName),
+                                                      ("direction", transfer.direction), ("sequence", "\(recording.sequence)"),
+                                                      ("recording_seconds", "\(Int(at))")]))
+                }
             case .input(_, let bytes):
                 try writer.input(bytes, at: at)
             case .resize(_, let columns, let rows):

@@ -7,7 +7,7 @@ public struct AuditRecord: Sendable, Equatable {
     public enum Kind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case credentialAccepted = 1, credentialRefused, sessionStarted, attached, detached, sessionEnded
         case control, violation, roleRestarted, refusalsSummarised
-        case recordingStarted, recordingCheckpoint, recordingGap, recordingEnded, recordingDeleted
+        case recordingStarted, recordingCheckpoint, recordingGap, recordingEnded, recordingDeleted, fileTransfer
 
         /// The event's name in the trail.
         public var description: String {
@@ -27,6 +27,7 @@ public struct AuditRecord: Sendable, Equatable {
             case .recordingGap: return "recording.gap"
             case .recordingEnded: return "recording.ended"
             case .recordingDeleted: return "recording.deleted"
+            case .fileTransfer: return "file.transfer"
             }
         }
     }

@@ -125,6 +125,22 @@ final class RecordingTests: XCTestCase {
         XCTAssertNil(RecordingWriter.Continuation(resumed), "a finished recording is not continued")
     }
 
+    /// A file moved through the terminal shows in its output as one of five fixed starts, split
+    /// across reads or not; a transfer's repeated first header is one transfer.
+    func testTheStartOfAFileTransferIsSpotted() {
+        var spotter = TransferSpotter()
+        XCTAssertEqual(spotter.scan(Array("ls: *.txt: no such file; a ** b :: c\r\n".utf8), at: 0), [])
+        let trzsz = Array("\u{1b}7::TRZSZ:TRANSFER:S:1.1.7:96653441706000:54155\r\r\n".utf8)
+        XCTAssertEqual(spotter.scan(Array(trzsz.prefix(12)), at: 1), [])
+        XCTAssertEqual(spotter.scan(Array(trzsz.dropFirst(12)), at: 1), [.init(protocolName: "trzsz", direction: "download")])
+        let zrqinit: [UInt8] = Array("rz\r**".utf8) + [0x18] + Array("B00000000000000\r".utf8) + [0x8a, 0x11]
+        XCTAssertEqual(spotter.scan(zrqinit, at: 2), [.init(protocolName: "zmodem", direction: "download")])
+        XCTAssertEqual(spotter.scan(zrqinit, at: 5), [], "sz repeats its first header while it waits")
+        XCTAssertEqual(spotter.scan(zrqinit, at: 13), [.init(protocolName: "zmodem", direction: "download")], "a later one is another")
+        XCTAssertEqual(spotter.scan(Array("::TRZSZ:TRANSFER:R:1.1.7:1:2\r\n".utf8) + Array("**".utf8) + [0x18] + Array("B0100000023be50".utf8), at: 20),
+                       [.init(protocolName: "trzsz", direction: "upload"), .init(protocolName: "zmodem", direction: "upload")])
+    }
+
     func testWhatIsNotARecordingIsSaidSo() {
         XCTAssertEqual(RecordingVerifier.check(Array("{\"version\": 2, \"width\": 80, \"height\": 24, \"timestamp\": 0}\n".utf8), file: "x").findings.map(\.problem),
                        ["no hash chain (not a Cloister recording)"])

@@ -218,6 +218,28 @@ final class RecorderTests: XCTestCase {
         XCTAssertTrue(eventually(10) { self.events("recording.started").first?["sequence"] == "7" }, "\(events("recording.started"))")
     }
 
+    /// trzsz's and ZMODEM's commands started in a recorded session are audited as files moved
+    /// through the terminal, with the protocol and the direction (the client here answers
+    /// neither, and each command gives up).
+    func testAFileTransferStartedInARecordedSessionIsAudited() throws {
+        let venv = packageRoot + "/.build/browser-venv/bin"
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: venv + "/tsz") && FileManager.default.isExecutableFile(atPath: "/usr/bin/sz"),
+                          "trzsz or lrzsz is missing (make test installs them)")
+        let server = try serve()
+        defer { _ = try? server.stop() }
+        let client = try TerminalClient.connect(port: server.port)
+        try client.authenticate(token: TerminalClient.token(ServedCloister.userAndPassword))
+        _ = try client.readOutput { $0.contains("# ") || $0.contains("$ ") }
+        try client.input("for c in '\(venv)/tsz /etc/hostname' '\(venv)/trz' 'sz /etc/hostname' 'rz'; do timeout -s KILL 1 $c; done 2>/dev/null; stty sane; echo moved-$((6*7))\r")
+        _ = try client.readOutput(untilMarker: "moved-42")
+        XCTAssertTrue(eventually(10) { self.events("file.transfer").count == 4 }, "\(events("file.transfer"))")
+        let transfers = events("file.transfer")
+        XCTAssertEqual(transfers.map { [$0["protocol"] ?? "", $0["direction"] ?? ""] },
+                       [["trzsz", "download"], ["trzsz", "upload"], ["zmodem", "download"], ["zmodem", "upload"]])
+        XCTAssertEqual(Set(transfers.map { $0["vouched_by"] ?? "" }), ["recorder"])
+        XCTAssertEqual(Set(transfers.map { $0["user"] ?? "" }), ["tester"])
+    }
+
     func testRecordingOptionsAreCheckedBeforeAnythingStarts() throws {
         for (arguments, message) in [
             (["--record-input"], "--record-input: needs --record DIR"),
