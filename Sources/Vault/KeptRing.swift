@@ -366,7 +366,8 @@ final class KeptRing: @unchecked Sendable {
         if !untouched { end += UInt64(length) }
     }
 
-    /// Output written without a terminal (tests): as a read of that many bytes would.
+    /// Output written without a terminal, as a read of that many bytes would: the recording
+    /// notice before a new session's first byte (and the tests' output).
     func append(_ bytes: [UInt8]) {
         var rest = bytes[...]
         while !rest.isEmpty {

@@ -68,8 +68,8 @@ final class Session: @unchecked Sendable {
     private var inputBlocked = false
     private(set) var ignored = 0
     private(set) var slowConsumerEvents = 0
-    /// The web user who started it ("" when unknown: one credential, or adopted), and the
-    /// window size last set: what a recording of it begins with.
+    /// The name its audit events give the user who started it ("" for a session adopted from
+    /// a vault before this one), and the window size last set: what a recording begins with.
     var user = ""
     private(set) var size: (columns: UInt16, rows: UInt16) = (80, 24)
     /// With `--record`: where what the session shows goes.
