@@ -17,7 +17,7 @@ import Glibc
 /// files arrive, under one lock, so the directory is one sequence whatever the order in
 /// which sessions start and end.
 final class Recorder: Sendable {
-    /// Asks the supervisor for a session's file; calls back with it (or nil and why).
+    /// Asks the supervisor for a session's file; calls back with it, or with why there is none.
     typealias Opener = @Sendable (_ session: String, _ done: @escaping @Sendable (Result<(fd: CInt, existing: Bool), OpenFailure>) -> Void) -> Void
     struct OpenFailure: Error { var reason: String }
 
@@ -255,13 +255,12 @@ final class Recorder: Sendable {
                 // The output among them is a hole the next output's offset shows too: said once.
                 recording.expected += bytes
             case .ended(_, let exit):
-                let head = try writer.finish(exit: exit, at: at)
-                _ = fdatasync(recording.fd)
-                close(recording.fd)
-                s.recordings[id] = nil
-                audit(AuditRecord(.recordingEnded, [("session", id), ("sequence", "\(recording.sequence)"), ("exit", exit),
-                                                    ("duration_seconds", "\(Int(at))"), ("bytes", "\(recording.bytes)"), ("head", head)]))
-                finished(id)
+                // Forgotten whatever the end's writes do.
+                defer {
+                    if recording.fd >= 0 { close(recording.fd) }
+                    s.recordings[id] = nil
+                }
+                try end(recording, id: id, writer: writer, exit: exit, why: nil, at: at)
             }
         } catch {
             fail(recording, id: id, error)
@@ -273,24 +272,36 @@ final class Recorder: Sendable {
     /// each checks; a session that goes on is recorded in a new file by the next recorder.
     func finishAll(_ why: String) {
         state.withLock { s in
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            let micros = Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec / 1000)
             for (id, recording) in s.recordings {
-                guard let writer = recording.writer, !recording.failed else { continue }
-                var now = timespec()
-                clock_gettime(CLOCK_REALTIME, &now)
-                let at = max(recording.lastTime, Double(Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec / 1000) - Int64(recording.zero)) / 1_000_000)
-                do {
-                    try writer.marker("the recording stops here: \(why)", at: at)
-                    let head = try writer.finish(exit: nil, at: at)
-                    _ = fdatasync(recording.fd)
-                    audit(AuditRecord(.recordingEnded, [("session", id), ("sequence", "\(recording.sequence)"), ("reason", why),
-                                                        ("bytes", "\(recording.bytes)"), ("head", head)]))
-                } catch {
-                    fail(recording, id: id, error)
+                if let writer = recording.writer, !recording.failed {
+                    do {
+                        try end(recording, id: id, writer: writer, exit: nil, why: why,
+                                at: max(recording.lastTime, Double(micros - Int64(recording.zero)) / 1_000_000))
+                        continue
+                    } catch {
+                        fail(recording, id: id, error)
+                    }
                 }
-                close(recording.fd)
+                if recording.fd >= 0 { close(recording.fd) }
             }
             s.recordings = [:]
         }
+    }
+
+    /// A recording's last lines (the exit status, or a marker saying why it stops), on disk
+    /// and audited with its last link; the supervisor is told it is finished.
+    private func end(_ recording: Recording, id: String, writer: RecordingWriter, exit: String?, why: String?, at: Double) throws {
+        if let why { try writer.marker("the recording stops here: \(why)", at: at) }
+        let head = try writer.finish(exit: exit, at: at)
+        _ = fdatasync(recording.fd)
+        close(recording.fd)
+        recording.fd = -1
+        audit(AuditRecord(.recordingEnded, [("session", id), ("sequence", "\(recording.sequence)"), exit.map { ("exit", $0) } ?? ("reason", why ?? ""),
+                                            ("duration_seconds", "\(Int(at))"), ("bytes", "\(recording.bytes)"), ("head", head)]))
+        finished(id)
     }
 
     private func gap(_ recording: Recording, id: String, events: Int, bytes: UInt64, why: String, at: Double) throws {

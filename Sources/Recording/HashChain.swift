@@ -23,6 +23,15 @@ public struct HashChain: Sendable, Equatable {
         count += 1
     }
 
+    /// The chain after a recording's header line, from its `previous` link in hex ("" for a
+    /// directory's first recording); nil when that is not a SHA-256 in hex.
+    public static func afterHeader(_ line: [UInt8], previous: String) -> HashChain? {
+        guard let bytes = Self.bytes(hex: previous), bytes.isEmpty || bytes.count == 32 else { return nil }
+        var chain = HashChain(previous: bytes)
+        chain.add(line)
+        return chain
+    }
+
     public var hex: String { head.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
 
     /// SHA-256 of `first` then `second`, without joining them.

@@ -49,12 +49,10 @@ public enum RecordingVerifier {
             fail(1, "no hash chain (not a Cloister recording)")
             return result
         }
-        guard let previous = HashChain.bytes(hex: cloister.previous), previous.count == 0 || previous.count == 32 else {
+        guard var chain = HashChain.afterHeader(Array(first), previous: cloister.previous) else {
             fail(1, "the previous link is not a SHA-256 in hex")
             return result
         }
-        var chain = HashChain(previous: previous)
-        chain.add(Array(first))
         result.headerLink = chain.hex
         var ended = false
         var lastTime = 0.0

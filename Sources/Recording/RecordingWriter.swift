@@ -19,7 +19,7 @@ public final class RecordingWriter {
     /// The link after the header line: what the next recording of the directory names as its
     /// previous (known as soon as the recording begins, so recordings that overlap in time
     /// still form one sequence).
-    public let headerLink: String
+    public private(set) var headerLink = ""
 
     public init(header: Asciicast.Header, checkpointEvery: Int = 256, write: @escaping ([UInt8]) throws -> Void,
                 checkpointed: @escaping (Int, String) -> Void = { _, _ in }) throws {
@@ -27,18 +27,8 @@ public final class RecordingWriter {
         self.write = write
         self.checkpointed = checkpointed
         chain = HashChain(previous: header.cloister.flatMap { HashChain.bytes(hex: $0.previous) } ?? [])
-        let first = header.line
-        var linked = chain
-        linked.add(first)
-        headerLink = linked.hex
-        try line(first)
-    }
-
-    /// The header link `header` gives a recording, without writing it.
-    public static func headerLink(of header: Asciicast.Header) -> String {
-        var chain = HashChain(previous: header.cloister.flatMap { HashChain.bytes(hex: $0.previous) } ?? [])
-        chain.add(header.line)
-        return chain.hex
+        try line(header.line)
+        headerLink = chain.hex
     }
 
     /// What an unfinished recording holds, to go on with it: the length of its complete
@@ -57,9 +47,7 @@ public final class RecordingWriter {
             guard let end = contents.lastIndex(of: 0x0a) else { return nil }
             let lines = contents[...end].split(separator: 0x0a)
             guard let first = lines.first, let header = try? JSONDecoder().decode(Asciicast.Header.self, from: Data(first)),
-                  let cloister = header.cloister, let previous = HashChain.bytes(hex: cloister.previous) else { return nil }
-            var chain = HashChain(previous: previous)
-            chain.add(Array(first))
+                  let cloister = header.cloister, var chain = HashChain.afterHeader(Array(first), previous: cloister.previous) else { return nil }
             headerLink = chain.hex
             var since = 0, last = 0.0
             for line in lines.dropFirst() {

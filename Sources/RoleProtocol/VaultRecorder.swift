@@ -83,12 +83,6 @@ public enum RecorderFeed: LinkMessage, Equatable {
 
     public var descriptorCount: Int { 0 }
 
-    /// An `.output` packet's bytes before its output: sent with the output where it lies
-    /// (the packet is the two together).
-    public static func outputHead(_ session: Session, offset: UInt64) -> [UInt8] {
-        RecorderFeed.output(session, offset: offset, bytes: []).encoded
-    }
-
     public var session: Session? {
         switch self {
         case .hello: return nil

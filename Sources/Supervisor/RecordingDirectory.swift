@@ -121,9 +121,7 @@ public final class RecordingDirectory: Sendable {
         for name in names() {
             guard let line = firstLine(name) else { continue }
             guard let header = try? JSONDecoder().decode(Asciicast.Header.self, from: Data(line)), let cloister = header.cloister,
-                  cloister.sequence > best.0, let previous = HashChain.bytes(hex: cloister.previous) else { continue }
-            var chain = HashChain(previous: previous)
-            chain.add(line)
+                  cloister.sequence > best.0, let chain = HashChain.afterHeader(line, previous: cloister.previous) else { continue }
             best = (cloister.sequence, chain.hex)
         }
         return best
@@ -145,12 +143,13 @@ public final class RecordingDirectory: Sendable {
                                     verified: open.contains(name) ? "recording" : "not checked: larger than 1 GiB (cloister recordings verify reads it)"))
             }
         }
-        return (unread + RecordingVerifier.check(directory: files).map { checked in
+        // In the files' order: each one's size is what was read of it.
+        return (unread + zip(files, RecordingVerifier.check(directory: files)).map { file, checked in
             let cloister = checked.header?.cloister
-            let name = String(checked.file)
+            let name = file.name
             return Entry(file: name, session: cloister?.session ?? "", user: cloister?.user ?? "", sequence: cloister?.sequence ?? 0,
                          start: checked.header?.timestamp ?? 0, durationSeconds: checked.duration,
-                         bytes: UInt64(info(name)?.st_size ?? 0),
+                         bytes: UInt64(file.contents.count),
                          verified: open.contains(name) ? "recording" : checked.findings.first.map { "line \($0.line): \($0.problem)" } ?? "ok")
         }).sorted { ($0.sequence, $0.file) < ($1.sequence, $1.file) }
     }

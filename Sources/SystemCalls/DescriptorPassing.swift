@@ -46,15 +46,14 @@ public enum DescriptorPassing {
 }
 
 extension DescriptorPassing {
-    /// One packet of `bytes` with `descriptors` (on a seqpacket socket, one message);
-    /// `nonBlocking`: EAGAIN rather than waiting for room.
-    public static func sendPacket(_ socket: CInt, _ bytes: [UInt8], descriptors: [CInt] = [], nonBlocking: Bool = false) throws(SystemCallError) {
+    /// One packet of `bytes` with `descriptors` (on a seqpacket socket, one message).
+    public static func sendPacket(_ socket: CInt, _ bytes: [UInt8], descriptors: [CInt] = []) throws(SystemCallError) {
         // The pointer helpers rethrow untyped errors: the typed one travels in a Result.
         try bytes.withUnsafeBytes { raw in
             descriptors.withUnsafeBufferPointer { fds in
                 var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
                 return withUnsafePointer(to: &iov) { iov in
-                    Result { () throws(SystemCallError) in _ = try send(socket, UnsafeBufferPointer(start: iov, count: 1), descriptors: fds, nonBlocking: nonBlocking) }
+                    Result { () throws(SystemCallError) in _ = try send(socket, UnsafeBufferPointer(start: iov, count: 1), descriptors: fds) }
                 }
             }
         }.get()

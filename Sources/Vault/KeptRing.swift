@@ -398,14 +398,11 @@ final class KeptRing: @unchecked Sendable {
     /// the ring no longer holds it, at the oldest byte held (`skipped` says how many were
     /// lost). Nil when there is nothing new. The bytes are copied out of the mapping.
     func read(from offset: UInt64, limit: Int) -> (offset: UInt64, bytes: ByteBuffer, skipped: UInt64)? {
-        let from = max(offset, start)
-        guard from < end else { return nil }
-        let count = Int(min(UInt64(limit), end - from))
-        var buffer = ByteBufferAllocator().buffer(capacity: count)
-        let position = Int(from % UInt64(dataSize))
-        let first = min(count, dataSize - position)
-        buffer.writeBytes(UnsafeRawBufferPointer(start: data + position, count: first))
-        if first < count { buffer.writeBytes(UnsafeRawBufferPointer(start: data, count: count - first)) }
-        return (from, buffer, from - offset)
+        withRegions(from: offset, limit: limit) { from, first, second in
+            var buffer = ByteBufferAllocator().buffer(capacity: first.count + second.count)
+            buffer.writeBytes(first)
+            buffer.writeBytes(second)
+            return (from, buffer, from - offset)
+        }
     }
 }

@@ -43,7 +43,7 @@ final class RecorderTap: @unchecked Sendable {
         (socket, feedLost, announced) = (fd, false, [])
         var size = Self.sendBuffer
         _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<CInt>.size))
-        _ = send(.hello(intent: Link.vaultRecorder.intent, build: build), session: nil)
+        _ = send(.hello(intent: Link.vaultRecorder.intent, build: build))
         for session in sessions.sorted(by: { $0.created < $1.created }) where !session.isFinished {
             if replacing && terms.endOnFailure {
                 lost?(session.id, "the recorder was restarted")
@@ -117,14 +117,14 @@ final class RecorderTap: @unchecked Sendable {
             // Its announcement was dropped: made now, from where this event begins.
             var offset = session.ring.end
             if case .output(_, let from, _) = event { offset = from }
-            guard send(announcement(session, from: offset, resumed: true), session: session.id) else { return drop(session, bytes: bytes) }
+            guard send(announcement(session, from: offset, resumed: true)) else { return drop(session, bytes: bytes) }
             announced.insert(session.id)
         }
         if let loss = dropped[session.id] {
-            guard send(.gap(stamp(session), events: loss.events, bytes: loss.bytes), session: session.id) else { return drop(session, bytes: bytes) }
+            guard send(.gap(stamp(session), events: loss.events, bytes: loss.bytes)) else { return drop(session, bytes: bytes) }
             dropped[session.id] = nil
         }
-        guard send(event, session: session.id, regions: regions) else { return drop(session, bytes: bytes) }
+        guard send(event, regions: regions) else { return drop(session, bytes: bytes) }
         if case .started = event { announced.insert(session.id) }
     }
 
@@ -140,32 +140,25 @@ final class RecorderTap: @unchecked Sendable {
         if terms.endOnFailure { failed?(session.id) }
     }
 
-    /// One packet, without waiting; false if it was not sent. A recorder that is gone
-    /// closes the feed: everything is a gap until the next.
-    private func send(_ event: RecorderFeed, session: String?, regions: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? = nil) -> Bool {
+    /// One packet, without waiting; false if it was not sent. `regions` follow the event's
+    /// own bytes in the packet (an output event's output, where it lies in the ring). A
+    /// recorder that is gone closes the feed: everything is a gap until the next.
+    private func send(_ event: RecorderFeed, regions: (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? = nil) -> Bool {
         guard socket >= 0 else { return false }
-        do {
-            if let (first, second) = regions {
-                let head = event.encoded
-                try head.withUnsafeBytes { head in
-                    var iov = [head, first, second].filter { $0.count > 0 }
-                        .map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
-                    try iov.withUnsafeMutableBufferPointer { iov in
-                        _ = try DescriptorPassing.send(socket, UnsafeBufferPointer(iov), descriptors: UnsafeBufferPointer(start: nil, count: 0), nonBlocking: true)
-                    }
+        let sent = event.encoded.withUnsafeBytes { head in
+            var iov = [head, regions?.0, regions?.1].compactMap { $0 }.filter { $0.count > 0 }
+                .map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+            return iov.withUnsafeMutableBufferPointer { iov in
+                Result { () throws(SystemCallError) in
+                    _ = try DescriptorPassing.send(socket, UnsafeBufferPointer(iov), descriptors: UnsafeBufferPointer(start: nil, count: 0), nonBlocking: true)
                 }
-            } else {
-                try DescriptorPassing.sendPacket(socket, event.encoded, nonBlocking: true)
             }
-            return true
-        } catch let error as SystemCallError {
-            if ![EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR].contains(error.errno.rawValue) {
-                close(socket)
-                (socket, feedLost) = (-1, true)
-            }
-            return false
-        } catch {
-            return false
         }
+        guard case .failure(let error) = sent else { return true }
+        if ![EAGAIN, EWOULDBLOCK, ENOBUFS, EINTR].contains(error.errno.rawValue) {
+            close(socket)
+            (socket, feedLost) = (-1, true)
+        }
+        return false
     }
 }

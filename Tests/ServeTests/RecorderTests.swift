@@ -72,6 +72,13 @@ final class RecorderTests: XCTestCase {
         let paths = files()
         XCTAssertEqual(paths.count, 1)
         let path = try XCTUnwrap(paths.first)
+        // Made by the supervisor as its own user, for no one else: the recorder (nobody) only
+        // writes the descriptor it was handed.
+        var info = stat()
+        XCTAssertEqual(lstat(path, &info), 0)
+        XCTAssertEqual(info.st_mode & S_IFMT, S_IFREG)
+        XCTAssertEqual(info.st_mode & 0o027, 0, "no group write, nothing for others")
+        XCTAssertEqual(info.st_uid, geteuid(), "the server's user's, not the recorder's")
         let text = try String(contentsOfFile: path, encoding: .utf8)
         XCTAssertFalse(text.contains("hunter2"), "the password typed with echo off is not recorded")
         // Typed into bash's line editor (ICANON off, drawn by bash): recorded, key by key.
